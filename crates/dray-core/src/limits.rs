@@ -1,0 +1,126 @@
+//! Every bound Dray enforces, named with the qualifier last, and the error that names a broken one.
+//!
+//! A value without a bound is a bug: each identifier, payload, batch and duration a user can send
+//! has a limit here, and the message for breaking it names the field and the limit.
+
+use std::fmt;
+
+/// The fixed bounds. Configurable defaults (lease, retries, retention) are validated against these.
+#[derive(Debug)]
+pub struct Limits;
+
+const SECOND_MS: u64 = 1_000;
+const HOUR_MS: u64 = 3_600 * SECOND_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+impl Limits {
+    pub const QUEUE_NAME_BYTES_MAX: usize = 128;
+    pub const WORKER_ID_BYTES_MAX: usize = 128;
+    pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+    pub const ORDERING_KEY_BYTES_MAX: usize = 256;
+    pub const TAG_BYTES_MAX: usize = 64;
+    pub const TAGS_PER_JOB_MAX: usize = 16;
+    /// A W3C `traceparent` is exactly 55 bytes in version 00; later versions may append fields.
+    pub const TRACEPARENT_BYTES_MAX: usize = 256;
+
+    pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+    pub const RESULT_BYTES_MAX: usize = 256 * 1024;
+    pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
+    pub const PROGRESS_BYTES_MAX: usize = 4 * 1024;
+    /// Longer error messages are truncated (not rejected): refusing a failure report would leave
+    /// the job running until its lease expires, which loses more than the tail of a message.
+    pub const ERROR_BYTES_MAX: usize = 8 * 1024;
+
+    pub const BATCH_JOBS_MAX: usize = 10_000;
+    pub const LEASE_JOBS_MAX: usize = 1_000;
+    pub const LEASE_QUEUES_MAX: usize = 64;
+    pub const PAGE_JOBS_MAX: usize = 1_000;
+
+    pub const PRIORITY_MIN: i16 = -1_000;
+    pub const PRIORITY_MAX: i16 = 1_000;
+
+    pub const LEASE_MS_MIN: u64 = SECOND_MS;
+    pub const LEASE_MS_MAX: u64 = 12 * HOUR_MS;
+    pub const LEASE_MS_DEFAULT: u64 = 30 * SECOND_MS;
+
+    pub const ATTEMPTS_MAX_MAX: u32 = 1_000;
+    pub const ATTEMPTS_MAX_DEFAULT: u32 = 25;
+    pub const BACKOFF_BASE_MS_DEFAULT: u64 = SECOND_MS;
+    pub const BACKOFF_BASE_MS_MAX: u64 = DAY_MS;
+    pub const BACKOFF_FACTOR_DEFAULT: f64 = 2.0;
+    pub const BACKOFF_FACTOR_MIN: f64 = 1.0;
+    pub const BACKOFF_FACTOR_MAX: f64 = 10.0;
+    pub const BACKOFF_CAP_MS_DEFAULT: u64 = HOUR_MS;
+    pub const BACKOFF_CAP_MS_MAX: u64 = 30 * DAY_MS;
+    /// The longest delay a worker may ask for with `retry_after`; longer requests are clamped.
+    pub const RETRY_AFTER_MS_MAX: u64 = 30 * DAY_MS;
+
+    /// How far in the future a job may be scheduled.
+    pub const RUN_AT_AHEAD_MS_MAX: u64 = 366 * DAY_MS;
+
+    /// How long an idempotency key keeps returning the original job (see `docs/semantics.md`).
+    pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = DAY_MS;
+    pub const IDEMPOTENCY_WINDOW_MS_MAX: u64 = 30 * DAY_MS;
+
+    pub const RETENTION_MS_DEFAULT: u64 = DAY_MS;
+    pub const RETENTION_DEAD_MS_DEFAULT: u64 = 30 * DAY_MS;
+    pub const RETENTION_MS_MAX: u64 = 365 * DAY_MS;
+
+    /// History entries kept per job; beyond it the oldest entries after the first are dropped and
+    /// counted, so a job redriven forever cannot grow without bound.
+    pub const HISTORY_ENTRIES_MAX: usize = 256;
+}
+
+/// A value that breaks a rule: names the field (a path like `jobs[3].payload` in a batch) and says
+/// what the limit is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Invalid {
+        Invalid { field: field.into(), message: message.to_string() }
+    }
+
+    /// Prefixes the field with the position of the item in a batch: `payload` -> `jobs[3].payload`.
+    pub fn in_batch(self, index: usize) -> Invalid {
+        Invalid { field: format!("jobs[{index}].{}", self.field), ..self }
+    }
+}
+
+/// Checks `value` is within `min..=max`; the message names both ends and the unit.
+pub fn check_range<T: PartialOrd + fmt::Display>(
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(field, format!("is {value}{unit}; allowed is {min}{unit} to {max}{unit}")));
+    }
+    Ok(())
+}
+
+/// Checks a byte length against its limit.
+pub fn check_bytes(field: &'static str, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(Invalid::new(field, format!("is {len} bytes; the limit is {max}")));
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

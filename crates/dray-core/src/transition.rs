@@ -1,0 +1,410 @@
+//! The one function every change to a job goes through.
+//!
+//! [`transition`] takes a job, an event, the server's `now` and a random number, and returns either
+//! the job's whole new status plus its history entry and effects (as data), or a [`Rejection`]: a
+//! normal value saying why the event does not apply (a stale lease, a job not yet due). It never
+//! mutates anything; the caller logs the result and applies it with [`Job::apply`].
+
+use std::fmt;
+
+use crate::ids::{FencingToken, LeaseId, WorkerId};
+use crate::job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, Payload};
+use crate::limits::{Limits, truncate_utf8};
+use crate::time::Timestamp;
+
+/// Something that happens to a job. Events are verbs; states are participles.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    /// A scheduled or retrying job's time has come.
+    Promote,
+    /// Grant a lease on the next attempt. `lease_ms` overrides the job's lease duration.
+    Lease { id: LeaseId, token: FencingToken, worker: &'a WorkerId, lease_ms: Option<u64> },
+    /// The worker is alive: extend the lease (by `extend_ms`, or the job's lease duration) and
+    /// record progress and a checkpoint.
+    Heartbeat {
+        lease: LeaseId,
+        extend_ms: Option<u64>,
+        progress: Option<Payload>,
+        checkpoint: Option<Payload>,
+    },
+    Complete { lease: LeaseId, result: Option<Payload> },
+    /// The attempt failed. `retry_after_ms` replaces the backoff delay (clamped to
+    /// `Limits::RETRY_AFTER_MS_MAX`).
+    Fail { lease: LeaseId, error: &'a str, retryable: bool, retry_after_ms: Option<u64> },
+    /// The lease's deadline passed without a completion or failure: a failed attempt.
+    Expire,
+    /// Stop the job: at once if it is waiting, by request to the worker if it is running.
+    Cancel,
+    /// Take a dead job out of the dead-letter queue with a fresh budget of attempts.
+    Redrive,
+}
+
+/// The kind of an [`Event`], without its data: for tables, logs and rejections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Promote,
+    Lease,
+    Heartbeat,
+    Complete,
+    Fail,
+    Expire,
+    Cancel,
+    Redrive,
+}
+
+impl Event<'_> {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Promote => EventKind::Promote,
+            Event::Lease { .. } => EventKind::Lease,
+            Event::Heartbeat { .. } => EventKind::Heartbeat,
+            Event::Complete { .. } => EventKind::Complete,
+            Event::Fail { .. } => EventKind::Fail,
+            Event::Expire => EventKind::Expire,
+            Event::Cancel => EventKind::Cancel,
+            Event::Redrive => EventKind::Redrive,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            EventKind::Promote => "promote",
+            EventKind::Lease => "lease",
+            EventKind::Heartbeat => "heartbeat",
+            EventKind::Complete => "complete",
+            EventKind::Fail => "fail",
+            EventKind::Expire => "expire",
+            EventKind::Cancel => "cancel",
+            EventKind::Redrive => "redrive",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why an event does not apply. A normal outcome, not a failure of the system.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The lease presented is not the job's current one: it was never granted, or the job has
+    /// moved on (expired and delivered again, completed, cancelled).
+    #[error("stale lease: the job is {state} and this lease is not its current one")]
+    StaleLease { state: JobState },
+    /// The lease is the current one but its deadline has passed on the server's clock.
+    #[error("lease expired at {deadline} (server clock)")]
+    LeaseExpired { deadline: Timestamp },
+    /// The lease is still live, so it cannot expire yet.
+    #[error("lease is live until {deadline}")]
+    LeaseLive { deadline: Timestamp },
+    /// The job is not due yet.
+    #[error("job is not due until {run_at}")]
+    NotDue { run_at: Timestamp },
+    /// The job is completed, dead or cancelled.
+    #[error("job is already {state}")]
+    AlreadyFinished { state: JobState },
+    /// The event does not apply in this state at all.
+    #[error("cannot {event} a job that is {state}")]
+    NotAllowed { state: JobState, event: EventKind },
+}
+
+/// What a transition caused, beyond the job's own new status: for the caller to act on (wake
+/// waiters, count metrics, answer the worker).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A lease was granted; deliver the job.
+    Delivered,
+    /// The lease was extended; tell the worker whether a cancel was requested.
+    LeaseExtended { deadline: Timestamp, cancel_requested: bool },
+    /// The job will be delivered again at `at`.
+    RetryScheduled { at: Timestamp },
+    /// The job is in the dead-letter queue.
+    DeadLettered { reason: DeadReason },
+    /// The job reached a final state (completed, dead or cancelled) at this time.
+    Finished,
+    /// The job became available.
+    BecameAvailable,
+    /// A cancel was requested of a running job; its worker learns at its next heartbeat.
+    CancelRequested,
+    /// The event changed nothing (a repeated cancel).
+    Unchanged,
+}
+
+/// The result of an accepted event: the job's whole new status, the history entry to append
+/// (`None` for heartbeats, which change no state), and effects for the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub status: JobStatus,
+    pub history: Option<HistoryEntry>,
+    pub effects: Vec<Effect>,
+}
+
+/// Computes what `event` does to `job` at `now`. `random` is a uniformly random number used for
+/// backoff jitter; passing it in keeps this function pure and replayable.
+pub fn transition(
+    job: &Job,
+    event: Event<'_>,
+    now: Timestamp,
+    random: u64,
+) -> Result<Transition, Rejection> {
+    let current = &job.status;
+    let state = current.state;
+    let kind = event.kind();
+    let not_allowed = || Rejection::NotAllowed { state, event: kind };
+    let entry = |kind: HistoryKind, status: &JobStatus| HistoryEntry {
+        at: now,
+        kind,
+        state: status.state,
+        attempt: status.attempt,
+        token: None,
+        worker: None,
+        error: None,
+        run_at: None,
+    };
+
+    match event {
+        Event::Promote => {
+            if !matches!(state, JobState::Scheduled | JobState::Retrying) {
+                return Err(not_allowed());
+            }
+            if current.run_at > now {
+                return Err(Rejection::NotDue { run_at: current.run_at });
+            }
+            let status = JobStatus { state: JobState::Available, ..current.clone() };
+            let history = entry(HistoryKind::Promoted, &status);
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
+        }
+
+        Event::Lease { id, token, worker, lease_ms } => {
+            if state != JobState::Available {
+                return Err(not_allowed());
+            }
+            assert!(
+                current.attempt < job.retry.attempts_max,
+                "an available job has attempts left (job {}: attempt {} of {})",
+                job.id,
+                current.attempt,
+                job.retry.attempts_max
+            );
+            let lease = Lease {
+                id,
+                token,
+                worker: worker.clone(),
+                leased_at: now,
+                deadline: now.add_ms(lease_ms.unwrap_or(job.lease_ms)),
+            };
+            let status = JobStatus {
+                state: JobState::Running,
+                attempt: current.attempt + 1,
+                lease: Some(lease),
+                ..current.clone()
+            };
+            let history = HistoryEntry {
+                token: Some(token),
+                worker: Some(worker.clone()),
+                ..entry(HistoryKind::Leased, &status)
+            };
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::Delivered] })
+        }
+
+        Event::Heartbeat { lease, extend_ms, progress, checkpoint } => {
+            let held = check_lease(job, lease, now)?;
+            let deadline = now.add_ms(extend_ms.unwrap_or(job.lease_ms));
+            let status = JobStatus {
+                lease: Some(Lease { deadline, ..held.clone() }),
+                progress: progress.or_else(|| current.progress.clone()),
+                checkpoint: checkpoint.or_else(|| current.checkpoint.clone()),
+                ..current.clone()
+            };
+            let effect = Effect::LeaseExtended { deadline, cancel_requested: current.cancel_requested };
+            Ok(Transition { status, history: None, effects: vec![effect] })
+        }
+
+        Event::Complete { lease, result } => {
+            let held = check_lease(job, lease, now)?;
+            let token = held.token;
+            let status = JobStatus {
+                state: JobState::Completed,
+                lease: None,
+                result,
+                finished_at: Some(now),
+                ..current.clone()
+            };
+            let history = HistoryEntry { token: Some(token), ..entry(HistoryKind::Completed, &status) };
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
+        }
+
+        Event::Fail { lease, error, retryable, retry_after_ms } => {
+            let held = check_lease(job, lease, now)?;
+            let token = held.token;
+            let error = truncate_utf8(error, Limits::ERROR_BYTES_MAX);
+            let dead_reason = if retryable { DeadReason::Failed } else { DeadReason::NonRetryable };
+            let delay = retry_after_ms.map(|ms| ms.min(Limits::RETRY_AFTER_MS_MAX));
+            let outcome = after_failed_attempt(job, now, random, dead_reason, retryable, delay);
+            let mut t = failed_attempt(job, now, outcome, error, HistoryKind::Failed);
+            if let Some(history) = &mut t.history {
+                history.token = Some(token);
+            }
+            Ok(t)
+        }
+
+        Event::Expire => {
+            if state != JobState::Running {
+                return Err(not_allowed());
+            }
+            let held = current.lease.as_ref().expect("a running job holds a lease");
+            if held.deadline > now {
+                return Err(Rejection::LeaseLive { deadline: held.deadline });
+            }
+            let token = held.token;
+            let outcome = after_failed_attempt(job, now, random, DeadReason::LeaseExpired, true, None);
+            let mut t = failed_attempt(job, now, outcome, "lease expired", HistoryKind::Expired);
+            if let Some(history) = &mut t.history {
+                history.token = Some(token);
+            }
+            Ok(t)
+        }
+
+        Event::Cancel => match state {
+            JobState::Scheduled | JobState::Available | JobState::Retrying => {
+                let status = JobStatus {
+                    state: JobState::Cancelled,
+                    finished_at: Some(now),
+                    ..current.clone()
+                };
+                let history = entry(HistoryKind::Cancelled, &status);
+                Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
+            }
+            JobState::Running if current.cancel_requested => Ok(Transition {
+                status: current.clone(),
+                history: None,
+                effects: vec![Effect::Unchanged],
+            }),
+            JobState::Running => {
+                let status = JobStatus { cancel_requested: true, ..current.clone() };
+                let history = entry(HistoryKind::CancelRequested, &status);
+                Ok(Transition { status, history: Some(history), effects: vec![Effect::CancelRequested] })
+            }
+            JobState::Cancelled => Ok(Transition {
+                status: current.clone(),
+                history: None,
+                effects: vec![Effect::Unchanged],
+            }),
+            JobState::Completed | JobState::Dead => Err(Rejection::AlreadyFinished { state }),
+        },
+
+        Event::Redrive => {
+            if state != JobState::Dead {
+                return Err(not_allowed());
+            }
+            let status = JobStatus {
+                state: JobState::Available,
+                run_at: now,
+                attempt: 0,
+                dead_reason: None,
+                finished_at: None,
+                cancel_requested: false,
+                ..current.clone()
+            };
+            let history = entry(HistoryKind::Redriven, &status);
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
+        }
+    }
+}
+
+/// The lease presented must be the job's current lease, and still live.
+fn check_lease(job: &Job, lease: LeaseId, now: Timestamp) -> Result<&Lease, Rejection> {
+    let stale = Rejection::StaleLease { state: job.status.state };
+    let Some(held) = job.status.lease.as_ref() else { return Err(stale) };
+    if job.status.state != JobState::Running || held.id != lease {
+        return Err(stale);
+    }
+    if held.deadline <= now {
+        return Err(Rejection::LeaseExpired { deadline: held.deadline });
+    }
+    Ok(held)
+}
+
+/// Where a failed attempt leads.
+enum AfterFailure {
+    Retry { at: Timestamp },
+    Dead(DeadReason),
+    Cancelled,
+}
+
+fn after_failed_attempt(
+    job: &Job,
+    now: Timestamp,
+    random: u64,
+    dead_reason: DeadReason,
+    retryable: bool,
+    delay_ms: Option<u64>,
+) -> AfterFailure {
+    let status = &job.status;
+    if status.cancel_requested {
+        return AfterFailure::Cancelled;
+    }
+    if !retryable {
+        return AfterFailure::Dead(DeadReason::NonRetryable);
+    }
+    if status.attempt >= job.retry.attempts_max {
+        return AfterFailure::Dead(dead_reason);
+    }
+    let delay = delay_ms.unwrap_or_else(|| job.retry.backoff.delay_ms(status.attempt, random));
+    AfterFailure::Retry { at: now.add_ms(delay) }
+}
+
+fn failed_attempt(
+    job: &Job,
+    now: Timestamp,
+    outcome: AfterFailure,
+    error: &str,
+    kind: HistoryKind,
+) -> Transition {
+    let current = &job.status;
+    let base = JobStatus { lease: None, last_error: Some(error.into()), ..current.clone() };
+    let (status, effects, run_at) = match outcome {
+        AfterFailure::Retry { at } => (
+            JobStatus { state: JobState::Retrying, run_at: at, ..base },
+            vec![Effect::RetryScheduled { at }],
+            Some(at),
+        ),
+        AfterFailure::Dead(reason) => (
+            JobStatus {
+                state: JobState::Dead,
+                dead_reason: Some(reason),
+                finished_at: Some(now),
+                ..base
+            },
+            vec![Effect::DeadLettered { reason }, Effect::Finished],
+            None,
+        ),
+        AfterFailure::Cancelled => (
+            JobStatus { state: JobState::Cancelled, finished_at: Some(now), ..base },
+            vec![Effect::Finished],
+            None,
+        ),
+    };
+    let history = HistoryEntry {
+        at: now,
+        kind,
+        state: status.state,
+        attempt: status.attempt,
+        token: None,
+        worker: None,
+        error: Some(error.into()),
+        run_at,
+    };
+    Transition { status, history: Some(history), effects }
+}
+
+impl Job {
+    /// Applies an accepted transition: the new status, and the history entry (which counts as a
+    /// new version).
+    pub fn apply(&mut self, t: Transition) {
+        self.status = t.status;
+        if let Some(entry) = t.history {
+            self.version += 1;
+            self.push_history(entry);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The store's error: what went wrong, with the context a caller needs to answer a user.
+
+use dray_core::{Invalid, JobId, QueueName, Rejection};
+
+/// Why a store operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input. Nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+
+    #[error("queue {0} not found")]
+    QueueNotFound(QueueName),
+
+    /// The event does not apply to the job as it is now (a stale lease, a finished job). Nothing
+    /// was changed.
+    #[error("job {job}: {rejection}")]
+    Rejected { job: JobId, rejection: Rejection },
+
+    /// The idempotency key is already used, within its window, by a job with another payload.
+    #[error(
+        "jobs[{index}].idempotency_key: {key:?} in queue {queue} already belongs to job {existing} with a different payload"
+    )]
+    IdempotencyConflict { index: usize, queue: QueueName, key: Box<str>, existing: JobId },
+
+    /// The store is at its memory budget; retry later or raise the budget.
+    #[error("over capacity: {used_bytes} of {budget_bytes} bytes of job data in use")]
+    OverCapacity { used_bytes: u64, budget_bytes: u64 },
+
+    /// The storage failed or is out of reach. The outcome of the operation is unknown: retry it
+    /// with the same idempotency key. An embedded store refuses every further operation after a
+    /// write or fsync error until it is restarted and recovered.
+    #[error("storage unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    pub fn unavailable(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Unavailable { context: context.into(), source: Some(source.into()) }
+    }
+
+    pub fn rejected(job: JobId, rejection: Rejection) -> Error {
+        Error::Rejected { job, rejection }
+    }
+}

@@ -1,0 +1,80 @@
+//! The storage contract: the [`Store`] trait, its typed parameters, [`Error`], and (behind the
+//! `conformance` feature) the one conformance suite every store runs.
+//!
+//! Every parameter that can depend on time carries `now`, the server's clock reading, so a store
+//! never reads a clock itself (the PostgreSQL store uses the database's `now()` instead and ignores
+//! it). This crate knows no SQL, no file formats and no HTTP.
+
+mod error;
+mod params;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::future::Future;
+
+pub use error::Error;
+pub use params::*;
+
+use dray_core::{Job, JobId, QueueName};
+
+/// A durable home for jobs. Implementations: `dray-store-embedded` (default) and
+/// `dray-store-postgres`.
+///
+/// Writes return only once the change is durable under the store's durability policy; an `Err`
+/// means the change was not made, or (for [`Error::Unavailable`]) that its outcome is unknown.
+///
+/// Cancel safety: dropping a returned future before it completes never corrupts the store, but
+/// the change may or may not have been applied (the same as a lost reply).
+pub trait Store: Send + Sync + 'static {
+    /// Inserts one job or an atomic batch: either every job is inserted (or matched to an earlier
+    /// job by its idempotency key) or none is.
+    fn job_insert(&self, p: JobInsert) -> impl Future<Output = Result<Vec<Inserted>, Error>> + Send;
+
+    /// Leases up to `count_max` available jobs from `queues`, best first: higher priority, then
+    /// earlier run time, then enqueue order. Jobs whose run time has come are promoted first, so a
+    /// due job is leasable without waiting for maintenance. Paused queues give nothing.
+    fn job_lease(&self, p: JobLease) -> impl Future<Output = Result<Vec<LeasedJob>, Error>> + Send;
+
+    /// Extends a live lease, recording progress and a checkpoint.
+    fn lease_extend(&self, p: LeaseExtend) -> impl Future<Output = Result<LeaseExtended, Error>> + Send;
+
+    /// Completes or fails leased jobs. The outer `Err` means nothing was applied; each inner result
+    /// says whether that ack was accepted (a stale lease is rejected and changes nothing).
+    fn job_ack(&self, p: JobAck) -> impl Future<Output = Result<Vec<Result<Acked, Error>>, Error>> + Send;
+
+    /// Cancels a job: a waiting job at once, a running job by request (its worker learns at the
+    /// next heartbeat; the job ends `cancelled` when the attempt ends). Returns the job's state.
+    fn job_cancel(&self, p: JobCancel) -> impl Future<Output = Result<dray_core::JobState, Error>> + Send;
+
+    /// A job with its whole history, or `None`.
+    fn job_get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Error>> + Send;
+
+    /// Jobs matching a filter, in id (enqueue) order, one bounded page at a time.
+    fn job_list(&self, p: JobList) -> impl Future<Output = Result<JobPage, Error>> + Send;
+
+    /// Moves dead jobs back to `available` with a fresh budget of attempts. With `dry_run`, only
+    /// reports which jobs would move.
+    fn dead_redrive(&self, p: DeadRedrive) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;
+
+    /// Deletes dead jobs for good. With `dry_run`, only reports which jobs would go.
+    fn dead_discard(&self, p: DeadDiscard) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;
+
+    /// Expires leases whose deadline has passed: each is a failed attempt (retried or dead).
+    fn leases_expire(&self, p: Maintain) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Moves scheduled and retrying jobs whose time has come to `available`.
+    fn jobs_promote(&self, p: Maintain) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Deletes finished jobs past their queue's retention (and past their idempotency window).
+    fn jobs_prune(&self, p: Maintain) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Creates or changes a queue's configuration; unset fields keep their current value.
+    fn queue_configure(&self, p: QueueConfigure) -> impl Future<Output = Result<QueueConfig, Error>> + Send;
+
+    /// Every known queue (configured, or created by its first job) with its counts.
+    fn queue_list(&self) -> impl Future<Output = Result<Vec<QueueStats>, Error>> + Send;
+
+    /// One queue's configuration and counts.
+    fn queue_stats(&self, queue: &QueueName) -> impl Future<Output = Result<QueueStats, Error>> + Send;
+}

@@ -1,0 +1,388 @@
+//! Typed parameters and results of store operations. Each parameter that depends on time carries
+//! `now`, the server's clock reading.
+
+use dray_core::{
+    DeadReason, FencingToken, Invalid, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
+    RetryPolicy, Timestamp, WorkerId, limits::check_range,
+};
+
+/// Insert one job or an atomic batch.
+#[derive(Clone, Debug)]
+pub struct JobInsert {
+    pub now: Timestamp,
+    pub jobs: Vec<NewJob>,
+}
+
+impl JobInsert {
+    /// Checks the batch and every job in it; errors name the job's index (`jobs[3].payload`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.jobs.is_empty() {
+            return Err(Invalid::new("jobs", "must hold at least one job"));
+        }
+        if self.jobs.len() > Limits::BATCH_JOBS_MAX {
+            return Err(Invalid::new(
+                "jobs",
+                format!("has {} jobs; the limit is {}", self.jobs.len(), Limits::BATCH_JOBS_MAX),
+            ));
+        }
+        for (i, job) in self.jobs.iter().enumerate() {
+            job.validate(self.now).map_err(|e| e.in_batch(i))?;
+        }
+        Ok(())
+    }
+}
+
+/// One job of an insert: its id, and whether it is an earlier job found by its idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    pub id: JobId,
+    pub state: JobState,
+    /// `true` when the idempotency key matched an earlier job with the same payload; `id` is then
+    /// that job's id and nothing new was inserted.
+    pub duplicate: bool,
+}
+
+/// Lease up to `count_max` jobs from `queues`.
+#[derive(Clone, Debug)]
+pub struct JobLease {
+    pub now: Timestamp,
+    pub queues: Vec<QueueName>,
+    pub count_max: usize,
+    pub worker: WorkerId,
+    /// Overrides each job's lease duration.
+    pub lease_ms: Option<u64>,
+}
+
+impl JobLease {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.queues.is_empty() {
+            return Err(Invalid::new("queues", "must name at least one queue"));
+        }
+        if self.queues.len() > Limits::LEASE_QUEUES_MAX {
+            return Err(Invalid::new(
+                "queues",
+                format!("names {} queues; the limit is {}", self.queues.len(), Limits::LEASE_QUEUES_MAX),
+            ));
+        }
+        check_range("count_max", self.count_max, 1, Limits::LEASE_JOBS_MAX, "")?;
+        if let Some(ms) = self.lease_ms {
+            check_range("lease_ms", ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
+        }
+        Ok(())
+    }
+}
+
+/// A job handed to a worker under a lease.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeasedJob {
+    pub id: JobId,
+    pub queue: QueueName,
+    pub payload: Payload,
+    pub priority: i16,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    pub attempts_max: u32,
+    pub lease: LeaseId,
+    pub token: FencingToken,
+    /// On the server's clock.
+    pub deadline: Timestamp,
+    /// The checkpoint an earlier attempt saved, if any.
+    pub checkpoint: Option<Payload>,
+    pub traceparent: Option<Box<str>>,
+    pub created_at: Timestamp,
+}
+
+/// Extend a lease (heartbeat).
+#[derive(Clone, Debug)]
+pub struct LeaseExtend {
+    pub now: Timestamp,
+    pub job: JobId,
+    pub lease: LeaseId,
+    /// New deadline is `now + extend_ms`; `None` uses the job's lease duration.
+    pub extend_ms: Option<u64>,
+    pub progress: Option<Payload>,
+    pub checkpoint: Option<Payload>,
+}
+
+impl LeaseExtend {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(ms) = self.extend_ms {
+            check_range("extend_ms", ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
+        }
+        if let Some(p) = &self.progress {
+            dray_core::limits::check_bytes("progress", p.len(), Limits::PROGRESS_BYTES_MAX)?;
+        }
+        if let Some(c) = &self.checkpoint {
+            dray_core::limits::check_bytes("checkpoint", c.len(), Limits::CHECKPOINT_BYTES_MAX)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseExtended {
+    pub deadline: Timestamp,
+    /// The job was asked to stop: the worker should wind down and report.
+    pub cancel_requested: bool,
+}
+
+/// Complete or fail leased jobs, in one durable write.
+#[derive(Clone, Debug)]
+pub struct JobAck {
+    pub now: Timestamp,
+    pub acks: Vec<Ack>,
+}
+
+impl JobAck {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.acks.is_empty() {
+            return Err(Invalid::new("acks", "must hold at least one ack"));
+        }
+        if self.acks.len() > Limits::BATCH_JOBS_MAX {
+            return Err(Invalid::new(
+                "acks",
+                format!("has {} acks; the limit is {}", self.acks.len(), Limits::BATCH_JOBS_MAX),
+            ));
+        }
+        for (i, ack) in self.acks.iter().enumerate() {
+            let at = |e: Invalid| Invalid { field: format!("acks[{i}].{}", e.field), ..e };
+            match &ack.outcome {
+                AckOutcome::Complete { result: Some(r) } => {
+                    dray_core::limits::check_bytes("result", r.len(), Limits::RESULT_BYTES_MAX).map_err(at)?
+                }
+                AckOutcome::Complete { result: None } => {}
+                AckOutcome::Fail { retry_after_ms: Some(ms), .. } => {
+                    check_range("retry_after_ms", *ms, 0, Limits::RETRY_AFTER_MS_MAX, "").map_err(at)?
+                }
+                AckOutcome::Fail { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub job: JobId,
+    pub lease: LeaseId,
+    pub outcome: AckOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub enum AckOutcome {
+    Complete {
+        result: Option<Payload>,
+    },
+    /// `error` longer than `Limits::ERROR_BYTES_MAX` is truncated.
+    Fail {
+        error: String,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// What an accepted ack did to the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    pub state: JobState,
+    /// For a job that will be retried: when.
+    pub retry_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobCancel {
+    pub now: Timestamp,
+    pub job: JobId,
+}
+
+/// A filter over jobs. Unset fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub queue: Option<QueueName>,
+    pub state: Option<JobState>,
+    pub dead_reason: Option<DeadReason>,
+    pub tag: Option<Box<str>>,
+    /// Jobs created at or after this time.
+    pub created_from: Option<Timestamp>,
+    /// Jobs created before this time.
+    pub created_until: Option<Timestamp>,
+}
+
+/// A page of jobs: those with an id greater than `after`, at most `limit` of them.
+#[derive(Clone, Debug)]
+pub struct JobList {
+    pub filter: JobFilter,
+    pub after: Option<JobId>,
+    pub limit: usize,
+}
+
+impl JobList {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_range("limit", self.limit, 1, Limits::PAGE_JOBS_MAX, "")?;
+        Ok(())
+    }
+}
+
+/// Summaries of jobs, and where the next page starts (`None` when there is no more).
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    pub next: Option<JobId>,
+}
+
+/// A job without its payload and history: for lists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub queue: QueueName,
+    pub state: JobState,
+    pub priority: i16,
+    pub attempt: u32,
+    pub attempts_max: u32,
+    pub created_at: Timestamp,
+    pub run_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub dead_reason: Option<DeadReason>,
+    pub last_error: Option<Box<str>>,
+    pub tags: Box<[Box<str>]>,
+}
+
+/// Which dead jobs an operation acts on: listed ids, or every dead job matching a filter (the
+/// filter's `state` is ignored: it is always `dead`), at most `limit` of them.
+#[derive(Clone, Debug)]
+pub enum DeadSelection {
+    Ids(Vec<JobId>),
+    Filter { filter: JobFilter, limit: usize },
+}
+
+impl DeadSelection {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            DeadSelection::Ids(ids) if ids.is_empty() => Err(Invalid::new("ids", "must hold at least one id")),
+            DeadSelection::Ids(ids) if ids.len() > Limits::BATCH_JOBS_MAX => Err(Invalid::new(
+                "ids",
+                format!("has {} ids; the limit is {}", ids.len(), Limits::BATCH_JOBS_MAX),
+            )),
+            DeadSelection::Ids(_) => Ok(()),
+            DeadSelection::Filter { limit, .. } => {
+                check_range("limit", *limit, 1, Limits::BATCH_JOBS_MAX, "")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DeadRedrive {
+    pub now: Timestamp,
+    pub selection: DeadSelection,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeadDiscard {
+    pub now: Timestamp,
+    pub selection: DeadSelection,
+    pub dry_run: bool,
+}
+
+/// A maintenance pass: act on at most `limit` jobs due at `now`.
+#[derive(Clone, Copy, Debug)]
+pub struct Maintain {
+    pub now: Timestamp,
+    pub limit: usize,
+}
+
+/// A queue's policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfig {
+    pub name: QueueName,
+    /// Default for jobs that do not set their own.
+    pub retry: RetryPolicy,
+    /// Default lease duration for jobs that do not set their own.
+    pub lease_ms: u64,
+    /// How long completed and cancelled jobs are kept.
+    pub retention_ms: u64,
+    /// How long dead jobs are kept.
+    pub retention_dead_ms: u64,
+    /// A paused queue accepts jobs but leases none.
+    pub paused: bool,
+}
+
+impl QueueConfig {
+    /// The policy a queue gets when its first job arrives before anyone configured it.
+    pub fn new(name: QueueName) -> QueueConfig {
+        QueueConfig {
+            name,
+            retry: RetryPolicy::default(),
+            lease_ms: Limits::LEASE_MS_DEFAULT,
+            retention_ms: Limits::RETENTION_MS_DEFAULT,
+            retention_dead_ms: Limits::RETENTION_DEAD_MS_DEFAULT,
+            paused: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.retry.validate()?;
+        check_range("lease_ms", self.lease_ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
+        check_range("retention_ms", self.retention_ms, 0, Limits::RETENTION_MS_MAX, "")?;
+        check_range("retention_dead_ms", self.retention_dead_ms, 0, Limits::RETENTION_MS_MAX, "")?;
+        Ok(())
+    }
+}
+
+/// Changes to a queue's configuration; `None` keeps the current value (or the default for a new
+/// queue).
+#[derive(Clone, Debug)]
+pub struct QueueConfigure {
+    pub now: Timestamp,
+    pub name: QueueName,
+    pub retry: Option<RetryPolicy>,
+    pub lease_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub retention_dead_ms: Option<u64>,
+    pub paused: Option<bool>,
+}
+
+impl QueueConfigure {
+    pub fn new(now: Timestamp, name: QueueName) -> QueueConfigure {
+        QueueConfigure {
+            now,
+            name,
+            retry: None,
+            lease_ms: None,
+            retention_ms: None,
+            retention_dead_ms: None,
+            paused: None,
+        }
+    }
+
+    /// `current` with these changes applied, validated.
+    pub fn apply_to(&self, current: &QueueConfig) -> Result<QueueConfig, Invalid> {
+        let config = QueueConfig {
+            name: current.name.clone(),
+            retry: self.retry.unwrap_or(current.retry),
+            lease_ms: self.lease_ms.unwrap_or(current.lease_ms),
+            retention_ms: self.retention_ms.unwrap_or(current.retention_ms),
+            retention_dead_ms: self.retention_dead_ms.unwrap_or(current.retention_dead_ms),
+            paused: self.paused.unwrap_or(current.paused),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A queue's configuration and how many of its jobs are in each state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueStats {
+    pub config: QueueConfig,
+    /// Indexed by `JobState::index()`.
+    pub counts: [u64; 7],
+    /// When the longest-dead job died.
+    pub oldest_dead_at: Option<Timestamp>,
+}
+
+impl QueueStats {
+    pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state.index()]
+    }
+}
