@@ -32,6 +32,9 @@ impl Limits {
     pub const ERROR_BYTES_MAX: usize = 8 * 1024;
 
     pub const BATCH_JOBS_MAX: usize = 10_000;
+    /// The payload bytes of one insert batch together. A batch is logged as one record, so this
+    /// also bounds the largest write a store makes for one request.
+    pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
     pub const LEASE_JOBS_MAX: usize = 1_000;
     pub const LEASE_QUEUES_MAX: usize = 64;
     pub const PAGE_JOBS_MAX: usize = 1_000;

@@ -99,8 +99,7 @@ mod tests {
 
     #[test]
     fn validation_names_field_and_limit() {
-        let mut p = RetryPolicy::default();
-        p.attempts_max = 0;
+        let p = RetryPolicy { attempts_max: 0, ..RetryPolicy::default() };
         assert_eq!(p.validate().unwrap_err().to_string(), "attempts_max: is 0; allowed is 1 to 1000");
         let mut p = RetryPolicy::default();
         p.backoff.factor = f64::NAN;

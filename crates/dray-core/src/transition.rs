@@ -229,7 +229,11 @@ pub fn transition(
                 finished_at: Some(now),
                 ..current.clone()
             };
-            let history = HistoryEntry { token: Some(token), ..entry(HistoryKind::Completed, &status) };
+            let history = HistoryEntry {
+                token: Some(token),
+                worker: Some(held.worker.clone()),
+                ..entry(HistoryKind::Completed, &status)
+            };
             Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
         }
 
@@ -240,9 +244,11 @@ pub fn transition(
             let dead_reason = if retryable { DeadReason::Failed } else { DeadReason::NonRetryable };
             let delay = retry_after_ms.map(|ms| ms.min(Limits::RETRY_AFTER_MS_MAX));
             let outcome = after_failed_attempt(job, now, random, dead_reason, retryable, delay);
+            let worker = held.worker.clone();
             let mut t = failed_attempt(job, now, outcome, error, HistoryKind::Failed);
             if let Some(history) = &mut t.history {
                 history.token = Some(token);
+                history.worker = Some(worker);
             }
             Ok(t)
         }
@@ -256,10 +262,12 @@ pub fn transition(
                 return Err(Rejection::LeaseLive { deadline: held.deadline });
             }
             let token = held.token;
+            let worker = held.worker.clone();
             let outcome = after_failed_attempt(job, now, random, DeadReason::LeaseExpired, true, None);
             let mut t = failed_attempt(job, now, outcome, "lease expired", HistoryKind::Expired);
             if let Some(history) = &mut t.history {
                 history.token = Some(token);
+                history.worker = Some(worker);
             }
             Ok(t)
         }
