@@ -25,8 +25,16 @@ impl JobInsert {
                 format!("has {} jobs; the limit is {}", self.jobs.len(), Limits::BATCH_JOBS_MAX),
             ));
         }
+        let mut bytes = 0usize;
         for (i, job) in self.jobs.iter().enumerate() {
             job.validate(self.now).map_err(|e| e.in_batch(i))?;
+            bytes += job.payload.len();
+        }
+        if bytes > Limits::BATCH_BYTES_MAX {
+            return Err(Invalid::new(
+                "jobs",
+                format!("payloads total {bytes} bytes; the limit is {}", Limits::BATCH_BYTES_MAX),
+            ));
         }
         Ok(())
     }

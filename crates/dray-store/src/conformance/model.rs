@@ -1,0 +1,833 @@
+//! The model-based test: random sequences of operations against a tiny reference model, with the
+//! invariants checked after every step.
+//!
+//! The generator is a seeded splitmix64, not proptest's runner: every store call is async and
+//! runs on the test's runtime, and a hand-rolled RNG keeps the whole run replayable from one seed.
+//! The seed is printed at the start and, with the failing case's operations, on failure; set
+//! `DRAY_MODEL_SEED` (decimal or `0x` hex) to replay it and `DRAY_MODEL_CASES` to change the number
+//! of cases.
+//!
+//! Each case uses two fresh queues and at most `STEPS_MAX` operations, then drains (cancels every
+//! live job) so the next case starts with no live job in the store: that keeps the counts returned
+//! by the store-wide maintenance passes exact. Time only moves forward, across all cases.
+
+use std::cmp::Reverse;
+use std::fmt::Write as _;
+
+use dray_core::{
+    Backoff, DeadReason, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, NewJob, Payload,
+    QueueName, Rejection, Timestamp, WorkerId,
+};
+
+use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q};
+use crate::{Ack, AckOutcome, Acked, DeadRedrive, DeadSelection, JobFilter, LeaseExtended, QueueConfigure, Store};
+
+const CASES_DEFAULT: u64 = 64;
+const STEPS_MAX: u64 = 60;
+/// Short windows (100, 200, 400, 800, 1000 ms) so retries come due within a case.
+const MODEL_BACKOFF: Backoff = Backoff { base_ms: 100, factor: 2.0, cap_ms: 1_000 };
+
+/// splitmix64: tiny, fast, and good enough to pick operations.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+#[derive(Clone, Debug)]
+struct MLease {
+    id: LeaseId,
+    token: FencingToken,
+    deadline: Timestamp,
+}
+
+/// What the model expects of one job.
+#[derive(Clone, Debug)]
+struct MJob {
+    id: JobId,
+    queue: usize,
+    priority: i16,
+    attempts_max: u32,
+    lease_ms: u64,
+    state: JobState,
+    attempt: u32,
+    run_at: Timestamp,
+    lease: Option<MLease>,
+    old_leases: Vec<LeaseId>,
+    cancel_requested: bool,
+    dead_reason: Option<DeadReason>,
+    finished_at: Option<Timestamp>,
+    checkpoint: Option<Payload>,
+    /// History without `Promoted` entries (when a due job is promoted is the store's choice):
+    /// kind, state after, attempt, token.
+    history: Vec<(HistoryKind, JobState, u32, Option<FencingToken>)>,
+}
+
+impl MJob {
+    fn is_due_waiting(&self, now: Timestamp) -> bool {
+        matches!(self.state, JobState::Scheduled | JobState::Retrying) && self.run_at <= now
+    }
+
+    fn leasable(&self, now: Timestamp) -> bool {
+        self.state == JobState::Available || self.is_due_waiting(now)
+    }
+
+    fn has_any_lease(&self) -> bool {
+        self.lease.is_some() || !self.old_leases.is_empty()
+    }
+
+    /// The core's lease check: the current lease, still live.
+    fn check_lease(&self, lease: LeaseId, now: Timestamp) -> Result<MLease, Rejection> {
+        match &self.lease {
+            Some(l) if self.state == JobState::Running && l.id == lease => {
+                if l.deadline <= now {
+                    Err(Rejection::LeaseExpired { deadline: l.deadline })
+                } else {
+                    Ok(l.clone())
+                }
+            }
+            _ => Err(Rejection::StaleLease { state: self.state }),
+        }
+    }
+
+    /// Where a failed attempt (failure or expiry) leads: the state, the dead reason, and for a
+    /// retry the window its time must fall in.
+    fn after_failure(
+        &self,
+        now: Timestamp,
+        exhausted: DeadReason,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+    ) -> (JobState, Option<DeadReason>, Option<(Timestamp, Timestamp)>) {
+        if self.cancel_requested {
+            (JobState::Cancelled, None, None)
+        } else if !retryable {
+            (JobState::Dead, Some(DeadReason::NonRetryable), None)
+        } else if self.attempt >= self.attempts_max {
+            (JobState::Dead, Some(exhausted), None)
+        } else if let Some(ms) = retry_after_ms {
+            (JobState::Retrying, None, Some((now.add_ms(ms), now.add_ms(ms))))
+        } else {
+            (JobState::Retrying, None, Some((now, now.add_ms(MODEL_BACKOFF.window_ms(self.attempt)))))
+        }
+    }
+
+    /// Ends the current attempt in `state` (the lease goes to the old ones).
+    fn end_attempt(&mut self, now: Timestamp, kind: HistoryKind, state: JobState, dead_reason: Option<DeadReason>) {
+        let lease = self.lease.take().expect("a running job holds a lease");
+        self.old_leases.push(lease.id);
+        self.state = state;
+        self.dead_reason = dead_reason;
+        if state.is_finished() {
+            self.finished_at = Some(now);
+        }
+        self.history.push((kind, state, self.attempt, Some(lease.token)));
+    }
+}
+
+/// The failing case's operations, printed if the test panics.
+#[derive(Debug)]
+struct Trace {
+    seed: u64,
+    case: u64,
+    ops: Vec<String>,
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut s = String::new();
+            let _ = writeln!(
+                s,
+                "model_random_operations failed: DRAY_MODEL_SEED={:#x} (case {}, step {}). Operations of this case:",
+                self.seed,
+                self.case,
+                self.ops.len()
+            );
+            for (i, op) in self.ops.iter().enumerate() {
+                let _ = writeln!(s, "  {i:>3}: {op}");
+            }
+            eprintln!("{s}");
+        }
+    }
+}
+
+struct Sim<H: Harness> {
+    c: Ctx<H>,
+    rng: Rng,
+    trace: Trace,
+    queues: [QueueName; 2],
+    paused: [bool; 2],
+    /// This case's jobs, in id order.
+    jobs: Vec<MJob>,
+    token_max: Option<FencingToken>,
+    id_max: Option<JobId>,
+    completed: Vec<JobId>,
+    serial: u64,
+    /// How often each outcome happened: printed at the end, so a run shows what it exercised.
+    tally: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Random operation sequences against a reference model, with invariants after every step:
+/// exactly the model's state per job, attempts within `attempts_max`, at most one live lease per
+/// job, fencing tokens strictly increasing over all grants (also across restarts), nothing leased
+/// before its run time or after completion, queue counts equal to the model's, and stale acks
+/// rejected exactly when the model says so.
+pub async fn model_random_operations<H: Harness>(h: H) {
+    let seed = match std::env::var("DRAY_MODEL_SEED") {
+        Ok(s) => parse_u64(&s).unwrap_or_else(|| panic!("DRAY_MODEL_SEED={s:?} is not a number")),
+        Err(_) => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x0d2a_u64)
+        }
+    };
+    let cases = std::env::var("DRAY_MODEL_CASES").ok().and_then(|s| parse_u64(&s)).unwrap_or(CASES_DEFAULT);
+    eprintln!("model_random_operations: DRAY_MODEL_SEED={seed:#x}, {cases} cases");
+
+    let c = Ctx::open(h).await;
+    let mut sim = Sim {
+        c,
+        rng: Rng(seed),
+        trace: Trace { seed, case: 0, ops: Vec::new() },
+        queues: [q("m0-a"), q("m0-b")],
+        paused: [false, false],
+        jobs: Vec::new(),
+        token_max: None,
+        id_max: None,
+        completed: Vec::new(),
+        serial: 0,
+        tally: std::collections::BTreeMap::new(),
+    };
+    for case in 0..cases {
+        sim.start_case(case).await;
+        let steps = sim.rng.range(10, STEPS_MAX);
+        for _ in 0..steps {
+            sim.step().await;
+            sim.check_all().await;
+        }
+        sim.drain().await;
+    }
+    eprintln!("model_random_operations: outcomes {:?}", sim.tally);
+    // Accepted completions are final across everything that happened since.
+    sim.op("final restart".into());
+    sim.c.restart().await;
+    for id in std::mem::take(&mut sim.completed) {
+        assert_eq!(sim.c.get(id).await.state(), JobState::Completed, "completed job {id} changed state");
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl<H: Harness> Sim<H> {
+    fn op(&mut self, s: String) {
+        self.trace.ops.push(format!("[t+{}] {s}", self.c.now.ms_since(super::T0)));
+    }
+
+    fn note(&mut self, s: impl AsRef<str>) {
+        if let Some(last) = self.trace.ops.last_mut() {
+            last.push_str(" -> ");
+            last.push_str(s.as_ref());
+        }
+    }
+
+    fn count(&mut self, what: &'static str, n: u64) {
+        *self.tally.entry(what).or_default() += n;
+    }
+
+    fn idx(&self, id: JobId) -> usize {
+        self.jobs.iter().position(|m| m.id == id).expect("job in model")
+    }
+
+    async fn start_case(&mut self, case: u64) {
+        self.trace.case = case;
+        self.trace.ops.clear();
+        self.jobs.clear();
+        self.queues = [q(&format!("m{case}-a")), q(&format!("m{case}-b"))];
+        self.paused = [false, false];
+        // Configure both queues so their stats exist before their first job.
+        for qi in 0..2 {
+            let name = self.queues[qi].clone();
+            let config = self.c.configure(QueueConfigure::new(self.c.now, name)).await.unwrap();
+            assert!(!config.paused);
+        }
+        self.op(format!("start case {case}"));
+    }
+
+    async fn step(&mut self) {
+        let roll = self.rng.below(93);
+        match roll {
+            0..18 => self.enqueue().await,
+            18..34 => self.lease().await,
+            34..42 => self.heartbeat().await,
+            42..56 => self.ack().await,
+            56..64 => {
+                let ms = self.rng.range(0, 2_000);
+                self.expire(ms).await
+            }
+            64..69 => self.cancel_random().await,
+            69..74 => self.redrive().await,
+            74..84 => {
+                let ms = self.rng.range(1, 2_000);
+                self.op(format!("advance {ms} ms"));
+                self.c.advance(ms);
+            }
+            84..88 => self.promote().await,
+            88..90 => self.restart().await,
+            _ => self.pause_toggle().await,
+        }
+    }
+
+    async fn enqueue(&mut self) {
+        let n = if self.rng.chance(15) { self.rng.range(2, 3) } else { 1 };
+        let now = self.c.now;
+        let mut batch = Vec::new();
+        let mut specs = Vec::new();
+        for _ in 0..n {
+            self.serial += 1;
+            let qi = self.rng.below(2) as usize;
+            let priority = self.rng.pick(&[-1i16, 0, 0, 1, 2]);
+            let delay_ms = match self.rng.below(5) {
+                0 => Some(self.rng.range(1, 4_000)),
+                1 => Some(0),
+                _ => None,
+            };
+            let attempts_max = self.rng.range(1, 4) as u32;
+            let lease_ms = self.rng.pick(&[1_000u64, 3_000, 6_000]);
+            batch.push(NewJob {
+                priority,
+                delay_ms,
+                attempts_max: Some(attempts_max),
+                lease_ms: Some(lease_ms),
+                backoff: Some(MODEL_BACKOFF),
+                ..NewJob::new(self.queues[qi].clone(), payload(&format!("job-{}", self.serial)))
+            });
+            specs.push((qi, priority, delay_ms, attempts_max, lease_ms));
+        }
+        self.count("jobs enqueued", n);
+        self.op(format!("enqueue {specs:?} (queue, priority, delay_ms, attempts_max, lease_ms)"));
+        let inserted = self.c.insert(batch).await;
+        self.note(format!("{:?}", inserted.iter().map(|i| i.id.0).collect::<Vec<_>>()));
+        for (ins, (qi, priority, delay_ms, attempts_max, lease_ms)) in inserted.into_iter().zip(specs) {
+            assert!(!ins.duplicate, "a job without an idempotency key is never a duplicate");
+            if let Some(max) = self.id_max {
+                assert!(ins.id > max, "job id {} not above earlier id {max}", ins.id);
+            }
+            self.id_max = Some(ins.id);
+            let run_at = now.add_ms(delay_ms.unwrap_or(0));
+            let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+            assert_eq!(ins.state, state, "state of new job {}", ins.id);
+            self.jobs.push(MJob {
+                id: ins.id,
+                queue: qi,
+                priority,
+                attempts_max,
+                lease_ms,
+                state,
+                attempt: 0,
+                run_at,
+                lease: None,
+                old_leases: Vec::new(),
+                cancel_requested: false,
+                dead_reason: None,
+                finished_at: None,
+                checkpoint: None,
+                history: vec![(HistoryKind::Enqueued, state, 0, None)],
+            });
+        }
+    }
+
+    async fn lease(&mut self) {
+        let qs: Vec<usize> = match self.rng.below(3) {
+            0 => vec![0],
+            1 => vec![1],
+            _ => vec![0, 1],
+        };
+        let count_max = self.rng.range(1, 3) as usize;
+        let lease_ms = if self.rng.chance(30) { Some(self.rng.pick(&[1_000u64, 2_500, 5_000])) } else { None };
+        let worker = WorkerId::new(&format!("w{}", self.rng.below(3))).unwrap();
+        let now = self.c.now;
+
+        let mut candidates: Vec<MJob> = self
+            .jobs
+            .iter()
+            .filter(|m| qs.contains(&m.queue) && !self.paused[m.queue] && m.leasable(now))
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|m| (Reverse(m.priority), m.run_at, m.id));
+        let expected: Vec<JobId> = candidates.iter().take(count_max).map(|m| m.id).collect();
+
+        self.op(format!("lease queues {qs:?} count_max {count_max} lease_ms {lease_ms:?} by {worker}"));
+        let p = crate::JobLease {
+            now,
+            queues: qs.iter().map(|&i| self.queues[i].clone()).collect(),
+            count_max,
+            worker,
+            lease_ms,
+        };
+        let leased = self.c.lease_with(p).await;
+        let got = ids_of(&leased);
+        self.note(format!("{:?}", got.iter().map(|i| i.0).collect::<Vec<_>>()));
+        if got != expected {
+            let line = candidates
+                .iter()
+                .map(|m| format!("{}(prio {}, run_at t+{})", m.id, m.priority, m.run_at.ms_since(super::T0)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            panic!("lease returned {got:?}, the model expects {expected:?}; leasable best first: [{line}]");
+        }
+        self.count("leases granted", leased.len() as u64);
+        for l in leased {
+            if let Some(max) = self.token_max {
+                assert!(l.token > max, "fencing token {} not above earlier grant {max}", l.token);
+            }
+            self.token_max = Some(l.token);
+            let i = self.idx(l.id);
+            let m = &mut self.jobs[i];
+            // Lease ids need only be unique per job: every ack names its job too.
+            assert!(
+                !m.old_leases.contains(&l.lease),
+                "lease id {} granted to job {} twice: a zombie holding the old lease could ack",
+                l.lease,
+                m.id
+            );
+            assert_ne!(m.state, JobState::Completed, "completed job {} leased again", m.id);
+            assert!(m.run_at <= now, "job {} leased before its run time", m.id);
+            assert_eq!(l.queue, self.queues[m.queue]);
+            assert_eq!(l.priority, m.priority);
+            assert_eq!((l.attempt, l.attempts_max), (m.attempt + 1, m.attempts_max), "attempt of job {}", m.id);
+            assert_eq!(l.deadline, now.add_ms(lease_ms.unwrap_or(m.lease_ms)), "deadline of job {}", m.id);
+            assert_eq!(l.checkpoint, m.checkpoint, "checkpoint handed to job {}", m.id);
+            m.state = JobState::Running;
+            m.attempt += 1;
+            m.lease = Some(MLease { id: l.lease, token: l.token, deadline: l.deadline });
+            m.history.push((HistoryKind::Leased, JobState::Running, m.attempt, Some(l.token)));
+        }
+    }
+
+    /// A lease to present for job `i`: usually its current one, sometimes an old or a made-up one.
+    fn choose_lease(&mut self, i: usize) -> LeaseId {
+        let m = &self.jobs[i];
+        let current = m.lease.as_ref().map(|l| l.id);
+        let old = m.old_leases.clone();
+        let roll = self.rng.below(100);
+        match (current, roll) {
+            (Some(c), 0..85) => c,
+            (_, 85..95) if !old.is_empty() => old[self.rng.below(old.len() as u64) as usize],
+            (Some(c), _) => other_lease(c),
+            (None, _) if !old.is_empty() => old[self.rng.below(old.len() as u64) as usize],
+            (None, _) => LeaseId(self.rng.next()),
+        }
+    }
+
+    /// Jobs a worker could ack or heartbeat: mostly running ones, sometimes any job that was ever
+    /// leased (to present stale leases).
+    fn jobs_with_leases(&mut self) -> Vec<usize> {
+        let running: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Running).collect();
+        if !running.is_empty() && self.rng.chance(80) {
+            return running;
+        }
+        (0..self.jobs.len()).filter(|&i| self.jobs[i].has_any_lease()).collect()
+    }
+
+    async fn heartbeat(&mut self) {
+        let candidates = self.jobs_with_leases();
+        if candidates.is_empty() {
+            return self.expire(0).await;
+        }
+        let i = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let lease = self.choose_lease(i);
+        let extend_ms = if self.rng.chance(50) { None } else { Some(self.rng.pick(&[1_000u64, 2_000, 4_000])) };
+        self.serial += 1;
+        let checkpoint = self.rng.chance(30).then(|| payload(&format!("cp-{}", self.serial)));
+        let now = self.c.now;
+        let id = self.jobs[i].id;
+        self.op(format!("heartbeat job {id} lease {lease} extend_ms {extend_ms:?} checkpoint {checkpoint:?}"));
+        let r = self
+            .c
+            .store()
+            .lease_extend(crate::LeaseExtend { now, job: id, lease, extend_ms, progress: None, checkpoint: checkpoint.clone() })
+            .await;
+        self.note(format!("{r:?}"));
+        let m = &mut self.jobs[i];
+        match m.check_lease(lease, now) {
+            Ok(_) => {
+                let deadline = now.add_ms(extend_ms.unwrap_or(m.lease_ms));
+                let got = r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
+                assert_eq!(got, LeaseExtended { deadline, cancel_requested: m.cancel_requested });
+                m.lease.as_mut().unwrap().deadline = deadline;
+                *self.tally.entry("heartbeats accepted").or_default() += 1;
+                if checkpoint.is_some() {
+                    m.checkpoint = checkpoint;
+                }
+            }
+            Err(rejection) => {
+                assert_rejected(r, id, rejection);
+                *self.tally.entry("heartbeats rejected").or_default() += 1;
+            }
+        }
+    }
+
+    async fn ack(&mut self) {
+        let mut candidates = self.jobs_with_leases();
+        if candidates.is_empty() {
+            return self.lease().await;
+        }
+        let n = if candidates.len() > 1 && self.rng.chance(20) { 2 } else { 1 };
+        let mut acks = Vec::new();
+        let mut chosen = Vec::new();
+        for _ in 0..n {
+            let i = candidates.remove(self.rng.below(candidates.len() as u64) as usize);
+            let lease = self.choose_lease(i);
+            self.serial += 1;
+            let outcome = if self.rng.chance(50) {
+                AckOutcome::Complete { result: self.rng.chance(50).then(|| payload("result")) }
+            } else {
+                AckOutcome::Fail {
+                    error: format!("error-{}", self.serial),
+                    retryable: self.rng.chance(75),
+                    retry_after_ms: self.rng.chance(30).then(|| self.rng.range(0, 500)),
+                }
+            };
+            acks.push(Ack { job: self.jobs[i].id, lease, outcome });
+            chosen.push(i);
+        }
+        let now = self.c.now;
+        self.op(format!(
+            "ack {:?}",
+            acks.iter().map(|a| (a.job.0, a.lease.to_string(), &a.outcome)).collect::<Vec<_>>()
+        ));
+        let results = self.c.ack(acks.clone()).await;
+        self.note(format!("{results:?}"));
+        for ((ack, i), r) in acks.into_iter().zip(chosen).zip(results) {
+            let m = &mut self.jobs[i];
+            let held = match m.check_lease(ack.lease, now) {
+                Ok(held) => held,
+                Err(rejection) => {
+                    assert_rejected(r, m.id, rejection);
+                    *self.tally.entry("acks rejected").or_default() += 1;
+                    continue;
+                }
+            };
+            let acked = r.unwrap_or_else(|e| panic!("ack of job {} with its live lease failed: {e:?}", m.id));
+            assert_eq!(held.id, ack.lease);
+            match ack.outcome {
+                AckOutcome::Complete { .. } => {
+                    assert_eq!(acked, Acked { state: JobState::Completed, retry_at: None });
+                    m.end_attempt(now, HistoryKind::Completed, JobState::Completed, None);
+                    *self.tally.entry("completions accepted").or_default() += 1;
+                    self.completed.push(m.id);
+                }
+                AckOutcome::Fail { retryable, retry_after_ms, .. } => {
+                    let (state, reason, window) = m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
+                    assert_eq!(acked.state, state, "state of job {} after failure", m.id);
+                    match window {
+                        Some((lo, hi)) => {
+                            let at = acked.retry_at.unwrap_or_else(|| panic!("retrying job {} without retry_at", m.id));
+                            assert!(at >= lo && at <= hi, "job {} retries at {at}, outside [{lo}, {hi}]", m.id);
+                            m.run_at = at;
+                        }
+                        None => assert_eq!(acked.retry_at, None),
+                    }
+                    m.end_attempt(now, HistoryKind::Failed, state, reason);
+                    *self.tally.entry(match state {
+                        JobState::Retrying => "failures retried",
+                        JobState::Dead => "failures dead",
+                        _ => "failures cancelled",
+                    })
+                    .or_default() += 1;
+                }
+            }
+        }
+    }
+
+    async fn expire(&mut self, advance_ms: u64) {
+        self.c.advance(advance_ms);
+        let now = self.c.now;
+        let due: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| {
+                let m = &self.jobs[i];
+                m.state == JobState::Running && m.lease.as_ref().is_some_and(|l| l.deadline <= now)
+            })
+            .collect();
+        self.op(format!("advance {advance_ms} ms, expire leases"));
+        let n = self.c.expire().await;
+        self.note(format!("{n}"));
+        assert_eq!(n, due.len(), "leases_expire count (the model expects jobs {:?})", due.iter().map(|&i| self.jobs[i].id.0).collect::<Vec<_>>());
+        for i in due {
+            let m = &self.jobs[i];
+            let (state, reason, window) = m.after_failure(now, DeadReason::LeaseExpired, true, None);
+            if let Some((lo, hi)) = window {
+                let job = self.c.get(m.id).await;
+                let at = job.status.run_at;
+                assert!(at >= lo && at <= hi, "expired job {} retries at {at}, outside [{lo}, {hi}]", m.id);
+                self.jobs[i].run_at = at;
+            }
+            self.jobs[i].end_attempt(now, HistoryKind::Expired, state, reason);
+            self.count("leases expired", 1);
+        }
+    }
+
+    async fn cancel_random(&mut self) {
+        if self.jobs.is_empty() || self.rng.chance(5) {
+            let unknown = JobId(self.id_max.map_or(0, |m| m.0) + 1_000_000);
+            self.op(format!("cancel unknown job {unknown}"));
+            assert_not_found(self.c.cancel(unknown).await, unknown);
+            return;
+        }
+        let i = self.rng.below(self.jobs.len() as u64) as usize;
+        self.cancel(i).await;
+    }
+
+    async fn cancel(&mut self, i: usize) {
+        let now = self.c.now;
+        let id = self.jobs[i].id;
+        self.op(format!("cancel job {id}"));
+        let r = self.c.cancel(id).await;
+        self.note(format!("{r:?}"));
+        let m = &mut self.jobs[i];
+        match m.state {
+            JobState::Scheduled | JobState::Available | JobState::Retrying => {
+                assert_eq!(r.unwrap(), JobState::Cancelled);
+                m.state = JobState::Cancelled;
+                m.finished_at = Some(now);
+                m.history.push((HistoryKind::Cancelled, JobState::Cancelled, m.attempt, None));
+            }
+            JobState::Running => {
+                assert_eq!(r.unwrap(), JobState::Running);
+                if !m.cancel_requested {
+                    m.cancel_requested = true;
+                    m.history.push((HistoryKind::CancelRequested, JobState::Running, m.attempt, None));
+                }
+            }
+            JobState::Cancelled => assert_eq!(r.unwrap(), JobState::Cancelled),
+            state @ (JobState::Completed | JobState::Dead) => {
+                assert_rejected(r, id, Rejection::AlreadyFinished { state })
+            }
+        }
+    }
+
+    async fn redrive(&mut self) {
+        let dead: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Dead).collect();
+        if dead.is_empty() {
+            return self.enqueue().await;
+        }
+        let dry_run = self.rng.chance(25);
+        let (selection, mut expected) = if self.rng.chance(50) {
+            let mut picked = vec![dead[self.rng.below(dead.len() as u64) as usize]];
+            let other = dead[self.rng.below(dead.len() as u64) as usize];
+            if !picked.contains(&other) && self.rng.chance(50) {
+                picked.push(other);
+            }
+            let ids: Vec<JobId> = picked.iter().map(|&i| self.jobs[i].id).collect();
+            (DeadSelection::Ids(ids.clone()), ids)
+        } else {
+            let qi = self.rng.below(2) as usize;
+            let limit = self.rng.range(1, 3) as usize;
+            let ids: Vec<JobId> =
+                dead.iter().filter(|&&i| self.jobs[i].queue == qi).take(limit).map(|&i| self.jobs[i].id).collect();
+            let filter = JobFilter { queue: Some(self.queues[qi].clone()), ..JobFilter::default() };
+            (DeadSelection::Filter { filter, limit }, ids)
+        };
+        expected.sort();
+        let now = self.c.now;
+        self.op(format!("redrive {selection:?} dry_run {dry_run}"));
+        let mut got = self
+            .c
+            .store()
+            .dead_redrive(DeadRedrive { now, selection, dry_run })
+            .await
+            .unwrap_or_else(|e| panic!("dead_redrive: {e:?}"));
+        self.note(format!("{got:?}"));
+        got.sort();
+        assert_eq!(got, expected, "redrive moved the wrong jobs (dry_run {dry_run})");
+        if dry_run {
+            return;
+        }
+        self.count("jobs redriven", got.len() as u64);
+        for id in got {
+            let i = self.idx(id);
+            let m = &mut self.jobs[i];
+            m.state = JobState::Available;
+            m.attempt = 0;
+            m.run_at = now;
+            m.dead_reason = None;
+            m.finished_at = None;
+            m.cancel_requested = false;
+            m.history.push((HistoryKind::Redriven, JobState::Available, 0, None));
+        }
+    }
+
+    async fn promote(&mut self) {
+        let now = self.c.now;
+        let due: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].is_due_waiting(now)).collect();
+        self.op("promote".into());
+        let n = self.c.promote().await;
+        self.note(format!("{n}"));
+        assert_eq!(n, due.len(), "jobs_promote count");
+        for i in due {
+            self.jobs[i].state = JobState::Available;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.count("restarts", 1);
+        self.op("restart".into());
+        let mut before = Vec::new();
+        for m in &self.jobs {
+            before.push(self.c.get(m.id).await);
+        }
+        let stats_before = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        self.c.restart().await;
+        for b in &before {
+            assert_job_eq(&self.c.get(b.id).await, b, "after restart");
+        }
+        let stats_after = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        assert_eq!(stats_after, stats_before, "queue stats after restart");
+    }
+
+    async fn pause_toggle(&mut self) {
+        let qi = self.rng.below(2) as usize;
+        let paused = !self.paused[qi];
+        self.op(format!("queue {} paused = {paused}", self.queues[qi]));
+        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
+        let config = self.c.configure(p).await.unwrap();
+        assert_eq!(config.paused, paused);
+        self.paused[qi] = paused;
+    }
+
+    /// Ends the case: every live job cancelled (running ones by request, then expired), queues
+    /// resumed, nothing left to lease.
+    async fn drain(&mut self) {
+        self.op("drain".into());
+        for i in 0..self.jobs.len() {
+            if !self.jobs[i].state.is_finished() {
+                self.cancel(i).await;
+            }
+        }
+        let deadline_max = self.jobs.iter().filter_map(|m| m.lease.as_ref().map(|l| l.deadline)).max();
+        if let Some(d) = deadline_max
+            && d > self.c.now
+        {
+            self.c.set_now(d);
+        }
+        self.expire(0).await;
+        for qi in 0..2 {
+            if self.paused[qi] {
+                self.pause_toggle_to(qi, false).await;
+            }
+        }
+        self.check_all().await;
+        assert!(self.jobs.iter().all(|m| m.state.is_finished()), "drain left live jobs");
+        let leased = self.c.lease_with(crate::JobLease {
+            now: self.c.now,
+            queues: self.queues.to_vec(),
+            count_max: 10,
+            worker: WorkerId::new("drain").unwrap(),
+            lease_ms: None,
+        });
+        assert_eq!(leased.await, vec![], "a drained case leaves nothing to lease");
+    }
+
+    async fn pause_toggle_to(&mut self, qi: usize, paused: bool) {
+        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
+        self.c.configure(p).await.unwrap();
+        self.paused[qi] = paused;
+    }
+
+    /// Every invariant, against `job_get` for each of this case's jobs and `queue_stats` for its
+    /// queues.
+    async fn check_all(&mut self) {
+        let now = self.c.now;
+        let mut counts = [[0u64; 7]; 2];
+        let mut oldest_dead: [Option<Timestamp>; 2] = [None, None];
+        for i in 0..self.jobs.len() {
+            let job = self.c.get(self.jobs[i].id).await;
+            let m = &mut self.jobs[i];
+            // A due job may have been promoted by any pass or lease: the store's choice.
+            if m.is_due_waiting(now) && job.state() == JobState::Available {
+                m.state = JobState::Available;
+            }
+            check_job(m, &job, now);
+            counts[m.queue][m.state.index()] += 1;
+            if m.state == JobState::Dead {
+                let at = m.finished_at.unwrap();
+                let slot = &mut oldest_dead[m.queue];
+                *slot = Some(slot.map_or(at, |o: Timestamp| o.min(at)));
+            }
+        }
+        for qi in 0..2 {
+            let stats = self.c.stats(self.queues[qi].as_str()).await;
+            assert_eq!(stats.counts, counts[qi], "counts of queue {} (by state index)", self.queues[qi]);
+            assert_eq!(stats.oldest_dead_at, oldest_dead[qi], "oldest_dead_at of queue {}", self.queues[qi]);
+            assert_eq!(stats.config.paused, self.paused[qi], "paused flag of queue {}", self.queues[qi]);
+        }
+    }
+}
+
+fn check_job(m: &MJob, job: &Job, now: Timestamp) {
+    let id = m.id;
+    assert_eq!(job.state(), m.state, "state of job {id}");
+    assert_eq!(job.status.attempt, m.attempt, "attempt of job {id}");
+    assert!(job.status.attempt <= job.retry.attempts_max, "job {id} is past attempts_max");
+    assert_eq!(job.retry.attempts_max, m.attempts_max, "attempts_max of job {id}");
+    assert_eq!(job.status.run_at, m.run_at, "run_at of job {id}");
+    match (&job.status.lease, &m.lease) {
+        (None, None) => {}
+        (Some(l), Some(ml)) => {
+            assert_eq!((l.id, l.token, l.deadline), (ml.id, ml.token, ml.deadline), "lease of job {id}")
+        }
+        (got, want) => panic!("lease of job {id}: got {got:?}, the model expects {want:?}"),
+    }
+    assert_eq!(job.status.lease.is_some(), m.state == JobState::Running, "a job holds a lease exactly while running");
+    assert_eq!(job.status.cancel_requested, m.cancel_requested, "cancel_requested of job {id}");
+    assert_eq!(job.status.dead_reason, m.dead_reason, "dead_reason of job {id}");
+    assert_eq!(job.status.finished_at, m.finished_at, "finished_at of job {id}");
+    assert_eq!(job.status.checkpoint, m.checkpoint, "checkpoint of job {id}");
+    let history: Vec<_> = job
+        .history
+        .iter()
+        .filter(|e| e.kind != HistoryKind::Promoted)
+        .map(|e| (e.kind, e.state, e.attempt, e.token))
+        .collect();
+    assert_eq!(history, m.history, "history of job {id} (kind, state, attempt, token; Promoted left out)");
+    for e in &job.history {
+        if e.kind == HistoryKind::Promoted {
+            assert_eq!(e.state, JobState::Available, "a Promoted entry of job {id} leads to available");
+        }
+        assert!(e.at <= now, "history entry of job {id} in the future");
+    }
+    for pair in job.history.windows(2) {
+        assert!(pair[0].at <= pair[1].at, "history of job {id} goes back in time");
+    }
+    assert_eq!(job.version as usize, job.history.len() + job.history_dropped as usize, "version of job {id}");
+}
