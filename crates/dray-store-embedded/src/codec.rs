@@ -1,0 +1,538 @@
+//! The binary encoding of log records and snapshot entries.
+//!
+//! Little-endian, length-prefixed, hand-written: the store's file format is ours to keep stable and
+//! fast to decode (recovery speed is a product target), and serde belongs to the API crate only.
+//! Every record starts with a tag byte. Decoding never panics on bad input: it returns a
+//! [`DecodeError`] naming what it was reading.
+
+use std::collections::HashMap;
+
+use dray_core::{
+    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus,
+    Lease, LeaseId, Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
+};
+use dray_store::QueueConfig;
+
+/// A change as it is logged: the result of a transition, not the request that caused it, so replay
+/// never re-runs policy (and never needs the random numbers the change used).
+#[derive(Debug)]
+pub(crate) enum Record {
+    /// A store was opened (or the token counter wrapped): fencing tokens from here on start at
+    /// `epoch << EPOCH_SHIFT`, above every token issued before.
+    Epoch { epoch: u64 },
+    QueueUpsert(QueueConfig),
+    JobInsert(Box<Job>),
+    /// A job's new status. `version` is the job's version after the change; `history` is `None`
+    /// for a heartbeat, which changes no state and keeps the version.
+    JobUpdate { id: JobId, version: u32, status: Box<JobStatus>, history: Option<HistoryEntry> },
+    JobDelete { id: JobId },
+    /// First frame of a snapshot: the log segment replay starts from, and counters.
+    SnapshotHeader { format: u32, seq: u64, epoch: u64, next_job_id: u64 },
+    /// Last frame of a snapshot: without it the snapshot is incomplete.
+    SnapshotEnd { jobs: u64, queues: u64 },
+}
+
+pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
+
+const TAG_EPOCH: u8 = 1;
+const TAG_QUEUE_UPSERT: u8 = 2;
+const TAG_JOB_INSERT: u8 = 3;
+const TAG_JOB_UPDATE: u8 = 4;
+const TAG_JOB_DELETE: u8 = 5;
+const TAG_SNAPSHOT_HEADER: u8 = 6;
+const TAG_SNAPSHOT_END: u8 = 7;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {what} at byte {offset} of a record")]
+pub(crate) struct DecodeError {
+    pub what: &'static str,
+    pub offset: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log frames: one operation's records, each prefixed by its length, in one frame, so the CRC of
+// the frame makes the operation reach the disk all or nothing (a batch insert torn by a crash
+// leaves no part of the batch behind).
+
+/// Appends one length-prefixed record to a log frame being built.
+pub(crate) fn push_record(buf: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    encode(buf);
+    let len = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes every record of a log frame, in order.
+pub(crate) fn decode_frame(
+    frame: &[u8],
+    names: &mut Names,
+    mut f: impl FnMut(Record) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut pos = 0;
+    while pos < frame.len() {
+        let Some(len_bytes) = frame.get(pos..pos + 4) else {
+            return Err(format!("record length cut off at byte {pos} of a frame"));
+        };
+        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
+        let Some(record) = frame.get(pos + 4..pos + 4 + len) else {
+            return Err(format!("record at byte {pos} of a frame runs past its end"));
+        };
+        f(decode(record, names).map_err(|e| format!("{e} (record at byte {pos} of its frame)"))?)?;
+        pos += 4 + len;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+pub(crate) fn encode_epoch(buf: &mut Vec<u8>, epoch: u64) {
+    buf.push(TAG_EPOCH);
+    put_u64(buf, epoch);
+}
+
+pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
+    buf.push(TAG_QUEUE_UPSERT);
+    put_str(buf, config.name.as_str());
+    put_retry(buf, &config.retry);
+    put_u64(buf, config.lease_ms);
+    put_u64(buf, config.retention_ms);
+    put_u64(buf, config.retention_dead_ms);
+    buf.push(config.paused as u8);
+}
+
+pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
+    buf.push(TAG_JOB_INSERT);
+    put_u64(buf, job.id.0);
+    put_str(buf, job.queue.as_str());
+    put_bytes(buf, job.payload.as_bytes());
+    buf.extend_from_slice(&job.priority.to_le_bytes());
+    put_i64(buf, job.created_at.0);
+    put_retry(buf, &job.retry);
+    put_u64(buf, job.lease_ms);
+    put_opt_str(buf, job.idempotency_key.as_deref());
+    put_opt_str(buf, job.ordering_key.as_deref());
+    put_u32(buf, job.tags.len() as u32);
+    for tag in &job.tags {
+        put_str(buf, tag);
+    }
+    put_opt_str(buf, job.traceparent.as_deref());
+    put_status(buf, &job.status);
+    put_u32(buf, job.version);
+    put_u32(buf, job.history_dropped);
+    put_u32(buf, job.history.len() as u32);
+    for entry in &job.history {
+        put_history(buf, entry);
+    }
+}
+
+pub(crate) fn encode_job_update(
+    buf: &mut Vec<u8>,
+    id: JobId,
+    version: u32,
+    status: &JobStatus,
+    history: Option<&HistoryEntry>,
+) {
+    buf.push(TAG_JOB_UPDATE);
+    put_u64(buf, id.0);
+    put_u32(buf, version);
+    put_status(buf, status);
+    match history {
+        None => buf.push(0),
+        Some(entry) => {
+            buf.push(1);
+            put_history(buf, entry);
+        }
+    }
+}
+
+pub(crate) fn encode_job_delete(buf: &mut Vec<u8>, id: JobId) {
+    buf.push(TAG_JOB_DELETE);
+    put_u64(buf, id.0);
+}
+
+pub(crate) fn encode_snapshot_header(buf: &mut Vec<u8>, seq: u64, epoch: u64, next_job_id: u64) {
+    buf.push(TAG_SNAPSHOT_HEADER);
+    put_u32(buf, SNAPSHOT_FORMAT);
+    put_u64(buf, seq);
+    put_u64(buf, epoch);
+    put_u64(buf, next_job_id);
+}
+
+pub(crate) fn encode_snapshot_end(buf: &mut Vec<u8>, jobs: u64, queues: u64) {
+    buf.push(TAG_SNAPSHOT_END);
+    put_u64(buf, jobs);
+    put_u64(buf, queues);
+}
+
+fn put_u32(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_i64(buf: &mut Vec<u8>, v: i64) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(buf: &mut Vec<u8>, v: &[u8]) {
+    put_u32(buf, v.len() as u32);
+    buf.extend_from_slice(v);
+}
+
+fn put_str(buf: &mut Vec<u8>, v: &str) {
+    put_bytes(buf, v.as_bytes());
+}
+
+fn put_opt_str(buf: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => buf.push(0),
+        Some(s) => {
+            buf.push(1);
+            put_str(buf, s);
+        }
+    }
+}
+
+fn put_opt_bytes(buf: &mut Vec<u8>, v: Option<&Payload>) {
+    match v {
+        None => buf.push(0),
+        Some(p) => {
+            buf.push(1);
+            put_bytes(buf, p.as_bytes());
+        }
+    }
+}
+
+fn put_opt_i64(buf: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        None => buf.push(0),
+        Some(x) => {
+            buf.push(1);
+            put_i64(buf, x);
+        }
+    }
+}
+
+fn put_retry(buf: &mut Vec<u8>, r: &RetryPolicy) {
+    put_u32(buf, r.attempts_max);
+    put_u64(buf, r.backoff.base_ms);
+    put_u64(buf, r.backoff.factor.to_bits());
+    put_u64(buf, r.backoff.cap_ms);
+}
+
+fn put_status(buf: &mut Vec<u8>, s: &JobStatus) {
+    buf.push(s.state.index() as u8);
+    put_i64(buf, s.run_at.0);
+    put_u32(buf, s.attempt);
+    match &s.lease {
+        None => buf.push(0),
+        Some(l) => {
+            buf.push(1);
+            put_u64(buf, l.id.0);
+            put_u64(buf, l.token.0);
+            put_str(buf, l.worker.as_str());
+            put_i64(buf, l.leased_at.0);
+            put_i64(buf, l.deadline.0);
+        }
+    }
+    buf.push(s.cancel_requested as u8);
+    put_opt_bytes(buf, s.checkpoint.as_ref());
+    put_opt_bytes(buf, s.progress.as_ref());
+    put_opt_bytes(buf, s.result.as_ref());
+    put_opt_str(buf, s.last_error.as_deref());
+    buf.push(s.dead_reason.map_or(0, |r| 1 + DeadReason::ALL.iter().position(|x| *x == r).unwrap_or(0) as u8));
+    put_opt_i64(buf, s.finished_at.map(|t| t.0));
+}
+
+fn put_history(buf: &mut Vec<u8>, h: &HistoryEntry) {
+    put_i64(buf, h.at.0);
+    buf.push(HistoryKind::ALL.iter().position(|k| *k == h.kind).unwrap_or(0) as u8);
+    buf.push(h.state.index() as u8);
+    put_u32(buf, h.attempt);
+    match h.token {
+        None => buf.push(0),
+        Some(t) => {
+            buf.push(1);
+            put_u64(buf, t.0);
+        }
+    }
+    put_opt_str(buf, h.worker.as_ref().map(|w| w.as_str()));
+    put_opt_str(buf, h.error.as_deref());
+    put_opt_i64(buf, h.run_at.map(|t| t.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// Shares queue and worker names while decoding, so recovering millions of jobs allocates (and
+/// validates) each name once.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    queues: HashMap<Box<str>, QueueName>,
+    workers: HashMap<Box<str>, WorkerId>,
+}
+
+impl Names {
+    fn queue(&mut self, s: &str) -> Option<QueueName> {
+        if let Some(q) = self.queues.get(s) {
+            return Some(q.clone());
+        }
+        let q = QueueName::new(s).ok()?;
+        self.queues.insert(s.into(), q.clone());
+        Some(q)
+    }
+
+    fn worker(&mut self, s: &str) -> Option<WorkerId> {
+        if let Some(w) = self.workers.get(s) {
+            return Some(w.clone());
+        }
+        let w = WorkerId::new(s).ok()?;
+        if self.workers.len() < 100_000 {
+            self.workers.insert(s.into(), w.clone());
+        }
+        Some(w)
+    }
+}
+
+pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeError> {
+    let mut d = Dec { buf, pos: 0 };
+    let record = match d.u8("tag")? {
+        TAG_EPOCH => Record::Epoch { epoch: d.u64("epoch")? },
+        TAG_QUEUE_UPSERT => Record::QueueUpsert(QueueConfig {
+            name: d.queue(names)?,
+            retry: d.retry()?,
+            lease_ms: d.u64("lease_ms")?,
+            retention_ms: d.u64("retention_ms")?,
+            retention_dead_ms: d.u64("retention_dead_ms")?,
+            paused: d.bool("paused")?,
+        }),
+        TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
+        TAG_JOB_UPDATE => {
+            let id = JobId(d.u64("job id")?);
+            let version = d.u32("version")?;
+            let status = Box::new(d.status(names)?);
+            let history = if d.bool("history flag")? { Some(d.history(names)?) } else { None };
+            Record::JobUpdate { id, version, status, history }
+        }
+        TAG_JOB_DELETE => Record::JobDelete { id: JobId(d.u64("job id")?) },
+        TAG_SNAPSHOT_HEADER => Record::SnapshotHeader {
+            format: d.u32("format")?,
+            seq: d.u64("seq")?,
+            epoch: d.u64("epoch")?,
+            next_job_id: d.u64("next job id")?,
+        },
+        TAG_SNAPSHOT_END => Record::SnapshotEnd { jobs: d.u64("jobs")?, queues: d.u64("queues")? },
+        _ => return Err(DecodeError { what: "tag", offset: 0 }),
+    };
+    if d.pos != buf.len() {
+        return Err(DecodeError { what: "end of record (trailing bytes)", offset: d.pos });
+    }
+    Ok(record)
+}
+
+struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else { return Err(DecodeError { what, offset: self.pos }) };
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let s = self.take(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError { what, offset: self.pos - 1 }),
+        }
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+
+    fn str(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        let at = self.pos;
+        std::str::from_utf8(self.bytes(what)?).map_err(|_| DecodeError { what, offset: at })
+    }
+
+    fn opt_str(&mut self, what: &'static str) -> Result<Option<Box<str>>, DecodeError> {
+        Ok(if self.bool(what)? { Some(self.str(what)?.into()) } else { None })
+    }
+
+    fn opt_payload(&mut self, what: &'static str) -> Result<Option<Payload>, DecodeError> {
+        Ok(if self.bool(what)? { Some(Payload::new(self.bytes(what)?)) } else { None })
+    }
+
+    fn opt_i64(&mut self, what: &'static str) -> Result<Option<i64>, DecodeError> {
+        Ok(if self.bool(what)? { Some(self.i64(what)?) } else { None })
+    }
+
+    fn queue(&mut self, names: &mut Names) -> Result<QueueName, DecodeError> {
+        let at = self.pos;
+        let s = self.str("queue name")?;
+        names.queue(s).ok_or(DecodeError { what: "queue name", offset: at })
+    }
+
+    fn state(&mut self, what: &'static str) -> Result<JobState, DecodeError> {
+        let at = self.pos;
+        JobState::from_index(self.u8(what)? as usize).ok_or(DecodeError { what, offset: at })
+    }
+
+    fn retry(&mut self) -> Result<RetryPolicy, DecodeError> {
+        Ok(RetryPolicy {
+            attempts_max: self.u32("attempts_max")?,
+            backoff: Backoff {
+                base_ms: self.u64("backoff base")?,
+                factor: f64::from_bits(self.u64("backoff factor")?),
+                cap_ms: self.u64("backoff cap")?,
+            },
+        })
+    }
+
+    fn status(&mut self, names: &mut Names) -> Result<JobStatus, DecodeError> {
+        let state = self.state("state")?;
+        let run_at = Timestamp(self.i64("run_at")?);
+        let attempt = self.u32("attempt")?;
+        let lease = if self.bool("lease flag")? {
+            let id = LeaseId(self.u64("lease id")?);
+            let token = FencingToken(self.u64("fencing token")?);
+            let at = self.pos;
+            let worker = self.str("worker")?;
+            let worker = names.worker(worker).ok_or(DecodeError { what: "worker", offset: at })?;
+            Some(Lease {
+                id,
+                token,
+                worker,
+                leased_at: Timestamp(self.i64("leased_at")?),
+                deadline: Timestamp(self.i64("deadline")?),
+            })
+        } else {
+            None
+        };
+        let cancel_requested = self.bool("cancel_requested")?;
+        let checkpoint = self.opt_payload("checkpoint")?;
+        let progress = self.opt_payload("progress")?;
+        let result = self.opt_payload("result")?;
+        let last_error = self.opt_str("last_error")?;
+        let at = self.pos;
+        let dead_reason = match self.u8("dead_reason")? {
+            0 => None,
+            n => Some(*DeadReason::ALL.get(n as usize - 1).ok_or(DecodeError { what: "dead_reason", offset: at })?),
+        };
+        let finished_at = self.opt_i64("finished_at")?.map(Timestamp);
+        Ok(JobStatus {
+            state,
+            run_at,
+            attempt,
+            lease,
+            cancel_requested,
+            checkpoint,
+            progress,
+            result,
+            last_error,
+            dead_reason,
+            finished_at,
+        })
+    }
+
+    fn history(&mut self, names: &mut Names) -> Result<HistoryEntry, DecodeError> {
+        let at = Timestamp(self.i64("history time")?);
+        let kind_at = self.pos;
+        let kind = *HistoryKind::ALL
+            .get(self.u8("history kind")? as usize)
+            .ok_or(DecodeError { what: "history kind", offset: kind_at })?;
+        let state = self.state("history state")?;
+        let attempt = self.u32("history attempt")?;
+        let token = if self.bool("history token flag")? { Some(FencingToken(self.u64("history token")?)) } else { None };
+        let worker = match self.opt_str("history worker")? {
+            None => None,
+            Some(w) => Some(names.worker(&w).ok_or(DecodeError { what: "history worker", offset: self.pos })?),
+        };
+        let error = self.opt_str("history error")?;
+        let run_at = self.opt_i64("history run_at")?.map(Timestamp);
+        Ok(HistoryEntry { at, kind, state, attempt, token, worker, error, run_at })
+    }
+
+    fn job(&mut self, names: &mut Names) -> Result<Job, DecodeError> {
+        let id = JobId(self.u64("job id")?);
+        let queue = self.queue(names)?;
+        let payload = Payload::new(self.bytes("payload")?);
+        let priority = i16::from_le_bytes(self.array("priority")?);
+        let created_at = Timestamp(self.i64("created_at")?);
+        let retry = self.retry()?;
+        let lease_ms = self.u64("lease_ms")?;
+        let idempotency_key = self.opt_str("idempotency_key")?;
+        let ordering_key = self.opt_str("ordering_key")?;
+        let tag_count = self.u32("tag count")? as usize;
+        if tag_count > dray_core::Limits::TAGS_PER_JOB_MAX {
+            return Err(DecodeError { what: "tag count", offset: self.pos });
+        }
+        let mut tags = Vec::with_capacity(tag_count);
+        for _ in 0..tag_count {
+            tags.push(Box::<str>::from(self.str("tag")?));
+        }
+        let traceparent = self.opt_str("traceparent")?;
+        let status = self.status(names)?;
+        let version = self.u32("version")?;
+        let history_dropped = self.u32("history_dropped")?;
+        let history_len = self.u32("history length")? as usize;
+        if history_len > dray_core::Limits::HISTORY_ENTRIES_MAX {
+            return Err(DecodeError { what: "history length", offset: self.pos });
+        }
+        let mut history = Vec::with_capacity(history_len);
+        for _ in 0..history_len {
+            history.push(self.history(names)?);
+        }
+        Ok(Job {
+            id,
+            queue,
+            payload,
+            priority,
+            created_at,
+            retry,
+            lease_ms,
+            idempotency_key,
+            ordering_key,
+            tags: tags.into_boxed_slice(),
+            traceparent,
+            status,
+            version,
+            history,
+            history_dropped,
+        })
+    }
+}

@@ -1,0 +1,411 @@
+//! Opening a store: configuration, the data-directory lock, recovery (newest snapshot plus the log
+//! after it), and the background snapshots that let old log segments go.
+//!
+//! A snapshot is fuzzy: the log is rotated to a new segment `S`, then jobs are copied out in small
+//! chunks, each under the state lock for a moment, while writes go on. Replaying the log from `S`
+//! over the snapshot gives the exact state, because log records carry results and job versions
+//! (a change the snapshot already holds is skipped). Before a snapshot is published it waits for
+//! the log to be durable up to the end of the copy, so it never holds a change the log could lose.
+
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dray_core::JobId;
+
+use crate::codec::{self, Names, Record};
+use crate::fs::{Fs, OsFs};
+use crate::state::State;
+use crate::store::{EmbeddedStore, Locked};
+use crate::wal::{self, Durability, Wal, WalConfig};
+
+/// How an embedded store is opened. Start from [`EmbeddedConfig::new`].
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    pub dir: PathBuf,
+    /// When an acknowledged change is on stable storage; see `docs/semantics.md`.
+    pub durability: Durability,
+    /// Past this many bytes of job data, inserts fail with `OverCapacity` instead of the process
+    /// running out of memory. Default: half the machine's memory (4 GiB if unknown).
+    pub memory_budget_bytes: u64,
+    /// Log bytes written since the last snapshot that trigger the next one. Default 256 MiB.
+    pub snapshot_log_bytes: u64,
+    /// A segment past this size is closed and a new one started. Default 64 MiB.
+    pub segment_bytes_max: u64,
+    /// How long an idempotency key returns the original job. Default 24 h.
+    pub idempotency_window_ms: u64,
+    /// Seed for lease ids and backoff jitter. Default: from the OS's randomness.
+    pub seed: Option<u64>,
+}
+
+pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Jobs copied per hold of the state lock while snapshotting: small enough that writers wait
+/// at most a few milliseconds.
+const SNAPSHOT_CHUNK_JOBS: usize = 2_048;
+/// How often the background thread checks whether a snapshot is due.
+const SNAPSHOT_CHECK_MS: u64 = 500;
+
+impl EmbeddedConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            dir: dir.into(),
+            durability: Durability::Always,
+            memory_budget_bytes: memory_budget_default(),
+            snapshot_log_bytes: SNAPSHOT_LOG_BYTES_DEFAULT,
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            idempotency_window_ms: dray_core::Limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            seed: None,
+        }
+    }
+}
+
+fn memory_budget_default() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(4 << 30, |kib| kib * 1024 / 2)
+}
+
+fn seed_default() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The data is damaged somewhere other than a torn tail: refuse to guess.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+    let context = context.into();
+    move |source| OpenError::Io { context, source }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub locked: Mutex<Locked>,
+    pub fs: Arc<dyn Fs>,
+    pub config: EmbeddedConfig,
+    snapshots: Mutex<SnapshotProgress>,
+    stop: (Mutex<bool>, Condvar),
+    snapshotter: Mutex<Option<JoinHandle<()>>>,
+    _dir_lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+#[derive(Debug, Default)]
+struct SnapshotProgress {
+    /// `Wal::bytes_appended` when the last snapshot started.
+    log_bytes_at_last: u64,
+    /// Snapshots written since open.
+    written: u64,
+}
+
+fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("snapshot-{seq:020}.snap"))
+}
+
+fn snapshot_seq(name: &str) -> Option<u64> {
+    name.strip_prefix("snapshot-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `config.dir` on the real file system, recovering its state.
+    /// Blocking: call it at start-up or from a blocking thread.
+    pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, OpenError> {
+        EmbeddedStore::open_with_fs(Arc::new(OsFs), config)
+    }
+
+    /// Opens the store through a given file layer (tests use a simulated disk).
+    pub fn open_with_fs(fs: Arc<dyn Fs>, config: EmbeddedConfig) -> Result<EmbeddedStore, OpenError> {
+        let dir = config.dir.clone();
+        fs.create_dir_all(&dir).map_err(io_err(format!("create data directory {}", dir.display())))?;
+        let dir_lock = fs.lock(&dir.join("LOCK")).map_err(io_err(format!("lock data directory {}", dir.display())))?;
+
+        let names_in_dir = fs.list(&dir).map_err(io_err(format!("list {}", dir.display())))?;
+        for name in names_in_dir.iter().filter(|n| n.ends_with(".tmp")) {
+            // A snapshot whose writing was cut off; never published, so never needed.
+            let _ = fs.remove(&dir.join(name));
+        }
+        let mut names = Names::default();
+        let mut state = State::new(config.seed.unwrap_or_else(seed_default));
+        let newest = names_in_dir.iter().filter_map(|n| snapshot_seq(n)).max();
+        let from_seq = match newest {
+            Some(seq) => {
+                load_snapshot(fs.as_ref(), &snapshot_path(&dir, seq), seq, &mut state, &mut names)?;
+                seq
+            }
+            None => {
+                let segments = wal::list_segments(fs.as_ref(), &dir).map_err(io_err("list log segments"))?;
+                match segments.first() {
+                    None | Some(1) => 1,
+                    Some(first) => {
+                        return Err(OpenError::Corrupt(format!(
+                            "{}: the log starts at segment {first} but no snapshot covers the segments before it",
+                            dir.display()
+                        )));
+                    }
+                }
+            }
+        };
+        let report = wal::replay(fs.as_ref(), &dir, from_seq, |payload| {
+            codec::decode_frame(payload, &mut names, |record| state.replay(record).map_err(|e| e.to_string()))
+        })
+        .map_err(|e| OpenError::Corrupt(e.to_string()))?;
+        if let Some(torn) = &report.truncated {
+            tracing::warn!(?torn, "truncated a torn tail of the write-ahead log (a write cut off by a crash; it was never acknowledged)");
+        }
+        let first_seq = report.last_seq.map_or(from_seq, |last| last + 1).max(from_seq);
+
+        // A new epoch before serving: every fencing token from now on is above every earlier one.
+        let epoch = state.epoch + 1;
+        state.epoch_start(epoch);
+        state.random_mix(epoch);
+        let wal = Wal::start(
+            fs.clone(),
+            WalConfig { dir: dir.clone(), durability: config.durability, segment_bytes_max: config.segment_bytes_max },
+            first_seq,
+        )?;
+        wal.append(|buf| codec::push_record(buf, |b| codec::encode_epoch(b, epoch)))?;
+        wal.commit().wait()?;
+        tracing::info!(
+            dir = %dir.display(),
+            jobs = state.jobs.len(),
+            queues = state.queues.len(),
+            log_records = report.records,
+            epoch,
+            "embedded store open"
+        );
+
+        let inner = Arc::new(Inner {
+            locked: Mutex::new(Locked { state, wal: Some(wal), scratch: Vec::new() }),
+            fs,
+            config,
+            snapshots: Mutex::new(SnapshotProgress::default()),
+            stop: (Mutex::new(false), Condvar::new()),
+            snapshotter: Mutex::new(None),
+            _dir_lock: dir_lock,
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("dray-snapshot".into())
+            .spawn(move || snapshot_loop(weak))
+            .map_err(io_err("start the snapshot thread"))?;
+        *inner.snapshotter.lock().expect("fresh mutex") = Some(handle);
+        Ok(EmbeddedStore { inner })
+    }
+
+    /// Writes a snapshot now and deletes the log segments it covers. Blocking.
+    pub fn snapshot(&self) -> Result<(), OpenError> {
+        write_snapshot(&self.inner)
+    }
+
+    /// Snapshots written since this store was opened.
+    pub fn snapshots_written(&self) -> u64 {
+        self.inner.snapshots.lock().map(|s| s.written).unwrap_or(0)
+    }
+
+    /// Stops background work, makes everything logged durable and releases the data directory.
+    /// Blocking.
+    pub fn close(self) -> Result<(), OpenError> {
+        stop_snapshotter(&self.inner);
+        let wal = self.inner.locked.lock().ok().and_then(|mut g| g.wal.take());
+        match wal {
+            Some(wal) => Ok(wal.close()?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        stop_snapshotter(&self.inner);
+    }
+}
+
+fn stop_snapshotter(inner: &Inner) {
+    let (flag, cv) = &inner.stop;
+    if let Ok(mut stop) = flag.lock() {
+        *stop = true;
+        cv.notify_all();
+    }
+    let handle = inner.snapshotter.lock().ok().and_then(|mut h| h.take());
+    if let Some(handle) = handle
+        && handle.thread().id() != std::thread::current().id()
+    {
+        let _ = handle.join();
+    }
+}
+
+fn snapshot_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        {
+            let (flag, cv) = &inner.stop;
+            let Ok(stop) = flag.lock() else { return };
+            let Ok((stop, _)) = cv.wait_timeout(stop, Duration::from_millis(SNAPSHOT_CHECK_MS)) else { return };
+            if *stop {
+                return;
+            }
+        }
+        let due = {
+            let Ok(g) = inner.locked.lock() else { return };
+            let Some(wal) = &g.wal else { return };
+            if wal.failure().is_some() {
+                return;
+            }
+            let at_last = inner.snapshots.lock().map(|s| s.log_bytes_at_last).unwrap_or(0);
+            wal.bytes_appended().saturating_sub(at_last) >= inner.config.snapshot_log_bytes
+        };
+        if due && let Err(e) = write_snapshot(&inner) {
+            tracing::warn!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+        }
+    }
+}
+
+fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
+    let dir = &inner.config.dir;
+    let fs = inner.fs.as_ref();
+    let lock = || inner.locked.lock().map_err(|_| OpenError::Corrupt("the state lock is poisoned".into()));
+
+    // Start point: a fresh log segment. Everything logged from here on is replayed over the copy.
+    let (seq, mut buf, queues) = {
+        let g = lock()?;
+        let wal = g.wal.as_ref().ok_or_else(|| OpenError::Corrupt("the store is closed".into()))?;
+        if let Ok(mut s) = inner.snapshots.lock() {
+            s.log_bytes_at_last = wal.bytes_appended();
+        }
+        let seq = wal.rotate()?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        let state = &g.state;
+        wal::frame_into(&mut buf, |b| codec::encode_snapshot_header(b, seq, state.epoch, state.next_job_id));
+        for q in state.queues.values() {
+            wal::frame_into(&mut buf, |b| codec::encode_queue_upsert(b, &q.config));
+        }
+        (seq, buf, state.queues.len() as u64)
+    };
+    let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
+    let mut file = fs.create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    let mut jobs = 0u64;
+    let mut cursor = 0u64;
+    loop {
+        let done = {
+            let g = lock()?;
+            let mut taken = 0;
+            for (id, job) in g.state.jobs.range(JobId(cursor)..).take(SNAPSHOT_CHUNK_JOBS) {
+                wal::frame_into(&mut buf, |b| codec::encode_job_insert(b, job));
+                cursor = id.0 + 1;
+                taken += 1;
+            }
+            jobs += taken as u64;
+            taken < SNAPSHOT_CHUNK_JOBS
+        };
+        if done {
+            wal::frame_into(&mut buf, |b| codec::encode_snapshot_end(b, jobs, queues));
+        }
+        file.write_all(&buf).map_err(io_err(format!("write {}", tmp.display())))?;
+        buf.clear();
+        if done {
+            break;
+        }
+    }
+    file.sync().map_err(io_err(format!("fsync {}", tmp.display())))?;
+    drop(file);
+
+    // The copy may hold changes whose log records are not yet durable: wait for them before
+    // publishing, or a crash could leave a snapshot ahead of what was acknowledged as failed.
+    let commit = lock()?.wal.as_ref().map(|w| w.commit());
+    if let Some(commit) = commit {
+        commit.wait()?;
+    }
+    let path = snapshot_path(dir, seq);
+    fs.rename(&tmp, &path).map_err(io_err(format!("rename {} to {}", tmp.display(), path.display())))?;
+    fs.sync_dir(dir).map_err(io_err(format!("fsync directory {}", dir.display())))?;
+
+    // Now older snapshots and the segments before `seq` are never needed again.
+    let names = fs.list(dir).map_err(io_err(format!("list {}", dir.display())))?;
+    for old in names.iter().filter_map(|n| snapshot_seq(n)).filter(|&s| s < seq) {
+        let p = snapshot_path(dir, old);
+        fs.remove(&p).map_err(io_err(format!("remove {}", p.display())))?;
+    }
+    {
+        let g = lock()?;
+        if let Some(wal) = &g.wal {
+            wal.remove_segments_before(seq)?;
+        }
+    }
+    if let Ok(mut s) = inner.snapshots.lock() {
+        s.written += 1;
+    }
+    tracing::debug!(seq, jobs, "snapshot written");
+    Ok(())
+}
+
+fn load_snapshot(
+    fs: &dyn Fs,
+    path: &Path,
+    seq: u64,
+    state: &mut State,
+    names: &mut Names,
+) -> Result<(), OpenError> {
+    let reader = fs.open_read(path).map_err(io_err(format!("open {}", path.display())))?;
+    let reader = BufReader::with_capacity(4 << 20, reader);
+    let mut header_seen = false;
+    let mut end: Option<(u64, u64)> = None;
+    let mut jobs = 0u64;
+    let mut queues = 0u64;
+    let outcome = wal::read_frames(reader, |payload| {
+        if end.is_some() {
+            return Err("data after the end frame".into());
+        }
+        match codec::decode(payload, names).map_err(|e| e.to_string())? {
+            Record::SnapshotHeader { format, seq: s, epoch, next_job_id } => {
+                if header_seen || format != codec::SNAPSHOT_FORMAT || s != seq {
+                    return Err(format!("bad header (format {format}, seq {s})"));
+                }
+                header_seen = true;
+                state.epoch_start(epoch);
+                state.next_job_id = state.next_job_id.max(next_job_id);
+            }
+            _ if !header_seen => return Err("no header frame".into()),
+            Record::QueueUpsert(config) => {
+                queues += 1;
+                state.queue_upsert(config);
+            }
+            Record::JobInsert(job) => {
+                jobs += 1;
+                state.job_insert(*job);
+            }
+            Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
+            other => return Err(format!("unexpected frame in a snapshot: {other:?}")),
+        }
+        Ok(())
+    })
+    .map_err(|e| OpenError::Corrupt(format!("{}: {e}", path.display())))?;
+    if !outcome.is_clean() {
+        return Err(OpenError::Corrupt(format!("{}: {outcome:?}", path.display())));
+    }
+    match end {
+        Some(counts) if counts == (jobs, queues) => Ok(()),
+        Some(counts) => Err(OpenError::Corrupt(format!(
+            "{}: the end frame counts {counts:?} (jobs, queues) but the file holds ({jobs}, {queues})",
+            path.display()
+        ))),
+        None => Err(OpenError::Corrupt(format!("{}: no end frame; the snapshot is incomplete", path.display()))),
+    }
+}

@@ -1,0 +1,363 @@
+//! The live state: every job in memory, with the indexes that serve leasing, maintenance, listing
+//! and stats without scanning everything.
+//!
+//! One place changes a job (`job_insert`, `job_update`, `job_delete`) and keeps every index in step
+//! with it; live operations and log replay both go through it, so a recovered state is built by the
+//! same code as the state it recovers. Nothing here does I/O.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use dray_core::{FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Timestamp};
+use dray_store::{JobFilter, JobSummary, QueueConfig, QueueStats};
+
+use crate::codec::Record;
+
+/// Fencing tokens are `epoch << EPOCH_SHIFT | counter`. Every open of the store starts a new epoch
+/// (logged durably before the store serves), so tokens stay strictly increasing across restarts
+/// whatever the durability policy lost; the counter has 2^40 values per epoch and a wrap starts a
+/// new epoch.
+pub(crate) const EPOCH_SHIFT: u32 = 40;
+pub(crate) const TOKEN_COUNTER_MAX: u64 = (1 << EPOCH_SHIFT) - 1;
+
+/// Estimated bytes a job costs beyond its variable-size fields: the struct, its map entry and its
+/// index entries. Used for the memory budget, so it errs high.
+const JOB_FIXED_BYTES: u64 = 480;
+const HISTORY_ENTRY_BYTES: u64 = 96;
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub config: QueueConfig,
+    /// Every job of the queue by state, in id order: for counts and listing.
+    pub ids: [BTreeSet<JobId>; 7],
+    /// Available jobs in lease order: higher priority, then earlier run time, then enqueue order.
+    pub available: BTreeSet<(Reverse<i16>, Timestamp, JobId)>,
+    /// Scheduled and retrying jobs by the time they become due.
+    pub waiting: BTreeSet<(Timestamp, JobId)>,
+    /// Completed and cancelled jobs by the time they finished: for pruning.
+    pub finished: BTreeSet<(Timestamp, JobId)>,
+    /// Dead jobs by the time they died: for pruning and the oldest-dead age.
+    pub dead: BTreeSet<(Timestamp, JobId)>,
+}
+
+impl QueueState {
+    fn new(config: QueueConfig) -> QueueState {
+        QueueState {
+            config,
+            ids: Default::default(),
+            available: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            dead: BTreeSet::new(),
+        }
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        let mut counts = [0u64; 7];
+        for (i, set) in self.ids.iter().enumerate() {
+            counts[i] = set.len() as u64;
+        }
+        QueueStats {
+            config: self.config.clone(),
+            counts,
+            oldest_dead_at: self.dead.first().map(|(at, _)| *at),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub jobs: BTreeMap<JobId, Job>,
+    pub queues: BTreeMap<QueueName, QueueState>,
+    /// Running jobs by lease deadline.
+    pub running: BTreeSet<(Timestamp, JobId)>,
+    /// (queue, idempotency key) to the newest job that used it.
+    pub idempotency: HashMap<(QueueName, Box<str>), JobId>,
+    pub next_job_id: u64,
+    pub epoch: u64,
+    pub token_counter: u64,
+    /// Estimated bytes of job data held, for the memory budget.
+    pub bytes_used: u64,
+    rng: u64,
+}
+
+/// Why replaying a record failed: the log contradicts itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ReplayConflict(pub String);
+
+impl State {
+    pub fn new(seed: u64) -> State {
+        State {
+            jobs: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            running: BTreeSet::new(),
+            idempotency: HashMap::new(),
+            next_job_id: 1,
+            epoch: 0,
+            token_counter: 0,
+            bytes_used: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// A uniformly random `u64` (splitmix64): for lease ids and backoff jitter.
+    pub fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The next fencing token, or `None` when this epoch's counter is spent (the caller starts a
+    /// new epoch and asks again).
+    pub fn token_next(&mut self) -> Option<FencingToken> {
+        if self.token_counter >= TOKEN_COUNTER_MAX {
+            return None;
+        }
+        self.token_counter += 1;
+        Some(FencingToken((self.epoch << EPOCH_SHIFT) | self.token_counter))
+    }
+
+    pub fn epoch_start(&mut self, epoch: u64) {
+        assert!(epoch > self.epoch || (epoch == 0 && self.epoch == 0), "epochs only grow");
+        self.epoch = epoch;
+        self.token_counter = 0;
+    }
+
+    /// Mixes the epoch into the random sequence, so lease ids never repeat across restarts even
+    /// when a test fixes the seed.
+    pub fn random_mix(&mut self, epoch: u64) {
+        self.rng ^= epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        self.random();
+    }
+
+    pub fn queue_config(&self, name: &QueueName) -> Option<&QueueConfig> {
+        self.queues.get(name).map(|q| &q.config)
+    }
+
+    /// Creates or replaces a queue's configuration.
+    pub fn queue_upsert(&mut self, config: QueueConfig) {
+        match self.queues.get_mut(&config.name) {
+            Some(q) => q.config = config,
+            None => {
+                self.queues.insert(config.name.clone(), QueueState::new(config));
+            }
+        }
+    }
+
+    pub fn job_insert(&mut self, job: Job) {
+        let id = job.id;
+        debug_assert!(!self.jobs.contains_key(&id), "job {id} inserted twice");
+        if !self.queues.contains_key(&job.queue) {
+            self.queue_upsert(QueueConfig::new(job.queue.clone()));
+        }
+        let q = self.queues.get_mut(&job.queue).expect("queue exists");
+        index(q, &mut self.running, &job);
+        if let Some(key) = &job.idempotency_key {
+            self.idempotency.insert((job.queue.clone(), key.clone()), id);
+        }
+        self.bytes_used += job_bytes(&job);
+        self.next_job_id = self.next_job_id.max(id.0 + 1);
+        self.jobs.insert(id, job);
+    }
+
+    /// Sets a job's status; a history entry counts as a new version.
+    pub fn job_update(&mut self, id: JobId, status: JobStatus, history: Option<HistoryEntry>) {
+        let job = self.jobs.get_mut(&id).expect("updated job exists");
+        let q = self.queues.get_mut(&job.queue).expect("a job's queue exists");
+        unindex(q, &mut self.running, job);
+        self.bytes_used = self.bytes_used.saturating_sub(job_bytes(job));
+        job.status = status;
+        if let Some(entry) = history {
+            job.version += 1;
+            job.push_history(entry);
+        }
+        self.bytes_used += job_bytes(job);
+        index(q, &mut self.running, job);
+    }
+
+    pub fn job_delete(&mut self, id: JobId) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        let q = self.queues.get_mut(&job.queue).expect("a job's queue exists");
+        unindex(q, &mut self.running, &job);
+        if let Some(key) = &job.idempotency_key {
+            let k = (job.queue.clone(), key.clone());
+            if self.idempotency.get(&k) == Some(&id) {
+                self.idempotency.remove(&k);
+            }
+        }
+        self.bytes_used = self.bytes_used.saturating_sub(job_bytes(&job));
+        Some(job)
+    }
+
+    /// Applies one logged record during recovery. Records are results, not requests, and carry the
+    /// job's version, so a record the snapshot already reflects is skipped: the snapshot is taken
+    /// while writes go on, and the log from its start point overlaps it.
+    pub fn replay(&mut self, record: Record) -> Result<(), ReplayConflict> {
+        match record {
+            Record::Epoch { epoch } => {
+                if epoch > self.epoch {
+                    self.epoch_start(epoch);
+                }
+            }
+            Record::QueueUpsert(config) => self.queue_upsert(config),
+            Record::JobInsert(job) => {
+                if !self.jobs.contains_key(&job.id) {
+                    self.job_insert(*job);
+                }
+            }
+            Record::JobUpdate { id, version, status, history } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    // Deleted later in the log, and the snapshot was taken after the delete.
+                    return Ok(());
+                };
+                let apply = match &history {
+                    Some(_) if version == job.version + 1 => true,
+                    None if version == job.version => true,
+                    _ if version <= job.version => false,
+                    _ => {
+                        return Err(ReplayConflict(format!(
+                            "job {id} is at version {} but the log holds its version {version}: a change is missing",
+                            job.version
+                        )));
+                    }
+                };
+                if apply {
+                    self.job_update(id, *status, history);
+                }
+            }
+            Record::JobDelete { id } => {
+                self.job_delete(id);
+            }
+            Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
+                return Err(ReplayConflict("a snapshot frame inside the log".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Jobs matching `filter` with an id above `after`, in id order, at most `limit`.
+    pub fn list(&self, filter: &JobFilter, after: Option<JobId>, limit: usize) -> Vec<&Job> {
+        let start = after.map_or(0, |id| id.0.saturating_add(1));
+        let matches = |job: &&Job| job_matches(job, filter);
+        let mut out: Vec<&Job> = Vec::new();
+        match (&filter.queue, filter.state) {
+            (Some(queue), Some(state)) => {
+                if let Some(q) = self.queues.get(queue) {
+                    out.extend(
+                        q.ids[state.index()]
+                            .range(JobId(start)..)
+                            .filter_map(|id| self.jobs.get(id))
+                            .filter(matches)
+                            .take(limit),
+                    );
+                }
+            }
+            (None, Some(state)) => {
+                // Merge the per-queue id sets: each contributes at most `limit` candidates.
+                for q in self.queues.values() {
+                    out.extend(
+                        q.ids[state.index()]
+                            .range(JobId(start)..)
+                            .filter_map(|id| self.jobs.get(id))
+                            .filter(matches)
+                            .take(limit),
+                    );
+                }
+                out.sort_by_key(|job| job.id);
+                out.truncate(limit);
+            }
+            (_, None) => {
+                out.extend(self.jobs.range(JobId(start)..).map(|(_, job)| job).filter(matches).take(limit));
+            }
+        }
+        out
+    }
+}
+
+pub(crate) fn job_matches(job: &Job, filter: &JobFilter) -> bool {
+    filter.queue.as_ref().is_none_or(|q| *q == job.queue)
+        && filter.state.is_none_or(|s| s == job.status.state)
+        && filter.dead_reason.is_none_or(|r| job.status.dead_reason == Some(r))
+        && filter.tag.as_ref().is_none_or(|t| job.tags.iter().any(|x| x == t))
+        && filter.created_from.is_none_or(|t| job.created_at >= t)
+        && filter.created_until.is_none_or(|t| job.created_at < t)
+}
+
+pub(crate) fn summary(job: &Job) -> JobSummary {
+    JobSummary {
+        id: job.id,
+        queue: job.queue.clone(),
+        state: job.status.state,
+        priority: job.priority,
+        attempt: job.status.attempt,
+        attempts_max: job.retry.attempts_max,
+        created_at: job.created_at,
+        run_at: job.status.run_at,
+        finished_at: job.status.finished_at,
+        dead_reason: job.status.dead_reason,
+        last_error: job.status.last_error.clone(),
+        tags: job.tags.clone(),
+    }
+}
+
+fn index(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &Job) {
+    let s = &job.status;
+    let fresh = q.ids[s.state.index()].insert(job.id);
+    debug_assert!(fresh, "job {} indexed twice", job.id);
+    match s.state {
+        JobState::Scheduled | JobState::Retrying => {
+            q.waiting.insert((s.run_at, job.id));
+        }
+        JobState::Available => {
+            q.available.insert((Reverse(job.priority), s.run_at, job.id));
+        }
+        JobState::Running => {
+            let lease = s.lease.as_ref().expect("a running job holds a lease");
+            running.insert((lease.deadline, job.id));
+        }
+        JobState::Completed | JobState::Cancelled => {
+            q.finished.insert((s.finished_at.expect("a finished job has a finish time"), job.id));
+        }
+        JobState::Dead => {
+            q.dead.insert((s.finished_at.expect("a dead job has a finish time"), job.id));
+        }
+    }
+}
+
+fn unindex(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &Job) {
+    let s = &job.status;
+    let removed = q.ids[s.state.index()].remove(&job.id);
+    let removed_too = match s.state {
+        JobState::Scheduled | JobState::Retrying => q.waiting.remove(&(s.run_at, job.id)),
+        JobState::Available => q.available.remove(&(Reverse(job.priority), s.run_at, job.id)),
+        JobState::Running => {
+            running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id))
+        }
+        JobState::Completed | JobState::Cancelled => {
+            q.finished.remove(&(s.finished_at.expect("a finished job has a finish time"), job.id))
+        }
+        JobState::Dead => q.dead.remove(&(s.finished_at.expect("a dead job has a finish time"), job.id)),
+    };
+    assert!(removed && removed_too, "job {} was not indexed as {}", job.id, s.state);
+}
+
+/// Estimated bytes a job holds, for the memory budget.
+pub(crate) fn job_bytes(job: &Job) -> u64 {
+    let s = &job.status;
+    let opt = |p: &Option<dray_core::Payload>| p.as_ref().map_or(0, |p| p.len() as u64);
+    JOB_FIXED_BYTES
+        + job.payload.len() as u64
+        + job.idempotency_key.as_ref().map_or(0, |k| k.len() as u64)
+        + job.ordering_key.as_ref().map_or(0, |k| k.len() as u64)
+        + job.tags.iter().map(|t| t.len() as u64 + 16).sum::<u64>()
+        + job.traceparent.as_ref().map_or(0, |t| t.len() as u64)
+        + opt(&s.checkpoint)
+        + opt(&s.progress)
+        + opt(&s.result)
+        + s.last_error.as_ref().map_or(0, |e| e.len() as u64)
+        + job.history.len() as u64 * HISTORY_ENTRY_BYTES
+        + job.history.iter().map(|h| h.error.as_ref().map_or(0, |e| e.len() as u64)).sum::<u64>()
+}

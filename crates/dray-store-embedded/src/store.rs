@@ -1,0 +1,588 @@
+//! `EmbeddedStore`: the [`Store`] contract on the in-memory state and the write-ahead log.
+//!
+//! Every write takes the state lock, decides with `dray_core::transition`, appends the result to the
+//! log and applies it to the state, then releases the lock and waits for the log to make it
+//! durable. The log order is the lock order, and an acknowledgement waits for everything before
+//! it, so no reply ever depends on a change that is not durable. After the log fails, every
+//! operation fails: the state in memory may hold changes the disk does not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+
+use dray_core::{
+    Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, Rejection, Timestamp,
+    transition,
+};
+use dray_store::{
+    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel,
+    JobFilter, JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain,
+    QueueConfig, QueueConfigure, QueueStats, Store,
+};
+
+use crate::codec;
+use crate::open::Inner;
+use crate::state::{State, job_bytes, summary};
+use crate::wal::Wal;
+
+/// The embedded store. Open it with [`EmbeddedStore::open`]; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The state and the log, locked together: the order of appends is the order of changes.
+#[derive(Debug)]
+pub(crate) struct Locked {
+    pub state: State,
+    pub wal: Option<Wal>,
+    /// Reused buffer for the records of one operation.
+    pub scratch: Vec<u8>,
+}
+
+/// Operations other than inserts may log in several frames once this much is gathered; each
+/// change is valid on its own, so a crash between frames leaves a consistent state.
+const FRAME_SPLIT_BYTES: usize = 8 * 1024 * 1024;
+/// The scratch buffer's capacity kept between operations.
+const SCRATCH_KEEP_BYTES: usize = 1024 * 1024;
+
+/// The records one operation logs, gathered into one log frame so they reach the disk all or
+/// nothing. An insert batch is never split (its size is bounded by `Limits::BATCH_BYTES_MAX`, far
+/// below the frame limit); other operations may be split into frames of `FRAME_SPLIT_BYTES`.
+pub(crate) struct Changes<'w> {
+    wal: &'w Wal,
+    buf: Vec<u8>,
+    atomic: bool,
+    failed: Option<Error>,
+}
+
+impl<'w> Changes<'w> {
+    fn new(wal: &'w Wal, buf: Vec<u8>, atomic: bool) -> Changes<'w> {
+        Changes { wal, buf, atomic, failed: None }
+    }
+
+    /// Adds one record. Never fails here: a log failure surfaces from `finish`, and then the
+    /// whole store refuses work.
+    pub fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        codec::push_record(&mut self.buf, encode);
+        if !self.atomic && self.failed.is_none() && self.buf.len() >= FRAME_SPLIT_BYTES {
+            self.failed = self.append_frame().err();
+        }
+    }
+
+    fn append_frame(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = &self.buf;
+        let appended = self.wal.append(|frame| frame.extend_from_slice(buf)).map_err(log_err);
+        self.buf.clear();
+        appended
+    }
+
+    /// Appends what is left; gives back the buffer for reuse.
+    fn finish(mut self) -> (Vec<u8>, Result<(), Error>) {
+        let result = match self.failed.take() {
+            Some(e) => Err(e),
+            None => self.append_frame(),
+        };
+        (self.buf, result)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+fn closed() -> Error {
+    Error::Unavailable { context: "the store is closed".into(), source: None }
+}
+
+fn rejected(job: JobId, r: Rejection) -> Error {
+    Error::rejected(job, r)
+}
+
+impl EmbeddedStore {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Locked>, Error> {
+        let guard = self.inner.locked.lock().map_err(|_| Error::Unavailable {
+            context: "an earlier operation panicked while changing the state; restart to recover".into(),
+            source: None,
+        })?;
+        if let Some(wal) = &guard.wal
+            && let Some(e) = wal.failure()
+        {
+            return Err(Error::unavailable(
+                "the write-ahead log failed earlier; the store accepts nothing until restarted",
+                e,
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// Runs `f` under the lock, then waits until everything it (and everyone before it) logged is
+    /// durable. `f` must validate before it appends: an `Err` after an append would leave a
+    /// change in the log that the caller was told failed.
+    async fn write<T>(
+        &self,
+        atomic: bool,
+        f: impl FnOnce(&mut State, &mut Changes) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let (value, commit) = {
+            let mut guard = self.lock()?;
+            let Locked { state, wal, scratch } = &mut *guard;
+            let wal = wal.as_ref().ok_or_else(closed)?;
+            let mut changes = Changes::new(wal, std::mem::take(scratch), atomic);
+            let value = f(state, &mut changes);
+            debug_assert!(value.is_ok() || changes.is_empty(), "an operation failed after changing state");
+            let (mut buf, appended) = changes.finish();
+            buf.clear();
+            buf.shrink_to(SCRATCH_KEEP_BYTES);
+            *scratch = buf;
+            appended?;
+            (value?, wal.commit())
+        };
+        commit.await.map_err(|e| Error::unavailable("the write-ahead log could not make the change durable", e))?;
+        Ok(value)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, Error>) -> Result<T, Error> {
+        let guard = self.lock()?;
+        guard.wal.as_ref().ok_or_else(closed)?;
+        f(&guard.state)
+    }
+
+    /// Bytes of job data held, as counted against the memory budget.
+    pub fn bytes_used(&self) -> u64 {
+        self.inner.locked.lock().map(|g| g.state.bytes_used).unwrap_or(0)
+    }
+
+    /// Jobs held in memory.
+    pub fn jobs_count(&self) -> usize {
+        self.inner.locked.lock().map(|g| g.state.jobs.len()).unwrap_or(0)
+    }
+}
+
+fn log_err(e: crate::wal::WalError) -> Error {
+    Error::unavailable("the write-ahead log refused the change", e)
+}
+
+/// Logs a job's new status and applies it.
+fn update(state: &mut State, changes: &mut Changes, job: JobId, t: dray_core::Transition) -> Result<(), Error> {
+    let version = state.jobs[&job].version + u32::from(t.history.is_some());
+    changes.push(|buf| codec::encode_job_update(buf, job, version, &t.status, t.history.as_ref()));
+    state.job_update(job, t.status, t.history);
+    Ok(())
+}
+
+/// A fresh fencing token, starting a new logged epoch when this one's counter is spent.
+fn token_next(state: &mut State, changes: &mut Changes) -> Result<FencingToken, Error> {
+    if let Some(t) = state.token_next() {
+        return Ok(t);
+    }
+    let epoch = state.epoch + 1;
+    changes.push(|buf| codec::encode_epoch(buf, epoch));
+    state.epoch_start(epoch);
+    Ok(state.token_next().expect("a new epoch has tokens"))
+}
+
+/// Promotes due scheduled and retrying jobs of one queue, at most `limit`.
+fn promote_queue(
+    state: &mut State,
+    changes: &mut Changes,
+    queue: &dray_core::QueueName,
+    now: Timestamp,
+    limit: usize,
+) -> Result<usize, Error> {
+    let Some(q) = state.queues.get(queue) else { return Ok(0) };
+    let due: Vec<JobId> = q
+        .waiting
+        .range(..=(now, JobId(u64::MAX)))
+        .take(limit)
+        .map(|(_, id)| *id)
+        .collect();
+    for &id in &due {
+        let t = transition(&state.jobs[&id], Event::Promote, now, 0).map_err(|r| rejected(id, r))?;
+        update(state, changes, id, t)?;
+    }
+    Ok(due.len())
+}
+
+/// Resolves a dead-job selection to ids, checking every listed job is dead.
+fn dead_ids(state: &State, selection: &DeadSelection, event: dray_core::transition::EventKind) -> Result<Vec<JobId>, Error> {
+    match selection {
+        DeadSelection::Ids(ids) => {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let job = state.jobs.get(&id).ok_or(Error::JobNotFound(id))?;
+                if job.status.state != JobState::Dead {
+                    return Err(rejected(id, Rejection::NotAllowed { state: job.status.state, event }));
+                }
+                if seen.insert(id) {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        }
+        DeadSelection::Filter { filter, limit } => {
+            let filter = JobFilter { state: Some(JobState::Dead), ..filter.clone() };
+            Ok(state.list(&filter, None, *limit).into_iter().map(|j| j.id).collect())
+        }
+    }
+}
+
+fn leased(job: &Job) -> LeasedJob {
+    let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
+    LeasedJob {
+        id: job.id,
+        queue: job.queue.clone(),
+        payload: job.payload.clone(),
+        priority: job.priority,
+        attempt: job.status.attempt,
+        attempts_max: job.retry.attempts_max,
+        lease: lease.id,
+        token: lease.token,
+        deadline: lease.deadline,
+        checkpoint: job.status.checkpoint.clone(),
+        traceparent: job.traceparent.clone(),
+        created_at: job.created_at,
+    }
+}
+
+/// Where a new job of a batch stands before anything is written.
+enum Planned {
+    New,
+    /// Same idempotency key and payload as an existing job.
+    Existing(JobId, JobState),
+    /// Same idempotency key and payload as an earlier job of this batch.
+    SameAs(usize),
+}
+
+impl Store for EmbeddedStore {
+    async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
+        p.validate()?;
+        let window = self.inner.config.idempotency_window_ms;
+        let budget = self.inner.config.memory_budget_bytes;
+        let JobInsert { now, jobs } = p;
+        self.write(true, move |state, changes| {
+            // Decide everything before writing anything: the batch is all or nothing.
+            let mut plan = Vec::with_capacity(jobs.len());
+            let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
+            let mut next_id = state.next_job_id;
+            let mut ids = Vec::with_capacity(jobs.len());
+            let mut bytes_new = 0u64;
+            for (i, job) in jobs.iter().enumerate() {
+                let mut planned = Planned::New;
+                if let Some(key) = job.idempotency_key.as_deref() {
+                    if let Some(&j) = batch_keys.get(&(job.queue.as_str(), key)) {
+                        if jobs[j].payload != job.payload {
+                            return Err(Error::IdempotencyConflict {
+                                index: i,
+                                queue: job.queue.clone(),
+                                key: key.into(),
+                                existing: ids[j],
+                            });
+                        }
+                        planned = Planned::SameAs(j);
+                    } else if let Some(&existing) = state.idempotency.get(&(job.queue.clone(), key.into())) {
+                        let old = &state.jobs[&existing];
+                        if old.created_at.add_ms(window) > now {
+                            if old.payload != job.payload {
+                                return Err(Error::IdempotencyConflict {
+                                    index: i,
+                                    queue: job.queue.clone(),
+                                    key: key.into(),
+                                    existing,
+                                });
+                            }
+                            planned = Planned::Existing(existing, old.status.state);
+                        }
+                    }
+                    if matches!(planned, Planned::New) {
+                        batch_keys.insert((job.queue.as_str(), key), i);
+                    }
+                }
+                match planned {
+                    Planned::New => {
+                        ids.push(JobId(next_id));
+                        next_id += 1;
+                        bytes_new += job.payload.len() as u64 + 600;
+                    }
+                    Planned::Existing(id, _) => ids.push(id),
+                    Planned::SameAs(j) => ids.push(ids[j]),
+                }
+                plan.push(planned);
+            }
+            if bytes_new > 0 && state.bytes_used + bytes_new > budget {
+                return Err(Error::OverCapacity { used_bytes: state.bytes_used, budget_bytes: budget });
+            }
+
+            let mut out = Vec::with_capacity(jobs.len());
+            for ((new, planned), id) in jobs.into_iter().zip(plan).zip(ids) {
+                match planned {
+                    Planned::New => {
+                        let config = match state.queue_config(&new.queue) {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = QueueConfig::new(new.queue.clone());
+                                changes.push(|buf| codec::encode_queue_upsert(buf, &c));
+                                state.queue_upsert(c.clone());
+                                c
+                            }
+                        };
+                        let job = new.into_job(id, now, config.retry, config.lease_ms);
+                        let job_state = job.status.state;
+                        debug_assert!(job_bytes(&job) > 0);
+                        changes.push(|buf| codec::encode_job_insert(buf, &job));
+                        state.job_insert(job);
+                        out.push(Inserted { id, state: job_state, duplicate: false });
+                    }
+                    Planned::Existing(id, job_state) => out.push(Inserted { id, state: job_state, duplicate: true }),
+                    Planned::SameAs(j) => {
+                        let first: Inserted = out[j];
+                        out.push(Inserted { duplicate: true, ..first });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn job_lease(&self, p: JobLease) -> Result<Vec<LeasedJob>, Error> {
+        p.validate()?;
+        let JobLease { now, mut queues, count_max, worker, lease_ms } = p;
+        queues.sort();
+        queues.dedup();
+        self.write(false, move |state, changes| {
+            let mut open = Vec::with_capacity(queues.len());
+            for queue in &queues {
+                match state.queue_config(queue) {
+                    Some(c) if !c.paused => open.push(queue),
+                    _ => continue,
+                }
+                promote_queue(state, changes, queue, now, Limits::LEASE_JOBS_MAX)?;
+            }
+            let mut out = Vec::with_capacity(count_max.min(64));
+            while out.len() < count_max {
+                // The best head across the queues asked for.
+                let best = open
+                    .iter()
+                    .filter_map(|q| state.queues[*q].available.first().copied())
+                    .min();
+                let Some((_, _, id)) = best else { break };
+                let token = token_next(state, changes)?;
+                let lease_id = LeaseId(state.random());
+                let event = Event::Lease { id: lease_id, token, worker: &worker, lease_ms };
+                let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
+                update(state, changes, id, t)?;
+                out.push(leased(&state.jobs[&id]));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn lease_extend(&self, p: LeaseExtend) -> Result<LeaseExtended, Error> {
+        p.validate()?;
+        let LeaseExtend { now, job, lease, extend_ms, progress, checkpoint } = p;
+        self.write(false, move |state, changes| {
+            let current = state.jobs.get(&job).ok_or(Error::JobNotFound(job))?;
+            let event = Event::Heartbeat { lease, extend_ms, progress, checkpoint };
+            let t = transition(current, event, now, 0).map_err(|r| rejected(job, r))?;
+            let extended = t.effects.iter().find_map(|e| match e {
+                Effect::LeaseExtended { deadline, cancel_requested } => {
+                    Some(LeaseExtended { deadline: *deadline, cancel_requested: *cancel_requested })
+                }
+                _ => None,
+            });
+            update(state, changes, job, t)?;
+            Ok(extended.expect("a heartbeat extends the lease"))
+        })
+        .await
+    }
+
+    async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
+        p.validate()?;
+        let JobAck { now, acks } = p;
+        self.write(false, move |state, changes| {
+            let mut out = Vec::with_capacity(acks.len());
+            for ack in acks {
+                let random = state.random();
+                let Some(job) = state.jobs.get(&ack.job) else {
+                    out.push(Err(Error::JobNotFound(ack.job)));
+                    continue;
+                };
+                let event = match &ack.outcome {
+                    AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
+                    AckOutcome::Fail { error, retryable, retry_after_ms } => Event::Fail {
+                        lease: ack.lease,
+                        error,
+                        retryable: *retryable,
+                        retry_after_ms: *retry_after_ms,
+                    },
+                };
+                match transition(job, event, now, random) {
+                    Err(r) => out.push(Err(rejected(ack.job, r))),
+                    Ok(t) => {
+                        let state_after = t.status.state;
+                        let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
+                        update(state, changes, ack.job, t)?;
+                        out.push(Ok(Acked { state: state_after, retry_at }));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn job_cancel(&self, p: JobCancel) -> Result<JobState, Error> {
+        let JobCancel { now, job } = p;
+        self.write(false, move |state, changes| {
+            let current = state.jobs.get(&job).ok_or(Error::JobNotFound(job))?;
+            let t = transition(current, Event::Cancel, now, 0).map_err(|r| rejected(job, r))?;
+            let after = t.status.state;
+            if !t.effects.contains(&Effect::Unchanged) {
+                update(state, changes, job, t)?;
+            }
+            Ok(after)
+        })
+        .await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
+        self.read(|state| Ok(state.jobs.get(&id).cloned()))
+    }
+
+    async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
+        p.validate()?;
+        self.read(|state| {
+            // One more than asked for tells whether another page exists.
+            let mut found = state.list(&p.filter, p.after, p.limit + 1);
+            let more = found.len() > p.limit;
+            found.truncate(p.limit);
+            let jobs: Vec<_> = found.into_iter().map(summary).collect();
+            let next = if more { jobs.last().map(|j| j.id) } else { None };
+            Ok(JobPage { jobs, next })
+        })
+    }
+
+    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
+        p.selection.validate()?;
+        let DeadRedrive { now, selection, dry_run } = p;
+        self.write(false, move |state, changes| {
+            let ids = dead_ids(state, &selection, dray_core::transition::EventKind::Redrive)?;
+            if !dry_run {
+                for &id in &ids {
+                    let t = transition(&state.jobs[&id], Event::Redrive, now, 0).map_err(|r| rejected(id, r))?;
+                    update(state, changes, id, t)?;
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn dead_discard(&self, p: DeadDiscard) -> Result<Vec<JobId>, Error> {
+        p.selection.validate()?;
+        let DeadDiscard { now: _, selection, dry_run } = p;
+        self.write(false, move |state, changes| {
+            // Discarding is not a transition of the job: it deletes it. The event kind only names
+            // the refusal for a job that is not dead.
+            let ids = dead_ids(state, &selection, dray_core::transition::EventKind::Redrive)?;
+            if !dry_run {
+                for &id in &ids {
+                    changes.push(|buf| codec::encode_job_delete(buf, id));
+                    state.job_delete(id);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
+        let Maintain { now, limit } = p;
+        self.write(false, move |state, changes| {
+            let due: Vec<JobId> = state
+                .running
+                .range(..=(now, JobId(u64::MAX)))
+                .take(limit)
+                .map(|(_, id)| *id)
+                .collect();
+            for &id in &due {
+                let random = state.random();
+                let t = transition(&state.jobs[&id], Event::Expire, now, random).map_err(|r| rejected(id, r))?;
+                update(state, changes, id, t)?;
+            }
+            Ok(due.len())
+        })
+        .await
+    }
+
+    async fn jobs_promote(&self, p: Maintain) -> Result<usize, Error> {
+        let Maintain { now, limit } = p;
+        self.write(false, move |state, changes| {
+            let queues: Vec<_> = state.queues.keys().cloned().collect();
+            let mut done = 0;
+            for queue in &queues {
+                if done >= limit {
+                    break;
+                }
+                done += promote_queue(state, changes, queue, now, limit - done)?;
+            }
+            Ok(done)
+        })
+        .await
+    }
+
+    async fn jobs_prune(&self, p: Maintain) -> Result<usize, Error> {
+        let Maintain { now, limit } = p;
+        let window = self.inner.config.idempotency_window_ms;
+        self.write(false, move |state, changes| {
+            let mut doomed = Vec::new();
+            for q in state.queues.values() {
+                for (set, retention) in [(&q.finished, q.config.retention_ms), (&q.dead, q.config.retention_dead_ms)] {
+                    // Oldest first; a job kept for its idempotency window does not stop the scan.
+                    for &(finished_at, id) in set.iter() {
+                        if doomed.len() >= limit || finished_at.add_ms(retention) > now {
+                            break;
+                        }
+                        let job = &state.jobs[&id];
+                        if job.idempotency_key.is_some() && job.created_at.add_ms(window) > now {
+                            continue;
+                        }
+                        doomed.push(id);
+                    }
+                }
+            }
+            for &id in &doomed {
+                changes.push(|buf| codec::encode_job_delete(buf, id));
+                state.job_delete(id);
+            }
+            Ok(doomed.len())
+        })
+        .await
+    }
+
+    async fn queue_configure(&self, p: QueueConfigure) -> Result<QueueConfig, Error> {
+        self.write(false, move |state, changes| {
+            let current = state.queue_config(&p.name).cloned().unwrap_or_else(|| QueueConfig::new(p.name.clone()));
+            let config = p.apply_to(&current)?;
+            changes.push(|buf| codec::encode_queue_upsert(buf, &config));
+            state.queue_upsert(config.clone());
+            Ok(config)
+        })
+        .await
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {
+        self.read(|state| Ok(state.queues.values().map(|q| q.stats()).collect()))
+    }
+
+    async fn queue_stats(&self, queue: &dray_core::QueueName) -> Result<QueueStats, Error> {
+        self.read(|state| {
+            state.queues.get(queue).map(|q| q.stats()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
+        })
+    }
+}

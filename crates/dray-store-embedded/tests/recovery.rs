@@ -1,0 +1,262 @@
+//! Recovery of the embedded store beyond the shared contract: snapshots taken under load, torn
+//! tails, corruption, the directory lock, the memory budget and the refusal to go on after a
+//! failed fsync.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dray_core::{Job, JobId, NewJob, Payload, QueueName, Timestamp, WorkerId};
+use dray_store::{Ack, AckOutcome, Error, JobAck, JobInsert, JobLease, JobFilter, JobList, Store};
+use dray_store_embedded::fs::{Fault, SimFs};
+use dray_store_embedded::{EmbeddedConfig, EmbeddedStore, OpenError};
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn config(dir: &Path) -> EmbeddedConfig {
+    let mut c = EmbeddedConfig::new(dir);
+    c.seed = Some(3);
+    c
+}
+
+fn queue() -> QueueName {
+    QueueName::new("q").unwrap()
+}
+
+fn worker() -> WorkerId {
+    WorkerId::new("w1").unwrap()
+}
+
+async fn insert(store: &EmbeddedStore, n: usize, now: Timestamp) -> Vec<JobId> {
+    let jobs = (0..n)
+        .map(|i| NewJob::new(queue(), Payload::new(format!("{{\"n\":{i}}}").into_bytes())))
+        .collect();
+    store.job_insert(JobInsert { now, jobs }).await.unwrap().into_iter().map(|i| i.id).collect()
+}
+
+/// Leases `n` jobs and completes every other one, fails the rest.
+async fn churn(store: &EmbeddedStore, n: usize, now: Timestamp) {
+    let leased = store
+        .job_lease(JobLease { now, queues: vec![queue()], count_max: n, worker: worker(), lease_ms: None })
+        .await
+        .unwrap();
+    let acks = leased
+        .iter()
+        .enumerate()
+        .map(|(i, j)| Ack {
+            job: j.id,
+            lease: j.lease,
+            outcome: if i % 2 == 0 {
+                AckOutcome::Complete { result: Some(Payload::new(&b"\"ok\""[..])) }
+            } else {
+                AckOutcome::Fail { error: "boom".into(), retryable: true, retry_after_ms: None }
+            },
+        })
+        .collect();
+    for r in store.job_ack(JobAck { now, acks }).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+async fn all_jobs(store: &EmbeddedStore) -> Vec<Job> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .job_list(JobList { filter: JobFilter::default(), after, limit: 1000 })
+            .await
+            .unwrap();
+        for s in &page.jobs {
+            out.push(store.job_get(s.id).await.unwrap().unwrap());
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_log_replays_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    insert(&store, 300, T0).await;
+    churn(&store, 100, T0).await;
+    store.snapshot().unwrap();
+    insert(&store, 200, T0.add_ms(1)).await;
+    churn(&store, 150, T0.add_ms(2)).await;
+    store.snapshot().unwrap();
+    churn(&store, 50, T0.add_ms(3)).await;
+    let before = all_jobs(&store).await;
+    assert_eq!(before.len(), 500);
+    store.close().unwrap();
+
+    // Old segments were deleted by the second snapshot: recovery uses snapshot + tail only.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".snap")).count(), 1, "{names:?}");
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(all_jobs(&store).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_taken_while_writes_go_on_recovers_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(config(dir.path())).unwrap());
+    insert(&store, 5_000, T0).await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..40 {
+                let now = T0.add_ms(round);
+                insert(&store, 100, now).await;
+                churn(&store, 120, now).await;
+            }
+        })
+    };
+    // Several fuzzy snapshots race with the writer.
+    for _ in 0..4 {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.snapshot().unwrap()).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    let before = all_jobs(&store).await;
+    Arc::into_inner(store).unwrap().close().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(all_jobs(&store).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated_and_acknowledged_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let ids = insert(&store, 50, T0).await;
+    store.close().unwrap();
+    // A crash in the middle of a write: half a frame at the end of the last segment.
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]);
+    std::fs::write(&last, &bytes).unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    for id in ids {
+        assert!(store.job_get(id).await.unwrap().is_some(), "job {id} lost");
+    }
+    insert(&store, 1, T0).await;
+}
+
+#[test]
+fn corruption_before_the_tail_refuses_to_start_and_names_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    rt.block_on(insert(&store, 20, T0));
+    store.close().unwrap();
+    // Reopen once so the damaged segment is no longer the last one.
+    EmbeddedStore::open(config(dir.path())).unwrap().close().unwrap();
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2, "{segs:?}");
+    let damaged = &segs[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0xff;
+    std::fs::write(damaged, &bytes).unwrap();
+
+    let err = EmbeddedStore::open(config(dir.path())).unwrap_err();
+    assert!(matches!(err, OpenError::Corrupt(_)), "{err:?}");
+    let msg = err.to_string();
+    let name = damaged.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "message does not name the file: {msg}");
+    assert!(msg.contains("at byte "), "message does not name the offset: {msg}");
+}
+
+#[test]
+fn a_damaged_snapshot_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    rt.block_on(insert(&store, 20, T0));
+    store.snapshot().unwrap();
+    store.close().unwrap();
+    let snap = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "snap"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = EmbeddedStore::open(config(dir.path())).unwrap_err();
+    assert!(err.to_string().contains("snapshot-"), "{err}");
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedStore::open(config(dir.path())).unwrap();
+    let err = EmbeddedStore::open(config(dir.path())).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.close().unwrap();
+    EmbeddedStore::open(config(dir.path())).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_inserts_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.memory_budget_bytes = 64 * 1024;
+    let store = EmbeddedStore::open(c).unwrap();
+    let mut accepted = 0;
+    let err = loop {
+        let jobs = vec![NewJob::new(queue(), Payload::new(vec![b'1'; 1000]))];
+        match store.job_insert(JobInsert { now: T0, jobs }).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000, "the budget never stopped inserts");
+    };
+    assert!(matches!(err, Error::OverCapacity { .. }), "{err:?}");
+    assert!(err.to_string().contains("over capacity"), "{err}");
+    // Nothing half-inserted, and reads still work.
+    assert_eq!(store.jobs_count(), accepted);
+    assert!(store.bytes_used() <= 64 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_fsync_every_operation_is_refused() {
+    let fs = SimFs::new();
+    let mut c = EmbeddedConfig::new("/data");
+    c.seed = Some(1);
+    let store = EmbeddedStore::open_with_fs(Arc::new(fs.clone()), c.clone()).unwrap();
+    insert(&store, 5, T0).await;
+    // The next sync fails.
+    let next = fs.op_count();
+    for k in next..next + 4 {
+        fs.fail_at(k, Fault::SyncError);
+    }
+    let jobs = vec![NewJob::new(queue(), Payload::new(&b"{}"[..]))];
+    let err = store.job_insert(JobInsert { now: T0, jobs: jobs.clone() }).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    // Refused from now on, reads included: memory may hold what the disk lost.
+    assert!(matches!(store.job_insert(JobInsert { now: T0, jobs }).await, Err(Error::Unavailable { .. })));
+    assert!(matches!(store.job_get(JobId(1)).await, Err(Error::Unavailable { .. })));
+    drop(store);
+    fs.clear_faults();
+    fs.crash(9);
+    let store = EmbeddedStore::open_with_fs(Arc::new(fs.clone()), c).unwrap();
+    assert_eq!(store.jobs_count(), 5);
+}
