@@ -1,0 +1,408 @@
+//! Conversions between the wire bodies and the core's types, written by hand so the public JSON
+//! can stay stable while the core changes. From the wire, every conversion checks its input and
+//! names the field it refuses.
+
+use dray_core::{Invalid, LeaseId, NewJob, Payload, QueueName, Timestamp};
+use serde_json::value::RawValue;
+
+use crate::types::*;
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T08:00:00.250Z`.
+pub fn timestamp_string(t: Timestamp) -> String {
+    match jiff::Timestamp::from_millisecond(t.0) {
+        Ok(ts) => format!("{ts:.3}"),
+        Err(_) => format!("{}ms", t.0),
+    }
+}
+
+/// Parses RFC 3339 (any offset; stored as UTC).
+pub fn timestamp_parse(field: &str, s: &str) -> Result<Timestamp, Invalid> {
+    s.parse::<jiff::Timestamp>()
+        .map(|ts| Timestamp(ts.as_millisecond()))
+        .map_err(|_| Invalid::new(field, format!("{s:?} is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)")))
+}
+
+pub fn lease_id_string(id: LeaseId) -> String {
+    format!("{:016x}", id.0)
+}
+
+pub fn lease_id_parse(s: &str) -> Result<LeaseId, Invalid> {
+    if s.len() != 16 {
+        return Err(Invalid::new("lease_id", "must be the 16 hex digits the lease was granted with"));
+    }
+    u64::from_str_radix(s, 16)
+        .map(LeaseId)
+        .map_err(|_| Invalid::new("lease_id", "must be the 16 hex digits the lease was granted with"))
+}
+
+/// Raw JSON as stored bytes. The text is already valid JSON (serde checked it while parsing).
+pub fn payload_from_json(json: &RawValue) -> Payload {
+    Payload::new(json.get().as_bytes())
+}
+
+/// Stored bytes as raw JSON. Only bytes that came from [`payload_from_json`] are stored, so they
+/// are valid JSON; anything else would be a bug, shown as a JSON string rather than a panic.
+pub fn payload_to_json(p: &Payload) -> Json {
+    let text = String::from_utf8_lossy(p.as_bytes()).into_owned();
+    match RawValue::from_string(text) {
+        Ok(raw) => raw,
+        Err(_) => {
+            let quoted = serde_json::to_string(&String::from_utf8_lossy(p.as_bytes())).unwrap_or_default();
+            RawValue::from_string(quoted).expect("a JSON string is valid JSON")
+        }
+    }
+}
+
+impl From<dray_core::JobState> for State {
+    fn from(s: dray_core::JobState) -> State {
+        use dray_core::JobState as S;
+        match s {
+            S::Scheduled => State::Scheduled,
+            S::Available => State::Available,
+            S::Running => State::Running,
+            S::Retrying => State::Retrying,
+            S::Completed => State::Completed,
+            S::Dead => State::Dead,
+            S::Cancelled => State::Cancelled,
+        }
+    }
+}
+
+impl From<State> for dray_core::JobState {
+    fn from(s: State) -> dray_core::JobState {
+        use dray_core::JobState as S;
+        match s {
+            State::Scheduled => S::Scheduled,
+            State::Available => S::Available,
+            State::Running => S::Running,
+            State::Retrying => S::Retrying,
+            State::Completed => S::Completed,
+            State::Dead => S::Dead,
+            State::Cancelled => S::Cancelled,
+        }
+    }
+}
+
+impl From<dray_core::DeadReason> for DeadReason {
+    fn from(r: dray_core::DeadReason) -> DeadReason {
+        use dray_core::DeadReason as R;
+        match r {
+            R::Failed => DeadReason::Failed,
+            R::LeaseExpired => DeadReason::LeaseExpired,
+            R::NonRetryable => DeadReason::NonRetryable,
+            R::Rejected => DeadReason::Rejected,
+        }
+    }
+}
+
+impl From<DeadReason> for dray_core::DeadReason {
+    fn from(r: DeadReason) -> dray_core::DeadReason {
+        use dray_core::DeadReason as R;
+        match r {
+            DeadReason::Failed => R::Failed,
+            DeadReason::LeaseExpired => R::LeaseExpired,
+            DeadReason::NonRetryable => R::NonRetryable,
+            DeadReason::Rejected => R::Rejected,
+        }
+    }
+}
+
+impl From<dray_core::Backoff> for Backoff {
+    fn from(b: dray_core::Backoff) -> Backoff {
+        Backoff { base_ms: b.base_ms, factor: b.factor, cap_ms: b.cap_ms }
+    }
+}
+
+impl From<Backoff> for dray_core::Backoff {
+    fn from(b: Backoff) -> dray_core::Backoff {
+        dray_core::Backoff { base_ms: b.base_ms, factor: b.factor, cap_ms: b.cap_ms }
+    }
+}
+
+impl EnqueueJob {
+    /// The core's insert request. Field checks that need the server's clock (how far ahead
+    /// `run_at` may be) happen later, in `NewJob::validate`.
+    pub fn to_core(&self) -> Result<NewJob, Invalid> {
+        let queue = QueueName::new(&self.queue)?;
+        let run_at = self.run_at.as_deref().map(|s| timestamp_parse("run_at", s)).transpose()?;
+        Ok(NewJob {
+            queue,
+            payload: payload_from_json(&self.payload),
+            priority: self.priority.unwrap_or(0),
+            run_at,
+            delay_ms: self.delay_ms,
+            attempts_max: self.attempts_max,
+            backoff: self.backoff.map(Into::into),
+            lease_ms: self.lease_ms,
+            idempotency_key: self.idempotency_key.as_deref().map(Into::into),
+            ordering_key: self.ordering_key.as_deref().map(Into::into),
+            tags: self.tags.iter().map(|t| t.as_str().into()).collect(),
+            traceparent: self.traceparent.as_deref().map(Into::into),
+        })
+    }
+}
+
+impl From<dray_store::Inserted> for Enqueued {
+    fn from(i: dray_store::Inserted) -> Enqueued {
+        Enqueued { id: i.id.0, state: i.state.into(), duplicate: i.duplicate }
+    }
+}
+
+impl LeasedJob {
+    pub fn from_store(j: &dray_store::LeasedJob, now: Timestamp) -> LeasedJob {
+        LeasedJob {
+            id: j.id.0,
+            queue: j.queue.to_string(),
+            payload: payload_to_json(&j.payload),
+            priority: j.priority,
+            attempt: j.attempt,
+            attempts_max: j.attempts_max,
+            lease_id: lease_id_string(j.lease),
+            fencing_token: j.token.0,
+            lease_ms: j.deadline.ms_since(now),
+            deadline: timestamp_string(j.deadline),
+            checkpoint: j.checkpoint.as_ref().map(payload_to_json),
+            traceparent: j.traceparent.as_deref().map(Into::into),
+            created_at: timestamp_string(j.created_at),
+        }
+    }
+}
+
+impl From<dray_store::Acked> for Acked {
+    fn from(a: dray_store::Acked) -> Acked {
+        Acked { state: a.state.into(), retry_at: a.retry_at.map(timestamp_string) }
+    }
+}
+
+impl From<&dray_core::HistoryEntry> for HistoryEntry {
+    fn from(h: &dray_core::HistoryEntry) -> HistoryEntry {
+        HistoryEntry {
+            at: timestamp_string(h.at),
+            event: h.kind.as_str().into(),
+            state: h.state.into(),
+            attempt: h.attempt,
+            fencing_token: h.token.map(|t| t.0),
+            worker: h.worker.as_ref().map(|w| w.to_string()),
+            error: h.error.as_deref().map(Into::into),
+            run_at: h.run_at.map(timestamp_string),
+        }
+    }
+}
+
+impl From<&dray_core::Job> for Job {
+    fn from(j: &dray_core::Job) -> Job {
+        let s = &j.status;
+        Job {
+            id: j.id.0,
+            queue: j.queue.to_string(),
+            state: s.state.into(),
+            payload: payload_to_json(&j.payload),
+            priority: j.priority,
+            attempt: s.attempt,
+            attempts_max: j.retry.attempts_max,
+            backoff: j.retry.backoff.into(),
+            lease_ms: j.lease_ms,
+            created_at: timestamp_string(j.created_at),
+            run_at: timestamp_string(s.run_at),
+            finished_at: s.finished_at.map(timestamp_string),
+            lease: s.lease.as_ref().map(|l| LeaseView {
+                lease_id: lease_id_string(l.id),
+                fencing_token: l.token.0,
+                worker: l.worker.to_string(),
+                leased_at: timestamp_string(l.leased_at),
+                deadline: timestamp_string(l.deadline),
+            }),
+            cancel_requested: s.cancel_requested,
+            checkpoint: s.checkpoint.as_ref().map(payload_to_json),
+            progress: s.progress.as_ref().map(payload_to_json),
+            result: s.result.as_ref().map(payload_to_json),
+            last_error: s.last_error.as_deref().map(Into::into),
+            dead_reason: s.dead_reason.map(Into::into),
+            idempotency_key: j.idempotency_key.as_deref().map(Into::into),
+            ordering_key: j.ordering_key.as_deref().map(Into::into),
+            tags: j.tags.iter().map(|t| t.to_string()).collect(),
+            traceparent: j.traceparent.as_deref().map(Into::into),
+            history: j.history.iter().map(Into::into).collect(),
+            history_dropped: j.history_dropped,
+        }
+    }
+}
+
+impl From<&dray_store::JobSummary> for JobSummary {
+    fn from(j: &dray_store::JobSummary) -> JobSummary {
+        JobSummary {
+            id: j.id.0,
+            queue: j.queue.to_string(),
+            state: j.state.into(),
+            priority: j.priority,
+            attempt: j.attempt,
+            attempts_max: j.attempts_max,
+            created_at: timestamp_string(j.created_at),
+            run_at: timestamp_string(j.run_at),
+            finished_at: j.finished_at.map(timestamp_string),
+            dead_reason: j.dead_reason.map(Into::into),
+            last_error: j.last_error.as_deref().map(Into::into),
+            tags: j.tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+}
+
+impl From<&dray_store::JobPage> for JobPage {
+    fn from(p: &dray_store::JobPage) -> JobPage {
+        JobPage { jobs: p.jobs.iter().map(Into::into).collect(), next: p.next.map(|id| id.0) }
+    }
+}
+
+impl JobQuery {
+    /// The store's filter; `state` is forced when the route implies it (`/v1/dead`).
+    pub fn to_filter(&self) -> Result<dray_store::JobFilter, Invalid> {
+        Ok(dray_store::JobFilter {
+            queue: self.queue.as_deref().map(QueueName::new).transpose()?,
+            state: self.state.map(Into::into),
+            dead_reason: self.dead_reason.map(Into::into),
+            tag: self.tag.as_deref().map(Into::into),
+            created_from: self.created_from.as_deref().map(|s| timestamp_parse("created_from", s)).transpose()?,
+            created_until: self.created_until.as_deref().map(|s| timestamp_parse("created_until", s)).transpose()?,
+        })
+    }
+}
+
+/// Default page size of list endpoints.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
+/// Default number of jobs a filtered dead-letter action touches.
+pub const DEAD_ACTION_LIMIT_DEFAULT: usize = 1_000;
+
+impl DeadAction {
+    pub fn to_selection(&self) -> Result<dray_store::DeadSelection, Invalid> {
+        let has_filter = self.queue.is_some()
+            || self.dead_reason.is_some()
+            || self.tag.is_some()
+            || self.created_from.is_some()
+            || self.created_until.is_some();
+        match &self.ids {
+            Some(_) if has_filter || self.limit.is_some() => Err(Invalid::new(
+                "ids",
+                "cannot be combined with a filter (queue, dead_reason, tag, created_from, created_until, limit)",
+            )),
+            Some(ids) => Ok(dray_store::DeadSelection::Ids(ids.iter().map(|&id| dray_core::JobId(id)).collect())),
+            None => {
+                let query = JobQuery {
+                    queue: self.queue.clone(),
+                    state: Some(State::Dead),
+                    dead_reason: self.dead_reason,
+                    tag: self.tag.clone(),
+                    created_from: self.created_from.clone(),
+                    created_until: self.created_until.clone(),
+                    after: None,
+                    limit: None,
+                };
+                Ok(dray_store::DeadSelection::Filter {
+                    filter: query.to_filter()?,
+                    limit: self.limit.unwrap_or(DEAD_ACTION_LIMIT_DEFAULT),
+                })
+            }
+        }
+    }
+}
+
+impl From<&dray_store::QueueStats> for Queue {
+    fn from(q: &dray_store::QueueStats) -> Queue {
+        use dray_core::JobState as S;
+        let c = &q.config;
+        Queue {
+            name: c.name.to_string(),
+            paused: c.paused,
+            attempts_max: c.retry.attempts_max,
+            backoff: c.retry.backoff.into(),
+            lease_ms: c.lease_ms,
+            retention_ms: c.retention_ms,
+            retention_dead_ms: c.retention_dead_ms,
+            counts: StateCounts {
+                scheduled: q.count(S::Scheduled),
+                available: q.count(S::Available),
+                running: q.count(S::Running),
+                retrying: q.count(S::Retrying),
+                completed: q.count(S::Completed),
+                dead: q.count(S::Dead),
+                cancelled: q.count(S::Cancelled),
+            },
+            oldest_dead_at: q.oldest_dead_at.map(timestamp_string),
+        }
+    }
+}
+
+impl QueueConfigure {
+    /// The store's change request. A new `attempts_max` or `backoff` alone keeps the other half of
+    /// the retry policy: `current` supplies it.
+    pub fn to_store(
+        &self,
+        now: Timestamp,
+        name: QueueName,
+        current: &dray_core::RetryPolicy,
+    ) -> dray_store::QueueConfigure {
+        let retry = (self.attempts_max.is_some() || self.backoff.is_some()).then(|| dray_core::RetryPolicy {
+            attempts_max: self.attempts_max.unwrap_or(current.attempts_max),
+            backoff: self.backoff.map(Into::into).unwrap_or(current.backoff),
+        });
+        dray_store::QueueConfigure {
+            now,
+            name,
+            retry,
+            lease_ms: self.lease_ms,
+            retention_ms: self.retention_ms,
+            retention_dead_ms: self.retention_dead_ms,
+            paused: self.paused,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_in_utc_with_millis() {
+        let t = Timestamp(1_763_712_000_250);
+        let s = timestamp_string(t);
+        assert_eq!(s, "2025-11-21T08:00:00.250Z");
+        assert_eq!(timestamp_parse("run_at", &s).unwrap(), t);
+        assert_eq!(timestamp_parse("run_at", "2025-11-21T09:00:00.250+01:00").unwrap(), t);
+        let err = timestamp_parse("run_at", "tomorrow").unwrap_err();
+        assert_eq!(err.field, "run_at");
+        assert!(err.message.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn lease_ids_are_16_hex_digits() {
+        let id = LeaseId(0xdead_beef);
+        assert_eq!(lease_id_string(id), "00000000deadbeef");
+        assert_eq!(lease_id_parse("00000000deadbeef").unwrap(), id);
+        assert_eq!(lease_id_parse("xyz").unwrap_err().field, "lease_id");
+        assert_eq!(lease_id_parse("zzzzzzzzzzzzzzzz").unwrap_err().field, "lease_id");
+    }
+
+    #[test]
+    fn enqueue_refuses_unknown_fields_and_names_bad_ones() {
+        let err = serde_json::from_str::<EnqueueJob>(r#"{"queue":"q","payload":1,"colour":"red"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+        let job: EnqueueJob = serde_json::from_str(r#"{"queue":"bad name","payload":{"a":[1,2]}}"#).unwrap();
+        assert_eq!(job.to_core().unwrap_err().field, "queue");
+        let job: EnqueueJob = serde_json::from_str(r#"{"queue":"q","payload":{"a": [1, 2]}}"#).unwrap();
+        let core = job.to_core().unwrap();
+        assert_eq!(core.payload.as_bytes(), br#"{"a": [1, 2]}"#, "payload kept byte for byte");
+    }
+
+    #[test]
+    fn dead_action_takes_ids_or_a_filter() {
+        let both = DeadAction { ids: Some(vec![1]), queue: Some("q".into()), ..Default::default() };
+        assert_eq!(both.to_selection().unwrap_err().field, "ids");
+        let filter = DeadAction { queue: Some("q".into()), ..Default::default() };
+        match filter.to_selection().unwrap() {
+            dray_store::DeadSelection::Filter { filter, limit } => {
+                assert_eq!(filter.state, Some(dray_core::JobState::Dead));
+                assert_eq!(limit, DEAD_ACTION_LIMIT_DEFAULT);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

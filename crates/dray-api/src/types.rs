@@ -1,0 +1,500 @@
+//! The request and response bodies.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// Any JSON value, kept byte for byte as the client sent it.
+pub type Json = Box<RawValue>;
+
+/// A job's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Scheduled,
+    Available,
+    Running,
+    Retrying,
+    Completed,
+    Dead,
+    Cancelled,
+}
+
+/// Why a job is in the dead-letter queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    Failed,
+    LeaseExpired,
+    NonRetryable,
+    Rejected,
+}
+
+/// Exponential backoff with full jitter: the wait before retry `n` is uniformly random in
+/// `[0, min(cap_ms, base_ms * factor^(n-1))]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub factor: f64,
+    pub cap_ms: u64,
+}
+
+/// A job to enqueue: the body of `POST /v1/jobs` and each item of a batch.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueJob {
+    pub queue: String,
+    /// Any JSON value, handed to the worker as sent.
+    #[schema(value_type = Object)]
+    pub payload: Json,
+    /// Higher runs first. -1000 to 1000, default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i16>,
+    /// RFC 3339. Never delivered before this on the server's clock. Not with `delay_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Run this long after the server accepts the job. Not with `run_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Deliveries in all, lease expiries included; default from the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Lease duration for each attempt; default from the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// Within its window, the same key and payload return the original job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// W3C trace context, also accepted as the `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// `POST /v1/jobs/batch`: all jobs are enqueued, or none.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBatch {
+    pub jobs: Vec<EnqueueJob>,
+}
+
+/// One enqueued job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Enqueued {
+    pub id: u64,
+    pub state: State,
+    /// The idempotency key matched an earlier job: `id` is that job's.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnqueuedBatch {
+    pub jobs: Vec<Enqueued>,
+}
+
+/// `POST /v1/lease`: lease up to `count` jobs from `queues`, waiting up to `wait_ms` for one.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub queues: Vec<String>,
+    /// The worker's name, recorded in job history.
+    pub worker: String,
+    /// 1 to 1000, default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Overrides each job's lease duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// Long-poll: when no job is available, wait up to this long for one. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LeasedJob {
+    pub id: u64,
+    pub queue: String,
+    #[schema(value_type = Object)]
+    pub payload: Json,
+    pub priority: i16,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    pub attempts_max: u32,
+    /// Present it with every heartbeat, completion and failure.
+    pub lease_id: String,
+    /// Strictly increasing across all leases; hand it to downstream systems.
+    pub fencing_token: u64,
+    /// The lease's length from now. Workers reason in durations, never in the server's timestamps.
+    pub lease_ms: u64,
+    /// RFC 3339, server clock; for display.
+    pub deadline: String,
+    /// What an earlier attempt saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LeaseResponse {
+    pub jobs: Vec<LeasedJob>,
+}
+
+/// `POST /v1/jobs/{id}/heartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub lease_id: String,
+    /// New deadline = now + this; default the job's lease duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Json>,
+    /// Saved for the next attempt, should this one fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Json>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub lease_ms: u64,
+    pub deadline: String,
+    /// Someone cancelled the job: stop and report.
+    pub cancel_requested: bool,
+}
+
+/// `POST /v1/jobs/{id}/complete`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub lease_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Json>,
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    pub lease_id: String,
+    pub error: String,
+    /// Default true. A non-retryable failure goes straight to the dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// Replaces the backoff for this retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// What a completion or failure did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Acked {
+    pub state: State,
+    /// For a job that will be retried: when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+}
+
+/// Complete or fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckOutcome {
+    Complete,
+    Fail,
+}
+
+/// One item of `POST /v1/ack`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckItem {
+    pub job: u64,
+    pub lease_id: String,
+    pub outcome: AckOutcome,
+    /// For `complete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Json>,
+    /// For `fail` (required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// `POST /v1/ack`: completions and failures in one durable write.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckBatch {
+    pub acks: Vec<AckItem>,
+}
+
+/// The result of one ack: `acked` when accepted, `problem` when refused (a stale lease, say).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AckResult {
+    pub job: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<Acked>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AckBatchResponse {
+    pub results: Vec<AckResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    /// `cancelled`, or `running` when the worker was asked to stop.
+    pub state: State,
+}
+
+/// A worker's lease on a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseView {
+    pub lease_id: String,
+    pub fencing_token: u64,
+    pub worker: String,
+    pub leased_at: String,
+    pub deadline: String,
+}
+
+/// One change in a job's life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryEntry {
+    pub at: String,
+    /// `enqueued`, `promoted`, `leased`, `completed`, `failed`, `expired`, `cancel_requested`,
+    /// `cancelled`, `redriven`.
+    pub event: String,
+    /// The state after the event.
+    pub state: State,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}`: a job with its whole history.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: u64,
+    pub queue: String,
+    pub state: State,
+    #[schema(value_type = Object)]
+    pub payload: Json,
+    pub priority: i16,
+    pub attempt: u32,
+    pub attempts_max: u32,
+    pub backoff: Backoff,
+    pub lease_ms: u64,
+    pub created_at: String,
+    pub run_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseView>,
+    pub cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub checkpoint: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<DeadReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub history: Vec<HistoryEntry>,
+    /// Oldest entries dropped to keep the history bounded (the first entry is always kept).
+    pub history_dropped: u32,
+}
+
+/// A job in a list: no payload, no history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    pub id: u64,
+    pub queue: String,
+    pub state: State,
+    pub priority: i16,
+    pub attempt: u32,
+    pub attempts_max: u32,
+    pub created_at: String,
+    pub run_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<DeadReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A page of jobs; pass `next` as `after` for the next page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// Query of `GET /v1/jobs` and `GET /v1/dead`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<DeadReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// RFC 3339: jobs created at or after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_from: Option<String>,
+    /// RFC 3339: jobs created before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_until: Option<String>,
+    /// Cursor: the `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// 1 to 1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `POST /v1/dead/redrive` and `POST /v1/dead/discard`: either `ids`, or a filter with a `limit`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<DeadReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_until: Option<String>,
+    /// With a filter: act on at most this many (1 to 10000, default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Report what would be done, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeadActionResponse {
+    pub ids: Vec<u64>,
+    pub count: usize,
+    pub dry_run: bool,
+}
+
+/// `PUT /v1/queues/{name}`: creates the queue or changes the fields given.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfigure {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// How long completed and cancelled jobs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+    /// How long dead jobs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_dead_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// How many of a queue's jobs are in each state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateCounts {
+    pub scheduled: u64,
+    pub available: u64,
+    pub running: u64,
+    pub retrying: u64,
+    pub completed: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+/// A queue's configuration and counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Queue {
+    pub name: String,
+    pub paused: bool,
+    pub attempts_max: u32,
+    pub backoff: Backoff,
+    pub lease_ms: u64,
+    pub retention_ms: u64,
+    pub retention_dead_ms: u64,
+    pub counts: StateCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_dead_at: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<Queue>,
+}
+
+/// An error, as `application/problem+json` (RFC 9457).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `https://dray.dev/problems/stale-lease`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request field at fault, e.g. `jobs[3].payload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The job concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
