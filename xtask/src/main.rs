@@ -1,0 +1,50 @@
+//! Project automation, run as `cargo xtask <command>` (the alias in `.cargo/config.toml` builds
+//! this crate in release mode). Today: `cargo xtask bench store`, the embedded store's benchmark.
+//!
+//! A plain harness that prints figures, not criterion: criterion takes longer to compile here than
+//! the benchmark takes to run, and these workloads measure seconds of steady state, not
+//! nanoseconds. This crate never ships in the server binary.
+
+mod args;
+mod bench_store;
+mod counting_fs;
+mod machine;
+mod workloads;
+
+use anyhow::{Context, bail};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+Commands:
+  bench store [WORKLOAD...] [FLAGS]   benchmark the embedded store in-process
+  help                                this text
+
+Run `cargo xtask bench store --help` for the benchmark's workloads and flags.
+";
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    match argv.as_slice() {
+        [] | ["help" | "--help" | "-h", ..] => {
+            print!("{HELP}");
+            Ok(())
+        }
+        ["bench", "store", rest @ ..] => {
+            if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {
+                print!("{}", args::BENCH_STORE_HELP);
+                return Ok(());
+            }
+            let opts = args::Options::parse(rest).context("bad arguments (see `cargo xtask bench store --help`)")?;
+            bench_store::run(&opts)
+        }
+        // Hidden: one measured workload in a fresh process, started by `bench store` itself so
+        // that every run begins with an empty heap and its memory figures are its own.
+        [args::CHILD, workload, rest @ ..] => {
+            let opts = args::Options::parse(rest)?;
+            workloads::child(workload, &opts)
+        }
+        [other, ..] => bail!("unknown command `{other}`\n\n{HELP}"),
+    }
+}
