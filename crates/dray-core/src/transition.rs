@@ -50,6 +50,9 @@ pub enum EventKind {
     Expire,
     Cancel,
     Redrive,
+    /// Not an event of [`transition`]: deleting a dead job. Named here so a refusal to discard a
+    /// job that is not dead reads right.
+    Discard,
 }
 
 impl Event<'_> {
@@ -78,6 +81,7 @@ impl fmt::Display for EventKind {
             EventKind::Expire => "expire",
             EventKind::Cancel => "cancel",
             EventKind::Redrive => "redrive",
+            EventKind::Discard => "discard",
         };
         f.write_str(s)
     }

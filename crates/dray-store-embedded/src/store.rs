@@ -42,6 +42,8 @@ pub(crate) struct Locked {
 /// Operations other than inserts may log in several frames once this much is gathered; each
 /// change is valid on its own, so a crash between frames leaves a consistent state.
 const FRAME_SPLIT_BYTES: usize = 8 * 1024 * 1024;
+/// A prune pass looks at most this many times its limit of finished jobs.
+const PRUNE_SCAN_FACTOR: usize = 4;
 /// The scratch buffer's capacity kept between operations.
 const SCRATCH_KEEP_BYTES: usize = 1024 * 1024;
 
@@ -487,9 +489,7 @@ impl Store for EmbeddedStore {
         p.selection.validate()?;
         let DeadDiscard { now: _, selection, dry_run } = p;
         self.write(false, move |state, changes| {
-            // Discarding is not a transition of the job: it deletes it. The event kind only names
-            // the refusal for a job that is not dead.
-            let ids = dead_ids(state, &selection, dray_core::transition::EventKind::Redrive)?;
+            let ids = dead_ids(state, &selection, dray_core::transition::EventKind::Discard)?;
             if !dry_run {
                 for &id in &ids {
                     changes.push(|buf| codec::encode_job_delete(buf, id));
@@ -541,13 +541,16 @@ impl Store for EmbeddedStore {
         let window = self.inner.config.idempotency_window_ms;
         self.write(false, move |state, changes| {
             let mut doomed = Vec::new();
+            // Oldest first. A job kept for its idempotency window does not stop the scan, but the
+            // scan is bounded so a pass never walks a long run of such jobs.
+            let mut scan_left = limit.saturating_mul(PRUNE_SCAN_FACTOR);
             for q in state.queues.values() {
                 for (set, retention) in [(&q.finished, q.config.retention_ms), (&q.dead, q.config.retention_dead_ms)] {
-                    // Oldest first; a job kept for its idempotency window does not stop the scan.
                     for &(finished_at, id) in set.iter() {
-                        if doomed.len() >= limit || finished_at.add_ms(retention) > now {
+                        if doomed.len() >= limit || scan_left == 0 || finished_at.add_ms(retention) > now {
                             break;
                         }
+                        scan_left -= 1;
                         let job = &state.jobs[&id];
                         if job.idempotency_key.is_some() && job.created_at.add_ms(window) > now {
                             continue;
