@@ -258,7 +258,10 @@ fn snapshot_loop(weak: Weak<Inner>) {
         {
             let (flag, cv) = &inner.stop;
             let Ok(stop) = flag.lock() else { return };
-            let Ok((stop, _)) = cv.wait_timeout(stop, Duration::from_millis(SNAPSHOT_CHECK_MS)) else { return };
+            // `_while` checks the flag before waiting: a stop signalled before this thread got
+            // here is not missed (which made every close wait out a whole check interval).
+            let wait = cv.wait_timeout_while(stop, Duration::from_millis(SNAPSHOT_CHECK_MS), |stop| !*stop);
+            let Ok((stop, _)) = wait else { return };
             if *stop {
                 return;
             }

@@ -24,8 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dray_core::{
-    Backoff, FencingToken, HistoryKind, Job, JobId, JobState, NewJob, Payload, QueueName,
-    Timestamp, WorkerId,
+    Backoff, FencingToken, HistoryKind, Job, JobId, JobState, NewJob, Payload, QueueName, Timestamp, WorkerId,
 };
 use dray_store::{
     Ack, AckOutcome, Error, JobAck, JobFilter, JobInsert, JobLease, JobList, LeaseExtend, Maintain, Store,
@@ -53,6 +52,8 @@ const LEASE_MS: u64 = 1_000;
 const QUEUES: [&str; 2] = ["crash-a", "crash-b"];
 /// Idempotency keys are drawn from this many, shared by every round: retries across restarts.
 const KEYS: u64 = 64;
+/// Producers pause while this many jobs wait or run.
+const BACKLOG_MAX: u64 = 2_000;
 
 // ---------------------------------------------------------------------------------------------
 // Randomness and time
@@ -145,13 +146,17 @@ impl AckLine {
                 key: (fields[2] != "-").then(|| fields[2].to_string()),
                 payload: fields[3].to_string(),
             },
-            ("L", 4) => AckLine::Lease { id, token: num(2), attempt: u32::try_from(num(3)).unwrap_or_else(|_| bad(line)) },
+            ("L", 4) => {
+                AckLine::Lease { id, token: num(2), attempt: u32::try_from(num(3)).unwrap_or_else(|_| bad(line)) }
+            }
             ("H", 4) => {
                 let deadline = fields.get(3).and_then(|f| f.parse().ok()).unwrap_or_else(|| bad(line));
                 AckLine::Heartbeat { id, token: num(2), deadline }
             }
             ("C", 3) => AckLine::Complete { id, token: num(2) },
-            ("F", 4) => AckLine::Fail { id, token: num(2), state: JobState::parse(fields[3]).unwrap_or_else(|| bad(line)) },
+            ("F", 4) => {
+                AckLine::Fail { id, token: num(2), state: JobState::parse(fields[3]).unwrap_or_else(|| bad(line)) }
+            }
             _ => bad(line),
         };
         Some(ack)
@@ -220,6 +225,11 @@ async fn produce(w: Arc<Workload>, producer: u64) {
     let mut rng = w.rng(producer);
     let mut batch = 0u64;
     while w.op() {
+        if backlog(&w.store).await > BACKLOG_MAX {
+            // Let the workers catch up: a long run's store (and every recovery) stays small.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         batch += 1;
         let keyed: Vec<bool> = (0..rng.range(1, 12)).map(|_| rng.below(4) == 0).collect();
         let unkeyed = keyed.iter().filter(|k| !**k).count();
@@ -250,15 +260,24 @@ async fn produce(w: Arc<Workload>, producer: u64) {
             jobs.push(job);
             sent.push((key, payload));
         }
-        let inserted = w
-            .store
-            .job_insert(JobInsert { now: now(), jobs })
-            .await
-            .unwrap_or_else(|e| panic!("insert failed: {e}"));
+        let inserted =
+            w.store.job_insert(JobInsert { now: now(), jobs }).await.unwrap_or_else(|e| panic!("insert failed: {e}"));
         for (ins, (key, payload)) in inserted.iter().zip(sent) {
             w.sink.ack(AckLine::Insert { id: ins.id, key, payload });
         }
     }
+}
+
+/// Jobs not yet finished, over both queues.
+async fn backlog(store: &EmbeddedStore) -> u64 {
+    let mut waiting = 0;
+    for q in 0..QUEUES.len() {
+        // A queue appears with its first job.
+        if let Ok(stats) = store.queue_stats(&queue(q)).await {
+            waiting += JobState::ALL.iter().filter(|s| !s.is_finished()).map(|s| stats.count(*s)).sum::<u64>();
+        }
+    }
+    waiting
 }
 
 /// Leases, sometimes heartbeats, then completes, fails (retryable, short retry-after) or abandons
@@ -298,11 +317,9 @@ async fn work(w: Arc<Workload>, worker_no: u64) {
                     checkpoint: Some(Payload::new(&b"{\"step\":1}"[..])),
                 };
                 match w.store.lease_extend(p).await {
-                    Ok(extended) => w.sink.ack(AckLine::Heartbeat {
-                        id: job.id,
-                        token: job.token.0,
-                        deadline: extended.deadline.0,
-                    }),
+                    Ok(extended) => {
+                        w.sink.ack(AckLine::Heartbeat { id: job.id, token: job.token.0, deadline: extended.deadline.0 })
+                    }
                     // The lease ran out meanwhile.
                     Err(Error::Rejected { .. }) => continue,
                     Err(e) => panic!("heartbeat failed: {e}"),
@@ -312,7 +329,11 @@ async fn work(w: Arc<Workload>, worker_no: u64) {
             let outcome = if complete {
                 AckOutcome::Complete { result: Some(Payload::new(&b"\"done\""[..])) }
             } else {
-                AckOutcome::Fail { error: "crash test failure".into(), retryable: true, retry_after_ms: Some(rng.below(100)) }
+                AckOutcome::Fail {
+                    error: "crash test failure".into(),
+                    retryable: true,
+                    retry_after_ms: Some(rng.below(100)),
+                }
             };
             acks.push(Ack { job: job.id, lease: job.lease, outcome });
             sent.push((job.id, job.token.0, complete));
@@ -320,11 +341,7 @@ async fn work(w: Arc<Workload>, worker_no: u64) {
         if acks.is_empty() {
             continue;
         }
-        let results = w
-            .store
-            .job_ack(JobAck { now: now(), acks })
-            .await
-            .unwrap_or_else(|e| panic!("ack failed: {e}"));
+        let results = w.store.job_ack(JobAck { now: now(), acks }).await.unwrap_or_else(|e| panic!("ack failed: {e}"));
         for ((id, token, complete), result) in sent.into_iter().zip(results) {
             match result {
                 Ok(acked) if complete => {
@@ -384,11 +401,7 @@ async fn run_workload(w: Arc<Workload>) {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .expect("a tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().expect("a tokio runtime")
 }
 
 /// In a child (`DRAY_CRASH_CHILD_DIR` set): runs the workload on that directory until killed.
@@ -476,18 +489,19 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         if (round + 1) % VERIFY_EVERY == 0 || round + 1 == kills {
             let store = EmbeddedStore::open(store_config(dir.path()))
                 .unwrap_or_else(|e| panic!("seed {seed}, after round {round}: recovery failed: {e}"));
-            jobs_verified = rt.block_on(verify(&store, &log)).unwrap_or_else(|problems| {
-                panic!("seed {seed}, after round {round}:\n{}", problems.join("\n"))
-            });
+            jobs_verified = rt
+                .block_on(verify(&store, &log))
+                .unwrap_or_else(|problems| panic!("seed {seed}, after round {round}:\n{}", problems.join("\n")));
             store.close().expect("close after verifying");
         }
     }
     println!(
-        "crash test: {kills} kills, {} acknowledged operations ({} jobs inserted, {} leases, {} completed), \
-         {jobs_verified} jobs verified, {:.1?} (seed {seed})",
+        "crash test: {kills} kills, {} acknowledged operations ({} jobs inserted, {} leases of which {} \
+         redeliveries, {} completed), {jobs_verified} jobs verified, {:.1?} (seed {seed})",
         log.ops,
         log.inserted.len(),
         log.leases.values().map(Vec::len).sum::<usize>(),
+        log.redeliveries,
         log.completed.len(),
         started.elapsed()
     );
@@ -574,6 +588,8 @@ struct AckLog {
     /// The largest fencing token acknowledged in the rounds absorbed so far.
     token_max: u64,
     ops: usize,
+    /// Leases of a job that had been leased before: deliveries after an expiry or a failure.
+    redeliveries: usize,
 }
 
 impl AckLog {
@@ -611,10 +627,11 @@ impl AckLog {
                         ));
                     }
                     let held = self.leases.entry(*id).or_default();
-                    if let Some(&(last, _)) = held.last()
-                        && last >= *token
-                    {
-                        return Err(format!("job {id}: lease token {token} came after token {last}"));
+                    if let Some(&(last, _)) = held.last() {
+                        if last >= *token {
+                            return Err(format!("job {id}: lease token {token} came after token {last}"));
+                        }
+                        self.redeliveries += 1;
                     }
                     held.push((*token, *attempt));
                     self.token_max = self.token_max.max(*token);
@@ -643,7 +660,11 @@ impl AckLog {
 
     fn lease_known(&self, id: JobId, token: u64) -> Result<(), String> {
         let known = self.leases.get(&id).is_some_and(|l| l.iter().any(|&(t, _)| t == token));
-        if known { Ok(()) } else { Err(format!("job {id}: an ack under token {token}, which no acknowledged lease gave")) }
+        if known {
+            Ok(())
+        } else {
+            Err(format!("job {id}: an ack under token {token}, which no acknowledged lease gave"))
+        }
     }
 }
 
@@ -654,10 +675,8 @@ async fn all_jobs(store: &EmbeddedStore) -> BTreeMap<JobId, Job> {
     let mut out = BTreeMap::new();
     let mut after = None;
     loop {
-        let page = store
-            .job_list(JobList { filter: JobFilter::default(), after, limit: 1_000 })
-            .await
-            .expect("list jobs");
+        let page =
+            store.job_list(JobList { filter: JobFilter::default(), after, limit: 1_000 }).await.expect("list jobs");
         for summary in &page.jobs {
             let job = store.job_get(summary.id).await.expect("get a job").expect("a listed job exists");
             out.insert(job.id, job);
@@ -779,7 +798,10 @@ async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec
     for stats in store.queue_list().await.expect("list queues") {
         let counts = counted.remove(&stats.config.name).unwrap_or_default();
         if stats.counts != counts {
-            problems.push(format!("queue {}: stats count {:?} but its jobs are {counts:?}", stats.config.name, stats.counts));
+            problems.push(format!(
+                "queue {}: stats count {:?} but its jobs are {counts:?}",
+                stats.config.name, stats.counts
+            ));
         }
     }
     for queue in counted.keys() {
@@ -789,7 +811,8 @@ async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec
         let listed = ids_in_state(store, state).await;
         let expected: Vec<JobId> = jobs.values().filter(|j| j.status.state == state).map(|j| j.id).collect();
         if listed != expected {
-            problems.push(format!("listing {state} jobs gives {listed:?}, but the jobs in that state are {expected:?}"));
+            problems
+                .push(format!("listing {state} jobs gives {listed:?}, but the jobs in that state are {expected:?}"));
         }
     }
     problems
@@ -815,7 +838,12 @@ fn check_history(job: &Job, retryable_only: bool) -> Result<(), String> {
     let max = job.retry.attempts_max;
     let h = &job.history;
     if job.version as usize != h.len() + job.history_dropped as usize {
-        return Err(format!("version {} but {} history entries and {} dropped", job.version, h.len(), job.history_dropped));
+        return Err(format!(
+            "version {} but {} history entries and {} dropped",
+            job.version,
+            h.len(),
+            job.history_dropped
+        ));
     }
     let first = h.first().ok_or("no history")?;
     if first.kind != K::Enqueued || first.attempt != 0 || !matches!(first.state, S::Available | S::Scheduled) {
@@ -838,7 +866,9 @@ fn check_history(job: &Job, retryable_only: bool) -> Result<(), String> {
     for (i, e) in h.iter().enumerate().skip(1) {
         let follows = match e.kind {
             K::Enqueued => false,
-            K::Promoted => matches!(state, S::Scheduled | S::Retrying) && e.state == S::Available && e.attempt == attempt,
+            K::Promoted => {
+                matches!(state, S::Scheduled | S::Retrying) && e.state == S::Available && e.attempt == attempt
+            }
             K::Leased => {
                 state == S::Available
                     && e.state == S::Running
