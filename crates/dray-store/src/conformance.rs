@@ -27,8 +27,8 @@ use std::future::Future;
 
 use dray_core::transition::EventKind;
 use dray_core::{
-    Backoff, HistoryEntry, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
-    QueueName, Rejection, RetryPolicy, Timestamp, WorkerId,
+    Backoff, HistoryEntry, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
+    Rejection, RetryPolicy, Timestamp, WorkerId,
 };
 
 use crate::{
@@ -234,7 +234,8 @@ impl<H: Harness> Ctx<H> {
 
     pub async fn insert(&self, jobs: Vec<NewJob>) -> Vec<Inserted> {
         let n = jobs.len();
-        let inserted = self.try_insert(jobs).await.unwrap_or_else(|e| panic!("job_insert at {}: {e:?}", self.now));
+        let inserted =
+            self.try_insert(jobs).await.unwrap_or_else(|e| panic!("job_insert at {}: {e:?}", self.now));
         assert_eq!(inserted.len(), n, "job_insert returns one result per job");
         inserted
     }
@@ -261,8 +262,13 @@ impl<H: Harness> Ctx<H> {
 
     pub async fn lease_with(&self, p: JobLease) -> Vec<LeasedJob> {
         let count_max = p.count_max;
-        let leased = self.try_lease_with(p).await.unwrap_or_else(|e| panic!("job_lease at {}: {e:?}", self.now));
-        assert!(leased.len() <= count_max, "job_lease returned {} jobs for count_max {count_max}", leased.len());
+        let leased =
+            self.try_lease_with(p).await.unwrap_or_else(|e| panic!("job_lease at {}: {e:?}", self.now));
+        assert!(
+            leased.len() <= count_max,
+            "job_lease returned {} jobs for count_max {count_max}",
+            leased.len()
+        );
         leased
     }
 
@@ -301,9 +307,21 @@ impl<H: Harness> Ctx<H> {
         self.try_get(id).await.unwrap_or_else(|| panic!("job {id} not found"))
     }
 
-    pub async fn heartbeat(&self, job: JobId, lease: LeaseId, extend_ms: Option<u64>) -> Result<LeaseExtended, Error> {
+    pub async fn heartbeat(
+        &self,
+        job: JobId,
+        lease: LeaseId,
+        extend_ms: Option<u64>,
+    ) -> Result<LeaseExtended, Error> {
         self.store()
-            .lease_extend(LeaseExtend { now: self.now, job, lease, extend_ms, progress: None, checkpoint: None })
+            .lease_extend(LeaseExtend {
+                now: self.now,
+                job,
+                lease,
+                extend_ms,
+                progress: None,
+                checkpoint: None,
+            })
             .await
     }
 
@@ -448,7 +466,10 @@ pub(crate) fn assert_snapshots_eq(before: &Snapshot, after: &Snapshot, context: 
 #[track_caller]
 pub(crate) fn assert_job_eq(actual: &Job, expected: &Job, context: &str) {
     if actual != expected {
-        panic!("{context}: job {} differs\n--- expected:\n{expected:#?}\n--- actual:\n{actual:#?}", expected.id);
+        panic!(
+            "{context}: job {} differs\n--- expected:\n{expected:#?}\n--- actual:\n{actual:#?}",
+            expected.id
+        );
     }
 }
 

@@ -8,8 +8,8 @@ use dray_core::{
 
 use super::{
     BACKOFF_1MS, Ctx, Harness, T0, after, assert_counts, assert_invalid, assert_job_eq, assert_not_found,
-    assert_rejected, before, default_config, entries_of, expected_inserted, ids_of, kinds_unpromoted, new_job,
-    other_lease, payload, q,
+    assert_rejected, before, default_config, entries_of, expected_inserted, ids_of, kinds_unpromoted,
+    new_job, other_lease, payload, q,
 };
 use crate::{Ack, AckOutcome, Acked, Error, JobFilter, LeaseExtend, Store};
 
@@ -48,7 +48,11 @@ pub async fn insert_one_job<H: Harness>(h: H) {
 
     let stats = c.stats("emails").await;
     assert_counts(&stats, &[(JobState::Available, 1)]);
-    assert_eq!(stats.config, default_config("emails"), "a queue created by its first job has the default policy");
+    assert_eq!(
+        stats.config,
+        default_config("emails"),
+        "a queue created by its first job has the default policy"
+    );
     assert_eq!(stats.oldest_dead_at, None);
     assert_eq!(c.list_ids(JobFilter::default()).await, vec![id]);
     assert_eq!(c.try_get(JobId(id.0.wrapping_add(1_000))).await, None, "job_get of an unknown id is None");
@@ -90,7 +94,11 @@ pub async fn insert_scheduled_by_run_at<H: Harness>(h: H) {
     let id = inserted[0].id;
     let job = c.get(id).await;
     assert_eq!(job.status.run_at, run_at);
-    assert_eq!(job.history[0].run_at, Some(run_at), "the Enqueued entry of a scheduled job says when it is due");
+    assert_eq!(
+        job.history[0].run_at,
+        Some(run_at),
+        "the Enqueued entry of a scheduled job says when it is due"
+    );
     assert_job_eq(&job, &expected_inserted(&new, id, c.now), "after insert");
     assert_counts(&c.stats("q").await, &[(JobState::Scheduled, 1)]);
 
@@ -403,7 +411,17 @@ pub async fn lease_order_priority_run_time_enqueue<H: Harness>(h: H) {
 
     c.set_now(T0.add_ms(10));
     let names = |ids: Vec<JobId>| {
-        let all = [(a1, "a1"), (a2, "a2"), (a3, "a3"), (a4, "a4"), (a5, "a5"), (a6, "a6"), (b1, "b1"), (b2, "b2"), (b3, "b3")];
+        let all = [
+            (a1, "a1"),
+            (a2, "a2"),
+            (a3, "a3"),
+            (a4, "a4"),
+            (a5, "a5"),
+            (a6, "a6"),
+            (b1, "b1"),
+            (b2, "b2"),
+            (b3, "b3"),
+        ];
         ids.iter().map(|id| all.iter().find(|(i, _)| i == id).map_or("?", |(_, n)| *n)).collect::<Vec<_>>()
     };
     let l = c.lease(&["qa", "qb"], 3).await;
@@ -421,7 +439,8 @@ pub async fn lease_order_priority_run_time_enqueue<H: Harness>(h: H) {
 /// A lease never returns more than `count_max` jobs, and never the same job twice.
 pub async fn lease_count_max<H: Harness>(h: H) {
     let c = Ctx::open(h).await;
-    let ids: Vec<JobId> = c.insert((0..5).map(|i| new_job("q", &i.to_string())).collect()).await.iter().map(|i| i.id).collect();
+    let ids: Vec<JobId> =
+        c.insert((0..5).map(|i| new_job("q", &i.to_string())).collect()).await.iter().map(|i| i.id).collect();
     let mut seen = Vec::new();
     for want in [2, 2, 1, 0] {
         let l = c.lease(&["q"], 2).await;
@@ -546,7 +565,11 @@ pub async fn lease_ids_never_repeat_across_restart<H: Harness>(h: H) {
     }
     let snap = c.snapshot().await;
     for o in &old {
-        assert_rejected(c.complete(o.id, o.lease).await, o.id, Rejection::StaleLease { state: JobState::Running });
+        assert_rejected(
+            c.complete(o.id, o.lease).await,
+            o.id,
+            Rejection::StaleLease { state: JobState::Running },
+        );
     }
     c.assert_unchanged(&snap, "after the zombies' acks").await;
 }
@@ -555,7 +578,8 @@ pub async fn lease_ids_never_repeat_across_restart<H: Harness>(h: H) {
 /// delivered again with the next attempt and a larger token.
 pub async fn lease_invisible_until_deadline<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id = c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id =
+        c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let l1 = c.lease_one("q", id).await;
     c.worker = WorkerId::new("worker-2").unwrap();
     c.set_now(before(l1.deadline, 1));
@@ -568,7 +592,8 @@ pub async fn lease_invisible_until_deadline<H: Harness>(h: H) {
     assert!(l2.token > l1.token);
     assert_ne!(l2.lease, l1.lease);
     let job = c.get(id).await;
-    let workers: Vec<_> = entries_of(&job, HistoryKind::Leased).iter().map(|e| e.worker.clone().unwrap()).collect();
+    let workers: Vec<_> =
+        entries_of(&job, HistoryKind::Leased).iter().map(|e| e.worker.clone().unwrap()).collect();
     assert_eq!(workers, [WorkerId::new("worker-1").unwrap(), WorkerId::new("worker-2").unwrap()]);
 }
 
@@ -577,7 +602,10 @@ pub async fn lease_paused_queue<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let p1 = c.insert_one(new_job("p", "1")).await;
     let r1 = c.insert_one(new_job("r", "1")).await;
-    let config = c.configure(crate::QueueConfigure { paused: Some(true), ..crate::QueueConfigure::new(c.now, q("p")) }).await.unwrap();
+    let config = c
+        .configure(crate::QueueConfigure { paused: Some(true), ..crate::QueueConfigure::new(c.now, q("p")) })
+        .await
+        .unwrap();
     assert_eq!(config, crate::QueueConfig { paused: true, ..default_config("p") });
     assert_eq!(ids_of(&c.lease(&["p", "r"], 10).await), vec![r1], "a paused queue leases nothing");
     let p2 = c.insert(vec![new_job("p", "2")]).await;
@@ -586,7 +614,9 @@ pub async fn lease_paused_queue<H: Harness>(h: H) {
     assert!(c.stats("p").await.config.paused, "the pause survives a restart");
     assert_eq!(c.lease(&["p"], 10).await, vec![]);
     assert_counts(&c.stats("p").await, &[(JobState::Available, 2)]);
-    c.configure(crate::QueueConfigure { paused: Some(false), ..crate::QueueConfigure::new(c.now, q("p")) }).await.unwrap();
+    c.configure(crate::QueueConfigure { paused: Some(false), ..crate::QueueConfigure::new(c.now, q("p")) })
+        .await
+        .unwrap();
     assert_eq!(ids_of(&c.lease(&["p"], 10).await), vec![p1, p2[0].id]);
 }
 
@@ -624,7 +654,12 @@ pub async fn heartbeat_extends_deadline<H: Harness>(h: H) {
         .await
         .unwrap();
     assert_eq!(r, crate::LeaseExtended { deadline: T0.add_ms(19_000), cancel_requested: false });
-    let event = Event::Heartbeat { lease: l.lease, extend_ms: None, progress: Some(progress.clone()), checkpoint: None };
+    let event = Event::Heartbeat {
+        lease: l.lease,
+        extend_ms: None,
+        progress: Some(progress.clone()),
+        checkpoint: None,
+    };
     let job = c.get(id).await;
     assert_job_eq(&job, &after(&prev, event, c.now), "after heartbeat");
     assert_eq!(job.history.len(), prev.history.len(), "a heartbeat adds no history");
@@ -651,9 +686,17 @@ pub async fn heartbeat_after_deadline_rejected<H: Harness>(h: H) {
     let l = c.lease_one("q", id).await;
     let snap = c.snapshot().await;
     c.set_now(l.deadline);
-    assert_rejected(c.heartbeat(id, l.lease, None).await, id, Rejection::LeaseExpired { deadline: l.deadline });
+    assert_rejected(
+        c.heartbeat(id, l.lease, None).await,
+        id,
+        Rejection::LeaseExpired { deadline: l.deadline },
+    );
     c.advance(60_000);
-    assert_rejected(c.heartbeat(id, l.lease, Some(10_000)).await, id, Rejection::LeaseExpired { deadline: l.deadline });
+    assert_rejected(
+        c.heartbeat(id, l.lease, Some(10_000)).await,
+        id,
+        Rejection::LeaseExpired { deadline: l.deadline },
+    );
     c.assert_unchanged(&snap, "after late heartbeats").await;
 }
 
@@ -675,7 +718,11 @@ pub async fn heartbeat_wrong_lease_rejected<H: Harness>(h: H) {
     c.assert_unchanged(&snap, "after rejected heartbeats").await;
 
     c.complete(id, l.lease).await.unwrap();
-    assert_rejected(c.heartbeat(id, l.lease, None).await, id, Rejection::StaleLease { state: JobState::Completed });
+    assert_rejected(
+        c.heartbeat(id, l.lease, None).await,
+        id,
+        Rejection::StaleLease { state: JobState::Completed },
+    );
 }
 
 /// After `job_cancel` on a running job, the next heartbeat says `cancel_requested` (and still
@@ -700,7 +747,12 @@ pub async fn heartbeat_reports_cancel_requested<H: Harness>(h: H) {
 pub async fn heartbeat_checkpoint_goes_to_next_attempt<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let id = c
-        .insert_one(NewJob { attempts_max: Some(3), lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") })
+        .insert_one(NewJob {
+            attempts_max: Some(3),
+            lease_ms: Some(5_000),
+            backoff: Some(BACKOFF_1MS),
+            ..new_job("q", "x")
+        })
         .await;
     let l1 = c.lease_one("q", id).await;
     let c1 = payload(r#"{"page":1}"#);
@@ -714,14 +766,25 @@ pub async fn heartbeat_checkpoint_goes_to_next_attempt<H: Harness>(h: H) {
         .unwrap();
     assert_eq!(c.get(id).await.status.checkpoint, Some(c1.clone()));
     c.heartbeat(id, l1.lease, None).await.unwrap();
-    assert_eq!(c.get(id).await.status.checkpoint, Some(c1.clone()), "a heartbeat without a checkpoint keeps it");
+    assert_eq!(
+        c.get(id).await.status.checkpoint,
+        Some(c1.clone()),
+        "a heartbeat without a checkpoint keeps it"
+    );
 
     c.fail(id, l1.lease, "boom", true, Some(0)).await.unwrap();
     let l2 = c.lease_one("q", id).await;
-    assert_eq!((l2.attempt, l2.checkpoint.clone()), (2, Some(c1.clone())), "the next attempt gets the checkpoint");
+    assert_eq!(
+        (l2.attempt, l2.checkpoint.clone()),
+        (2, Some(c1.clone())),
+        "the next attempt gets the checkpoint"
+    );
 
     let c2 = payload(r#"{"page":2}"#);
-    c.store().lease_extend(LeaseExtend { checkpoint: Some(c2.clone()), ..extend(id, l2.lease, c.now) }).await.unwrap();
+    c.store()
+        .lease_extend(LeaseExtend { checkpoint: Some(c2.clone()), ..extend(id, l2.lease, c.now) })
+        .await
+        .unwrap();
     c.set_now(c.get(id).await.status.lease.unwrap().deadline);
     assert_eq!(c.expire().await, 1);
     c.restart().await;
@@ -745,12 +808,19 @@ pub async fn complete_is_final<H: Harness>(h: H) {
     let acked = c.ack_one(id, l.lease, AckOutcome::Complete { result: Some(result.clone()) }).await.unwrap();
     assert_eq!(acked, Acked { state: JobState::Completed, retry_at: None });
     let job = c.get(id).await;
-    assert_job_eq(&job, &after(&prev, Event::Complete { lease: l.lease, result: Some(result.clone()) }, c.now), "after complete");
+    assert_job_eq(
+        &job,
+        &after(&prev, Event::Complete { lease: l.lease, result: Some(result.clone()) }, c.now),
+        "after complete",
+    );
     assert_eq!(job.status.result, Some(result));
     assert_eq!(job.status.finished_at, Some(c.now));
     assert_eq!(job.status.lease, None);
     let last = job.history.last().unwrap();
-    assert_eq!((last.kind, last.state, last.attempt, last.token), (HistoryKind::Completed, JobState::Completed, 1, Some(l.token)));
+    assert_eq!(
+        (last.kind, last.state, last.attempt, last.token),
+        (HistoryKind::Completed, JobState::Completed, 1, Some(l.token))
+    );
 
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
     c.set_now(l.deadline.add_ms(60_000));
@@ -799,7 +869,8 @@ pub async fn ack_after_deadline_rejected<H: Harness>(h: H) {
 /// heartbeat, completion and failure; the new holder's lease is unaffected.
 pub async fn stale_worker_rejected_after_release<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id = c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id =
+        c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let old = c.lease_one("q", id).await;
     c.set_now(old.deadline);
     assert_eq!(c.expire().await, 1);
@@ -828,7 +899,8 @@ pub async fn stale_worker_rejected_after_release<H: Harness>(h: H) {
 /// of the same job in one call sees the first one's result.
 pub async fn ack_batch_mixed<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    c.insert((0..3).map(|i| NewJob { attempts_max: Some(3), ..new_job("q", &i.to_string()) }).collect()).await;
+    c.insert((0..3).map(|i| NewJob { attempts_max: Some(3), ..new_job("q", &i.to_string()) }).collect())
+        .await;
     let l = c.lease(&["q"], 3).await;
     let (a, b, d) = (&l[0], &l[1], &l[2]);
     let unknown = JobId(d.id.0.wrapping_add(1_000));
@@ -858,7 +930,11 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
     assert_eq!(c.get(d.id).await.state(), JobState::Retrying);
     let bj = c.get(b.id).await;
     assert_eq!(bj.state(), JobState::Running);
-    assert_eq!(bj.status.lease.as_ref().map(|l| l.id), Some(b.lease), "a rejected ack leaves the lease alone");
+    assert_eq!(
+        bj.status.lease.as_ref().map(|l| l.id),
+        Some(b.lease),
+        "a rejected ack leaves the lease alone"
+    );
     assert_eq!(kinds_unpromoted(&bj), [HistoryKind::Enqueued, HistoryKind::Leased]);
     assert_eq!(c.complete(b.id, b.lease).await.unwrap().state, JobState::Completed);
     assert_counts(&c.stats("q").await, &[(JobState::Completed, 2), (JobState::Retrying, 1)]);
@@ -874,7 +950,8 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
 pub async fn fail_retryable_backoff_window<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let backoff = Backoff { base_ms: 10_000, factor: 2.0, cap_ms: 1_000_000 };
-    let id = c.insert_one(NewJob { attempts_max: Some(5), backoff: Some(backoff), ..new_job("q", "x") }).await;
+    let id =
+        c.insert_one(NewJob { attempts_max: Some(5), backoff: Some(backoff), ..new_job("q", "x") }).await;
 
     for attempt in 1..=2u32 {
         let l = c.lease_one("q", id).await;
@@ -1016,7 +1093,8 @@ pub async fn fail_long_error_truncated<H: Harness>(h: H) {
 /// `Leased` entries and each attempt's error in history.
 pub async fn fail_attempts_exhausted_dead<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id = c.insert_one(NewJob { attempts_max: Some(3), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id =
+        c.insert_one(NewJob { attempts_max: Some(3), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let mut tokens = Vec::new();
     for attempt in 1..=3u32 {
         let l = c.lease_when_due("q", id, 1).await;
@@ -1072,7 +1150,12 @@ pub async fn expire_at_deadline_retries<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let backoff = Backoff { base_ms: 10_000, factor: 2.0, cap_ms: 1_000_000 };
     let id = c
-        .insert_one(NewJob { attempts_max: Some(3), lease_ms: Some(5_000), backoff: Some(backoff), ..new_job("q", "x") })
+        .insert_one(NewJob {
+            attempts_max: Some(3),
+            lease_ms: Some(5_000),
+            backoff: Some(backoff),
+            ..new_job("q", "x")
+        })
         .await;
     let l = c.lease_one("q", id).await;
     c.set_now(l.deadline);
@@ -1139,7 +1222,8 @@ pub async fn poison_job_dead_after_attempts_max<H: Harness>(h: H) {
     let job = c.get(id).await;
     assert_eq!((job.state(), job.status.dead_reason), (JobState::Dead, Some(DeadReason::LeaseExpired)));
     assert_eq!(entries_of(&job, HistoryKind::Leased).len(), 4);
-    let expired: Vec<_> = entries_of(&job, HistoryKind::Expired).iter().map(|e| (e.attempt, e.token)).collect();
+    let expired: Vec<_> =
+        entries_of(&job, HistoryKind::Expired).iter().map(|e| (e.attempt, e.token)).collect();
     assert_eq!(expired, (1..=4).zip(tokens.iter().map(|t| Some(*t))).collect::<Vec<_>>());
     c.advance(10_000);
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
@@ -1166,7 +1250,10 @@ pub async fn cancel_waiting_jobs<H: Harness>(h: H) {
         assert_job_eq(&job, &after(&prev, Event::Cancel, c.now), "after cancel");
         assert_eq!(job.status.finished_at, Some(c.now));
         let last = job.history.last().unwrap();
-        assert_eq!((last.kind, last.state, last.attempt), (HistoryKind::Cancelled, JobState::Cancelled, attempt));
+        assert_eq!(
+            (last.kind, last.state, last.attempt),
+            (HistoryKind::Cancelled, JobState::Cancelled, attempt)
+        );
     }
     let snap = c.snapshot().await;
     c.advance(10);
@@ -1203,7 +1290,10 @@ pub async fn cancel_running_then_fail<H: Harness>(h: H) {
     assert_eq!(job.state(), JobState::Cancelled);
     assert_eq!(job.status.finished_at, Some(c.now));
     let last = job.history.last().unwrap();
-    assert_eq!((last.kind, last.state, last.token), (HistoryKind::Failed, JobState::Cancelled, Some(l.token)));
+    assert_eq!(
+        (last.kind, last.state, last.token),
+        (HistoryKind::Failed, JobState::Cancelled, Some(l.token))
+    );
     c.advance(3_600_000);
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
     assert_counts(&c.stats("q").await, &[(JobState::Cancelled, 1)]);
@@ -1220,7 +1310,10 @@ pub async fn cancel_running_then_expire<H: Harness>(h: H) {
     let job = c.get(id).await;
     assert_eq!((job.state(), job.status.dead_reason), (JobState::Cancelled, None));
     let last = job.history.last().unwrap();
-    assert_eq!((last.kind, last.state, last.token), (HistoryKind::Expired, JobState::Cancelled, Some(l.token)));
+    assert_eq!(
+        (last.kind, last.state, last.token),
+        (HistoryKind::Expired, JobState::Cancelled, Some(l.token))
+    );
     assert_counts(&c.stats("q").await, &[(JobState::Cancelled, 1)]);
 }
 

@@ -7,11 +7,17 @@
 //! `DRAY_MODEL_SEED` (decimal or `0x` hex) to replay it and `DRAY_MODEL_CASES` to change the number
 //! of cases.
 //!
+//! Operations: enqueue (batches; some jobs with an idempotency key from a small set, so duplicates
+//! and conflicts happen), lease, heartbeat, complete and fail (one or two acks per call, with
+//! current, old or made-up leases), clock advance, lease expiry, cancel, redrive and discard (by ids
+//! or filter, some dry runs), promotion, pause/resume, restart.
+//!
 //! Each case uses two fresh queues and at most `STEPS_MAX` operations, then drains (cancels every
 //! live job) so the next case starts with no live job in the store: that keeps the counts returned
 //! by the store-wide maintenance passes exact. Time only moves forward, across all cases.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use dray_core::{
@@ -19,8 +25,13 @@ use dray_core::{
     QueueName, Rejection, Timestamp, WorkerId,
 };
 
-use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q};
-use crate::{Ack, AckOutcome, Acked, DeadRedrive, DeadSelection, JobFilter, LeaseExtended, QueueConfigure, Store};
+use super::{
+    Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q,
+};
+use crate::{
+    Ack, AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter,
+    LeaseExtended, QueueConfigure, Store,
+};
 
 const CASES_DEFAULT: u64 = 64;
 const STEPS_MAX: u64 = 60;
@@ -137,7 +148,13 @@ impl MJob {
     }
 
     /// Ends the current attempt in `state` (the lease goes to the old ones).
-    fn end_attempt(&mut self, now: Timestamp, kind: HistoryKind, state: JobState, dead_reason: Option<DeadReason>) {
+    fn end_attempt(
+        &mut self,
+        now: Timestamp,
+        kind: HistoryKind,
+        state: JobState,
+        dead_reason: Option<DeadReason>,
+    ) {
         let lease = self.lease.take().expect("a running job holds a lease");
         self.old_leases.push(lease.id);
         self.state = state;
@@ -147,6 +164,16 @@ impl MJob {
         }
         self.history.push((kind, state, self.attempt, Some(lease.token)));
     }
+}
+
+/// The options of a job the model tracks.
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    queue: usize,
+    priority: i16,
+    delay_ms: Option<u64>,
+    attempts_max: u32,
+    lease_ms: u64,
 }
 
 /// The failing case's operations, printed if the test panics.
@@ -188,6 +215,10 @@ struct Sim<H: Harness> {
     id_max: Option<JobId>,
     completed: Vec<JobId>,
     serial: u64,
+    /// Idempotency keys of this case: (queue, key) to the job and its payload.
+    keys: HashMap<(usize, String), (JobId, String)>,
+    /// Jobs of this case that were discarded: `job_get` must not find them.
+    discarded: Vec<JobId>,
     /// How often each outcome happened: printed at the end, so a run shows what it exercised.
     tally: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -220,6 +251,8 @@ pub async fn model_random_operations<H: Harness>(h: H) {
         id_max: None,
         completed: Vec::new(),
         serial: 0,
+        keys: HashMap::new(),
+        discarded: Vec::new(),
         tally: std::collections::BTreeMap::new(),
     };
     for case in 0..cases {
@@ -272,6 +305,8 @@ impl<H: Harness> Sim<H> {
         self.trace.case = case;
         self.trace.ops.clear();
         self.jobs.clear();
+        self.keys.clear();
+        self.discarded.clear();
         self.queues = [q(&format!("m{case}-a")), q(&format!("m{case}-b"))];
         self.paused = [false, false];
         // Configure both queues so their stats exist before their first job.
@@ -284,7 +319,7 @@ impl<H: Harness> Sim<H> {
     }
 
     async fn step(&mut self) {
-        let roll = self.rng.below(93);
+        let roll = self.rng.below(96);
         match roll {
             0..18 => self.enqueue().await,
             18..34 => self.lease().await,
@@ -303,67 +338,120 @@ impl<H: Harness> Sim<H> {
             }
             84..88 => self.promote().await,
             88..90 => self.restart().await,
-            _ => self.pause_toggle().await,
+            90..93 => self.pause_toggle().await,
+            _ => self.discard().await,
         }
     }
 
-    async fn enqueue(&mut self) {
-        let n = if self.rng.chance(15) { self.rng.range(2, 3) } else { 1 };
-        let now = self.c.now;
-        let mut batch = Vec::new();
-        let mut specs = Vec::new();
-        for _ in 0..n {
-            self.serial += 1;
-            let qi = self.rng.below(2) as usize;
-            let priority = self.rng.pick(&[-1i16, 0, 0, 1, 2]);
-            let delay_ms = match self.rng.below(5) {
+    /// A random job for one of this case's queues, and what the model needs to know of it.
+    fn random_job(&mut self) -> (NewJob, Spec) {
+        self.serial += 1;
+        let spec = Spec {
+            queue: self.rng.below(2) as usize,
+            priority: self.rng.pick(&[-1i16, 0, 0, 1, 2]),
+            delay_ms: match self.rng.below(5) {
                 0 => Some(self.rng.range(1, 4_000)),
                 1 => Some(0),
                 _ => None,
-            };
-            let attempts_max = self.rng.range(1, 4) as u32;
-            let lease_ms = self.rng.pick(&[1_000u64, 3_000, 6_000]);
-            batch.push(NewJob {
-                priority,
-                delay_ms,
-                attempts_max: Some(attempts_max),
-                lease_ms: Some(lease_ms),
-                backoff: Some(MODEL_BACKOFF),
-                ..NewJob::new(self.queues[qi].clone(), payload(&format!("job-{}", self.serial)))
-            });
-            specs.push((qi, priority, delay_ms, attempts_max, lease_ms));
+            },
+            attempts_max: self.rng.range(1, 4) as u32,
+            lease_ms: self.rng.pick(&[1_000u64, 3_000, 6_000]),
+        };
+        let new = NewJob {
+            priority: spec.priority,
+            delay_ms: spec.delay_ms,
+            attempts_max: Some(spec.attempts_max),
+            lease_ms: Some(spec.lease_ms),
+            backoff: Some(MODEL_BACKOFF),
+            ..NewJob::new(self.queues[spec.queue].clone(), payload(&format!("job-{}", self.serial)))
+        };
+        (new, spec)
+    }
+
+    async fn enqueue(&mut self) {
+        if self.rng.chance(20) {
+            return self.enqueue_keyed().await;
         }
+        let n = if self.rng.chance(15) { self.rng.range(2, 3) } else { 1 };
+        let (batch, specs): (Vec<NewJob>, Vec<Spec>) = (0..n).map(|_| self.random_job()).unzip();
         self.count("jobs enqueued", n);
-        self.op(format!("enqueue {specs:?} (queue, priority, delay_ms, attempts_max, lease_ms)"));
+        self.op(format!("enqueue {specs:?}"));
         let inserted = self.c.insert(batch).await;
         self.note(format!("{:?}", inserted.iter().map(|i| i.id.0).collect::<Vec<_>>()));
-        for (ins, (qi, priority, delay_ms, attempts_max, lease_ms)) in inserted.into_iter().zip(specs) {
+        for (ins, spec) in inserted.into_iter().zip(specs) {
             assert!(!ins.duplicate, "a job without an idempotency key is never a duplicate");
-            if let Some(max) = self.id_max {
-                assert!(ins.id > max, "job id {} not above earlier id {max}", ins.id);
-            }
-            self.id_max = Some(ins.id);
-            let run_at = now.add_ms(delay_ms.unwrap_or(0));
-            let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
-            assert_eq!(ins.state, state, "state of new job {}", ins.id);
-            self.jobs.push(MJob {
-                id: ins.id,
-                queue: qi,
-                priority,
-                attempts_max,
-                lease_ms,
-                state,
-                attempt: 0,
-                run_at,
-                lease: None,
-                old_leases: Vec::new(),
-                cancel_requested: false,
-                dead_reason: None,
-                finished_at: None,
-                checkpoint: None,
-                history: vec![(HistoryKind::Enqueued, state, 0, None)],
-            });
+            self.add_job(ins, spec);
         }
+    }
+
+    /// One job with an idempotency key from a small set, and one of two payloads: duplicates and
+    /// conflicts happen often.
+    async fn enqueue_keyed(&mut self) {
+        let (mut new, spec) = self.random_job();
+        let key = format!("k{}", self.rng.below(4));
+        let body = format!("p{}", self.rng.below(2));
+        new.idempotency_key = Some(key.as_str().into());
+        new.payload = payload(&body);
+        self.op(format!("enqueue key {key} payload {body} {spec:?}"));
+        let r = self.c.try_insert(vec![new]).await;
+        self.note(format!("{r:?}"));
+        match self.keys.get(&(spec.queue, key.clone())).cloned() {
+            Some((existing, existing_body)) if existing_body == body => {
+                let state = self.jobs[self.idx(existing)].state;
+                let ins = r.unwrap_or_else(|e| panic!("a duplicate insert failed: {e:?}"));
+                assert_eq!(
+                    ins,
+                    vec![Inserted { id: existing, state, duplicate: true }],
+                    "duplicate of job {existing}"
+                );
+                self.count("duplicates", 1);
+            }
+            Some((existing, _)) => {
+                match r {
+                    Err(Error::IdempotencyConflict { index: 0, queue, key: k, existing: e })
+                        if queue == self.queues[spec.queue] && *k == *key && e == existing => {}
+                    other => panic!("expected an idempotency conflict with job {existing}, got {other:?}"),
+                }
+                self.count("idempotency conflicts", 1);
+            }
+            None => {
+                let mut ins = r.unwrap_or_else(|e| panic!("a keyed insert failed: {e:?}"));
+                assert_eq!(ins.len(), 1);
+                let ins = ins.pop().unwrap();
+                assert!(!ins.duplicate, "the first job with key {key} is not a duplicate");
+                self.keys.insert((spec.queue, key), (ins.id, body));
+                self.count("jobs enqueued", 1);
+                self.add_job(ins, spec);
+            }
+        }
+    }
+
+    fn add_job(&mut self, ins: Inserted, spec: Spec) {
+        let now = self.c.now;
+        if let Some(max) = self.id_max {
+            assert!(ins.id > max, "job id {} not above earlier id {max}", ins.id);
+        }
+        self.id_max = Some(ins.id);
+        let run_at = now.add_ms(spec.delay_ms.unwrap_or(0));
+        let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+        assert_eq!(ins.state, state, "state of new job {}", ins.id);
+        self.jobs.push(MJob {
+            id: ins.id,
+            queue: spec.queue,
+            priority: spec.priority,
+            attempts_max: spec.attempts_max,
+            lease_ms: spec.lease_ms,
+            state,
+            attempt: 0,
+            run_at,
+            lease: None,
+            old_leases: Vec::new(),
+            cancel_requested: false,
+            dead_reason: None,
+            finished_at: None,
+            checkpoint: None,
+            history: vec![(HistoryKind::Enqueued, state, 0, None)],
+        });
     }
 
     async fn lease(&mut self) {
@@ -373,7 +461,8 @@ impl<H: Harness> Sim<H> {
             _ => vec![0, 1],
         };
         let count_max = self.rng.range(1, 3) as usize;
-        let lease_ms = if self.rng.chance(30) { Some(self.rng.pick(&[1_000u64, 2_500, 5_000])) } else { None };
+        let lease_ms =
+            if self.rng.chance(30) { Some(self.rng.pick(&[1_000u64, 2_500, 5_000])) } else { None };
         let worker = WorkerId::new(&format!("w{}", self.rng.below(3))).unwrap();
         let now = self.c.now;
 
@@ -424,7 +513,12 @@ impl<H: Harness> Sim<H> {
             assert!(m.run_at <= now, "job {} leased before its run time", m.id);
             assert_eq!(l.queue, self.queues[m.queue]);
             assert_eq!(l.priority, m.priority);
-            assert_eq!((l.attempt, l.attempts_max), (m.attempt + 1, m.attempts_max), "attempt of job {}", m.id);
+            assert_eq!(
+                (l.attempt, l.attempts_max),
+                (m.attempt + 1, m.attempts_max),
+                "attempt of job {}",
+                m.id
+            );
             assert_eq!(l.deadline, now.add_ms(lease_ms.unwrap_or(m.lease_ms)), "deadline of job {}", m.id);
             assert_eq!(l.checkpoint, m.checkpoint, "checkpoint handed to job {}", m.id);
             m.state = JobState::Running;
@@ -452,7 +546,8 @@ impl<H: Harness> Sim<H> {
     /// Jobs a worker could ack or heartbeat: mostly running ones, sometimes any job that was ever
     /// leased (to present stale leases).
     fn jobs_with_leases(&mut self) -> Vec<usize> {
-        let running: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Running).collect();
+        let running: Vec<usize> =
+            (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Running).collect();
         if !running.is_empty() && self.rng.chance(80) {
             return running;
         }
@@ -466,23 +561,34 @@ impl<H: Harness> Sim<H> {
         }
         let i = candidates[self.rng.below(candidates.len() as u64) as usize];
         let lease = self.choose_lease(i);
-        let extend_ms = if self.rng.chance(50) { None } else { Some(self.rng.pick(&[1_000u64, 2_000, 4_000])) };
+        let extend_ms =
+            if self.rng.chance(50) { None } else { Some(self.rng.pick(&[1_000u64, 2_000, 4_000])) };
         self.serial += 1;
         let checkpoint = self.rng.chance(30).then(|| payload(&format!("cp-{}", self.serial)));
         let now = self.c.now;
         let id = self.jobs[i].id;
-        self.op(format!("heartbeat job {id} lease {lease} extend_ms {extend_ms:?} checkpoint {checkpoint:?}"));
+        self.op(format!(
+            "heartbeat job {id} lease {lease} extend_ms {extend_ms:?} checkpoint {checkpoint:?}"
+        ));
         let r = self
             .c
             .store()
-            .lease_extend(crate::LeaseExtend { now, job: id, lease, extend_ms, progress: None, checkpoint: checkpoint.clone() })
+            .lease_extend(crate::LeaseExtend {
+                now,
+                job: id,
+                lease,
+                extend_ms,
+                progress: None,
+                checkpoint: checkpoint.clone(),
+            })
             .await;
         self.note(format!("{r:?}"));
         let m = &mut self.jobs[i];
         match m.check_lease(lease, now) {
             Ok(_) => {
                 let deadline = now.add_ms(extend_ms.unwrap_or(m.lease_ms));
-                let got = r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
+                let got =
+                    r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
                 assert_eq!(got, LeaseExtended { deadline, cancel_requested: m.cancel_requested });
                 m.lease.as_mut().unwrap().deadline = deadline;
                 *self.tally.entry("heartbeats accepted").or_default() += 1;
@@ -548,23 +654,32 @@ impl<H: Harness> Sim<H> {
                     self.completed.push(m.id);
                 }
                 AckOutcome::Fail { retryable, retry_after_ms, .. } => {
-                    let (state, reason, window) = m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
+                    let (state, reason, window) =
+                        m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
                     assert_eq!(acked.state, state, "state of job {} after failure", m.id);
                     match window {
                         Some((lo, hi)) => {
-                            let at = acked.retry_at.unwrap_or_else(|| panic!("retrying job {} without retry_at", m.id));
-                            assert!(at >= lo && at <= hi, "job {} retries at {at}, outside [{lo}, {hi}]", m.id);
+                            let at = acked
+                                .retry_at
+                                .unwrap_or_else(|| panic!("retrying job {} without retry_at", m.id));
+                            assert!(
+                                at >= lo && at <= hi,
+                                "job {} retries at {at}, outside [{lo}, {hi}]",
+                                m.id
+                            );
                             m.run_at = at;
                         }
                         None => assert_eq!(acked.retry_at, None),
                     }
                     m.end_attempt(now, HistoryKind::Failed, state, reason);
-                    *self.tally.entry(match state {
-                        JobState::Retrying => "failures retried",
-                        JobState::Dead => "failures dead",
-                        _ => "failures cancelled",
-                    })
-                    .or_default() += 1;
+                    *self
+                        .tally
+                        .entry(match state {
+                            JobState::Retrying => "failures retried",
+                            JobState::Dead => "failures dead",
+                            _ => "failures cancelled",
+                        })
+                        .or_default() += 1;
                 }
             }
         }
@@ -582,7 +697,12 @@ impl<H: Harness> Sim<H> {
         self.op(format!("advance {advance_ms} ms, expire leases"));
         let n = self.c.expire().await;
         self.note(format!("{n}"));
-        assert_eq!(n, due.len(), "leases_expire count (the model expects jobs {:?})", due.iter().map(|&i| self.jobs[i].id.0).collect::<Vec<_>>());
+        assert_eq!(
+            n,
+            due.len(),
+            "leases_expire count (the model expects jobs {:?})",
+            due.iter().map(|&i| self.jobs[i].id.0).collect::<Vec<_>>()
+        );
         for i in due {
             let m = &self.jobs[i];
             let (state, reason, window) = m.after_failure(now, DeadReason::LeaseExpired, true, None);
@@ -636,12 +756,14 @@ impl<H: Harness> Sim<H> {
         }
     }
 
-    async fn redrive(&mut self) {
-        let dead: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Dead).collect();
+    /// Some of this case's dead jobs, by ids or by a queue filter with a limit (oldest first), and
+    /// the ids the store should act on. `None` when no job is dead.
+    fn dead_selection(&mut self) -> Option<(DeadSelection, Vec<JobId>)> {
+        let dead: Vec<usize> =
+            (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Dead).collect();
         if dead.is_empty() {
-            return self.enqueue().await;
+            return None;
         }
-        let dry_run = self.rng.chance(25);
         let (selection, mut expected) = if self.rng.chance(50) {
             let mut picked = vec![dead[self.rng.below(dead.len() as u64) as usize]];
             let other = dead[self.rng.below(dead.len() as u64) as usize];
@@ -653,12 +775,24 @@ impl<H: Harness> Sim<H> {
         } else {
             let qi = self.rng.below(2) as usize;
             let limit = self.rng.range(1, 3) as usize;
-            let ids: Vec<JobId> =
-                dead.iter().filter(|&&i| self.jobs[i].queue == qi).take(limit).map(|&i| self.jobs[i].id).collect();
+            let ids: Vec<JobId> = dead
+                .iter()
+                .filter(|&&i| self.jobs[i].queue == qi)
+                .take(limit)
+                .map(|&i| self.jobs[i].id)
+                .collect();
             let filter = JobFilter { queue: Some(self.queues[qi].clone()), ..JobFilter::default() };
             (DeadSelection::Filter { filter, limit }, ids)
         };
         expected.sort();
+        Some((selection, expected))
+    }
+
+    async fn redrive(&mut self) {
+        let Some((selection, expected)) = self.dead_selection() else {
+            return self.enqueue().await;
+        };
+        let dry_run = self.rng.chance(25);
         let now = self.c.now;
         self.op(format!("redrive {selection:?} dry_run {dry_run}"));
         let mut got = self
@@ -687,6 +821,34 @@ impl<H: Harness> Sim<H> {
         }
     }
 
+    async fn discard(&mut self) {
+        let Some((selection, expected)) = self.dead_selection() else {
+            return self.enqueue().await;
+        };
+        let dry_run = self.rng.chance(25);
+        let now = self.c.now;
+        self.op(format!("discard {selection:?} dry_run {dry_run}"));
+        let mut got = self
+            .c
+            .store()
+            .dead_discard(DeadDiscard { now, selection, dry_run })
+            .await
+            .unwrap_or_else(|e| panic!("dead_discard: {e:?}"));
+        self.note(format!("{got:?}"));
+        got.sort();
+        assert_eq!(got, expected, "discard removed the wrong jobs (dry_run {dry_run})");
+        if dry_run {
+            return;
+        }
+        self.count("jobs discarded", got.len() as u64);
+        for id in got {
+            let i = self.idx(id);
+            self.jobs.remove(i);
+            self.keys.retain(|_, (job, _)| *job != id);
+            self.discarded.push(id);
+        }
+    }
+
     async fn promote(&mut self) {
         let now = self.c.now;
         let due: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].is_due_waiting(now)).collect();
@@ -706,12 +868,14 @@ impl<H: Harness> Sim<H> {
         for m in &self.jobs {
             before.push(self.c.get(m.id).await);
         }
-        let stats_before = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        let stats_before =
+            [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
         self.c.restart().await;
         for b in &before {
             assert_job_eq(&self.c.get(b.id).await, b, "after restart");
         }
-        let stats_after = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        let stats_after =
+            [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
         assert_eq!(stats_after, stats_before, "queue stats after restart");
     }
 
@@ -719,7 +883,10 @@ impl<H: Harness> Sim<H> {
         let qi = self.rng.below(2) as usize;
         let paused = !self.paused[qi];
         self.op(format!("queue {} paused = {paused}", self.queues[qi]));
-        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
+        let p = QueueConfigure {
+            paused: Some(paused),
+            ..QueueConfigure::new(self.c.now, self.queues[qi].clone())
+        };
         let config = self.c.configure(p).await.unwrap();
         assert_eq!(config.paused, paused);
         self.paused[qi] = paused;
@@ -759,7 +926,10 @@ impl<H: Harness> Sim<H> {
     }
 
     async fn pause_toggle_to(&mut self, qi: usize, paused: bool) {
-        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
+        let p = QueueConfigure {
+            paused: Some(paused),
+            ..QueueConfigure::new(self.c.now, self.queues[qi].clone())
+        };
         self.c.configure(p).await.unwrap();
         self.paused[qi] = paused;
     }
@@ -785,6 +955,9 @@ impl<H: Harness> Sim<H> {
                 *slot = Some(slot.map_or(at, |o: Timestamp| o.min(at)));
             }
         }
+        for &id in &self.discarded {
+            assert_eq!(self.c.try_get(id).await, None, "discarded job {id} is still there");
+        }
         for qi in 0..2 {
             let stats = self.c.stats(self.queues[qi].as_str()).await;
             assert_eq!(stats.counts, counts[qi], "counts of queue {} (by state index)", self.queues[qi]);
@@ -808,7 +981,11 @@ fn check_job(m: &MJob, job: &Job, now: Timestamp) {
         }
         (got, want) => panic!("lease of job {id}: got {got:?}, the model expects {want:?}"),
     }
-    assert_eq!(job.status.lease.is_some(), m.state == JobState::Running, "a job holds a lease exactly while running");
+    assert_eq!(
+        job.status.lease.is_some(),
+        m.state == JobState::Running,
+        "a job holds a lease exactly while running"
+    );
     assert_eq!(job.status.cancel_requested, m.cancel_requested, "cancel_requested of job {id}");
     assert_eq!(job.status.dead_reason, m.dead_reason, "dead_reason of job {id}");
     assert_eq!(job.status.finished_at, m.finished_at, "finished_at of job {id}");
