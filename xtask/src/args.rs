@@ -181,7 +181,7 @@ impl Options {
         if !(1..=BATCH_MAX).contains(&o.batch) {
             bail!("--batch must be 1..={BATCH_MAX} (a lease returns at most {BATCH_MAX} jobs)");
         }
-        if o.jobs.iter().any(|&n| n == 0) {
+        if o.jobs.contains(&0) {
             bail!("--jobs must be at least 1");
         }
         Ok(o)

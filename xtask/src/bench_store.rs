@@ -156,6 +156,21 @@ fn print_run(w: Workload, run: usize, d: DurabilityArg, r: &Report) {
             r.get("runq_wait_total_s").unwrap_or("?"),
         ),
     }
+    if w != Workload::Fsync {
+        let used = r.f64("bytes_used");
+        let jobs = r.f64("jobs_in_memory");
+        let rate = r.f64("jobs_per_s");
+        let budget = r.f64("memory_budget_bytes");
+        println!(
+            "        memory: {} jobs held, {:.0} B each as counted against the budget; VmRSS {} MiB; at this rate the default \
+             budget of {:.1} GiB is full after {:.0} s unless finished jobs are pruned sooner than their retention",
+            jobs,
+            used / jobs,
+            r.get("rss_mib").unwrap_or("?"),
+            budget / (1u64 << 30) as f64,
+            budget / (used / jobs) / rate,
+        );
+    }
 }
 
 /// Median and range of one key over runs.
@@ -256,10 +271,11 @@ fn summary(o: &Options, fsync: &[Report], churn: &[Report], enqueue: &[Report]) 
         if let (Some(disk), Some(group)) = (spread(fsync, "fsyncs_per_s"), spread(churn, "jobs_per_fsync")) {
             let ops = spread(churn, "ops_per_fsync").map_or(f64::NAN, |s| s.0);
             println!(
-                "physical limit: disk {:.0} fsyncs/s x {:.0} jobs per fsync (group of {ops:.1} operations) = {:.0} jobs/s \
-                 if every fsync took the probe's time; measured churn issued {:.0} fsyncs/s",
+                "physical limit (disk fsyncs/s x group size): {:.0} fsyncs/s (4 KiB probe, median) x {:.0} jobs per fsync \
+                 (churn's median group: {ops:.1} operations of up to {} jobs) = {:.0} jobs/s; churn itself issued {:.0} fsyncs/s",
                 disk.0,
                 group.0,
+                o.batch,
                 disk.0 * group.0,
                 spread(churn, "fsyncs_per_s").map_or(f64::NAN, |s| s.0),
             );

@@ -274,6 +274,7 @@ fn lanes(o: &Options, kind: Kind) -> anyhow::Result<Report> {
     let counters = fs.counters.clone();
     let mut config = EmbeddedConfig::new(&o.dir);
     config.durability = durability(o.durability);
+    let budget = config.memory_budget_bytes;
     let store = Arc::new(EmbeddedStore::open_with_fs(fs, config).context("open the store")?);
     let c = Arc::new(LaneCounters::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -339,6 +340,10 @@ fn lanes(o: &Options, kind: Kind) -> anyhow::Result<Report> {
         r.set("rss_mib", rss / 1024);
         r.set("hwm_mib", hwm / 1024);
         r.set("jobs_in_memory", store.jobs_count());
+        // Completed jobs stay in memory for their queue's retention (default a day), so churn grows
+        // the store: how fast it eats the memory budget is part of what a sustained rate means.
+        r.set("bytes_used", store.bytes_used());
+        r.set("memory_budget_bytes", budget);
         Ok::<_, anyhow::Error>(r)
     })
     .and_then(|r| {
