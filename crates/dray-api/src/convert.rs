@@ -356,6 +356,186 @@ impl QueueConfigure {
     }
 }
 
+/// Default number of jobs one lease call takes.
+pub const LEASE_COUNT_DEFAULT: usize = 1;
+
+/// Prefixes an error's field with the position of an item in a list: `lease_id` ->
+/// `acks[3].lease_id`.
+fn at_index(list: &str, index: usize) -> impl Fn(Invalid) -> Invalid + '_ {
+    move |e| Invalid { field: format!("{list}[{index}].{}", e.field), ..e }
+}
+
+impl EnqueueBatch {
+    /// The core's insert requests; an error names the job's index (`jobs[3].queue`).
+    pub fn to_core(&self) -> Result<Vec<NewJob>, Invalid> {
+        self.jobs.iter().enumerate().map(|(i, job)| job.to_core().map_err(|e| e.in_batch(i))).collect()
+    }
+}
+
+impl LeaseRequest {
+    /// The store's lease request at `now`. `wait_ms` is the server's business (long-poll), not
+    /// the store's, so it is not part of the result.
+    pub fn to_store(&self, now: Timestamp) -> Result<dray_store::JobLease, Invalid> {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                QueueName::new(q).map_err(|e| Invalid { field: format!("queues[{i}]"), ..e })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = self.count.unwrap_or(LEASE_COUNT_DEFAULT);
+        // The store checks this too, as `count_max`; here it gets the name the client used.
+        dray_core::limits::check_range("count", count, 1, dray_core::Limits::LEASE_JOBS_MAX, "")?;
+        Ok(dray_store::JobLease {
+            now,
+            queues,
+            count_max: count,
+            worker: dray_core::WorkerId::new(&self.worker)?,
+            lease_ms: self.lease_ms,
+        })
+    }
+}
+
+impl LeaseResponse {
+    /// `now` is the instant the lease was granted at: each job's `lease_ms` is measured from it.
+    pub fn from_store(jobs: &[dray_store::LeasedJob], now: Timestamp) -> LeaseResponse {
+        LeaseResponse { jobs: jobs.iter().map(|j| LeasedJob::from_store(j, now)).collect() }
+    }
+}
+
+impl HeartbeatRequest {
+    pub fn to_store(&self, now: Timestamp, job: dray_core::JobId) -> Result<dray_store::LeaseExtend, Invalid> {
+        Ok(dray_store::LeaseExtend {
+            now,
+            job,
+            lease: lease_id_parse(&self.lease_id)?,
+            extend_ms: self.extend_ms,
+            progress: self.progress.as_deref().map(payload_from_json),
+            checkpoint: self.checkpoint.as_deref().map(payload_from_json),
+        })
+    }
+}
+
+impl HeartbeatResponse {
+    /// `now` is the instant of the heartbeat: `lease_ms` is measured from it.
+    pub fn from_store(e: dray_store::LeaseExtended, now: Timestamp) -> HeartbeatResponse {
+        HeartbeatResponse {
+            lease_ms: e.deadline.ms_since(now),
+            deadline: timestamp_string(e.deadline),
+            cancel_requested: e.cancel_requested,
+        }
+    }
+}
+
+impl CompleteRequest {
+    pub fn to_store(&self, job: dray_core::JobId) -> Result<dray_store::Ack, Invalid> {
+        Ok(dray_store::Ack {
+            job,
+            lease: lease_id_parse(&self.lease_id)?,
+            outcome: dray_store::AckOutcome::Complete { result: self.result.as_deref().map(payload_from_json) },
+        })
+    }
+}
+
+impl FailRequest {
+    pub fn to_store(&self, job: dray_core::JobId) -> Result<dray_store::Ack, Invalid> {
+        Ok(dray_store::Ack {
+            job,
+            lease: lease_id_parse(&self.lease_id)?,
+            outcome: dray_store::AckOutcome::Fail {
+                error: self.error.clone(),
+                retryable: self.retryable.unwrap_or(true),
+                retry_after_ms: self.retry_after_ms,
+            },
+        })
+    }
+}
+
+impl AckItem {
+    /// One ack; refuses fields that do not belong to its outcome (a `result` on a failure, an
+    /// `error` on a completion) rather than ignoring them.
+    pub fn to_store(&self) -> Result<dray_store::Ack, Invalid> {
+        let job = dray_core::JobId(self.job);
+        let lease = lease_id_parse(&self.lease_id)?;
+        let outcome = match self.outcome {
+            AckOutcome::Complete => {
+                for (field, set) in [
+                    ("error", self.error.is_some()),
+                    ("retryable", self.retryable.is_some()),
+                    ("retry_after_ms", self.retry_after_ms.is_some()),
+                ] {
+                    if set {
+                        return Err(Invalid::new(field, "is only for outcome `fail`"));
+                    }
+                }
+                dray_store::AckOutcome::Complete { result: self.result.as_deref().map(payload_from_json) }
+            }
+            AckOutcome::Fail => {
+                if self.result.is_some() {
+                    return Err(Invalid::new("result", "is only for outcome `complete`"));
+                }
+                let Some(error) = &self.error else {
+                    return Err(Invalid::new("error", "is required for outcome `fail`"));
+                };
+                dray_store::AckOutcome::Fail {
+                    error: error.clone(),
+                    retryable: self.retryable.unwrap_or(true),
+                    retry_after_ms: self.retry_after_ms,
+                }
+            }
+        };
+        Ok(dray_store::Ack { job, lease, outcome })
+    }
+}
+
+impl AckBatch {
+    /// The store's batch at `now`; an error names the ack's index (`acks[3].lease_id`).
+    pub fn to_store(&self, now: Timestamp) -> Result<dray_store::JobAck, Invalid> {
+        let acks = self
+            .acks
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.to_store().map_err(at_index("acks", i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(dray_store::JobAck { now, acks })
+    }
+}
+
+impl JobQuery {
+    /// The store's page request. `state` overrides the query's (the dead-letter list forces
+    /// `dead`).
+    pub fn to_list(&self, state: Option<State>) -> Result<dray_store::JobList, Invalid> {
+        let mut filter = self.to_filter()?;
+        if let Some(state) = state {
+            filter.state = Some(state.into());
+        }
+        Ok(dray_store::JobList {
+            filter,
+            after: self.after.map(dray_core::JobId),
+            limit: self.limit.unwrap_or(PAGE_LIMIT_DEFAULT),
+        })
+    }
+}
+
+impl DeadActionResponse {
+    pub fn new(ids: &[dray_core::JobId], dry_run: bool) -> DeadActionResponse {
+        DeadActionResponse { ids: ids.iter().map(|id| id.0).collect(), count: ids.len(), dry_run }
+    }
+}
+
+impl From<dray_core::JobState> for CancelResponse {
+    fn from(s: dray_core::JobState) -> CancelResponse {
+        CancelResponse { state: s.into() }
+    }
+}
+
+impl From<&[dray_store::QueueStats]> for QueueList {
+    fn from(queues: &[dray_store::QueueStats]) -> QueueList {
+        QueueList { queues: queues.iter().map(Into::into).collect() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +584,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn batch_and_ack_errors_name_the_index() {
+        let batch: EnqueueBatch =
+            serde_json::from_str(r#"{"jobs":[{"queue":"q","payload":1},{"queue":"b d","payload":2}]}"#).unwrap();
+        assert_eq!(batch.to_core().unwrap_err().field, "jobs[1].queue");
+        let acks: AckBatch = serde_json::from_str(
+            r#"{"acks":[{"job":1,"lease_id":"00000000deadbeef","outcome":"complete"},{"job":2,"lease_id":"00000000deadbeef","outcome":"fail"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(acks.to_store(Timestamp(0)).unwrap_err().field, "acks[1].error");
+        let lease: LeaseRequest = serde_json::from_str(r#"{"queues":["a","b/c"],"worker":"w"}"#).unwrap();
+        assert_eq!(lease.to_store(Timestamp(0)).unwrap_err().field, "queues[1]");
     }
 }

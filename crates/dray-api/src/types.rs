@@ -46,7 +46,7 @@ pub struct Backoff {
 pub struct EnqueueJob {
     pub queue: String,
     /// Any JSON value, handed to the worker as sent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Json,
     /// Higher runs first. -1000 to 1000, default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,7 +121,7 @@ pub struct LeaseRequest {
 pub struct LeasedJob {
     pub id: u64,
     pub queue: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Json,
     pub priority: i16,
     /// 1 for the first delivery.
@@ -137,7 +137,7 @@ pub struct LeasedJob {
     pub deadline: String,
     /// What an earlier attempt saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub checkpoint: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
@@ -158,11 +158,11 @@ pub struct HeartbeatRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extend_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub progress: Option<Json>,
     /// Saved for the next attempt, should this one fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub checkpoint: Option<Json>,
 }
 
@@ -180,7 +180,7 @@ pub struct HeartbeatResponse {
 pub struct CompleteRequest {
     pub lease_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<Json>,
 }
 
@@ -224,7 +224,7 @@ pub struct AckItem {
     pub outcome: AckOutcome,
     /// For `complete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<Json>,
     /// For `fail` (required there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,7 +299,7 @@ pub struct Job {
     pub id: u64,
     pub queue: String,
     pub state: State,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Json,
     pub priority: i16,
     pub attempt: u32,
@@ -314,13 +314,13 @@ pub struct Job {
     pub lease: Option<LeaseView>,
     pub cancel_requested: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub checkpoint: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub progress: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -479,7 +479,8 @@ pub struct QueueList {
 /// An error, as `application/problem+json` (RFC 9457).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
-    /// A URI naming the kind of problem, e.g. `https://dray.dev/problems/stale-lease`.
+    /// A URI naming the kind of problem, e.g. `urn:dray:problem:stale-lease`. Stable: match on it,
+    /// not on `title` or `detail`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
