@@ -1,1 +1,315 @@
-//! The HTTP server.
+//! Dray's HTTP server: the `/v1` JSON API over a store, its OpenAPI document, problem+json
+//! errors, long-poll leasing, configuration, logging and the process's life (start, graceful
+//! shutdown).
+//!
+//! It wires things together and translates; it never decides what happens to a job. Requests are
+//! converted with `dray-api`, carried out by a `dray_store::Store` with `now` read from
+//! `dray_runtime::SystemClock`, and time passes through `dray_runtime::Maintenance`.
+//!
+//! ```no_run
+//! # async fn run(args: dray_server::ServeArgs) -> anyhow::Result<()> {
+//! let config = dray_server::Config::from_args(args)?;
+//! dray_server::init_logging(config.log_format());
+//! let running = dray_server::start(config).await?;
+//! running.wait().await // until SIGTERM or SIGINT, then a graceful shutdown
+//! # }
+//! ```
+
+mod app;
+mod config;
+mod extract;
+mod problem;
+mod routes;
+mod waiters;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dray_runtime::{Maintenance, SystemClock};
+use dray_store_embedded::EmbeddedStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, LogFormat, ServeArgs};
+pub use routes::openapi;
+
+use crate::app::{App, Shared};
+use crate::waiters::Waiters;
+
+/// Installs the global `tracing` subscriber: lines on stderr, filtered by `RUST_LOG` (default
+/// `info`). A second call changes nothing.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Err only when a subscriber is already installed (a test, an embedding program): keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Opens the store, binds the listener and serves in the background; maintenance runs alongside.
+/// Returns once the server accepts connections (at [`Running::addr`]).
+///
+/// Cancel safety: dropping the future while the store is opening leaves the opening to finish on
+/// a blocking thread, and the store is then dropped (closed without a final flush).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    tracing::info!(
+        listen = %config.listen(),
+        data_dir = %config.data_dir().display(),
+        durability = ?config.durability(),
+        memory_budget_bytes = config.memory_budget_bytes(),
+        body_bytes_max = config.body_bytes_max(),
+        lease_wait_ms_max = config.lease_wait_ms_max(),
+        shutdown_grace_ms = config.shutdown_grace_ms(),
+        maintenance_interval_ms = config.maintenance().interval_ms,
+        "dray serve starting"
+    );
+    let store_config = config.store();
+    let dir = config.data_dir().display().to_string();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))
+        .await
+        .context("the task opening the store failed")?
+        .with_context(|| format!("cannot open the store in {dir}"))?;
+    let store = Arc::new(store);
+
+    let listener = match tokio::net::TcpListener::bind(config.listen()).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            close_store(store, Duration::ZERO).await?;
+            return Err(e).with_context(|| format!("cannot listen on {}", config.listen()));
+        }
+    };
+    let addr = listener.local_addr().context("the listener has no local address")?;
+
+    let clock = SystemClock::new();
+    let waiters = Arc::new(Waiters::default());
+    let app = App::new(Shared {
+        store: store.clone(),
+        clock,
+        waiters: waiters.clone(),
+        body_bytes_max: config.body_bytes_max(),
+        lease_wait_ms_max: config.lease_wait_ms_max(),
+    });
+
+    let (stop_maintenance, maintenance_stopped) = watch::channel(false);
+    let maintenance = Maintenance::new(store.clone(), clock, config.maintenance())
+        .map_err(|e| anyhow::anyhow!("maintenance: {e}"))?;
+    let maintenance = tokio::spawn(maintain(maintenance, waiters.clone(), maintenance_stopped));
+
+    let (stop_serving, serving_stopped) = watch::channel(false);
+    let router = routes::router(app);
+    let server = tokio::spawn(async move {
+        let mut stopped = serving_stopped;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "dray serve listening");
+    Ok(Running {
+        addr,
+        store,
+        waiters,
+        server: Some(server),
+        stop_serving,
+        maintenance,
+        stop_maintenance,
+        grace: Duration::from_millis(config.shutdown_grace_ms()),
+    })
+}
+
+/// A server serving in the background. Stop it with [`Running::shutdown`], or hand it to
+/// [`Running::wait`] to stop on SIGTERM/SIGINT. Dropping it also stops the server (waiting
+/// long-polls are answered), but in the background and without closing the store: its last
+/// request drops it, unflushed under a relaxed durability policy.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens (the port the OS picked, when configured with port 0).
+    pub addr: SocketAddr,
+    store: Arc<EmbeddedStore>,
+    waiters: Arc<Waiters>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    stop_serving: watch::Sender<bool>,
+    maintenance: JoinHandle<()>,
+    stop_maintenance: watch::Sender<bool>,
+    grace: Duration,
+}
+
+impl Running {
+    /// Lease requests currently long-polling (waiting for a job). For metrics and tests.
+    pub fn lease_waiting(&self) -> usize {
+        self.waiters.waiting()
+    }
+
+    /// Waits for SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. Returns early with an
+    /// error if the server stops on its own.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut server = self.server.take().expect("a running server has its task");
+        let ended = tokio::select! {
+            signal = shutdown_signal() => {
+                let name = signal?;
+                tracing::info!(signal = name, "shutting down");
+                None
+            }
+            result = &mut server => Some(result),
+        };
+        match ended {
+            None => {
+                self.server = Some(server);
+                self.shutdown().await
+            }
+            Some(result) => {
+                let why = match result {
+                    Ok(Ok(())) => anyhow::anyhow!("the server stopped on its own"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("the server stopped"),
+                    Err(e) => anyhow::Error::new(e).context("the server task failed"),
+                };
+                if let Err(e) = self.shutdown().await {
+                    tracing::warn!(error = %format!("{e:#}"), "shutdown after the server stopped");
+                }
+                Err(why)
+            }
+        }
+    }
+
+    /// Stops gracefully: stops accepting connections, answers waiting long-polls (with what they
+    /// have: nothing), lets requests in flight finish within the grace period, stops maintenance,
+    /// then closes the store (which makes everything logged durable).
+    ///
+    /// Cancel safety: dropping the future part-way leaves the server stopping but the store
+    /// unclosed (it is closed without a final flush when the last reference goes).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        self.waiters.close();
+        let _ = self.stop_serving.send(true);
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the server task failed"),
+                Err(_) => {
+                    tracing::warn!(grace_ms = self.grace.as_millis() as u64, "requests still in flight after the grace period; abandoning them");
+                    server.abort();
+                }
+            }
+        }
+        let _ = self.stop_maintenance.send(true);
+        if let Err(e) = (&mut self.maintenance).await {
+            tracing::warn!(error = %e, "the maintenance task failed");
+        }
+        let store = self.store.clone();
+        drop(self);
+        close_store(store, remaining(deadline)).await?;
+        tracing::info!("dray serve stopped");
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping the senders stops serving and maintenance; long-polls need telling.
+        self.waiters.close();
+    }
+}
+
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
+/// Closes the store once this is its last reference. Connection tasks let go of theirs just after
+/// the server reports them done, so wait a little (at most `patience`, and a few scheduler turns
+/// at least) for that.
+async fn close_store(mut store: Arc<EmbeddedStore>, patience: Duration) -> anyhow::Result<()> {
+    /// Turns of the scheduler to give tasks that are finishing before checking the clock.
+    const YIELDS_MIN: u32 = 64;
+    /// Between checks once the quick turns are spent.
+    const RETRY_MS: u64 = 5;
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut turns = 0u32;
+    let store = loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => break store,
+            Err(shared) => store = shared,
+        }
+        turns += 1;
+        if turns < YIELDS_MIN {
+            tokio::task::yield_now().await;
+        } else if tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+        } else {
+            anyhow::bail!(
+                "cannot close the store: {} requests still hold it after the grace period",
+                Arc::strong_count(&store) - 1
+            );
+        }
+    };
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .context("the task closing the store failed")?
+        .context("closing the store failed")
+}
+
+/// The maintenance loop of `dray_runtime::Maintenance::run`, plus one thing the server needs:
+/// when a tick promoted or expired jobs, waiting long-polls are woken to try again.
+async fn maintain(
+    maintenance: Maintenance<EmbeddedStore, SystemClock>,
+    waiters: Arc<Waiters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(maintenance.config().interval_ms);
+    loop {
+        let tick = tokio::select! {
+            biased;
+            _ = stop.wait_for(|&stop| stop) => return,
+            tick = maintenance.tick() => tick,
+        };
+        let pause = match tick {
+            Ok(report) => {
+                if report.promoted > 0 || report.expired > 0 {
+                    waiters.wake_all();
+                }
+                if report.promoted + report.expired + report.pruned > 0 {
+                    tracing::debug!(?report, "maintenance tick");
+                }
+                if report.backlog { Duration::ZERO } else { interval }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "maintenance tick failed; retrying after the interval");
+                interval
+            }
+        };
+        if pause.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|&stop| stop) => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

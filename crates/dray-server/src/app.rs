@@ -1,0 +1,41 @@
+//! What every handler shares: the store, the clock, the long-poll waiters and the request limits.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use dray_runtime::SystemClock;
+use dray_store_embedded::EmbeddedStore;
+
+use crate::waiters::Waiters;
+
+/// Cheap to clone: handlers get one each.
+#[derive(Clone, Debug)]
+pub(crate) struct App(Arc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub store: Arc<EmbeddedStore>,
+    /// The server's one clock: every `now` passed to the store comes from it.
+    pub clock: SystemClock,
+    pub waiters: Arc<Waiters>,
+    pub body_bytes_max: usize,
+    pub lease_wait_ms_max: u64,
+}
+
+impl App {
+    pub fn new(shared: Shared) -> App {
+        App(Arc::new(shared))
+    }
+
+    pub fn body_bytes_max(&self) -> usize {
+        self.0.body_bytes_max
+    }
+}
+
+impl Deref for App {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

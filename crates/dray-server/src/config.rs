@@ -1,0 +1,504 @@
+//! Configuration in two steps: raw settings from a TOML file, the environment and flags (each
+//! later source overriding the earlier), then one validated [`Config`] the server runs with.
+//!
+//! Every option is documented here once: its flag, its `DRAY_*` variable, its file key, its
+//! default and its bounds. An error names the option where it came from and the allowed range.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use dray_runtime::MaintenanceConfig;
+use dray_store_embedded::{Durability, EmbeddedConfig};
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The options of `dray serve`. Each can also be set in the environment (`DRAY_*`) or in the
+/// `--config` file; a flag beats the environment, which beats the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:7700].
+    #[arg(long, env = "DRAY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory of the embedded store [default: ./dray-data].
+    #[arg(long, env = "DRAY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When an accepted change is on disk: `always` (fsync before every reply), `interval=<ms>`
+    /// or `never` [default: always]. Only `always` loses nothing acknowledged on power loss.
+    #[arg(long, env = "DRAY_DURABILITY", value_name = "POLICY")]
+    pub durability: Option<String>,
+    /// Bytes of job data held in memory before enqueues are refused with 503 [default: half the
+    /// machine's memory].
+    #[arg(long, env = "DRAY_MEMORY_BUDGET_BYTES", value_name = "BYTES")]
+    pub memory_budget_bytes: Option<u64>,
+    /// A TOML file with any of these options (keys in snake_case: `data_dir = "/var/lib/dray"`).
+    #[arg(long, env = "DRAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr [default: text]. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "DRAY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest request body; larger requests get 413 [default: 25165824 (24 MiB)].
+    #[arg(long, env = "DRAY_BODY_BYTES_MAX", value_name = "BYTES")]
+    pub body_bytes_max: Option<u64>,
+    /// Longest a lease request may wait for a job (its `wait_ms` is cut to this) [default: 30000].
+    #[arg(long, env = "DRAY_LEASE_WAIT_MS_MAX", value_name = "MS")]
+    pub lease_wait_ms_max: Option<u64>,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish [default: 10000].
+    #[arg(long, env = "DRAY_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// The validated configuration the server runs with. Build it with [`Config::from_args`] (or
+/// [`Config::for_test`]); read it with the accessors.
+#[derive(Clone, Debug)]
+pub struct Config {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    durability: Durability,
+    memory_budget_bytes: u64,
+    log_format: LogFormat,
+    body_bytes_max: usize,
+    lease_wait_ms_max: u64,
+    shutdown_grace_ms: u64,
+    maintenance: MaintenanceConfig,
+}
+
+impl Config {
+    pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+    pub const DATA_DIR_DEFAULT: &str = "./dray-data";
+    /// A durable `interval` policy syncs at least this often.
+    pub const DURABILITY_INTERVAL_MS_MIN: u64 = 1;
+    pub const DURABILITY_INTERVAL_MS_MAX: u64 = 60_000;
+    /// Below this the store could hardly hold a batch.
+    pub const MEMORY_BUDGET_BYTES_MIN: u64 = 16 * 1024 * 1024;
+    /// 24 MiB: a batch of 10,000 small jobs (`Limits::BATCH_JOBS_MAX`) fits, and so does a batch
+    /// near `Limits::BATCH_BYTES_MAX` (16 MiB of payload) with its JSON around it.
+    pub const BODY_BYTES_MAX_DEFAULT: u64 = 24 * 1024 * 1024;
+    pub const BODY_BYTES_MAX_MIN: u64 = 64 * 1024;
+    pub const BODY_BYTES_MAX_MAX: u64 = 1024 * 1024 * 1024;
+    pub const LEASE_WAIT_MS_MAX_DEFAULT: u64 = 30_000;
+    /// Ten minutes: longer than most proxies keep an idle request open anyway.
+    pub const LEASE_WAIT_MS_MAX_MAX: u64 = 600_000;
+    pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
+    pub const SHUTDOWN_GRACE_MS_MAX: u64 = 600_000;
+    /// Maintenance in tests ticks this often, so expiries and promotions show up quickly.
+    const TEST_MAINTENANCE_INTERVAL_MS: u64 = 10;
+
+    /// Reads the file named by `--config` (if any), lays the environment and flags over it, and
+    /// validates the result. Errors name the option and its limit.
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => FileSettings::read(path)?,
+            None => FileSettings::default(),
+        };
+        Raw::layer(args, file).validate()
+    }
+
+    /// For tests: listens on 127.0.0.1 with a port the OS picks, fsyncs every change, and runs
+    /// maintenance every 10 ms.
+    pub fn for_test(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            durability: Durability::Always,
+            memory_budget_bytes: EmbeddedConfig::new(data_dir).memory_budget_bytes,
+            log_format: LogFormat::Text,
+            body_bytes_max: Self::BODY_BYTES_MAX_DEFAULT as usize,
+            lease_wait_ms_max: Self::LEASE_WAIT_MS_MAX_DEFAULT,
+            shutdown_grace_ms: Self::SHUTDOWN_GRACE_MS_DEFAULT,
+            maintenance: MaintenanceConfig {
+                interval_ms: Self::TEST_MAINTENANCE_INTERVAL_MS,
+                ..MaintenanceConfig::default()
+            },
+        }
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget_bytes
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    pub fn body_bytes_max(&self) -> usize {
+        self.body_bytes_max
+    }
+
+    pub fn lease_wait_ms_max(&self) -> u64 {
+        self.lease_wait_ms_max
+    }
+
+    pub fn shutdown_grace_ms(&self) -> u64 {
+        self.shutdown_grace_ms
+    }
+
+    pub fn maintenance(&self) -> MaintenanceConfig {
+        self.maintenance
+    }
+
+    /// The embedded store's configuration.
+    pub(crate) fn store(&self) -> EmbeddedConfig {
+        EmbeddedConfig {
+            durability: self.durability,
+            memory_budget_bytes: self.memory_budget_bytes,
+            ..EmbeddedConfig::new(&self.data_dir)
+        }
+    }
+}
+
+/// Where a setting came from, so an error can point at it.
+#[derive(Clone, Debug)]
+enum Origin {
+    Default,
+    /// A flag, or the environment variable standing in for it (clap merges the two).
+    Arg { flag: &'static str, env: &'static str },
+    File { key: &'static str, path: PathBuf },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the default"),
+            Origin::Arg { flag, env } => write!(f, "{flag} (or {env})"),
+            Origin::File { key, path } => write!(f, "{key} in {}", path.display()),
+        }
+    }
+}
+
+/// One raw setting and where it came from.
+#[derive(Clone, Debug)]
+struct Setting<T> {
+    value: Option<T>,
+    origin: Origin,
+}
+
+impl<T> Setting<T> {
+    /// The flag (or its environment variable) if given, else the file's value.
+    fn pick(arg: Option<T>, flag: &'static str, env: &'static str, file: Option<T>, key: &'static str, path: &Option<PathBuf>) -> Setting<T> {
+        match (arg, file, path) {
+            (Some(v), _, _) => Setting { value: Some(v), origin: Origin::Arg { flag, env } },
+            (None, Some(v), Some(path)) => Setting { value: Some(v), origin: Origin::File { key, path: path.clone() } },
+            _ => Setting { value: None, origin: Origin::Default },
+        }
+    }
+}
+
+/// Settings read from the TOML file; every key optional.
+#[derive(Debug, Default)]
+struct FileSettings {
+    path: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    durability: Option<String>,
+    memory_budget_bytes: Option<u64>,
+    log_format: Option<LogFormat>,
+    body_bytes_max: Option<u64>,
+    lease_wait_ms_max: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+impl FileSettings {
+    const KEYS: [&str; 8] = [
+        "listen",
+        "data_dir",
+        "durability",
+        "memory_budget_bytes",
+        "log_format",
+        "body_bytes_max",
+        "lease_wait_ms_max",
+        "shutdown_grace_ms",
+    ];
+
+    fn read(path: &Path) -> anyhow::Result<FileSettings> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+        FileSettings::parse(&text, path)
+    }
+
+    /// Parses the file by hand from a TOML table: no serde derive outside the API crate, and each
+    /// error names the key and the file.
+    fn parse(text: &str, path: &Path) -> anyhow::Result<FileSettings> {
+        let table: toml::Table =
+            toml::from_str(text).with_context(|| format!("--config: {} is not valid TOML", path.display()))?;
+        let at = |key: &str| format!("{key} in {}", path.display());
+        if let Some(key) = table.keys().find(|k| !Self::KEYS.contains(&k.as_str())) {
+            bail!("{}: unknown option; known are {}", at(key), Self::KEYS.join(", "));
+        }
+        let string = |key: &str| -> anyhow::Result<Option<String>> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(anyhow!("{}: must be a string, not {}", at(key), other.type_str())),
+            }
+        };
+        let number = |key: &str| -> anyhow::Result<Option<u64>> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Integer(n)) => {
+                    u64::try_from(*n).map(Some).map_err(|_| anyhow!("{}: must not be negative", at(key)))
+                }
+                Some(other) => Err(anyhow!("{}: must be an integer, not {}", at(key), other.type_str())),
+            }
+        };
+        let log_format = string("log_format")?
+            .map(|s| LogFormat::parse(&s).ok_or_else(|| anyhow!("{}: {s:?} is not one of text, json", at("log_format"))))
+            .transpose()?;
+        Ok(FileSettings {
+            path: Some(path.to_path_buf()),
+            listen: string("listen")?,
+            data_dir: string("data_dir")?.map(PathBuf::from),
+            durability: string("durability")?,
+            memory_budget_bytes: number("memory_budget_bytes")?,
+            log_format,
+            body_bytes_max: number("body_bytes_max")?,
+            lease_wait_ms_max: number("lease_wait_ms_max")?,
+            shutdown_grace_ms: number("shutdown_grace_ms")?,
+        })
+    }
+}
+
+/// Every setting, layered, before validation.
+#[derive(Debug)]
+struct Raw {
+    listen: Setting<String>,
+    data_dir: Setting<PathBuf>,
+    durability: Setting<String>,
+    memory_budget_bytes: Setting<u64>,
+    log_format: Setting<LogFormat>,
+    body_bytes_max: Setting<u64>,
+    lease_wait_ms_max: Setting<u64>,
+    shutdown_grace_ms: Setting<u64>,
+}
+
+impl Raw {
+    fn layer(args: ServeArgs, file: FileSettings) -> Raw {
+        let path = &file.path;
+        Raw {
+            listen: Setting::pick(args.listen, "--listen", "DRAY_LISTEN", file.listen, "listen", path),
+            data_dir: Setting::pick(args.data_dir, "--data-dir", "DRAY_DATA_DIR", file.data_dir, "data_dir", path),
+            durability: Setting::pick(
+                args.durability,
+                "--durability",
+                "DRAY_DURABILITY",
+                file.durability,
+                "durability",
+                path,
+            ),
+            memory_budget_bytes: Setting::pick(
+                args.memory_budget_bytes,
+                "--memory-budget-bytes",
+                "DRAY_MEMORY_BUDGET_BYTES",
+                file.memory_budget_bytes,
+                "memory_budget_bytes",
+                path,
+            ),
+            log_format: Setting::pick(
+                args.log_format,
+                "--log-format",
+                "DRAY_LOG_FORMAT",
+                file.log_format,
+                "log_format",
+                path,
+            ),
+            body_bytes_max: Setting::pick(
+                args.body_bytes_max,
+                "--body-bytes-max",
+                "DRAY_BODY_BYTES_MAX",
+                file.body_bytes_max,
+                "body_bytes_max",
+                path,
+            ),
+            lease_wait_ms_max: Setting::pick(
+                args.lease_wait_ms_max,
+                "--lease-wait-ms-max",
+                "DRAY_LEASE_WAIT_MS_MAX",
+                file.lease_wait_ms_max,
+                "lease_wait_ms_max",
+                path,
+            ),
+            shutdown_grace_ms: Setting::pick(
+                args.shutdown_grace_ms,
+                "--shutdown-grace-ms",
+                "DRAY_SHUTDOWN_GRACE_MS",
+                file.shutdown_grace_ms,
+                "shutdown_grace_ms",
+                path,
+            ),
+        }
+    }
+
+    fn validate(self) -> anyhow::Result<Config> {
+        let listen_text = self.listen.value.as_deref().unwrap_or(Config::LISTEN_DEFAULT);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            anyhow!("{}: {listen_text:?} is not an address and port like 127.0.0.1:7700 or [::1]:7700", self.listen.origin)
+        })?;
+        let data_dir = self.data_dir.value.unwrap_or_else(|| PathBuf::from(Config::DATA_DIR_DEFAULT));
+        if data_dir.as_os_str().is_empty() {
+            bail!("{}: must not be empty", self.data_dir.origin);
+        }
+        let durability = match self.durability.value.as_deref() {
+            None => Durability::Always,
+            Some(text) => parse_durability(text).map_err(|e| anyhow!("{}: {e}", self.durability.origin))?,
+        };
+        let memory_budget_bytes = match self.memory_budget_bytes.value {
+            None => EmbeddedConfig::new(&data_dir).memory_budget_bytes,
+            Some(n) => in_range(&self.memory_budget_bytes.origin, n, Config::MEMORY_BUDGET_BYTES_MIN, u64::MAX, " bytes")?,
+        };
+        let body_bytes_max = in_range(
+            &self.body_bytes_max.origin,
+            self.body_bytes_max.value.unwrap_or(Config::BODY_BYTES_MAX_DEFAULT),
+            Config::BODY_BYTES_MAX_MIN,
+            Config::BODY_BYTES_MAX_MAX,
+            " bytes",
+        )?;
+        let lease_wait_ms_max = in_range(
+            &self.lease_wait_ms_max.origin,
+            self.lease_wait_ms_max.value.unwrap_or(Config::LEASE_WAIT_MS_MAX_DEFAULT),
+            0,
+            Config::LEASE_WAIT_MS_MAX_MAX,
+            " ms",
+        )?;
+        let shutdown_grace_ms = in_range(
+            &self.shutdown_grace_ms.origin,
+            self.shutdown_grace_ms.value.unwrap_or(Config::SHUTDOWN_GRACE_MS_DEFAULT),
+            0,
+            Config::SHUTDOWN_GRACE_MS_MAX,
+            " ms",
+        )?;
+        Ok(Config {
+            listen,
+            data_dir,
+            durability,
+            memory_budget_bytes,
+            log_format: self.log_format.value.unwrap_or_default(),
+            body_bytes_max: usize::try_from(body_bytes_max).context("--body-bytes-max: too large for this machine")?,
+            lease_wait_ms_max,
+            shutdown_grace_ms,
+            maintenance: MaintenanceConfig::default(),
+        })
+    }
+}
+
+fn in_range(origin: &Origin, value: u64, min: u64, max: u64, unit: &str) -> anyhow::Result<u64> {
+    if value < min || value > max {
+        bail!("{origin}: is {value}{unit}; allowed is {min}{unit} to {max}{unit}");
+    }
+    Ok(value)
+}
+
+/// `always`, `never` or `interval=<ms>`.
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        _ => {
+            let Some(ms) = text.strip_prefix("interval=") else {
+                return Err(format!("{text:?} is not one of always, interval=<ms>, never"));
+            };
+            let ms: u64 = ms.parse().map_err(|_| format!("{text:?}: the interval must be a whole number of milliseconds"))?;
+            let (min, max) = (Config::DURABILITY_INTERVAL_MS_MIN, Config::DURABILITY_INTERVAL_MS_MAX);
+            if !(min..=max).contains(&ms) {
+                return Err(format!("{text:?}: the interval is {ms} ms; allowed is {min} ms to {max} ms"));
+            }
+            Ok(Durability::Interval { ms })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileSettings {
+        FileSettings::parse(text, Path::new("dray.toml")).unwrap()
+    }
+
+    fn err(args: ServeArgs, text: &str) -> String {
+        let file = FileSettings::parse(text, Path::new("dray.toml")).unwrap();
+        Raw::layer(args, file).validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
+        assert_eq!(c.listen().to_string(), "127.0.0.1:7700");
+        assert_eq!(c.data_dir(), Path::new("./dray-data"));
+        assert_eq!(c.durability(), Durability::Always);
+        assert_eq!(c.body_bytes_max(), 24 * 1024 * 1024);
+        assert_eq!((c.lease_wait_ms_max(), c.shutdown_grace_ms()), (30_000, 10_000));
+        assert_eq!(c.log_format(), LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let args = ServeArgs { listen: Some("0.0.0.0:9000".into()), ..ServeArgs::default() };
+        let f = file("listen = \"127.0.0.1:1\"\ndurability = \"interval=50\"\nlog_format = \"json\"\n");
+        let c = Raw::layer(args, f).validate().unwrap();
+        assert_eq!(c.listen().to_string(), "0.0.0.0:9000");
+        assert_eq!(c.durability(), Durability::Interval { ms: 50 });
+        assert_eq!(c.log_format(), LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_option_its_source_and_the_limit() {
+        let args = ServeArgs { body_bytes_max: Some(10), ..ServeArgs::default() };
+        assert_eq!(
+            err(args, ""),
+            "--body-bytes-max (or DRAY_BODY_BYTES_MAX): is 10 bytes; allowed is 65536 bytes to 1073741824 bytes"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "lease_wait_ms_max = 600001"),
+            "lease_wait_ms_max in dray.toml: is 600001 ms; allowed is 0 ms to 600000 ms"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "durability = \"interval=0\""),
+            "durability in dray.toml: \"interval=0\": the interval is 0 ms; allowed is 1 ms to 60000 ms"
+        );
+        assert_eq!(
+            err(ServeArgs { durability: Some("sometimes".into()), ..ServeArgs::default() }, ""),
+            "--durability (or DRAY_DURABILITY): \"sometimes\" is not one of always, interval=<ms>, never"
+        );
+        assert!(err(ServeArgs { listen: Some("localhost".into()), ..ServeArgs::default() }, "").starts_with("--listen"));
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let e = FileSettings::parse("colour = 1", Path::new("dray.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("colour in dray.toml: unknown option; known are listen,"), "{e}");
+        let e = FileSettings::parse("body_bytes_max = \"big\"", Path::new("dray.toml")).unwrap_err().to_string();
+        assert_eq!(e, "body_bytes_max in dray.toml: must be an integer, not string");
+        let e = FileSettings::parse("log_format = \"xml\"", Path::new("dray.toml")).unwrap_err().to_string();
+        assert_eq!(e, "log_format in dray.toml: \"xml\" is not one of text, json");
+    }
+}

@@ -1,0 +1,294 @@
+//! The one place errors become HTTP responses: `application/problem+json` bodies
+//! ([`dray_api::Problem`], RFC 9457) with a stable `type` (`urn:dray:problem:<kind>`), the field
+//! at fault when it is known, and never an internal detail (paths, I/O errors): those are logged.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dray_api::{Problem, timestamp_string};
+use dray_core::{Invalid, Rejection};
+use dray_store::Error;
+
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+/// How long a client should wait before retrying after a 503. Short: the common causes (a burst
+/// over the memory budget, a restart) pass quickly, and clients back off on their own.
+const RETRY_AFTER_S: u32 = 1;
+
+/// An error on its way to the client.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    /// The problem without the field; rendered as `field: message`.
+    message: String,
+    field: Option<String>,
+    job: Option<u64>,
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind, title, message: message.into(), field: None, job: None, retry_after: false }
+    }
+
+    fn with_field(mut self, field: Option<String>) -> ApiError {
+        self.field = field.filter(|f| !f.is_empty());
+        self
+    }
+
+    /// The body is not JSON at all (400).
+    pub fn malformed(message: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", message).with_field(field)
+    }
+
+    /// Well-formed JSON that does not fit the request's shape: an unknown field, a wrong type (422).
+    pub fn unprocessable(message: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request", message)
+            .with_field(field)
+    }
+
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the request body is over the limit of {limit} bytes (--body-bytes-max)"),
+        )
+    }
+
+    /// The request could not be read (the client went away, a broken chunked encoding).
+    pub fn unreadable_body() -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "unreadable-body", "Unreadable request body", "the request body could not be read")
+    }
+
+    pub fn unsupported_media_type(got: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("the body is {got:?}; send JSON with Content-Type: application/json"),
+        )
+    }
+
+    pub fn route_not_found(path: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no route for {path}; see GET /v1/openapi.json"))
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}; see GET /v1/openapi.json"),
+        )
+    }
+
+    pub fn job_not_found(id: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::NOT_FOUND, "job-not-found", "Job not found", format!("job {id} not found"));
+        e.job = Some(id);
+        e
+    }
+
+    pub fn not_ready(why: &str) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", why);
+        e.retry_after = true;
+        e
+    }
+
+    /// For a single-job request whose checks speak of a batch: `jobs[0].payload` -> `payload`.
+    pub fn unbatched(mut self) -> ApiError {
+        if let Some(field) = &self.field
+            && let Some(rest) = field.strip_prefix("jobs[0].")
+        {
+            self.field = Some(rest.to_string());
+        }
+        self
+    }
+
+    pub fn problem(&self) -> Problem {
+        let detail = match &self.field {
+            Some(field) => format!("{field}: {}", self.message),
+            None => self.message.clone(),
+        };
+        Problem {
+            kind: format!("urn:dray:problem:{}", self.kind),
+            title: self.title.to_string(),
+            status: self.status.as_u16(),
+            detail,
+            field: self.field.clone(),
+            job: self.job,
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> ApiError {
+        ApiError::unprocessable(e.message, Some(e.field))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        match e {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::JobNotFound(id) => ApiError::job_not_found(id.0),
+            Error::QueueNotFound(q) => {
+                ApiError::new(StatusCode::NOT_FOUND, "queue-not-found", "Queue not found", format!("queue {q} not found"))
+            }
+            Error::Rejected { job, rejection } => {
+                let mut e = rejected(rejection);
+                e.job = Some(job.0);
+                e
+            }
+            Error::IdempotencyConflict { index, queue, key, existing } => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency-conflict",
+                    "Idempotency key conflict",
+                    format!("{key:?} in queue {queue} already belongs to job {existing} with a different payload"),
+                )
+                .with_field(Some(format!("jobs[{index}].idempotency_key")));
+                e.job = Some(existing.0);
+                e
+            }
+            Error::OverCapacity { used_bytes, budget_bytes } => {
+                tracing::warn!(used_bytes, budget_bytes, "refused a write: the store is at its memory budget");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "over-capacity",
+                    "Over capacity",
+                    "the server holds as much job data as its memory budget allows; retry later",
+                );
+                e.retry_after = true;
+                e
+            }
+            e @ Error::Unavailable { .. } => {
+                tracing::error!(error = %error_chain(&e), "store unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Storage unavailable",
+                    "the store is unavailable; the outcome of this request is unknown: retry it \
+                     (an enqueue with the same idempotency key)",
+                );
+                e.retry_after = true;
+                e
+            }
+        }
+    }
+}
+
+/// A refused event (409). Timestamps are on the server's clock, shown in RFC 3339.
+fn rejected(rejection: Rejection) -> ApiError {
+    let conflict = |kind, title, message: String| ApiError::new(StatusCode::CONFLICT, kind, title, message);
+    match rejection {
+        Rejection::StaleLease { state } => conflict(
+            "stale-lease",
+            "Stale lease",
+            format!("the lease is not the job's current one (the job is {state}); nothing was changed"),
+        ),
+        Rejection::LeaseExpired { deadline } => conflict(
+            "lease-expired",
+            "Lease expired",
+            format!("the lease expired at {} (server clock); nothing was changed", timestamp_string(deadline)),
+        ),
+        Rejection::LeaseLive { deadline } => conflict(
+            "lease-live",
+            "Lease live",
+            format!("the lease is live until {}", timestamp_string(deadline)),
+        ),
+        Rejection::NotDue { run_at } => conflict(
+            "not-due",
+            "Not due",
+            format!("the job is not due until {}", timestamp_string(run_at)),
+        ),
+        Rejection::AlreadyFinished { state } => {
+            conflict("already-finished", "Job already finished", format!("the job is already {state}"))
+        }
+        Rejection::NotAllowed { state, event } => {
+            conflict("not-allowed", "Not allowed", format!("cannot {event} a job that is {state}"))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
+            .into_response();
+        if self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dray_core::{JobId, JobState, QueueName, Timestamp};
+
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_statuses_and_stable_types() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::JobNotFound(JobId(7)), 404, "urn:dray:problem:job-not-found"),
+            (Error::QueueNotFound(QueueName::new("q").unwrap()), 404, "urn:dray:problem:queue-not-found"),
+            (
+                Error::rejected(JobId(7), Rejection::StaleLease { state: JobState::Running }),
+                409,
+                "urn:dray:problem:stale-lease",
+            ),
+            (
+                Error::rejected(JobId(7), Rejection::LeaseExpired { deadline: Timestamp(0) }),
+                409,
+                "urn:dray:problem:lease-expired",
+            ),
+            (Error::OverCapacity { used_bytes: 2, budget_bytes: 1 }, 503, "urn:dray:problem:over-capacity"),
+            (
+                Error::unavailable("fsync /secret/path", std::io::Error::other("disk on fire")),
+                503,
+                "urn:dray:problem:unavailable",
+            ),
+        ];
+        for (error, status, kind) in cases {
+            let p = ApiError::from(error).problem();
+            assert_eq!((p.status, p.kind.as_str()), (status, kind));
+            assert!(!p.detail.contains("secret") && !p.detail.contains("fire"), "leaks internals: {}", p.detail);
+        }
+    }
+
+    #[test]
+    fn responses_are_problem_json_and_503s_say_when_to_retry() {
+        let response = ApiError::from(Error::OverCapacity { used_bytes: 2, budget_bytes: 1 }).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::job_not_found(1).into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn conflicts_name_the_field_and_the_job() {
+        let e = Error::IdempotencyConflict {
+            index: 0,
+            queue: QueueName::new("q").unwrap(),
+            key: "k".into(),
+            existing: JobId(3),
+        };
+        let p = ApiError::from(e).unbatched().problem();
+        assert_eq!((p.field.as_deref(), p.job), (Some("idempotency_key"), Some(3)));
+        assert_eq!(p.detail, "idempotency_key: \"k\" in queue q already belongs to job 3 with a different payload");
+    }
+}

@@ -1,0 +1,532 @@
+//! The `/v1` routes, registered together with their OpenAPI description (`utoipa-axum`'s
+//! `routes!`), so the document served at `/v1/openapi.json` cannot drift from the router.
+//!
+//! Each handler parses (the extractors), converts with `dray-api`, calls the store with `now`
+//! from the server's clock, and converts back. The only thing handlers add is waking long-poll
+//! waiters when a change makes jobs leasable. No job rule lives here.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::routing::get;
+use dray_api::{
+    AckBatch, AckBatchResponse, AckResult, Acked, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
+    EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
+    JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, Queue, QueueConfigure, QueueList, State as JobStateBody,
+};
+use dray_core::{JobId, JobState, QueueName};
+use dray_store::{DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, QueueConfig, Store};
+use dray_runtime::Clock;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::extract::{Body, JobIdParam, Query, QueueNameParam, TraceParent};
+use crate::problem::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dray",
+        description = "A durable job server. Errors are `application/problem+json` (RFC 9457) with a stable \
+                       `type` (`urn:dray:problem:<kind>`) and the `field` at fault. Timestamps are RFC 3339 \
+                       in UTC; durations are integers named `*_ms`. See docs/api.md for the guide.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "jobs", description = "Enqueue, inspect and cancel jobs."),
+        (name = "workers", description = "Lease jobs (with long-poll), heartbeat, complete and fail."),
+        (name = "dead letters", description = "The dead-letter queue: list, redrive, discard."),
+        (name = "queues", description = "Queue configuration and counts."),
+        (name = "health", description = "Liveness and readiness."),
+    )
+)]
+struct ApiDoc;
+
+/// Every documented route, described and registered together.
+fn api() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(job_enqueue))
+        .routes(routes!(job_enqueue_batch))
+        .routes(routes!(job_list))
+        .routes(routes!(job_get))
+        .routes(routes!(job_cancel))
+        .routes(routes!(lease))
+        .routes(routes!(heartbeat))
+        .routes(routes!(complete))
+        .routes(routes!(fail))
+        .routes(routes!(ack))
+        .routes(routes!(dead_list))
+        .routes(routes!(dead_redrive))
+        .routes(routes!(dead_discard))
+        .routes(routes!(queue_list))
+        .routes(routes!(queue_get, queue_put))
+        .routes(routes!(queue_pause))
+        .routes(routes!(queue_resume))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// The OpenAPI 3.1 document of the API, as served at `GET /v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The whole router: the documented routes, the document itself, and problem+json answers for
+/// unknown routes and methods.
+pub(crate) fn router(app: App) -> axum::Router {
+    let body_bytes_max = app.body_bytes_max();
+    let (router, openapi) = api().with_state(app).split_for_parts();
+    let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
+    router
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document) }),
+        )
+        .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::method_not_allowed(method.as_str(), uri.path())
+        })
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+fn queue_names(jobs: &[dray_core::NewJob]) -> Vec<QueueName> {
+    jobs.iter().map(|j| j.queue.clone()).collect()
+}
+
+/// Wakes long-polls on the queues that just got leasable jobs.
+fn wake_inserted(app: &App, queues: &[QueueName], inserted: &[dray_store::Inserted]) {
+    let ready = queues
+        .iter()
+        .zip(inserted)
+        .filter(|(_, i)| i.state == JobState::Available && !i.duplicate)
+        .map(|(q, _)| q);
+    app.waiters.wake(ready);
+}
+
+/// Enqueue one job.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = EnqueueJob,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context; used when the body has none")),
+    responses(
+        (status = 201, description = "Accepted: the job is on stable storage", body = Enqueued),
+        (status = 200, description = "The idempotency key matched an earlier job with the same payload; `id` is that job's", body = Enqueued),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The idempotency key belongs to a job with another payload", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the server's limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid job; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Over capacity or storage unavailable; retry (same idempotency key)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_enqueue(
+    State(app): State<App>,
+    TraceParent(traceparent): TraceParent,
+    Body(body): Body<EnqueueJob>,
+) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+    let mut job = body.to_core()?;
+    if job.traceparent.is_none() {
+        job.traceparent = traceparent.map(Into::into);
+    }
+    let queues = queue_names(std::slice::from_ref(&job));
+    let p = JobInsert { now: app.clock.now(), jobs: vec![job] };
+    let inserted = app.store.job_insert(p).await.map_err(|e| ApiError::from(e).unbatched())?;
+    wake_inserted(&app, &queues, &inserted);
+    let first = inserted.into_iter().next().ok_or_else(|| no_result("job_insert"))?;
+    let status = if first.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(first.into())))
+}
+
+/// Enqueue an atomic batch: every job is enqueued, or none.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = EnqueueBatch,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context; used for each job that has none")),
+    responses(
+        (status = 201, description = "Accepted: every job is on stable storage (some may be duplicates)", body = EnqueuedBatch),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An idempotency key belongs to a job with another payload; nothing was enqueued", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the server's limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An invalid job (`field` is like `jobs[3].payload`) or too many jobs; nothing was enqueued", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Over capacity or storage unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_enqueue_batch(
+    State(app): State<App>,
+    TraceParent(traceparent): TraceParent,
+    Body(body): Body<EnqueueBatch>,
+) -> Result<(StatusCode, Json<EnqueuedBatch>), ApiError> {
+    let mut jobs = body.to_core()?;
+    if let Some(tp) = &traceparent {
+        for job in jobs.iter_mut().filter(|j| j.traceparent.is_none()) {
+            job.traceparent = Some(tp.as_str().into());
+        }
+    }
+    let queues = queue_names(&jobs);
+    let inserted = app.store.job_insert(JobInsert { now: app.clock.now(), jobs }).await?;
+    wake_inserted(&app, &queues, &inserted);
+    Ok((StatusCode::CREATED, Json(EnqueuedBatch { jobs: inserted.into_iter().map(Into::into).collect() })))
+}
+
+/// List jobs matching a filter, in enqueue order, one page at a time.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(JobQuery),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 422, description = "Invalid filter; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Result<Json<JobPage>, ApiError> {
+    let page = app.store.job_list(query.to_list(None)?).await?;
+    Ok(Json((&page).into()))
+}
+
+/// A job with its whole history.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = u64, Path, description = "Job id")),
+    responses(
+        (status = 200, body = Job),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_get(State(app): State<App>, JobIdParam(id): JobIdParam) -> Result<Json<Job>, ApiError> {
+    let job = app.store.job_get(id).await?.ok_or(ApiError::job_not_found(id.0))?;
+    Ok(Json((&job).into()))
+}
+
+/// Cancel a job: a waiting job at once; a running job's worker is asked to stop (its next
+/// heartbeat answers `cancel_requested`).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = u64, Path, description = "Job id")),
+    responses(
+        (status = 200, body = CancelResponse),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is completed or dead", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_cancel(State(app): State<App>, JobIdParam(job): JobIdParam) -> Result<Json<CancelResponse>, ApiError> {
+    let state = app.store.job_cancel(JobCancel { now: app.clock.now(), job }).await?;
+    Ok(Json(state.into()))
+}
+
+/// Lease up to `count` jobs from `queues`. With `wait_ms`, waits (long-poll, up to the server's
+/// limit) for a job when none is available; returns an empty list when none came.
+#[utoipa::path(
+    post, path = "/v1/lease", tag = "workers",
+    request_body = LeaseRequest,
+    responses(
+        (status = 200, description = "The jobs leased; empty when none came within the wait", body = LeaseResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn lease(State(app): State<App>, Body(body): Body<LeaseRequest>) -> Result<Json<LeaseResponse>, ApiError> {
+    let mut p = body.to_store(app.clock.now())?;
+    let wait = Duration::from_millis(body.wait_ms.unwrap_or(0).min(app.lease_wait_ms_max));
+    if wait.is_zero() {
+        let jobs = app.store.job_lease(p.clone()).await?;
+        return Ok(Json(LeaseResponse::from_store(&jobs, p.now)));
+    }
+    // Long-poll. Interest is armed before each attempt, so an enqueue between a failed attempt
+    // and the wait still wakes this request (see `waiters`).
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let interest = app.waiters.interest(&p.queues);
+    loop {
+        let armed = interest.arm();
+        p.now = app.clock.now();
+        let jobs = app.store.job_lease(p.clone()).await?;
+        if !jobs.is_empty() || app.waiters.is_closing() {
+            return Ok(Json(LeaseResponse::from_store(&jobs, p.now)));
+        }
+        tokio::select! {
+            () = armed => {}
+            () = &mut deadline => return Ok(Json(LeaseResponse { jobs: Vec::new() })),
+        }
+    }
+}
+
+/// Extend a lease; save progress and a checkpoint.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/heartbeat", tag = "workers",
+    params(("id" = u64, Path, description = "Job id")),
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, body = HeartbeatResponse),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stale or expired lease (`urn:dray:problem:stale-lease`, `lease-expired`); nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn heartbeat(
+    State(app): State<App>,
+    JobIdParam(job): JobIdParam,
+    Body(body): Body<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let p = body.to_store(app.clock.now(), job)?;
+    let now = p.now;
+    let extended = app.store.lease_extend(p).await?;
+    Ok(Json(HeartbeatResponse::from_store(extended, now)))
+}
+
+/// Runs one ack through the batch call and answers with its own result.
+async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiError> {
+    let results = app.store.job_ack(JobAck { now: app.clock.now(), acks: vec![ack] }).await?;
+    let acked = results.into_iter().next().ok_or_else(|| no_result("job_ack"))??;
+    if acked.state == JobState::Available {
+        app.waiters.wake_all();
+    }
+    Ok(Json(acked.into()))
+}
+
+/// Complete a leased job. Final: it is never delivered again.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/complete", tag = "workers",
+    params(("id" = u64, Path, description = "Job id")),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, body = Acked),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stale or expired lease; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn complete(
+    State(app): State<App>,
+    JobIdParam(job): JobIdParam,
+    Body(body): Body<CompleteRequest>,
+) -> Result<Json<Acked>, ApiError> {
+    ack_one(&app, body.to_store(job)?).await
+}
+
+/// Fail a leased job: retried with backoff, or dead when it was the last attempt or not retryable.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/fail", tag = "workers",
+    params(("id" = u64, Path, description = "Job id")),
+    request_body = FailRequest,
+    responses(
+        (status = 200, body = Acked),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stale or expired lease; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn fail(
+    State(app): State<App>,
+    JobIdParam(job): JobIdParam,
+    Body(body): Body<FailRequest>,
+) -> Result<Json<Acked>, ApiError> {
+    ack_one(&app, body.to_store(job)?).await
+}
+
+/// Complete and fail many leased jobs in one durable write; a result per ack.
+#[utoipa::path(
+    post, path = "/v1/ack", tag = "workers",
+    request_body = AckBatch,
+    responses(
+        (status = 200, description = "A result per ack, in order: `acked`, or `problem` (a stale lease, say)", body = AckBatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request (`field` like `acks[3].lease_id`); nothing was applied", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable; outcome unknown", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ack(State(app): State<App>, Body(body): Body<AckBatch>) -> Result<Json<AckBatchResponse>, ApiError> {
+    let p = body.to_store(app.clock.now())?;
+    let jobs: Vec<u64> = p.acks.iter().map(|a| a.job.0).collect();
+    let results = app.store.job_ack(p).await?;
+    if results.iter().any(|r| matches!(r, Ok(a) if a.state == JobState::Available)) {
+        app.waiters.wake_all();
+    }
+    let results = jobs
+        .into_iter()
+        .zip(results)
+        .map(|(job, result)| match result {
+            Ok(acked) => AckResult { job, acked: Some(acked.into()), problem: None },
+            Err(e) => AckResult { job, acked: None, problem: Some(ApiError::from(e).problem()) },
+        })
+        .collect();
+    Ok(Json(AckBatchResponse { results }))
+}
+
+/// List dead jobs (the `state` filter is always `dead`).
+#[utoipa::path(
+    get, path = "/v1/dead", tag = "dead letters",
+    params(JobQuery),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 422, description = "Invalid filter; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn dead_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Result<Json<JobPage>, ApiError> {
+    let page = app.store.job_list(query.to_list(Some(JobStateBody::Dead))?).await?;
+    Ok(Json((&page).into()))
+}
+
+/// Redrive dead jobs (by `ids`, or by filter up to `limit`): each becomes available with a fresh
+/// budget of attempts. `dry_run` reports without changing anything.
+#[utoipa::path(
+    post, path = "/v1/dead/redrive", tag = "dead letters",
+    request_body = DeadAction,
+    responses(
+        (status = 200, body = DeadActionResponse),
+        (status = 404, description = "A listed job does not exist; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A listed job is not dead; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn dead_redrive(State(app): State<App>, Body(body): Body<DeadAction>) -> Result<Json<DeadActionResponse>, ApiError> {
+    let p = DeadRedrive { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
+    let ids = app.store.dead_redrive(p).await?;
+    if !body.dry_run && !ids.is_empty() {
+        app.waiters.wake_all();
+    }
+    Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))
+}
+
+/// Delete dead jobs for good (by `ids`, or by filter up to `limit`). `dry_run` reports only.
+#[utoipa::path(
+    post, path = "/v1/dead/discard", tag = "dead letters",
+    request_body = DeadAction,
+    responses(
+        (status = 200, body = DeadActionResponse),
+        (status = 404, description = "A listed job does not exist; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A listed job is not dead; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn dead_discard(State(app): State<App>, Body(body): Body<DeadAction>) -> Result<Json<DeadActionResponse>, ApiError> {
+    let p = DeadDiscard { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
+    let ids = app.store.dead_discard(p).await?;
+    Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))
+}
+
+/// Every known queue with its configuration and counts.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueueList)))]
+async fn queue_list(State(app): State<App>) -> Result<Json<QueueList>, ApiError> {
+    let queues = app.store.queue_list().await?;
+    Ok(Json(queues.as_slice().into()))
+}
+
+/// One queue's configuration and counts.
+#[utoipa::path(
+    get, path = "/v1/queues/{name}", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = Queue),
+        (status = 404, description = "Unknown queue", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid queue name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_get(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+    let stats = app.store.queue_stats(&name).await?;
+    Ok(Json((&stats).into()))
+}
+
+/// Create a queue or change the fields given; the others keep their value (or the default).
+#[utoipa::path(
+    put, path = "/v1/queues/{name}", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    request_body = QueueConfigure,
+    responses(
+        (status = 200, body = Queue),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid configuration; `field` names it", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_put(
+    State(app): State<App>,
+    QueueNameParam(name): QueueNameParam,
+    Body(body): Body<QueueConfigure>,
+) -> Result<Json<Queue>, ApiError> {
+    // A new `attempts_max` alone keeps the current backoff, and the other way round.
+    let current = match app.store.queue_stats(&name).await {
+        Ok(stats) => stats.config.retry,
+        Err(Error::QueueNotFound(_)) => QueueConfig::new(name.clone()).retry,
+        Err(e) => return Err(e.into()),
+    };
+    app.store.queue_configure(body.to_store(app.clock.now(), name.clone(), &current)).await?;
+    if body.paused == Some(false) {
+        app.waiters.wake([&name]);
+    }
+    queue_get(State(app), QueueNameParam(name)).await
+}
+
+/// Pauses or resumes a queue that exists.
+async fn queue_pause_set(app: App, name: QueueName, paused: bool) -> Result<Json<Queue>, ApiError> {
+    app.store.queue_stats(&name).await?;
+    let mut p = dray_store::QueueConfigure::new(app.clock.now(), name.clone());
+    p.paused = Some(paused);
+    app.store.queue_configure(p).await?;
+    if !paused {
+        app.waiters.wake([&name]);
+    }
+    queue_get(State(app), QueueNameParam(name)).await
+}
+
+/// Stop leasing from a queue; it still accepts jobs.
+#[utoipa::path(
+    post, path = "/v1/queues/{name}/pause", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = Queue),
+        (status = 404, description = "Unknown queue (create it with PUT)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_pause(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+    queue_pause_set(app, name, true).await
+}
+
+/// Lease from a paused queue again; waiting workers are woken at once.
+#[utoipa::path(
+    post, path = "/v1/queues/{name}/resume", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = Queue),
+        (status = 404, description = "Unknown queue", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_resume(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+    queue_pause_set(app, name, false).await
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// The store is open and accepting writes, and the server is not shutting down.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Shutting down, or the store refuses writes", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiError> {
+    if app.waiters.is_closing() {
+        return Err(ApiError::not_ready("the server is shutting down"));
+    }
+    // A read goes through the same gate as every write: after a failed write or fsync the
+    // embedded store refuses everything until restarted.
+    if let Err(e) = app.store.job_get(JobId(0)).await {
+        tracing::warn!(error = %e, "not ready");
+        return Err(ApiError::not_ready("the store is not accepting writes"));
+    }
+    Ok(Json(Health { status: "ready".into() }))
+}
+
+/// A store call that returned fewer results than it was given: a bug, reported as unavailable
+/// (outcome unknown) rather than a panic.
+fn no_result(call: &str) -> ApiError {
+    ApiError::from(Error::Unavailable { context: format!("{call} returned no result"), source: None })
+}
