@@ -1,0 +1,564 @@
+//! The HTTP client: one typed method per route of the `/v1` API, for producers, operators and
+//! workers. It owns the HTTP connection pool and the timeouts; it never retries on its own (a retry
+//! is the caller's decision, and an enqueue retry must carry the same idempotency key).
+//!
+//! Cancel safety: every async method here sends one request. Dropping its future abandons the
+//! request, which leaves the outcome unknown exactly as an [`Error::Transport`] does: the server
+//! may or may not have applied it.
+
+use std::time::Duration;
+
+use dray_api::{
+    AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
+    EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
+    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, Queue, QueueConfigure, QueueList,
+};
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, TransportError};
+
+/// How long to wait for a TCP connection.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How long a whole request may take. A lease's long-poll wait is added to it.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How much of a non-problem error body goes into the synthesized problem's detail.
+const ERROR_BODY_CHARS_MAX: usize = 512;
+
+/// A client of one Dray server. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    request_timeout: Duration,
+}
+
+/// Options of a [`Client`], for when the defaults do not fit.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    base_url: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// Default [`CONNECT_TIMEOUT_DEFAULT`] (5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Default [`REQUEST_TIMEOUT_DEFAULT`] (30 s). A lease adds its long-poll wait to it.
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        let mut base = Url::parse(&self.base_url)
+            .map_err(|e| Error::invalid("base_url", format!("{:?} is not a URL: {e}", self.base_url)))?;
+        match base.scheme() {
+            "http" => {}
+            // The SDK is built without a TLS stack (it would compile C code for minutes); terminate
+            // TLS in front of the server, or on the same host, until a `tls` feature exists.
+            "https" => {
+                return Err(Error::invalid("base_url", "https is not supported by this build of the SDK; use http://"));
+            }
+            other => return Err(Error::invalid("base_url", format!("scheme {other:?} is not http"))),
+        }
+        if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
+            return Err(Error::invalid("base_url", "must be like http://host:port or http://host:port/prefix"));
+        }
+        // Routes are appended as path segments: drop a trailing slash so `/prefix/` and `/prefix`
+        // mean the same.
+        if let Ok(mut segments) = base.path_segments_mut() {
+            segments.pop_if_empty();
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_nodelay(true)
+            .user_agent(concat!("dray-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::invalid("client", TransportError(e)))?;
+        Ok(Client { http, base, request_timeout: self.request_timeout })
+    }
+}
+
+impl Client {
+    /// A client with the default timeouts (connect 5 s, request 30 s), e.g.
+    /// `Client::new("http://127.0.0.1:7700")`.
+    pub fn new(base_url: impl Into<String>) -> Result<Client, Error> {
+        Client::builder(base_url).build()
+    }
+
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.into(),
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+        }
+    }
+
+    /// The server's address as given (without a trailing slash).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    // ---- producers -------------------------------------------------------------------------
+
+    /// `POST /v1/jobs`: enqueue one job. A 2xx means the job is on stable storage.
+    ///
+    /// On [`Error::Transport`] or a 5xx the outcome is unknown: retry with the same idempotency
+    /// key. Cancel safety: dropping the future leaves the outcome unknown too.
+    pub async fn enqueue(&self, job: Enqueue) -> Result<Enqueued, Error> {
+        self.send(Method::POST, &["v1", "jobs"], None, Some(&job.job), None).await
+    }
+
+    /// `POST /v1/jobs/batch`: enqueue all jobs atomically (all or none). An error naming
+    /// `jobs[3].payload` points at the fourth job. Cancel safety: as [`Client::enqueue`].
+    pub async fn enqueue_batch(&self, jobs: Vec<Enqueue>) -> Result<EnqueuedBatch, Error> {
+        let body = EnqueueBatch { jobs: jobs.into_iter().map(|e| e.job).collect() };
+        self.send(Method::POST, &["v1", "jobs", "batch"], None, Some(&body), None).await
+    }
+
+    // ---- reading and administration ---------------------------------------------------------
+
+    /// `GET /v1/jobs/{id}`: a job with its whole history. Cancel safe (reads only).
+    pub async fn job(&self, id: u64) -> Result<Job, Error> {
+        self.get(&["v1", "jobs", &id.to_string()], None).await
+    }
+
+    /// `GET /v1/jobs`: one page of jobs matching the query; pass the page's `next` as `after` for
+    /// the next. Cancel safe (reads only).
+    pub async fn jobs(&self, query: JobQuery) -> Result<JobPage, Error> {
+        self.get(&["v1", "jobs"], Some(&query)).await
+    }
+
+    /// `POST /v1/jobs/{id}/cancel`: a waiting job is cancelled at once (`cancelled`); a running one
+    /// is asked to stop (`running`): its worker learns it at its next heartbeat. Cancel safety:
+    /// dropping the future leaves the outcome unknown; cancelling again is harmless.
+    pub async fn cancel(&self, id: u64) -> Result<CancelResponse, Error> {
+        self.post_empty(&["v1", "jobs", &id.to_string(), "cancel"]).await
+    }
+
+    /// `GET /v1/dead`: one page of the dead-letter queue. Cancel safe (reads only).
+    pub async fn dead(&self, query: JobQuery) -> Result<JobPage, Error> {
+        self.get(&["v1", "dead"], Some(&query)).await
+    }
+
+    /// `POST /v1/dead/redrive`: make dead jobs `available` again with a fresh budget of attempts,
+    /// by ids or by filter (set `dry_run` to see which). Cancel safety: dropping the future leaves
+    /// the outcome unknown; redriving by ids again is harmless (a job no longer dead is skipped
+    /// or refused).
+    pub async fn dead_redrive(&self, action: DeadAction) -> Result<DeadActionResponse, Error> {
+        self.send(Method::POST, &["v1", "dead", "redrive"], None, Some(&action), None).await
+    }
+
+    /// `POST /v1/dead/discard`: delete dead jobs, by ids or by filter. Cancel safety: as
+    /// [`Client::dead_redrive`].
+    pub async fn dead_discard(&self, action: DeadAction) -> Result<DeadActionResponse, Error> {
+        self.send(Method::POST, &["v1", "dead", "discard"], None, Some(&action), None).await
+    }
+
+    /// `GET /v1/queues`: every queue with its configuration and counts. Cancel safe.
+    pub async fn queues(&self) -> Result<QueueList, Error> {
+        self.get(&["v1", "queues"], None).await
+    }
+
+    /// `GET /v1/queues/{name}`. Cancel safe.
+    pub async fn queue(&self, name: &str) -> Result<Queue, Error> {
+        self.get(&["v1", "queues", segment("name", name)?], None).await
+    }
+
+    /// `PUT /v1/queues/{name}`: create the queue or change the fields given. Idempotent, so cancel
+    /// safe in effect: repeat it if the outcome is unknown.
+    pub async fn queue_configure(&self, name: &str, configure: QueueConfigure) -> Result<Queue, Error> {
+        self.send(Method::PUT, &["v1", "queues", segment("name", name)?], None, Some(&configure), None).await
+    }
+
+    /// `POST /v1/queues/{name}/pause`: stop handing out its jobs (enqueue still works). Idempotent.
+    pub async fn queue_pause(&self, name: &str) -> Result<Queue, Error> {
+        self.post_empty(&["v1", "queues", segment("name", name)?, "pause"]).await
+    }
+
+    /// `POST /v1/queues/{name}/resume`. Idempotent.
+    pub async fn queue_resume(&self, name: &str) -> Result<Queue, Error> {
+        self.post_empty(&["v1", "queues", segment("name", name)?, "resume"]).await
+    }
+
+    /// `GET /healthz`. Cancel safe.
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.get(&["healthz"], None).await
+    }
+
+    // ---- workers (the [`Worker`](crate::Worker) runtime uses these; call them directly to build
+    // your own loop) ---------------------------------------------------------------------------
+
+    /// `POST /v1/lease`: lease up to `count` jobs, long-polling up to `wait_ms` when none is
+    /// available. The request timeout is extended by the wait.
+    ///
+    /// Cancel safety: **not cancel safe.** If the future is dropped after the server granted
+    /// leases, those jobs stay invisible until their leases expire (then they are delivered again,
+    /// the attempt counted). Dropping it while the server is still waiting grants nothing.
+    pub async fn lease(&self, request: LeaseRequest) -> Result<LeaseResponse, Error> {
+        let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
+        let timeout = self.request_timeout.saturating_add(wait);
+        self.send(Method::POST, &["v1", "lease"], None, Some(&request), Some(timeout)).await
+    }
+
+    /// `POST /v1/jobs/{id}/heartbeat`: extend the lease, save progress and a checkpoint, learn
+    /// whether a cancel was requested. A 409 means the lease is lost: stop working on the job.
+    ///
+    /// Cancel safety: dropping the future leaves unknown whether the lease was extended and the
+    /// checkpoint saved; send another heartbeat.
+    pub async fn heartbeat(&self, id: u64, request: HeartbeatRequest) -> Result<HeartbeatResponse, Error> {
+        self.heartbeat_within(id, &request, None).await
+    }
+
+    pub(crate) async fn heartbeat_within(
+        &self,
+        id: u64,
+        request: &HeartbeatRequest,
+        timeout: Option<Duration>,
+    ) -> Result<HeartbeatResponse, Error> {
+        self.send(Method::POST, &["v1", "jobs", &id.to_string(), "heartbeat"], None, Some(request), timeout).await
+    }
+
+    /// `POST /v1/jobs/{id}/complete`. An accepted completion is final. A 409 means the lease is
+    /// stale: someone else holds the job now, and nothing changed.
+    ///
+    /// Cancel safety: dropping the future leaves the outcome unknown; sending the same completion
+    /// again is safe (if the first one was applied, the retry gets a 409).
+    pub async fn complete(&self, id: u64, request: CompleteRequest) -> Result<Acked, Error> {
+        self.send(Method::POST, &["v1", "jobs", &id.to_string(), "complete"], None, Some(&request), None).await
+    }
+
+    /// `POST /v1/jobs/{id}/fail`: a failed attempt, retried after the backoff (or `retry_after_ms`)
+    /// unless it is not retryable or was the last. Cancel safety: as [`Client::complete`].
+    pub async fn fail(&self, id: u64, request: FailRequest) -> Result<Acked, Error> {
+        self.send(Method::POST, &["v1", "jobs", &id.to_string(), "fail"], None, Some(&request), None).await
+    }
+
+    /// `POST /v1/ack`: completions and failures in one durable write, one result per item (a
+    /// refused item carries a problem; the others are applied). Cancel safety: as
+    /// [`Client::complete`], item by item.
+    pub async fn ack(&self, batch: AckBatch) -> Result<AckBatchResponse, Error> {
+        self.ack_ref(&batch).await
+    }
+
+    /// [`Client::ack`] without giving up the batch, for retries.
+    pub(crate) async fn ack_ref(&self, batch: &AckBatch) -> Result<AckBatchResponse, Error> {
+        self.send(Method::POST, &["v1", "ack"], None, Some(batch), None).await
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------------
+
+    async fn get<R: DeserializeOwned>(&self, path: &[&str], query: Option<&JobQuery>) -> Result<R, Error> {
+        self.send::<(), R>(Method::GET, path, query, None, None).await
+    }
+
+    async fn post_empty<R: DeserializeOwned>(&self, path: &[&str]) -> Result<R, Error> {
+        self.send::<(), R>(Method::POST, path, None, None, None).await
+    }
+
+    async fn send<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: Option<&JobQuery>,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<R, Error> {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(path);
+        }
+        if let Some(query) = query {
+            query_append(&mut url, query)?;
+        }
+        let context = || format!("{method} {}", url.path());
+        let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response =
+            request.send().await.map_err(|e| Error::Transport { context: context(), source: TransportError(e) })?;
+        let status = response.status();
+        let bytes =
+            response.bytes().await.map_err(|e| Error::Transport { context: context(), source: TransportError(e) })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|source| Error::Decode { context: format!("{}: response", context()), source });
+        }
+        let problem = match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(problem) => problem,
+            // Something in between (a proxy, a load balancer) answered, or the body is not ours.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&bytes);
+                Problem {
+                    kind: "about:blank".into(),
+                    title: status.canonical_reason().unwrap_or("error").into(),
+                    status: status.as_u16(),
+                    detail: text.chars().take(ERROR_BODY_CHARS_MAX).collect(),
+                    field: None,
+                    job: None,
+                }
+            }
+        };
+        Err(Error::Api { status: status.as_u16(), problem: Box::new(problem) })
+    }
+}
+
+/// A path segment from user input. `.` and `..` would be resolved away by URL normalization and
+/// address another route, so they are refused here rather than sent.
+fn segment<'a>(field: &str, s: &'a str) -> Result<&'a str, Error> {
+    if s.is_empty() || s == "." || s == ".." {
+        return Err(Error::invalid(field, format!("{s:?} is not a name")));
+    }
+    Ok(s)
+}
+
+/// The query string of a list request: each field that is set, as the server's query parser
+/// reads it (strings, numbers and the snake_case state names).
+fn query_append(url: &mut Url, query: &JobQuery) -> Result<(), Error> {
+    let value = serde_json::to_value(query).map_err(|e| Error::invalid("query", e))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(Error::invalid("query", "is not an object"));
+    };
+    let mut pairs = url.query_pairs_mut();
+    for (key, value) in fields {
+        match value {
+            serde_json::Value::Null => {}
+            serde_json::Value::String(s) => {
+                pairs.append_pair(&key, &s);
+            }
+            serde_json::Value::Number(n) => {
+                pairs.append_pair(&key, &n.to_string());
+            }
+            serde_json::Value::Bool(b) => {
+                pairs.append_pair(&key, if b { "true" } else { "false" });
+            }
+            other => return Err(Error::invalid(key, format!("{other} cannot be a query parameter"))),
+        }
+    }
+    drop(pairs);
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Ok(())
+}
+
+/// Milliseconds of a duration, rounded up so that "not before" stays true, saturating (the server
+/// refuses anything that large with a message naming the limit).
+pub(crate) fn millis_ceil(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// One job to enqueue: a queue, a JSON payload and options. Built with chained setters:
+///
+/// ```no_run
+/// # async fn f(client: dray_client::Client) -> Result<(), dray_client::Error> {
+/// use std::time::Duration;
+/// use dray_client::Enqueue;
+/// #[derive(serde::Serialize)]
+/// struct Receipt { order: u64 }
+/// let job = Enqueue::new("emails", &Receipt { order: 42 })?
+///     .priority(5)
+///     .delay(Duration::from_secs(60))
+///     .idempotency_key("receipt-42")
+///     .attempts_max(3);
+/// let enqueued = client.enqueue(job).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Enqueue {
+    job: EnqueueJob,
+}
+
+impl Enqueue {
+    /// A job for `queue` with `payload` serialized as JSON. Fails (`Invalid`, field `payload`) only
+    /// if the value cannot be serialized (a map with non-string keys, say).
+    pub fn new<T: Serialize + ?Sized>(queue: impl Into<String>, payload: &T) -> Result<Enqueue, Error> {
+        let payload = serde_json::value::to_raw_value(payload).map_err(|e| Error::invalid("payload", e))?;
+        Ok(Enqueue::from_json(queue, payload))
+    }
+
+    /// A job whose payload is already JSON text.
+    pub fn from_json(queue: impl Into<String>, payload: Json) -> Enqueue {
+        Enqueue {
+            job: EnqueueJob {
+                queue: queue.into(),
+                payload,
+                priority: None,
+                run_at: None,
+                delay_ms: None,
+                attempts_max: None,
+                backoff: None,
+                lease_ms: None,
+                idempotency_key: None,
+                ordering_key: None,
+                tags: Vec::new(),
+                traceparent: None,
+            },
+        }
+    }
+
+    /// Higher runs first; -1000 to 1000, default 0.
+    pub fn priority(mut self, priority: i16) -> Enqueue {
+        self.job.priority = Some(priority);
+        self
+    }
+
+    /// Run this long after the server accepts the job (server clock; rounded up to whole
+    /// milliseconds). Replaces an earlier [`Enqueue::run_at`].
+    pub fn delay(mut self, delay: Duration) -> Enqueue {
+        self.job.delay_ms = Some(millis_ceil(delay));
+        self.job.run_at = None;
+        self
+    }
+
+    /// Run at this RFC 3339 instant (server clock), e.g. `2026-11-21T09:00:00Z`. Replaces an
+    /// earlier [`Enqueue::delay`].
+    pub fn run_at(mut self, rfc3339: impl Into<String>) -> Enqueue {
+        self.job.run_at = Some(rfc3339.into());
+        self.job.delay_ms = None;
+        self
+    }
+
+    /// Deliveries in all, lease expiries included; default from the queue.
+    pub fn attempts_max(mut self, attempts_max: u32) -> Enqueue {
+        self.job.attempts_max = Some(attempts_max);
+        self
+    }
+
+    /// Retry backoff of this job; default from the queue.
+    pub fn backoff(mut self, backoff: Backoff) -> Enqueue {
+        self.job.backoff = Some(backoff);
+        self
+    }
+
+    /// Lease duration of each attempt (1 s to 12 h); default from the queue.
+    pub fn lease(mut self, lease: Duration) -> Enqueue {
+        self.job.lease_ms = Some(millis_ceil(lease));
+        self
+    }
+
+    /// Within the server's window, the same key and payload return the original job
+    /// (`duplicate: true`); the same key with another payload is refused (409).
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Enqueue {
+        self.job.idempotency_key = Some(key.into());
+        self
+    }
+
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Enqueue {
+        self.job.ordering_key = Some(key.into());
+        self
+    }
+
+    /// Replaces the tags (at most 16).
+    pub fn tags<I, S>(mut self, tags: I) -> Enqueue
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.job.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// W3C trace context, handed to the worker as [`JobContext::traceparent`](crate::JobContext::traceparent).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Enqueue {
+        self.job.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The wire body as it will be sent.
+    pub fn as_wire(&self) -> &EnqueueJob {
+        &self.job
+    }
+}
+
+impl From<EnqueueJob> for Enqueue {
+    fn from(job: EnqueueJob) -> Enqueue {
+        Enqueue { job }
+    }
+}
+
+impl From<Enqueue> for EnqueueJob {
+    fn from(e: Enqueue) -> EnqueueJob {
+        e.job
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_keeps_a_prefix_and_drops_a_trailing_slash() {
+        let c = Client::new("http://127.0.0.1:7700/").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:7700/");
+        let c = Client::new("http://example.test/dray/").unwrap();
+        assert_eq!(c.base_url(), "http://example.test/dray");
+    }
+
+    #[test]
+    fn bad_base_urls_are_invalid() {
+        for bad in ["not a url", "ftp://x", "https://x", "http://x/?a=b"] {
+            let err = Client::new(bad).unwrap_err();
+            assert!(matches!(&err, Error::Invalid { field, .. } if field == "base_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn queries_become_query_strings() {
+        let mut url = Url::parse("http://x/v1/jobs").unwrap();
+        let query = JobQuery {
+            queue: Some("a b".into()),
+            state: Some(dray_api::State::Dead),
+            limit: Some(5),
+            ..Default::default()
+        };
+        query_append(&mut url, &query).unwrap();
+        assert_eq!(url.as_str(), "http://x/v1/jobs?limit=5&queue=a+b&state=dead");
+        let mut url = Url::parse("http://x/v1/jobs").unwrap();
+        query_append(&mut url, &JobQuery::default()).unwrap();
+        assert_eq!(url.as_str(), "http://x/v1/jobs");
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        assert!(segment("name", "..").is_err());
+        assert!(segment("name", "").is_err());
+        assert_eq!(segment("name", "a.b").unwrap(), "a.b");
+    }
+
+    #[test]
+    fn enqueue_builder_fills_the_wire_body() {
+        let e = Enqueue::new("emails", &serde_json::json!({"to": "a@b"}))
+            .unwrap()
+            .priority(5)
+            .run_at("2030-01-01T00:00:00Z")
+            .delay(Duration::from_micros(1_500))
+            .idempotency_key("k")
+            .attempts_max(3)
+            .tags(["a", "b"])
+            .traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        let job = e.as_wire();
+        assert_eq!(job.payload.get(), r#"{"to":"a@b"}"#);
+        assert_eq!(job.delay_ms, Some(2), "rounded up, never early");
+        assert_eq!(job.run_at, None, "delay replaces run_at");
+        let json = serde_json::to_value(job).unwrap();
+        assert_eq!(json["priority"], 5);
+        assert_eq!(json["tags"], serde_json::json!(["a", "b"]));
+        assert_eq!(json["idempotency_key"], "k");
+    }
+}

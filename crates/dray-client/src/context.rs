@@ -1,0 +1,483 @@
+//! What a handler gets for one attempt: the job, its checkpoint, a way to report progress and save
+//! a checkpoint, and the cancellation signal. It also owns the attempt's heartbeat state, shared
+//! with the worker task that heartbeats for it, so the handler never heartbeats by hand.
+//!
+//! Lease time is tracked as durations on the local monotonic clock. A heartbeat's `lease_ms`
+//! counts from when the request was *sent* (so the local deadline is never later than the
+//! server's). A lease's `lease_ms` counts from when the job was granted, which during a long-poll
+//! can be long after the request was sent: it counts from the answer's arrival, less the answer's
+//! transit (at most [`LEASE_TRANSIT_MAX`]). The server's timestamps are never compared with the
+//! local clock.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dray_api::{HeartbeatRequest, Json, LeasedJob};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::Client;
+use crate::error::Error;
+
+/// Heartbeats are sent at about this fraction of the lease.
+const HEARTBEAT_FRACTION: u32 = 3;
+/// Never heartbeat more often than this, whatever the lease.
+const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(50);
+/// A heartbeat that failed without an answer is retried after at most this long.
+const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long a lease answer may have travelled after the server granted it, at most: the local
+/// lease deadline counts from its arrival less this (or less the whole request, if shorter).
+pub(crate) const LEASE_TRANSIT_MAX: Duration = Duration::from_secs(1);
+/// Bounds of one heartbeat request's timeout (otherwise the time left on the lease).
+const HEARTBEAT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const HEARTBEAT_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+
+/// Why [`JobContext::cancelled`] fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// Someone cancelled the job. Stop and return an error: the job then ends `cancelled` (if the
+    /// handler completes instead, the job is `completed`).
+    Requested,
+    /// The lease is gone: the server refused a heartbeat (409/404), or the lease ran out without a
+    /// successful heartbeat. Another worker may hold the job now; this attempt's outcome will be
+    /// refused. Stop, and do not write anything more downstream without the fencing token.
+    LeaseLost,
+}
+
+/// One attempt of one job, handed to the handler. Cheap to clone (clones share the attempt).
+#[derive(Clone)]
+pub struct JobContext {
+    pub(crate) shared: Arc<Attempt>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let job = &self.shared.job;
+        f.debug_struct("JobContext")
+            .field("id", &job.id)
+            .field("queue", &job.queue)
+            .field("attempt", &job.attempt)
+            .field("fencing_token", &job.fencing_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    pub fn id(&self) -> u64 {
+        self.shared.job.id
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.shared.job.queue
+    }
+
+    /// 1 for the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.shared.job.attempt
+    }
+
+    pub fn attempts_max(&self) -> u32 {
+        self.shared.job.attempts_max
+    }
+
+    /// Strictly increasing across all leases: hand it to downstream systems so that they can
+    /// refuse writes from a worker whose lease has been superseded.
+    pub fn fencing_token(&self) -> u64 {
+        self.shared.job.fencing_token
+    }
+
+    pub fn lease_id(&self) -> &str {
+        &self.shared.job.lease_id
+    }
+
+    pub fn priority(&self) -> i16 {
+        self.shared.job.priority
+    }
+
+    /// The producer's W3C trace context, if it sent one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.shared.job.traceparent.as_deref()
+    }
+
+    /// The job as the server handed it out.
+    pub fn leased_job(&self) -> &LeasedJob {
+        &self.shared.job
+    }
+
+    /// The payload, decoded as `T`. (With `?` in a handler a decode error becomes a *retryable*
+    /// failure; use `.map_err(JobError::fatal)` to send a payload that can never decode straight to
+    /// the dead-letter queue.)
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(self.shared.job.payload.get())
+            .map_err(|source| Error::Decode { context: format!("job {}: payload", self.id()), source })
+    }
+
+    /// The payload as raw JSON text.
+    pub fn payload_json(&self) -> &RawValue {
+        &self.shared.job.payload
+    }
+
+    /// The newest checkpoint: the last one this attempt saved, else what an earlier attempt saved
+    /// (`None` if there is none).
+    pub fn checkpoint<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        let state = self.shared.state();
+        state
+            .checkpoint
+            .as_ref()
+            .map(|c| serde_json::from_str(c.get()))
+            .transpose()
+            .map_err(|source| Error::Decode { context: format!("job {}: checkpoint", self.id()), source })
+    }
+
+    /// Saves a checkpoint for the next attempt, should this one fail. It goes to the server with
+    /// the next heartbeat (about every third of the lease), or right away with
+    /// [`JobContext::flush`]; when the handler fails (or panics, or is handed back at shutdown) an
+    /// unsent checkpoint is sent before the failure. Saving again replaces it. At most 64 KiB of
+    /// JSON (the server refuses more; the refused checkpoint is then dropped and logged).
+    pub fn save_checkpoint<T: Serialize + ?Sized>(&self, checkpoint: &T) -> Result<(), Error> {
+        let json = serde_json::value::to_raw_value(checkpoint).map_err(|e| Error::invalid("checkpoint", e))?;
+        let mut state = self.shared.state();
+        state.checkpoint = Some(json);
+        state.checkpoint_dirty = true;
+        Ok(())
+    }
+
+    /// Reports progress (any small JSON, at most 4 KiB), shown with the job. Sent with the next
+    /// heartbeat or [`JobContext::flush`]; only the newest value is sent.
+    pub fn progress<T: Serialize + ?Sized>(&self, progress: &T) -> Result<(), Error> {
+        let json = serde_json::value::to_raw_value(progress).map_err(|e| Error::invalid("progress", e))?;
+        self.shared.state().progress = Some(json);
+        Ok(())
+    }
+
+    /// Heartbeats now: extends the lease and sends the unsent progress and checkpoint. Returns
+    /// once the server has them (on stable storage). A 409 means the lease is lost (and
+    /// [`JobContext::cancelled`] fires).
+    ///
+    /// Cancel safety: dropping the future leaves unknown whether the heartbeat arrived; the
+    /// progress and checkpoint it carried are then queued again for the next heartbeat.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.shared.beat().await
+    }
+
+    /// Resolves when the job should stop: a cancel was requested or the lease is lost. Cancel
+    /// safe; resolves at once if that already happened.
+    pub async fn cancelled(&self) -> CancelReason {
+        let mut rx = self.shared.cancel.subscribe();
+        // The guard `wait_for` returns must not live across another await (it is not `Send`).
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => *reason,
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            // The sender lives as long as this context: unreachable, but never resolve falsely.
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel.borrow().is_some()
+    }
+
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        *self.shared.cancel.borrow()
+    }
+}
+
+/// The state of one attempt, shared by the handler's [`JobContext`] and the worker's task that
+/// heartbeats and reports for it.
+pub(crate) struct Attempt {
+    client: Client,
+    pub(crate) job: LeasedJob,
+    /// Sent as `extend_ms` (the worker's configured lease duration), else the job's own.
+    extend_ms: Option<u64>,
+    state: Mutex<AttemptState>,
+    /// One heartbeat at a time, so that an older checkpoint can never land after a newer one.
+    beating: tokio::sync::Mutex<()>,
+    cancel: watch::Sender<Option<CancelReason>>,
+}
+
+struct AttemptState {
+    /// The newest checkpoint: delivered, or saved by this attempt.
+    checkpoint: Option<Json>,
+    /// Saved by this attempt and not yet accepted by the server.
+    checkpoint_dirty: bool,
+    /// Unsent progress.
+    progress: Option<Json>,
+    /// When the lease ends at the latest, on the local monotonic clock.
+    deadline: Instant,
+    /// When to heartbeat next; `None` once the lease is lost.
+    beat_at: Option<Instant>,
+}
+
+impl Attempt {
+    /// `sent_at`, `received_at`: when the lease request was sent and its answer arrived.
+    pub(crate) fn new(
+        client: Client,
+        job: LeasedJob,
+        sent_at: Instant,
+        received_at: Instant,
+        extend_ms: Option<u64>,
+    ) -> Arc<Attempt> {
+        let lease = Duration::from_millis(job.lease_ms);
+        // A long-poll may have waited 20 s before the grant: counting from the send would make
+        // the lease look nearly over on arrival.
+        let granted_at = received_at - received_at.saturating_duration_since(sent_at).min(LEASE_TRANSIT_MAX);
+        let state = AttemptState {
+            checkpoint: job.checkpoint.clone(),
+            checkpoint_dirty: false,
+            progress: None,
+            deadline: granted_at + lease,
+            beat_at: Some(Instant::now() + beat_interval(lease)),
+        };
+        Arc::new(Attempt {
+            client,
+            job,
+            extend_ms,
+            state: Mutex::new(state),
+            beating: tokio::sync::Mutex::new(()),
+            cancel: watch::Sender::new(None),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, AttemptState> {
+        // The lock is never held across an await or user code, so poisoning means a bug here;
+        // the state itself is still consistent field by field.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn context(self: &Arc<Self>) -> JobContext {
+        JobContext { shared: self.clone() }
+    }
+
+    /// When the next periodic heartbeat is due; `None` once the lease is lost.
+    pub(crate) fn beat_at(&self) -> Option<Instant> {
+        self.state().beat_at
+    }
+
+    pub(crate) fn checkpoint_unsent(&self) -> bool {
+        self.state().checkpoint_dirty
+    }
+
+    pub(crate) fn lease_lost(&self) -> bool {
+        *self.cancel.borrow() == Some(CancelReason::LeaseLost)
+    }
+
+    fn fire(&self, reason: CancelReason) {
+        self.cancel.send_if_modified(|current| match current {
+            // Lease loss is the stronger news: it overrides a cancel request.
+            Some(CancelReason::LeaseLost) => false,
+            Some(CancelReason::Requested) if reason == CancelReason::Requested => false,
+            _ => {
+                *current = Some(reason);
+                true
+            }
+        });
+    }
+
+    /// The periodic heartbeat. Errors are handled here (logged, retried, or turned into lease
+    /// loss); the caller only waits for the next `beat_at`.
+    pub(crate) async fn beat_periodic(&self) {
+        {
+            let mut state = self.state();
+            if Instant::now() >= state.deadline {
+                // The lease ran out on our clock without a successful heartbeat: on the server's
+                // it has too (our deadline is never later, up to the transit of a lease answer).
+                state.beat_at = None;
+                drop(state);
+                tracing::warn!(job = self.job.id, "lease ran out without a successful heartbeat");
+                self.fire(CancelReason::LeaseLost);
+                return;
+            }
+        }
+        if let Err(e) = self.beat().await {
+            tracing::debug!(job = self.job.id, error = %e, "heartbeat failed");
+        }
+    }
+
+    /// One heartbeat with the unsent progress and checkpoint.
+    ///
+    /// Cancel safety: if dropped before the answer, the values it carried are queued again (the
+    /// server may or may not have them), so they go with the next heartbeat.
+    pub(crate) async fn beat(&self) -> Result<(), Error> {
+        let _one_at_a_time = self.beating.lock().await;
+        let (request, timeout) = {
+            let mut state = self.state();
+            let request = HeartbeatRequest {
+                lease_id: self.job.lease_id.clone(),
+                extend_ms: self.extend_ms,
+                progress: state.progress.take(),
+                checkpoint: if state.checkpoint_dirty { state.checkpoint.clone() } else { None },
+            };
+            state.checkpoint_dirty = false;
+            let left = state.deadline.saturating_duration_since(Instant::now());
+            (request, left.clamp(HEARTBEAT_TIMEOUT_MIN, HEARTBEAT_TIMEOUT_MAX))
+        };
+        let mut owed = Owed {
+            attempt: self,
+            checkpoint: request.checkpoint.is_some(),
+            progress: request.progress.clone(),
+            settled: false,
+        };
+        let sent_at = Instant::now();
+        let result = self.client.heartbeat_within(self.job.id, &request, Some(timeout)).await;
+        match &result {
+            // Unknown whether it arrived: send the values again with the next one.
+            Err(e) if e.is_retryable() => owed.restore(),
+            // Arrived; or lost its lease, or refused for its content (a checkpoint over the limit,
+            // say), which a resend would not change: either way the values are done with.
+            _ => owed.settled = true,
+        }
+        drop(owed);
+        let mut state = self.state();
+        match result {
+            Ok(response) => {
+                let lease = Duration::from_millis(response.lease_ms);
+                state.deadline = sent_at + lease;
+                state.beat_at = Some(Instant::now() + beat_interval(lease));
+                drop(state);
+                if response.cancel_requested {
+                    self.fire(CancelReason::Requested);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_conflict() || e.is_not_found() => {
+                state.beat_at = None;
+                drop(state);
+                tracing::info!(job = self.job.id, error = %e, "lease lost");
+                self.fire(CancelReason::LeaseLost);
+                Err(e)
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let left = state.deadline.saturating_duration_since(now);
+                let retry = if e.is_retryable() {
+                    (left / 4).clamp(HEARTBEAT_INTERVAL_MIN, HEARTBEAT_RETRY_MAX)
+                } else {
+                    (left / 4).max(HEARTBEAT_INTERVAL_MIN)
+                };
+                state.beat_at = Some(now + retry);
+                drop(state);
+                if !e.is_retryable() {
+                    tracing::error!(job = self.job.id, error = %e, "heartbeat refused; its progress and checkpoint are dropped");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The progress and checkpoint a heartbeat took out of the attempt's state, until its answer
+/// says they arrived. Dropped unsettled (the heartbeat's future was dropped), they are queued
+/// again.
+struct Owed<'a> {
+    attempt: &'a Attempt,
+    checkpoint: bool,
+    progress: Option<Json>,
+    settled: bool,
+}
+
+impl Owed<'_> {
+    /// Queues the values again, unless newer ones were saved meanwhile.
+    fn restore(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let mut state = self.attempt.state();
+        if self.checkpoint {
+            // The newest checkpoint is always in the state; only its flag was taken.
+            state.checkpoint_dirty = true;
+        }
+        if state.progress.is_none() {
+            state.progress = self.progress.take();
+        }
+    }
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+fn beat_interval(lease: Duration) -> Duration {
+    (lease / HEARTBEAT_FRACTION).max(HEARTBEAT_INTERVAL_MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    fn leased(lease_ms: u64) -> LeasedJob {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "queue": "q", "payload": {}, "priority": 0, "attempt": 1, "attempts_max": 3,
+            "lease_id": "00000000000000ff", "fencing_token": 9, "lease_ms": lease_ms,
+            "deadline": "2030-01-01T00:00:00Z", "created_at": "2030-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    /// A heartbeat dropped before its answer (a handler's `flush` under a timeout, an aborted
+    /// handler) must not lose the checkpoint it carried: it is queued for the next one.
+    #[tokio::test]
+    async fn a_dropped_heartbeat_queues_its_checkpoint_again() {
+        // Accepted by the kernel, never answered.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = Client::new(format!("http://{}", silent.local_addr().unwrap())).unwrap();
+        let attempt = Attempt::new(client, leased(30_000), Instant::now(), Instant::now(), None);
+        let ctx = attempt.context();
+        ctx.save_checkpoint(&7).unwrap();
+        ctx.progress(&"half").unwrap();
+        assert!(attempt.checkpoint_unsent());
+        let flushed = tokio::time::timeout(Duration::from_millis(200), ctx.flush()).await;
+        assert!(flushed.is_err(), "the silent server never answers");
+        assert!(attempt.checkpoint_unsent());
+        assert_eq!(attempt.state().progress.as_ref().map(|p| p.get().to_owned()).as_deref(), Some(r#""half""#));
+        assert_eq!(ctx.checkpoint::<u32>().unwrap(), Some(7));
+    }
+
+    /// Regression: a job granted at the end of a 20 s long-poll once looked nearly expired on
+    /// arrival (its 30 s counted from the send), and its first heartbeat declared the lease lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_counts_from_its_arrival_less_the_transit_not_from_the_long_poll_start() {
+        let client = Client::new("http://127.0.0.1:1").unwrap();
+        let sent_at = Instant::now();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let received_at = Instant::now();
+        let attempt = Attempt::new(client.clone(), leased(30_000), sent_at, received_at, None);
+        let (deadline, beat_at) = {
+            let state = attempt.state();
+            (state.deadline, state.beat_at)
+        };
+        assert_eq!(deadline, received_at + Duration::from_secs(29));
+        assert_eq!(beat_at, Some(received_at + Duration::from_secs(10)));
+        // An immediate answer counts from the send: never later than the server's deadline.
+        let sent_at = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let attempt = Attempt::new(client, leased(30_000), sent_at, Instant::now(), None);
+        assert_eq!(attempt.state().deadline, sent_at + Duration::from_secs(30));
+    }
+
+    /// Handlers run on a multi-threaded runtime: every future a handler may await on its context
+    /// must be `Send`. (Regression: `cancelled` once held a `watch` guard across an await.)
+    #[test]
+    fn context_futures_are_send() {
+        let job = leased(30_000);
+        let client = Client::new("http://127.0.0.1:1").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _guard = rt.enter();
+        let ctx = Attempt::new(client, job, Instant::now(), Instant::now(), None).context();
+        assert_send(&ctx.cancelled());
+        assert_send(&ctx.flush());
+        assert_send(&ctx);
+    }
+}
