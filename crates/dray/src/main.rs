@@ -1,1 +1,58 @@
-fn main() {}
+//! `dray`: the one binary. `dray serve` runs the server; every other command is a thin client of
+//! its HTTP API (through `dray-client`), printing human tables or, with `--json`, one JSON
+//! document, and exiting with a status scripts can rely on (see `exit`).
+//!
+//! This crate holds no business logic: what a command may do is decided by the server.
+
+mod cli;
+mod cmd;
+mod exit;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Exit;
+
+fn main() -> ExitCode {
+    // Clap exits by itself: 2 on a usage error, 0 for --help and --version.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(Exit::Other as u8);
+        }
+    };
+    let server = cli.server.clone();
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::from(Exit::Ok as u8),
+        Err(err) => ExitCode::from(exit::report(&err, &server, json) as u8),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        server,
+        json,
+        command,
+    } = cli;
+    if let Command::Serve(serve) = command {
+        return cmd::serve::run(serve.args).await;
+    }
+    let client = dray_client::Client::new(&server)?;
+    match command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Enqueue(args) => cmd::enqueue::run(&client, args, json).await,
+        Command::Jobs(command) => cmd::jobs::run(&client, command, json).await,
+        Command::Dlq(command) => cmd::dlq::run(&client, command, json).await,
+        Command::Queues(command) => cmd::queues::run(&client, command, json).await,
+        Command::Work(args) => cmd::work::run(client, args).await,
+    }
+}

@@ -1,0 +1,334 @@
+//! The command line: every command, flag and help text, as clap derive types.
+//!
+//! This module only describes the interface; the commands live in `cmd/`. Flags that map to wire
+//! fields use the wire's words (`--attempts-max`, `--lease-ms`, `--reason` for `dead_reason`).
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// The exit statuses, shown at the end of `dray --help`. Keep in step with `exit::Exit`.
+const EXIT_STATUS_HELP: &str = "\
+Exit status (scripts can rely on it):
+  0  success
+  1  any other error
+  2  usage error (unknown command, bad flag or argument)
+  3  not found (HTTP 404): no such job or queue
+  4  conflict (HTTP 409): e.g. cancelling a completed job, an idempotency key reused with another payload
+  5  invalid input (HTTP 400, 413, 422, or a bad line or file read by the CLI itself)
+  6  server unavailable (HTTP 503) or unreachable (connection refused, timeout)
+
+Errors go to stderr: the problem's title, detail and field, or with --json one JSON object
+{\"type\", \"title\", \"status\", \"detail\", \"field\", \"job\", \"exit_code\"}.";
+
+const WORK_HELP: &str = "\
+Runs CMD through `sh -c` once per job, in its own process group:
+  stdin   the job's payload (JSON)
+  env     DRAY_JOB_ID, DRAY_QUEUE, DRAY_ATTEMPT, DRAY_FENCING_TOKEN (hand the token to downstream
+          systems so they can reject a stale attempt's writes)
+  exit 0  the job is completed; stdout, if it parses as JSON, is stored as its result
+  exit 65 (EX_DATAERR) the job failed and is not retried: it goes to the dead-letter queue
+  other   the job failed and is retried with backoff (75, EX_TEMPFAIL, is the conventional code;
+          death by a signal counts the same); the error is the last 8 KiB of stderr
+The lease is heartbeated while CMD runs. If the job is cancelled or its lease is lost, the process
+group gets SIGTERM, then SIGKILL 5 s later.
+Ctrl-C or SIGTERM stops leasing and waits for the running commands to finish; after
+--shutdown-grace-ms they are killed and their jobs handed back (retried at once). A second Ctrl-C
+or SIGTERM kills them and exits at once (their jobs come back when their leases expire).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dray",
+    version,
+    about = "Dray: a durable job server, and the tool to operate it",
+    long_about = "Dray: a durable job server, and the tool to operate it.\n\n\
+        `dray serve` runs the server; every other command talks to one over HTTP (--server).\n\
+        Output is a human table by default, one JSON document with --json.",
+    after_long_help = EXIT_STATUS_HELP
+)]
+pub struct Cli {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DRAY_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub server: String,
+    /// Machine output: one JSON document on stdout; errors as JSON on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server; prints `dray listening on http://ADDR` once it accepts connections.
+    Serve(Box<ServeCommand>),
+    /// Enqueue one job, or one job per line of a JSON Lines file.
+    Enqueue(EnqueueArgs),
+    /// List, inspect and cancel jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// The dead-letter queue: list, redrive, discard.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Queue administration: list, stats, pause, resume, configure.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// Run a shell command for each job of the given queues (a worker for any language).
+    #[command(after_long_help = WORK_HELP)]
+    Work(WorkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    #[command(flatten)]
+    pub args: dray_server::ServeArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").args(["payload", "payload_file", "jsonl"])))]
+#[command(group(ArgGroup::new("when").args(["delay_ms", "run_at"])))]
+pub struct EnqueueArgs {
+    /// The queue (created with default settings on first use).
+    #[arg(long)]
+    pub queue: String,
+    /// The payload, as JSON. Default `{}`.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Read the payload (JSON) from a file; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
+    /// Enqueue one job per line (each line a JSON payload; blank lines are skipped); `-` reads
+    /// stdin. Sent in atomic batches of up to 1000 jobs; a bad line stops the run before its batch
+    /// is sent, so jobs of earlier batches stay enqueued. The other options apply to every job.
+    #[arg(long, value_name = "FILE", conflicts_with = "idempotency_key")]
+    pub jsonl: Option<PathBuf>,
+    /// Higher runs first (-1000 to 1000).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i16>,
+    /// Run this many milliseconds after the server accepts the job.
+    #[arg(long, value_name = "MS")]
+    pub delay_ms: Option<u64>,
+    /// Run at this time (RFC 3339, e.g. 2026-11-05T09:00:00Z).
+    #[arg(long, value_name = "RFC3339")]
+    pub run_at: Option<String>,
+    /// Deliveries in all, lease expiries included (default: the queue's).
+    #[arg(long, value_name = "N")]
+    pub attempts_max: Option<u32>,
+    /// Lease duration of each attempt (default: the queue's).
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// The same key and payload again return the original job instead of a new one.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// A partition of the queue (customer, order) for ordering; stored with the job (strict FIFO
+    /// per key is not enforced by the server yet).
+    #[arg(long, value_name = "KEY")]
+    pub ordering_key: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, oldest first; `--after` the last id shown for the next page.
+    List(JobsListArgs),
+    /// One job with its timeline (history).
+    Show { id: u64 },
+    /// Cancel a job; a running one is asked to stop (its worker sees it on its next heartbeat).
+    Cancel { id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct JobsListArgs {
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long)]
+    pub state: Option<StateArg>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// 1 to 1000 (server default 100).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after this job id (the `next` of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead jobs.
+    List(DlqListArgs),
+    /// Make dead jobs available again, with a fresh budget of attempts.
+    Redrive(DeadActionArgs),
+    /// Delete dead jobs.
+    Discard(DeadActionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[arg(long)]
+    pub queue: Option<String>,
+    #[arg(long)]
+    pub reason: Option<ReasonArg>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// 1 to 1000 (server default 100).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after this job id (the `next` of the previous page).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<u64>,
+}
+
+/// Either job ids, or a filter (`--queue`, `--reason`) with an optional `--limit`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["ids", "queue", "reason"])))]
+pub struct DeadActionArgs {
+    /// Dead job ids.
+    #[arg(conflicts_with_all = ["queue", "reason", "limit"])]
+    pub ids: Vec<u64>,
+    /// Act on the dead jobs of this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only dead jobs with this reason.
+    #[arg(long)]
+    pub reason: Option<ReasonArg>,
+    /// With a filter: act on at most this many. Without --rate, one request of at most 10000
+    /// (server default 1000); with --rate, no limit unless given.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Report what would be done, change nothing (ignores --rate).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many jobs per second, in requests of up to 1000, with a progress bar. With a
+    /// filter, the matching jobs are listed first, so jobs that die again meanwhile are not picked
+    /// up twice.
+    #[arg(long, value_name = "JOBS_PER_S")]
+    pub rate: Option<NonZeroU32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// All queues with their job counts.
+    List,
+    /// One queue: configuration and job counts.
+    Stats { name: String },
+    /// Stop handing out this queue's jobs (enqueue still works).
+    Pause { name: String },
+    /// Hand out this queue's jobs again.
+    Resume { name: String },
+    /// Create a queue or change its policy; flags not given stay as they are.
+    Configure(QueueConfigureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueConfigureArgs {
+    pub name: String,
+    /// Deliveries per job, lease expiries included.
+    #[arg(long, value_name = "N")]
+    pub attempts_max: Option<u32>,
+    /// Default lease duration.
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// How long completed and cancelled jobs are kept.
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<u64>,
+    /// How long dead jobs are kept.
+    #[arg(long, value_name = "MS")]
+    pub retention_dead_ms: Option<u64>,
+    /// Retry backoff: the wait before retry n is random in [0, min(cap, base * factor^(n-1))].
+    /// Give all three backoff flags together.
+    #[arg(long, value_name = "MS", requires_all = ["backoff_factor", "backoff_cap_ms"])]
+    pub backoff_base_ms: Option<u64>,
+    #[arg(long, value_name = "F", requires_all = ["backoff_base_ms", "backoff_cap_ms"])]
+    pub backoff_factor: Option<f64>,
+    #[arg(long, value_name = "MS", requires_all = ["backoff_base_ms", "backoff_factor"])]
+    pub backoff_cap_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// A queue to lease from (repeatable).
+    #[arg(long = "queue", value_name = "QUEUE", required = true)]
+    pub queues: Vec<String>,
+    /// The command to run for each job, through `sh -c`.
+    #[arg(long, value_name = "CMD")]
+    pub exec: String,
+    /// How many commands may run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+    /// On Ctrl-C or SIGTERM, how long the running commands may take to finish before they are
+    /// killed and their jobs handed back (failed, retried at once).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+    /// How log lines (one per job) are written to stderr; `RUST_LOG` filters them.
+    #[arg(long, env = "DRAY_LOG_FORMAT", value_enum, default_value_t = dray_server::LogFormat::Text)]
+    pub log_format: dray_server::LogFormat,
+}
+
+/// A job state, spelled as on the wire.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum StateArg {
+    Scheduled,
+    Available,
+    Running,
+    Retrying,
+    Completed,
+    Dead,
+    Cancelled,
+}
+
+impl From<StateArg> for dray_api::State {
+    fn from(state: StateArg) -> Self {
+        use dray_api::State;
+        match state {
+            StateArg::Scheduled => State::Scheduled,
+            StateArg::Available => State::Available,
+            StateArg::Running => State::Running,
+            StateArg::Retrying => State::Retrying,
+            StateArg::Completed => State::Completed,
+            StateArg::Dead => State::Dead,
+            StateArg::Cancelled => State::Cancelled,
+        }
+    }
+}
+
+/// Why a job is dead, spelled as on the wire.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ReasonArg {
+    Failed,
+    LeaseExpired,
+    NonRetryable,
+    Rejected,
+}
+
+impl From<ReasonArg> for dray_api::DeadReason {
+    fn from(reason: ReasonArg) -> Self {
+        use dray_api::DeadReason;
+        match reason {
+            ReasonArg::Failed => DeadReason::Failed,
+            ReasonArg::LeaseExpired => DeadReason::LeaseExpired,
+            ReasonArg::NonRetryable => DeadReason::NonRetryable,
+            ReasonArg::Rejected => DeadReason::Rejected,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

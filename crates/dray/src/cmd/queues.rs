@@ -1,0 +1,143 @@
+//! `dray queues`: list, stats, pause, resume, configure.
+
+use dray_api::{Backoff, Queue, QueueConfigure};
+
+use crate::cli::{QueueConfigureArgs, QueuesCommand};
+use crate::output;
+
+pub async fn run(
+    client: &dray_client::Client,
+    command: QueuesCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        QueuesCommand::List => {
+            let list = client.queues().await?;
+            if json {
+                return output::json(&list);
+            }
+            if list.queues.is_empty() {
+                println!("no queues");
+                return Ok(());
+            }
+            let mut table = output::table([
+                "QUEUE",
+                "PAUSED",
+                "SCHEDULED",
+                "AVAILABLE",
+                "RUNNING",
+                "RETRYING",
+                "COMPLETED",
+                "DEAD",
+                "CANCELLED",
+                "OLDEST DEAD",
+            ]);
+            for queue in &list.queues {
+                let counts = &queue.counts;
+                table.add_row(vec![
+                    queue.name.clone(),
+                    if queue.paused { "yes" } else { "no" }.to_owned(),
+                    counts.scheduled.to_string(),
+                    counts.available.to_string(),
+                    counts.running.to_string(),
+                    counts.retrying.to_string(),
+                    counts.completed.to_string(),
+                    counts.dead.to_string(),
+                    counts.cancelled.to_string(),
+                    output::time_opt(queue.oldest_dead_at.as_deref()),
+                ]);
+            }
+            output::print_table(&mut table);
+            Ok(())
+        }
+        QueuesCommand::Stats { name } => {
+            let queue = client.queue(&name).await?;
+            print_queue(&queue, json)
+        }
+        QueuesCommand::Pause { name } => {
+            let queue = client.queue_pause(&name).await?;
+            if json {
+                return output::json(&queue);
+            }
+            println!(
+                "queue {name} paused: its jobs are not handed out until `dray queues resume {name}`"
+            );
+            Ok(())
+        }
+        QueuesCommand::Resume { name } => {
+            let queue = client.queue_resume(&name).await?;
+            if json {
+                return output::json(&queue);
+            }
+            println!("queue {name} resumed");
+            Ok(())
+        }
+        QueuesCommand::Configure(args) => {
+            let name = args.name.clone();
+            let queue = client.queue_configure(&name, configure_body(args)).await?;
+            print_queue(&queue, json)
+        }
+    }
+}
+
+fn configure_body(args: QueueConfigureArgs) -> QueueConfigure {
+    let backoff = match (
+        args.backoff_base_ms,
+        args.backoff_factor,
+        args.backoff_cap_ms,
+    ) {
+        (Some(base_ms), Some(factor), Some(cap_ms)) => Some(Backoff {
+            base_ms,
+            factor,
+            cap_ms,
+        }),
+        // Clap requires all three together.
+        _ => None,
+    };
+    QueueConfigure {
+        attempts_max: args.attempts_max,
+        backoff,
+        lease_ms: args.lease_ms,
+        retention_ms: args.retention_ms,
+        retention_dead_ms: args.retention_dead_ms,
+        paused: None,
+    }
+}
+
+fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(queue);
+    }
+    let counts = &queue.counts;
+    let mut fields = output::fields();
+    fields.add_row(["queue", &queue.name]);
+    fields.add_row(["paused", if queue.paused { "yes" } else { "no" }]);
+    fields.add_row(["attempts max", &queue.attempts_max.to_string()]);
+    fields.add_row(["lease", &output::duration_ms(queue.lease_ms)]);
+    fields.add_row([
+        "backoff",
+        &format!(
+            "{} x{} up to {} (full jitter)",
+            output::duration_ms(queue.backoff.base_ms),
+            queue.backoff.factor,
+            output::duration_ms(queue.backoff.cap_ms)
+        ),
+    ]);
+    fields.add_row(["retention", &output::duration_ms(queue.retention_ms)]);
+    fields.add_row([
+        "dead retention",
+        &output::duration_ms(queue.retention_dead_ms),
+    ]);
+    fields.add_row(["scheduled", &counts.scheduled.to_string()]);
+    fields.add_row(["available", &counts.available.to_string()]);
+    fields.add_row(["running", &counts.running.to_string()]);
+    fields.add_row(["retrying", &counts.retrying.to_string()]);
+    fields.add_row(["completed", &counts.completed.to_string()]);
+    fields.add_row(["dead", &counts.dead.to_string()]);
+    fields.add_row(["cancelled", &counts.cancelled.to_string()]);
+    if let Some(oldest) = &queue.oldest_dead_at {
+        fields.add_row(["oldest dead", &output::time(oldest)]);
+    }
+    output::print_table(&mut fields);
+    Ok(())
+}

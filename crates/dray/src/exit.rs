@@ -1,0 +1,266 @@
+//! Exit statuses and error reports: the one place that turns an error into what a script sees.
+//!
+//! A command returns `anyhow::Error`; the cause that decides the exit status is found in its
+//! chain: a `dray_client::Error` (an HTTP status or an unreachable server) or a [`Failure`] the
+//! CLI found itself (a bad line in a JSON Lines file). Anything else is status 1.
+
+use std::fmt;
+
+use serde_json::json;
+
+/// What the process exits with. Documented in `dray --help` (`cli::EXIT_STATUS_HELP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Other = 1,
+    /// Clap exits with 2 by itself on a bad command line; also a bad `--server` URL.
+    Usage = 2,
+    NotFound = 3,
+    Conflict = 4,
+    Invalid = 5,
+    Unavailable = 6,
+}
+
+impl Exit {
+    pub fn from_status(status: u16) -> Exit {
+        match status {
+            404 => Exit::NotFound,
+            409 => Exit::Conflict,
+            400 | 413 | 422 => Exit::Invalid,
+            503 => Exit::Unavailable,
+            _ => Exit::Other,
+        }
+    }
+}
+
+/// A failure the CLI detects itself, shaped like a problem so it is reported like one.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub title: String,
+    pub detail: String,
+    pub field: Option<String>,
+}
+
+impl Failure {
+    pub fn invalid(title: impl Into<String>, detail: impl Into<String>) -> Failure {
+        Failure {
+            exit: Exit::Invalid,
+            title: title.into(),
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Failure {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.title, self.detail)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A problem as reported on stderr.
+#[derive(Debug)]
+struct Report {
+    exit: Exit,
+    kind: Option<String>,
+    title: String,
+    status: Option<u16>,
+    detail: String,
+    field: Option<String>,
+    job: Option<u64>,
+}
+
+fn classify(err: &anyhow::Error, server: &str) -> Report {
+    for cause in err.chain() {
+        if let Some(err) = cause.downcast_ref::<dray_client::Error>() {
+            return classify_client(err, server);
+        }
+        if let Some(failure) = cause.downcast_ref::<Failure>() {
+            return Report {
+                exit: failure.exit,
+                kind: None,
+                title: failure.title.clone(),
+                status: None,
+                detail: failure.detail.clone(),
+                field: failure.field.clone(),
+                job: None,
+            };
+        }
+    }
+    Report {
+        exit: Exit::Other,
+        kind: None,
+        title: "Error".to_owned(),
+        status: None,
+        detail: format!("{err:#}"),
+        field: None,
+        job: None,
+    }
+}
+
+fn classify_client(err: &dray_client::Error, server: &str) -> Report {
+    match err {
+        dray_client::Error::Api { status, problem } => {
+            let status = *status;
+            Report {
+                exit: Exit::from_status(status),
+                kind: Some(problem.kind.clone()),
+                title: problem.title.clone(),
+                status: Some(status),
+                detail: problem.detail.clone(),
+                field: problem.field.clone(),
+                job: problem.job,
+            }
+        }
+        dray_client::Error::Transport { source, .. } if source.is_connect() => Report {
+            exit: Exit::Unavailable,
+            kind: None,
+            title: "Server unreachable".to_owned(),
+            status: None,
+            // The transport error's chain ends with the OS's reason ("Connection refused").
+            detail: format!(
+                "cannot connect to {server} ({}): is `dray serve` running at {server}?",
+                source.to_string().rsplit(": ").next().unwrap_or_default()
+            ),
+            field: None,
+            job: None,
+        },
+        dray_client::Error::Transport { source, .. } => Report {
+            exit: Exit::Unavailable,
+            kind: None,
+            title: "No answer from the server".to_owned(),
+            status: None,
+            detail: format!("{err} ({source})"),
+            field: None,
+            job: None,
+        },
+        // The only client-side check before sending is the server URL: a usage error.
+        dray_client::Error::Invalid { field, .. } if field == "base_url" => Report {
+            exit: Exit::Usage,
+            kind: None,
+            title: "Invalid --server".to_owned(),
+            status: None,
+            detail: err.to_string(),
+            field: Some("--server".to_owned()),
+            job: None,
+        },
+        dray_client::Error::Invalid { field, .. } => Report {
+            exit: Exit::Invalid,
+            kind: None,
+            title: "Invalid input".to_owned(),
+            status: None,
+            detail: err.to_string(),
+            field: Some(field.clone()),
+            job: None,
+        },
+        other => Report {
+            exit: Exit::Other,
+            kind: None,
+            title: "Error".to_owned(),
+            status: None,
+            detail: other.to_string(),
+            field: None,
+            job: None,
+        },
+    }
+}
+
+/// Prints `err` to stderr (as JSON with `json`) and returns the exit status it maps to.
+pub fn report(err: &anyhow::Error, server: &str, json: bool) -> Exit {
+    let report = classify(err, server);
+    // What the command was doing when it failed ("batch of lines 1001-2000"): every context above
+    // the classified cause.
+    let contexts: Vec<String> = err
+        .chain()
+        .take_while(|cause| {
+            cause.downcast_ref::<dray_client::Error>().is_none()
+                && cause.downcast_ref::<Failure>().is_none()
+        })
+        .map(ToString::to_string)
+        .collect();
+    let classified = contexts.len() < err.chain().count();
+    if json {
+        let mut value = json!({
+            "type": report.kind.as_deref().unwrap_or("about:blank"),
+            "title": report.title,
+            "detail": report.detail,
+            "exit_code": report.exit as u8,
+        });
+        let object = value.as_object_mut().expect("a JSON object");
+        if let Some(status) = report.status {
+            object.insert("status".to_owned(), json!(status));
+        }
+        if let Some(field) = &report.field {
+            object.insert("field".to_owned(), json!(field));
+        }
+        if let Some(job) = report.job {
+            object.insert("job".to_owned(), json!(job));
+        }
+        if classified && !contexts.is_empty() {
+            object.insert("context".to_owned(), json!(contexts.join(": ")));
+        }
+        eprintln!("{value}");
+    } else {
+        let mut line = String::from("error: ");
+        if classified {
+            for context in &contexts {
+                line.push_str(context);
+                line.push_str(": ");
+            }
+            line.push_str(&report.title);
+            if !report.detail.is_empty() && report.detail != report.title {
+                line.push_str(": ");
+                line.push_str(&report.detail);
+            }
+        } else {
+            line.push_str(&report.detail);
+        }
+        eprintln!("{line}");
+        if let Some(field) = &report.field {
+            eprintln!("  field: {field}");
+        }
+        if let Some(job) = report.job {
+            eprintln!("  job: {job}");
+        }
+    }
+    report.exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_documented_exit_codes() {
+        let cases = [
+            (400, 5),
+            (401, 1),
+            (404, 3),
+            (409, 4),
+            (413, 5),
+            (422, 5),
+            (500, 1),
+            (503, 6),
+        ];
+        for (status, exit) in cases {
+            assert_eq!(Exit::from_status(status) as u8, exit, "HTTP {status}");
+        }
+    }
+
+    #[test]
+    fn failure_in_context_chain_decides_exit() {
+        let err = anyhow::Error::new(Failure::invalid("Invalid JSON", "line 3: expected value"))
+            .context("reading jobs.jsonl");
+        assert_eq!(report(&err, "http://x", true), Exit::Invalid);
+        let err = anyhow::anyhow!("something else");
+        assert_eq!(report(&err, "http://x", false), Exit::Other);
+    }
+}
