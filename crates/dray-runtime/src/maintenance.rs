@@ -169,7 +169,19 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
     ///
     /// Cancel safety: dropping the future instead of signalling shutdown is equally safe; the
     /// signal is just the tidier way to stop.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// [`Maintenance::run`], calling `on_tick` with the report of every successful tick: a
+    /// server wakes its waiting long-polls when a tick promoted or expired jobs.
+    ///
+    /// Cancel safety: as for [`Maintenance::run`].
+    pub async fn run_with(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        mut on_tick: impl FnMut(&TickReport) + Send,
+    ) {
         let interval = self.config.interval();
         loop {
             let tick = tokio::select! {
@@ -179,6 +191,7 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
             };
             let pause = match tick {
                 Ok(report) => {
+                    on_tick(&report);
                     if report != TickReport::default() {
                         tracing::debug!(
                             promoted = report.promoted,

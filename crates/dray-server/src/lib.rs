@@ -257,45 +257,20 @@ async fn close_store(mut store: Arc<EmbeddedStore>, patience: Duration) -> anyho
         .context("closing the store failed")
 }
 
-/// The maintenance loop of `dray_runtime::Maintenance::run`, plus one thing the server needs:
-/// when a tick promoted or expired jobs, waiting long-polls are woken to try again.
+/// The maintenance loop, plus one thing the server needs: when a tick promoted or expired jobs,
+/// waiting long-polls are woken to try again.
 async fn maintain(
     maintenance: Maintenance<EmbeddedStore, SystemClock>,
     waiters: Arc<Waiters>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_millis(maintenance.config().interval_ms);
-    loop {
-        let tick = tokio::select! {
-            biased;
-            _ = stop.wait_for(|&stop| stop) => return,
-            tick = maintenance.tick() => tick,
-        };
-        let pause = match tick {
-            Ok(report) => {
-                if report.promoted > 0 || report.expired > 0 {
-                    waiters.wake_all();
-                }
-                if report.promoted + report.expired + report.pruned > 0 {
-                    tracing::debug!(?report, "maintenance tick");
-                }
-                if report.backlog { Duration::ZERO } else { interval }
+    maintenance
+        .run_with(stop, |report| {
+            if report.promoted > 0 || report.expired > 0 {
+                waiters.wake_all();
             }
-            Err(error) => {
-                tracing::warn!(%error, "maintenance tick failed; retrying after the interval");
-                interval
-            }
-        };
-        if pause.is_zero() {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|&stop| stop) => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+        })
+        .await
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.
