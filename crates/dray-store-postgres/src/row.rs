@@ -1,0 +1,279 @@
+//! Rows to core types and back: time, jobs, queues, summaries, and the column arrays of the
+//! batched writes. Reading asserts what the schema's CHECKs promise (TigerStyle's paired
+//! assertions): a row that does not make a valid core value is reported, never guessed at.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dray_core::{
+    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
+    Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
+};
+use dray_store::{Error, JobSummary, QueueConfig, QueueStats};
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+
+use crate::error::corrupt;
+
+/// A core timestamp (ms since the epoch) as the driver's `timestamptz` value.
+pub(crate) fn to_time(t: Timestamp) -> SystemTime {
+    let ms = t.as_millis();
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// A `timestamptz` as a core timestamp, rounded down to the millisecond.
+pub(crate) fn from_time(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        Err(e) => {
+            let before = e.duration();
+            let ms = i64::try_from(before.as_millis()).unwrap_or(i64::MAX);
+            // Round toward the past, like the positive side.
+            let partial = before.as_nanos() % 1_000_000 != 0;
+            Timestamp(-ms - i64::from(partial))
+        }
+    }
+}
+
+/// A millisecond count of the core (`u64`) as `bigint`. Every such value is validated far below
+/// `i64::MAX`; saturating keeps "far in the future" far in the future if one ever is not.
+pub(crate) fn ms_to_sql(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Lease ids are random 64-bit values; `bigint` holds their bit pattern.
+pub(crate) fn lease_to_sql(id: LeaseId) -> i64 {
+    i64::from_ne_bytes(id.0.to_ne_bytes())
+}
+
+fn lease_from_sql(v: i64) -> LeaseId {
+    LeaseId(u64::from_ne_bytes(v.to_ne_bytes()))
+}
+
+pub(crate) fn token_to_sql(t: FencingToken) -> i64 {
+    // Tokens come from a `bigint` sequence starting at 1.
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn token_from_sql(v: i64) -> Result<FencingToken, Error> {
+    u64::try_from(v).map(FencingToken).map_err(|_| corrupt(format!("fencing token {v}")))
+}
+
+/// Job ids are `bigint` identities, always positive. An id the database cannot hold names no job.
+pub(crate) fn id_to_sql(id: JobId) -> Option<i64> {
+    i64::try_from(id.0).ok()
+}
+
+pub(crate) fn id_from_sql(v: i64) -> Result<JobId, Error> {
+    u64::try_from(v).map(JobId).map_err(|_| corrupt(format!("job id {v}")))
+}
+
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, column: &str) -> Result<T, Error> {
+    row.try_get(column).map_err(|e| corrupt(format!("column {column}: {e}")))
+}
+
+fn u32_of(v: i32, what: &str) -> Result<u32, Error> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{what} {v}")))
+}
+
+fn u64_of(v: i64, what: &str) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} {v}")))
+}
+
+pub(crate) fn state_of(s: &str) -> Result<JobState, Error> {
+    JobState::parse(s).ok_or_else(|| corrupt(format!("job state {s:?}")))
+}
+
+fn queue_of(s: &str) -> Result<QueueName, Error> {
+    QueueName::new(s).map_err(|e| corrupt(format!("queue name: {e}")))
+}
+
+fn worker_of(s: &str) -> Result<WorkerId, Error> {
+    WorkerId::new(s).map_err(|e| corrupt(format!("worker id: {e}")))
+}
+
+fn kind_of(s: &str) -> Result<HistoryKind, Error> {
+    HistoryKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| corrupt(format!("history kind {s:?}")))
+}
+
+fn payload_of(bytes: Option<Vec<u8>>) -> Option<Payload> {
+    bytes.map(Payload::new)
+}
+
+/// A job row (the columns of [`crate::sql::JOB_COLUMNS`]) as a core `Job`, with the given payload
+/// and no history: a transition needs neither.
+pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
+    let id = id_from_sql(get(row, "id")?)?;
+    let state = state_of(get(row, "state")?)?;
+    let lease = match get::<Option<i64>>(row, "lease_id")? {
+        None => None,
+        Some(lease_id) => Some(Lease {
+            id: lease_from_sql(lease_id),
+            token: token_from_sql(get(row, "token")?)?,
+            worker: worker_of(get(row, "worker")?)?,
+            leased_at: from_time(get(row, "leased_at")?),
+            deadline: from_time(get(row, "lease_deadline")?),
+        }),
+    };
+    if lease.is_some() != (state == JobState::Running) {
+        return Err(corrupt(format!("job {id} is {state} and {} a lease", if lease.is_some() { "holds" } else { "lacks" })));
+    }
+    let dead_reason = match get::<Option<&str>>(row, "dead_reason")? {
+        None => None,
+        Some(r) => Some(DeadReason::parse(r).ok_or_else(|| corrupt(format!("dead reason {r:?}")))?),
+    };
+    let tags: Vec<String> = get(row, "tags")?;
+    let status = JobStatus {
+        state,
+        run_at: from_time(get(row, "run_at")?),
+        attempt: u32_of(get(row, "attempt")?, "attempt")?,
+        lease,
+        cancel_requested: get(row, "cancel_requested")?,
+        checkpoint: payload_of(get(row, "checkpoint")?),
+        progress: payload_of(get(row, "progress")?),
+        result: payload_of(get(row, "result")?),
+        last_error: get::<Option<String>>(row, "last_error")?.map(String::into_boxed_str),
+        dead_reason,
+        finished_at: get::<Option<SystemTime>>(row, "finished_at")?.map(from_time),
+    };
+    Ok(Job {
+        id,
+        queue: queue_of(get(row, "queue")?)?,
+        payload,
+        priority: get(row, "priority")?,
+        created_at: from_time(get(row, "created_at")?),
+        retry: RetryPolicy {
+            attempts_max: u32_of(get(row, "attempts_max")?, "attempts_max")?,
+            backoff: Backoff {
+                base_ms: u64_of(get(row, "backoff_base_ms")?, "backoff_base_ms")?,
+                factor: get(row, "backoff_factor")?,
+                cap_ms: u64_of(get(row, "backoff_cap_ms")?, "backoff_cap_ms")?,
+            },
+        },
+        lease_ms: u64_of(get(row, "lease_ms")?, "lease_ms")?,
+        idempotency_key: get::<Option<String>>(row, "idempotency_key")?.map(String::into_boxed_str),
+        ordering_key: get::<Option<String>>(row, "ordering_key")?.map(String::into_boxed_str),
+        tags: tags.into_iter().map(String::into_boxed_str).collect(),
+        traceparent: get::<Option<String>>(row, "traceparent")?.map(String::into_boxed_str),
+        status,
+        version: u32_of(get(row, "version")?, "version")?,
+        history: Vec::new(),
+        history_dropped: 0,
+    })
+}
+
+/// The history arrays of a `job_get` row (one element per kept entry, in order).
+pub(crate) fn history_from_row(row: &Row) -> Result<Vec<HistoryEntry>, Error> {
+    let seqs: Option<Vec<i32>> = get(row, "seqs")?;
+    let Some(seqs) = seqs else { return Ok(Vec::new()) };
+    let ats: Vec<SystemTime> = get(row, "ats")?;
+    let kinds: Vec<String> = get(row, "kinds")?;
+    let states: Vec<String> = get(row, "states")?;
+    let attempts: Vec<i32> = get(row, "attempts")?;
+    let tokens: Vec<Option<i64>> = get(row, "tokens")?;
+    let workers: Vec<Option<String>> = get(row, "workers")?;
+    let errors: Vec<Option<String>> = get(row, "errors")?;
+    let run_ats: Vec<Option<SystemTime>> = get(row, "run_ats")?;
+    let n = seqs.len();
+    if [ats.len(), kinds.len(), states.len(), attempts.len(), tokens.len(), workers.len(), errors.len(), run_ats.len()]
+        .iter()
+        .any(|&len| len != n)
+    {
+        return Err(corrupt("history arrays of different lengths"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(HistoryEntry {
+            at: from_time(ats[i]),
+            kind: kind_of(&kinds[i])?,
+            state: state_of(&states[i])?,
+            attempt: u32_of(attempts[i], "history attempt")?,
+            token: tokens[i].map(token_from_sql).transpose()?,
+            worker: workers[i].as_deref().map(worker_of).transpose()?,
+            error: errors[i].clone().map(String::into_boxed_str),
+            run_at: run_ats[i].map(from_time),
+        });
+    }
+    Ok(out)
+}
+
+/// A queue row (the columns of [`crate::sql::QUEUE_COLUMNS`]).
+pub(crate) fn queue_from_row(row: &Row) -> Result<QueueConfig, Error> {
+    let config = QueueConfig {
+        name: queue_of(get(row, "name")?)?,
+        retry: RetryPolicy {
+            attempts_max: u32_of(get(row, "attempts_max")?, "attempts_max")?,
+            backoff: Backoff {
+                base_ms: u64_of(get(row, "backoff_base_ms")?, "backoff_base_ms")?,
+                factor: get(row, "backoff_factor")?,
+                cap_ms: u64_of(get(row, "backoff_cap_ms")?, "backoff_cap_ms")?,
+            },
+        },
+        lease_ms: u64_of(get(row, "lease_ms")?, "lease_ms")?,
+        retention_ms: u64_of(get(row, "retention_ms")?, "retention_ms")?,
+        retention_dead_ms: u64_of(get(row, "retention_dead_ms")?, "retention_dead_ms")?,
+        paused: get(row, "paused")?,
+    };
+    Ok(config)
+}
+
+/// A row of the queue statistics statement.
+pub(crate) fn stats_from_row(row: &Row) -> Result<QueueStats, Error> {
+    let mut counts = [0u64; 7];
+    for state in JobState::ALL {
+        let n: i64 = get(row, &format!("n_{}", state.as_str()))?;
+        counts[state.index()] = u64_of(n, "count")?;
+    }
+    Ok(QueueStats {
+        config: queue_from_row(row)?,
+        counts,
+        oldest_dead_at: get::<Option<SystemTime>>(row, "oldest_dead_at")?.map(from_time),
+    })
+}
+
+pub(crate) fn summary_from_row(row: &Row) -> Result<JobSummary, Error> {
+    let tags: Vec<String> = get(row, "tags")?;
+    let dead_reason = match get::<Option<&str>>(row, "dead_reason")? {
+        None => None,
+        Some(r) => Some(DeadReason::parse(r).ok_or_else(|| corrupt(format!("dead reason {r:?}")))?),
+    };
+    Ok(JobSummary {
+        id: id_from_sql(get(row, "id")?)?,
+        queue: queue_of(get(row, "queue")?)?,
+        state: state_of(get(row, "state")?)?,
+        priority: get(row, "priority")?,
+        attempt: u32_of(get(row, "attempt")?, "attempt")?,
+        attempts_max: u32_of(get(row, "attempts_max")?, "attempts_max")?,
+        created_at: from_time(get(row, "created_at")?),
+        run_at: from_time(get(row, "run_at")?),
+        finished_at: get::<Option<SystemTime>>(row, "finished_at")?.map(from_time),
+        dead_reason,
+        last_error: get::<Option<String>>(row, "last_error")?.map(String::into_boxed_str),
+        tags: tags.into_iter().map(String::into_boxed_str).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_round_trips_at_millisecond_resolution() {
+        for ms in [0, 1, -1, 1_700_000_000_123, -86_400_001, i64::from(i32::MAX) * 1_000] {
+            assert_eq!(from_time(to_time(Timestamp(ms))), Timestamp(ms), "{ms}");
+        }
+        // Sub-millisecond parts round toward the past on both sides of the epoch.
+        assert_eq!(from_time(UNIX_EPOCH + Duration::from_micros(1_999)), Timestamp(1));
+        assert_eq!(from_time(UNIX_EPOCH - Duration::from_micros(1_001)), Timestamp(-2));
+    }
+
+    #[test]
+    fn lease_ids_keep_every_bit() {
+        for id in [0, 1, u64::MAX, 1 << 63, 0x0123_4567_89ab_cdef] {
+            assert_eq!(lease_from_sql(lease_to_sql(LeaseId(id))), LeaseId(id));
+        }
+    }
+}

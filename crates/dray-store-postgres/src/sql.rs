@@ -1,0 +1,475 @@
+//! Every statement the store runs, rendered once per store for its schema.
+//!
+//! Conventions, so that each statement reads the same way:
+//! - `coalesce($n::timestamptz, now())` is "now": the parameter is `params.now` under
+//!   `TimeSource::Params` and NULL under `TimeSource::Database` (see [`crate::TimeSource`]).
+//! - Rows that a transition will change are read under a row lock (`FOR UPDATE`, or
+//!   `FOR UPDATE SKIP LOCKED` where another worker's rows should simply be passed over), so the
+//!   state `dray_core::transition` decides on is the state the write replaces.
+//! - Writes of many rows go through `unnest` of parallel arrays: one statement per batch.
+//! - Every parameter has an explicit type, so a statement's types never depend on inference.
+
+use dray_core::Limits;
+use dray_store::JobFilter;
+
+/// The columns of `jobs` a transition needs: everything but the payload, which only a lease
+/// hands out (it is read separately, and only for the jobs leased).
+pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j.attempts_max, j.backoff_base_ms, \
+     j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.tags, j.traceparent, \
+     j.state, j.run_at, j.attempt, j.lease_id, j.token, j.worker, j.leased_at, j.lease_deadline, \
+     j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version";
+
+pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
+     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused";
+
+const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
+     j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
+
+/// History entries kept besides the first (the enqueue): `Limits::HISTORY_ENTRIES_MAX - 1`.
+pub(crate) const HISTORY_NEWEST_KEPT: usize = Limits::HISTORY_ENTRIES_MAX - 1;
+
+/// The database's `now` in whole milliseconds (the core's resolution), for `TimeSource::Database`.
+const NOW: &str = "SELECT floor(extract(epoch FROM now()) * 1000)::bigint";
+
+/// Makes sure the batch's queues exist (a queue is created by its first job, with the default
+/// policy passed in) and returns their configuration. A queue created concurrently by another
+/// transaction may be missing from the result: the caller retries.
+const QUEUES_ENSURE: &str = "
+WITH wanted AS (
+    SELECT DISTINCT name FROM unnest($1::text[]) AS w(name)
+), created AS (
+    INSERT INTO {s}.queues AS q (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms,
+                                 retention_ms, retention_dead_ms, paused)
+    SELECT name, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, false
+    FROM wanted ORDER BY name
+    ON CONFLICT (name) DO NOTHING
+    RETURNING {queue_columns}
+)
+SELECT * FROM created
+UNION ALL
+SELECT {queue_columns} FROM {s}.queues q WHERE q.name = ANY($1::text[])";
+
+/// The live idempotency keys among those of a batch, with the job that holds each.
+const KEYS_LOOKUP: &str = "
+SELECT k.queue, k.key, j.id, j.state, j.payload
+FROM unnest($1::text[], $2::text[]) AS k(queue, key)
+JOIN {s}.idempotency i ON i.queue = k.queue AND i.key = k.key
+JOIN {s}.jobs j ON j.id = i.job_id
+WHERE i.expires_at > coalesce($3::timestamptz, now())";
+
+/// Inserts a batch of new jobs in one statement: ids in batch order (taken from the identity
+/// sequence after ordering, so they increase along the batch), each job's first history entry
+/// (decided by the core's `NewJob::into_job`), its idempotency key (claimed only if free or past
+/// its window; a key claimed meanwhile by a concurrent insert shows in `keys_claimed`), and a
+/// notification per queue that got an available job.
+const INSERT: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::timestamptz[], $5::text[], $6::int[],
+                         $7::bigint[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[], $12::text[],
+                         $13::text[], $14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::int[],
+                         $19::timestamptz[])
+        WITH ORDINALITY AS u(queue, payload, priority, run_at, state, attempts_max, backoff_base_ms,
+                             backoff_factor, backoff_cap_ms, lease_ms, idempotency_key, ordering_key, tags,
+                             traceparent, h_at, h_kind, h_state, h_attempt, h_run_at, ord)
+), numbered AS MATERIALIZED (
+    SELECT nextval('{s}.jobs_id_seq') AS id, input.* FROM input ORDER BY ord
+), inserted AS (
+    INSERT INTO {s}.jobs (id, queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
+                          backoff_cap_ms, lease_ms, idempotency_key, idempotency_expires_at, ordering_key, tags,
+                          traceparent, state, run_at, attempt, cancel_requested, version)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, queue, payload, priority, $20::timestamptz, attempts_max, backoff_base_ms, backoff_factor,
+           backoff_cap_ms, lease_ms, idempotency_key,
+           CASE WHEN idempotency_key IS NOT NULL THEN $20::timestamptz + $21::bigint * interval '1 millisecond' END,
+           ordering_key, string_to_array(tags, ' '), traceparent, state, run_at, 0, false, 1
+    FROM numbered ORDER BY ord
+    RETURNING id
+), history AS (
+    INSERT INTO {s}.job_history (job_id, seq, at, kind, state, attempt, run_at)
+    SELECT id, 1, h_at, h_kind, h_state, h_attempt, h_run_at FROM numbered
+), keys AS (
+    INSERT INTO {s}.idempotency AS i (queue, key, job_id, expires_at)
+    SELECT queue, idempotency_key, id, $20::timestamptz + $21::bigint * interval '1 millisecond'
+    FROM numbered WHERE idempotency_key IS NOT NULL ORDER BY queue, idempotency_key
+    ON CONFLICT (queue, key) DO UPDATE SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
+        WHERE i.expires_at <= coalesce($22::timestamptz, now())
+    RETURNING 1
+), notified AS (
+    SELECT pg_notify($23::text, queue) FROM (SELECT DISTINCT queue FROM numbered WHERE state = 'available') q
+)
+SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
+       (SELECT count(*) FROM inserted) AS inserted,
+       (SELECT count(*) FROM keys) AS keys_claimed,
+       (SELECT count(*) FROM notified) AS notified";
+
+/// Ids the identity sequence would hand out next, consumed so they never name another job: for
+/// the `existing` of a conflict between two new jobs of one (rejected) batch.
+const IDS_RESERVE: &str = "SELECT nextval('{s}.jobs_id_seq') FROM generate_series(1, $1::bigint)";
+
+/// The lease. For the open (known, not paused) queues asked for, locks, skipping rows other
+/// transactions hold: the due waiting jobs (to promote, at most `$4` per queue, earliest first)
+/// and the best `$3` available jobs per queue; then picks the best `$3` of all those in lease
+/// order and draws a fencing token for each, after the row locks are held (so a later grant on
+/// the same job always draws a larger token). Payloads are read for the picked jobs only.
+const LEASE: &str = "
+WITH open AS (
+    SELECT name FROM {s}.queues WHERE name = ANY($1::text[]) AND NOT paused
+), due AS (
+    SELECT d.* FROM open CROSS JOIN LATERAL (
+        SELECT {job_columns} FROM {s}.jobs j
+        WHERE j.queue = open.name AND j.state IN ('scheduled', 'retrying')
+          AND j.run_at <= coalesce($2::timestamptz, now())
+        ORDER BY j.run_at, j.id
+        LIMIT $4::bigint
+        FOR UPDATE SKIP LOCKED
+    ) d
+), available AS (
+    SELECT a.* FROM open CROSS JOIN LATERAL (
+        SELECT {job_columns} FROM {s}.jobs j
+        WHERE j.queue = open.name AND j.state = 'available'
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT $3::bigint
+        FOR UPDATE SKIP LOCKED
+    ) a
+), candidates AS (
+    SELECT * FROM due UNION ALL SELECT * FROM available
+), picked AS (
+    SELECT id, nextval('{s}.fencing_tokens') AS new_token
+    FROM (SELECT id FROM candidates ORDER BY priority DESC, run_at, id LIMIT $3::bigint) best
+)
+SELECT c.*, p.new_token, jp.payload
+FROM candidates c
+LEFT JOIN picked p ON p.id = c.id
+LEFT JOIN {s}.jobs jp ON jp.id = p.id";
+
+const JOB_LOCK: &str = "SELECT {job_columns} FROM {s}.jobs j WHERE j.id = $1::bigint FOR UPDATE";
+
+/// In id order, so concurrent callers locking overlapping sets queue up instead of deadlocking.
+const JOBS_LOCK: &str = "SELECT {job_columns} FROM {s}.jobs j WHERE j.id = ANY($1::bigint[]) ORDER BY j.id FOR UPDATE";
+
+const JOBS_READ: &str = "SELECT {job_columns} FROM {s}.jobs j WHERE j.id = ANY($1::bigint[]) ORDER BY j.id";
+
+/// Writes the new status of changed jobs, each decided by `dray_core::transition`. The guard
+/// repeats in SQL what the transition checked: the version read (nobody changed the job since),
+/// and for acks and heartbeats that the job is running under the presented lease. A row whose
+/// guard fails is not updated, and the caller sees fewer rows than it wrote.
+///
+/// `checkpoint`, `progress` and `result` are written only when the transition changed them, so
+/// an unchanged large value is not rewritten.
+const UPDATE: &str = "
+UPDATE {s}.jobs AS j SET
+    state = u.state, run_at = u.run_at, attempt = u.attempt, lease_id = u.lease_id, token = u.token,
+    worker = u.worker, leased_at = u.leased_at, lease_deadline = u.lease_deadline,
+    cancel_requested = u.cancel_requested,
+    checkpoint = CASE WHEN u.checkpoint_set THEN u.checkpoint ELSE j.checkpoint END,
+    progress = CASE WHEN u.progress_set THEN u.progress ELSE j.progress END,
+    result = CASE WHEN u.result_set THEN u.result ELSE j.result END,
+    last_error = u.last_error, dead_reason = u.dead_reason, finished_at = u.finished_at, version = u.version
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::text[], $6::timestamptz[], $7::int[],
+            $8::bigint[], $9::bigint[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bool[],
+            $14::bool[], $15::bytea[], $16::bool[], $17::bytea[], $18::bool[], $19::bytea[], $20::text[],
+            $21::text[], $22::timestamptz[])
+    AS u(id, old_version, version, guard_lease, state, run_at, attempt, lease_id, token, worker, leased_at,
+         lease_deadline, cancel_requested, checkpoint_set, checkpoint, progress_set, progress, result_set, result,
+         last_error, dead_reason, finished_at)
+WHERE j.id = u.id AND j.version = u.old_version
+  AND (u.guard_lease IS NULL OR (j.state = 'running' AND j.lease_id = u.guard_lease))";
+
+const HISTORY_INSERT: &str = "
+INSERT INTO {s}.job_history (job_id, seq, at, kind, state, attempt, token, worker, error, run_at)
+SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::int[], $7::bigint[],
+                     $8::text[], $9::text[], $10::timestamptz[])";
+
+/// Keeps a job's history bounded like the core's `Job::push_history`: the first entry and the
+/// newest ones, `Limits::HISTORY_ENTRIES_MAX` in all. `version` counts every entry ever written.
+const HISTORY_TRIM: &str = "
+DELETE FROM {s}.job_history h USING unnest($1::bigint[], $2::int[]) AS u(id, version)
+WHERE h.job_id = u.id AND h.seq > 1 AND h.seq <= u.version - {history_newest_kept}";
+
+const NOTIFY: &str = "SELECT pg_notify($1::text, q) FROM unnest($2::text[]) AS q";
+
+/// A job with its kept history, in one statement (one snapshot).
+const JOB_GET: &str = "
+SELECT {job_columns}, j.payload, h.seqs, h.ats, h.kinds, h.states, h.attempts, h.tokens, h.workers, h.errors,
+       h.run_ats
+FROM {s}.jobs j
+CROSS JOIN LATERAL (
+    SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(at ORDER BY seq) AS ats,
+           array_agg(kind ORDER BY seq) AS kinds, array_agg(state ORDER BY seq) AS states,
+           array_agg(attempt ORDER BY seq) AS attempts, array_agg(token ORDER BY seq) AS tokens,
+           array_agg(worker ORDER BY seq) AS workers, array_agg(error ORDER BY seq) AS errors,
+           array_agg(run_at ORDER BY seq) AS run_ats
+    FROM {s}.job_history
+    WHERE job_id = j.id AND (seq = 1 OR seq > j.version - {history_newest_kept})
+) h
+WHERE j.id = $1::bigint";
+
+const EXPIRE_SELECT: &str = "
+SELECT {job_columns} FROM {s}.jobs j
+WHERE j.state = 'running' AND j.lease_deadline <= coalesce($1::timestamptz, now())
+ORDER BY j.lease_deadline, j.id
+LIMIT $2::bigint
+FOR UPDATE SKIP LOCKED";
+
+const PROMOTE_SELECT: &str = "
+SELECT d.* FROM (SELECT name FROM {s}.queues ORDER BY name) q
+CROSS JOIN LATERAL (
+    SELECT {job_columns} FROM {s}.jobs j
+    WHERE j.queue = q.name AND j.state IN ('scheduled', 'retrying') AND j.run_at <= coalesce($1::timestamptz, now())
+    ORDER BY j.run_at, j.id
+    LIMIT $2::bigint
+    FOR UPDATE SKIP LOCKED
+) d
+LIMIT $2::bigint";
+
+/// Deletes finished jobs past their queue's retention, at most `$2`; a job whose idempotency key
+/// is still within its window stays (and so does the key). Every job found is past retention, so
+/// no order is asked for: the index range is read as far as the limit needs, never sorted.
+const PRUNE: &str = "
+WITH finished AS (
+    SELECT d.id FROM (SELECT name, retention_ms FROM {s}.queues ORDER BY name) q
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM {s}.jobs j
+        WHERE j.queue = q.name AND j.state IN ('completed', 'cancelled')
+          AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_ms * interval '1 millisecond'
+          AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
+        LIMIT $2::bigint
+        FOR UPDATE SKIP LOCKED
+    ) d
+    LIMIT $2::bigint
+), dead AS (
+    SELECT d.id FROM (SELECT name, retention_dead_ms FROM {s}.queues ORDER BY name) q
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM {s}.jobs j
+        WHERE j.queue = q.name AND j.state = 'dead'
+          AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_dead_ms * interval '1 millisecond'
+          AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
+        LIMIT $2::bigint
+        FOR UPDATE SKIP LOCKED
+    ) d
+    LIMIT $2::bigint
+), doomed AS (
+    SELECT id FROM finished UNION ALL SELECT id FROM dead LIMIT $2::bigint
+), history AS (
+    DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
+), keys AS (
+    DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
+)
+DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM doomed) RETURNING id";
+
+/// Deletes dead jobs (the guard `state = 'dead'` repeats the check made before) with their
+/// history and idempotency keys.
+const DISCARD: &str = "
+WITH gone AS (
+    DELETE FROM {s}.jobs WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING id
+), history AS (
+    DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM gone)
+), keys AS (
+    DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM gone)
+)
+SELECT id FROM gone";
+
+const QUEUE_ENSURE_ONE: &str = "
+INSERT INTO {s}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms, retention_ms,
+                        retention_dead_ms, paused)
+VALUES ($1::text, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bool)
+ON CONFLICT (name) DO NOTHING";
+
+const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
+
+const QUEUE_UPDATE: &str = "
+UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
+    backoff_cap_ms = $5::bigint, lease_ms = $6::bigint, retention_ms = $7::bigint, retention_dead_ms = $8::bigint,
+    paused = $9::bool
+WHERE name = $1::text";
+
+/// Configuration and counts per state of one queue (`$1`) or every queue (`$1` NULL), in one
+/// snapshot. Counts are index-only scans of `jobs_queue_state`; the oldest dead job is the first
+/// entry of `jobs_dead`.
+const QUEUE_STATS: &str = "
+SELECT {queue_columns}, c.n_scheduled, c.n_available, c.n_running, c.n_retrying, c.n_completed, c.n_dead,
+       c.n_cancelled, d.oldest_dead_at
+FROM {s}.queues q
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE j.state = 'scheduled') AS n_scheduled,
+           count(*) FILTER (WHERE j.state = 'available') AS n_available,
+           count(*) FILTER (WHERE j.state = 'running') AS n_running,
+           count(*) FILTER (WHERE j.state = 'retrying') AS n_retrying,
+           count(*) FILTER (WHERE j.state = 'completed') AS n_completed,
+           count(*) FILTER (WHERE j.state = 'dead') AS n_dead,
+           count(*) FILTER (WHERE j.state = 'cancelled') AS n_cancelled
+    FROM {s}.jobs j WHERE j.queue = q.name
+) c
+CROSS JOIN LATERAL (
+    SELECT min(j.finished_at) AS oldest_dead_at FROM {s}.jobs j WHERE j.queue = q.name AND j.state = 'dead'
+) d
+WHERE $1::text IS NULL OR q.name = $1::text
+ORDER BY q.name";
+
+/// The statements of one store, rendered for its schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    schema: String,
+    pub now: String,
+    pub queues_ensure: String,
+    pub keys_lookup: String,
+    pub insert: String,
+    pub ids_reserve: String,
+    pub lease: String,
+    pub job_lock: String,
+    pub jobs_lock: String,
+    pub jobs_read: String,
+    pub update: String,
+    pub history_insert: String,
+    pub history_trim: String,
+    pub notify: String,
+    pub job_get: String,
+    pub expire_select: String,
+    pub promote_select: String,
+    pub prune: String,
+    pub discard: String,
+    pub queue_ensure_one: String,
+    pub queue_lock: String,
+    pub queue_update: String,
+    pub queue_stats: String,
+}
+
+impl Sql {
+    pub fn new(schema: &str) -> Sql {
+        let r = |sql: &str| render(sql, schema);
+        Sql {
+            schema: schema.to_owned(),
+            now: r(NOW),
+            queues_ensure: r(QUEUES_ENSURE),
+            keys_lookup: r(KEYS_LOOKUP),
+            insert: r(INSERT),
+            ids_reserve: r(IDS_RESERVE),
+            lease: r(LEASE),
+            job_lock: r(JOB_LOCK),
+            jobs_lock: r(JOBS_LOCK),
+            jobs_read: r(JOBS_READ),
+            update: r(UPDATE),
+            history_insert: r(HISTORY_INSERT),
+            history_trim: r(HISTORY_TRIM),
+            notify: r(NOTIFY),
+            job_get: r(JOB_GET),
+            expire_select: r(EXPIRE_SELECT),
+            promote_select: r(PROMOTE_SELECT),
+            prune: r(PRUNE),
+            discard: r(DISCARD),
+            queue_ensure_one: r(QUEUE_ENSURE_ONE),
+            queue_lock: r(QUEUE_LOCK),
+            queue_update: r(QUEUE_UPDATE),
+            queue_stats: r(QUEUE_STATS),
+        }
+    }
+
+    /// A select over jobs matching `filter` with an id above `$1`, in id order, at most `$2`.
+    /// `columns` is what to return; `dead_only` forces `state = 'dead'` (dead-letter selections);
+    /// `lock` adds `FOR UPDATE`. Only the conditions the filter sets are in the text, so each
+    /// combination gets its own plan (a catch-all `($n IS NULL OR ...)` would plan badly). The
+    /// returned parameters follow `$1` and `$2`.
+    pub fn filtered(&self, columns: Columns, filter: &JobFilter, dead_only: bool, lock: bool) -> (String, FilterParams) {
+        let mut text = format!(
+            "SELECT {} FROM {}.jobs j WHERE j.id > $1::bigint",
+            match columns {
+                Columns::Job => JOB_COLUMNS,
+                Columns::Summary => SUMMARY_COLUMNS,
+            },
+            self.schema
+        );
+        let mut params = FilterParams::default();
+        let mut n = 2;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if let Some(queue) = &filter.queue {
+            text += &format!(" AND j.queue = ${}::text", next());
+            params.texts.push(queue.as_str().to_owned());
+        }
+        let state = if dead_only { Some(dray_core::JobState::Dead) } else { filter.state };
+        if let Some(state) = state {
+            text += &format!(" AND j.state = ${}::text", next());
+            params.texts.push(state.as_str().to_owned());
+        }
+        if let Some(reason) = filter.dead_reason {
+            text += &format!(" AND j.dead_reason = ${}::text", next());
+            params.texts.push(reason.as_str().to_owned());
+        }
+        if let Some(tag) = &filter.tag {
+            text += &format!(" AND ${}::text = ANY(j.tags)", next());
+            params.texts.push(tag.to_string());
+        }
+        if let Some(from) = filter.created_from {
+            text += &format!(" AND j.created_at >= ${}::timestamptz", next());
+            params.times.push(from);
+        }
+        if let Some(until) = filter.created_until {
+            text += &format!(" AND j.created_at < ${}::timestamptz", next());
+            params.times.push(until);
+        }
+        text += " ORDER BY j.id LIMIT $2::bigint";
+        if lock {
+            text += " FOR UPDATE";
+        }
+        (text, params)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Columns {
+    Job,
+    Summary,
+}
+
+/// The values of a filtered select after `$1` (after) and `$2` (limit): texts first, then times,
+/// in the order [`Sql::filtered`] numbered them.
+#[derive(Debug, Default)]
+pub(crate) struct FilterParams {
+    pub texts: Vec<String>,
+    pub times: Vec<dray_core::Timestamp>,
+}
+
+fn render(sql: &str, schema: &str) -> String {
+    sql.replace("{job_columns}", JOB_COLUMNS)
+        .replace("{queue_columns}", QUEUE_COLUMNS)
+        .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
+        .replace("{s}", schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        let sql = Sql::new("dray_x");
+        let all = [
+            &sql.now, &sql.queues_ensure, &sql.keys_lookup, &sql.insert, &sql.ids_reserve, &sql.lease, &sql.job_lock,
+            &sql.jobs_lock, &sql.jobs_read, &sql.update, &sql.history_insert, &sql.history_trim, &sql.notify,
+            &sql.job_get, &sql.expire_select, &sql.promote_select, &sql.prune, &sql.discard, &sql.queue_ensure_one,
+            &sql.queue_lock, &sql.queue_update, &sql.queue_stats,
+        ];
+        for text in all {
+            assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");
+        }
+        assert!(sql.lease.contains("dray_x.fencing_tokens"));
+    }
+
+    #[test]
+    fn filters_number_parameters_in_order() {
+        let sql = Sql::new("s");
+        let filter = JobFilter {
+            queue: Some(dray_core::QueueName::new("q").unwrap()),
+            tag: Some("t".into()),
+            created_until: Some(dray_core::Timestamp(5)),
+            ..JobFilter::default()
+        };
+        let (text, params) = sql.filtered(Columns::Summary, &filter, true, true);
+        assert!(text.contains("j.queue = $3::text AND j.state = $4::text AND $5::text = ANY(j.tags) AND j.created_at < $6::timestamptz"), "{text}");
+        assert!(text.ends_with("ORDER BY j.id LIMIT $2::bigint FOR UPDATE"));
+        assert_eq!(params.texts, ["q", "dead", "t"]);
+        assert_eq!(params.times, [dray_core::Timestamp(5)]);
+    }
+}

@@ -1,0 +1,1324 @@
+//! `PostgresStore`: the [`Store`] contract on PostgreSQL.
+//!
+//! Every operation that changes jobs is one transaction shaped the same way:
+//!
+//! 1. read the rows it may change under a row lock, and the transaction's `now` (pipelined: one
+//!    round trip);
+//! 2. decide every change in Rust with `dray_core::transition`, exactly as the embedded store does
+//!    (the row becomes a `Job` without history: no transition needs it);
+//! 3. write the results back in a few batched statements (pipelined: one round trip), each update
+//!    guarded in SQL by the version read and, for acks and heartbeats, by `state = 'running' AND
+//!    lease_id = $lease`;
+//! 4. commit (`synchronous_commit = on`): only then is the caller answered.
+//!
+//! If a guard matches fewer rows than were decided, or PostgreSQL reports a serialization failure
+//! or deadlock, the whole transaction runs again from step 1; the new attempt sees the new state
+//! and answers exactly as the embedded store would (a stale lease, a duplicate).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
+use dray_core::transition::EventKind;
+use dray_core::{
+    Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
+    Rejection, Transition, transition,
+};
+use dray_store::{
+    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel, JobFilter,
+    JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
+    QueueConfigure, QueueStats, Store,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Statement};
+
+use crate::config::{PostgresConfig, TimeSource};
+use crate::error::{ConnectError, Fail, corrupt, db_error, pool_error};
+use crate::row::{
+    get, history_from_row, id_from_sql, id_to_sql, job_from_row, lease_to_sql, ms_to_sql, queue_from_row,
+    state_of, stats_from_row, summary_from_row, to_time, token_from_sql, token_to_sql,
+};
+use crate::sql::{Columns, FilterParams, Sql};
+
+/// How often a transaction is run again after a conflict before the operation gives up with
+/// `Unavailable`. Conflicts need a concurrent change of the same rows, so a handful is plenty.
+const TX_ATTEMPTS_MAX: u32 = 8;
+
+/// The bytes of checkpoints, progress and results one status update statement carries; a larger
+/// batch is split into several statements (PostgreSQL refuses a single value over 1 GiB).
+const UPDATE_STATEMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The PostgreSQL store. Connect with [`PostgresStore::connect`]; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Sql,
+    config: PostgresConfig,
+    /// `<schema>_jobs`: notified with the queue's name when a queue gets available jobs.
+    channel: String,
+    rng: Rng,
+}
+
+/// A uniformly random `u64` per call (splitmix64 over an atomic counter), seeded from the OS's
+/// randomness through std's `RandomState`: for lease ids and backoff jitter. Lease ids only need
+/// to be unguessable and never repeat for a job; 64 random bits per grant do that across restarts
+/// and nodes without any shared state.
+#[derive(Debug)]
+struct Rng(AtomicU64);
+
+impl Rng {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn from_os() -> Rng {
+        use std::hash::{BuildHasher, RandomState};
+        Rng(AtomicU64::new(RandomState::new().hash_one(0x6472_6179_u64)))
+    }
+
+    fn next(&self) -> u64 {
+        let mut z = self.0.fetch_add(Self::GAMMA, Ordering::Relaxed).wrapping_add(Self::GAMMA);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Runs `$body` (an expression of type `impl Future<Output = Result<T, Fail>>` using the
+/// transaction `$tx`) in a transaction on a pooled connection, committing on success and running
+/// it again on `Fail::Retry`. The whole attempt is bounded by the call timeout: a database that
+/// stops answering (a network partition: no error, no reply) gives `Unavailable`, and the
+/// connection is discarded rather than handed to the next caller.
+///
+/// A macro rather than a function: the body borrows the transaction, and a generic async closure
+/// could not promise the `Send` future the `Store` trait requires.
+macro_rules! in_transaction {
+    ($store:expr, $op:literal, |$tx:ident| $body:expr) => {{
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut client = $store.client().await?;
+            let attempt = async {
+                let $tx = client.transaction().await.map_err(db_error)?;
+                let value = $body.await?;
+                $tx.commit().await.map_err(db_error)?;
+                Ok::<_, Fail>(value)
+            };
+            // On an error the transaction was dropped inside `attempt`, which rolls it back before
+            // the connection is reused.
+            match tokio::time::timeout($store.config.call_timeout(), attempt).await {
+                Ok(Ok(value)) => break Ok(value),
+                Ok(Err(Fail::Store(e))) => break Err(e),
+                Ok(Err(Fail::Retry(why))) if attempts < TX_ATTEMPTS_MAX => {
+                    tracing::debug!(op = $op, why, attempts, "running a transaction again");
+                }
+                Ok(Err(Fail::Retry(why))) => {
+                    break Err(Error::Unavailable {
+                        context: format!("{}: gave up after {attempts} conflicting attempts ({why})", $op),
+                        source: None,
+                    });
+                }
+                Err(_) => break Err($store.timed_out(client)),
+            }
+        }
+    }};
+}
+
+/// Runs `$body` (a future using the pooled client `$client`, giving `Result<T, Error>`) outside a
+/// transaction, bounded by the call timeout like [`in_transaction!`].
+macro_rules! on_client {
+    ($store:expr, |$client:ident| $body:expr) => {{
+        let $client = $store.client().await?;
+        match tokio::time::timeout($store.config.call_timeout(), async { $body.await }).await {
+            Ok(result) => result,
+            Err(_) => Err($store.timed_out($client)),
+        }
+    }};
+}
+
+async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
+    Ok(tx.prepare_cached(sql).await?)
+}
+
+async fn prep_client(client: &Object, sql: &str) -> Result<Statement, Error> {
+    client.prepare_cached(sql).await.map_err(db_error)
+}
+
+fn rejected(job: JobId, r: Rejection) -> Fail {
+    Fail::Store(Error::rejected(job, r))
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations (safe when several nodes start at once) and opens a
+    /// pool of `pool_size_max` connections, each with `synchronous_commit = on`.
+    ///
+    /// Cancel safety: dropping the future part-way leaves at most a committed or rolled-back
+    /// migration; no store exists until it returns.
+    pub async fn connect(config: PostgresConfig) -> Result<PostgresStore, ConnectError> {
+        config.validate()?;
+        crate::migrate::migrate(&config).await?;
+        let manager = Manager::from_config(
+            config.pg_config()?,
+            NoTls,
+            // A closed connection is noticed by the driver; a broken one fails its next statement,
+            // which reports `Unavailable` (outcome unknown) as it must anyway.
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let timeout = Some(config.connect_timeout());
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size_max)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .build()
+            .map_err(|e| ConnectError::Unavailable { context: format!("building the connection pool: {e}"), source: None })?;
+        // One pooled connection proves the session settings are accepted.
+        let client = pool.get().await.map_err(|e| ConnectError::Unavailable {
+            context: format!("opening a pooled connection: {e}"),
+            source: None,
+        })?;
+        drop(client);
+        Ok(PostgresStore {
+            pool,
+            sql: Sql::new(&config.schema),
+            channel: format!("{}_jobs", config.schema),
+            config,
+            rng: Rng::from_os(),
+        })
+    }
+
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// The channel this store notifies (with the queue's name as payload) when a queue gets
+    /// available jobs: `<schema>_jobs`.
+    pub fn notify_channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The settings of one pooled session that the store's guarantees rest on, as
+    /// `(name, value)`: `synchronous_commit`, `statement_timeout`, `server_version`. For
+    /// diagnostics (`dray doctor`) and tests.
+    ///
+    /// Cancel safety: read-only.
+    pub async fn session_settings(&self) -> Result<Vec<(String, String)>, Error> {
+        on_client!(self, |client| async {
+            let mut out = Vec::new();
+            for name in ["synchronous_commit", "statement_timeout", "server_version"] {
+                let row = client.query_one("SELECT current_setting($1::text)", &[&name]).await.map_err(db_error)?;
+                out.push((name.to_owned(), get::<String>(&row, "current_setting")?));
+            }
+            Ok(out)
+        })
+    }
+
+    async fn client(&self) -> Result<Object, Error> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// A call that got no answer within the call timeout: its connection may be stuck (a dead
+    /// peer, a partition), so it leaves the pool and is closed instead of being reused.
+    fn timed_out(&self, client: Object) -> Error {
+        drop(Object::take(client));
+        Error::Unavailable {
+            context: format!(
+                "no answer from the database within {} ms (statement timeout plus connect timeout)",
+                self.config.call_timeout().as_millis()
+            ),
+            source: None,
+        }
+    }
+
+    /// `$now` of the SQL statements: `params.now` or NULL (the database's `now()`).
+    fn now_param(&self, now: dray_core::Timestamp) -> Option<SystemTime> {
+        match self.config.time_source {
+            TimeSource::Params => Some(to_time(now)),
+            TimeSource::Database => None,
+        }
+    }
+
+    /// The transaction's `now` for `dray_core::transition`: the same instant the SQL statements
+    /// of this transaction compare with.
+    async fn now(&self, tx: &Transaction<'_>, now: dray_core::Timestamp) -> Result<dray_core::Timestamp, Fail> {
+        match self.config.time_source {
+            TimeSource::Params => Ok(now),
+            TimeSource::Database => {
+                let st = prep(tx, &self.sql.now).await?;
+                let row = tx.query_one(&st, &[]).await?;
+                Ok(dray_core::Timestamp(row.try_get(0).map_err(|e| corrupt(format!("now: {e}")))?))
+            }
+        }
+    }
+
+    /// Writes the jobs a call changed (new status, guarded; new history entries; history
+    /// trimming) and notifies `notify` queues, all pipelined into one round trip.
+    async fn write(&self, tx: &Transaction<'_>, jobs: &[Loaded], notify: &[&str]) -> Result<(), Fail> {
+        let changed: Vec<&Loaded> = jobs.iter().filter(|l| l.changed).collect();
+        if changed.is_empty() && notify.is_empty() {
+            return Ok(());
+        }
+        let mut chunks: Vec<Vec<&Loaded>> = vec![Vec::new()];
+        let mut chunk_bytes = 0;
+        let mut history = HistoryColumns::default();
+        let mut trim = (Vec::new(), Vec::new());
+        for &l in &changed {
+            let new_entries = u32::try_from(l.job.history.len()).unwrap_or(u32::MAX);
+            assert_eq!(l.job.version, l.base_version + new_entries, "job {}: version and new history disagree", l.job.id);
+            let bytes = l.payload_bytes_written();
+            if chunk_bytes + bytes > UPDATE_STATEMENT_BYTES_MAX && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunks.last_mut().expect("one chunk at least").push(l);
+            let id = id_to_sql(l.job.id).ok_or_else(|| corrupt(format!("job id {}", l.job.id)))?;
+            for (i, entry) in l.job.history.iter().enumerate() {
+                let seq = l.base_version + 1 + u32::try_from(i).unwrap_or(u32::MAX);
+                history.push(id, seq, entry);
+            }
+            if new_entries > 0 && l.job.version as usize > Limits::HISTORY_ENTRIES_MAX {
+                trim.0.push(id);
+                trim.1.push(version_to_sql(l.job.version));
+            }
+        }
+        let (update_st, history_st, trim_st, notify_st) = tokio::try_join!(
+            prep(tx, &self.sql.update),
+            prep(tx, &self.sql.history_insert),
+            prep(tx, &self.sql.history_trim),
+            prep(tx, &self.sql.notify),
+        )?;
+        let update = async {
+            let mut updated = 0;
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                let columns = StatusColumns::of(chunk)?;
+                updated += tx.execute(&update_st, &columns.params()).await?;
+            }
+            Ok::<u64, Fail>(updated)
+        };
+        let insert_history = async {
+            if history.id.is_empty() {
+                return Ok(0);
+            }
+            Ok::<u64, Fail>(tx.execute(&history_st, &history.params()).await?)
+        };
+        let trim_history = async {
+            if trim.0.is_empty() {
+                return Ok(0);
+            }
+            Ok::<u64, Fail>(tx.execute(&trim_st, &[&trim.0, &trim.1]).await?)
+        };
+        let send_notify = async {
+            if notify.is_empty() {
+                return Ok(0);
+            }
+            Ok::<u64, Fail>(tx.execute(&notify_st, &[&self.channel, &notify]).await?)
+        };
+        let (updated, _, _, _) = tokio::try_join!(update, insert_history, trim_history, send_notify)?;
+        if updated != changed.len() as u64 {
+            // Rows are locked, so only a writer outside this store could cause this.
+            return Err(Fail::Retry("a job changed under its row lock"));
+        }
+        Ok(())
+    }
+
+    async fn insert_in(&self, tx: &Transaction<'_>, p: &JobInsert) -> Result<Vec<Inserted>, Fail> {
+        let mut queue_names: Vec<&str> = p.jobs.iter().map(|j| j.queue.as_str()).collect();
+        queue_names.sort_unstable();
+        queue_names.dedup();
+        let keyed: Vec<(&str, &str)> =
+            p.jobs.iter().filter_map(|j| Some((j.queue.as_str(), j.idempotency_key.as_deref()?))).collect();
+        let defaults = QueueConfig::new(p.jobs[0].queue.clone());
+        let now_param = self.now_param(p.now);
+
+        let queues = async {
+            let st = prep(tx, &self.sql.queues_ensure).await?;
+            let d = &defaults;
+            let attempts_max = i32::try_from(d.retry.attempts_max).unwrap_or(i32::MAX);
+            let (base, cap) = (ms_to_sql(d.retry.backoff.base_ms), ms_to_sql(d.retry.backoff.cap_ms));
+            let (lease, retention, retention_dead) =
+                (ms_to_sql(d.lease_ms), ms_to_sql(d.retention_ms), ms_to_sql(d.retention_dead_ms));
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &queue_names,
+                &attempts_max,
+                &base,
+                &d.retry.backoff.factor,
+                &cap,
+                &lease,
+                &retention,
+                &retention_dead,
+            ];
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &params).await?)
+        };
+        let keys = async {
+            if keyed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let st = prep(tx, &self.sql.keys_lookup).await?;
+            let (qs, ks): (Vec<&str>, Vec<&str>) = keyed.iter().copied().unzip();
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&qs, &ks, &now_param]).await?)
+        };
+        let (now, queue_rows, key_rows) = tokio::try_join!(self.now(tx, p.now), queues, keys)?;
+        if now != p.now {
+            // The database's clock decides how far ahead a run-at may be.
+            for (i, job) in p.jobs.iter().enumerate() {
+                job.validate(now).map_err(|e| e.in_batch(i))?;
+            }
+        }
+
+        let mut configs: HashMap<String, QueueConfig> = HashMap::with_capacity(queue_rows.len());
+        for row in &queue_rows {
+            let config = queue_from_row(row)?;
+            configs.insert(config.name.as_str().to_owned(), config);
+        }
+        if queue_names.iter().any(|n| !configs.contains_key(*n)) {
+            return Err(Fail::Retry("a queue was created concurrently"));
+        }
+        let mut existing: HashMap<(String, String), (JobId, JobState, Vec<u8>)> = HashMap::new();
+        for row in &key_rows {
+            let queue: String = get(row, "queue")?;
+            let key: String = get(row, "key")?;
+            let id = id_from_sql(get(row, "id")?)?;
+            let state = state_of(get(row, "state")?)?;
+            existing.insert((queue, key), (id, state, get(row, "payload")?));
+        }
+
+        // Decide everything before writing anything: the batch is all or nothing.
+        let mut plan = Vec::with_capacity(p.jobs.len());
+        let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, job) in p.jobs.iter().enumerate() {
+            let mut planned = Planned::New;
+            if let Some(key) = job.idempotency_key.as_deref() {
+                let queue = job.queue.as_str();
+                if let Some(&j) = batch_keys.get(&(queue, key)) {
+                    if p.jobs[j].payload != job.payload {
+                        let existing = self.reserve_id_for(tx, &plan, j).await?;
+                        return Err(conflict(i, job, key, existing));
+                    }
+                    planned = Planned::SameAs(j);
+                } else if let Some((id, state, payload)) = existing.get(&(queue.to_owned(), key.to_owned())) {
+                    if payload.as_slice() != job.payload.as_bytes() {
+                        return Err(conflict(i, job, key, *id));
+                    }
+                    planned = Planned::Existing(*id, *state);
+                }
+                if matches!(planned, Planned::New) {
+                    batch_keys.insert((queue, key), i);
+                }
+            }
+            plan.push(planned);
+        }
+
+        let mut new_jobs: Vec<Job> = Vec::new();
+        for (new, planned) in p.jobs.iter().zip(&plan) {
+            if matches!(planned, Planned::New) {
+                let config = &configs[new.queue.as_str()];
+                new_jobs.push(NewJob::clone(new).into_job(JobId(0), now, config.retry, config.lease_ms));
+            }
+        }
+        let mut ids: Vec<JobId> = Vec::new();
+        if !new_jobs.is_empty() {
+            let keys_expected = new_jobs.iter().filter(|j| j.idempotency_key.is_some()).count();
+            let columns = InsertColumns::of(&new_jobs)?;
+            let created_at = to_time(now);
+            let window = ms_to_sql(self.config.idempotency_window_ms);
+            let st = prep(tx, &self.sql.insert).await?;
+            let mut params = columns.params();
+            params.extend([
+                &created_at as &(dyn ToSql + Sync),
+                &window,
+                &now_param,
+                &self.channel,
+            ]);
+            let row = tx.query_one(&st, &params).await?;
+            let raw: Vec<i64> = get(&row, "ids")?;
+            let inserted: i64 = get(&row, "inserted")?;
+            let keys_claimed: i64 = get(&row, "keys_claimed")?;
+            if raw.len() != new_jobs.len() || inserted != raw.len() as i64 {
+                return Err(corrupt(format!("inserted {inserted} jobs of {}", new_jobs.len())).into());
+            }
+            if keys_claimed != keys_expected as i64 {
+                return Err(Fail::Retry("an idempotency key was claimed concurrently"));
+            }
+            ids = raw.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
+            debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase along the batch");
+        }
+
+        let mut out: Vec<Inserted> = Vec::with_capacity(p.jobs.len());
+        let mut fresh = ids.into_iter().zip(new_jobs.iter().map(|j| j.status.state));
+        for planned in plan {
+            out.push(match planned {
+                Planned::New => {
+                    let (id, state) = fresh.next().expect("one id per new job");
+                    Inserted { id, state, duplicate: false }
+                }
+                Planned::Existing(id, state) => Inserted { id, state, duplicate: true },
+                Planned::SameAs(j) => Inserted { duplicate: true, ..out[j] },
+            });
+        }
+        Ok(out)
+    }
+
+    /// For a conflict between two new jobs of one batch: the id the earlier one (`j`) would have
+    /// got. Taken from the identity sequence, so it will never name another job.
+    async fn reserve_id_for(&self, tx: &Transaction<'_>, plan: &[Planned], j: usize) -> Result<JobId, Fail> {
+        let position = plan[..j].iter().filter(|p| matches!(p, Planned::New)).count() + 1;
+        let st = prep(tx, &self.sql.ids_reserve).await?;
+        let rows = tx.query(&st, &[&(position as i64)]).await?;
+        let last = rows.last().ok_or_else(|| corrupt("no id reserved"))?;
+        Ok(id_from_sql(last.try_get(0).map_err(|e| corrupt(e.to_string()))?)?)
+    }
+
+    async fn lease_in(&self, tx: &Transaction<'_>, p: &JobLease, queues: &[&str]) -> Result<Vec<LeasedJob>, Fail> {
+        let count = p.count_max as i64;
+        let promote_max = Limits::LEASE_JOBS_MAX as i64;
+        let now_param = self.now_param(p.now);
+        let rows = async {
+            let st = prep(tx, &self.sql.lease).await?;
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&queues, &now_param, &count, &promote_max]).await?)
+        };
+        let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut loaded = Vec::with_capacity(rows.len());
+        let mut picked: Vec<(usize, FencingToken, Payload)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            if matches!(l.job.state(), JobState::Scheduled | JobState::Retrying) {
+                let t = transition(&l.job, Event::Promote, now, 0).map_err(|r| rejected(l.job.id, r))?;
+                l.apply(t);
+            }
+            if let Some(token) = get::<Option<i64>>(row, "new_token")? {
+                let payload = get::<Option<Vec<u8>>>(row, "payload")?.ok_or_else(|| corrupt("a leased job without payload"))?;
+                picked.push((i, token_from_sql(token)?, Payload::new(payload)));
+            }
+            loaded.push(l);
+        }
+        // Best first, and tokens in the same order: each grant's token is larger than the last.
+        let mut tokens: Vec<FencingToken> = picked.iter().map(|(_, t, _)| *t).collect();
+        tokens.sort_unstable();
+        picked.sort_by_key(|(i, _, _)| {
+            let job = &loaded[*i].job;
+            (std::cmp::Reverse(job.priority), job.status.run_at, job.id)
+        });
+        let mut out = Vec::with_capacity(picked.len());
+        for ((i, _, payload), token) in picked.into_iter().zip(tokens) {
+            let l = &mut loaded[i];
+            let event = Event::Lease { id: LeaseId(self.rng.next()), token, worker: &p.worker, lease_ms: p.lease_ms };
+            let t = transition(&l.job, event, now, 0).map_err(|r| rejected(l.job.id, r))?;
+            l.apply(t);
+            out.push(leased(&l.job, payload));
+        }
+        // Jobs this lease promoted but did not take: other workers may want them.
+        let mut notify: Vec<&str> = loaded
+            .iter()
+            .filter(|l| l.job.state() == JobState::Available)
+            .map(|l| l.job.queue.as_str())
+            .collect();
+        notify.sort_unstable();
+        notify.dedup();
+        self.write(tx, &loaded, &notify).await?;
+        Ok(out)
+    }
+
+    /// Locks the listed jobs (in id order), keyed by id. Ids the database cannot hold are absent.
+    async fn lock_jobs(&self, tx: &Transaction<'_>, ids: &[JobId], lock: bool) -> Result<HashMap<JobId, Loaded>, Fail> {
+        let sql_ids: Vec<i64> = ids.iter().filter_map(|&id| id_to_sql(id)).collect::<HashSet<_>>().into_iter().collect();
+        let st = prep(tx, if lock { &self.sql.jobs_lock } else { &self.sql.jobs_read }).await?;
+        let rows = tx.query(&st, &[&sql_ids]).await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row, Payload::new(Vec::new()))?;
+            out.insert(job.id, Loaded::new(job));
+        }
+        Ok(out)
+    }
+
+    async fn lock_one(&self, tx: &Transaction<'_>, id: JobId, now: dray_core::Timestamp) -> Result<(dray_core::Timestamp, Loaded), Fail> {
+        let Some(sql_id) = id_to_sql(id) else { return Err(Error::JobNotFound(id).into()) };
+        let row = async {
+            let st = prep(tx, &self.sql.job_lock).await?;
+            Ok::<Option<Row>, Fail>(tx.query_opt(&st, &[&sql_id]).await?)
+        };
+        let (now, row) = tokio::try_join!(self.now(tx, now), row)?;
+        let row = row.ok_or(Error::JobNotFound(id))?;
+        Ok((now, Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?)))
+    }
+
+    async fn extend_in(&self, tx: &Transaction<'_>, p: &LeaseExtend) -> Result<LeaseExtended, Fail> {
+        let (now, mut l) = self.lock_one(tx, p.job, p.now).await?;
+        let event = Event::Heartbeat {
+            lease: p.lease,
+            extend_ms: p.extend_ms,
+            progress: p.progress.clone(),
+            checkpoint: p.checkpoint.clone(),
+        };
+        let t = transition(&l.job, event, now, 0).map_err(|r| rejected(p.job, r))?;
+        let extended = t
+            .effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::LeaseExtended { deadline, cancel_requested } => {
+                    Some(LeaseExtended { deadline: *deadline, cancel_requested: *cancel_requested })
+                }
+                _ => None,
+            })
+            .ok_or_else(|| corrupt("a heartbeat that extends no lease"))?;
+        l.guard = Some(p.lease);
+        l.apply(t);
+        self.write(tx, std::slice::from_ref(&l), &[]).await?;
+        Ok(extended)
+    }
+
+    async fn ack_in(&self, tx: &Transaction<'_>, p: &JobAck) -> Result<Vec<Result<Acked, Error>>, Fail> {
+        let ids: Vec<JobId> = p.acks.iter().map(|a| a.job).collect();
+        let (now, mut jobs) = tokio::try_join!(self.now(tx, p.now), self.lock_jobs(tx, &ids, true))?;
+        let mut out = Vec::with_capacity(p.acks.len());
+        // Items apply in order: a second ack of one job in the same call sees the first's result.
+        for ack in &p.acks {
+            let random = self.rng.next();
+            let Some(l) = jobs.get_mut(&ack.job) else {
+                out.push(Err(Error::JobNotFound(ack.job)));
+                continue;
+            };
+            let event = match &ack.outcome {
+                AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
+                AckOutcome::Fail { error, retryable, retry_after_ms } => Event::Fail {
+                    lease: ack.lease,
+                    error,
+                    retryable: *retryable,
+                    retry_after_ms: *retry_after_ms,
+                },
+            };
+            match transition(&l.job, event, now, random) {
+                Err(r) => out.push(Err(Error::rejected(ack.job, r))),
+                Ok(t) => {
+                    let state = t.status.state;
+                    let retry_at = (state == JobState::Retrying).then_some(t.status.run_at);
+                    // The first accepted ack of a job is the one its lease guards in SQL; after
+                    // it the job is no longer running, so no later ack of it is accepted.
+                    l.guard.get_or_insert(ack.lease);
+                    l.apply(t);
+                    out.push(Ok(Acked { state, retry_at }));
+                }
+            }
+        }
+        let jobs: Vec<Loaded> = jobs.into_values().collect();
+        self.write(tx, &jobs, &[]).await?;
+        Ok(out)
+    }
+
+    async fn cancel_in(&self, tx: &Transaction<'_>, p: &JobCancel) -> Result<JobState, Fail> {
+        let (now, mut l) = self.lock_one(tx, p.job, p.now).await?;
+        let t = transition(&l.job, Event::Cancel, now, 0).map_err(|r| rejected(p.job, r))?;
+        let after = t.status.state;
+        if !t.effects.contains(&Effect::Unchanged) {
+            l.apply(t);
+            self.write(tx, std::slice::from_ref(&l), &[]).await?;
+        }
+        Ok(after)
+    }
+
+    /// The dead jobs a selection names, locked (unless `lock` is false), in the order they will be
+    /// reported: the listed order without repeats, or id order for a filter. A listed job that is
+    /// missing or not dead fails the whole request.
+    async fn dead_selected(
+        &self,
+        tx: &Transaction<'_>,
+        selection: &DeadSelection,
+        event: EventKind,
+        lock: bool,
+    ) -> Result<Vec<Loaded>, Fail> {
+        match selection {
+            DeadSelection::Ids(ids) => {
+                let mut found = self.lock_jobs(tx, ids, lock).await?;
+                let mut out = Vec::with_capacity(ids.len());
+                let mut seen = HashSet::new();
+                for &id in ids {
+                    let state = found.get(&id).map(|l| l.job.state());
+                    match state {
+                        None if !seen.contains(&id) => return Err(Error::JobNotFound(id).into()),
+                        None => {}
+                        Some(JobState::Dead) => {
+                            seen.insert(id);
+                            out.push(found.remove(&id).expect("found above"));
+                        }
+                        Some(state) => return Err(rejected(id, Rejection::NotAllowed { state, event })),
+                    }
+                }
+                Ok(out)
+            }
+            DeadSelection::Filter { filter, limit } => {
+                let rows = self.filtered(tx, Columns::Job, filter, None, *limit, true, lock).await?;
+                rows.iter().map(|row| Ok(Loaded::new(job_from_row(row, Payload::new(Vec::new()))?))).collect()
+            }
+        }
+    }
+
+    /// Runs a filtered select ([`Sql::filtered`]) in a transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn filtered(
+        &self,
+        tx: &Transaction<'_>,
+        columns: Columns,
+        filter: &JobFilter,
+        after: Option<i64>,
+        limit: usize,
+        dead_only: bool,
+        lock: bool,
+    ) -> Result<Vec<Row>, Fail> {
+        let (text, extra) = self.sql.filtered(columns, filter, dead_only, lock);
+        let st = prep(tx, &text).await?;
+        Ok(tx.query(&st, &filter_params(after.unwrap_or(0), limit, &extra).refs()).await?)
+    }
+
+    async fn redrive_in(&self, tx: &Transaction<'_>, p: &DeadRedrive) -> Result<Vec<JobId>, Fail> {
+        let (now, mut jobs) = tokio::try_join!(
+            self.now(tx, p.now),
+            self.dead_selected(tx, &p.selection, EventKind::Redrive, !p.dry_run)
+        )?;
+        let ids: Vec<JobId> = jobs.iter().map(|l| l.job.id).collect();
+        if p.dry_run {
+            return Ok(ids);
+        }
+        for l in &mut jobs {
+            let t = transition(&l.job, Event::Redrive, now, 0).map_err(|r| rejected(l.job.id, r))?;
+            l.apply(t);
+        }
+        let mut notify: Vec<&str> = jobs.iter().map(|l| l.job.queue.as_str()).collect();
+        notify.sort_unstable();
+        notify.dedup();
+        self.write(tx, &jobs, &notify).await?;
+        Ok(ids)
+    }
+
+    async fn discard_in(&self, tx: &Transaction<'_>, p: &DeadDiscard) -> Result<Vec<JobId>, Fail> {
+        let jobs = self.dead_selected(tx, &p.selection, EventKind::Discard, !p.dry_run).await?;
+        let ids: Vec<JobId> = jobs.iter().map(|l| l.job.id).collect();
+        if p.dry_run || ids.is_empty() {
+            return Ok(ids);
+        }
+        let sql_ids: Vec<i64> = ids.iter().filter_map(|&id| id_to_sql(id)).collect();
+        let st = prep(tx, &self.sql.discard).await?;
+        let gone = tx.query(&st, &[&sql_ids]).await?;
+        if gone.len() != ids.len() {
+            return Err(Fail::Retry("a dead job changed under its row lock"));
+        }
+        Ok(ids)
+    }
+
+    async fn expire_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<usize, Fail> {
+        let now_param = self.now_param(p.now);
+        let limit = p.limit.min(i64::MAX as usize) as i64;
+        let rows = async {
+            let st = prep(tx, &self.sql.expire_select).await?;
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit]).await?)
+        };
+        let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
+            l.apply(t);
+            jobs.push(l);
+        }
+        self.write(tx, &jobs, &[]).await?;
+        Ok(jobs.len())
+    }
+
+    async fn promote_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<usize, Fail> {
+        let now_param = self.now_param(p.now);
+        let limit = p.limit.min(i64::MAX as usize) as i64;
+        let rows = async {
+            let st = prep(tx, &self.sql.promote_select).await?;
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit]).await?)
+        };
+        let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            let t = transition(&l.job, Event::Promote, now, 0).map_err(|r| rejected(l.job.id, r))?;
+            l.apply(t);
+            jobs.push(l);
+        }
+        let mut notify: Vec<&str> = jobs.iter().map(|l| l.job.queue.as_str()).collect();
+        notify.sort_unstable();
+        notify.dedup();
+        self.write(tx, &jobs, &notify).await?;
+        Ok(jobs.len())
+    }
+
+    async fn configure_in(&self, tx: &Transaction<'_>, p: &QueueConfigure) -> Result<QueueConfig, Fail> {
+        let name = p.name.as_str();
+        let d = QueueConfig::new(p.name.clone());
+        let ensure = async {
+            let st = prep(tx, &self.sql.queue_ensure_one).await?;
+            let c = QueueColumns::of(&d);
+            Ok::<u64, Fail>(tx.execute(&st, &c.params(&name)).await?)
+        };
+        let lock = async {
+            let st = prep(tx, &self.sql.queue_lock).await?;
+            Ok::<Option<Row>, Fail>(tx.query_opt(&st, &[&name]).await?)
+        };
+        let (_, row) = tokio::try_join!(ensure, lock)?;
+        let Some(row) = row else { return Err(Fail::Retry("a queue vanished while being configured")) };
+        let config = p.apply_to(&queue_from_row(&row)?)?;
+        let st = prep(tx, &self.sql.queue_update).await?;
+        tx.execute(&st, &QueueColumns::of(&config).params(&name)).await?;
+        Ok(config)
+    }
+
+    async fn stats(&self, queue: Option<&QueueName>) -> Result<Vec<QueueStats>, Error> {
+        let name: Option<&str> = queue.map(QueueName::as_str);
+        on_client!(self, |client| async {
+            let st = prep_client(&client, &self.sql.queue_stats).await?;
+            let rows = client.query(&st, &[&name]).await.map_err(db_error)?;
+            rows.iter().map(stats_from_row).collect()
+        })
+    }
+}
+
+/// Where a job of an insert batch stands before anything is written.
+#[derive(Clone, Copy, Debug)]
+enum Planned {
+    New,
+    /// Same idempotency key and payload as an existing job within its window.
+    Existing(JobId, JobState),
+    /// Same idempotency key and payload as an earlier new job of this batch.
+    SameAs(usize),
+}
+
+fn conflict(index: usize, job: &NewJob, key: &str, existing: JobId) -> Fail {
+    Fail::Store(Error::IdempotencyConflict { index, queue: job.queue.clone(), key: key.into(), existing })
+}
+
+fn leased(job: &Job, payload: Payload) -> LeasedJob {
+    let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
+    LeasedJob {
+        id: job.id,
+        queue: job.queue.clone(),
+        payload,
+        priority: job.priority,
+        attempt: job.status.attempt,
+        attempts_max: job.retry.attempts_max,
+        lease: lease.id,
+        token: lease.token,
+        deadline: lease.deadline,
+        checkpoint: job.status.checkpoint.clone(),
+        traceparent: job.traceparent.clone(),
+        created_at: job.created_at,
+    }
+}
+
+fn version_to_sql(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// A job read under lock, the transitions applied to it in this call, and what the write needs to
+/// know about the row as it was.
+#[derive(Debug)]
+struct Loaded {
+    /// Its status after this call's transitions; `history` holds only this call's new entries.
+    job: Job,
+    base_version: u32,
+    base_checkpoint: Option<Payload>,
+    base_progress: Option<Payload>,
+    base_result: Option<Payload>,
+    /// The lease the SQL guard requires the row to still hold (acks, heartbeats).
+    guard: Option<LeaseId>,
+    changed: bool,
+}
+
+impl Loaded {
+    fn new(job: Job) -> Loaded {
+        debug_assert!(job.history.is_empty());
+        Loaded {
+            base_version: job.version,
+            base_checkpoint: job.status.checkpoint.clone(),
+            base_progress: job.status.progress.clone(),
+            base_result: job.status.result.clone(),
+            guard: None,
+            changed: false,
+            job,
+        }
+    }
+
+    fn apply(&mut self, t: Transition) {
+        self.job.apply(t);
+        self.changed = true;
+    }
+
+    fn checkpoint_set(&self) -> bool {
+        self.job.status.checkpoint != self.base_checkpoint
+    }
+
+    fn progress_set(&self) -> bool {
+        self.job.status.progress != self.base_progress
+    }
+
+    fn result_set(&self) -> bool {
+        self.job.status.result != self.base_result
+    }
+
+    /// Bytes of the large values the update statement will carry for this job.
+    fn payload_bytes_written(&self) -> usize {
+        let len = |set: bool, v: &Option<Payload>| if set { v.as_ref().map_or(0, Payload::len) } else { 0 };
+        let s = &self.job.status;
+        len(self.checkpoint_set(), &s.checkpoint) + len(self.progress_set(), &s.progress) + len(self.result_set(), &s.result)
+    }
+}
+
+/// The parallel arrays of one status update statement ([`crate::sql`]'s `UPDATE`).
+struct StatusColumns<'a> {
+    id: Vec<i64>,
+    old_version: Vec<i32>,
+    version: Vec<i32>,
+    guard: Vec<Option<i64>>,
+    state: Vec<&'static str>,
+    run_at: Vec<SystemTime>,
+    attempt: Vec<i32>,
+    lease_id: Vec<Option<i64>>,
+    token: Vec<Option<i64>>,
+    worker: Vec<Option<&'a str>>,
+    leased_at: Vec<Option<SystemTime>>,
+    deadline: Vec<Option<SystemTime>>,
+    cancel_requested: Vec<bool>,
+    checkpoint_set: Vec<bool>,
+    checkpoint: Vec<Option<&'a [u8]>>,
+    progress_set: Vec<bool>,
+    progress: Vec<Option<&'a [u8]>>,
+    result_set: Vec<bool>,
+    result: Vec<Option<&'a [u8]>>,
+    last_error: Vec<Option<&'a str>>,
+    dead_reason: Vec<Option<&'static str>>,
+    finished_at: Vec<Option<SystemTime>>,
+}
+
+impl<'a> StatusColumns<'a> {
+    fn of(jobs: &[&'a Loaded]) -> Result<StatusColumns<'a>, Fail> {
+        let n = jobs.len();
+        let mut c = StatusColumns {
+            id: Vec::with_capacity(n),
+            old_version: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
+            guard: Vec::with_capacity(n),
+            state: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
+            attempt: Vec::with_capacity(n),
+            lease_id: Vec::with_capacity(n),
+            token: Vec::with_capacity(n),
+            worker: Vec::with_capacity(n),
+            leased_at: Vec::with_capacity(n),
+            deadline: Vec::with_capacity(n),
+            cancel_requested: Vec::with_capacity(n),
+            checkpoint_set: Vec::with_capacity(n),
+            checkpoint: Vec::with_capacity(n),
+            progress_set: Vec::with_capacity(n),
+            progress: Vec::with_capacity(n),
+            result_set: Vec::with_capacity(n),
+            result: Vec::with_capacity(n),
+            last_error: Vec::with_capacity(n),
+            dead_reason: Vec::with_capacity(n),
+            finished_at: Vec::with_capacity(n),
+        };
+        for &l in jobs {
+            let s = &l.job.status;
+            let bytes = |set: bool, v: &'a Option<Payload>| if set { v.as_ref().map(Payload::as_bytes) } else { None };
+            c.id.push(id_to_sql(l.job.id).ok_or_else(|| corrupt(format!("job id {}", l.job.id)))?);
+            c.old_version.push(version_to_sql(l.base_version));
+            c.version.push(version_to_sql(l.job.version));
+            c.guard.push(l.guard.map(lease_to_sql));
+            c.state.push(s.state.as_str());
+            c.run_at.push(to_time(s.run_at));
+            c.attempt.push(i32::try_from(s.attempt).unwrap_or(i32::MAX));
+            c.lease_id.push(s.lease.as_ref().map(|x| lease_to_sql(x.id)));
+            c.token.push(s.lease.as_ref().map(|x| token_to_sql(x.token)));
+            c.worker.push(s.lease.as_ref().map(|x| x.worker.as_str()));
+            c.leased_at.push(s.lease.as_ref().map(|x| to_time(x.leased_at)));
+            c.deadline.push(s.lease.as_ref().map(|x| to_time(x.deadline)));
+            c.cancel_requested.push(s.cancel_requested);
+            c.checkpoint_set.push(l.checkpoint_set());
+            c.checkpoint.push(bytes(l.checkpoint_set(), &s.checkpoint));
+            c.progress_set.push(l.progress_set());
+            c.progress.push(bytes(l.progress_set(), &s.progress));
+            c.result_set.push(l.result_set());
+            c.result.push(bytes(l.result_set(), &s.result));
+            c.last_error.push(s.last_error.as_deref());
+            c.dead_reason.push(s.dead_reason.map(|r| r.as_str()));
+            c.finished_at.push(s.finished_at.map(to_time));
+        }
+        Ok(c)
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
+        [
+            &self.id,
+            &self.old_version,
+            &self.version,
+            &self.guard,
+            &self.state,
+            &self.run_at,
+            &self.attempt,
+            &self.lease_id,
+            &self.token,
+            &self.worker,
+            &self.leased_at,
+            &self.deadline,
+            &self.cancel_requested,
+            &self.checkpoint_set,
+            &self.checkpoint,
+            &self.progress_set,
+            &self.progress,
+            &self.result_set,
+            &self.result,
+            &self.last_error,
+            &self.dead_reason,
+            &self.finished_at,
+        ]
+    }
+}
+
+#[derive(Default)]
+struct HistoryColumns<'a> {
+    id: Vec<i64>,
+    seq: Vec<i32>,
+    at: Vec<SystemTime>,
+    kind: Vec<&'static str>,
+    state: Vec<&'static str>,
+    attempt: Vec<i32>,
+    token: Vec<Option<i64>>,
+    worker: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+    run_at: Vec<Option<SystemTime>>,
+}
+
+impl<'a> HistoryColumns<'a> {
+    fn push(&mut self, id: i64, seq: u32, e: &'a HistoryEntry) {
+        self.id.push(id);
+        self.seq.push(version_to_sql(seq));
+        self.at.push(to_time(e.at));
+        self.kind.push(e.kind.as_str());
+        self.state.push(e.state.as_str());
+        self.attempt.push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
+        self.token.push(e.token.map(token_to_sql));
+        self.worker.push(e.worker.as_ref().map(|w| w.as_str()));
+        self.error.push(e.error.as_deref());
+        self.run_at.push(e.run_at.map(to_time));
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.id,
+            &self.seq,
+            &self.at,
+            &self.kind,
+            &self.state,
+            &self.attempt,
+            &self.token,
+            &self.worker,
+            &self.error,
+            &self.run_at,
+        ]
+    }
+}
+
+/// The parallel arrays of the insert statement: the new jobs as `NewJob::into_job` made them.
+struct InsertColumns<'a> {
+    queue: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    priority: Vec<i16>,
+    run_at: Vec<SystemTime>,
+    state: Vec<&'static str>,
+    attempts_max: Vec<i32>,
+    backoff_base_ms: Vec<i64>,
+    backoff_factor: Vec<f64>,
+    backoff_cap_ms: Vec<i64>,
+    lease_ms: Vec<i64>,
+    idempotency_key: Vec<Option<&'a str>>,
+    ordering_key: Vec<Option<&'a str>>,
+    /// Space-separated: tags are validated names, which never contain a space.
+    tags: Vec<String>,
+    traceparent: Vec<Option<&'a str>>,
+    h_at: Vec<SystemTime>,
+    h_kind: Vec<&'static str>,
+    h_state: Vec<&'static str>,
+    h_attempt: Vec<i32>,
+    h_run_at: Vec<Option<SystemTime>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn of(jobs: &'a [Job]) -> Result<InsertColumns<'a>, Fail> {
+        let mut c = InsertColumns {
+            queue: Vec::new(),
+            payload: Vec::new(),
+            priority: Vec::new(),
+            run_at: Vec::new(),
+            state: Vec::new(),
+            attempts_max: Vec::new(),
+            backoff_base_ms: Vec::new(),
+            backoff_factor: Vec::new(),
+            backoff_cap_ms: Vec::new(),
+            lease_ms: Vec::new(),
+            idempotency_key: Vec::new(),
+            ordering_key: Vec::new(),
+            tags: Vec::new(),
+            traceparent: Vec::new(),
+            h_at: Vec::new(),
+            h_kind: Vec::new(),
+            h_state: Vec::new(),
+            h_attempt: Vec::new(),
+            h_run_at: Vec::new(),
+        };
+        for job in jobs {
+            let [entry] = job.history.as_slice() else {
+                return Err(corrupt("a new job without exactly one history entry").into());
+            };
+            debug_assert!(entry.token.is_none() && entry.worker.is_none() && entry.error.is_none());
+            debug_assert!(job.tags.iter().all(|t| !t.contains(' ')), "tags are validated names");
+            c.queue.push(job.queue.as_str());
+            c.payload.push(job.payload.as_bytes());
+            c.priority.push(job.priority);
+            c.run_at.push(to_time(job.status.run_at));
+            c.state.push(job.status.state.as_str());
+            c.attempts_max.push(i32::try_from(job.retry.attempts_max).unwrap_or(i32::MAX));
+            c.backoff_base_ms.push(ms_to_sql(job.retry.backoff.base_ms));
+            c.backoff_factor.push(job.retry.backoff.factor);
+            c.backoff_cap_ms.push(ms_to_sql(job.retry.backoff.cap_ms));
+            c.lease_ms.push(ms_to_sql(job.lease_ms));
+            c.idempotency_key.push(job.idempotency_key.as_deref());
+            c.ordering_key.push(job.ordering_key.as_deref());
+            c.tags.push(job.tags.join(" "));
+            c.traceparent.push(job.traceparent.as_deref());
+            c.h_at.push(to_time(entry.at));
+            c.h_kind.push(entry.kind.as_str());
+            c.h_state.push(entry.state.as_str());
+            c.h_attempt.push(i32::try_from(entry.attempt).unwrap_or(i32::MAX));
+            c.h_run_at.push(entry.run_at.map(to_time));
+        }
+        Ok(c)
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.queue,
+            &self.payload,
+            &self.priority,
+            &self.run_at,
+            &self.state,
+            &self.attempts_max,
+            &self.backoff_base_ms,
+            &self.backoff_factor,
+            &self.backoff_cap_ms,
+            &self.lease_ms,
+            &self.idempotency_key,
+            &self.ordering_key,
+            &self.tags,
+            &self.traceparent,
+            &self.h_at,
+            &self.h_kind,
+            &self.h_state,
+            &self.h_attempt,
+            &self.h_run_at,
+        ]
+    }
+}
+
+/// A queue's policy as statement parameters (`$1` is the name).
+struct QueueColumns {
+    attempts_max: i32,
+    base: i64,
+    factor: f64,
+    cap: i64,
+    lease: i64,
+    retention: i64,
+    retention_dead: i64,
+    paused: bool,
+}
+
+impl QueueColumns {
+    fn of(c: &QueueConfig) -> QueueColumns {
+        QueueColumns {
+            attempts_max: i32::try_from(c.retry.attempts_max).unwrap_or(i32::MAX),
+            base: ms_to_sql(c.retry.backoff.base_ms),
+            factor: c.retry.backoff.factor,
+            cap: ms_to_sql(c.retry.backoff.cap_ms),
+            lease: ms_to_sql(c.lease_ms),
+            retention: ms_to_sql(c.retention_ms),
+            retention_dead: ms_to_sql(c.retention_dead_ms),
+            paused: c.paused,
+        }
+    }
+
+    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 9] {
+        [
+            name,
+            &self.attempts_max,
+            &self.base,
+            &self.factor,
+            &self.cap,
+            &self.lease,
+            &self.retention,
+            &self.retention_dead,
+            &self.paused,
+        ]
+    }
+}
+
+/// Owned parameters of a filtered select: `$1` after, `$2` limit, then the filter's.
+struct OwnedParams {
+    after: i64,
+    limit: i64,
+    texts: Vec<String>,
+    times: Vec<SystemTime>,
+}
+
+impl OwnedParams {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut out: Vec<&(dyn ToSql + Sync)> = vec![&self.after, &self.limit];
+        out.extend(self.texts.iter().map(|t| t as &(dyn ToSql + Sync)));
+        out.extend(self.times.iter().map(|t| t as &(dyn ToSql + Sync)));
+        out
+    }
+}
+
+fn filter_params(after: i64, limit: usize, extra: &FilterParams) -> OwnedParams {
+    OwnedParams {
+        after,
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        texts: extra.texts.clone(),
+        times: extra.times.iter().map(|&t| to_time(t)).collect(),
+    }
+}
+
+impl Store for PostgresStore {
+    async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
+        p.validate()?;
+        in_transaction!(self, "job_insert", |tx| self.insert_in(&tx, &p))
+    }
+
+    async fn job_lease(&self, p: JobLease) -> Result<Vec<LeasedJob>, Error> {
+        p.validate()?;
+        let mut queues: Vec<&str> = p.queues.iter().map(QueueName::as_str).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        in_transaction!(self, "job_lease", |tx| self.lease_in(&tx, &p, &queues))
+    }
+
+    async fn lease_extend(&self, p: LeaseExtend) -> Result<LeaseExtended, Error> {
+        p.validate()?;
+        in_transaction!(self, "lease_extend", |tx| self.extend_in(&tx, &p))
+    }
+
+    async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
+        p.validate()?;
+        in_transaction!(self, "job_ack", |tx| self.ack_in(&tx, &p))
+    }
+
+    async fn job_cancel(&self, p: JobCancel) -> Result<JobState, Error> {
+        in_transaction!(self, "job_cancel", |tx| self.cancel_in(&tx, &p))
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
+        let Some(sql_id) = id_to_sql(id) else { return Ok(None) };
+        let row = on_client!(self, |client| async {
+            let st = prep_client(&client, &self.sql.job_get).await?;
+            client.query_opt(&st, &[&sql_id]).await.map_err(db_error)
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let payload: Vec<u8> = get(&row, "payload")?;
+        let mut job = job_from_row(&row, Payload::new(payload))?;
+        job.history = history_from_row(&row)?;
+        let kept = u32::try_from(job.history.len()).unwrap_or(u32::MAX);
+        if kept > job.version || job.history.first().is_none_or(|e| e.kind != dray_core::HistoryKind::Enqueued) {
+            return Err(corrupt(format!("job {id} at version {} has {kept} history entries", job.version)));
+        }
+        job.history_dropped = job.version - kept;
+        Ok(Some(job))
+    }
+
+    async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
+        p.validate()?;
+        let after = match p.after {
+            None => 0,
+            Some(id) => match id_to_sql(id) {
+                Some(v) => v,
+                None => return Ok(JobPage { jobs: Vec::new(), next: None }),
+            },
+        };
+        let (text, extra) = self.sql.filtered(Columns::Summary, &p.filter, false, false);
+        // One more than asked for tells whether another page exists.
+        let params = filter_params(after, p.limit + 1, &extra);
+        let rows = on_client!(self, |client| async {
+            let st = prep_client(&client, &text).await?;
+            client.query(&st, &params.refs()).await.map_err(db_error)
+        })?;
+        let more = rows.len() > p.limit;
+        let jobs: Vec<_> = rows.iter().take(p.limit).map(summary_from_row).collect::<Result<_, _>>()?;
+        let next = if more { jobs.last().map(|j| j.id) } else { None };
+        Ok(JobPage { jobs, next })
+    }
+
+    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
+        p.selection.validate()?;
+        in_transaction!(self, "dead_redrive", |tx| self.redrive_in(&tx, &p))
+    }
+
+    async fn dead_discard(&self, p: DeadDiscard) -> Result<Vec<JobId>, Error> {
+        p.selection.validate()?;
+        in_transaction!(self, "dead_discard", |tx| self.discard_in(&tx, &p))
+    }
+
+    async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
+        in_transaction!(self, "leases_expire", |tx| self.expire_in(&tx, &p))
+    }
+
+    async fn jobs_promote(&self, p: Maintain) -> Result<usize, Error> {
+        in_transaction!(self, "jobs_promote", |tx| self.promote_in(&tx, &p))
+    }
+
+    async fn jobs_prune(&self, p: Maintain) -> Result<usize, Error> {
+        let now = self.now_param(p.now);
+        let limit = i64::try_from(p.limit).unwrap_or(i64::MAX);
+        // One statement: atomic on its own, no transaction block needed.
+        on_client!(self, |client| async {
+            let st = prep_client(&client, &self.sql.prune).await?;
+            let rows = client.query(&st, &[&now, &limit]).await.map_err(db_error)?;
+            Ok(rows.len())
+        })
+    }
+
+    async fn queue_configure(&self, p: QueueConfigure) -> Result<QueueConfig, Error> {
+        in_transaction!(self, "queue_configure", |tx| self.configure_in(&tx, &p))
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {
+        self.stats(None).await
+    }
+
+    async fn queue_stats(&self, queue: &QueueName) -> Result<QueueStats, Error> {
+        self.stats(Some(queue)).await?.pop().ok_or_else(|| Error::QueueNotFound(queue.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::from_time;
+
+    #[test]
+    fn rng_streams_differ_and_spread() {
+        let (a, b) = (Rng::from_os(), Rng::from_os());
+        let xs: Vec<u64> = (0..64).map(|_| a.next()).collect();
+        let ys: Vec<u64> = (0..64).map(|_| b.next()).collect();
+        assert_ne!(xs, ys, "two stores draw different lease ids");
+        let distinct: HashSet<u64> = xs.iter().copied().collect();
+        assert_eq!(distinct.len(), xs.len());
+    }
+
+    #[test]
+    fn timestamp_helpers_agree() {
+        let t = dray_core::Timestamp(1_700_000_000_123);
+        assert_eq!(from_time(to_time(t)), t);
+    }
+}
