@@ -276,14 +276,8 @@ impl Store for EmbeddedStore {
                 let mut planned = Planned::New;
                 if let Some(key) = job.idempotency_key.as_deref() {
                     if let Some(&j) = batch_keys.get(&(job.queue.as_str(), key)) {
-                        if jobs[j].payload != job.payload {
-                            return Err(Error::IdempotencyConflict {
-                                index: i,
-                                queue: job.queue.clone(),
-                                key: key.into(),
-                                existing: ids[j],
-                            });
-                        }
+                        // `JobInsert::validate` refused a batch repeating a key with another payload.
+                        debug_assert!(jobs[j].payload == job.payload);
                         planned = Planned::SameAs(j);
                     } else if let Some(&existing) = state.idempotency.get(&(job.queue.clone(), key.into())) {
                         let old = &state.jobs[&existing];

@@ -104,8 +104,6 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 
 /// Ids the identity sequence would hand out next, consumed so they never name another job: for
 /// the `existing` of a conflict between two new jobs of one (rejected) batch.
-const IDS_RESERVE: &str = "SELECT nextval('{s}.jobs_id_seq') FROM generate_series(1, $1::bigint)";
-
 /// The lease. For the open (known, not paused) queues asked for, locks, skipping rows other
 /// transactions hold: the due waiting jobs (to promote, at most `$4` per queue, earliest first)
 /// and the best `$3` available jobs per queue; then picks the best `$3` of all those in lease
@@ -314,7 +312,6 @@ pub(crate) struct Sql {
     pub queues_ensure: String,
     pub keys_lookup: String,
     pub insert: String,
-    pub ids_reserve: String,
     pub lease: String,
     pub job_lock: String,
     pub jobs_lock: String,
@@ -343,7 +340,6 @@ impl Sql {
             queues_ensure: r(QUEUES_ENSURE),
             keys_lookup: r(KEYS_LOOKUP),
             insert: r(INSERT),
-            ids_reserve: r(IDS_RESERVE),
             lease: r(LEASE),
             job_lock: r(JOB_LOCK),
             jobs_lock: r(JOBS_LOCK),
@@ -446,7 +442,7 @@ mod tests {
     fn every_placeholder_is_filled() {
         let sql = Sql::new("dray_x");
         let all = [
-            &sql.now, &sql.queues_ensure, &sql.keys_lookup, &sql.insert, &sql.ids_reserve, &sql.lease, &sql.job_lock,
+            &sql.now, &sql.queues_ensure, &sql.keys_lookup, &sql.insert, &sql.lease, &sql.job_lock,
             &sql.jobs_lock, &sql.jobs_read, &sql.update, &sql.history_insert, &sql.history_trim, &sql.notify,
             &sql.job_get, &sql.expire_select, &sql.promote_select, &sql.prune, &sql.discard, &sql.queue_ensure_one,
             &sql.queue_lock, &sql.queue_update, &sql.queue_stats,

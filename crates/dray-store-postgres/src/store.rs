@@ -391,10 +391,8 @@ impl PostgresStore {
             if let Some(key) = job.idempotency_key.as_deref() {
                 let queue = job.queue.as_str();
                 if let Some(&j) = batch_keys.get(&(queue, key)) {
-                    if p.jobs[j].payload != job.payload {
-                        let existing = self.reserve_id_for(tx, &plan, j).await?;
-                        return Err(conflict(i, job, key, existing));
-                    }
+                    // `JobInsert::validate` refused a batch repeating a key with another payload.
+                    debug_assert!(p.jobs[j].payload == job.payload);
                     planned = Planned::SameAs(j);
                 } else if let Some((id, state, payload)) = existing.get(&(queue.to_owned(), key.to_owned())) {
                     if payload.as_slice() != job.payload.as_bytes() {
@@ -457,16 +455,6 @@ impl PostgresStore {
             });
         }
         Ok(out)
-    }
-
-    /// For a conflict between two new jobs of one batch: the id the earlier one (`j`) would have
-    /// got. Taken from the identity sequence, so it will never name another job.
-    async fn reserve_id_for(&self, tx: &Transaction<'_>, plan: &[Planned], j: usize) -> Result<JobId, Fail> {
-        let position = plan[..j].iter().filter(|p| matches!(p, Planned::New)).count() + 1;
-        let st = prep(tx, &self.sql.ids_reserve).await?;
-        let rows = tx.query(&st, &[&(position as i64)]).await?;
-        let last = rows.last().ok_or_else(|| corrupt("no id reserved"))?;
-        Ok(id_from_sql(last.try_get(0).map_err(|e| corrupt(e.to_string()))?)?)
     }
 
     async fn lease_in(&self, tx: &Transaction<'_>, p: &JobLease, queues: &[&str]) -> Result<Vec<LeasedJob>, Fail> {

@@ -1,6 +1,8 @@
 //! Typed parameters and results of store operations. Each parameter that depends on time carries
 //! `now`, the server's clock reading.
 
+use std::collections::HashMap;
+
 use dray_core::{
     DeadReason, FencingToken, Invalid, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
     RetryPolicy, Timestamp, WorkerId, limits::check_range,
@@ -26,9 +28,26 @@ impl JobInsert {
             ));
         }
         let mut bytes = 0usize;
+        let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, job) in self.jobs.iter().enumerate() {
             job.validate(self.now).map_err(|e| e.in_batch(i))?;
             bytes += job.payload.len();
+            // Two jobs of one batch with one key must be the same job: a different payload is a
+            // mistake in the request itself, whatever the store holds.
+            if let Some(key) = job.idempotency_key.as_deref() {
+                match keys.get(&(job.queue.as_str(), key)) {
+                    Some(&j) if self.jobs[j].payload != job.payload => {
+                        return Err(Invalid::new(
+                            format!("jobs[{i}].idempotency_key"),
+                            format!("{key:?} is also the key of jobs[{j}] in this batch, with a different payload"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        keys.insert((job.queue.as_str(), key), i);
+                    }
+                }
+            }
         }
         if bytes > Limits::BATCH_BYTES_MAX {
             return Err(Invalid::new(

@@ -340,10 +340,14 @@ pub async fn idempotency_conflict_different_payload<H: Harness>(h: H) {
         Err(Error::IdempotencyConflict { index, existing, .. }) => assert_eq!((index, existing), (2, id)),
         other => panic!("expected an idempotency conflict at index 2, got {other:?}"),
     }
-    // Two jobs of one batch that share a key but not a payload: the second conflicts.
+    // Two jobs of one batch that share a key but not a payload: the request itself is invalid,
+    // naming the second job (no job exists yet to conflict with).
     match c.try_insert(vec![keyed("q", "a", "k2"), keyed("q", "b", "k2")]).await {
-        Err(Error::IdempotencyConflict { index, key, .. }) => assert_eq!((index, &*key), (1, "k2")),
-        other => panic!("expected an idempotency conflict at index 1, got {other:?}"),
+        Err(Error::Invalid(e)) => {
+            assert_eq!(e.field, "jobs[1].idempotency_key");
+            assert!(e.message.contains("jobs[0]"), "{e}");
+        }
+        other => panic!("expected the batch to be invalid at jobs[1], got {other:?}"),
     }
     c.assert_unchanged(&snap, "after idempotency conflicts").await;
 }
