@@ -15,6 +15,8 @@ mod backoff;
 mod client;
 mod context;
 mod error;
+#[cfg(feature = "postgres")]
+pub mod outbox;
 mod worker;
 
 pub use client::{CONNECT_TIMEOUT_DEFAULT, Client, ClientBuilder, Enqueue, REQUEST_TIMEOUT_DEFAULT};

@@ -65,13 +65,17 @@
 //! of the hot statements on 100k jobs.
 //!
 //! **Wake-ups.** Inserts, promotions and redrives that make jobs available send
-//! `NOTIFY <schema>_jobs, '<queue>'` (delivered at commit). Nothing listens yet.
+//! `NOTIFY <schema>_jobs, '<queue>'` (delivered at commit); the server listens on it.
+//!
+//! **Transactional enqueue.** Migration 2 installs `<schema>.enqueue(queue, payload, options)`,
+//! which an application calls inside its own transaction (`docs/outbox.md`); it writes exactly
+//! what `job_insert` writes for one job, with the same limits (`<schema>.enqueue_limits()`,
+//! checked against `dray_core::Limits` in a test).
 //!
 //! # Not here (yet)
 //!
-//! LISTEN-based wake-ups, leader election for maintenance, multi-node tests, the transactional
-//! `<schema>.enqueue()` SQL function, TLS (connections use `NoTls`), and strict FIFO per ordering
-//! key (as in the embedded store, the key is stored).
+//! TLS (connections use `NoTls`), and strict FIFO per ordering key (as in the embedded store, the
+//! key is stored).
 
 mod config;
 mod error;

@@ -19,7 +19,10 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order. Versions are 1, 2, 3... without gaps.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "jobs", sql: V1_JOBS }];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "jobs", sql: V1_JOBS },
+    Migration { version: 2, name: "enqueue_function", sql: V2_ENQUEUE },
+];
 
 /// The first schema. Why each piece is shaped as it is:
 ///
@@ -138,6 +141,377 @@ CREATE TABLE {s}.idempotency (
 );
 CREATE INDEX idempotency_job ON {s}.idempotency (job_id);
 "#;
+
+/// Transactional enqueue: `<schema>.enqueue(queue, payload, options)`, for applications that
+/// write their own rows and the job in one transaction of their own (the outbox pattern), from
+/// any language. See `docs/outbox.md`.
+///
+/// It writes exactly what `PostgresStore::job_insert` writes for one job (the queue row with the
+/// default policy if the queue is new, the job row at version 1, its `enqueued` history entry,
+/// its idempotency key, and `NOTIFY <schema>_jobs` when the job is available, delivered at
+/// commit), validates the options against the same limits as `NewJob::validate`, and takes time
+/// from the transaction's `now()` (truncated to whole milliseconds, like the store).
+///
+/// The limits and defaults are literals in `<schema>.enqueue_limits()`, read by `enqueue`: one
+/// place in SQL, compared with `dray_core::Limits` by a test (`tests/outbox.rs`). Should a limit
+/// change in the core, that test fails and a new migration replaces the function.
+///
+/// Idempotency without the store's retry loop (the caller owns the transaction): the key is
+/// claimed first with a job id drawn from the identity sequence; a key claimed meanwhile by a
+/// concurrent transaction makes the claim wait for it, find it live, and look the key up again
+/// (a new snapshot per statement under READ COMMITTED), which then answers duplicate or conflict.
+const V2_ENQUEUE: &str = r##"
+CREATE FUNCTION {s}.enqueue_limits() RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT jsonb_build_object(
+    'queue_name_bytes_max', 128,
+    'idempotency_key_bytes_max', 256,
+    'ordering_key_bytes_max', 256,
+    'tag_bytes_max', 64,
+    'tags_per_job_max', 16,
+    'traceparent_bytes_max', 256,
+    'payload_bytes_max', 1048576,
+    'priority_min', -1000,
+    'priority_max', 1000,
+    'lease_ms_min', 1000,
+    'lease_ms_max', 43200000,
+    'lease_ms_default', 30000,
+    'attempts_max_max', 1000,
+    'attempts_max_default', 25,
+    'backoff_base_ms_default', 1000,
+    'backoff_base_ms_max', 86400000,
+    'backoff_factor_default', 2.0,
+    'backoff_factor_min', 1.0,
+    'backoff_factor_max', 10.0,
+    'backoff_cap_ms_default', 3600000,
+    'backoff_cap_ms_max', 2592000000,
+    'run_at_ahead_ms_max', 31622400000,
+    'idempotency_window_ms_default', 86400000,
+    'idempotency_window_ms_max', 2592000000,
+    'retention_ms_default', 86400000,
+    'retention_dead_ms_default', 2592000000
+)
+$$;
+
+-- Raises the error every refused option gets: SQLSTATE 22023 (invalid_parameter_value), the
+-- field in the message and in the error's COLUMN field.
+CREATE FUNCTION {s}.enqueue_invalid(field text, message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE = '{s}.enqueue: ' || field || ' ' || message,
+        ERRCODE = 'invalid_parameter_value', COLUMN = field;
+END
+$$;
+
+-- A JSON number option (NULL when absent or JSON null), checked to be an integer when `integral`
+-- and within lo..hi.
+CREATE FUNCTION {s}.enqueue_number(v jsonb, field text, integral boolean, lo numeric, hi numeric)
+RETURNS numeric LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n numeric;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'number' THEN
+        PERFORM {s}.enqueue_invalid(field, 'must be a number; got ' || v::text);
+    END IF;
+    n := v::text::numeric;
+    IF integral AND n <> trunc(n) THEN
+        PERFORM {s}.enqueue_invalid(field, 'must be a whole number; got ' || v::text);
+    END IF;
+    IF n < lo OR n > hi THEN
+        PERFORM {s}.enqueue_invalid(field, format('is %s; allowed is %s to %s', v::text, lo, hi));
+    END IF;
+    RETURN n;
+END
+$$;
+
+-- A JSON string option (NULL when absent or JSON null).
+CREATE FUNCTION {s}.enqueue_text(v jsonb, field text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) <> 'string' THEN
+        PERFORM {s}.enqueue_invalid(field, 'must be a string; got ' || v::text);
+    END IF;
+    RETURN v #>> '{}';
+END
+$$;
+
+-- A key (idempotency or ordering): not empty, within its bytes, no control characters (the
+-- core's `char::is_control`: U+0000-U+001F and U+007F-U+009F).
+CREATE FUNCTION {s}.enqueue_key(k text, field text, bytes_max integer) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF k IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF k = '' THEN
+        PERFORM {s}.enqueue_invalid(field, 'must not be empty');
+    END IF;
+    IF octet_length(k) > bytes_max THEN
+        PERFORM {s}.enqueue_invalid(field, format('is %s bytes; the limit is %s', octet_length(k), bytes_max));
+    END IF;
+    IF k ~ ('[' || chr(1) || '-' || chr(31) || chr(127) || '-' || chr(159) || ']') THEN
+        PERFORM {s}.enqueue_invalid(field, 'must not contain control characters');
+    END IF;
+    RETURN k;
+END
+$$;
+
+-- A name (queue, tag): not empty, within its bytes, ASCII letters, digits and _ - . : only.
+CREATE FUNCTION {s}.enqueue_name(name text, field text, bytes_max integer) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad text;
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        PERFORM {s}.enqueue_invalid(field, 'must not be empty');
+    END IF;
+    IF octet_length(name) > bytes_max THEN
+        PERFORM {s}.enqueue_invalid(field, format('is %s bytes; the limit is %s', octet_length(name), bytes_max));
+    END IF;
+    bad := substring(name FROM '[^A-Za-z0-9_.:-]');
+    IF bad IS NOT NULL THEN
+        PERFORM {s}.enqueue_invalid(field, format('contains %L; allowed are ASCII letters, digits and _ - . :', bad));
+    END IF;
+    RETURN name;
+END
+$$;
+
+CREATE FUNCTION {s}.enqueue(queue text, payload jsonb, options jsonb DEFAULT '{}') RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    l jsonb := {s}.enqueue_limits();
+    o jsonb := coalesce(options, '{}'::jsonb);
+    v_now timestamptz := date_trunc('milliseconds', now());
+    v_queue text;
+    v_body bytea;
+    v_priority smallint;
+    v_run_at_text text;
+    v_run_at timestamptz;
+    v_delay_ms bigint;
+    v_attempts_max integer;
+    b jsonb;
+    v_base_ms bigint;
+    v_factor double precision;
+    v_cap_ms bigint;
+    v_lease_ms bigint;
+    v_key text;
+    v_ordering_key text;
+    v_tags text[] := '{}';
+    t jsonb;
+    v_traceparent text;
+    tp text[];
+    v_window_ms bigint;
+    v_key_expires timestamptz;
+    v_state text;
+    q record;
+    v_id bigint;
+    v_existing bigint;
+    v_existing_payload bytea;
+    v_claimed integer;
+    v_unknown text;
+    v_attempt integer := 0;
+BEGIN
+    v_queue := {s}.enqueue_name(queue, 'queue', (l->>'queue_name_bytes_max')::integer);
+    IF payload IS NULL THEN
+        PERFORM {s}.enqueue_invalid('payload', 'must not be NULL (use ''null''::jsonb for a JSON null)');
+    END IF;
+    v_body := convert_to(payload::text, 'UTF8');
+    IF octet_length(v_body) > (l->>'payload_bytes_max')::integer THEN
+        PERFORM {s}.enqueue_invalid('payload',
+            format('is %s bytes; the limit is %s', octet_length(v_body), l->>'payload_bytes_max'));
+    END IF;
+
+    IF jsonb_typeof(o) = 'null' THEN
+        o := '{}'::jsonb;
+    END IF;
+    IF jsonb_typeof(o) <> 'object' THEN
+        PERFORM {s}.enqueue_invalid('options', 'must be a JSON object; got ' || o::text);
+    END IF;
+    SELECT string_agg(format('%L', k), ', ' ORDER BY k) INTO v_unknown
+    FROM jsonb_object_keys(o) AS k
+    WHERE k <> ALL (ARRAY['priority', 'run_at', 'delay_ms', 'attempts_max', 'backoff', 'lease_ms',
+                          'idempotency_key', 'ordering_key', 'tags', 'traceparent']);
+    IF v_unknown IS NOT NULL THEN
+        PERFORM {s}.enqueue_invalid('options', 'has unknown keys ' || v_unknown || '; allowed are priority, '
+            || 'run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, tags, traceparent');
+    END IF;
+
+    v_priority := coalesce({s}.enqueue_number(o->'priority', 'priority', true,
+        (l->>'priority_min')::numeric, (l->>'priority_max')::numeric), 0);
+
+    v_run_at_text := {s}.enqueue_text(o->'run_at', 'run_at');
+    v_delay_ms := {s}.enqueue_number(o->'delay_ms', 'delay_ms', true, 0, (l->>'run_at_ahead_ms_max')::numeric);
+    IF v_run_at_text IS NOT NULL AND v_delay_ms IS NOT NULL THEN
+        PERFORM {s}.enqueue_invalid('delay_ms', 'cannot be combined with run_at');
+    END IF;
+    IF v_run_at_text IS NOT NULL THEN
+        IF v_run_at_text !~ '^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$' THEN
+            PERFORM {s}.enqueue_invalid('run_at',
+                format('%s is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)', to_json(v_run_at_text)));
+        END IF;
+        BEGIN
+            v_run_at := date_trunc('milliseconds', v_run_at_text::timestamptz);
+        EXCEPTION WHEN others THEN
+            PERFORM {s}.enqueue_invalid('run_at',
+                format('%s is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)', to_json(v_run_at_text)));
+        END;
+        IF v_run_at > v_now + (l->>'run_at_ahead_ms_max')::bigint * interval '1 millisecond' THEN
+            PERFORM {s}.enqueue_invalid('run_at', format('is %s ms ahead; the limit is %s ms',
+                (extract(epoch FROM v_run_at - v_now) * 1000)::bigint, l->>'run_at_ahead_ms_max'));
+        END IF;
+    ELSIF v_delay_ms IS NOT NULL THEN
+        v_run_at := v_now + v_delay_ms * interval '1 millisecond';
+    ELSE
+        v_run_at := v_now;
+    END IF;
+
+    v_attempts_max := {s}.enqueue_number(o->'attempts_max', 'attempts_max', true, 1,
+        (l->>'attempts_max_max')::numeric);
+
+    b := o->'backoff';
+    IF b IS NOT NULL AND jsonb_typeof(b) <> 'null' THEN
+        IF jsonb_typeof(b) <> 'object' THEN
+            PERFORM {s}.enqueue_invalid('backoff', 'must be an object {base_ms, factor, cap_ms}; got ' || b::text);
+        END IF;
+        SELECT string_agg(format('%L', k), ', ' ORDER BY k) INTO v_unknown
+        FROM jsonb_object_keys(b) AS k WHERE k <> ALL (ARRAY['base_ms', 'factor', 'cap_ms']);
+        IF v_unknown IS NOT NULL THEN
+            PERFORM {s}.enqueue_invalid('backoff', 'has unknown keys ' || v_unknown || '; allowed are base_ms, factor, cap_ms');
+        END IF;
+        IF NOT (b ? 'base_ms' AND b ? 'factor' AND b ? 'cap_ms') THEN
+            PERFORM {s}.enqueue_invalid('backoff', 'needs all of base_ms, factor and cap_ms');
+        END IF;
+        v_base_ms := {s}.enqueue_number(b->'base_ms', 'backoff.base_ms', true, 1, (l->>'backoff_base_ms_max')::numeric);
+        v_factor := {s}.enqueue_number(b->'factor', 'backoff.factor', false,
+            (l->>'backoff_factor_min')::numeric, (l->>'backoff_factor_max')::numeric);
+        v_cap_ms := {s}.enqueue_number(b->'cap_ms', 'backoff.cap_ms', true, v_base_ms, (l->>'backoff_cap_ms_max')::numeric);
+        IF v_base_ms IS NULL OR v_factor IS NULL OR v_cap_ms IS NULL THEN
+            PERFORM {s}.enqueue_invalid('backoff', 'needs all of base_ms, factor and cap_ms');
+        END IF;
+    END IF;
+
+    v_lease_ms := {s}.enqueue_number(o->'lease_ms', 'lease_ms', true, (l->>'lease_ms_min')::numeric,
+        (l->>'lease_ms_max')::numeric);
+    v_key := {s}.enqueue_key({s}.enqueue_text(o->'idempotency_key', 'idempotency_key'), 'idempotency_key',
+        (l->>'idempotency_key_bytes_max')::integer);
+    v_ordering_key := {s}.enqueue_key({s}.enqueue_text(o->'ordering_key', 'ordering_key'), 'ordering_key',
+        (l->>'ordering_key_bytes_max')::integer);
+
+    IF o->'tags' IS NOT NULL AND jsonb_typeof(o->'tags') <> 'null' THEN
+        IF jsonb_typeof(o->'tags') <> 'array' THEN
+            PERFORM {s}.enqueue_invalid('tags', 'must be an array of strings; got ' || (o->'tags')::text);
+        END IF;
+        IF jsonb_array_length(o->'tags') > (l->>'tags_per_job_max')::integer THEN
+            PERFORM {s}.enqueue_invalid('tags', format('has %s tags; the limit is %s',
+                jsonb_array_length(o->'tags'), l->>'tags_per_job_max'));
+        END IF;
+        FOR t IN SELECT value FROM jsonb_array_elements(o->'tags') LOOP
+            IF jsonb_typeof(t) <> 'string' THEN
+                PERFORM {s}.enqueue_invalid('tags', 'must be an array of strings; got ' || t::text);
+            END IF;
+            v_tags := v_tags || {s}.enqueue_name(t #>> '{}', 'tags', (l->>'tag_bytes_max')::integer);
+        END LOOP;
+    END IF;
+
+    v_traceparent := {s}.enqueue_text(o->'traceparent', 'traceparent');
+    IF v_traceparent IS NOT NULL THEN
+        IF octet_length(v_traceparent) > (l->>'traceparent_bytes_max')::integer THEN
+            PERFORM {s}.enqueue_invalid('traceparent', format('is %s bytes; the limit is %s',
+                octet_length(v_traceparent), l->>'traceparent_bytes_max'));
+        END IF;
+        tp := string_to_array(v_traceparent, '-');
+        IF cardinality(tp) < 4
+           OR tp[1] !~ '^[0-9a-f]{2}$' OR tp[1] = 'ff'
+           OR tp[2] !~ '^[0-9a-f]{32}$' OR tp[3] !~ '^[0-9a-f]{16}$' OR tp[4] !~ '^[0-9a-f]{2}$'
+           OR tp[2] ~ '^0+$' OR tp[3] ~ '^0+$'
+           OR (tp[1] = '00' AND cardinality(tp) > 4) THEN
+            PERFORM {s}.enqueue_invalid('traceparent', 'is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)');
+        END IF;
+    END IF;
+
+    -- The queue, created with the default policy by its first job (as the store does).
+    INSERT INTO {s}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms,
+                            retention_ms, retention_dead_ms, paused)
+    VALUES (v_queue, (l->>'attempts_max_default')::integer, (l->>'backoff_base_ms_default')::bigint,
+            (l->>'backoff_factor_default')::double precision, (l->>'backoff_cap_ms_default')::bigint,
+            (l->>'lease_ms_default')::bigint, (l->>'retention_ms_default')::bigint,
+            (l->>'retention_dead_ms_default')::bigint, false)
+    ON CONFLICT DO NOTHING;
+    SELECT qq.attempts_max, qq.backoff_base_ms, qq.backoff_factor, qq.backoff_cap_ms, qq.lease_ms INTO q
+    FROM {s}.queues qq WHERE qq.name = v_queue;
+
+    v_state := CASE WHEN v_run_at > v_now THEN 'scheduled' ELSE 'available' END;
+
+    IF v_key IS NULL THEN
+        v_id := nextval('{s}.jobs_id_seq');
+    ELSE
+        v_window_ms := coalesce(nullif(current_setting('dray.idempotency_window_ms', true), '')::bigint,
+                                (l->>'idempotency_window_ms_default')::bigint);
+        IF v_window_ms < 1 OR v_window_ms > (l->>'idempotency_window_ms_max')::bigint THEN
+            PERFORM {s}.enqueue_invalid('dray.idempotency_window_ms', format('is %s; allowed is 1 to %s',
+                v_window_ms, l->>'idempotency_window_ms_max'));
+        END IF;
+        v_key_expires := v_now + v_window_ms * interval '1 millisecond';
+        LOOP
+            v_attempt := v_attempt + 1;
+            SELECT j.id, j.payload INTO v_existing, v_existing_payload
+            FROM {s}.idempotency i JOIN {s}.jobs j ON j.id = i.job_id
+            WHERE i.queue = v_queue AND i.key = v_key AND i.expires_at > v_now;
+            IF FOUND THEN
+                IF v_existing_payload = v_body THEN
+                    RETURN v_existing;
+                END IF;
+                RAISE EXCEPTION USING
+                    MESSAGE = format('{s}.enqueue: idempotency_key %s is already used in queue %s by job %s with another payload',
+                                     to_json(v_key), to_json(v_queue), v_existing),
+                    DETAIL = format('existing job id: %s', v_existing),
+                    HINT = 'Use a new key, or the same payload to get the existing job''s id.',
+                    ERRCODE = 'unique_violation', CONSTRAINT = 'idempotency_pkey', TABLE = 'idempotency';
+            END IF;
+            IF v_attempt > 8 THEN
+                RAISE EXCEPTION USING
+                    MESSAGE = format('{s}.enqueue: idempotency_key %s in queue %s is held by a job that no longer exists',
+                                     to_json(v_key), to_json(v_queue)),
+                    ERRCODE = 'serialization_failure';
+            END IF;
+            v_id := nextval('{s}.jobs_id_seq');
+            -- Claims a free key, or one past its window; waits for a concurrent claim to finish.
+            INSERT INTO {s}.idempotency AS i (queue, key, job_id, expires_at)
+            VALUES (v_queue, v_key, v_id, v_key_expires)
+            ON CONFLICT (queue, key) DO UPDATE SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
+                WHERE i.expires_at <= v_now;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            EXIT WHEN v_claimed = 1;
+        END LOOP;
+    END IF;
+
+    INSERT INTO {s}.jobs (id, queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
+                          backoff_cap_ms, lease_ms, idempotency_key, idempotency_expires_at, ordering_key, tags,
+                          traceparent, state, run_at, attempt, cancel_requested, version)
+    OVERRIDING SYSTEM VALUE
+    VALUES (v_id, v_queue, v_body, v_priority, v_now, coalesce(v_attempts_max, q.attempts_max),
+            coalesce(v_base_ms, q.backoff_base_ms), coalesce(v_factor, q.backoff_factor),
+            coalesce(v_cap_ms, q.backoff_cap_ms), coalesce(v_lease_ms, q.lease_ms), v_key, v_key_expires,
+            v_ordering_key, v_tags, v_traceparent, v_state, v_run_at, 0, false, 1);
+    INSERT INTO {s}.job_history (job_id, seq, at, kind, state, attempt, run_at)
+    VALUES (v_id, 1, v_now, 'enqueued', v_state, 0, CASE WHEN v_state = 'scheduled' THEN v_run_at END);
+    IF v_state = 'available' THEN
+        -- Delivered at commit, when the job becomes visible; never after a rollback.
+        PERFORM pg_notify('{s}_jobs', v_queue);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION {s}.enqueue(text, jsonb, jsonb) IS
+    'Enqueues one Dray job inside the caller''s transaction; returns its id. See docs/outbox.md.';
+"##;
 
 /// The SQL of a migration for `schema`, with the core's names for states, reasons and kinds
 /// filled into the CHECKs (one source of truth: the core's enums).
