@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use dray_runtime::SystemClock;
-use dray_store_embedded::EmbeddedStore;
+use crate::store::AnyStore;
 
 use crate::waiters::Waiters;
 
@@ -14,7 +14,7 @@ pub(crate) struct App(Arc<Shared>);
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub store: Arc<EmbeddedStore>,
+    pub store: Arc<AnyStore>,
     /// The server's one clock: every `now` passed to the store comes from it.
     pub clock: SystemClock,
     pub waiters: Arc<Waiters>,

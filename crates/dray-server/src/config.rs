@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use dray_runtime::MaintenanceConfig;
 use dray_store_embedded::{Durability, EmbeddedConfig};
+use dray_store_postgres::{PostgresConfig, TimeSource};
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +66,22 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish [default: 10000].
     #[arg(long, env = "DRAY_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Run on PostgreSQL instead of the embedded store (`postgres://user@host:5432/db`); many
+    /// nodes may share one database. `--data-dir` is then unused.
+    #[arg(long, env = "DRAY_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    /// The schema holding Dray's tables [default: dray].
+    #[arg(long, env = "DRAY_DATABASE_SCHEMA", value_name = "NAME")]
+    pub database_schema: Option<String>,
+    /// Pooled connections per node (plus one for LISTEN) [default: 16].
+    #[arg(long, env = "DRAY_DATABASE_POOL_SIZE_MAX", value_name = "N")]
+    pub database_pool_size_max: Option<u64>,
+    /// Bound on opening a connection and on waiting for a pooled one [default: 5000].
+    #[arg(long, env = "DRAY_DATABASE_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub database_connect_timeout_ms: Option<u64>,
+    /// `statement_timeout` of every session [default: 30000].
+    #[arg(long, env = "DRAY_DATABASE_STATEMENT_TIMEOUT_MS", value_name = "MS")]
+    pub database_statement_timeout_ms: Option<u64>,
 }
 
 /// The validated configuration the server runs with. Build it with [`Config::from_args`] (or
@@ -80,6 +97,8 @@ pub struct Config {
     lease_wait_ms_max: u64,
     shutdown_grace_ms: u64,
     maintenance: MaintenanceConfig,
+    /// `Some`: PostgreSQL mode (the embedded settings are unused).
+    database: Option<PostgresConfig>,
 }
 
 impl Config {
@@ -129,7 +148,19 @@ impl Config {
                 interval_ms: Self::TEST_MAINTENANCE_INTERVAL_MS,
                 ..MaintenanceConfig::default()
             },
+            database: None,
         }
+    }
+
+    /// [`Config::for_test`] on PostgreSQL: the store in `database` (its time source must be
+    /// [`TimeSource::Database`]; [`crate::start`] refuses any other).
+    pub fn for_test_postgres(database: PostgresConfig) -> Config {
+        Config { database: Some(database), ..Config::for_test(Path::new(Self::DATA_DIR_DEFAULT)) }
+    }
+
+    /// The PostgreSQL store's configuration, in PostgreSQL mode; `None` in embedded mode.
+    pub fn database(&self) -> Option<&PostgresConfig> {
+        self.database.as_ref()
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -227,10 +258,15 @@ struct FileSettings {
     body_bytes_max: Option<u64>,
     lease_wait_ms_max: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    database: Option<String>,
+    database_schema: Option<String>,
+    database_pool_size_max: Option<u64>,
+    database_connect_timeout_ms: Option<u64>,
+    database_statement_timeout_ms: Option<u64>,
 }
 
 impl FileSettings {
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 13] = [
         "listen",
         "data_dir",
         "durability",
@@ -239,6 +275,11 @@ impl FileSettings {
         "body_bytes_max",
         "lease_wait_ms_max",
         "shutdown_grace_ms",
+        "database",
+        "database_schema",
+        "database_pool_size_max",
+        "database_connect_timeout_ms",
+        "database_statement_timeout_ms",
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
@@ -284,6 +325,11 @@ impl FileSettings {
             body_bytes_max: number("body_bytes_max")?,
             lease_wait_ms_max: number("lease_wait_ms_max")?,
             shutdown_grace_ms: number("shutdown_grace_ms")?,
+            database: string("database")?,
+            database_schema: string("database_schema")?,
+            database_pool_size_max: number("database_pool_size_max")?,
+            database_connect_timeout_ms: number("database_connect_timeout_ms")?,
+            database_statement_timeout_ms: number("database_statement_timeout_ms")?,
         })
     }
 }
@@ -299,6 +345,11 @@ struct Raw {
     body_bytes_max: Setting<u64>,
     lease_wait_ms_max: Setting<u64>,
     shutdown_grace_ms: Setting<u64>,
+    database: Setting<String>,
+    database_schema: Setting<String>,
+    database_pool_size_max: Setting<u64>,
+    database_connect_timeout_ms: Setting<u64>,
+    database_statement_timeout_ms: Setting<u64>,
 }
 
 impl Raw {
@@ -355,10 +406,94 @@ impl Raw {
                 "shutdown_grace_ms",
                 path,
             ),
+            database: Setting::pick(args.database, "--database", "DRAY_DATABASE", file.database, "database", path),
+            database_schema: Setting::pick(
+                args.database_schema,
+                "--database-schema",
+                "DRAY_DATABASE_SCHEMA",
+                file.database_schema,
+                "database_schema",
+                path,
+            ),
+            database_pool_size_max: Setting::pick(
+                args.database_pool_size_max,
+                "--database-pool-size-max",
+                "DRAY_DATABASE_POOL_SIZE_MAX",
+                file.database_pool_size_max,
+                "database_pool_size_max",
+                path,
+            ),
+            database_connect_timeout_ms: Setting::pick(
+                args.database_connect_timeout_ms,
+                "--database-connect-timeout-ms",
+                "DRAY_DATABASE_CONNECT_TIMEOUT_MS",
+                file.database_connect_timeout_ms,
+                "database_connect_timeout_ms",
+                path,
+            ),
+            database_statement_timeout_ms: Setting::pick(
+                args.database_statement_timeout_ms,
+                "--database-statement-timeout-ms",
+                "DRAY_DATABASE_STATEMENT_TIMEOUT_MS",
+                file.database_statement_timeout_ms,
+                "database_statement_timeout_ms",
+                path,
+            ),
         }
     }
 
+    /// The PostgreSQL settings, validated, when `database` is set. Options that only make sense
+    /// with a database are refused without one, so a typo does not silently run embedded.
+    fn database(&self) -> anyhow::Result<Option<PostgresConfig>> {
+        let Some(url) = self.database.value.clone() else {
+            let given = [
+                (&self.database_schema.origin, self.database_schema.value.is_some()),
+                (&self.database_pool_size_max.origin, self.database_pool_size_max.value.is_some()),
+                (&self.database_connect_timeout_ms.origin, self.database_connect_timeout_ms.value.is_some()),
+                (&self.database_statement_timeout_ms.origin, self.database_statement_timeout_ms.value.is_some()),
+            ];
+            if let Some((origin, _)) = given.iter().find(|(_, set)| *set) {
+                bail!("{origin}: only applies with --database (PostgreSQL mode)");
+            }
+            return Ok(None);
+        };
+        if url.trim().is_empty() {
+            bail!("{}: must not be empty", self.database.origin);
+        }
+        let mut pg = PostgresConfig::new(url);
+        pg.time_source = TimeSource::Database;
+        if let Some(schema) = &self.database_schema.value {
+            pg.schema = schema.clone();
+        }
+        if let Some(n) = self.database_pool_size_max.value {
+            let n = in_range(&self.database_pool_size_max.origin, n, 1, PostgresConfig::POOL_SIZE_MAX_MAX as u64, "")?;
+            pg.pool_size_max = n as usize;
+        }
+        if let Some(ms) = self.database_connect_timeout_ms.value {
+            pg.connect_timeout_ms =
+                in_range(&self.database_connect_timeout_ms.origin, ms, 1, PostgresConfig::CONNECT_TIMEOUT_MS_MAX, " ms")?;
+        }
+        if let Some(ms) = self.database_statement_timeout_ms.value {
+            pg.statement_timeout_ms = in_range(
+                &self.database_statement_timeout_ms.origin,
+                ms,
+                1,
+                PostgresConfig::STATEMENT_TIMEOUT_MS_MAX,
+                " ms",
+            )?;
+        }
+        if let Err(e) = pg.validate() {
+            let origin = match e.field.as_str() {
+                "schema" => &self.database_schema.origin,
+                _ => &self.database.origin,
+            };
+            bail!("{origin}: {e}");
+        }
+        Ok(Some(pg))
+    }
+
     fn validate(self) -> anyhow::Result<Config> {
+        let database = self.database()?;
         let listen_text = self.listen.value.as_deref().unwrap_or(Config::LISTEN_DEFAULT);
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             anyhow!("{}: {listen_text:?} is not an address and port like 127.0.0.1:7700 or [::1]:7700", self.listen.origin)
@@ -406,6 +541,7 @@ impl Raw {
             lease_wait_ms_max,
             shutdown_grace_ms,
             maintenance: MaintenanceConfig::default(),
+            database,
         })
     }
 }
@@ -490,6 +626,29 @@ mod tests {
             "--durability (or DRAY_DURABILITY): \"sometimes\" is not one of always, interval=<ms>, never"
         );
         assert!(err(ServeArgs { listen: Some("localhost".into()), ..ServeArgs::default() }, "").starts_with("--listen"));
+    }
+
+    #[test]
+    fn database_options() {
+        let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
+        assert!(c.database().is_none(), "embedded by default");
+        let f = file("database = \"postgres://u@h/db\"\ndatabase_schema = \"jobs\"\ndatabase_pool_size_max = 4\n");
+        let args = ServeArgs { database_statement_timeout_ms: Some(1_000), ..ServeArgs::default() };
+        let c = Raw::layer(args, f).validate().unwrap();
+        let pg = c.database().unwrap();
+        assert_eq!((pg.url.as_str(), pg.schema.as_str(), pg.pool_size_max), ("postgres://u@h/db", "jobs", 4));
+        assert_eq!((pg.statement_timeout_ms, pg.connect_timeout_ms), (1_000, 5_000));
+        assert_eq!(pg.time_source, TimeSource::Database);
+        assert_eq!(
+            err(ServeArgs { database_pool_size_max: Some(0), database: Some("postgres://h/d".into()), ..ServeArgs::default() }, ""),
+            "--database-pool-size-max (or DRAY_DATABASE_POOL_SIZE_MAX): is 0; allowed is 1 to 1024"
+        );
+        assert_eq!(
+            err(ServeArgs { database_schema: Some("x".into()), ..ServeArgs::default() }, ""),
+            "--database-schema (or DRAY_DATABASE_SCHEMA): only applies with --database (PostgreSQL mode)"
+        );
+        let e = err(ServeArgs { database: Some("postgres://h/d".into()), database_schema: Some("Bad".into()), ..ServeArgs::default() }, "");
+        assert!(e.starts_with("--database-schema (or DRAY_DATABASE_SCHEMA): schema"), "{e}");
     }
 
     #[test]

@@ -18,8 +18,10 @@
 mod app;
 mod config;
 mod extract;
+mod listen;
 mod problem;
 mod routes;
+mod store;
 mod waiters;
 
 use std::net::SocketAddr;
@@ -29,13 +31,16 @@ use std::time::Duration;
 use anyhow::Context;
 use dray_runtime::{Maintenance, SystemClock};
 use dray_store_embedded::EmbeddedStore;
+use dray_store_postgres::{PostgresStore, TimeSource};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, LogFormat, ServeArgs};
+pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
 
 use crate::app::{App, Shared};
+use crate::store::AnyStore;
 use crate::waiters::Waiters;
 
 /// Installs the global `tracing` subscriber: lines on stderr, filtered by `RUST_LOG` (default
@@ -62,22 +67,14 @@ pub fn init_logging(format: LogFormat) {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(
         listen = %config.listen(),
-        data_dir = %config.data_dir().display(),
-        durability = ?config.durability(),
-        memory_budget_bytes = config.memory_budget_bytes(),
+        store = if config.database().is_some() { "postgres" } else { "embedded" },
         body_bytes_max = config.body_bytes_max(),
         lease_wait_ms_max = config.lease_wait_ms_max(),
         shutdown_grace_ms = config.shutdown_grace_ms(),
         maintenance_interval_ms = config.maintenance().interval_ms,
         "dray serve starting"
     );
-    let store_config = config.store();
-    let dir = config.data_dir().display().to_string();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))
-        .await
-        .context("the task opening the store failed")?
-        .with_context(|| format!("cannot open the store in {dir}"))?;
-    let store = Arc::new(store);
+    let store = Arc::new(open_store(&config).await?);
 
     let listener = match tokio::net::TcpListener::bind(config.listen()).await {
         Ok(listener) => listener,
@@ -99,8 +96,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);
+    // Every node runs maintenance: on PostgreSQL its statements claim rows with
+    // `FOR UPDATE SKIP LOCKED`, so concurrent nodes split the work instead of colliding.
     let maintenance = Maintenance::new(store.clone(), clock, config.maintenance())
         .map_err(|e| anyhow::anyhow!("maintenance: {e}"))?;
+    let wakeups = match &*store {
+        AnyStore::Postgres(pg) => {
+            let connection = listen_config(pg)?;
+            let channel = pg.notify_channel().to_owned();
+            Some(tokio::spawn(listen::run(connection, channel, waiters.clone(), stop_maintenance.subscribe())))
+        }
+        AnyStore::Embedded(_) => None,
+    };
     let maintenance = tokio::spawn(maintain(maintenance, waiters.clone(), maintenance_stopped));
 
     let (stop_serving, serving_stopped) = watch::channel(false);
@@ -121,9 +128,56 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         server: Some(server),
         stop_serving,
         maintenance,
+        wakeups,
         stop_maintenance,
         grace: Duration::from_millis(config.shutdown_grace_ms()),
     })
+}
+
+/// Opens the configured store: the embedded one in its directory, or PostgreSQL (migrating the
+/// schema if needed).
+async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
+    match config.database() {
+        None => {
+            tracing::info!(
+                data_dir = %config.data_dir().display(),
+                durability = ?config.durability(),
+                memory_budget_bytes = config.memory_budget_bytes(),
+                "opening the embedded store"
+            );
+            let store_config = config.store();
+            let dir = config.data_dir().display().to_string();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))
+                .await
+                .context("the task opening the store failed")?
+                .with_context(|| format!("cannot open the store in {dir}"))?;
+            Ok(AnyStore::Embedded(store))
+        }
+        Some(pg) => {
+            // Nodes with skewed clocks would disagree on deadlines: production runs on the
+            // database's clock only.
+            if pg.time_source != TimeSource::Database {
+                anyhow::bail!("the PostgreSQL store must use the database's clock (TimeSource::Database)");
+            }
+            tracing::info!(database = ?pg, "opening the PostgreSQL store");
+            let store = PostgresStore::connect(pg.clone())
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL store (schema {})", pg.schema))?;
+            Ok(AnyStore::Postgres(Box::new(store)))
+        }
+    }
+}
+
+/// The LISTEN connection's settings: the store's URL and connect timeout, its own name.
+fn listen_config(store: &PostgresStore) -> anyhow::Result<tokio_postgres::Config> {
+    let pg = store.config();
+    let mut config: tokio_postgres::Config =
+        pg.url.parse().map_err(|e| anyhow::anyhow!("--database: not a PostgreSQL connection string: {e}"))?;
+    config.connect_timeout(Duration::from_millis(pg.connect_timeout_ms));
+    if config.get_application_name().is_none() {
+        config.application_name("dray-listen");
+    }
+    Ok(config)
 }
 
 /// A server serving in the background. Stop it with [`Running::shutdown`], or hand it to
@@ -134,11 +188,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 pub struct Running {
     /// Where it listens (the port the OS picked, when configured with port 0).
     pub addr: SocketAddr,
-    store: Arc<EmbeddedStore>,
+    store: Arc<AnyStore>,
     waiters: Arc<Waiters>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     stop_serving: watch::Sender<bool>,
     maintenance: JoinHandle<()>,
+    /// PostgreSQL mode: the task listening for other nodes' wake-ups.
+    wakeups: Option<JoinHandle<()>>,
     stop_maintenance: watch::Sender<bool>,
     grace: Duration,
 }
@@ -205,6 +261,11 @@ impl Running {
         if let Err(e) = (&mut self.maintenance).await {
             tracing::warn!(error = %e, "the maintenance task failed");
         }
+        if let Some(wakeups) = self.wakeups.take()
+            && let Err(e) = wakeups.await
+        {
+            tracing::warn!(error = %e, "the LISTEN task failed");
+        }
         let store = self.store.clone();
         drop(self);
         close_store(store, remaining(deadline)).await?;
@@ -227,7 +288,7 @@ fn remaining(deadline: tokio::time::Instant) -> Duration {
 /// Closes the store once this is its last reference. Connection tasks let go of theirs just after
 /// the server reports them done, so wait a little (at most `patience`, and a few scheduler turns
 /// at least) for that.
-async fn close_store(mut store: Arc<EmbeddedStore>, patience: Duration) -> anyhow::Result<()> {
+async fn close_store(mut store: Arc<AnyStore>, patience: Duration) -> anyhow::Result<()> {
     /// Turns of the scheduler to give tasks that are finishing before checking the clock.
     const YIELDS_MIN: u32 = 64;
     /// Between checks once the quick turns are spent.
@@ -251,16 +312,13 @@ async fn close_store(mut store: Arc<EmbeddedStore>, patience: Duration) -> anyho
             );
         }
     };
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .context("the task closing the store failed")?
-        .context("closing the store failed")
+    store.close().await
 }
 
 /// The maintenance loop, plus one thing the server needs: when a tick promoted or expired jobs,
 /// waiting long-polls are woken to try again.
 async fn maintain(
-    maintenance: Maintenance<EmbeddedStore, SystemClock>,
+    maintenance: Maintenance<AnyStore, SystemClock>,
     waiters: Arc<Waiters>,
     stop: watch::Receiver<bool>,
 ) {
@@ -290,4 +348,15 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
     }
+}
+
+/// `dray migrate`: brings the PostgreSQL schema up to date (safe while nodes run or start) and
+/// returns what it did. `schema` defaults to `dray`.
+pub async fn migrate(url: &str, schema: Option<&str>) -> anyhow::Result<Migrated> {
+    let mut pg = dray_store_postgres::PostgresConfig::new(url);
+    if let Some(schema) = schema {
+        pg.schema = schema.to_owned();
+    }
+    pg.validate().map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    dray_store_postgres::migrate(&pg).await.with_context(|| format!("cannot migrate schema {}", pg.schema))
 }

@@ -67,6 +67,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server; prints `dray listening on http://ADDR` once it accepts connections.
     Serve(Box<ServeCommand>),
+    /// Apply the embedded PostgreSQL migrations and print the schema version (safe while nodes run).
+    Migrate(MigrateArgs),
     /// Enqueue one job, or one job per line of a JSON Lines file.
     Enqueue(EnqueueArgs),
     /// List, inspect and cancel jobs.
@@ -81,6 +83,16 @@ pub enum Command {
     /// Run a shell command for each job of the given queues (a worker for any language).
     #[command(after_long_help = WORK_HELP)]
     Work(WorkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The database (`postgres://user@host:5432/db`).
+    #[arg(long, env = "DRAY_DATABASE", value_name = "URL")]
+    pub database: String,
+    /// The schema holding Dray's tables.
+    #[arg(long, env = "DRAY_DATABASE_SCHEMA", value_name = "NAME", default_value = "dray")]
+    pub database_schema: String,
 }
 
 #[derive(Debug, Args)]

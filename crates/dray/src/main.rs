@@ -46,9 +46,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(serve) = command {
         return cmd::serve::run(serve.args).await;
     }
+    if let Command::Migrate(args) = command {
+        return cmd::migrate::run(args, json).await;
+    }
     let client = dray_client::Client::new(&server)?;
     match command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Migrate(_) => unreachable!("handled above"),
         Command::Enqueue(args) => cmd::enqueue::run(&client, args, json).await,
         Command::Jobs(command) => cmd::jobs::run(&client, command, json).await,
         Command::Dlq(command) => cmd::dlq::run(&client, command, json).await,

@@ -1,0 +1,147 @@
+//! Wake-ups across nodes (PostgreSQL mode): one dedicated connection, outside the pool (a pooled
+//! connection cannot listen), runs `LISTEN <schema>_jobs`. The store sends
+//! `NOTIFY <schema>_jobs, '<queue>'` when a queue gets available jobs (insert, promotion,
+//! redrive) on any node; each notification wakes this node's long-polls on that queue.
+//!
+//! Notifications sent while the connection is down are lost, so every (re)connect is treated as
+//! "rescan": once `LISTEN` is in place, every waiter is woken to try leasing again. Connection
+//! losses are retried with exponential backoff (capped), forever, until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dray_core::QueueName;
+use tokio::sync::watch;
+use tokio_postgres::AsyncMessage;
+
+use crate::waiters::Waiters;
+
+/// First pause after a failed or lost connection; doubled each time, up to the max.
+const BACKOFF_MS_MIN: u64 = 50;
+const BACKOFF_MS_MAX: u64 = 2_000;
+/// How often an idle LISTEN connection is probed (an empty query), to notice a dead peer.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Runs until `stop` turns true. `pg` is the store's connection settings (URL, timeouts).
+pub(crate) async fn run(
+    pg: tokio_postgres::Config,
+    channel: String,
+    waiters: Arc<Waiters>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MS_MIN;
+    loop {
+        let session = listen_once(&pg, &channel, &waiters);
+        let outcome = tokio::select! {
+            biased;
+            _ = stop.wait_for(|&s| s) => return,
+            outcome = session => outcome,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::warn!(channel, "the LISTEN connection closed; reconnecting");
+                backoff = BACKOFF_MS_MIN;
+            }
+            Err(Fail { listening, error }) => {
+                if listening {
+                    // It worked for a while: start the backoff over.
+                    backoff = BACKOFF_MS_MIN;
+                }
+                tracing::warn!(channel, error = %error, retry_ms = backoff, "the LISTEN connection failed; reconnecting");
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|&s| s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MS_MAX);
+    }
+}
+
+struct Fail {
+    /// Whether `LISTEN` had succeeded before the failure.
+    listening: bool,
+    error: String,
+}
+
+/// One connection's life: connect, LISTEN, rescan, then wake waiters per notification until the
+/// connection ends.
+async fn listen_once(
+    pg: &tokio_postgres::Config,
+    channel: &str,
+    waiters: &Waiters,
+) -> Result<(), Fail> {
+    let fail = |listening: bool| move |e: tokio_postgres::Error| Fail { listening, error: e.to_string() };
+    let connect_timeout = pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
+    let (client, mut connection) = match tokio::time::timeout(connect_timeout, pg.connect(tokio_postgres::NoTls)).await {
+        Ok(result) => result.map_err(fail(false))?,
+        Err(_) => return Err(Fail { listening: false, error: format!("no connection within {connect_timeout:?}") }),
+    };
+    // The connection must be polled for the LISTEN to complete; messages arriving before it
+    // completes are notifications for this channel too (none can: we are not listening yet).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<AsyncMessage, tokio_postgres::Error>>();
+    let driver = async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(message) => {
+                    if tx.send(message).is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    };
+    let driver = tokio::spawn(driver);
+    // Abort the driver (closing the socket) whatever way this function ends.
+    let _guard = AbortOnDrop(driver);
+
+    // The channel name is `<schema>_jobs`, a validated identifier: safe to splice in.
+    let listen = tokio::time::timeout(connect_timeout, client.batch_execute(&format!("LISTEN {channel}"))).await;
+    match listen {
+        Ok(result) => result.map_err(fail(false))?,
+        Err(_) => return Err(Fail { listening: false, error: format!("LISTEN got no answer within {connect_timeout:?}") }),
+    }
+    tracing::info!(channel, "listening for wake-ups");
+    // Rescan: whatever was notified while we were not listening is lost.
+    waiters.wake_all();
+
+    // A peer that vanished without closing the socket sends nothing: probe now and then.
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
+    loop {
+        let message = tokio::select! {
+            message = rx.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            _ = probe.tick() => {
+                match tokio::time::timeout(connect_timeout, client.simple_query("")).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(fail(true)(e)),
+                    Err(_) => return Err(Fail { listening: true, error: format!("no answer to a probe within {connect_timeout:?}") }),
+                }
+            }
+        };
+        match message {
+            Ok(AsyncMessage::Notification(n)) => match QueueName::new(n.payload()) {
+                Ok(queue) => waiters.wake([&queue]),
+                // Not one of ours (someone else notified the channel): wake everybody, cheaply correct.
+                Err(_) => waiters.wake_all(),
+            },
+            Ok(AsyncMessage::Notice(notice)) => tracing::debug!(notice = %notice, "notice on the LISTEN connection"),
+            Ok(_) => {}
+            Err(e) => return Err(fail(true)(e)),
+        }
+    }
+    drop(client);
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

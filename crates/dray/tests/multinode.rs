@@ -1,0 +1,458 @@
+//! Several `dray serve --database` processes on one PostgreSQL database: the real binary, SDK
+//! workers spread across the nodes, a node killed with SIGKILL and restarted, the database
+//! dropping every connection, and long-polls woken by an enqueue on another node.
+//!
+//! Each test creates its own database (`dray_test_<random>`) and drops it at the end. The
+//! database is `DATABASE_URL` if set, else `postgres://postgres@127.0.0.1:5432/test`; `psql` runs
+//! the test's own SQL. With no PostgreSQL reachable the tests fail, saying how to get one.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dray_api::LeaseRequest;
+use dray_client::{Client, Enqueue, Worker};
+use tokio::sync::watch;
+
+use common::ServeProcess;
+
+const BASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Jobs in the kill-and-restart run; `DRAY_MULTINODE_JOBS` overrides.
+const JOBS_DEFAULT: u64 = 50_000;
+const BATCH: u64 = 1_000;
+const QUEUE: &str = "mn";
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| BASE_URL_DEFAULT.to_owned())
+}
+
+/// Runs `sql` with psql on `url`; returns its unaligned, tuples-only output.
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-v", "ON_ERROR_STOP=1", "-At", "-F", ",", "-c", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[track_caller]
+fn query(url: &str, sql: &str) -> String {
+    psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn count(url: &str, sql: &str) -> u64 {
+    query(url, sql).trim().parse().unwrap_or_else(|e| panic!("{sql}: not a number: {e}"))
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).expect("DATABASE_URL must be a postgres:// URL");
+    let rest = &url[scheme_end..];
+    let (before_query, query) = match rest.find('?') {
+        Some(q) => (&rest[..q], &rest[q..]),
+        None => (rest, ""),
+    };
+    let authority = before_query.split('/').next().unwrap_or("");
+    format!("{}{authority}/{db}{query}", &url[..scheme_end])
+}
+
+/// A database of its own, dropped (with its connections) when the test ends.
+struct TestDb {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    fn create() -> TestDb {
+        let base = base_url();
+        if let Err(e) = psql(&base, "SELECT 1") {
+            panic!(
+                "no PostgreSQL reachable at {base}: {e}\n\
+                 These tests need one: set DATABASE_URL=postgres://USER@HOST:PORT/DB (a role that may \
+                 CREATE DATABASE), or start the local cluster with `pg_ctlcluster 15 main start` \
+                 (user postgres, trust authentication, database test)."
+            );
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("dray_test_{}_{nanos}", std::process::id());
+        query(&base, &format!("CREATE DATABASE {name}"));
+        let url = with_database(&base, &name);
+        TestDb { base, name, url }
+    }
+
+    fn terminate_all(&self) -> u64 {
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            self.name
+        );
+        count(&self.base, &sql)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = psql(&self.base, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// A `dray serve --database` node; its data directory is unused but must exist for the helper.
+struct Node {
+    process: Option<ServeProcess>,
+    url: String,
+    addr: String,
+    db: String,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(db: &str) -> Node {
+        Node::start_at(db, "127.0.0.1:0", tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    fn start_at(db: &str, listen: &str, dir: tempfile::TempDir) -> Node {
+        // Restarting on the same port may race the old socket's teardown: retry a little.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let process = loop {
+            match ServeProcess::spawn(&dir.path().join("unused"), listen, &node_flags(db)) {
+                Ok(p) => break p,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("retrying: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        Node { url: process.url.clone(), addr: process.addr.to_string(), process: Some(process), db: db.to_owned(), dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::builder(&self.url).request_timeout(Duration::from_secs(30)).build().expect("a client")
+    }
+
+    /// SIGKILL, then a new process on the same address (clients keep their URL).
+    fn kill_and_restart(&mut self) {
+        self.process.take().expect("running").kill9();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a temporary directory"));
+        let restarted = Node::start_at(&self.db, &self.addr, dir);
+        assert_eq!(restarted.url, self.url);
+        *self = restarted;
+    }
+}
+
+fn node_flags(db: &str) -> Vec<&str> {
+    vec!["--database", db, "--database-pool-size-max", "8", "--database-connect-timeout-ms", "2000"]
+}
+
+fn jobs_target() -> u64 {
+    std::env::var("DRAY_MULTINODE_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(JOBS_DEFAULT)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("a runtime")
+}
+
+/// Starts an SDK worker on `client` that completes every job at once.
+fn spawn_worker(
+    rt: &tokio::runtime::Runtime,
+    client: Client,
+    id: usize,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<dray_client::WorkerReport> {
+    let worker = Worker::builder(client)
+        .worker_id(format!("w{id}"))
+        .queue(QUEUE, |_ctx: dray_client::JobContext| async move { Ok(None) })
+        .concurrency(32)
+        .lease_wait(Duration::from_secs(2))
+        .lease_duration(Duration::from_secs(3))
+        .build()
+        .expect("a worker");
+    rt.spawn(async move {
+        let mut stop = stop;
+        worker
+            .run(async move {
+                let _ = stop.wait_for(|&s| s).await;
+            })
+            .await
+            .expect("the worker ran")
+    })
+}
+
+/// Every job completed exactly once; a job leased again only after its previous lease ended
+/// (expired or failed); tokens strictly increase per job.
+fn check_history(db: &str, jobs: u64) {
+    let s = "dray";
+    assert_eq!(count(db, &format!("SELECT count(*) FROM {s}.jobs")), jobs, "jobs in the table");
+    let unfinished = query(db, &format!("SELECT state, count(*) FROM {s}.jobs WHERE state <> 'completed' GROUP BY state"));
+    assert!(unfinished.trim().is_empty(), "jobs not completed: {unfinished}");
+    let twice = query(
+        db,
+        &format!(
+            "SELECT job_id, count(*) FROM {s}.job_history WHERE kind = 'completed' GROUP BY job_id HAVING count(*) <> 1 LIMIT 10"
+        ),
+    );
+    assert!(twice.trim().is_empty(), "jobs completed more than once: {twice}");
+    assert_eq!(
+        count(db, &format!("SELECT count(DISTINCT job_id) FROM {s}.job_history WHERE kind = 'completed'")),
+        jobs
+    );
+    let rows = query(
+        db,
+        &format!(
+            "SELECT job_id, seq, kind, coalesce(token, -1) FROM {s}.job_history WHERE job_id IN \
+             (SELECT job_id FROM {s}.job_history WHERE kind = 'leased' GROUP BY job_id HAVING count(*) > 1) \
+             ORDER BY job_id, seq"
+        ),
+    );
+    let mut current: Option<u64> = None;
+    let mut live = false;
+    let mut last_token = -1i64;
+    let mut releases = 0u64;
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        let (job, kind, token): (u64, &str, i64) = (f[0].parse().unwrap(), f[2], f[3].parse().unwrap());
+        if current != Some(job) {
+            current = Some(job);
+            live = false;
+            last_token = -1;
+        }
+        match kind {
+            "leased" => {
+                assert!(!live, "job {job}: leased again while its lease was live:\n{rows}");
+                assert!(token > last_token, "job {job}: token {token} after {last_token}");
+                last_token = token;
+                live = true;
+                releases += 1;
+            }
+            "expired" | "failed" | "completed" | "cancelled" => live = false,
+            _ => {}
+        }
+    }
+    eprintln!("history ok: {jobs} jobs, each completed once; {} leases of re-leased jobs checked", releases);
+}
+
+#[test]
+fn three_nodes_four_workers_survive_a_killed_node() {
+    let db = TestDb::create();
+    let jobs = jobs_target();
+    let started = Instant::now();
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&db.url)).collect();
+    eprintln!("3 nodes up in {:?}", started.elapsed());
+    let rt = rt();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers: Vec<_> = (0..4).map(|i| spawn_worker(&rt, nodes[i % 3].client(), i, stop_rx.clone())).collect();
+
+    // Enqueue in batches through every node, with idempotency keys so a retried batch (a node
+    // killed mid-request: outcome unknown) does not enqueue twice.
+    let clients: Vec<Client> = nodes.iter().map(Node::client).collect();
+    let enqueued = Arc::new(AtomicU64::new(0));
+    let enqueuer = {
+        let enqueued = enqueued.clone();
+        rt.spawn(async move {
+            let mut ids = HashSet::new();
+            for batch in 0..jobs.div_ceil(BATCH) {
+                let range = batch * BATCH..((batch + 1) * BATCH).min(jobs);
+                let mut attempt = 0usize;
+                loop {
+                    let client = &clients[(batch as usize + attempt) % clients.len()];
+                    let body: Vec<Enqueue> = range
+                        .clone()
+                        .map(|n| Enqueue::new(QUEUE, &n).unwrap().idempotency_key(format!("job-{n}")))
+                        .collect();
+                    match client.enqueue_batch(body).await {
+                        Ok(done) => {
+                            ids.extend(done.jobs.iter().map(|j| j.id));
+                            enqueued.fetch_add(range.end - range.start, Ordering::SeqCst);
+                            break;
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            assert!(attempt < 100, "batch {batch} kept failing: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            ids
+        })
+    };
+
+    // Kill a node once a good part of the work is done, then bring it back on the same address.
+    let kill_at = jobs * 2 / 5;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count(&db.url, "SELECT count(*) FROM dray.jobs WHERE state = 'completed'") < kill_at {
+        assert!(Instant::now() < deadline, "no progress to {kill_at} completed jobs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let killed_at = Instant::now();
+    nodes[1].kill_and_restart();
+    eprintln!("node 1 killed and restarted in {:?} (at {:?})", killed_at.elapsed(), started.elapsed());
+
+    let ids = rt.block_on(enqueuer).expect("the enqueuer finished");
+    assert_eq!(ids.len() as u64, jobs, "distinct job ids");
+    eprintln!("{jobs} jobs enqueued by {:?}", started.elapsed());
+    loop {
+        let done = count(&db.url, "SELECT count(*) FROM dray.jobs WHERE state = 'completed'");
+        if done == jobs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of {jobs} completed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{jobs} jobs completed in {elapsed:?} ({:.0} jobs/s)", jobs as f64 / elapsed.as_secs_f64());
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let report = rt.block_on(w).expect("worker task");
+        eprintln!("{report:?}");
+    }
+    check_history(&db.url, jobs);
+    for node in nodes {
+        let status = node.process.expect("running").terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+    }
+}
+
+/// A lease on `client` that long-polls `wait`; returns how long it took and the jobs' ids.
+async fn long_poll(client: &Client, queue: &str, wait: Duration) -> (Duration, Vec<u64>) {
+    let started = Instant::now();
+    let response = client
+        .lease(LeaseRequest {
+            queues: vec![queue.to_owned()],
+            worker: "poller".into(),
+            count: Some(1),
+            lease_ms: None,
+            wait_ms: Some(wait.as_millis() as u64),
+        })
+        .await
+        .expect("the lease request");
+    (started.elapsed(), response.jobs.iter().map(|j| j.id).collect())
+}
+
+/// An idle long-poll on node A wakes when a job is enqueued on node B, well before its wait.
+async fn assert_wakes_across(a: &Client, b: &Client, queue: &str) {
+    let wait = Duration::from_secs(20);
+    let poll = {
+        let a = a.clone();
+        let queue = queue.to_owned();
+        tokio::spawn(async move { long_poll(&a, &queue, wait).await })
+    };
+    // Let the poll find nothing and go idle (an early enqueue would only make it pass faster,
+    // so the elapsed time below is also checked to be past this pause).
+    let idle = Duration::from_millis(500);
+    tokio::time::sleep(idle).await;
+    let enqueued_at = Instant::now();
+    let job = b.enqueue(Enqueue::new(queue, &"wake").unwrap()).await.expect("enqueue on B");
+    let (took, ids) = poll.await.expect("the poll task");
+    let after_enqueue = enqueued_at.elapsed();
+    assert_eq!(ids, vec![job.id], "the poll on A got the job enqueued on B");
+    assert!(took >= idle, "the poll returned before the enqueue ({took:?})");
+    assert!(after_enqueue < Duration::from_secs(2), "woke {after_enqueue:?} after the enqueue (wait was {wait:?})");
+    eprintln!("long-poll on A woke {after_enqueue:?} after an enqueue on B");
+}
+
+#[test]
+fn an_idle_long_poll_wakes_on_an_enqueue_on_another_node() {
+    let db = TestDb::create();
+    let (a, b) = (Node::start(&db.url), Node::start(&db.url));
+    let rt = rt();
+    rt.block_on(async {
+        let (ca, cb) = (a.client(), b.client());
+        assert_wakes_across(&ca, &cb, "wake-a").await;
+        assert_wakes_across(&cb, &ca, "wake-b").await;
+    });
+}
+
+#[test]
+fn terminated_connections_give_503_or_success_and_service_resumes() {
+    let db = TestDb::create();
+    let (a, b) = (Node::start(&db.url), Node::start(&db.url));
+    let rt = rt();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = spawn_worker(&rt, a.client(), 0, stop_rx);
+    // Enqueue one job at a time on A, recording every 2xx id and every status seen.
+    let (stop_enqueue, stop_enqueue_rx) = watch::channel(false);
+    let enqueuer = {
+        let client = a.client();
+        rt.spawn(async move {
+            let mut ok = Vec::new();
+            let mut unavailable = 0u64;
+            let mut n = 0u64;
+            while !*stop_enqueue_rx.borrow() {
+                n += 1;
+                match client.enqueue(Enqueue::new(QUEUE, &n).unwrap()).await {
+                    Ok(e) => ok.push(e.id),
+                    Err(e) => {
+                        assert_eq!(e.status(), Some(503), "during the outage only 503 or success: {e}");
+                        unavailable += 1;
+                    }
+                }
+            }
+            (ok, unavailable)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut terminated = 0;
+    for _ in 0..5 {
+        terminated += db.terminate_all();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    let _ = stop_enqueue.send(true);
+    let (ok, unavailable) = rt.block_on(enqueuer).expect("enqueuer");
+    eprintln!("terminated {terminated} backends; {} enqueues accepted, {unavailable} got 503", ok.len());
+    assert!(terminated > 0, "the nodes had connections to terminate");
+    assert!(!ok.is_empty());
+
+    // Service resumes: every accepted job exists and completes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total = count(&db.url, "SELECT count(*) FROM dray.jobs");
+    let list = ok.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let found = count(&db.url, &format!("SELECT count(*) FROM dray.jobs WHERE id IN ({list})"));
+    assert_eq!(found, ok.len() as u64, "every 2xx enqueue is in the database");
+    loop {
+        let done = count(&db.url, "SELECT count(*) FROM dray.jobs WHERE state = 'completed'");
+        if done == total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of {total} completed after the outage");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = stop_tx.send(true);
+    rt.block_on(worker).expect("worker");
+    check_history(&db.url, total);
+
+    rt.block_on(async {
+        let ready = reqwest::get(format!("{}/readyz", a.url)).await.expect("readyz");
+        assert_eq!(ready.status().as_u16(), 200, "A is ready again");
+        // The LISTEN connection came back: B's enqueue wakes a poll on A.
+        assert_wakes_across(&a.client(), &b.client(), "after-outage").await;
+    });
+}
+
+#[test]
+fn migrate_prints_the_schema_version() {
+    let db = TestDb::create();
+    let run = |schema: &str| {
+        let out = Command::new(common::BIN)
+            .args(["migrate", "--database", &db.url, "--database-schema", schema])
+            .output()
+            .expect("dray migrate runs");
+        assert!(out.status.success(), "dray migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run("mig");
+    assert!(first.starts_with("schema mig is at version ") && first.contains("(applied 1"), "{first}");
+    let again = run("mig");
+    assert!(again.contains("(up to date)"), "{again}");
+    let version = count(&db.url, "SELECT max(version) FROM mig.migrations");
+    assert!(first.contains(&format!("version {version} ")), "{first}");
+}
