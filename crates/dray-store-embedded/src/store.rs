@@ -146,10 +146,17 @@ impl EmbeddedStore {
         Ok(value)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, Error>) -> Result<T, Error> {
-        let guard = self.lock()?;
-        guard.wal.as_ref().ok_or_else(closed)?;
-        f(&guard.state)
+    /// Runs `f` under the lock, then waits until everything logged before it is durable, like
+    /// a write does. Memory runs ahead of the disk while a commit is in flight: without the wait a
+    /// reader could see a completion that a crash then undoes. Free when nothing is pending.
+    async fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, Error>) -> Result<T, Error> {
+        let (value, commit) = {
+            let guard = self.lock()?;
+            let wal = guard.wal.as_ref().ok_or_else(closed)?;
+            (f(&guard.state)?, wal.commit())
+        };
+        commit.await.map_err(|e| Error::unavailable("the write-ahead log could not make earlier changes durable", e))?;
+        Ok(value)
     }
 
     /// Bytes of job data held, as counted against the memory budget.
@@ -447,7 +454,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
-        self.read(|state| Ok(state.jobs.get(&id).cloned()))
+        self.read(|state| Ok(state.jobs.get(&id).cloned())).await
     }
 
     async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
@@ -461,6 +468,7 @@ impl Store for EmbeddedStore {
             let next = if more { jobs.last().map(|j| j.id) } else { None };
             Ok(JobPage { jobs, next })
         })
+        .await
     }
 
     async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
@@ -574,12 +582,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {
-        self.read(|state| Ok(state.queues.values().map(|q| q.stats()).collect()))
+        self.read(|state| Ok(state.queues.values().map(|q| q.stats()).collect())).await
     }
 
     async fn queue_stats(&self, queue: &dray_core::QueueName) -> Result<QueueStats, Error> {
         self.read(|state| {
             state.queues.get(queue).map(|q| q.stats()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
         })
+        .await
     }
 }
