@@ -230,6 +230,12 @@ impl IntoResponse for ApiError {
         if self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
+        // The body of a refused oversized or non-JSON request is not read to its end, so the
+        // connection cannot carry another request: say so, or a keep-alive client reuses it and
+        // its next, unrelated request fails with "outcome unknown".
+        if matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
