@@ -2,23 +2,22 @@
 //! directory, driven by the real CLI, checking what a script would check (stdout, `--json`, exit
 //! statuses). Every wait is bounded by a deadline; nothing sleeps to synchronise.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dray");
-/// Bound on any one wait: the server's start, a job's progress, a process's exit.
-const WAIT_MAX: Duration = Duration::from_secs(30);
-/// Between two looks at something that is expected to change soon.
-const POLL: Duration = Duration::from_millis(25);
+use common::{BIN, POLL, ServeProcess, WAIT_MAX, terminate};
 
-/// A running `dray serve`, stopped (and checked) by [`Server::stop`] or killed on drop.
+/// A running `dray serve` on its own temporary directory, stopped (and checked) by
+/// [`Server::stop`] or killed on drop.
 struct Server {
-    child: Option<Child>,
+    process: Option<ServeProcess>,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -26,39 +25,11 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("dray serve starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the server never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = match rx.recv_timeout(WAIT_MAX) {
-            Ok(line) => line,
-            Err(err) => {
-                let _ = child.kill();
-                panic!("dray serve printed no address within {WAIT_MAX:?}: {err}");
-            }
-        };
-        let url = line
-            .trim()
-            .strip_prefix("dray listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from dray serve: {line:?}"))
-            .to_owned();
+        let process = ServeProcess::start(&dir.path().join("data"));
+        let url = process.url.clone();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         Server {
-            child: Some(child),
+            process: Some(process),
             url,
             _dir: dir,
         }
@@ -116,44 +87,11 @@ impl Server {
 
     /// SIGTERM, and the server must shut down gracefully: exit status 0.
     fn stop(mut self) {
-        let child = self.child.take().expect("running");
-        let status = terminate(child);
+        let status = self.process.take().expect("running").terminate();
         assert!(
             status.success(),
             "dray serve exited with {status} after SIGTERM"
         );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Sends SIGTERM to `child` and waits (bounded) for it to exit.
-fn terminate(mut child: Child) -> ExitStatus {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -TERM failed");
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!(
-                "process {} did not exit within {WAIT_MAX:?} of SIGTERM",
-                child.id()
-            );
-        }
-        std::thread::sleep(POLL);
     }
 }
 
