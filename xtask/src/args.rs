@@ -46,7 +46,7 @@ pub enum DurabilityArg {
 }
 
 impl DurabilityArg {
-    fn parse(s: &str) -> anyhow::Result<DurabilityArg> {
+    pub fn parse(s: &str) -> anyhow::Result<DurabilityArg> {
         match s {
             "always" => Ok(DurabilityArg::Always),
             "never" => Ok(DurabilityArg::Never),
@@ -206,14 +206,14 @@ impl Options {
     }
 }
 
-fn number<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T>
+pub fn number<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T>
 where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     v.parse().with_context(|| format!("{flag} {v}: not a number"))
 }
 
-fn seconds(flag: &str, v: &str) -> anyhow::Result<f64> {
+pub fn seconds(flag: &str, v: &str) -> anyhow::Result<f64> {
     let s: f64 = v.trim_end_matches('s').parse().with_context(|| format!("{flag} {v}: not a number of seconds"))?;
     if !(s.is_finite() && s >= 0.0) {
         bail!("{flag} must be a non-negative number of seconds");

@@ -84,17 +84,29 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", dir.display())),
         _ => Ok(()),
     }
+}
+
+/// The disk's fsync rate right now: the `fsync` workload (append + fdatasync from one thread,
+/// each probe size for `seconds`) in a fresh process, in `dir`. For other benchmarks to print
+/// beside figures that depend on the disk.
+pub fn fsync_probe(dir: &Path, seconds: f64) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("find this binary")?;
+    let mut o = Options::parse(&["fsync"])?;
+    o.duration_s = seconds;
+    let r = child(&exe, Workload::Fsync.name(), &o, dir, &[]);
+    remove_dir(dir)?;
+    r
 }
 
 /// Runs one workload in a fresh process and returns its `result` line.
@@ -178,7 +190,7 @@ fn spread(rs: &[Report], key: &str) -> Option<(f64, f64, f64)> {
     values_spread(rs.iter().map(|r| r.f64(key)).collect())
 }
 
-fn values_spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+pub fn values_spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;

@@ -58,7 +58,12 @@ pub fn meminfo_kib(key: &str) -> Option<u64> {
 
 /// `VmRSS` and `VmHWM` of this process, in KiB.
 pub fn rss_kib() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_in(Path::new("/proc/self"))
+}
+
+/// [`rss_kib`] of any process, given its `/proc/<pid>` directory.
+pub fn rss_kib_in(proc_dir: &Path) -> (u64, u64) {
+    let s = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
     let get = |key: &str| {
         s.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -71,19 +76,43 @@ pub fn rss_kib() -> (u64, u64) {
 /// This process's user and system CPU seconds and minor page faults so far (proc(5) stat fields
 /// 14, 15 and 10), to tell computing apart from the kernel handing out fresh memory.
 pub fn process_cpu() -> (f64, f64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_in(Path::new("/proc/self"))
+}
+
+/// [`process_cpu`] of any process, given its `/proc/<pid>` directory.
+pub fn process_cpu_in(proc_dir: &Path) -> (f64, f64, u64) {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
     let after_name = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
     let fields: Vec<&str> = after_name.split(' ').collect();
     let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (field(14) as f64 / 100.0, field(15) as f64 / 100.0, field(10))
 }
 
+/// Seconds all CPUs of the machine spent busy (not idle, not waiting for I/O) since boot, from
+/// the first line of `/proc/stat`. Minus the benchmark's own processes' CPU time, it is what the
+/// rest of the machine took: other processes, and kernel work charged to no process (interrupts,
+/// softirqs such as loopback networking, kernel threads).
+pub fn machine_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return f64::NAN };
+    let ticks: Vec<u64> = cpu.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal: busy is user + nice + system + irq + softirq
+    // (guest time is already in user; steal is time the hypervisor gave to someone else).
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / 100.0
+}
+
 /// Per thread name of this process: seconds on a CPU and seconds runnable but waiting for one
 /// (`/proc/<tid>/schedstat`). The second is what a shared machine takes away: time a thread was
 /// ready to run while other processes had the cores.
 pub fn sched_by_thread() -> BTreeMap<String, (f64, f64)> {
+    sched_by_thread_in(Path::new("/proc/self"))
+}
+
+/// [`sched_by_thread`] of any process, given its `/proc/<pid>` directory.
+pub fn sched_by_thread_in(proc_dir: &Path) -> BTreeMap<String, (f64, f64)> {
     let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else { return out };
     for task in tasks.flatten() {
         let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else { continue };
         let Ok(sched) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };

@@ -1,13 +1,18 @@
 //! Project automation, run as `cargo xtask <command>` (the alias in `.cargo/config.toml` builds
-//! this crate in release mode). Today: `cargo xtask bench store`, the embedded store's benchmark.
+//! this crate in release mode). Today: `cargo xtask bench store`, the embedded store's benchmark,
+//! and `cargo xtask bench http`, the server's end-to-end benchmark over HTTP.
 //!
 //! A plain harness that prints figures, not criterion: criterion takes longer to compile here than
 //! the benchmark takes to run, and these workloads measure seconds of steady state, not
 //! nanoseconds. This crate never ships in the server binary.
 
 mod args;
+mod bench_http;
 mod bench_store;
 mod counting_fs;
+mod http_args;
+mod http_load;
+mod http_server;
 mod machine;
 mod workloads;
 
@@ -18,9 +23,10 @@ cargo xtask <command>
 
 Commands:
   bench store [WORKLOAD...] [FLAGS]   benchmark the embedded store in-process
+  bench http [WORKLOAD...] [FLAGS]    benchmark `dray serve` end to end over HTTP
   help                                this text
 
-Run `cargo xtask bench store --help` for the benchmark's workloads and flags.
+Run `cargo xtask bench store --help` or `cargo xtask bench http --help` for workloads and flags.
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +44,15 @@ fn main() -> anyhow::Result<()> {
             }
             let opts = args::Options::parse(rest).context("bad arguments (see `cargo xtask bench store --help`)")?;
             bench_store::run(&opts)
+        }
+        ["bench", "http", rest @ ..] => {
+            if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {
+                print!("{}", http_args::BENCH_HTTP_HELP);
+                return Ok(());
+            }
+            let opts = http_args::HttpOptions::parse(rest)
+                .context("bad arguments (see `cargo xtask bench http --help`)")?;
+            bench_http::run(&opts)
         }
         // Hidden: one measured workload in a fresh process, started by `bench store` itself so
         // that every run begins with an empty heap and its memory figures are its own.
