@@ -296,40 +296,40 @@ mod tests {
         }
 
         async fn job_insert(&self, _: JobInsert) -> Result<Vec<Inserted>, Error> {
-            unimplemented!("maintenance never inserts")
+            panic!("maintenance must not call this: it never inserts")
         }
         async fn job_lease(&self, _: JobLease) -> Result<Vec<LeasedJob>, Error> {
-            unimplemented!("maintenance never leases")
+            panic!("maintenance must not call this: it never leases")
         }
         async fn lease_extend(&self, _: LeaseExtend) -> Result<LeaseExtended, Error> {
-            unimplemented!("maintenance never extends leases")
+            panic!("maintenance must not call this: it never extends leases")
         }
         async fn job_ack(&self, _: JobAck) -> Result<Vec<Result<dray_store::Acked, Error>>, Error> {
-            unimplemented!("maintenance never acks")
+            panic!("maintenance must not call this: it never acks")
         }
         async fn job_cancel(&self, _: JobCancel) -> Result<JobState, Error> {
-            unimplemented!("maintenance never cancels")
+            panic!("maintenance must not call this: it never cancels")
         }
         async fn job_get(&self, _: JobId) -> Result<Option<Job>, Error> {
-            unimplemented!("maintenance never reads jobs")
+            panic!("maintenance must not call this: it never reads jobs")
         }
         async fn job_list(&self, _: JobList) -> Result<JobPage, Error> {
-            unimplemented!("maintenance never lists jobs")
+            panic!("maintenance must not call this: it never lists jobs")
         }
         async fn dead_redrive(&self, _: DeadRedrive) -> Result<Vec<JobId>, Error> {
-            unimplemented!("maintenance never redrives")
+            panic!("maintenance must not call this: it never redrives")
         }
         async fn dead_discard(&self, _: DeadDiscard) -> Result<Vec<JobId>, Error> {
-            unimplemented!("maintenance never discards")
+            panic!("maintenance must not call this: it never discards")
         }
         async fn queue_configure(&self, _: QueueConfigure) -> Result<QueueConfig, Error> {
-            unimplemented!("maintenance never configures queues")
+            panic!("maintenance must not call this: it never configures queues")
         }
         async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {
-            unimplemented!("maintenance never lists queues")
+            panic!("maintenance must not call this: it never lists queues")
         }
         async fn queue_stats(&self, _: &QueueName) -> Result<QueueStats, Error> {
-            unimplemented!("maintenance never reads queue stats")
+            panic!("maintenance must not call this: it never reads queue stats")
         }
     }
 
