@@ -249,7 +249,9 @@ fn summary(o: &HttpOptions, runs: &[Run]) {
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for (w, rs) in &batch {
             let how = match w {
-                HttpWorkload::BatchRaw => format!("raw Client lease/ack, {} producers, {} workers", o.producers, o.workers),
+                HttpWorkload::BatchRaw => {
+                    format!("raw Client lease/ack, {} producers, {} workers", o.producers, o.workers)
+                }
                 _ => format!(
                     "SDK Worker, concurrency {}, ack batches <= {}, {} producers",
                     o.sdk_concurrency,
@@ -271,8 +273,12 @@ fn summary(o: &HttpOptions, runs: &[Run]) {
             );
         }
     }
-    let singles: Vec<(u64, Vec<&Run>)> =
-        o.rates.iter().map(|&rate| (rate, of(HttpWorkload::Single, Some(rate)))).filter(|(_, rs)| !rs.is_empty()).collect();
+    let singles: Vec<(u64, Vec<&Run>)> = o
+        .rates
+        .iter()
+        .map(|&rate| (rate, of(HttpWorkload::Single, Some(rate))))
+        .filter(|(_, rs)| !rs.is_empty())
+        .collect();
     if !singles.is_empty() {
         println!();
         println!(

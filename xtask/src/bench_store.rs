@@ -92,7 +92,9 @@ pub fn load_average() -> String {
 
 pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("remove {}", dir.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", dir.display()))
+        }
         _ => Ok(()),
     }
 }
@@ -127,7 +129,11 @@ fn child(exe: &Path, workload: &str, o: &Options, dir: &Path, extra: &[String]) 
     if !out.status.success() {
         bail!("the {workload} child failed ({}); its output:\n{stdout}", out.status);
     }
-    stdout.lines().rev().find_map(Report::parse).with_context(|| format!("the {workload} child printed no result:\n{stdout}"))
+    stdout
+        .lines()
+        .rev()
+        .find_map(Report::parse)
+        .with_context(|| format!("the {workload} child printed no result:\n{stdout}"))
 }
 
 fn print_run(w: Workload, run: usize, d: DurabilityArg, r: &Report) {
@@ -263,9 +269,18 @@ fn summary(o: &Options, fsync: &[Report], churn: &[Report], enqueue: &[Report]) 
             let threads: Vec<String> = r
                 .cpu()
                 .iter()
-                .map(|(t, s)| format!("{t} {s:.2} s (+{} s runnable, waiting for a core)", r.get(&format!("runq_wait.{t}")).unwrap_or("?")))
+                .map(|(t, s)| {
+                    format!(
+                        "{t} {s:.2} s (+{} s runnable, waiting for a core)",
+                        r.get(&format!("runq_wait.{t}")).unwrap_or("?")
+                    )
+                })
                 .collect();
-            println!("{name} run 1, CPU by thread over {} s: {}", r.get("elapsed_s").unwrap_or("?"), threads.join(", "));
+            println!(
+                "{name} run 1, CPU by thread over {} s: {}",
+                r.get("elapsed_s").unwrap_or("?"),
+                threads.join(", ")
+            );
         }
     }
     if let Some((med, lo, hi)) = spread(churn, "jobs_per_s") {
@@ -385,7 +400,9 @@ fn gib(bytes: u64) -> f64 {
 
 fn recover_summary(rs: &[Recovered]) {
     println!();
-    println!("| jobs (1 KiB payloads) | recovery from | page cache | ready in s | CPU user / sys s | VmRSS GiB | RSS / payload | VmHWM GiB | HWM / payload |");
+    println!(
+        "| jobs (1 KiB payloads) | recovery from | page cache | ready in s | CPU user / sys s | VmRSS GiB | RSS / payload | VmHWM GiB | HWM / payload |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rs {
         let payload = (r.jobs * RECOVER_PAYLOAD_BYTES as u64) as f64;

@@ -206,10 +206,10 @@ mod tests {
 
     #[test]
     fn perf_csv_counts_are_summed() {
-        let csv = "1549,,syscalls:sys_enter_fdatasync,2005691062,100.00,,\n3,,syscalls:sys_enter_fsync,2005691062,100.00,,\n";
+        let csv =
+            "1549,,syscalls:sys_enter_fdatasync,2005691062,100.00,,\n3,,syscalls:sys_enter_fsync,2005691062,100.00,,\n";
         assert_eq!(parse_perf_counts(csv), Some(1552));
         assert_eq!(parse_perf_counts("<not counted>,,syscalls:sys_enter_fsync,0,100.00,,\n"), None);
         assert_eq!(parse_perf_counts("<not supported>,,syscalls:sys_enter_fdatasync,0,100.00,,"), None);
     }
 }
-

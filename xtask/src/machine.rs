@@ -160,7 +160,10 @@ pub fn fs_of(dir: &Path) -> anyhow::Result<(String, String)> {
 pub fn check_real_disk(dir: &Path) -> anyhow::Result<(String, String)> {
     let (fstype, device) = fs_of(dir)?;
     if matches!(fstype.as_str(), "tmpfs" | "ramfs" | "devtmpfs") {
-        bail!("{} is on {fstype}: fsync there is free and the figures would mean nothing; pass --dir on a real disk", dir.display());
+        bail!(
+            "{} is on {fstype}: fsync there is free and the figures would mean nothing; pass --dir on a real disk",
+            dir.display()
+        );
     }
     Ok((fstype, device))
 }
@@ -210,7 +213,11 @@ pub fn cached_percent(dir: &Path) -> Option<f64> {
     if files.is_empty() {
         return None;
     }
-    let out = Command::new("fincore").args(["--bytes", "--noheadings", "--raw", "--output", "RES,SIZE"]).args(&files).output().ok()?;
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES,SIZE"])
+        .args(&files)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

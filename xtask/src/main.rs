@@ -50,8 +50,8 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", http_args::BENCH_HTTP_HELP);
                 return Ok(());
             }
-            let opts = http_args::HttpOptions::parse(rest)
-                .context("bad arguments (see `cargo xtask bench http --help`)")?;
+            let opts =
+                http_args::HttpOptions::parse(rest).context("bad arguments (see `cargo xtask bench http --help`)")?;
             bench_http::run(&opts)
         }
         // Hidden: one measured workload in a fresh process, started by `bench store` itself so

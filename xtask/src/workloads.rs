@@ -68,11 +68,8 @@ impl Report {
 
     /// CPU seconds per thread name, from the `cpu.<thread>` keys.
     pub fn cpu(&self) -> Vec<(String, f64)> {
-        let mut v: Vec<(String, f64)> = self
-            .0
-            .iter()
-            .filter_map(|(k, s)| Some((k.strip_prefix("cpu.")?.to_string(), s.parse().ok()?)))
-            .collect();
+        let mut v: Vec<(String, f64)> =
+            self.0.iter().filter_map(|(k, s)| Some((k.strip_prefix("cpu.")?.to_string(), s.parse().ok()?))).collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v
     }
@@ -235,7 +232,8 @@ async fn lane(
         }
 
         let t = Instant::now();
-        let lease = JobLease { now: now(), queues: vec![queue()], count_max: batch, worker: worker.clone(), lease_ms: None };
+        let lease =
+            JobLease { now: now(), queues: vec![queue()], count_max: batch, worker: worker.clone(), lease_ms: None };
         let leased = store.job_lease(lease).await.context("job_lease")?;
         c.lease_ns.fetch_add(elapsed_ns(t), Relaxed);
         c.leases.fetch_add(1, Relaxed);
@@ -318,7 +316,10 @@ fn lanes(o: &Options, kind: Kind) -> anyhow::Result<Report> {
         r.set("mb_written_per_s", format!("{:.1}", bytes as f64 / secs / 1e6));
         r.set("kib_per_fsync", format!("{:.0}", bytes as f64 / syncs.max(1) as f64 / 1024.0));
         r.set("bytes_per_job", format!("{:.0}", bytes as f64 / jobs.max(1) as f64));
-        r.set("snapshot_mb_written", format!("{:.1}", (fs1.snapshot_bytes_written - fs0.snapshot_bytes_written) as f64 / 1e6));
+        r.set(
+            "snapshot_mb_written",
+            format!("{:.1}", (fs1.snapshot_bytes_written - fs0.snapshot_bytes_written) as f64 / 1e6),
+        );
         r.set("snapshots", snaps1 - snaps0);
         let ops = (jobs1.inserts - jobs0.inserts) + (jobs1.leases - jobs0.leases) + (jobs1.acks - jobs0.acks);
         r.set("ops", ops);

@@ -380,9 +380,7 @@ impl LeaseRequest {
             .queues
             .iter()
             .enumerate()
-            .map(|(i, q)| {
-                QueueName::new(q).map_err(|e| Invalid { field: format!("queues[{i}]"), ..e })
-            })
+            .map(|(i, q)| QueueName::new(q).map_err(|e| Invalid { field: format!("queues[{i}]"), ..e }))
             .collect::<Result<Vec<_>, _>>()?;
         let count = self.count.unwrap_or(LEASE_COUNT_DEFAULT);
         // The store checks this too, as `count_max`; here it gets the name the client used.

@@ -105,10 +105,7 @@ fn schema_check(schema: &str) -> Result<(), Error> {
     let first_ok = schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
     let rest_ok = schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !first_ok || !rest_ok || schema.len() > 58 {
-        return Err(Error::Invalid {
-            field: "schema".into(),
-            message: SchemaRule(schema).to_string(),
-        });
+        return Err(Error::Invalid { field: "schema".into(), message: SchemaRule(schema).to_string() });
     }
     Ok(())
 }

@@ -44,19 +44,10 @@ pub fn validate_name(field: &'static str, value: &str, bytes_max: usize) -> Resu
         return Err(Invalid::new(field, "must not be empty"));
     }
     if value.len() > bytes_max {
-        return Err(Invalid::new(
-            field,
-            format!("is {} bytes; the limit is {bytes_max}", value.len()),
-        ));
+        return Err(Invalid::new(field, format!("is {} bytes; the limit is {bytes_max}", value.len())));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-    {
-        return Err(Invalid::new(
-            field,
-            format!("contains {c:?}; allowed are ASCII letters, digits and _ - . :"),
-        ));
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
+        return Err(Invalid::new(field, format!("contains {c:?}; allowed are ASCII letters, digits and _ - . :")));
     }
     Ok(())
 }
@@ -125,10 +116,7 @@ mod tests {
         let err = QueueName::new("").unwrap_err();
         assert_eq!(err.to_string(), "queue: must not be empty");
         let err = QueueName::new("a b").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "queue: contains ' '; allowed are ASCII letters, digits and _ - . :"
-        );
+        assert_eq!(err.to_string(), "queue: contains ' '; allowed are ASCII letters, digits and _ - . :");
         let long = "q".repeat(Limits::QUEUE_NAME_BYTES_MAX + 1);
         let err = QueueName::new(&long).unwrap_err();
         assert_eq!(err.to_string(), "queue: is 129 bytes; the limit is 128");

@@ -279,11 +279,7 @@ impl NewJob {
             if run_at > latest {
                 return Err(Invalid::new(
                     "run_at",
-                    format!(
-                        "is {} ms ahead; the limit is {} ms",
-                        run_at.ms_since(now),
-                        Limits::RUN_AT_AHEAD_MS_MAX
-                    ),
+                    format!("is {} ms ahead; the limit is {} ms", run_at.ms_since(now), Limits::RUN_AT_AHEAD_MS_MAX),
                 ));
             }
         }

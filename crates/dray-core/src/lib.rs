@@ -14,9 +14,7 @@ pub mod time;
 pub mod transition;
 
 pub use ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId};
-pub use job::{
-    DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload,
-};
+pub use job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload};
 pub use limits::{Invalid, Limits};
 pub use retry::{Backoff, RetryPolicy};
 pub use time::Timestamp;

@@ -28,13 +28,7 @@ impl Backoff {
         if !self.factor.is_finite() {
             return Err(Invalid::new("backoff.factor", "must be a finite number"));
         }
-        check_range(
-            "backoff.factor",
-            self.factor,
-            Limits::BACKOFF_FACTOR_MIN,
-            Limits::BACKOFF_FACTOR_MAX,
-            "",
-        )?;
+        check_range("backoff.factor", self.factor, Limits::BACKOFF_FACTOR_MIN, Limits::BACKOFF_FACTOR_MAX, "")?;
         check_range("backoff.cap_ms", self.cap_ms, self.base_ms, Limits::BACKOFF_CAP_MS_MAX, "")?;
         Ok(())
     }
@@ -106,9 +100,6 @@ mod tests {
         assert_eq!(p.validate().unwrap_err().field, "backoff.factor");
         let mut p = RetryPolicy::default();
         p.backoff.cap_ms = 10;
-        assert_eq!(
-            p.validate().unwrap_err().to_string(),
-            "backoff.cap_ms: is 10; allowed is 1000 to 2592000000"
-        );
+        assert_eq!(p.validate().unwrap_err().to_string(), "backoff.cap_ms: is 10; allowed is 1000 to 2592000000");
     }
 }

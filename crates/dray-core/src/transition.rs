@@ -18,7 +18,12 @@ pub enum Event<'a> {
     /// A scheduled or retrying job's time has come.
     Promote,
     /// Grant a lease on the next attempt. `lease_ms` overrides the job's lease duration.
-    Lease { id: LeaseId, token: FencingToken, worker: &'a WorkerId, lease_ms: Option<u64> },
+    Lease {
+        id: LeaseId,
+        token: FencingToken,
+        worker: &'a WorkerId,
+        lease_ms: Option<u64>,
+    },
     /// The worker is alive: extend the lease (by `extend_ms`, or the job's lease duration) and
     /// record progress and a checkpoint.
     Heartbeat {
@@ -27,10 +32,18 @@ pub enum Event<'a> {
         progress: Option<Payload>,
         checkpoint: Option<Payload>,
     },
-    Complete { lease: LeaseId, result: Option<Payload> },
+    Complete {
+        lease: LeaseId,
+        result: Option<Payload>,
+    },
     /// The attempt failed. `retry_after_ms` replaces the backoff delay (clamped to
     /// `Limits::RETRY_AFTER_MS_MAX`).
-    Fail { lease: LeaseId, error: &'a str, retryable: bool, retry_after_ms: Option<u64> },
+    Fail {
+        lease: LeaseId,
+        error: &'a str,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+    },
     /// The lease's deadline passed without a completion or failure: a failed attempt.
     Expire,
     /// Stop the job: at once if it is waiting, by request to the worker if it is running.
@@ -144,12 +157,7 @@ pub struct Transition {
 
 /// Computes what `event` does to `job` at `now`. `random` is a uniformly random number used for
 /// backoff jitter; passing it in keeps this function pure and replayable.
-pub fn transition(
-    job: &Job,
-    event: Event<'_>,
-    now: Timestamp,
-    random: u64,
-) -> Result<Transition, Rejection> {
+pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> Result<Transition, Rejection> {
     let current = &job.status;
     let state = current.state;
     let kind = event.kind();
@@ -278,29 +286,21 @@ pub fn transition(
 
         Event::Cancel => match state {
             JobState::Scheduled | JobState::Available | JobState::Retrying => {
-                let status = JobStatus {
-                    state: JobState::Cancelled,
-                    finished_at: Some(now),
-                    ..current.clone()
-                };
+                let status = JobStatus { state: JobState::Cancelled, finished_at: Some(now), ..current.clone() };
                 let history = entry(HistoryKind::Cancelled, &status);
                 Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
             }
-            JobState::Running if current.cancel_requested => Ok(Transition {
-                status: current.clone(),
-                history: None,
-                effects: vec![Effect::Unchanged],
-            }),
+            JobState::Running if current.cancel_requested => {
+                Ok(Transition { status: current.clone(), history: None, effects: vec![Effect::Unchanged] })
+            }
             JobState::Running => {
                 let status = JobStatus { cancel_requested: true, ..current.clone() };
                 let history = entry(HistoryKind::CancelRequested, &status);
                 Ok(Transition { status, history: Some(history), effects: vec![Effect::CancelRequested] })
             }
-            JobState::Cancelled => Ok(Transition {
-                status: current.clone(),
-                history: None,
-                effects: vec![Effect::Unchanged],
-            }),
+            JobState::Cancelled => {
+                Ok(Transition { status: current.clone(), history: None, effects: vec![Effect::Unchanged] })
+            }
             JobState::Completed | JobState::Dead => Err(Rejection::AlreadyFinished { state }),
         },
 
@@ -365,36 +365,21 @@ fn after_failed_attempt(
     AfterFailure::Retry { at: now.add_ms(delay) }
 }
 
-fn failed_attempt(
-    job: &Job,
-    now: Timestamp,
-    outcome: AfterFailure,
-    error: &str,
-    kind: HistoryKind,
-) -> Transition {
+fn failed_attempt(job: &Job, now: Timestamp, outcome: AfterFailure, error: &str, kind: HistoryKind) -> Transition {
     let current = &job.status;
     let base = JobStatus { lease: None, last_error: Some(error.into()), ..current.clone() };
     let (status, effects, run_at) = match outcome {
-        AfterFailure::Retry { at } => (
-            JobStatus { state: JobState::Retrying, run_at: at, ..base },
-            vec![Effect::RetryScheduled { at }],
-            Some(at),
-        ),
+        AfterFailure::Retry { at } => {
+            (JobStatus { state: JobState::Retrying, run_at: at, ..base }, vec![Effect::RetryScheduled { at }], Some(at))
+        }
         AfterFailure::Dead(reason) => (
-            JobStatus {
-                state: JobState::Dead,
-                dead_reason: Some(reason),
-                finished_at: Some(now),
-                ..base
-            },
+            JobStatus { state: JobState::Dead, dead_reason: Some(reason), finished_at: Some(now), ..base },
             vec![Effect::DeadLettered { reason }, Effect::Finished],
             None,
         ),
-        AfterFailure::Cancelled => (
-            JobStatus { state: JobState::Cancelled, finished_at: Some(now), ..base },
-            vec![Effect::Finished],
-            None,
-        ),
+        AfterFailure::Cancelled => {
+            (JobStatus { state: JobState::Cancelled, finished_at: Some(now), ..base }, vec![Effect::Finished], None)
+        }
     };
     let history = HistoryEntry {
         at: now,

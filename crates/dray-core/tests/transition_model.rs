@@ -8,8 +8,8 @@
 //! leased before it is due, a completed job never leased again, and `version` counting history.
 
 use dray_core::{
-    Backoff, Event, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
-    QueueName, RetryPolicy, Timestamp, WorkerId, transition,
+    Backoff, Event, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
+    RetryPolicy, Timestamp, WorkerId, transition,
 };
 use proptest::prelude::*;
 
@@ -138,8 +138,7 @@ impl Model {
 
     /// Acks and heartbeats need the current lease, still live on the server's clock.
     fn holds(&self, lease: u64, now: i64) -> bool {
-        self.state == JobState::Running
-            && matches!(self.lease, Some((id, deadline)) if id == lease && now < deadline)
+        self.state == JobState::Running && matches!(self.lease, Some((id, deadline)) if id == lease && now < deadline)
     }
 
     /// A failed attempt (a reported failure or an expired lease).
@@ -174,9 +173,7 @@ impl Model {
             }
             Op::Heartbeat(..) | Op::Complete(..) | Op::Fail { .. } => Expect::Reject,
             Op::Expire(_) => match self.lease {
-                Some((_, deadline)) if self.state == Running && now >= deadline => {
-                    self.after_failure(now, true, None)
-                }
+                Some((_, deadline)) if self.state == Running && now >= deadline => self.after_failure(now, true, None),
                 _ => Expect::Reject,
             },
             Op::Cancel(_) => match self.state {
@@ -305,12 +302,9 @@ impl Harness {
         };
         let event = match *op {
             Op::Promote(_) => Event::Promote,
-            Op::Lease(_) => Event::Lease {
-                id: LeaseId(lease),
-                token: FencingToken(lease),
-                worker: &self.worker,
-                lease_ms: None,
-            },
+            Op::Lease(_) => {
+                Event::Lease { id: LeaseId(lease), token: FencingToken(lease), worker: &self.worker, lease_ms: None }
+            }
             Op::Heartbeat(..) => {
                 Event::Heartbeat { lease: LeaseId(lease), extend_ms: None, progress: None, checkpoint: None }
             }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use dray_core::job::validate_traceparent;
 use dray_core::{
-    Backoff, Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
-    Rejection, RetryPolicy, Timestamp, Transition, WorkerId, transition,
+    Backoff, Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, Rejection,
+    RetryPolicy, Timestamp, Transition, WorkerId, transition,
 };
 use expect_test::{Expect, expect};
 
@@ -94,8 +94,7 @@ fn cases() -> Vec<(&'static str, Job)> {
     // Failed at attempt 1, `ms` before NOW, asking for a retry 5 s after the failure.
     let retrying_since = |ms: u64| {
         let mut job = running_since(ms + 1_000);
-        let fail =
-            Event::Fail { lease: LEASE_HELD, error: "boom", retryable: true, retry_after_ms: Some(5_000) };
+        let fail = Event::Fail { lease: LEASE_HELD, error: "boom", retryable: true, retry_after_ms: Some(5_000) };
         step(&mut job, fail, ago(ms));
         job
     };
@@ -158,12 +157,7 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         progress: Some(Payload::new(&b"50%"[..])),
         checkpoint: Some(Payload::new(&b"c1"[..])),
     };
-    let fail = |retryable, retry_after_ms| Event::Fail {
-        lease: LEASE_HELD,
-        error: "boom",
-        retryable,
-        retry_after_ms,
-    };
+    let fail = |retryable, retry_after_ms| Event::Fail { lease: LEASE_HELD, error: "boom", retryable, retry_after_ms };
     vec![
         ("promote", Event::Promote),
         ("lease", lease_event(w, LEASE_NEW, 8)),
@@ -266,8 +260,7 @@ fn render_rejection(r: &Rejection) -> String {
 
 fn describe(job: &Job) -> String {
     let s = &job.status;
-    let mut out =
-        format!("{} attempt={}/{} run_at={}", s.state, s.attempt, job.retry.attempts_max, t(s.run_at));
+    let mut out = format!("{} attempt={}/{} run_at={}", s.state, s.attempt, job.retry.attempts_max, t(s.run_at));
     if let Some(lease) = &s.lease {
         write!(out, " lease={:x}/token={}/deadline={}", lease.id.0, lease.token, t(lease.deadline)).unwrap();
     }
@@ -590,8 +583,7 @@ fn backoff_window_per_attempt_with_full_jitter() {
 #[test]
 fn retry_after_is_clamped_and_never_grants_an_attempt() {
     let backoff = Backoff { base_ms: 1_000, factor: 2.0, cap_ms: 60_000 };
-    let fail =
-        |retryable, ms| Event::Fail { lease: LEASE_HELD, error: "boom", retryable, retry_after_ms: ms };
+    let fail = |retryable, ms| Event::Fail { lease: LEASE_HELD, error: "boom", retryable, retry_after_ms: ms };
     let running = running_at(1, backoff);
     let mut last = running_at(1, backoff);
     last.retry.attempts_max = 1;
@@ -605,9 +597,8 @@ fn retry_after_is_clamped_and_never_grants_an_attempt() {
         ("1234 non-retryable", &running, fail(false, Some(1_234))),
         ("1234 on the last attempt", &last, fail(true, Some(1_234))),
     ];
-    let lines = cases
-        .into_iter()
-        .map(|(name, job, event)| format!("retry_after {name}: {}", retry_delay(job, event, RANDOM)));
+    let lines =
+        cases.into_iter().map(|(name, job, event)| format!("retry_after {name}: {}", retry_delay(job, event, RANDOM)));
     check(
         lines,
         expect![[r#"
@@ -674,24 +665,18 @@ fn history_is_capped_keeping_the_first_entry() {
         at = at.add_ms(1);
         step(&mut job, lease_event(&w, LeaseId(token), token), at);
         at = at.add_ms(1);
-        let fail =
-            Event::Fail { lease: LeaseId(token), error: "poison", retryable: false, retry_after_ms: None };
+        let fail = Event::Fail { lease: LeaseId(token), error: "poison", retryable: false, retry_after_ms: None };
         step(&mut job, fail, at);
         at = at.add_ms(1);
         step(&mut job, Event::Redrive, at);
     }
-    let kinds = |entries: &[dray_core::HistoryEntry]| {
-        entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(",")
-    };
+    let kinds =
+        |entries: &[dray_core::HistoryEntry]| entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>().join(",");
     let lines = [
         format!("entries={} dropped={} version={}", job.history.len(), job.history_dropped, job.version),
         format!("first: {}", kinds(&job.history[..2])),
         format!("last: {}", kinds(&job.history[job.history.len() - 3..])),
-        format!(
-            "last at={} token={:?}",
-            job.history.last().unwrap().at,
-            job.history[job.history.len() - 2].token
-        ),
+        format!("last at={} token={:?}", job.history.last().unwrap().at, job.history[job.history.len() - 2].token),
     ];
     assert_eq!(job.version as usize, job.history.len() + job.history_dropped as usize);
     check(
@@ -733,9 +718,7 @@ fn new_job_validation_names_field_and_limit() {
             j.idempotency_key = Some("k".repeat(Limits::IDEMPOTENCY_KEY_BYTES_MAX + 1).into())
         }),
         ("idempotency_key control", |j| j.idempotency_key = Some("a\nb".into())),
-        ("ordering_key too long", |j| {
-            j.ordering_key = Some("k".repeat(Limits::ORDERING_KEY_BYTES_MAX + 1).into())
-        }),
+        ("ordering_key too long", |j| j.ordering_key = Some("k".repeat(Limits::ORDERING_KEY_BYTES_MAX + 1).into())),
         ("too many tags", |j| j.tags = vec!["t".into(); Limits::TAGS_PER_JOB_MAX + 1]),
         ("tag with space", |j| j.tags = vec!["a b".into()]),
         ("tag too long", |j| j.tags = vec!["t".repeat(Limits::TAG_BYTES_MAX + 1).into()]),

@@ -50,13 +50,7 @@ impl MaintenanceConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         check_range("interval_ms", self.interval_ms, Self::INTERVAL_MS_MIN, Self::INTERVAL_MS_MAX, "")?;
         check_range("batch_max", self.batch_max, 1, Self::BATCH_MAX_MAX, "")?;
-        check_range(
-            "batches_per_tick_max",
-            self.batches_per_tick_max,
-            1,
-            Self::BATCHES_PER_TICK_MAX_MAX,
-            "",
-        )?;
+        check_range("batches_per_tick_max", self.batches_per_tick_max, 1, Self::BATCHES_PER_TICK_MAX_MAX, "")?;
         Ok(())
     }
 
@@ -177,11 +171,7 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
     /// server wakes its waiting long-polls when a tick promoted or expired jobs.
     ///
     /// Cancel safety: as for [`Maintenance::run`].
-    pub async fn run_with(
-        self,
-        mut shutdown: watch::Receiver<bool>,
-        mut on_tick: impl FnMut(&TickReport) + Send,
-    ) {
+    pub async fn run_with(self, mut shutdown: watch::Receiver<bool>, mut on_tick: impl FnMut(&TickReport) + Send) {
         let interval = self.config.interval();
         loop {
             let tick = tokio::select! {
@@ -263,8 +253,7 @@ mod tests {
     impl Scripted {
         fn with(promote: &[Reply], expire: &[Reply], prune: &[Reply]) -> Arc<Scripted> {
             let s = Scripted::default();
-            *s.script.lock().unwrap() =
-                [promote.to_vec().into(), expire.to_vec().into(), prune.to_vec().into()];
+            *s.script.lock().unwrap() = [promote.to_vec().into(), expire.to_vec().into(), prune.to_vec().into()];
             Arc::new(s)
         }
 

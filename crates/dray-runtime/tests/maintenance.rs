@@ -32,8 +32,7 @@ impl Fixture {
         config.seed = Some(7);
         let store = Arc::new(EmbeddedStore::open(config).unwrap());
         let clock = ManualClock::new(T0);
-        let maintenance =
-            Maintenance::new(store.clone(), clock.clone(), MaintenanceConfig::default()).unwrap();
+        let maintenance = Maintenance::new(store.clone(), clock.clone(), MaintenanceConfig::default()).unwrap();
         Fixture {
             store,
             clock,
@@ -54,8 +53,7 @@ impl Fixture {
     }
 
     async fn insert(&self, job: NewJob) -> JobId {
-        let inserted =
-            self.store.job_insert(JobInsert { now: self.clock.now(), jobs: vec![job] }).await.unwrap();
+        let inserted = self.store.job_insert(JobInsert { now: self.clock.now(), jobs: vec![job] }).await.unwrap();
         inserted[0].id
     }
 
@@ -197,8 +195,7 @@ async fn run_makes_time_pass_and_stops_promptly_on_shutdown() {
     let id = f.insert(job).await;
 
     let (stop, shutdown) = watch::channel(false);
-    let maintenance =
-        Maintenance::new(f.store.clone(), f.clock.clone(), MaintenanceConfig::default()).unwrap();
+    let maintenance = Maintenance::new(f.store.clone(), f.clock.clone(), MaintenanceConfig::default()).unwrap();
     let run = tokio::spawn(maintenance.run(shutdown));
 
     // Several intervals pass on tokio's (paused) clock; the job is not due on the server's.

@@ -3,8 +3,8 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use dray_runtime::SystemClock;
 use crate::store::AnyStore;
+use dray_runtime::SystemClock;
 
 use crate::waiters::Waiters;
 

@@ -214,8 +214,14 @@ impl Config {
 enum Origin {
     Default,
     /// A flag, or the environment variable standing in for it (clap merges the two).
-    Arg { flag: &'static str, env: &'static str },
-    File { key: &'static str, path: PathBuf },
+    Arg {
+        flag: &'static str,
+        env: &'static str,
+    },
+    File {
+        key: &'static str,
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Origin {
@@ -237,7 +243,14 @@ struct Setting<T> {
 
 impl<T> Setting<T> {
     /// The flag (or its environment variable) if given, else the file's value.
-    fn pick(arg: Option<T>, flag: &'static str, env: &'static str, file: Option<T>, key: &'static str, path: &Option<PathBuf>) -> Setting<T> {
+    fn pick(
+        arg: Option<T>,
+        flag: &'static str,
+        env: &'static str,
+        file: Option<T>,
+        key: &'static str,
+        path: &Option<PathBuf>,
+    ) -> Setting<T> {
         match (arg, file, path) {
             (Some(v), _, _) => Setting { value: Some(v), origin: Origin::Arg { flag, env } },
             (None, Some(v), Some(path)) => Setting { value: Some(v), origin: Origin::File { key, path: path.clone() } },
@@ -283,7 +296,8 @@ impl FileSettings {
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
         FileSettings::parse(&text, path)
     }
 
@@ -313,7 +327,9 @@ impl FileSettings {
             }
         };
         let log_format = string("log_format")?
-            .map(|s| LogFormat::parse(&s).ok_or_else(|| anyhow!("{}: {s:?} is not one of text, json", at("log_format"))))
+            .map(|s| {
+                LogFormat::parse(&s).ok_or_else(|| anyhow!("{}: {s:?} is not one of text, json", at("log_format")))
+            })
             .transpose()?;
         Ok(FileSettings {
             path: Some(path.to_path_buf()),
@@ -470,8 +486,13 @@ impl Raw {
             pg.pool_size_max = n as usize;
         }
         if let Some(ms) = self.database_connect_timeout_ms.value {
-            pg.connect_timeout_ms =
-                in_range(&self.database_connect_timeout_ms.origin, ms, 1, PostgresConfig::CONNECT_TIMEOUT_MS_MAX, " ms")?;
+            pg.connect_timeout_ms = in_range(
+                &self.database_connect_timeout_ms.origin,
+                ms,
+                1,
+                PostgresConfig::CONNECT_TIMEOUT_MS_MAX,
+                " ms",
+            )?;
         }
         if let Some(ms) = self.database_statement_timeout_ms.value {
             pg.statement_timeout_ms = in_range(
@@ -496,7 +517,10 @@ impl Raw {
         let database = self.database()?;
         let listen_text = self.listen.value.as_deref().unwrap_or(Config::LISTEN_DEFAULT);
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            anyhow!("{}: {listen_text:?} is not an address and port like 127.0.0.1:7700 or [::1]:7700", self.listen.origin)
+            anyhow!(
+                "{}: {listen_text:?} is not an address and port like 127.0.0.1:7700 or [::1]:7700",
+                self.listen.origin
+            )
         })?;
         let data_dir = self.data_dir.value.unwrap_or_else(|| PathBuf::from(Config::DATA_DIR_DEFAULT));
         if data_dir.as_os_str().is_empty() {
@@ -508,7 +532,9 @@ impl Raw {
         };
         let memory_budget_bytes = match self.memory_budget_bytes.value {
             None => EmbeddedConfig::new(&data_dir).memory_budget_bytes,
-            Some(n) => in_range(&self.memory_budget_bytes.origin, n, Config::MEMORY_BUDGET_BYTES_MIN, u64::MAX, " bytes")?,
+            Some(n) => {
+                in_range(&self.memory_budget_bytes.origin, n, Config::MEMORY_BUDGET_BYTES_MIN, u64::MAX, " bytes")?
+            }
         };
         let body_bytes_max = in_range(
             &self.body_bytes_max.origin,
@@ -562,7 +588,8 @@ fn parse_durability(text: &str) -> Result<Durability, String> {
             let Some(ms) = text.strip_prefix("interval=") else {
                 return Err(format!("{text:?} is not one of always, interval=<ms>, never"));
             };
-            let ms: u64 = ms.parse().map_err(|_| format!("{text:?}: the interval must be a whole number of milliseconds"))?;
+            let ms: u64 =
+                ms.parse().map_err(|_| format!("{text:?}: the interval must be a whole number of milliseconds"))?;
             let (min, max) = (Config::DURABILITY_INTERVAL_MS_MIN, Config::DURABILITY_INTERVAL_MS_MAX);
             if !(min..=max).contains(&ms) {
                 return Err(format!("{text:?}: the interval is {ms} ms; allowed is {min} ms to {max} ms"));
@@ -625,7 +652,9 @@ mod tests {
             err(ServeArgs { durability: Some("sometimes".into()), ..ServeArgs::default() }, ""),
             "--durability (or DRAY_DURABILITY): \"sometimes\" is not one of always, interval=<ms>, never"
         );
-        assert!(err(ServeArgs { listen: Some("localhost".into()), ..ServeArgs::default() }, "").starts_with("--listen"));
+        assert!(
+            err(ServeArgs { listen: Some("localhost".into()), ..ServeArgs::default() }, "").starts_with("--listen")
+        );
     }
 
     #[test]
@@ -640,14 +669,28 @@ mod tests {
         assert_eq!((pg.statement_timeout_ms, pg.connect_timeout_ms), (1_000, 5_000));
         assert_eq!(pg.time_source, TimeSource::Database);
         assert_eq!(
-            err(ServeArgs { database_pool_size_max: Some(0), database: Some("postgres://h/d".into()), ..ServeArgs::default() }, ""),
+            err(
+                ServeArgs {
+                    database_pool_size_max: Some(0),
+                    database: Some("postgres://h/d".into()),
+                    ..ServeArgs::default()
+                },
+                ""
+            ),
             "--database-pool-size-max (or DRAY_DATABASE_POOL_SIZE_MAX): is 0; allowed is 1 to 1024"
         );
         assert_eq!(
             err(ServeArgs { database_schema: Some("x".into()), ..ServeArgs::default() }, ""),
             "--database-schema (or DRAY_DATABASE_SCHEMA): only applies with --database (PostgreSQL mode)"
         );
-        let e = err(ServeArgs { database: Some("postgres://h/d".into()), database_schema: Some("Bad".into()), ..ServeArgs::default() }, "");
+        let e = err(
+            ServeArgs {
+                database: Some("postgres://h/d".into()),
+                database_schema: Some("Bad".into()),
+                ..ServeArgs::default()
+            },
+            "",
+        );
         assert!(e.starts_with("--database-schema (or DRAY_DATABASE_SCHEMA): schema"), "{e}");
     }
 

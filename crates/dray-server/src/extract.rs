@@ -172,9 +172,9 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdParam {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::unprocessable("must be a job id (a whole number)", Some("id".into())))?;
-        text.parse::<u64>()
-            .map(|id| JobIdParam(JobId(id)))
-            .map_err(|_| ApiError::unprocessable(format!("{text:?} is not a job id (a whole number)"), Some("id".into())))
+        text.parse::<u64>().map(|id| JobIdParam(JobId(id))).map_err(|_| {
+            ApiError::unprocessable(format!("{text:?} is not a job id (a whole number)"), Some("id".into()))
+        })
     }
 }
 
@@ -189,9 +189,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueueNameParam {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::unprocessable("must be a queue name", Some("name".into())))?;
-        QueueName::new(&text)
-            .map(QueueNameParam)
-            .map_err(|e| ApiError::unprocessable(e.message, Some("name".into())))
+        QueueName::new(&text).map(QueueNameParam).map_err(|e| ApiError::unprocessable(e.message, Some("name".into())))
     }
 }
 
@@ -231,7 +229,11 @@ mod tests {
             (r#"{"queue":1,"payload":1}"#, 422, Some("queue")),
             (r#"{"payload":1}"#, 422, Some("queue")),
             (r#"{"queue":"q","payload":1,"priority":"high"}"#, 422, Some("priority")),
-            (r#"{"queue":"q","payload":1,"backoff":{"base_ms":1,"factor":2,"cap_ms":1,"x":1}}"#, 422, Some("backoff.x")),
+            (
+                r#"{"queue":"q","payload":1,"backoff":{"base_ms":1,"factor":2,"cap_ms":1,"x":1}}"#,
+                422,
+                Some("backoff.x"),
+            ),
             (r#"{"queue":"q","payload":1,"priority":99999}"#, 422, Some("priority")),
             (r#"[]"#, 422, None),
             (r#"{"queue":"q","payload":"#, 400, Some("payload")),
@@ -261,7 +263,8 @@ mod tests {
         // Brackets inside strings do not count.
         let in_string = format!(r#"{{"queue":"q","payload":"{}\"["}}"#, "[".repeat(300));
         assert!(parse_json::<EnqueueJob>(in_string.as_bytes()).is_ok());
-        let (s, _, detail) = problem::<EnqueueJob>(&format!(r#"{{"queue":"q","payload":1,"tags":{}]]}}"#, "[".repeat(130)));
+        let (s, _, detail) =
+            problem::<EnqueueJob>(&format!(r#"{{"queue":"q","payload":1,"tags":{}]]}}"#, "[".repeat(130)));
         assert_eq!(s, 400, "{detail}");
     }
 

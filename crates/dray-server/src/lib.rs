@@ -50,8 +50,7 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal: escape codes in a log file or pipe are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // Err only when a subscriber is already installed (a test, an embedding program): keep it.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -252,7 +251,10 @@ impl Running {
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the server ended with an error"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "the server task failed"),
                 Err(_) => {
-                    tracing::warn!(grace_ms = self.grace.as_millis() as u64, "requests still in flight after the grace period; abandoning them");
+                    tracing::warn!(
+                        grace_ms = self.grace.as_millis() as u64,
+                        "requests still in flight after the grace period; abandoning them"
+                    );
                     server.abort();
                 }
             }
@@ -317,11 +319,7 @@ async fn close_store(mut store: Arc<AnyStore>, patience: Duration) -> anyhow::Re
 
 /// The maintenance loop, plus one thing the server needs: when a tick promoted or expired jobs,
 /// waiting long-polls are woken to try again.
-async fn maintain(
-    maintenance: Maintenance<AnyStore, SystemClock>,
-    waiters: Arc<Waiters>,
-    stop: watch::Receiver<bool>,
-) {
+async fn maintain(maintenance: Maintenance<AnyStore, SystemClock>, waiters: Arc<Waiters>, stop: watch::Receiver<bool>) {
     maintenance
         .run_with(stop, |report| {
             if report.promoted > 0 || report.expired > 0 {

@@ -67,14 +67,11 @@ struct Fail {
 
 /// One connection's life: connect, LISTEN, rescan, then wake waiters per notification until the
 /// connection ends.
-async fn listen_once(
-    pg: &tokio_postgres::Config,
-    channel: &str,
-    waiters: &Waiters,
-) -> Result<(), Fail> {
+async fn listen_once(pg: &tokio_postgres::Config, channel: &str, waiters: &Waiters) -> Result<(), Fail> {
     let fail = |listening: bool| move |e: tokio_postgres::Error| Fail { listening, error: e.to_string() };
     let connect_timeout = pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
-    let (client, mut connection) = match tokio::time::timeout(connect_timeout, pg.connect(tokio_postgres::NoTls)).await {
+    let (client, mut connection) = match tokio::time::timeout(connect_timeout, pg.connect(tokio_postgres::NoTls)).await
+    {
         Ok(result) => result.map_err(fail(false))?,
         Err(_) => return Err(Fail { listening: false, error: format!("no connection within {connect_timeout:?}") }),
     };
@@ -101,7 +98,9 @@ async fn listen_once(
     let listen = tokio::time::timeout(connect_timeout, client.batch_execute(&format!("LISTEN {channel}"))).await;
     match listen {
         Ok(result) => result.map_err(fail(false))?,
-        Err(_) => return Err(Fail { listening: false, error: format!("LISTEN got no answer within {connect_timeout:?}") }),
+        Err(_) => {
+            return Err(Fail { listening: false, error: format!("LISTEN got no answer within {connect_timeout:?}") });
+        }
     }
     tracing::info!(channel, "listening for wake-ups");
     // Rescan: whatever was notified while we were not listening is lost.

@@ -43,8 +43,7 @@ impl ApiError {
 
     /// Well-formed JSON that does not fit the request's shape: an unknown field, a wrong type (422).
     pub fn unprocessable(message: impl Into<String>, field: Option<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request", message)
-            .with_field(field)
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request", message).with_field(field)
     }
 
     pub fn body_too_large(limit: usize) -> ApiError {
@@ -58,7 +57,12 @@ impl ApiError {
 
     /// The request could not be read (the client went away, a broken chunked encoding).
     pub fn unreadable_body() -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "unreadable-body", "Unreadable request body", "the request body could not be read")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Unreadable request body",
+            "the request body could not be read",
+        )
     }
 
     pub fn unsupported_media_type(got: &str) -> ApiError {
@@ -71,7 +75,12 @@ impl ApiError {
     }
 
     pub fn route_not_found(path: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no route for {path}; see GET /v1/openapi.json"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no route for {path}; see GET /v1/openapi.json"),
+        )
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
@@ -84,7 +93,8 @@ impl ApiError {
     }
 
     pub fn job_not_found(id: u64) -> ApiError {
-        let mut e = ApiError::new(StatusCode::NOT_FOUND, "job-not-found", "Job not found", format!("job {id} not found"));
+        let mut e =
+            ApiError::new(StatusCode::NOT_FOUND, "job-not-found", "Job not found", format!("job {id} not found"));
         e.job = Some(id);
         e
     }
@@ -132,9 +142,12 @@ impl From<Error> for ApiError {
         match e {
             Error::Invalid(invalid) => invalid.into(),
             Error::JobNotFound(id) => ApiError::job_not_found(id.0),
-            Error::QueueNotFound(q) => {
-                ApiError::new(StatusCode::NOT_FOUND, "queue-not-found", "Queue not found", format!("queue {q} not found"))
-            }
+            Error::QueueNotFound(q) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "queue-not-found",
+                "Queue not found",
+                format!("queue {q} not found"),
+            ),
             Error::Rejected { job, rejection } => {
                 let mut e = rejected(rejection);
                 e.job = Some(job.0);
@@ -192,16 +205,12 @@ fn rejected(rejection: Rejection) -> ApiError {
             "Lease expired",
             format!("the lease expired at {} (server clock); nothing was changed", timestamp_string(deadline)),
         ),
-        Rejection::LeaseLive { deadline } => conflict(
-            "lease-live",
-            "Lease live",
-            format!("the lease is live until {}", timestamp_string(deadline)),
-        ),
-        Rejection::NotDue { run_at } => conflict(
-            "not-due",
-            "Not due",
-            format!("the job is not due until {}", timestamp_string(run_at)),
-        ),
+        Rejection::LeaseLive { deadline } => {
+            conflict("lease-live", "Lease live", format!("the lease is live until {}", timestamp_string(deadline)))
+        }
+        Rejection::NotDue { run_at } => {
+            conflict("not-due", "Not due", format!("the job is not due until {}", timestamp_string(run_at)))
+        }
         Rejection::AlreadyFinished { state } => {
             conflict("already-finished", "Job already finished", format!("the job is already {state}"))
         }
@@ -225,8 +234,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        let mut response = (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body)
-            .into_response();
+        let mut response =
+            (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         if self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }

@@ -18,8 +18,8 @@ use dray_api::{
     JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, Queue, QueueConfigure, QueueList, State as JobStateBody,
 };
 use dray_core::{JobId, JobState, QueueName};
-use dray_store::{DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, QueueConfig, Store};
 use dray_runtime::Clock;
+use dray_store::{DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, QueueConfig, Store};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -101,11 +101,8 @@ fn queue_names(jobs: &[dray_core::NewJob]) -> Vec<QueueName> {
 
 /// Wakes long-polls on the queues that just got leasable jobs.
 fn wake_inserted(app: &App, queues: &[QueueName], inserted: &[dray_store::Inserted]) {
-    let ready = queues
-        .iter()
-        .zip(inserted)
-        .filter(|(_, i)| i.state == JobState::Available && !i.duplicate)
-        .map(|(q, _)| q);
+    let ready =
+        queues.iter().zip(inserted).filter(|(_, i)| i.state == JobState::Available && !i.duplicate).map(|(q, _)| q);
     app.waiters.wake(ready);
 }
 
@@ -383,7 +380,10 @@ async fn dead_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Res
         (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn dead_redrive(State(app): State<App>, Body(body): Body<DeadAction>) -> Result<Json<DeadActionResponse>, ApiError> {
+async fn dead_redrive(
+    State(app): State<App>,
+    Body(body): Body<DeadAction>,
+) -> Result<Json<DeadActionResponse>, ApiError> {
     let p = DeadRedrive { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
     let ids = app.store.dead_redrive(p).await?;
     if !body.dry_run && !ids.is_empty() {
@@ -403,7 +403,10 @@ async fn dead_redrive(State(app): State<App>, Body(body): Body<DeadAction>) -> R
         (status = 422, description = "Invalid request; `field` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn dead_discard(State(app): State<App>, Body(body): Body<DeadAction>) -> Result<Json<DeadActionResponse>, ApiError> {
+async fn dead_discard(
+    State(app): State<App>,
+    Body(body): Body<DeadAction>,
+) -> Result<Json<DeadActionResponse>, ApiError> {
     let p = DeadDiscard { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
     let ids = app.store.dead_discard(p).await?;
     Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))

@@ -78,8 +78,12 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     let batch_over: Vec<Value> = (0..10_001).map(|_| json!({"queue": "q", "payload": 1})).collect();
     let ok_job = json!({"queue": "q", "payload": 1});
     let cases = vec![
-        case("syntax", "POST", "/v1/jobs", r#"{"queue":"q","payload":"#)
-            .want(400, "malformed-json", Some("payload"), "EOF"),
+        case("syntax", "POST", "/v1/jobs", r#"{"queue":"q","payload":"#).want(
+            400,
+            "malformed-json",
+            Some("payload"),
+            "EOF",
+        ),
         case("empty body", "POST", "/v1/jobs", "").want(400, "malformed-json", None, "EOF"),
         case("not an object", "POST", "/v1/jobs", "[1]").want(422, "invalid-request", None, "JSON object"),
         case("too deep", "POST", "/v1/jobs", deep).want(400, "malformed-json", None, "deeper than 128 levels"),
@@ -96,8 +100,12 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             Some("jobs"),
             "the limit is 10000",
         ),
-        case("empty batch", "POST", "/v1/jobs/batch", json_body(json!({"jobs": []})))
-            .want(422, "invalid-request", Some("jobs"), "at least one"),
+        case("empty batch", "POST", "/v1/jobs/batch", json_body(json!({"jobs": []}))).want(
+            422,
+            "invalid-request",
+            Some("jobs"),
+            "at least one",
+        ),
         case(
             "one bad job in a batch",
             "POST",
@@ -107,14 +115,31 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         .want(422, "invalid-request", Some("jobs[1].queue"), "allowed are"),
         case("unknown field", "POST", "/v1/jobs", json_body(json!({"queue": "q", "payload": 1, "colour": "red"})))
             .want(422, "invalid-request", Some("colour"), "unknown field"),
-        case("nested unknown field", "POST", "/v1/jobs/batch", json_body(json!({"jobs": [{"queue": "q", "payload": 1, "x": 1}]})))
-            .want(422, "invalid-request", Some("jobs[0].x"), "unknown field"),
-        case("missing field", "POST", "/v1/jobs", json_body(json!({"queue": "q"})))
-            .want(422, "invalid-request", Some("payload"), "missing field"),
-        case("bad queue name", "POST", "/v1/jobs", json_body(json!({"queue": "a b", "payload": 1})))
-            .want(422, "invalid-request", Some("queue"), "allowed are"),
-        case("long queue name", "POST", "/v1/jobs", json_body(json!({"queue": "q".repeat(129), "payload": 1})))
-            .want(422, "invalid-request", Some("queue"), "the limit is 128"),
+        case(
+            "nested unknown field",
+            "POST",
+            "/v1/jobs/batch",
+            json_body(json!({"jobs": [{"queue": "q", "payload": 1, "x": 1}]})),
+        )
+        .want(422, "invalid-request", Some("jobs[0].x"), "unknown field"),
+        case("missing field", "POST", "/v1/jobs", json_body(json!({"queue": "q"}))).want(
+            422,
+            "invalid-request",
+            Some("payload"),
+            "missing field",
+        ),
+        case("bad queue name", "POST", "/v1/jobs", json_body(json!({"queue": "a b", "payload": 1}))).want(
+            422,
+            "invalid-request",
+            Some("queue"),
+            "allowed are",
+        ),
+        case("long queue name", "POST", "/v1/jobs", json_body(json!({"queue": "q".repeat(129), "payload": 1}))).want(
+            422,
+            "invalid-request",
+            Some("queue"),
+            "the limit is 128",
+        ),
         case("wrong type", "POST", "/v1/jobs", json_body(json!({"queue": "q", "payload": 1, "priority": "high"})))
             .want(422, "invalid-request", Some("priority"), "invalid type"),
         case("out of range", "POST", "/v1/jobs", json_body(json!({"queue": "q", "payload": 1, "priority": 5000})))
@@ -124,15 +149,22 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         case("bad traceparent header", "POST", "/v1/jobs", json_body(json!({"queue": "q", "payload": 1})))
             .header("traceparent", "00-nope")
             .want(422, "invalid-request", Some("traceparent"), "W3C"),
-        case("text body", "POST", "/v1/jobs", "queue=q")
-            .header("Content-Type", "text/plain")
-            .want(415, "unsupported-media-type", None, "application/json"),
+        case("text body", "POST", "/v1/jobs", "queue=q").header("Content-Type", "text/plain").want(
+            415,
+            "unsupported-media-type",
+            None,
+            "application/json",
+        ),
         case("bad lease queue", "POST", "/v1/lease", json_body(json!({"queues": ["ok", "not ok"], "worker": "w"})))
             .want(422, "invalid-request", Some("queues[1]"), "allowed are"),
         case("lease count", "POST", "/v1/lease", json_body(json!({"queues": ["q"], "worker": "w", "count": 1001})))
             .want(422, "invalid-request", Some("count"), "1000"),
-        case("bad lease id", "POST", format!("/v1/jobs/{id}/complete"), json_body(json!({"lease_id": "xyz"})))
-            .want(422, "invalid-request", Some("lease_id"), "16 hex digits"),
+        case("bad lease id", "POST", format!("/v1/jobs/{id}/complete"), json_body(json!({"lease_id": "xyz"}))).want(
+            422,
+            "invalid-request",
+            Some("lease_id"),
+            "16 hex digits",
+        ),
         case(
             "fail without an error",
             "POST",
@@ -144,17 +176,43 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         case("unknown job", "GET", "/v1/jobs/999999", "").want(404, "job-not-found", None, "999999"),
         case("cancel unknown job", "POST", "/v1/jobs/999999/cancel", "").want(404, "job-not-found", None, "999999"),
         case("unknown queue", "GET", "/v1/queues/nope", "").want(404, "queue-not-found", None, "nope"),
-        case("bad queue in path", "PUT", "/v1/queues/a%20b", "{}").want(422, "invalid-request", Some("name"), "allowed are"),
-        case("bad queue config", "PUT", "/v1/queues/fresh", json_body(json!({"lease_ms": 10})))
-            .want(422, "invalid-request", Some("lease_ms"), "1000"),
+        case("bad queue in path", "PUT", "/v1/queues/a%20b", "{}").want(
+            422,
+            "invalid-request",
+            Some("name"),
+            "allowed are",
+        ),
+        case("bad queue config", "PUT", "/v1/queues/fresh", json_body(json!({"lease_ms": 10}))).want(
+            422,
+            "invalid-request",
+            Some("lease_ms"),
+            "1000",
+        ),
         case("page too large", "GET", "/v1/jobs?limit=5000", "").want(422, "invalid-request", Some("limit"), "1000"),
-        case("bad query value", "GET", "/v1/jobs?limit=ten", "").want(422, "invalid-request", Some("limit"), "invalid digit"),
-        case("unknown query parameter", "GET", "/v1/dead?colour=red", "")
-            .want(422, "invalid-request", Some("colour"), "unknown field"),
-        case("bad state filter", "GET", "/v1/jobs?state=sleeping", "")
-            .want(422, "invalid-request", Some("state"), "unknown variant"),
-        case("ids and a filter", "POST", "/v1/dead/redrive", json_body(json!({"ids": [1], "queue": "q"})))
-            .want(422, "invalid-request", Some("ids"), "cannot be combined"),
+        case("bad query value", "GET", "/v1/jobs?limit=ten", "").want(
+            422,
+            "invalid-request",
+            Some("limit"),
+            "invalid digit",
+        ),
+        case("unknown query parameter", "GET", "/v1/dead?colour=red", "").want(
+            422,
+            "invalid-request",
+            Some("colour"),
+            "unknown field",
+        ),
+        case("bad state filter", "GET", "/v1/jobs?state=sleeping", "").want(
+            422,
+            "invalid-request",
+            Some("state"),
+            "unknown variant",
+        ),
+        case("ids and a filter", "POST", "/v1/dead/redrive", json_body(json!({"ids": [1], "queue": "q"}))).want(
+            422,
+            "invalid-request",
+            Some("ids"),
+            "cannot be combined",
+        ),
         case("unknown route", "GET", "/v1/nothing", "").want(404, "not-found", None, "/v1/nothing"),
         case("wrong method", "DELETE", "/v1/jobs", "").want(405, "method-not-allowed", None, "DELETE"),
     ];

@@ -120,14 +120,10 @@ async fn a_stale_worker_gets_409_and_changes_nothing() {
         assert_eq!(p.kind, "urn:dray:problem:stale-lease", "{path}");
         assert_eq!(p.job, Some(id));
     }
-    let batch = post(
-        addr,
-        "/v1/ack",
-        json!({"acks": [{"job": id, "lease_id": stale, "outcome": "complete"}]}),
-    )
-    .await
-    .expect(200)
-    .value();
+    let batch = post(addr, "/v1/ack", json!({"acks": [{"job": id, "lease_id": stale, "outcome": "complete"}]}))
+        .await
+        .expect(200)
+        .value();
     assert_eq!(batch["results"][0]["problem"]["type"], "urn:dray:problem:stale-lease");
     assert_eq!(batch["results"][0]["problem"]["status"], 409);
     assert_eq!(state(addr).await, before, "stale acks change nothing");
@@ -162,7 +158,9 @@ async fn batches_acks_cancel_and_the_dead_letter_queue() {
             let (job, lease_id) = (j["id"].clone(), j["lease_id"].clone());
             match i {
                 0 | 1 => json!({"job": job, "lease_id": lease_id, "outcome": "complete", "result": i}),
-                _ => json!({"job": job, "lease_id": lease_id, "outcome": "fail", "error": "poison", "retryable": false}),
+                _ => {
+                    json!({"job": job, "lease_id": lease_id, "outcome": "fail", "error": "poison", "retryable": false})
+                }
             }
         })
         .collect();
@@ -206,7 +204,10 @@ async fn queue_configuration_pause_and_resume() {
     post(addr, "/v1/queues/reports/pause", json!({})).await.expect(404).problem();
 
     let q = put(addr, "/v1/queues/reports", json!({"attempts_max": 3, "lease_ms": 5_000})).await.expect(200).value();
-    assert_eq!((q["attempts_max"].clone(), q["lease_ms"].clone(), q["paused"].clone()), (json!(3), json!(5_000), json!(false)));
+    assert_eq!(
+        (q["attempts_max"].clone(), q["lease_ms"].clone(), q["paused"].clone()),
+        (json!(3), json!(5_000), json!(false))
+    );
     let q = put(addr, "/v1/queues/reports", json!({"backoff": {"base_ms": 10, "factor": 3.0, "cap_ms": 1000}}))
         .await
         .expect(200)

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use dray_core::{
-    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus,
-    Lease, LeaseId, Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
+    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
+    Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
 };
 use dray_store::QueueConfig;
 
@@ -19,17 +19,34 @@ use dray_store::QueueConfig;
 pub(crate) enum Record {
     /// A store was opened (or the token counter wrapped): fencing tokens from here on start at
     /// `epoch << EPOCH_SHIFT`, above every token issued before.
-    Epoch { epoch: u64 },
+    Epoch {
+        epoch: u64,
+    },
     QueueUpsert(QueueConfig),
     JobInsert(Box<Job>),
     /// A job's new status. `version` is the job's version after the change; `history` is `None`
     /// for a heartbeat, which changes no state and keeps the version.
-    JobUpdate { id: JobId, version: u32, status: Box<JobStatus>, history: Option<HistoryEntry> },
-    JobDelete { id: JobId },
+    JobUpdate {
+        id: JobId,
+        version: u32,
+        status: Box<JobStatus>,
+        history: Option<HistoryEntry>,
+    },
+    JobDelete {
+        id: JobId,
+    },
     /// First frame of a snapshot: the log segment replay starts from, and counters.
-    SnapshotHeader { format: u32, seq: u64, epoch: u64, next_job_id: u64 },
+    SnapshotHeader {
+        format: u32,
+        seq: u64,
+        epoch: u64,
+        next_job_id: u64,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
-    SnapshotEnd { jobs: u64, queues: u64 },
+    SnapshotEnd {
+        jobs: u64,
+        queues: u64,
+    },
 }
 
 pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
@@ -477,7 +494,8 @@ impl<'a> Dec<'a> {
             .ok_or(DecodeError { what: "history kind", offset: kind_at })?;
         let state = self.state("history state")?;
         let attempt = self.u32("history attempt")?;
-        let token = if self.bool("history token flag")? { Some(FencingToken(self.u64("history token")?)) } else { None };
+        let token =
+            if self.bool("history token flag")? { Some(FencingToken(self.u64("history token")?)) } else { None };
         let worker = match self.opt_str("history worker")? {
             None => None,
             Some(w) => Some(names.worker(&w).ok_or(DecodeError { what: "history worker", offset: self.pos })?),

@@ -115,11 +115,7 @@ impl Fs for OsFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
         Ok(Box::new(OsFile { file }))
     }
 
@@ -143,21 +139,15 @@ impl Fs for OsFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         // flock(2) underneath: the lock belongs to this open file description, so a second open
         // in the same process conflicts too, which is what keeps two stores off one directory.
         match file.try_lock() {
             Ok(()) => Ok(Box::new(OsLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Err(in_use_error(path)),
-            Err(std::fs::TryLockError::Error(e)) => Err(io::Error::new(
-                e.kind(),
-                format!("locking {}: {e}", path.display()),
-            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(io::Error::new(e.kind(), format!("locking {}: {e}", path.display())))
+            }
         }
     }
 }
@@ -227,10 +217,7 @@ struct Disk {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no such file or directory (simulated)", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file or directory (simulated)", path.display()))
 }
 
 fn injected(n: u64, fault: Fault) -> io::Error {
@@ -376,20 +363,14 @@ impl SimFs {
         copy.sync_latency = Duration::ZERO;
         copy.faults.clear();
         copy.ops = 0;
-        SimFs {
-            disk: Arc::new(Mutex::new(copy)),
-        }
+        SimFs { disk: Arc::new(Mutex::new(copy)) }
     }
 
     /// Everything a reader would see in `path` now (volatile tail included).
     pub fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
         let disk = self.disk();
         let id = disk.live.get(path).ok_or_else(|| not_found(path))?;
-        Ok(disk
-            .inodes
-            .get(id)
-            .map(|i| i.data.clone())
-            .unwrap_or_default())
+        Ok(disk.inodes.get(id).map(|i| i.data.clone()).unwrap_or_default())
     }
 
     /// Overwrites bytes of `path` in place and makes them durable, as a disk fault would:
@@ -401,10 +382,7 @@ impl SimFs {
         let start = offset as usize;
         let end = start + bytes.len();
         if end > inode.data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "corrupt past the end of the file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "corrupt past the end of the file"));
         }
         inode.data[start..end].copy_from_slice(bytes);
         inode.synced = inode.synced.max(end);
@@ -577,12 +555,7 @@ impl Fs for SimFs {
         // contents come back, one of the outcomes a real O_TRUNC allows.
         let id = disk.inode_new();
         disk.live.insert(path.to_path_buf(), id);
-        Ok(Box::new(SimFile {
-            disk: self.disk.clone(),
-            inode: id,
-            boot: disk.boot,
-            path: path.to_path_buf(),
-        }))
+        Ok(Box::new(SimFile { disk: self.disk.clone(), inode: id, boot: disk.boot, path: path.to_path_buf() }))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -622,13 +595,8 @@ impl Fs for SimFs {
         if !disk.dir_exists(dir) {
             return Err(not_found(dir));
         }
-        let in_dir: BTreeSet<PathBuf> = disk
-            .live
-            .keys()
-            .chain(disk.durable.keys())
-            .filter(|p| p.parent() == Some(dir))
-            .cloned()
-            .collect();
+        let in_dir: BTreeSet<PathBuf> =
+            disk.live.keys().chain(disk.durable.keys()).filter(|p| p.parent() == Some(dir)).cloned().collect();
         match fault {
             None => {
                 for path in in_dir {
@@ -667,11 +635,7 @@ impl Fs for SimFs {
             disk.live.insert(path.to_path_buf(), id);
         }
         disk.locks.insert(path.to_path_buf());
-        Ok(Box::new(SimLock {
-            disk: self.disk.clone(),
-            path: path.to_path_buf(),
-            boot: disk.boot,
-        }))
+        Ok(Box::new(SimLock { disk: self.disk.clone(), path: path.to_path_buf(), boot: disk.boot }))
     }
 }
 
@@ -696,10 +660,7 @@ mod tests {
 
     fn read(fs: &dyn Fs, path: &Path) -> Vec<u8> {
         let mut out = Vec::new();
-        fs.open_read(path)
-            .expect("open")
-            .read_to_end(&mut out)
-            .expect("read");
+        fs.open_read(path).expect("open").read_to_end(&mut out).expect("read");
         out
     }
 
@@ -746,22 +707,12 @@ mod tests {
             let _f = file_with_tail(&fs, "a", b"synced", &tail);
             fs.crash(seed);
             let after = read(&fs, &file("a"));
-            assert!(
-                after.starts_with(b"synced"),
-                "seed {seed}: synced bytes lost"
-            );
+            assert!(after.starts_with(b"synced"), "seed {seed}: synced bytes lost");
             let survived = &after[6..];
             assert!(survived.len() <= tail.len(), "seed {seed}");
-            let clean = survived
-                .iter()
-                .zip(&tail)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let clean = survived.iter().zip(&tail).take_while(|(a, b)| a == b).count();
             // Garbling touches at most the last 8 surviving bytes.
-            assert!(
-                survived.len() - clean <= 8,
-                "seed {seed}: garbled too far back"
-            );
+            assert!(survived.len() - clean <= 8, "seed {seed}: garbled too far back");
             if clean < survived.len() {
                 garbled += 1;
             }
@@ -769,14 +720,8 @@ mod tests {
             // After the crash everything present is durable.
             assert_eq!(fs.durable_len(&file("a")), Some(after.len() as u64));
         }
-        assert!(
-            kept_lengths.contains(&0) && kept_lengths.contains(&64),
-            "{kept_lengths:?}"
-        );
-        assert!(
-            kept_lengths.len() > 10,
-            "torn lengths vary: {kept_lengths:?}"
-        );
+        assert!(kept_lengths.contains(&0) && kept_lengths.contains(&64), "{kept_lengths:?}");
+        assert!(kept_lengths.len() > 10, "torn lengths vary: {kept_lengths:?}");
         assert!(garbled > 10, "garbling happens: {garbled}");
     }
 
@@ -799,17 +744,10 @@ mod tests {
         let mut f = fs.create(&file("a")).expect("create");
         f.write_all(b"data").expect("write");
         f.sync().expect("sync");
-        assert_eq!(
-            fs.durable_len(&file("a")),
-            None,
-            "contents synced, entry not"
-        );
+        assert_eq!(fs.durable_len(&file("a")), None, "contents synced, entry not");
         fs.crash(0);
         assert!(fs.list(&dir()).expect("list").is_empty());
-        assert_eq!(
-            fs.open_read(&file("a")).err().map(|e| e.kind()),
-            Some(io::ErrorKind::NotFound)
-        );
+        assert_eq!(fs.open_read(&file("a")).err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
 
         let mut f = fs.create(&file("b")).expect("create");
         f.write_all(b"data").expect("write");
@@ -917,11 +855,7 @@ mod tests {
         next_call_fails(&fs, Fault::Error, || f.write_all(b"more"));
         assert_eq!(read(&fs, &file("a")), b"syncedtail");
         next_call_fails(&fs, Fault::Error, || f.sync());
-        assert_eq!(
-            read(&fs, &file("a")),
-            b"syncedtail",
-            "a plain error keeps the tail"
-        );
+        assert_eq!(read(&fs, &file("a")), b"syncedtail", "a plain error keeps the tail");
         assert_eq!(fs.durable_len(&file("a")), Some(6));
         next_call_fails(&fs, Fault::Error, || fs.truncate(&file("a"), 1));
         assert_eq!(fs.file_len(&file("a")).expect("len"), 10);
@@ -931,11 +865,7 @@ mod tests {
 
         let _b = fs.create(&file("b")).expect("create");
         next_call_fails(&fs, Fault::Error, || fs.sync_dir(&dir()));
-        assert_eq!(
-            fs.durable_len(&file("b")),
-            None,
-            "the failed sync_dir made nothing durable"
-        );
+        assert_eq!(fs.durable_len(&file("b")), None, "the failed sync_dir made nothing durable");
         // Each call above counted once, failed or not; the fault was used up.
         fs.sync_dir(&dir()).expect("sync_dir");
         assert_eq!(fs.durable_len(&file("b")), Some(0));
@@ -954,11 +884,7 @@ mod tests {
         assert!(data.starts_with(b"head"));
         assert!(data.len() < 104, "only a prefix landed");
         assert!(data[4..].iter().all(|&b| b == 9));
-        assert_eq!(
-            fs.durable_len(&file("a")),
-            Some(4),
-            "and only in the volatile tail"
-        );
+        assert_eq!(fs.durable_len(&file("a")), Some(4), "and only in the volatile tail");
     }
 
     #[test]
@@ -967,11 +893,7 @@ mod tests {
         let mut f = file_with_tail(&fs, "a", b"head", b"tail");
         fs.fail_at(fs.op_count(), Fault::SyncError);
         assert!(f.sync().is_err());
-        assert_eq!(
-            read(&fs, &file("a")),
-            b"head",
-            "unsynced bytes are gone, as after a failed fsync"
-        );
+        assert_eq!(read(&fs, &file("a")), b"head", "unsynced bytes are gone, as after a failed fsync");
         assert_eq!(fs.durable_len(&file("a")), Some(4));
         // A later sync succeeds but cannot bring the tail back.
         f.sync().expect("sync");
@@ -1007,10 +929,7 @@ mod tests {
         let path = file("LOCK");
         let guard = fs.lock(&path).expect("first lock");
         let err = fs.lock(&path).expect_err("second lock");
-        assert!(
-            err.to_string().contains("in use by another process"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("in use by another process"), "{err}");
         drop(guard);
         let guard = fs.lock(&path).expect("lock after drop");
         fs.crash(0);
@@ -1030,9 +949,7 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(guard);
-        let _guard = OsFs
-            .lock(&path)
-            .expect("lock works again after the guard drops");
+        let _guard = OsFs.lock(&path).expect("lock works again after the guard drops");
     }
 
     #[test]
@@ -1050,11 +967,7 @@ mod tests {
         assert_eq!(read(&OsFs, &a), b"hello");
         OsFs.rename(&a, &d.join("b")).expect("rename");
         std::fs::create_dir(d.join("nested")).expect("mkdir");
-        assert_eq!(
-            OsFs.list(&d).expect("list"),
-            ["b"],
-            "directories are not listed"
-        );
+        assert_eq!(OsFs.list(&d).expect("list"), ["b"], "directories are not listed");
         OsFs.remove(&d.join("b")).expect("remove");
         assert!(OsFs.list(&d).expect("list").is_empty());
     }

@@ -169,7 +169,10 @@ impl EmbeddedStore {
         })
         .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         if let Some(torn) = &report.truncated {
-            tracing::warn!(?torn, "truncated a torn tail of the write-ahead log (a write cut off by a crash; it was never acknowledged)");
+            tracing::warn!(
+                ?torn,
+                "truncated a torn tail of the write-ahead log (a write cut off by a crash; it was never acknowledged)"
+            );
         }
         let first_seq = report.last_seq.map_or(from_seq, |last| last + 1).max(from_seq);
 
@@ -365,13 +368,7 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn load_snapshot(
-    fs: &dyn Fs,
-    path: &Path,
-    seq: u64,
-    state: &mut State,
-    names: &mut Names,
-) -> Result<(), OpenError> {
+fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &mut Names) -> Result<(), OpenError> {
     let reader = fs.open_read(path).map_err(io_err(format!("open {}", path.display())))?;
     let reader = BufReader::with_capacity(4 << 20, reader);
     let mut header_seen = false;

@@ -57,11 +57,7 @@ impl QueueState {
         for (i, set) in self.ids.iter().enumerate() {
             counts[i] = set.len() as u64;
         }
-        QueueStats {
-            config: self.config.clone(),
-            counts,
-            oldest_dead_at: self.dead.first().map(|(at, _)| *at),
-        }
+        QueueStats { config: self.config.clone(), counts, oldest_dead_at: self.dead.first().map(|(at, _)| *at) }
     }
 }
 
@@ -333,9 +329,7 @@ fn unindex(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: 
     let removed_too = match s.state {
         JobState::Scheduled | JobState::Retrying => q.waiting.remove(&(s.run_at, job.id)),
         JobState::Available => q.available.remove(&(Reverse(job.priority), s.run_at, job.id)),
-        JobState::Running => {
-            running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id))
-        }
+        JobState::Running => running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id)),
         JobState::Completed | JobState::Cancelled => {
             q.finished.remove(&(s.finished_at.expect("a finished job has a finish time"), job.id))
         }

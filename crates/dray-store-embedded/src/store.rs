@@ -9,14 +9,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
-use dray_core::{
-    Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, Rejection, Timestamp,
-    transition,
-};
+use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, Rejection, Timestamp, transition};
 use dray_store::{
-    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel,
-    JobFilter, JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain,
-    QueueConfig, QueueConfigure, QueueStats, Store,
+    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel, JobFilter,
+    JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
+    QueueConfigure, QueueStats, Store,
 };
 
 use crate::codec;
@@ -155,7 +152,9 @@ impl EmbeddedStore {
             let wal = guard.wal.as_ref().ok_or_else(closed)?;
             (f(&guard.state)?, wal.commit())
         };
-        commit.await.map_err(|e| Error::unavailable("the write-ahead log could not make earlier changes durable", e))?;
+        commit
+            .await
+            .map_err(|e| Error::unavailable("the write-ahead log could not make earlier changes durable", e))?;
         Ok(value)
     }
 
@@ -202,12 +201,7 @@ fn promote_queue(
     limit: usize,
 ) -> Result<usize, Error> {
     let Some(q) = state.queues.get(queue) else { return Ok(0) };
-    let due: Vec<JobId> = q
-        .waiting
-        .range(..=(now, JobId(u64::MAX)))
-        .take(limit)
-        .map(|(_, id)| *id)
-        .collect();
+    let due: Vec<JobId> = q.waiting.range(..=(now, JobId(u64::MAX))).take(limit).map(|(_, id)| *id).collect();
     for &id in &due {
         let t = transition(&state.jobs[&id], Event::Promote, now, 0).map_err(|r| rejected(id, r))?;
         update(state, changes, id, t)?;
@@ -216,7 +210,11 @@ fn promote_queue(
 }
 
 /// Resolves a dead-job selection to ids, checking every listed job is dead.
-fn dead_ids(state: &State, selection: &DeadSelection, event: dray_core::transition::EventKind) -> Result<Vec<JobId>, Error> {
+fn dead_ids(
+    state: &State,
+    selection: &DeadSelection,
+    event: dray_core::transition::EventKind,
+) -> Result<Vec<JobId>, Error> {
     match selection {
         DeadSelection::Ids(ids) => {
             let mut seen = std::collections::HashSet::new();
@@ -368,10 +366,7 @@ impl Store for EmbeddedStore {
             let mut out = Vec::with_capacity(count_max.min(64));
             while out.len() < count_max {
                 // The best head across the queues asked for.
-                let best = open
-                    .iter()
-                    .filter_map(|q| state.queues[*q].available.first().copied())
-                    .min();
+                let best = open.iter().filter_map(|q| state.queues[*q].available.first().copied()).min();
                 let Some((_, _, id)) = best else { break };
                 let token = token_next(state, changes)?;
                 let lease_id = LeaseId(state.random());
@@ -417,12 +412,9 @@ impl Store for EmbeddedStore {
                 };
                 let event = match &ack.outcome {
                     AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                    AckOutcome::Fail { error, retryable, retry_after_ms } => Event::Fail {
-                        lease: ack.lease,
-                        error,
-                        retryable: *retryable,
-                        retry_after_ms: *retry_after_ms,
-                    },
+                    AckOutcome::Fail { error, retryable, retry_after_ms } => {
+                        Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
+                    }
                 };
                 match transition(job, event, now, random) {
                     Err(r) => out.push(Err(rejected(ack.job, r))),
@@ -506,12 +498,8 @@ impl Store for EmbeddedStore {
     async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
         let Maintain { now, limit } = p;
         self.write(false, move |state, changes| {
-            let due: Vec<JobId> = state
-                .running
-                .range(..=(now, JobId(u64::MAX)))
-                .take(limit)
-                .map(|(_, id)| *id)
-                .collect();
+            let due: Vec<JobId> =
+                state.running.range(..=(now, JobId(u64::MAX))).take(limit).map(|(_, id)| *id).collect();
             for &id in &due {
                 let random = state.random();
                 let t = transition(&state.jobs[&id], Event::Expire, now, random).map_err(|r| rejected(id, r))?;
@@ -586,9 +574,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn queue_stats(&self, queue: &dray_core::QueueName) -> Result<QueueStats, Error> {
-        self.read(|state| {
-            state.queues.get(queue).map(|q| q.stats()).ok_or_else(|| Error::QueueNotFound(queue.clone()))
-        })
-        .await
+        self.read(|state| state.queues.get(queue).map(|q| q.stats()).ok_or_else(|| Error::QueueNotFound(queue.clone())))
+            .await
     }
 }

@@ -89,11 +89,7 @@ pub struct WalConfig {
 impl WalConfig {
     /// `Durability::Always`, [`SEGMENT_BYTES_DEFAULT`].
     pub fn new(dir: impl Into<PathBuf>) -> WalConfig {
-        WalConfig {
-            dir: dir.into(),
-            durability: Durability::Always,
-            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
-        }
+        WalConfig { dir: dir.into(), durability: Durability::Always, segment_bytes_max: SEGMENT_BYTES_DEFAULT }
     }
 }
 
@@ -109,10 +105,7 @@ pub struct WalError {
 
 impl WalError {
     fn new(context: impl Into<String>, source: io::Error) -> WalError {
-        WalError {
-            context: context.into(),
-            source: Arc::new(source),
-        }
+        WalError { context: context.into(), source: Arc::new(source) }
     }
 
     /// What the log was doing, naming the file.
@@ -135,10 +128,7 @@ fn at(context: &str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
 }
 
 fn writer_gone() -> WalError {
-    WalError::new(
-        "waiting for the write-ahead log",
-        io::Error::other("the writer thread stopped without an answer"),
-    )
+    WalError::new("waiting for the write-ahead log", io::Error::other("the writer thread stopped without an answer"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,11 +149,7 @@ fn segment_seq(name: &str) -> Option<u64> {
 
 /// The seqs of the segments in `dir`, ascending. Other files are ignored.
 pub fn list_segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<u64>> {
-    let mut seqs: Vec<u64> = fs
-        .list(dir)?
-        .iter()
-        .filter_map(|n| segment_seq(n))
-        .collect();
+    let mut seqs: Vec<u64> = fs.list(dir)?.iter().filter_map(|n| segment_seq(n)).collect();
     seqs.sort_unstable();
     Ok(seqs)
 }
@@ -189,10 +175,7 @@ pub enum FrameEncodeError {
 /// Appends one frame to `buf`: reserves the frame header, lets `encode` append the payload, then
 /// fills in length and CRC. On error (or if `encode` panics) `buf` is left as it was. Returns the
 /// payload's length.
-pub fn try_frame_into(
-    buf: &mut Vec<u8>,
-    encode: impl FnOnce(&mut Vec<u8>),
-) -> Result<usize, FrameEncodeError> {
+pub fn try_frame_into(buf: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result<usize, FrameEncodeError> {
     /// Cuts a half-built frame off again unless disarmed, so neither an error nor a panic in
     /// `encode` leaves garbage in a buffer the writer will put on disk.
     struct Rollback<'a> {
@@ -209,19 +192,11 @@ pub fn try_frame_into(
     }
 
     let start = buf.len();
-    let mut frame = Rollback {
-        buf,
-        start,
-        armed: true,
-    };
+    let mut frame = Rollback { buf, start, armed: true };
     frame.buf.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
     encode(&mut *frame.buf);
     let payload_start = start + FRAME_HEADER_BYTES;
-    let len = frame
-        .buf
-        .len()
-        .checked_sub(payload_start)
-        .ok_or(FrameEncodeError::Shrunk)?;
+    let len = frame.buf.len().checked_sub(payload_start).ok_or(FrameEncodeError::Shrunk)?;
     if len == 0 {
         return Err(FrameEncodeError::Empty);
     }
@@ -274,26 +249,17 @@ impl fmt::Display for FrameProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FrameProblem::ShortHeader { bytes } => {
-                write!(
-                    f,
-                    "the data ends {bytes} bytes into a {FRAME_HEADER_BYTES}-byte frame header"
-                )
+                write!(f, "the data ends {bytes} bytes into a {FRAME_HEADER_BYTES}-byte frame header")
             }
             FrameProblem::Empty => write!(f, "a frame of length 0"),
             FrameProblem::TooLong { len } => {
-                write!(
-                    f,
-                    "a frame length of {len} bytes, over the limit of {FRAME_BYTES_MAX}"
-                )
+                write!(f, "a frame length of {len} bytes, over the limit of {FRAME_BYTES_MAX}")
             }
             FrameProblem::ShortPayload { len, bytes } => {
                 write!(f, "the data ends {bytes} bytes into a {len}-byte payload")
             }
             FrameProblem::CrcMismatch { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
             }
         }
     }
@@ -306,11 +272,7 @@ pub enum FramesEnd {
     Clean { frames: u64, bytes: u64 },
     /// The frame starting at `offset` is bad; the `frames` before it were good. Whether that is
     /// a torn tail or corruption is the caller's call.
-    Bad {
-        frames: u64,
-        offset: u64,
-        problem: FrameProblem,
-    },
+    Bad { frames: u64, offset: u64, problem: FrameProblem },
 }
 
 impl FramesEnd {
@@ -356,10 +318,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Feeds the payload of each good frame in `r` to `f`, in order, until the data ends or a frame
 /// is bad. Does no buffering of its own: pass a `BufReader` (or an in-memory slice).
-pub fn read_frames(
-    mut r: impl Read,
-    mut f: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<FramesEnd, FrameError> {
+pub fn read_frames(mut r: impl Read, mut f: impl FnMut(&[u8]) -> Result<(), String>) -> Result<FramesEnd, FrameError> {
     let mut offset = 0u64;
     let mut frames = 0u64;
     let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -368,18 +327,9 @@ pub fn read_frames(
         let io_err = |source| FrameError::Io { offset, source };
         let got = read_full(&mut r, &mut header).map_err(io_err)?;
         if got == 0 {
-            return Ok(FramesEnd::Clean {
-                frames,
-                bytes: offset,
-            });
+            return Ok(FramesEnd::Clean { frames, bytes: offset });
         }
-        let bad = |problem| {
-            Ok(FramesEnd::Bad {
-                frames,
-                offset,
-                problem,
-            })
-        };
+        let bad = |problem| Ok(FramesEnd::Bad { frames, offset, problem });
         if got < FRAME_HEADER_BYTES {
             return bad(FrameProblem::ShortHeader { bytes: got });
         }
@@ -398,16 +348,10 @@ pub fn read_frames(
             payload.truncate(got);
             got
         } else {
-            r.by_ref()
-                .take(len as u64)
-                .read_to_end(&mut payload)
-                .map_err(io_err)?
+            r.by_ref().take(len as u64).read_to_end(&mut payload).map_err(io_err)?
         };
         if got < len {
-            return bad(FrameProblem::ShortPayload {
-                len: len as u64,
-                bytes: got as u64,
-            });
+            return bad(FrameProblem::ShortPayload { len: len as u64, bytes: got as u64 });
         }
         let computed = crc32c::crc32c(&payload);
         if computed != stored {
@@ -461,19 +405,11 @@ pub enum ReplayError {
     /// Bad data that cannot be a torn write: in a segment before the last, or a bad header in a
     /// segment that has records after it.
     #[error("{path}: corrupt at byte {offset}: {problem}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        problem: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, problem: String },
     #[error("write-ahead log segment {missing} is missing from {dir}, but later segments exist")]
     Gap { dir: PathBuf, missing: u64 },
     #[error("{path}: the record at byte {offset} could not be replayed: {message}")]
-    Record {
-        path: PathBuf,
-        offset: u64,
-        message: String,
-    },
+    Record { path: PathBuf, offset: u64, message: String },
 }
 
 fn replay_io(context: &str, path: &Path) -> impl FnOnce(io::Error) -> ReplayError {
@@ -512,30 +448,17 @@ pub fn replay(
         && let Some(&first) = seqs.first()
         && first != from_seq
     {
-        return Err(ReplayError::Gap {
-            dir: dir.to_path_buf(),
-            missing: from_seq,
-        });
+        return Err(ReplayError::Gap { dir: dir.to_path_buf(), missing: from_seq });
     }
     if let Some(pair) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
-        return Err(ReplayError::Gap {
-            dir: dir.to_path_buf(),
-            missing: pair[0] + 1,
-        });
+        return Err(ReplayError::Gap { dir: dir.to_path_buf(), missing: pair[0] + 1 });
     }
 
-    let mut report = ReplayReport {
-        first_seq: seqs.first().copied(),
-        last_seq: None,
-        records: 0,
-        truncated: None,
-    };
+    let mut report = ReplayReport { first_seq: seqs.first().copied(), last_seq: None, records: 0, truncated: None };
     for (i, &seq) in seqs.iter().enumerate() {
         let last = i + 1 == seqs.len();
         let path = segment_path(dir, seq);
-        let len = fs
-            .file_len(&path)
-            .map_err(replay_io("reading the size of", &path))?;
+        let len = fs.file_len(&path).map_err(replay_io("reading the size of", &path))?;
         let reader = fs.open_read(&path).map_err(replay_io("opening", &path))?;
         let mut r = BufReader::with_capacity(REPLAY_BUFFER_BYTES, reader);
 
@@ -546,25 +469,14 @@ pub fn replay(
             // nothing after it is a creation cut short; with records after it, it is damage.
             if last && len <= SEGMENT_HEADER_BYTES {
                 drop(r);
-                fs.remove(&path)
-                    .map_err(replay_io("removing the incomplete segment", &path))?;
-                fs.sync_dir(dir)
-                    .map_err(replay_io("syncing directory", dir))?;
+                fs.remove(&path).map_err(replay_io("removing the incomplete segment", &path))?;
+                fs.sync_dir(dir).map_err(replay_io("syncing directory", dir))?;
                 report.first_seq = report.first_seq.filter(|&s| s != seq);
-                report.truncated = Some(TornTail {
-                    path,
-                    offset: 0,
-                    bytes_dropped: len,
-                    segment_removed: true,
-                    reason: problem,
-                });
+                report.truncated =
+                    Some(TornTail { path, offset: 0, bytes_dropped: len, segment_removed: true, reason: problem });
                 break;
             }
-            return Err(ReplayError::Corrupt {
-                path,
-                offset: 0,
-                problem,
-            });
+            return Err(ReplayError::Corrupt { path, offset: 0, problem });
         }
 
         let mut records = 0u64;
@@ -576,34 +488,20 @@ pub fn replay(
         report.records += records;
         let end = end.map_err(|e| match e {
             FrameError::Io { offset, source } => ReplayError::Io {
-                context: format!(
-                    "reading {} at byte {}",
-                    path.display(),
-                    SEGMENT_HEADER_BYTES + offset
-                ),
+                context: format!("reading {} at byte {}", path.display(), SEGMENT_HEADER_BYTES + offset),
                 source,
             },
-            FrameError::Rejected { offset, message } => ReplayError::Record {
-                path: path.clone(),
-                offset: SEGMENT_HEADER_BYTES + offset,
-                message,
-            },
+            FrameError::Rejected { offset, message } => {
+                ReplayError::Record { path: path.clone(), offset: SEGMENT_HEADER_BYTES + offset, message }
+            }
         })?;
-        if let FramesEnd::Bad {
-            offset, problem, ..
-        } = end
-        {
+        if let FramesEnd::Bad { offset, problem, .. } = end {
             let offset = SEGMENT_HEADER_BYTES + offset;
             if !last {
-                return Err(ReplayError::Corrupt {
-                    path,
-                    offset,
-                    problem: problem.to_string(),
-                });
+                return Err(ReplayError::Corrupt { path, offset, problem: problem.to_string() });
             }
             drop(r);
-            fs.truncate(&path, offset)
-                .map_err(replay_io("cutting the torn tail of", &path))?;
+            fs.truncate(&path, offset).map_err(replay_io("cutting the torn tail of", &path))?;
             report.truncated = Some(TornTail {
                 path,
                 offset,
@@ -620,10 +518,7 @@ pub fn replay(
 /// What is wrong with a segment header, if anything.
 fn header_problem(header: &[u8], seq: u64) -> Option<String> {
     if header.len() < SEGMENT_HEADER_BYTES as usize {
-        return Some(format!(
-            "the segment header is {} of {SEGMENT_HEADER_BYTES} bytes",
-            header.len()
-        ));
+        return Some(format!("the segment header is {} of {SEGMENT_HEADER_BYTES} bytes", header.len()));
     }
     if header[..8] != SEGMENT_MAGIC {
         return Some("not a write-ahead log segment (bad magic)".into());
@@ -657,9 +552,7 @@ enum CommitState {
 
 impl Commit {
     fn ready(reply: Reply) -> Commit {
-        Commit {
-            state: CommitState::Ready(Some(reply)),
-        }
+        Commit { state: CommitState::Ready(Some(reply)) }
     }
 
     /// Blocks the calling thread until the commit resolves. Works with or without a tokio
@@ -760,11 +653,7 @@ impl State {
     fn rotation_mark(&mut self, done: Option<oneshot::Sender<Reply>>) -> u64 {
         self.seq += 1;
         self.segment_bytes = SEGMENT_HEADER_BYTES;
-        self.rotations.push(RotationMark {
-            at: self.buf.len(),
-            seq: self.seq,
-            done,
-        });
+        self.rotations.push(RotationMark { at: self.buf.len(), seq: self.seq, done });
         self.seq
     }
 
@@ -836,11 +725,8 @@ impl fmt::Debug for Wal {
 /// then may records go into it (see the module docs on ordering).
 fn segment_create(fs: &dyn Fs, dir: &Path, seq: u64) -> Result<Box<dyn FsFile>, WalError> {
     let path = segment_path(dir, seq);
-    let mut file = fs
-        .create(&path)
-        .map_err(at("creating write-ahead log segment", &path))?;
-    file.write_all(&segment_header(seq))
-        .map_err(at("writing the header of", &path))?;
+    let mut file = fs.create(&path).map_err(at("creating write-ahead log segment", &path))?;
+    file.write_all(&segment_header(seq)).map_err(at("writing the header of", &path))?;
     file.sync().map_err(at("fsync of", &path))?;
     fs.sync_dir(dir).map_err(at("syncing directory", dir))?;
     Ok(file)
@@ -897,10 +783,7 @@ impl Wal {
             .name("dray-wal-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| WalError::new("starting the write-ahead log writer thread", e))?;
-        Ok(Wal {
-            shared,
-            writer: Some(handle),
-        })
+        Ok(Wal { shared, writer: Some(handle) })
     }
 
     /// Appends one framed record; `encode` writes the payload (1 to [`FRAME_BYTES_MAX`] bytes).
@@ -919,18 +802,12 @@ impl Wal {
             }
             st.appender_waiting = true;
             shared.wake_writer(&mut st);
-            st = shared
-                .drained
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = shared.drained.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         let start = st.buf.len();
         try_frame_into(&mut st.buf, encode).map_err(|e| {
             WalError::new(
-                format!(
-                    "appending a record to the write-ahead log in {}",
-                    shared.config.dir.display()
-                ),
+                format!("appending a record to the write-ahead log in {}", shared.config.dir.display()),
                 io::Error::new(io::ErrorKind::InvalidInput, e),
             )
         })?;
@@ -962,9 +839,7 @@ impl Wal {
         let target = st.appended;
         st.waiters.push_back((target, tx));
         shared.wake_writer(&mut st);
-        Commit {
-            state: CommitState::Waiting(rx),
-        }
+        Commit { state: CommitState::Waiting(rx) }
     }
 
     /// Ends the current segment at this point in the record stream and starts segment seq+1 for
@@ -999,12 +874,10 @@ impl Wal {
         };
         let dir = &shared.config.dir;
         let fs = shared.fs.as_ref();
-        let segments =
-            list_segments(fs, dir).map_err(at("listing write-ahead log segments in", dir))?;
+        let segments = list_segments(fs, dir).map_err(at("listing write-ahead log segments in", dir))?;
         for old in segments.into_iter().filter(|&s| s < limit) {
             let path = segment_path(dir, old);
-            fs.remove(&path)
-                .map_err(at("removing write-ahead log segment", &path))?;
+            fs.remove(&path).map_err(at("removing write-ahead log segment", &path))?;
         }
         if let Err(e) = fs.sync_dir(dir) {
             let error = at("syncing directory", dir)(e);
@@ -1041,10 +914,7 @@ impl Wal {
         }
         if handle.join().is_err() {
             return Err(WalError::new(
-                format!(
-                    "closing the write-ahead log in {}",
-                    self.shared.config.dir.display()
-                ),
+                format!("closing the write-ahead log in {}", self.shared.config.dir.display()),
                 io::Error::other("the writer thread panicked"),
             ));
         }
@@ -1090,10 +960,7 @@ impl Drop for FailOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let error = WalError::new(
-                format!(
-                    "writing the write-ahead log in {}",
-                    self.0.config.dir.display()
-                ),
+                format!("writing the write-ahead log in {}", self.0.config.dir.display()),
                 io::Error::other("the writer thread panicked"),
             );
             self.0.fail(&error);
@@ -1126,11 +993,7 @@ impl Writer {
                 match failure {
                     None => {
                         st.acked = round.end;
-                        while st
-                            .waiters
-                            .front()
-                            .is_some_and(|(target, _)| *target <= round.end)
-                        {
+                        while st.waiters.front().is_some_and(|(target, _)| *target <= round.end) {
                             if let Some((_, tx)) = st.waiters.pop_front() {
                                 self.answered.push(tx);
                             }
@@ -1198,19 +1061,12 @@ impl Writer {
                         _ => interval.max(Duration::from_millis(1)),
                     };
                     st.writer_waiting = true;
-                    st = shared
-                        .writer_wake
-                        .wait_timeout(st, timeout)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                    st = shared.writer_wake.wait_timeout(st, timeout).unwrap_or_else(PoisonError::into_inner).0;
                     st.writer_waiting = false;
                 }
                 Durability::Always | Durability::Never => {
                     st.writer_waiting = true;
-                    st = shared
-                        .writer_wake
-                        .wait(st)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    st = shared.writer_wake.wait(st).unwrap_or_else(PoisonError::into_inner);
                     st.writer_waiting = false;
                 }
             }
@@ -1221,10 +1077,7 @@ impl Writer {
             st.appender_waiting = false;
             shared.drained.notify_all();
         }
-        Some(Round {
-            end: st.appended,
-            closing: st.closing,
-        })
+        Some(Round { end: st.appended, closing: st.closing })
     }
 
     /// Writes the batch, switching segments at its rotation marks, then fsyncs as the policy
@@ -1249,17 +1102,13 @@ impl Writer {
             }
         }
         if start < self.batch.len() {
-            self.file
-                .write_all(&self.batch[start..])
-                .map_err(at("writing", &self.path))?;
+            self.file.write_all(&self.batch[start..]).map_err(at("writing", &self.path))?;
             self.unsynced = true;
         }
         let sync_now = self.unsynced
             && match self.shared.config.durability {
                 Durability::Always => true,
-                Durability::Interval { ms } => {
-                    closing || self.last_sync.elapsed() >= Duration::from_millis(ms)
-                }
+                Durability::Interval { ms } => closing || self.last_sync.elapsed() >= Duration::from_millis(ms),
                 Durability::Never => closing,
             };
         if sync_now {
@@ -1278,9 +1127,7 @@ impl Writer {
     /// Writes `batch[from..to]` to the current segment, fsyncs it, and moves to a new segment.
     fn segment_switch(&mut self, from: usize, to: usize, seq: u64) -> Result<(), WalError> {
         if to > from {
-            self.file
-                .write_all(&self.batch[from..to])
-                .map_err(at("writing", &self.path))?;
+            self.file.write_all(&self.batch[from..to]).map_err(at("writing", &self.path))?;
         }
         // The old segment must be whole on disk before the next exists: replay reads a bad frame
         // in any segment but the last as corruption.
@@ -1315,20 +1162,11 @@ mod tests {
     }
 
     fn config(durability: Durability, segment_bytes_max: u64) -> WalConfig {
-        WalConfig {
-            dir: dir(),
-            durability,
-            segment_bytes_max,
-        }
+        WalConfig { dir: dir(), durability, segment_bytes_max }
     }
 
     fn start(fs: &SimFs, durability: Durability, segment_bytes_max: u64) -> Wal {
-        Wal::start(
-            Arc::new(fs.clone()),
-            config(durability, segment_bytes_max),
-            1,
-        )
-        .expect("start")
+        Wal::start(Arc::new(fs.clone()), config(durability, segment_bytes_max), 1).expect("start")
     }
 
     fn record(i: u64) -> Vec<u8> {
@@ -1336,8 +1174,7 @@ mod tests {
     }
 
     fn append(wal: &Wal, payload: &[u8]) {
-        wal.append(|b| b.extend_from_slice(payload))
-            .expect("append");
+        wal.append(|b| b.extend_from_slice(payload)).expect("append");
     }
 
     fn framed(payload: &[u8]) -> Vec<u8> {
@@ -1346,11 +1183,7 @@ mod tests {
         buf
     }
 
-    fn replay_all(
-        fs: &dyn Fs,
-        dir: &Path,
-        from_seq: u64,
-    ) -> Result<(Vec<Vec<u8>>, ReplayReport), ReplayError> {
+    fn replay_all(fs: &dyn Fs, dir: &Path, from_seq: u64) -> Result<(Vec<Vec<u8>>, ReplayReport), ReplayError> {
         let mut records = Vec::new();
         let report = replay(fs, dir, from_seq, |p| {
             records.push(p.to_vec());
@@ -1436,23 +1269,15 @@ mod tests {
     fn framing_refuses_empty_and_oversize_payloads_and_leaves_the_buffer_alone() {
         let mut buf = framed(b"keep");
         let before = buf.clone();
-        assert_eq!(
-            try_frame_into(&mut buf, |_| {}),
-            Err(FrameEncodeError::Empty)
-        );
+        assert_eq!(try_frame_into(&mut buf, |_| {}), Err(FrameEncodeError::Empty));
         assert_eq!(buf, before);
         assert_eq!(
             try_frame_into(&mut buf, |b| b.resize(b.len() + FRAME_BYTES_MAX + 1, 7)),
-            Err(FrameEncodeError::TooLarge {
-                len: FRAME_BYTES_MAX + 1
-            })
+            Err(FrameEncodeError::TooLarge { len: FRAME_BYTES_MAX + 1 })
         );
         assert_eq!(buf, before);
         let mut other = framed(b"x");
-        assert_eq!(
-            try_frame_into(&mut other, |b| b.clear()),
-            Err(FrameEncodeError::Shrunk)
-        );
+        assert_eq!(try_frame_into(&mut other, |b| b.clear()), Err(FrameEncodeError::Shrunk));
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             frame_into(&mut buf, |b| {
                 b.push(1);
@@ -1461,13 +1286,7 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert_eq!(buf, before, "a panicking encoder leaves no half frame");
-        assert!(
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame_into(
-                &mut buf,
-                |_| {}
-            )))
-            .is_err()
-        );
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame_into(&mut buf, |_| {}))).is_err());
     }
 
     #[test]
@@ -1487,43 +1306,21 @@ mod tests {
         let cases: [(&[u8], FrameProblem); 5] = [
             (&good[..5], FrameProblem::ShortHeader { bytes: 5 }),
             (&zeros, FrameProblem::Empty),
-            (
-                &too_long,
-                FrameProblem::TooLong {
-                    len: FRAME_BYTES_MAX as u64 + 1,
-                },
-            ),
-            (
-                &short_payload,
-                FrameProblem::ShortPayload { len: 7, bytes: 2 },
-            ),
+            (&too_long, FrameProblem::TooLong { len: FRAME_BYTES_MAX as u64 + 1 }),
+            (&short_payload, FrameProblem::ShortPayload { len: 7, bytes: 2 }),
             (
                 &bad_crc,
-                FrameProblem::CrcMismatch {
-                    stored: crc32c::crc32c(b"flip"),
-                    computed: crc32c::crc32c(b"fmip"),
-                },
+                FrameProblem::CrcMismatch { stored: crc32c::crc32c(b"flip"), computed: crc32c::crc32c(b"fmip") },
             ),
         ];
         for (i, (data, problem)) in cases.into_iter().enumerate() {
             let end = read_frames(data, |_| Ok(())).expect("read");
             let frames = u64::from(i != 0);
             let offset = if i == 0 { 0 } else { good.len() as u64 };
-            assert_eq!(
-                end,
-                FramesEnd::Bad {
-                    frames,
-                    offset,
-                    problem
-                },
-                "case {i}"
-            );
+            assert_eq!(end, FramesEnd::Bad { frames, offset, problem }, "case {i}");
         }
         let refused = read_frames(&good[..], |_| Err("no thanks".into())).expect_err("refused");
-        assert_eq!(
-            refused.to_string(),
-            "the record at byte 0 was refused: no thanks"
-        );
+        assert_eq!(refused.to_string(), "the record at byte 0 was refused: no thanks");
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1531,17 +1328,9 @@ mod tests {
 
     #[test]
     fn segment_names_sort_and_parse() {
-        assert_eq!(
-            segment_path(Path::new("/d"), 42),
-            Path::new("/d/wal-00000000000000000042.log")
-        );
+        assert_eq!(segment_path(Path::new("/d"), 42), Path::new("/d/wal-00000000000000000042.log"));
         assert_eq!(segment_seq("wal-00000000000000000042.log"), Some(42));
-        for other in [
-            "wal-42.log",
-            "wal-0000000000000000004x.log",
-            "snapshot-00000000000000000042.snap",
-            "LOCK",
-        ] {
+        for other in ["wal-42.log", "wal-0000000000000000004x.log", "snapshot-00000000000000000042.snap", "LOCK"] {
             assert_eq!(segment_seq(other), None, "{other}");
         }
     }
@@ -1562,17 +1351,10 @@ mod tests {
                 let before = list_segments(&fs, &dir()).expect("list");
                 let seq = wal.rotate().expect("rotate");
                 assert!(seq > *before.last().expect("segments"), "{seq} {before:?}");
-                assert_eq!(
-                    list_segments(&fs, &dir()).expect("list").last(),
-                    Some(&seq),
-                    "durable on return"
-                );
+                assert_eq!(list_segments(&fs, &dir()).expect("list").last(), Some(&seq), "durable on return");
             }
         }
-        let bytes: u64 = expected
-            .iter()
-            .map(|r| (FRAME_HEADER_BYTES + r.len()) as u64)
-            .sum();
+        let bytes: u64 = expected.iter().map(|r| (FRAME_HEADER_BYTES + r.len()) as u64).sum();
         assert_eq!(wal.bytes_appended(), bytes);
         wal.close().expect("close");
 
@@ -1594,10 +1376,7 @@ mod tests {
     fn records_round_trip_on_the_real_file_system() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let fs: Arc<dyn Fs> = Arc::new(OsFs);
-        let cfg = WalConfig {
-            segment_bytes_max: 200,
-            ..WalConfig::new(tmp.path())
-        };
+        let cfg = WalConfig { segment_bytes_max: 200, ..WalConfig::new(tmp.path()) };
         let wal = Wal::start(fs.clone(), cfg.clone(), 1).expect("start");
         for i in 0..40 {
             append(&wal, &record(i));
@@ -1614,10 +1393,7 @@ mod tests {
         append(&wal, b"after restart");
         wal.close().expect("close");
         let (records, _) = replay_all(fs.as_ref(), tmp.path(), 1).expect("replay");
-        assert_eq!(
-            records.last().map(Vec::as_slice),
-            Some(&b"after restart"[..])
-        );
+        assert_eq!(records.last().map(Vec::as_slice), Some(&b"after restart"[..]));
     }
 
     /// One torn tail shape: what a crash left after the last good frame.
@@ -1630,10 +1406,7 @@ mod tests {
         wal.close().expect("close");
         let path = segment_path(tmp.path(), 1);
         let good_len = std::fs::metadata(&path).expect("len").len();
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("open");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
         io::Write::write_all(&mut file, tail).expect("write tail");
         drop(file);
 
@@ -1646,17 +1419,9 @@ mod tests {
             "{name}"
         );
         assert!(!torn.segment_removed);
-        assert_eq!(
-            std::fs::metadata(&path).expect("len").len(),
-            good_len,
-            "{name}: cut on disk"
-        );
+        assert_eq!(std::fs::metadata(&path).expect("len").len(), good_len, "{name}: cut on disk");
         let (again, report) = replay_all(&OsFs, tmp.path(), 1).expect(name);
-        assert_eq!(
-            (again, report.truncated),
-            (records, None),
-            "{name}: a second replay is clean"
-        );
+        assert_eq!((again, report.truncated), (records, None), "{name}: a second replay is clean");
     }
 
     #[test]
@@ -1695,20 +1460,12 @@ mod tests {
             assert_eq!(records, [record(0), record(1)]);
             assert_eq!(report.last_seq, Some(2));
             let torn = report.truncated.expect("reported");
-            assert!(
-                torn.segment_removed
-                    && torn.offset == 0
-                    && torn.bytes_dropped == header_bytes as u64
-            );
+            assert!(torn.segment_removed && torn.offset == 0 && torn.bytes_dropped == header_bytes as u64);
             assert_eq!(list_segments(&fs, &dir()).expect("list"), [1, 2]);
             let (_, again) = replay_all(&fs, &dir(), 1).expect("replay");
             assert_eq!(again.truncated, None);
-            let wal = Wal::start(
-                Arc::new(fs.clone()),
-                config(Durability::Always, SEGMENT_BYTES_DEFAULT),
-                3,
-            )
-            .expect("a new log takes the removed segment's place");
+            let wal = Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 3)
+                .expect("a new log takes the removed segment's place");
             wal.close().expect("close");
         }
     }
@@ -1734,16 +1491,8 @@ mod tests {
         let frame = (FRAME_HEADER_BYTES + record(0).len()) as u64;
         // (segment, byte to damage, offset the error must name)
         let cases = [
-            (
-                1,
-                SEGMENT_HEADER_BYTES + frame + 9,
-                SEGMENT_HEADER_BYTES + frame,
-            ),
-            (
-                2,
-                SEGMENT_HEADER_BYTES + 2 * frame + 1,
-                SEGMENT_HEADER_BYTES + 2 * frame,
-            ),
+            (1, SEGMENT_HEADER_BYTES + frame + 9, SEGMENT_HEADER_BYTES + frame),
+            (2, SEGMENT_HEADER_BYTES + 2 * frame + 1, SEGMENT_HEADER_BYTES + 2 * frame),
             (2, 3, 0),
             (1, 12, 0),
             // The last segment's header, with records after it: not a torn creation.
@@ -1753,8 +1502,7 @@ mod tests {
             let fs = three_segments();
             let path = segment_path(&dir(), seq);
             let data = fs.read_all(&path).expect("read");
-            fs.corrupt(&path, byte, &[data[byte as usize] ^ 0x10])
-                .expect("corrupt");
+            fs.corrupt(&path, byte, &[data[byte as usize] ^ 0x10]).expect("corrupt");
             let err = replay_all(&fs, &dir(), 1).expect_err("corrupt");
             let message = err.to_string();
             assert!(
@@ -1777,10 +1525,7 @@ mod tests {
         fs.remove(&segment_path(&dir(), 2)).expect("remove");
         let err = replay_all(&fs, &dir(), 1).expect_err("gap");
         assert!(matches!(err, ReplayError::Gap { missing: 2, .. }), "{err}");
-        assert!(
-            err.to_string().contains("segment 2 is missing from /data"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("segment 2 is missing from /data"), "{err}");
     }
 
     #[test]
@@ -1790,14 +1535,10 @@ mod tests {
         assert_eq!(records, [10, 11, 12, 20, 21, 22].map(record));
         assert_eq!((report.first_seq, report.last_seq), (Some(2), Some(3)));
         let (_, report) = replay_all(&fs, &dir(), 4).expect("past the end");
-        assert_eq!(
-            (report.first_seq, report.last_seq, report.records),
-            (None, None, 0)
-        );
+        assert_eq!((report.first_seq, report.last_seq, report.records), (None, None, 0));
 
         fs.remove(&segment_path(&dir(), 1)).expect("remove");
-        let (records, report) =
-            replay_all(&fs, &dir(), 0).expect("no snapshot: start at the oldest");
+        let (records, report) = replay_all(&fs, &dir(), 0).expect("no snapshot: start at the oldest");
         assert_eq!((records.len(), report.first_seq), (6, Some(2)));
         let err = replay_all(&fs, &dir(), 1).expect_err("a snapshot said the log goes on at 1");
         assert!(matches!(err, ReplayError::Gap { missing: 1, .. }), "{err}");
@@ -1806,24 +1547,13 @@ mod tests {
     #[test]
     fn a_record_the_caller_refuses_is_an_error_naming_file_and_offset() {
         let fs = three_segments();
-        let err = replay(&fs, &dir(), 1, |p| {
-            if p == record(11).as_slice() {
-                Err("bad record".into())
-            } else {
-                Ok(())
-            }
-        })
-        .expect_err("refused");
+        let err =
+            replay(&fs, &dir(), 1, |p| if p == record(11).as_slice() { Err("bad record".into()) } else { Ok(()) })
+                .expect_err("refused");
         let frame = (FRAME_HEADER_BYTES + record(0).len()) as u64;
         let message = err.to_string();
-        assert!(
-            message.contains("wal-00000000000000000002.log"),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("byte {}", SEGMENT_HEADER_BYTES + frame)),
-            "{message}"
-        );
+        assert!(message.contains("wal-00000000000000000002.log"), "{message}");
+        assert!(message.contains(&format!("byte {}", SEGMENT_HEADER_BYTES + frame)), "{message}");
         assert!(message.contains("bad record"), "{message}");
     }
 
@@ -1831,12 +1561,8 @@ mod tests {
     fn remove_segments_before_never_removes_the_current_segment() {
         let fs = three_segments();
         // `three_segments` closed its log; a new one continues at 4.
-        let wal = Wal::start(
-            Arc::new(fs.clone()),
-            config(Durability::Always, SEGMENT_BYTES_DEFAULT),
-            4,
-        )
-        .expect("start");
+        let wal =
+            Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 4).expect("start");
         append(&wal, b"x");
         wal.remove_segments_before(3).expect("remove");
         assert_eq!(list_segments(&fs, &dir()).expect("list"), [3, 4]);
@@ -1857,17 +1583,10 @@ mod tests {
     #[test]
     fn start_refuses_an_existing_segment() {
         let fs = three_segments();
-        let err = Wal::start(
-            Arc::new(fs.clone()),
-            config(Durability::Always, SEGMENT_BYTES_DEFAULT),
-            3,
-        )
-        .expect_err("exists");
+        let err =
+            Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 3).expect_err("exists");
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert!(
-            err.to_string().contains("wal-00000000000000000003.log"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("wal-00000000000000000003.log"), "{err}");
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1888,9 +1607,7 @@ mod tests {
                 let (wal, fs) = (&wal, &fs);
                 s.spawn(move || {
                     for c in 0..COMMITS {
-                        let mine: Vec<Vec<u8>> = (0..RECORDS)
-                            .map(|r| format!("t{t}-c{c}-r{r}").into_bytes())
-                            .collect();
+                        let mine: Vec<Vec<u8>> = (0..RECORDS).map(|r| format!("t{t}-c{c}-r{r}").into_bytes()).collect();
                         for m in &mine {
                             append(wal, m);
                         }
@@ -1899,11 +1616,7 @@ mod tests {
                         let after_crash = fs.crash_copy(t * 1_000 + c);
                         let (records, _) = replay_all(&after_crash, &dir(), 1).expect("replay");
                         for m in &mine {
-                            assert!(
-                                records.contains(m),
-                                "acknowledged {} lost",
-                                String::from_utf8_lossy(m)
-                            );
+                            assert!(records.contains(m), "acknowledged {} lost", String::from_utf8_lossy(m));
                         }
                     }
                 });
@@ -1911,10 +1624,7 @@ mod tests {
         });
         let syncs = fs.sync_count() - syncs_before;
         let commits = THREADS * COMMITS;
-        assert!(
-            syncs * 2 < commits,
-            "{syncs} fsyncs for {commits} commits: no grouping"
-        );
+        assert!(syncs * 2 < commits, "{syncs} fsyncs for {commits} commits: no grouping");
         wal.close().expect("close");
 
         // Each thread's records are in its own order in the log.
@@ -1941,15 +1651,8 @@ mod tests {
         fs.fail_at(1, Fault::SyncError);
         append(&wal, &record(1));
         let err = wal.commit().wait().expect_err("the fsync failed");
-        assert!(
-            err.to_string()
-                .contains("fsync of /data/wal-00000000000000000001.log"),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("injected fault SyncError"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("fsync of /data/wal-00000000000000000001.log"), "{err}");
+        assert!(err.to_string().contains("injected fault SyncError"), "{err}");
         assert_eq!(wal.failure().map(|e| e.to_string()), Some(err.to_string()));
         let ops = fs.op_count();
         assert!(wal.append(|b| b.push(1)).is_err());
@@ -1970,23 +1673,15 @@ mod tests {
         fs.fail_at(0, Fault::TornWrite);
         append(&wal, &record(0));
         let err = wal.commit().wait().expect_err("the write failed");
-        assert!(
-            err.to_string()
-                .contains("writing /data/wal-00000000000000000001.log"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("writing /data/wal-00000000000000000001.log"), "{err}");
         assert!(wal.commit().wait().is_err());
     }
 
     #[test]
     fn a_failed_directory_sync_while_removing_segments_fails_the_log() {
         let fs = three_segments();
-        let wal = Wal::start(
-            Arc::new(fs.clone()),
-            config(Durability::Always, SEGMENT_BYTES_DEFAULT),
-            4,
-        )
-        .expect("start");
+        let wal =
+            Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 4).expect("start");
         fs.reset_op_count();
         // remove (0), remove (1), sync_dir (2).
         fs.fail_at(2, Fault::Error);
@@ -2035,24 +1730,11 @@ mod tests {
     /// Recovers `fs` and checks: replay succeeds, yields a prefix of what was appended holding at
     /// least `keep` records, a second replay is clean, and a new log continues after it.
     fn check_recovery(fs: &SimFs, out: &Outcome, keep: usize, label: &str) {
-        let (records, report) =
-            replay_all(fs, &dir(), 1).unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert!(
-            out.appended.starts_with(&records),
-            "{label}: replayed {records:?}, appended {:?}",
-            out.appended
-        );
-        assert!(
-            records.len() >= keep,
-            "{label}: {} records survived, {keep} were acknowledged",
-            records.len()
-        );
+        let (records, report) = replay_all(fs, &dir(), 1).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert!(out.appended.starts_with(&records), "{label}: replayed {records:?}, appended {:?}", out.appended);
+        assert!(records.len() >= keep, "{label}: {} records survived, {keep} were acknowledged", records.len());
         let (again, report2) = replay_all(fs, &dir(), 1).unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_eq!(
-            (&again, report2.truncated),
-            (&records, None),
-            "{label}: second replay"
-        );
+        assert_eq!((&again, report2.truncated), (&records, None), "{label}: second replay");
         let next = report.last_seq.map_or(1, |s| s + 1);
         let wal = Wal::start(Arc::new(fs.clone()), config(Durability::Always, 120), next)
             .unwrap_or_else(|e| panic!("{label}: restart: {e}"));
@@ -2077,30 +1759,17 @@ mod tests {
                     let out = workload(&fs, durability);
                     fs.clear_faults();
                     // Power loss: under `Always` nothing acknowledged may go.
-                    let keep = if durability == Durability::Always {
-                        out.acked
-                    } else {
-                        0
-                    };
+                    let keep = if durability == Durability::Always { out.acked } else { 0 };
                     for seed in 0..4 {
-                        let label =
-                            format!("{durability:?} {fault:?} at call {k}, crash seed {seed}");
+                        let label = format!("{durability:?} {fault:?} at call {k}, crash seed {seed}");
                         check_recovery(&fs.crash_copy(seed), &out, keep, &label);
                     }
                     // A process restart without power loss: every policy keeps what it
                     // acknowledged, except that under `Never` a failed fsync takes the written but
                     // unsynced bytes with it (the policy's documented window).
-                    let keep = if durability == Durability::Always || fault != Fault::SyncError {
-                        out.acked
-                    } else {
-                        0
-                    };
-                    check_recovery(
-                        &fs,
-                        &out,
-                        keep,
-                        &format!("{durability:?} {fault:?} at call {k}, no crash"),
-                    );
+                    let keep =
+                        if durability == Durability::Always || fault != Fault::SyncError { out.acked } else { 0 };
+                    check_recovery(&fs, &out, keep, &format!("{durability:?} {fault:?} at call {k}, no crash"));
                 }
             }
         }
@@ -2109,11 +1778,7 @@ mod tests {
     #[test]
     fn interval_policy_acknowledges_writes_and_fsyncs_at_most_every_interval() {
         let fs = sim();
-        let wal = start(
-            &fs,
-            Durability::Interval { ms: 3_600_000 },
-            SEGMENT_BYTES_DEFAULT,
-        );
+        let wal = start(&fs, Durability::Interval { ms: 3_600_000 }, SEGMENT_BYTES_DEFAULT);
         let syncs = fs.sync_count();
         let path = segment_path(&dir(), 1);
         for i in 0..20 {
@@ -2142,11 +1807,7 @@ mod tests {
         let want = SEGMENT_HEADER_BYTES + wal.bytes_appended();
         let deadline = Instant::now() + Duration::from_secs(10);
         while fs.durable_len(&path) != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "idle data never fsynced: {:?} of {want}",
-                fs.durable_len(&path)
-            );
+            assert!(Instant::now() < deadline, "idle data never fsynced: {:?} of {want}", fs.durable_len(&path));
             std::thread::sleep(Duration::from_millis(1));
         }
         wal.close().expect("close");
@@ -2168,15 +1829,8 @@ mod tests {
             "written to the OS"
         );
         wal.rotate().expect("rotate");
-        assert_eq!(
-            fs.sync_count(),
-            syncs + 2,
-            "the old segment and the new header"
-        );
-        assert_eq!(
-            fs.durable_len(&segment_path(&dir(), 1)),
-            Some(SEGMENT_HEADER_BYTES + wal.bytes_appended())
-        );
+        assert_eq!(fs.sync_count(), syncs + 2, "the old segment and the new header");
+        assert_eq!(fs.durable_len(&segment_path(&dir(), 1)), Some(SEGMENT_HEADER_BYTES + wal.bytes_appended()));
         append(&wal, &record(10));
         wal.close().expect("close");
         assert_eq!(fs.sync_count(), syncs + 3);
@@ -2187,11 +1841,7 @@ mod tests {
     #[test]
     fn close_and_drop_flush_everything_appended() {
         for close in [true, false] {
-            for durability in [
-                Durability::Always,
-                Durability::Interval { ms: 3_600_000 },
-                Durability::Never,
-            ] {
+            for durability in [Durability::Always, Durability::Interval { ms: 3_600_000 }, Durability::Never] {
                 let fs = sim();
                 let wal = start(&fs, durability, 100);
                 for i in 0..12 {
@@ -2203,11 +1853,7 @@ mod tests {
                     drop(wal);
                 }
                 let (records, _) = replay_all(&fs.crash_copy(7), &dir(), 1).expect("replay");
-                assert_eq!(
-                    records,
-                    (0..12).map(record).collect::<Vec<_>>(),
-                    "close {close}, {durability:?}"
-                );
+                assert_eq!(records, (0..12).map(record).collect::<Vec<_>>(), "close {close}, {durability:?}");
             }
         }
     }

@@ -830,4 +830,3 @@ fn batch_of(payload: &[u8]) -> Option<(String, u64)> {
     let batch = format!("{}/{}/{}", field("run")?, field("p")?, field("b")?);
     Some((batch, field("of")?.parse().ok()?))
 }
-

@@ -1099,4 +1099,3 @@ async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec
     }
     problems
 }
-

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dray_core::{Job, JobId, NewJob, Payload, QueueName, Timestamp, WorkerId};
-use dray_store::{Ack, AckOutcome, Error, JobAck, JobInsert, JobLease, JobFilter, JobList, Store};
+use dray_store::{Ack, AckOutcome, Error, JobAck, JobFilter, JobInsert, JobLease, JobList, Store};
 use dray_store_embedded::fs::{Fault, SimFs};
 use dray_store_embedded::{EmbeddedConfig, EmbeddedStore, OpenError};
 
@@ -27,9 +27,7 @@ fn worker() -> WorkerId {
 }
 
 async fn insert(store: &EmbeddedStore, n: usize, now: Timestamp) -> Vec<JobId> {
-    let jobs = (0..n)
-        .map(|i| NewJob::new(queue(), Payload::new(format!("{{\"n\":{i}}}").into_bytes())))
-        .collect();
+    let jobs = (0..n).map(|i| NewJob::new(queue(), Payload::new(format!("{{\"n\":{i}}}").into_bytes()))).collect();
     store.job_insert(JobInsert { now, jobs }).await.unwrap().into_iter().map(|i| i.id).collect()
 }
 
@@ -61,10 +59,7 @@ async fn all_jobs(store: &EmbeddedStore) -> Vec<Job> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = store
-            .job_list(JobList { filter: JobFilter::default(), after, limit: 1000 })
-            .await
-            .unwrap();
+        let page = store.job_list(JobList { filter: JobFilter::default(), after, limit: 1000 }).await.unwrap();
         for s in &page.jobs {
             out.push(store.job_get(s.id).await.unwrap().unwrap());
         }
@@ -101,10 +96,8 @@ async fn snapshot_then_log_replays_to_the_same_state() {
     store.close().unwrap();
 
     // Old segments were deleted by the second snapshot: recovery uses snapshot + tail only.
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names.iter().filter(|n| n.ends_with(".snap")).count(), 1, "{names:?}");
 
     let store = EmbeddedStore::open(config(dir.path())).unwrap();

@@ -93,14 +93,10 @@ impl PostgresConfig {
     /// `synchronous_commit=on` is set on every connection, whatever the server or database
     /// default: "accepted means durable" must not depend on how someone configured the server.
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, Invalid> {
-        let mut pg: tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| Invalid::new("url", format!("is not a PostgreSQL connection string: {e}")))?;
-        let ours = format!(
-            "-c synchronous_commit=on -c statement_timeout={} -c TimeZone=UTC",
-            self.statement_timeout_ms
-        );
+        let mut pg: tokio_postgres::Config =
+            self.url.parse().map_err(|e| Invalid::new("url", format!("is not a PostgreSQL connection string: {e}")))?;
+        let ours =
+            format!("-c synchronous_commit=on -c statement_timeout={} -c TimeZone=UTC", self.statement_timeout_ms);
         let options = match pg.get_options() {
             Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
             _ => ours,

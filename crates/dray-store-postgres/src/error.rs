@@ -39,7 +39,10 @@ pub enum ConnectError {
 
 impl ConnectError {
     pub(crate) fn unavailable(config: &PostgresConfig, source: tokio_postgres::Error) -> ConnectError {
-        ConnectError::Unavailable { context: format!("cannot connect to {}", redact(&config.url)), source: Some(source) }
+        ConnectError::Unavailable {
+            context: format!("cannot connect to {}", redact(&config.url)),
+            source: Some(source),
+        }
     }
 
     pub(crate) fn timeout(config: &PostgresConfig) -> ConnectError {

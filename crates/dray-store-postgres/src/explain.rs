@@ -84,7 +84,12 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
             args: "0, 101, 'q3', 'dead'".into(),
             indexes: &["jobs_queue_state"],
         },
-        Hot { name: "queue stats", sql: sql.queue_stats.clone(), args: "'q1'".into(), indexes: &["jobs_queue_state", "jobs_dead"] },
+        Hot {
+            name: "queue stats",
+            sql: sql.queue_stats.clone(),
+            args: "'q1'".into(),
+            indexes: &["jobs_queue_state", "jobs_dead"],
+        },
         Hot {
             name: "idempotency lookup",
             sql: sql.keys_lookup.clone(),

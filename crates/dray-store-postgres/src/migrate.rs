@@ -516,9 +516,8 @@ COMMENT ON FUNCTION {s}.enqueue(text, jsonb, jsonb) IS
 /// The SQL of a migration for `schema`, with the core's names for states, reasons and kinds
 /// filled into the CHECKs (one source of truth: the core's enums).
 pub(crate) fn render(sql: &str, schema: &str) -> String {
-    let list = |names: &mut dyn Iterator<Item = &'static str>| {
-        names.map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
-    };
+    let list =
+        |names: &mut dyn Iterator<Item = &'static str>| names.map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
     sql.replace("{s}", schema)
         .replace("__STATES__", &list(&mut JobState::ALL.iter().map(|s| s.as_str())))
         .replace("__DEAD_REASONS__", &list(&mut dray_core::DeadReason::ALL.iter().map(|r| r.as_str())))
@@ -596,12 +595,9 @@ pub(crate) async fn migrate_on(client: &mut tokio_postgres::Client, schema: &str
             name: m.name,
             source,
         })?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.migrations (version, name) VALUES ($1, $2)"),
-            &[&m.version, &m.name],
-        )
-        .await
-        .map_err(db_context("record a migration"))?;
+        tx.execute(&format!("INSERT INTO {schema}.migrations (version, name) VALUES ($1, $2)"), &[&m.version, &m.name])
+            .await
+            .map_err(db_context("record a migration"))?;
         applied.push(m.version);
     }
     tx.commit().await.map_err(db_context("commit the migration"))?;

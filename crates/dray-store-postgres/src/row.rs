@@ -119,7 +119,10 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         }),
     };
     if lease.is_some() != (state == JobState::Running) {
-        return Err(corrupt(format!("job {id} is {state} and {} a lease", if lease.is_some() { "holds" } else { "lacks" })));
+        return Err(corrupt(format!(
+            "job {id} is {state} and {} a lease",
+            if lease.is_some() { "holds" } else { "lacks" }
+        )));
     }
     let dead_reason = match get::<Option<&str>>(row, "dead_reason")? {
         None => None,

@@ -365,7 +365,13 @@ impl Sql {
     /// `lock` adds `FOR UPDATE`. Only the conditions the filter sets are in the text, so each
     /// combination gets its own plan (a catch-all `($n IS NULL OR ...)` would plan badly). The
     /// returned parameters follow `$1` and `$2`.
-    pub fn filtered(&self, columns: Columns, filter: &JobFilter, dead_only: bool, lock: bool) -> (String, FilterParams) {
+    pub fn filtered(
+        &self,
+        columns: Columns,
+        filter: &JobFilter,
+        dead_only: bool,
+        lock: bool,
+    ) -> (String, FilterParams) {
         let mut text = format!(
             "SELECT {} FROM {}.jobs j WHERE j.id > $1::bigint",
             match columns {
@@ -442,10 +448,27 @@ mod tests {
     fn every_placeholder_is_filled() {
         let sql = Sql::new("dray_x");
         let all = [
-            &sql.now, &sql.queues_ensure, &sql.keys_lookup, &sql.insert, &sql.lease, &sql.job_lock,
-            &sql.jobs_lock, &sql.jobs_read, &sql.update, &sql.history_insert, &sql.history_trim, &sql.notify,
-            &sql.job_get, &sql.expire_select, &sql.promote_select, &sql.prune, &sql.discard, &sql.queue_ensure_one,
-            &sql.queue_lock, &sql.queue_update, &sql.queue_stats,
+            &sql.now,
+            &sql.queues_ensure,
+            &sql.keys_lookup,
+            &sql.insert,
+            &sql.lease,
+            &sql.job_lock,
+            &sql.jobs_lock,
+            &sql.jobs_read,
+            &sql.update,
+            &sql.history_insert,
+            &sql.history_trim,
+            &sql.notify,
+            &sql.job_get,
+            &sql.expire_select,
+            &sql.promote_select,
+            &sql.prune,
+            &sql.discard,
+            &sql.queue_ensure_one,
+            &sql.queue_lock,
+            &sql.queue_update,
+            &sql.queue_stats,
         ];
         for text in all {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");

@@ -36,8 +36,8 @@ use tokio_postgres::{NoTls, Row, Statement};
 use crate::config::{PostgresConfig, TimeSource};
 use crate::error::{ConnectError, Fail, corrupt, db_error, pool_error};
 use crate::row::{
-    get, history_from_row, id_from_sql, id_to_sql, job_from_row, lease_to_sql, ms_to_sql, queue_from_row,
-    state_of, stats_from_row, summary_from_row, to_time, token_from_sql, token_to_sql,
+    get, history_from_row, id_from_sql, id_to_sql, job_from_row, lease_to_sql, ms_to_sql, queue_from_row, state_of,
+    stats_from_row, summary_from_row, to_time, token_from_sql, token_to_sql,
 };
 use crate::sql::{Columns, FilterParams, Sql};
 
@@ -171,7 +171,10 @@ impl PostgresStore {
             .create_timeout(timeout)
             .recycle_timeout(timeout)
             .build()
-            .map_err(|e| ConnectError::Unavailable { context: format!("building the connection pool: {e}"), source: None })?;
+            .map_err(|e| ConnectError::Unavailable {
+                context: format!("building the connection pool: {e}"),
+                source: None,
+            })?;
         // One pooled connection proves the session settings are accepted.
         let client = pool.get().await.map_err(|e| ConnectError::Unavailable {
             context: format!("opening a pooled connection: {e}"),
@@ -264,7 +267,12 @@ impl PostgresStore {
         let mut trim = (Vec::new(), Vec::new());
         for &l in &changed {
             let new_entries = u32::try_from(l.job.history.len()).unwrap_or(u32::MAX);
-            assert_eq!(l.job.version, l.base_version + new_entries, "job {}: version and new history disagree", l.job.id);
+            assert_eq!(
+                l.job.version,
+                l.base_version + new_entries,
+                "job {}: version and new history disagree",
+                l.job.id
+            );
             let bytes = l.payload_bytes_written();
             if chunk_bytes + bytes > UPDATE_STATEMENT_BYTES_MAX && !chunks.last().is_some_and(Vec::is_empty) {
                 chunks.push(Vec::new());
@@ -422,12 +430,7 @@ impl PostgresStore {
             let window = ms_to_sql(self.config.idempotency_window_ms);
             let st = prep(tx, &self.sql.insert).await?;
             let mut params = columns.params();
-            params.extend([
-                &created_at as &(dyn ToSql + Sync),
-                &window,
-                &now_param,
-                &self.channel,
-            ]);
+            params.extend([&created_at as &(dyn ToSql + Sync), &window, &now_param, &self.channel]);
             let row = tx.query_one(&st, &params).await?;
             let raw: Vec<i64> = get(&row, "ids")?;
             let inserted: i64 = get(&row, "inserted")?;
@@ -478,7 +481,8 @@ impl PostgresStore {
                 l.apply(t);
             }
             if let Some(token) = get::<Option<i64>>(row, "new_token")? {
-                let payload = get::<Option<Vec<u8>>>(row, "payload")?.ok_or_else(|| corrupt("a leased job without payload"))?;
+                let payload =
+                    get::<Option<Vec<u8>>>(row, "payload")?.ok_or_else(|| corrupt("a leased job without payload"))?;
                 picked.push((i, token_from_sql(token)?, Payload::new(payload)));
             }
             loaded.push(l);
@@ -499,11 +503,8 @@ impl PostgresStore {
             out.push(leased(&l.job, payload));
         }
         // Jobs this lease promoted but did not take: other workers may want them.
-        let mut notify: Vec<&str> = loaded
-            .iter()
-            .filter(|l| l.job.state() == JobState::Available)
-            .map(|l| l.job.queue.as_str())
-            .collect();
+        let mut notify: Vec<&str> =
+            loaded.iter().filter(|l| l.job.state() == JobState::Available).map(|l| l.job.queue.as_str()).collect();
         notify.sort_unstable();
         notify.dedup();
         self.write(tx, &loaded, &notify).await?;
@@ -512,7 +513,8 @@ impl PostgresStore {
 
     /// Locks the listed jobs (in id order), keyed by id. Ids the database cannot hold are absent.
     async fn lock_jobs(&self, tx: &Transaction<'_>, ids: &[JobId], lock: bool) -> Result<HashMap<JobId, Loaded>, Fail> {
-        let sql_ids: Vec<i64> = ids.iter().filter_map(|&id| id_to_sql(id)).collect::<HashSet<_>>().into_iter().collect();
+        let sql_ids: Vec<i64> =
+            ids.iter().filter_map(|&id| id_to_sql(id)).collect::<HashSet<_>>().into_iter().collect();
         let st = prep(tx, if lock { &self.sql.jobs_lock } else { &self.sql.jobs_read }).await?;
         let rows = tx.query(&st, &[&sql_ids]).await?;
         let mut out = HashMap::with_capacity(rows.len());
@@ -523,7 +525,12 @@ impl PostgresStore {
         Ok(out)
     }
 
-    async fn lock_one(&self, tx: &Transaction<'_>, id: JobId, now: dray_core::Timestamp) -> Result<(dray_core::Timestamp, Loaded), Fail> {
+    async fn lock_one(
+        &self,
+        tx: &Transaction<'_>,
+        id: JobId,
+        now: dray_core::Timestamp,
+    ) -> Result<(dray_core::Timestamp, Loaded), Fail> {
         let Some(sql_id) = id_to_sql(id) else { return Err(Error::JobNotFound(id).into()) };
         let row = async {
             let st = prep(tx, &self.sql.job_lock).await?;
@@ -572,12 +579,9 @@ impl PostgresStore {
             };
             let event = match &ack.outcome {
                 AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                AckOutcome::Fail { error, retryable, retry_after_ms } => Event::Fail {
-                    lease: ack.lease,
-                    error,
-                    retryable: *retryable,
-                    retry_after_ms: *retry_after_ms,
-                },
+                AckOutcome::Fail { error, retryable, retry_after_ms } => {
+                    Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
+                }
             };
             match transition(&l.job, event, now, random) {
                 Err(r) => out.push(Err(Error::rejected(ack.job, r))),
@@ -853,7 +857,9 @@ impl Loaded {
     fn payload_bytes_written(&self) -> usize {
         let len = |set: bool, v: &Option<Payload>| if set { v.as_ref().map_or(0, Payload::len) } else { 0 };
         let s = &self.job.status;
-        len(self.checkpoint_set(), &s.checkpoint) + len(self.progress_set(), &s.progress) + len(self.result_set(), &s.result)
+        len(self.checkpoint_set(), &s.checkpoint)
+            + len(self.progress_set(), &s.progress)
+            + len(self.result_set(), &s.result)
     }
 }
 

@@ -149,7 +149,10 @@ async fn plain_sql_commit_makes_the_job_visible() {
     assert_eq!(job.status.run_at, job.created_at);
     assert_eq!(job.history.len(), 1);
     let entry = &job.history[0];
-    assert_eq!((entry.kind, entry.state, entry.attempt, entry.at, entry.run_at), (HistoryKind::Enqueued, JobState::Available, 0, job.created_at, None));
+    assert_eq!(
+        (entry.kind, entry.state, entry.attempt, entry.at, entry.run_at),
+        (HistoryKind::Enqueued, JobState::Available, 0, job.created_at, None)
+    );
 
     let orders = app.query_one("SELECT count(*) FROM app_orders", &[]).await.unwrap();
     assert_eq!(orders.get::<_, i64>(0), 1);
@@ -210,7 +213,9 @@ async fn idempotency_keys_behave_as_in_the_store() {
     assert_eq!(code, SqlState::UNIQUE_VIOLATION);
     assert_eq!(
         message,
-        format!(r#"dray.enqueue: idempotency_key "order-42" is already used in queue "q" by job {first} with another payload"#)
+        format!(
+            r#"dray.enqueue: idempotency_key "order-42" is already used in queue "q" by job {first} with another payload"#
+        )
     );
     // Another queue is another key space.
     assert_ne!(enqueue(&app, "other", r#"{"a": 2}"#, options).await.unwrap(), first);
@@ -224,7 +229,9 @@ async fn idempotency_keys_behave_as_in_the_store() {
     let dup = store.job_insert(new(r#"{"a": 1}"#)).await.unwrap();
     assert_eq!((dup[0].id, dup[0].duplicate), (JobId(first as u64), true));
     let conflict = store.job_insert(new(r#"{"a":1}"#)).await.unwrap_err();
-    assert!(matches!(conflict, dray_store::Error::IdempotencyConflict { existing, .. } if existing == JobId(first as u64)));
+    assert!(
+        matches!(conflict, dray_store::Error::IdempotencyConflict { existing, .. } if existing == JobId(first as u64))
+    );
 
     // And the function sees the store's keys.
     let mut job = NewJob::new(QueueName::new("q").unwrap(), Payload::new(br#"{"b": true}"#.to_vec()));
@@ -239,8 +246,11 @@ async fn idempotency_keys_behave_as_in_the_store() {
         .unwrap();
     let fresh = enqueue(&app, "q", r#"{"a": 3}"#, options).await.unwrap();
     assert!(fresh > first);
-    let owner: i64 =
-        app.query_one("SELECT job_id FROM dray.idempotency WHERE queue = 'q' AND key = 'order-42'", &[]).await.unwrap().get(0);
+    let owner: i64 = app
+        .query_one("SELECT job_id FROM dray.idempotency WHERE queue = 'q' AND key = 'order-42'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(owner, fresh);
 
     // The window follows `dray.idempotency_window_ms` when set (to match the server's setting).
@@ -296,18 +306,54 @@ async fn invalid_options_name_the_field_and_the_limit() {
         ("q", r#"{"lease_ms": 10}"#, "dray.enqueue: lease_ms is 10; allowed is 1000 to 43200000"),
         ("q", r#"{"attempts_max": 0}"#, "dray.enqueue: attempts_max is 0; allowed is 1 to 1000"),
         ("q", r#"{"delay_ms": -1}"#, "dray.enqueue: delay_ms is -1; allowed is 0 to 31622400000"),
-        ("q", r#"{"delay_ms": 1, "run_at": "2001-01-01T00:00:00Z"}"#, "dray.enqueue: delay_ms cannot be combined with run_at"),
-        ("q", r#"{"run_at": "tomorrow"}"#, r#"dray.enqueue: run_at "tomorrow" is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)"#),
+        (
+            "q",
+            r#"{"delay_ms": 1, "run_at": "2001-01-01T00:00:00Z"}"#,
+            "dray.enqueue: delay_ms cannot be combined with run_at",
+        ),
+        (
+            "q",
+            r#"{"run_at": "tomorrow"}"#,
+            r#"dray.enqueue: run_at "tomorrow" is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)"#,
+        ),
         ("q", r#"{"run_at": "2999-01-01T00:00:00Z"}"#, "dray.enqueue: run_at is "),
-        ("q", r#"{"backoff": {"base_ms": 10, "factor": 20, "cap_ms": 100}}"#, "dray.enqueue: backoff.factor is 20; allowed is 1.0 to 10.0"),
-        ("q", r#"{"backoff": {"base_ms": 10, "factor": 2, "cap_ms": 5}}"#, "dray.enqueue: backoff.cap_ms is 5; allowed is 10 to 2592000000"),
+        (
+            "q",
+            r#"{"backoff": {"base_ms": 10, "factor": 20, "cap_ms": 100}}"#,
+            "dray.enqueue: backoff.factor is 20; allowed is 1.0 to 10.0",
+        ),
+        (
+            "q",
+            r#"{"backoff": {"base_ms": 10, "factor": 2, "cap_ms": 5}}"#,
+            "dray.enqueue: backoff.cap_ms is 5; allowed is 10 to 2592000000",
+        ),
         ("q", r#"{"backoff": {"base_ms": 10}}"#, "dray.enqueue: backoff needs all of base_ms, factor and cap_ms"),
         ("q", r#"{"idempotency_key": ""}"#, "dray.enqueue: idempotency_key must not be empty"),
-        ("q", r#"{"idempotency_key": "a\u0001b"}"#, "dray.enqueue: idempotency_key must not contain control characters"),
-        ("q", r#"{"tags": ["ok", "not ok"]}"#, "dray.enqueue: tags contains ' '; allowed are ASCII letters, digits and _ - . :"),
-        ("q", r#"{"tags": ["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}"#, "dray.enqueue: tags has 17 tags; the limit is 16"),
-        ("q", r#"{"traceparent": "00-abc"}"#, "dray.enqueue: traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
-        ("q", r#"{"colour": "red", "priority": 1}"#, "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, tags, traceparent"),
+        (
+            "q",
+            r#"{"idempotency_key": "a\u0001b"}"#,
+            "dray.enqueue: idempotency_key must not contain control characters",
+        ),
+        (
+            "q",
+            r#"{"tags": ["ok", "not ok"]}"#,
+            "dray.enqueue: tags contains ' '; allowed are ASCII letters, digits and _ - . :",
+        ),
+        (
+            "q",
+            r#"{"tags": ["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]}"#,
+            "dray.enqueue: tags has 17 tags; the limit is 16",
+        ),
+        (
+            "q",
+            r#"{"traceparent": "00-abc"}"#,
+            "dray.enqueue: traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+        ),
+        (
+            "q",
+            r#"{"colour": "red", "priority": 1}"#,
+            "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, tags, traceparent",
+        ),
         ("q", "[1]", "dray.enqueue: options must be a JSON object; got [1]"),
         ("bad queue", "{}", "dray.enqueue: queue contains ' '; allowed are ASCII letters, digits and _ - . :"),
         ("", "{}", "dray.enqueue: queue must not be empty"),

@@ -54,7 +54,10 @@ async fn migrations_concurrent_and_repeated_are_safe() {
     let again = migrate(&config).await.unwrap();
     assert_eq!((again.applied, again.version), (vec![], schema_version_latest()));
     let client = db.client().await;
-    let rows = client.query("SELECT version, count(*) FROM dray.migrations GROUP BY version ORDER BY version", &[]).await.unwrap();
+    let rows = client
+        .query("SELECT version, count(*) FROM dray.migrations GROUP BY version ORDER BY version", &[])
+        .await
+        .unwrap();
     let recorded: Vec<(i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let want: Vec<(i32, i64)> = (1..=schema_version_latest()).map(|v| (v, 1)).collect();
     assert_eq!(recorded, want, "each migration recorded exactly once");
@@ -125,7 +128,14 @@ async fn database_time_mode_uses_the_database_clock() {
     assert_eq!(store.jobs_promote(Maintain { now: future, limit: 100 }).await.unwrap(), 0);
     let before = db_now(&client).await;
     let extended = store
-        .lease_extend(LeaseExtend { now: past, job: id, lease: leased[0].lease, extend_ms: Some(5_000), progress: None, checkpoint: None })
+        .lease_extend(LeaseExtend {
+            now: past,
+            job: id,
+            lease: leased[0].lease,
+            extend_ms: Some(5_000),
+            progress: None,
+            checkpoint: None,
+        })
         .await
         .unwrap();
     let after = db_now(&client).await;
@@ -425,7 +435,8 @@ async fn database_that_stops_answering_is_unavailable_within_the_call_timeout() 
         other => panic!("this test needs a TCP server, DATABASE_URL names {other:?}"),
     };
     let proxy = Proxy::start(format!("{host}:{}", pg.get_ports().first().copied().unwrap_or(5432))).await;
-    let mut url = format!("host=127.0.0.1 port={} dbname={} user={}", proxy.port, db.name, pg.get_user().unwrap_or("postgres"));
+    let mut url =
+        format!("host=127.0.0.1 port={} dbname={} user={}", proxy.port, db.name, pg.get_user().unwrap_or("postgres"));
     if let Some(password) = pg.get_password() {
         url += &format!(" password={}", String::from_utf8_lossy(password));
     }
@@ -455,7 +466,10 @@ async fn database_that_stops_answering_is_unavailable_within_the_call_timeout() 
 #[test]
 fn test_database_urls() {
     assert_eq!(common::with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
-    assert_eq!(common::with_database("postgres://u@h:5432/test?sslmode=disable", "x"), "postgres://u@h:5432/x?sslmode=disable");
+    assert_eq!(
+        common::with_database("postgres://u@h:5432/test?sslmode=disable", "x"),
+        "postgres://u@h:5432/x?sslmode=disable"
+    );
     assert_eq!(common::with_database("postgresql://h", "x"), "postgresql://h/x");
     assert_eq!(common::with_database("host=h user=u", "x"), "host=h user=u dbname=x");
 }

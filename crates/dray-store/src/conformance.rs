@@ -27,14 +27,13 @@ use std::future::Future;
 
 use dray_core::transition::EventKind;
 use dray_core::{
-    Backoff, HistoryEntry, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
-    Rejection, RetryPolicy, Timestamp, WorkerId,
+    Backoff, HistoryEntry, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, Rejection,
+    RetryPolicy, Timestamp, WorkerId,
 };
 
 use crate::{
-    Ack, AckOutcome, Acked, Error, Inserted, JobAck, JobCancel, JobFilter, JobInsert, JobLease, JobList,
-    JobSummary, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats,
-    Store,
+    Ack, AckOutcome, Acked, Error, Inserted, JobAck, JobCancel, JobFilter, JobInsert, JobLease, JobList, JobSummary,
+    LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
 };
 
 mod admin;
@@ -234,8 +233,7 @@ impl<H: Harness> Ctx<H> {
 
     pub async fn insert(&self, jobs: Vec<NewJob>) -> Vec<Inserted> {
         let n = jobs.len();
-        let inserted =
-            self.try_insert(jobs).await.unwrap_or_else(|e| panic!("job_insert at {}: {e:?}", self.now));
+        let inserted = self.try_insert(jobs).await.unwrap_or_else(|e| panic!("job_insert at {}: {e:?}", self.now));
         assert_eq!(inserted.len(), n, "job_insert returns one result per job");
         inserted
     }
@@ -262,13 +260,8 @@ impl<H: Harness> Ctx<H> {
 
     pub async fn lease_with(&self, p: JobLease) -> Vec<LeasedJob> {
         let count_max = p.count_max;
-        let leased =
-            self.try_lease_with(p).await.unwrap_or_else(|e| panic!("job_lease at {}: {e:?}", self.now));
-        assert!(
-            leased.len() <= count_max,
-            "job_lease returned {} jobs for count_max {count_max}",
-            leased.len()
-        );
+        let leased = self.try_lease_with(p).await.unwrap_or_else(|e| panic!("job_lease at {}: {e:?}", self.now));
+        assert!(leased.len() <= count_max, "job_lease returned {} jobs for count_max {count_max}", leased.len());
         leased
     }
 
@@ -307,21 +300,9 @@ impl<H: Harness> Ctx<H> {
         self.try_get(id).await.unwrap_or_else(|| panic!("job {id} not found"))
     }
 
-    pub async fn heartbeat(
-        &self,
-        job: JobId,
-        lease: LeaseId,
-        extend_ms: Option<u64>,
-    ) -> Result<LeaseExtended, Error> {
+    pub async fn heartbeat(&self, job: JobId, lease: LeaseId, extend_ms: Option<u64>) -> Result<LeaseExtended, Error> {
         self.store()
-            .lease_extend(LeaseExtend {
-                now: self.now,
-                job,
-                lease,
-                extend_ms,
-                progress: None,
-                checkpoint: None,
-            })
+            .lease_extend(LeaseExtend { now: self.now, job, lease, extend_ms, progress: None, checkpoint: None })
             .await
     }
 
@@ -352,8 +333,7 @@ impl<H: Harness> Ctx<H> {
         retryable: bool,
         retry_after_ms: Option<u64>,
     ) -> Result<Acked, Error> {
-        self.ack_one(job, lease, AckOutcome::Fail { error: error.to_owned(), retryable, retry_after_ms })
-            .await
+        self.ack_one(job, lease, AckOutcome::Fail { error: error.to_owned(), retryable, retry_after_ms }).await
     }
 
     pub async fn cancel(&self, job: JobId) -> Result<JobState, Error> {
@@ -466,10 +446,7 @@ pub(crate) fn assert_snapshots_eq(before: &Snapshot, after: &Snapshot, context: 
 #[track_caller]
 pub(crate) fn assert_job_eq(actual: &Job, expected: &Job, context: &str) {
     if actual != expected {
-        panic!(
-            "{context}: job {} differs\n--- expected:\n{expected:#?}\n--- actual:\n{actual:#?}",
-            expected.id
-        );
+        panic!("{context}: job {} differs\n--- expected:\n{expected:#?}\n--- actual:\n{actual:#?}", expected.id);
     }
 }
 
@@ -518,12 +495,7 @@ pub(crate) fn assert_counts(stats: &QueueStats, expected: &[(JobState, u64)]) {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        panic!(
-            "queue {} counts: expected [{}], got [{}]",
-            stats.config.name,
-            show(&want),
-            show(&stats.counts)
-        );
+        panic!("queue {} counts: expected [{}], got [{}]", stats.config.name, show(&want), show(&stats.counts));
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use dray_core::{
-    DeadReason, FencingToken, Invalid, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
-    RetryPolicy, Timestamp, WorkerId, limits::check_range,
+    DeadReason, FencingToken, Invalid, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, RetryPolicy,
+    Timestamp, WorkerId, limits::check_range,
 };
 
 /// Insert one job or an atomic batch.
@@ -286,14 +286,11 @@ impl DeadSelection {
     pub fn validate(&self) -> Result<(), Invalid> {
         match self {
             DeadSelection::Ids(ids) if ids.is_empty() => Err(Invalid::new("ids", "must hold at least one id")),
-            DeadSelection::Ids(ids) if ids.len() > Limits::BATCH_JOBS_MAX => Err(Invalid::new(
-                "ids",
-                format!("has {} ids; the limit is {}", ids.len(), Limits::BATCH_JOBS_MAX),
-            )),
-            DeadSelection::Ids(_) => Ok(()),
-            DeadSelection::Filter { limit, .. } => {
-                check_range("limit", *limit, 1, Limits::BATCH_JOBS_MAX, "")
+            DeadSelection::Ids(ids) if ids.len() > Limits::BATCH_JOBS_MAX => {
+                Err(Invalid::new("ids", format!("has {} ids; the limit is {}", ids.len(), Limits::BATCH_JOBS_MAX)))
             }
+            DeadSelection::Ids(_) => Ok(()),
+            DeadSelection::Filter { limit, .. } => check_range("limit", *limit, 1, Limits::BATCH_JOBS_MAX, ""),
         }
     }
 }

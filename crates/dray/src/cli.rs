@@ -49,12 +49,7 @@ or SIGTERM kills them and exits at once (their jobs come back when their leases 
 )]
 pub struct Cli {
     /// The server's base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "DRAY_SERVER",
-        default_value = "http://127.0.0.1:7700"
-    )]
+    #[arg(long, global = true, env = "DRAY_SERVER", default_value = "http://127.0.0.1:7700")]
     pub server: String,
     /// Machine output: one JSON document on stdout; errors as JSON on stderr.
     #[arg(long, global = true)]

@@ -44,12 +44,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn invalid(title: impl Into<String>, detail: impl Into<String>) -> Failure {
-        Failure {
-            exit: Exit::Invalid,
-            title: title.into(),
-            detail: detail.into(),
-            field: None,
-        }
+        Failure { exit: Exit::Invalid, title: title.into(), detail: detail.into(), field: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Failure {
@@ -181,8 +176,7 @@ pub fn report(err: &anyhow::Error, server: &str, json: bool) -> Exit {
     let contexts: Vec<String> = err
         .chain()
         .take_while(|cause| {
-            cause.downcast_ref::<dray_client::Error>().is_none()
-                && cause.downcast_ref::<Failure>().is_none()
+            cause.downcast_ref::<dray_client::Error>().is_none() && cause.downcast_ref::<Failure>().is_none()
         })
         .map(ToString::to_string)
         .collect();
@@ -240,16 +234,7 @@ mod tests {
 
     #[test]
     fn statuses_map_to_documented_exit_codes() {
-        let cases = [
-            (400, 5),
-            (401, 1),
-            (404, 3),
-            (409, 4),
-            (413, 5),
-            (422, 5),
-            (500, 1),
-            (503, 6),
-        ];
+        let cases = [(400, 5), (401, 1), (404, 3), (409, 4), (413, 5), (422, 5), (500, 1), (503, 6)];
         for (status, exit) in cases {
             assert_eq!(Exit::from_status(status) as u8, exit, "HTTP {status}");
         }

@@ -19,10 +19,7 @@ use crate::exit::Exit;
 fn main() -> ExitCode {
     // Clap exits by itself: 2 on a usage error, 0 for --help and --version.
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -38,11 +35,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cli {
-        server,
-        json,
-        command,
-    } = cli;
+    let Cli { server, json, command } = cli;
     if let Command::Serve(serve) = command {
         return cmd::serve::run(serve.args).await;
     }

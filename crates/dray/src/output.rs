@@ -48,10 +48,7 @@ pub fn print_table(table: &mut Table) {
 pub fn time(timestamp: &str) -> String {
     match timestamp.find('.') {
         Some(dot) => {
-            let digits = timestamp[dot + 1..]
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
+            let digits = timestamp[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
             format!("{}{}", &timestamp[..dot], &timestamp[dot + 1 + digits..])
         }
         None => timestamp.to_owned(),
@@ -64,12 +61,7 @@ pub fn time_opt(timestamp: Option<&str>) -> String {
 
 /// A duration in milliseconds in the largest unit that divides it: `30s`, `24h`, `1500ms`.
 pub fn duration_ms(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
     for (unit_ms, unit) in UNITS {
         if ms >= unit_ms && ms.is_multiple_of(unit_ms) {
             return format!("{}{unit}", ms / unit_ms);
@@ -80,11 +72,7 @@ pub fn duration_ms(ms: u64) -> String {
 
 /// `1 job`, `2 jobs`.
 pub fn jobs(count: usize) -> String {
-    if count == 1 {
-        "1 job".to_owned()
-    } else {
-        format!("{count} jobs")
-    }
+    if count == 1 { "1 job".to_owned() } else { format!("{count} jobs") }
 }
 
 /// The first line of `text`, at most `chars_max` characters, for a table cell.
@@ -104,9 +92,7 @@ pub fn progress(len: Option<u64>, unit: Unit) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
     let template = match (unit, len) {
-        (Unit::Bytes, Some(_)) => {
-            "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}"
-        }
+        (Unit::Bytes, Some(_)) => "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
         (Unit::Bytes, None) => "{spinner} {binary_bytes} {binary_bytes_per_sec} {elapsed} {msg}",
         (Unit::Jobs, Some(_)) => "{bar:40} {human_pos}/{human_len} jobs, eta {eta} {msg}",
         (Unit::Jobs, None) => "{spinner} {human_pos} jobs {elapsed} {msg}",
@@ -133,10 +119,7 @@ mod tests {
     fn time_drops_fraction_only() {
         assert_eq!(time("2026-11-05T10:00:00.123456Z"), "2026-11-05T10:00:00Z");
         assert_eq!(time("2026-11-05T10:00:00Z"), "2026-11-05T10:00:00Z");
-        assert_eq!(
-            time("2026-11-05T10:00:00.5+01:00"),
-            "2026-11-05T10:00:00+01:00"
-        );
+        assert_eq!(time("2026-11-05T10:00:00.5+01:00"), "2026-11-05T10:00:00+01:00");
     }
 
     #[test]

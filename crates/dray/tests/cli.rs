@@ -28,11 +28,7 @@ impl Server {
         let process = ServeProcess::start(&dir.path().join("data"));
         let url = process.url.clone();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        Server {
-            process: Some(process),
-            url,
-            _dir: dir,
-        }
+        Server { process: Some(process), url, _dir: dir }
     }
 
     /// `dray --server URL ARGS...`.
@@ -65,10 +61,7 @@ impl Server {
             if job["state"] == state {
                 return job;
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} not {state} within {WAIT_MAX:?}: {job:#}"
-            );
+            assert!(Instant::now() < deadline, "job {id} not {state} within {WAIT_MAX:?}: {job:#}");
             std::thread::sleep(POLL);
         }
     }
@@ -88,10 +81,7 @@ impl Server {
     /// SIGTERM, and the server must shut down gracefully: exit status 0.
     fn stop(mut self) {
         let status = self.process.take().expect("running").terminate();
-        assert!(
-            status.success(),
-            "dray serve exited with {status} after SIGTERM"
-        );
+        assert!(status.success(), "dray serve exited with {status} after SIGTERM");
     }
 }
 
@@ -113,11 +103,7 @@ impl Run {
 fn dray(args: &[&str], stdin: Option<&str>) -> Run {
     let mut child = Command::new(BIN)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,11 +112,7 @@ fn dray(args: &[&str], stdin: Option<&str>) -> Run {
         let mut pipe = child.stdin.take().expect("stdin is piped");
         pipe.write_all(input.as_bytes()).expect("writing stdin");
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = wait_output(child);
+    let Output { status, stdout, stderr } = wait_output(child);
     Run {
         code: status.code(),
         stdout: String::from_utf8(stdout).expect("UTF-8 stdout"),
@@ -148,18 +130,14 @@ fn wait_output(child: Child) -> Output {
     match rx.recv_timeout(WAIT_MAX) {
         Ok(output) => output.expect("dray's output"),
         Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             panic!("dray (pid {pid}) did not finish within {WAIT_MAX:?}");
         }
     }
 }
 
 fn id_of(value: &Value) -> u64 {
-    value["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no id in {value:#}"))
+    value["id"].as_u64().unwrap_or_else(|| panic!("no id in {value:#}"))
 }
 
 fn events(job: &Value) -> Vec<String> {
@@ -215,52 +193,21 @@ fn enqueue_one_and_from_jsonl_then_list_and_show() {
     let dir = tempfile::tempdir().unwrap();
     let payload_file = dir.path().join("payload.json");
     std::fs::write(&payload_file, "{\"from\": \"file\"}\n").unwrap();
-    let from_file = server.json(&[
-        "enqueue",
-        "--queue",
-        "files",
-        "--payload-file",
-        payload_file.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        server.job(id_of(&from_file))["payload"],
-        json!({"from": "file"})
-    );
-    let run = server.dray_stdin(
-        &[
-            "--json",
-            "enqueue",
-            "--queue",
-            "files",
-            "--payload-file",
-            "-",
-        ],
-        "[true]",
-    );
+    let from_file = server.json(&["enqueue", "--queue", "files", "--payload-file", payload_file.to_str().unwrap()]);
+    assert_eq!(server.job(id_of(&from_file))["payload"], json!({"from": "file"}));
+    let run = server.dray_stdin(&["--json", "enqueue", "--queue", "files", "--payload-file", "-"], "[true]");
     run.assert_code(0);
     let from_stdin: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(server.job(id_of(&from_stdin))["payload"], json!([true]));
 
     // JSON Lines from a file: blank lines skipped; from stdin.
     let file = dir.path().join("jobs.jsonl");
-    let lines: String = (0..2500)
-        .map(|n| format!("{{\"n\":{n}}}\n"))
-        .collect::<String>()
-        + "\n";
+    let lines: String = (0..2500).map(|n| format!("{{\"n\":{n}}}\n")).collect::<String>() + "\n";
     std::fs::write(&file, lines).unwrap();
-    let summary = server.json(&[
-        "enqueue",
-        "--queue",
-        "bulk",
-        "--jsonl",
-        file.to_str().unwrap(),
-    ]);
+    let summary = server.json(&["enqueue", "--queue", "bulk", "--jsonl", file.to_str().unwrap()]);
     assert_eq!(summary["enqueued"], 2500);
     assert_eq!(summary["ids"].as_array().unwrap().len(), 2500);
-    let run = server.dray_stdin(
-        &["enqueue", "--queue", "bulk", "--jsonl", "-"],
-        "[1]\n[2]\n",
-    );
+    let run = server.dray_stdin(&["enqueue", "--queue", "bulk", "--jsonl", "-"], "[1]\n[2]\n");
     run.assert_code(0);
     assert!(run.stdout.contains("enqueued 2 jobs"), "{}", run.stdout);
 
@@ -275,16 +222,7 @@ fn enqueue_one_and_from_jsonl_then_list_and_show() {
     let page = server.json(&["jobs", "list", "--queue", "bulk", "--limit", "10"]);
     assert_eq!(page["jobs"].as_array().unwrap().len(), 10);
     let next = page["next"].as_u64().expect("a next page");
-    let page2 = server.json(&[
-        "jobs",
-        "list",
-        "--queue",
-        "bulk",
-        "--limit",
-        "10",
-        "--after",
-        &next.to_string(),
-    ]);
+    let page2 = server.json(&["jobs", "list", "--queue", "bulk", "--limit", "10", "--after", &next.to_string()]);
     assert!(id_of(&page2["jobs"][0]) > id_of(&page["jobs"][9]));
     let tagged = server.json(&["jobs", "list", "--tag", "eu"]);
     assert_eq!(tagged["jobs"].as_array().unwrap().len(), 1);
@@ -294,35 +232,16 @@ fn enqueue_one_and_from_jsonl_then_list_and_show() {
     // Human output: a table and the timeline.
     let run = server.dray(&["jobs", "list", "--queue", "emails"]);
     run.assert_code(0);
-    assert!(
-        run.stdout.contains("ID") && run.stdout.contains("emails"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("ID") && run.stdout.contains("emails"), "{}", run.stdout);
     let run = server.dray(&["jobs", "show", &id_of(&first).to_string()]);
     run.assert_code(0);
-    for needle in [
-        "receipt-2",
-        "history",
-        "enqueued",
-        "scheduled",
-        "b@example.com",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "no {needle:?} in:\n{}",
-            run.stdout
-        );
+    for needle in ["receipt-2", "history", "enqueued", "scheduled", "b@example.com"] {
+        assert!(run.stdout.contains(needle), "no {needle:?} in:\n{}", run.stdout);
     }
 
     // Queues list counts them.
     let queues = server.json(&["queues", "list"]);
-    let bulk = queues["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == "bulk")
-        .unwrap();
+    let bulk = queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "bulk").unwrap();
     assert_eq!(bulk["counts"]["available"], 2502);
 
     server.stop();
@@ -331,24 +250,15 @@ fn enqueue_one_and_from_jsonl_then_list_and_show() {
 #[test]
 fn jsonl_bad_line_is_named_and_its_batch_is_not_enqueued() {
     let server = Server::start();
-    let run = server.dray_stdin(
-        &["enqueue", "--queue", "bulk", "--jsonl", "-"],
-        "{\"ok\":1}\n{\"ok\":2}\n{not json\n{\"ok\":4}\n",
-    );
+    let run = server
+        .dray_stdin(&["enqueue", "--queue", "bulk", "--jsonl", "-"], "{\"ok\":1}\n{\"ok\":2}\n{not json\n{\"ok\":4}\n");
     run.assert_code(5);
     assert!(run.stderr.contains("line 3"), "{}", run.stderr);
     let page = server.json(&["jobs", "list", "--queue", "bulk"]);
-    assert_eq!(
-        page["jobs"],
-        json!([]),
-        "nothing from the bad line's batch is enqueued"
-    );
+    assert_eq!(page["jobs"], json!([]), "nothing from the bad line's batch is enqueued");
 
     // Same with --json: the error is one JSON object on stderr.
-    let run = server.dray_stdin(
-        &["--json", "enqueue", "--queue", "bulk", "--jsonl", "-"],
-        "oops\n",
-    );
+    let run = server.dray_stdin(&["--json", "enqueue", "--queue", "bulk", "--jsonl", "-"], "oops\n");
     run.assert_code(5);
     let error: Value = serde_json::from_str(&run.stderr).expect("a JSON error");
     assert_eq!(error["exit_code"], 5);
@@ -370,21 +280,13 @@ fn work_exec_completes_with_stdout_as_result() {
     assert_eq!(result["id"], id);
     assert_eq!(result["queue"], "echo");
     assert_eq!(result["attempt"], 1);
-    let leased = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "leased")
-        .unwrap();
+    let leased = done["history"].as_array().unwrap().iter().find(|e| e["event"] == "leased").unwrap();
     assert_eq!(result["token"], leased["fencing_token"]);
 
     // A command whose stdout is not JSON completes without a result.
     let plain = id_of(&server.json(&["enqueue", "--queue", "plain", "--payload", "1"]));
     let status = terminate(worker);
-    assert!(
-        status.success(),
-        "dray work exited with {status} after SIGTERM"
-    );
+    assert!(status.success(), "dray work exited with {status} after SIGTERM");
     let worker = server.work(&["--queue", "plain", "--exec", "echo hello"]);
     let done = server.wait_state(plain, "completed");
     assert!(done.get("result").is_none(), "{done:#}");
@@ -395,40 +297,14 @@ fn work_exec_completes_with_stdout_as_result() {
 #[test]
 fn work_exec_failure_dead_letters_and_redrive() {
     let server = Server::start();
-    let id = id_of(&server.json(&[
-        "enqueue",
-        "--queue",
-        "fail",
-        "--payload",
-        "{}",
-        "--attempts-max",
-        "1",
-    ]));
+    let id = id_of(&server.json(&["enqueue", "--queue", "fail", "--payload", "{}", "--attempts-max", "1"]));
     // Exit 65 (EX_DATAERR) is not retried even with attempts left.
-    let fatal = id_of(&server.json(&[
-        "enqueue",
-        "--queue",
-        "fatal",
-        "--payload",
-        "{}",
-        "--attempts-max",
-        "5",
-    ]));
+    let fatal = id_of(&server.json(&["enqueue", "--queue", "fatal", "--payload", "{}", "--attempts-max", "5"]));
     let failing = server.work(&["--queue", "fail", "--exec", "echo boom >&2; exit 1"]);
-    let fatal_worker = server.work(&[
-        "--queue",
-        "fatal",
-        "--exec",
-        "echo 'bad input' >&2; exit 65",
-    ]);
+    let fatal_worker = server.work(&["--queue", "fatal", "--exec", "echo 'bad input' >&2; exit 65"]);
     let dead = server.wait_state(id, "dead");
     assert_eq!(dead["dead_reason"], "failed");
-    let failed = dead["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event"] == "failed")
-        .unwrap();
+    let failed = dead["history"].as_array().unwrap().iter().find(|e| e["event"] == "failed").unwrap();
     assert_eq!(failed["error"], "boom");
     let dead_fatal = server.wait_state(fatal, "dead");
     assert_eq!(dead_fatal["dead_reason"], "non_retryable");
@@ -472,9 +348,7 @@ fn work_exec_failure_dead_letters_and_redrive() {
     assert!(terminate(worker).success());
     let discarded = server.json(&["dlq", "discard", &id.to_string()]);
     assert_eq!(discarded["ids"], json!([id]));
-    server
-        .dray(&["jobs", "show", &id.to_string()])
-        .assert_code(3);
+    server.dray(&["jobs", "show", &id.to_string()]).assert_code(3);
     server.stop();
 }
 
@@ -484,15 +358,7 @@ fn work_exec_kills_the_command_of_a_cancelled_job() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
     // A short lease: heartbeats (and so the cancel request) come every third of a second.
-    let id = id_of(&server.json(&[
-        "enqueue",
-        "--queue",
-        "slow",
-        "--payload",
-        "{}",
-        "--lease-ms",
-        "1000",
-    ]));
+    let id = id_of(&server.json(&["enqueue", "--queue", "slow", "--payload", "{}", "--lease-ms", "1000"]));
     // The command starts a grandchild: killing the command must kill its whole process group.
     let exec = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
     let worker = server.work(&["--queue", "slow", "--exec", &exec]);
@@ -515,14 +381,7 @@ fn work_graceful_stop_hands_back_a_job_still_running_after_the_grace() {
     let pid_file = dir.path().join("pid");
     let id = id_of(&server.json(&["enqueue", "--queue", "slow", "--payload", "{}"]));
     let exec = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let worker = server.work(&[
-        "--queue",
-        "slow",
-        "--exec",
-        &exec,
-        "--shutdown-grace-ms",
-        "100",
-    ]);
+    let worker = server.work(&["--queue", "slow", "--exec", &exec, "--shutdown-grace-ms", "100"]);
     server.wait_state(id, "running");
     let sleep_pid = wait_pid_file(&pid_file);
     // SIGTERM: no new jobs; after the grace the command is killed and its job handed back.
@@ -547,9 +406,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 fn wait_pid_file(path: &Path) -> u32 {
     let mut pid = None;
     wait_until("the command writes its pid", || {
-        pid = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| text.trim().parse().ok());
+        pid = std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse().ok());
         pid.is_some()
     });
     pid.expect("a pid")
@@ -559,9 +416,7 @@ fn wait_pid_file(path: &Path) -> u32 {
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name in parentheses: `123 (sleep) S ...`.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -585,24 +440,15 @@ fn queues_pause_resume_configure_stats() {
         "60000",
     ]);
     assert_eq!(configured["attempts_max"], 3);
-    assert_eq!(
-        configured["backoff"],
-        json!({"base_ms": 500, "factor": 3.0, "cap_ms": 60000})
-    );
+    assert_eq!(configured["backoff"], json!({"base_ms": 500, "factor": 3.0, "cap_ms": 60000}));
     // Backoff flags go together.
-    server
-        .dray(&["queues", "configure", "reports", "--backoff-base-ms", "1"])
-        .assert_code(2);
+    server.dray(&["queues", "configure", "reports", "--backoff-base-ms", "1"]).assert_code(2);
 
     assert_eq!(server.json(&["queues", "pause", "reports"])["paused"], true);
     assert_eq!(server.json(&["queues", "stats", "reports"])["paused"], true);
     let run = server.dray(&["queues", "list"]);
     run.assert_code(0);
-    assert!(
-        run.stdout.contains("reports") && run.stdout.contains("yes"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("reports") && run.stdout.contains("yes"), "{}", run.stdout);
 
     // A paused queue hands out nothing: the job waits until the queue is resumed.
     let id = id_of(&server.json(&["enqueue", "--queue", "reports", "--payload", "{}"]));
@@ -638,22 +484,16 @@ fn exit_codes() {
     let worker = server.work(&["--queue", "done", "--exec", "true"]);
     server.wait_state(id, "completed");
     assert!(terminate(worker).success());
-    server
-        .dray(&["jobs", "cancel", &id.to_string()])
-        .assert_code(4);
+    server.dray(&["jobs", "cancel", &id.to_string()]).assert_code(4);
 
     // 5: invalid input, from the server (a bad queue name) and from the CLI (a bad payload).
     let run = server.dray(&["enqueue", "--queue", "no spaces", "--payload", "{}"]);
     run.assert_code(5);
     assert!(run.stderr.contains("field: queue"), "{}", run.stderr);
-    server
-        .dray(&["enqueue", "--queue", "q", "--payload", "{oops"])
-        .assert_code(5);
+    server.dray(&["enqueue", "--queue", "q", "--payload", "{oops"]).assert_code(5);
 
     // 2: usage.
-    server
-        .dray(&["jobs", "show", "not-a-number"])
-        .assert_code(2);
+    server.dray(&["jobs", "show", "not-a-number"]).assert_code(2);
     server.dray(&["dlq", "redrive"]).assert_code(2);
     dray(&["--server", "ftp://x", "queues", "list"], None).assert_code(2);
 
@@ -662,11 +502,7 @@ fn exit_codes() {
     // 6: nothing listens there (the server just stopped; its port is free).
     let run = dray(&["--server", &server_url_unused(), "queues", "list"], None);
     run.assert_code(6);
-    assert!(
-        run.stderr.contains("is `dray serve` running at"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("is `dray serve` running at"), "{}", run.stderr);
 }
 
 /// A loopback URL with no server behind it: a port the OS just handed out and took back.
@@ -681,11 +517,7 @@ fn server_url_unused() -> String {
 fn help_documents_exit_codes_and_work_protocol() {
     let run = dray(&["--help"], None);
     run.assert_code(0);
-    assert!(
-        run.stdout.contains("6  server unavailable"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("6  server unavailable"), "{}", run.stdout);
     let run = dray(&["work", "--help"], None);
     run.assert_code(0);
     for needle in ["DRAY_FENCING_TOKEN", "EX_DATAERR", "EX_TEMPFAIL"] {

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dray_client::api::{
-    AckBatch, AckItem, AckOutcome, Backoff, CompleteRequest, DeadAction, DeadReason, HistoryEntry,
-    Job, JobQuery, LeaseRequest, QueueList, State,
+    AckBatch, AckItem, AckOutcome, Backoff, CompleteRequest, DeadAction, DeadReason, HistoryEntry, Job, JobQuery,
+    LeaseRequest, QueueList, State,
 };
 use dray_client::{Client, Enqueue, JobContext, JobError, Worker};
 use reqwest::Method;
@@ -36,11 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use common::{POLL, ServeProcess, WAIT_MAX};
 
 /// Retries as fast as the server allows: a test about retries should not wait out real backoff.
-const BACKOFF_FAST: Backoff = Backoff {
-    base_ms: 1,
-    factor: 1.0,
-    cap_ms: 1,
-};
+const BACKOFF_FAST: Backoff = Backoff { base_ms: 1, factor: 1.0, cap_ms: 1 };
 
 // ---- the server process -----------------------------------------------------------------------
 
@@ -86,20 +82,10 @@ impl Raw {
 impl Node {
     async fn start(extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client");
-        let mut node = Node {
-            process: None,
-            url: String::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            http,
-            dir,
-        };
-        node.up("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("an HTTP client");
+        let mut node =
+            Node { process: None, url: String::new(), extra: extra.iter().map(|s| s.to_string()).collect(), http, dir };
+        node.up("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
         node
     }
 
@@ -122,16 +108,11 @@ impl Node {
 
     /// Starts it again on the same directory, on a port the OS picks.
     async fn restart(&mut self) {
-        self.up("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        self.up("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn addr(&self) -> String {
-        self.url
-            .strip_prefix("http://")
-            .expect("http://")
-            .to_owned()
+        self.url.strip_prefix("http://").expect("http://").to_owned()
     }
 
     fn client(&self) -> Client {
@@ -146,10 +127,7 @@ impl Node {
     async fn stop(&mut self) {
         let process = self.process.take().expect("running");
         let status = blocking(move || process.terminate()).await;
-        assert!(
-            status.success(),
-            "dray serve exited with {status} after SIGTERM"
-        );
+        assert!(status.success(), "dray serve exited with {status} after SIGTERM");
     }
 
     /// `kill -9`.
@@ -163,56 +141,31 @@ impl Node {
         self.raw_on(&self.http, method, path, body).await
     }
 
-    async fn raw_on(
-        &self,
-        http: &reqwest::Client,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Raw {
+    async fn raw_on(&self, http: &reqwest::Client, method: Method, path: &str, body: Option<Vec<u8>>) -> Raw {
         let mut request = http.request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
+            request = request.header("content-type", "application/json").body(body);
         }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
         raw_of(response).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> Raw {
-        self.raw(Method::POST, path, Some(body.to_string().into_bytes()))
-            .await
+        self.raw(Method::POST, path, Some(body.to_string().into_bytes())).await
     }
 }
 
 async fn raw_of(response: reqwest::Response) -> Raw {
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_owned())
-        .unwrap_or_default();
-    let connection = response
-        .headers()
-        .get("connection")
-        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
+    let connection = response.headers().get("connection").map(|v| v.to_str().unwrap_or("").to_owned());
     let text = response.text().await.expect("a response body");
-    Raw {
-        status,
-        content_type,
-        connection,
-        text,
-    }
+    Raw { status, content_type, connection, text }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("a blocking task")
+    tokio::task::spawn_blocking(f).await.expect("a blocking task")
 }
 
 // ---- waiting and reading jobs -----------------------------------------------------------------
@@ -221,17 +174,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn wait_job(client: &Client, id: u64, what: &str, done: impl Fn(&Job) -> bool) -> Job {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
-        let job = client
-            .job(id)
-            .await
-            .unwrap_or_else(|e| panic!("job {id}: {e}"));
+        let job = client.job(id).await.unwrap_or_else(|e| panic!("job {id}: {e}"));
         if done(&job) {
             return job;
         }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} not {what} within {WAIT_MAX:?}: {job:#?}"
-        );
+        assert!(Instant::now() < deadline, "job {id} not {what} within {WAIT_MAX:?}: {job:#?}");
         tokio::time::sleep(POLL).await;
     }
 }
@@ -255,10 +202,7 @@ fn value(json: &RawValue) -> Value {
 /// A server timestamp (`2026-11-21T08:00:00.250Z`) as a sortable key. The server writes them in
 /// one fixed-width UTC format, so text order is time order; this checks that it is that format.
 fn instant(at: &str) -> &str {
-    assert!(
-        at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.',
-        "not the server's format: {at}"
-    );
+    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.', "not the server's format: {at}");
     at
 }
 
@@ -274,43 +218,19 @@ fn check_history(job: &Job) {
     for h in &job.history {
         match h.event.as_str() {
             "leased" => {
-                let token = h
-                    .fencing_token
-                    .unwrap_or_else(|| panic!("job {id}: a lease without a token: {h:?}"));
+                let token = h.fencing_token.unwrap_or_else(|| panic!("job {id}: a lease without a token: {h:?}"));
                 if let Some(max) = token_max {
-                    assert!(
-                        token > max,
-                        "job {id}: fencing token {token} after {max}: {:#?}",
-                        job.history
-                    );
+                    assert!(token > max, "job {id}: fencing token {token} after {max}: {:#?}", job.history);
                 }
-                assert!(
-                    !lease_open,
-                    "job {id}: leased again while an attempt was open: {:#?}",
-                    job.history
-                );
-                assert!(
-                    !completed,
-                    "job {id}: leased again after its completion: {:#?}",
-                    job.history
-                );
+                assert!(!lease_open, "job {id}: leased again while an attempt was open: {:#?}", job.history);
+                assert!(!completed, "job {id}: leased again after its completion: {:#?}", job.history);
                 token_max = Some(token);
                 lease_open = true;
             }
             "completed" | "failed" | "expired" => {
-                assert!(
-                    lease_open,
-                    "job {id}: {} without a lease: {:#?}",
-                    h.event, job.history
-                );
+                assert!(lease_open, "job {id}: {} without a lease: {:#?}", h.event, job.history);
                 if let Some(token) = h.fencing_token {
-                    assert_eq!(
-                        Some(token),
-                        token_max,
-                        "job {id}: {} names another lease: {:#?}",
-                        h.event,
-                        job.history
-                    );
+                    assert_eq!(Some(token), token_max, "job {id}: {} names another lease: {:#?}", h.event, job.history);
                 }
                 lease_open = false;
                 completed |= h.event == "completed";
@@ -335,32 +255,17 @@ async fn lifecycle_through_the_sdk() {
     let mut node = Node::start(&[]).await;
     let client = node.client();
 
-    let receipts: Vec<Receipt> = (1..=3)
-        .map(|order| Receipt {
-            order,
-            to: format!("user{order}@example.com"),
-        })
-        .collect();
+    let receipts: Vec<Receipt> =
+        (1..=3).map(|order| Receipt { order, to: format!("user{order}@example.com") }).collect();
     let mut now_ids = Vec::new();
     for receipt in &receipts[..2] {
         let job = Enqueue::new("emails", receipt).unwrap().tags(["receipt"]);
         let enqueued = client.enqueue(job).await.unwrap();
-        assert_eq!(
-            (enqueued.state, enqueued.duplicate),
-            (State::Available, false)
-        );
+        assert_eq!((enqueued.state, enqueued.duplicate), (State::Available, false));
         now_ids.push(enqueued.id);
     }
     let delay = Duration::from_millis(1_500);
-    let delayed = client
-        .enqueue(
-            Enqueue::new("emails", &receipts[2])
-                .unwrap()
-                .delay(delay)
-                .priority(5),
-        )
-        .await
-        .unwrap();
+    let delayed = client.enqueue(Enqueue::new("emails", &receipts[2]).unwrap().delay(delay).priority(5)).await.unwrap();
     assert_eq!(delayed.state, State::Scheduled);
     let job = client.job(delayed.id).await.unwrap();
     assert!(instant(&job.run_at) > instant(&job.created_at), "{job:#?}");
@@ -391,25 +296,16 @@ async fn lifecycle_through_the_sdk() {
         let payload: Receipt = serde_json::from_str(job.payload.get()).unwrap();
         assert_eq!(&payload, receipt);
         let result = value(job.result.as_deref().expect("a result"));
-        assert_eq!(
-            result,
-            json!({"sent_to": receipt.to, "order": receipt.order})
-        );
+        assert_eq!(result, json!({"sent_to": receipt.to, "order": receipt.order}));
         assert_eq!(job.attempt, 1);
-        assert!(
-            job.lease.is_none(),
-            "a completed job holds no lease: {job:#?}"
-        );
+        assert!(job.lease.is_none(), "a completed job holds no lease: {job:#?}");
         let leased = entries(&job, "leased");
         assert_eq!(leased.len(), 1, "{:#?}", job.history);
         assert_eq!(leased[0].worker.as_deref(), Some("mailer-1"));
         tokens.insert(*id, leased[0].fencing_token.expect("a token"));
         check_history(&job);
         if *id == delayed.id {
-            assert_eq!(
-                events(&job),
-                ["enqueued", "promoted", "leased", "completed"]
-            );
+            assert_eq!(events(&job), ["enqueued", "promoted", "leased", "completed"]);
             // Never delivered early, on the server's clock.
             assert!(instant(&leased[0].at) >= instant(&job.run_at), "{job:#?}");
         } else {
@@ -430,23 +326,11 @@ async fn lifecycle_through_the_sdk() {
 
     let queue = client.queue("emails").await.unwrap();
     assert_eq!(queue.counts.completed, 3, "{queue:#?}");
-    assert_eq!(
-        queue.counts.available + queue.counts.scheduled + queue.counts.running,
-        0,
-        "{queue:#?}"
-    );
+    assert_eq!(queue.counts.available + queue.counts.scheduled + queue.counts.running, 0, "{queue:#?}");
 
     stop.send(()).unwrap();
     let report = running.await.unwrap().unwrap();
-    assert_eq!(
-        (
-            report.jobs_leased,
-            report.jobs_completed,
-            report.acks_refused
-        ),
-        (3, 3, 0),
-        "{report:?}"
-    );
+    assert_eq!((report.jobs_leased, report.jobs_completed, report.acks_refused), (3, 3, 0), "{report:?}");
     node.stop().await;
 }
 
@@ -461,21 +345,12 @@ async fn retries_end_in_the_dead_letter_queue_and_redrive_brings_them_back() {
     let mut node = Node::start(&[]).await;
     let client = node.client();
     let flaky = client
-        .enqueue(
-            Enqueue::new("reports", &json!({"month": "2026-10"}))
-                .unwrap()
-                .attempts_max(3)
-                .backoff(BACKOFF_FAST),
-        )
+        .enqueue(Enqueue::new("reports", &json!({"month": "2026-10"})).unwrap().attempts_max(3).backoff(BACKOFF_FAST))
         .await
         .unwrap()
         .id;
     let poison = client
-        .enqueue(
-            Enqueue::new("reports", &json!({"month": "bad", "poison": true}))
-                .unwrap()
-                .attempts_max(3),
-        )
+        .enqueue(Enqueue::new("reports", &json!({"month": "bad", "poison": true})).unwrap().attempts_max(3))
         .await
         .unwrap()
         .id;
@@ -496,10 +371,7 @@ async fn retries_end_in_the_dead_letter_queue_and_redrive_brings_them_back() {
                         return Err(JobError::fatal("unparseable month"));
                     }
                     if !healthy.load(Ordering::SeqCst) {
-                        return Err(JobError::retryable(format!(
-                            "no data (attempt {})",
-                            ctx.attempt()
-                        )));
+                        return Err(JobError::retryable(format!("no data (attempt {})", ctx.attempt())));
                     }
                     Ok(Some(json!({"rows": 3})))
                 }
@@ -516,117 +388,53 @@ async fn retries_end_in_the_dead_letter_queue_and_redrive_brings_them_back() {
     assert_eq!(dead.dead_reason, Some(DeadReason::Failed));
     assert_eq!(dead.attempt, 3);
     let failed = entries(&dead, "failed");
-    let errors: Vec<(u32, Option<&str>)> = failed
-        .iter()
-        .map(|h| (h.attempt, h.error.as_deref()))
-        .collect();
+    let errors: Vec<(u32, Option<&str>)> = failed.iter().map(|h| (h.attempt, h.error.as_deref())).collect();
     assert_eq!(
         errors,
-        [
-            (1, Some("no data (attempt 1)")),
-            (2, Some("no data (attempt 2)")),
-            (3, Some("no data (attempt 3)"))
-        ],
+        [(1, Some("no data (attempt 1)")), (2, Some("no data (attempt 2)")), (3, Some("no data (attempt 3)"))],
         "{:#?}",
         dead.history
     );
-    assert_eq!(
-        entries(&dead, "leased").len(),
-        3,
-        "exactly attempts_max deliveries"
-    );
+    assert_eq!(entries(&dead, "leased").len(), 3, "exactly attempts_max deliveries");
     assert_eq!(dead.last_error.as_deref(), Some("no data (attempt 3)"));
     check_history(&dead);
 
     let dead_poison = wait_state(&client, poison, State::Dead).await;
     assert_eq!(dead_poison.dead_reason, Some(DeadReason::NonRetryable));
-    assert_eq!(
-        entries(&dead_poison, "leased").len(),
-        1,
-        "a fatal error is not retried"
-    );
+    assert_eq!(entries(&dead_poison, "leased").len(), 1, "a fatal error is not retried");
 
-    let listed = client
-        .dead(JobQuery {
-            queue: Some("reports".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let listed = client.dead(JobQuery { queue: Some("reports".into()), ..Default::default() }).await.unwrap();
     let listed: Vec<u64> = listed.jobs.iter().map(|j| j.id).collect();
     assert_eq!(listed, [flaky, poison]);
     let queue = client.queue("reports").await.unwrap();
     assert_eq!(queue.counts.dead, 2, "{queue:#?}");
     assert!(queue.oldest_dead_at.is_some(), "{queue:#?}");
 
-    let by_filter = || DeadAction {
-        queue: Some("reports".into()),
-        dead_reason: Some(DeadReason::Failed),
-        ..Default::default()
-    };
-    let dry = client
-        .dead_redrive(DeadAction {
-            dry_run: true,
-            ..by_filter()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        (dry.ids.as_slice(), dry.count, dry.dry_run),
-        (&[flaky][..], 1, true)
-    );
-    assert_eq!(
-        client.job(flaky).await.unwrap().state,
-        State::Dead,
-        "a dry run changes nothing"
-    );
+    let by_filter =
+        || DeadAction { queue: Some("reports".into()), dead_reason: Some(DeadReason::Failed), ..Default::default() };
+    let dry = client.dead_redrive(DeadAction { dry_run: true, ..by_filter() }).await.unwrap();
+    assert_eq!((dry.ids.as_slice(), dry.count, dry.dry_run), (&[flaky][..], 1, true));
+    assert_eq!(client.job(flaky).await.unwrap().state, State::Dead, "a dry run changes nothing");
 
     healthy.store(true, Ordering::SeqCst);
     let redriven = client.dead_redrive(by_filter()).await.unwrap();
-    assert_eq!(
-        (redriven.ids.as_slice(), redriven.count, redriven.dry_run),
-        (&[flaky][..], 1, false)
-    );
+    assert_eq!((redriven.ids.as_slice(), redriven.count, redriven.dry_run), (&[flaky][..], 1, false));
 
     let done = wait_state(&client, flaky, State::Completed).await;
     assert_eq!(value(done.result.as_deref().unwrap()), json!({"rows": 3}));
     assert_eq!(done.attempt, 1, "a redriven job starts a fresh budget");
-    assert_eq!(
-        entries(&done, "failed").len(),
-        3,
-        "the history keeps the earlier attempts: {:#?}",
-        done.history
-    );
-    let after_redrive: Vec<&str> = events(&done)
-        .into_iter()
-        .skip_while(|e| *e != "redriven")
-        .collect();
-    assert_eq!(
-        after_redrive,
-        ["redriven", "leased", "completed"],
-        "{:#?}",
-        done.history
-    );
+    assert_eq!(entries(&done, "failed").len(), 3, "the history keeps the earlier attempts: {:#?}", done.history);
+    let after_redrive: Vec<&str> = events(&done).into_iter().skip_while(|e| *e != "redriven").collect();
+    assert_eq!(after_redrive, ["redriven", "leased", "completed"], "{:#?}", done.history);
     check_history(&done);
 
     let still = client.job(poison).await.unwrap();
-    assert_eq!(
-        (still.state, still.dead_reason),
-        (State::Dead, Some(DeadReason::NonRetryable))
-    );
+    assert_eq!((still.state, still.dead_reason), (State::Dead, Some(DeadReason::NonRetryable)));
     assert_eq!(poison_runs.load(Ordering::SeqCst), 1);
 
     stop.send(()).unwrap();
     let report = running.await.unwrap().unwrap();
-    assert_eq!(
-        (
-            report.jobs_completed,
-            report.jobs_failed,
-            report.acks_refused
-        ),
-        (1, 4, 0),
-        "{report:?}"
-    );
+    assert_eq!((report.jobs_completed, report.jobs_failed, report.acks_refused), (1, 4, 0), "{report:?}");
     node.stop().await;
 }
 
@@ -640,12 +448,7 @@ async fn a_silent_worker_loses_its_lease_and_cannot_ack_late() {
     let mut node = Node::start(&[]).await;
     let client = node.client();
     let id = client
-        .enqueue(
-            Enqueue::new("zombie", &json!({"charge": 42}))
-                .unwrap()
-                .attempts_max(5)
-                .backoff(BACKOFF_FAST),
-        )
+        .enqueue(Enqueue::new("zombie", &json!({"charge": 42})).unwrap().attempts_max(5).backoff(BACKOFF_FAST))
         .await
         .unwrap()
         .id;
@@ -661,9 +464,7 @@ async fn a_silent_worker_loses_its_lease_and_cannot_ack_late() {
         })
         .await
         .unwrap();
-    let [first] = leased.jobs.as_slice() else {
-        panic!("one job leased: {leased:?}")
-    };
+    let [first] = leased.jobs.as_slice() else { panic!("one job leased: {leased:?}") };
     assert_eq!((first.id, first.lease_ms), (id, 1_000));
 
     // The rescuer, started only now so that the zombie surely got the job first.
@@ -686,86 +487,45 @@ async fn a_silent_worker_loses_its_lease_and_cannot_ack_late() {
     }));
     let done = wait_state(&client, id, State::Completed).await;
     let second_token = token_rx.recv().await.expect("the rescuer ran the job");
-    assert!(
-        second_token > first.fencing_token,
-        "{second_token} > {}",
-        first.fencing_token
-    );
+    assert!(second_token > first.fencing_token, "{second_token} > {}", first.fencing_token);
 
     // The zombie wakes up: every late ack is refused, over plain HTTP.
     let path = |action: &str| format!("/v1/jobs/{id}/{action}");
     let late = [
-        node.post(
-            &path("complete"),
-            &json!({"lease_id": first.lease_id, "result": {"charged_by": "zombie"}}),
-        )
-        .await,
-        node.post(
-            &path("fail"),
-            &json!({"lease_id": first.lease_id, "error": "late"}),
-        )
-        .await,
-        node.post(&path("heartbeat"), &json!({"lease_id": first.lease_id}))
-            .await,
+        node.post(&path("complete"), &json!({"lease_id": first.lease_id, "result": {"charged_by": "zombie"}})).await,
+        node.post(&path("fail"), &json!({"lease_id": first.lease_id, "error": "late"})).await,
+        node.post(&path("heartbeat"), &json!({"lease_id": first.lease_id})).await,
     ];
     for answer in &late {
         let problem = answer.assert_problem(409, "stale-lease");
         assert_eq!(problem["job"], id, "{problem:#}");
     }
     // And through the SDK, which reports it as a conflict.
-    let err = client
-        .complete(
-            id,
-            CompleteRequest {
-                lease_id: first.lease_id.clone(),
-                result: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let err =
+        client.complete(id, CompleteRequest { lease_id: first.lease_id.clone(), result: None }).await.unwrap_err();
     assert!(err.is_conflict(), "{err}");
 
     let after = client.job(id).await.unwrap();
     assert_eq!(after.state, State::Completed);
-    assert_eq!(
-        value(after.result.as_deref().unwrap()),
-        json!({"charged_by": "rescuer"})
-    );
-    assert_eq!(
-        after.history, done.history,
-        "the refused acks changed nothing"
-    );
-    let leased: Vec<(Option<&str>, Option<u64>)> = entries(&after, "leased")
-        .iter()
-        .map(|h| (h.worker.as_deref(), h.fencing_token))
-        .collect();
+    assert_eq!(value(after.result.as_deref().unwrap()), json!({"charged_by": "rescuer"}));
+    assert_eq!(after.history, done.history, "the refused acks changed nothing");
+    let leased: Vec<(Option<&str>, Option<u64>)> =
+        entries(&after, "leased").iter().map(|h| (h.worker.as_deref(), h.fencing_token)).collect();
     assert_eq!(
         leased,
-        [
-            (Some("zombie-1"), Some(first.fencing_token)),
-            (Some("rescuer"), Some(second_token))
-        ],
+        [(Some("zombie-1"), Some(first.fencing_token)), (Some("rescuer"), Some(second_token))],
         "{:#?}",
         after.history
     );
     assert_eq!(entries(&after, "expired").len(), 1, "{:#?}", after.history);
     let completed = entries(&after, "completed");
     assert_eq!(completed.len(), 1);
-    assert_eq!(
-        completed[0].fencing_token,
-        Some(second_token),
-        "{:#?}",
-        after.history
-    );
+    assert_eq!(completed[0].fencing_token, Some(second_token), "{:#?}", after.history);
     check_history(&after);
 
     stop.send(()).unwrap();
     let report = running.await.unwrap().unwrap();
-    assert_eq!(
-        (report.jobs_completed, report.acks_refused),
-        (1, 0),
-        "{report:?}"
-    );
+    assert_eq!((report.jobs_completed, report.acks_refused), (1, 0), "{report:?}");
     node.stop().await;
 }
 
@@ -782,36 +542,22 @@ async fn a_long_poll_wakes_on_enqueue() {
         .post(format!("{}/v1/lease", node.url))
         .json(&json!({"queues": ["wake"], "worker": "poller", "wait_ms": 30_000}));
     let sent = Instant::now();
-    let waiting =
-        tokio::spawn(async move { raw_of(request.send().await.expect("the lease answers")).await });
+    let waiting = tokio::spawn(async move { raw_of(request.send().await.expect("the lease answers")).await });
     // One round trip on another connection: the lease is then most likely waiting on the server
     // (if not, it finds the job at once, which this test also accepts). Either way it has not
     // come back empty.
     assert_eq!(node.raw(Method::GET, "/healthz", None).await.status, 200);
-    assert!(
-        !waiting.is_finished(),
-        "the long-poll answered before anything was enqueued"
-    );
+    assert!(!waiting.is_finished(), "the long-poll answered before anything was enqueued");
 
-    let id = client
-        .enqueue(Enqueue::new("wake", &json!({"n": 1})).unwrap())
-        .await
-        .unwrap()
-        .id;
-    let answer = tokio::time::timeout(WAIT_MAX, waiting)
-        .await
-        .expect("the lease answered")
-        .unwrap();
+    let id = client.enqueue(Enqueue::new("wake", &json!({"n": 1})).unwrap()).await.unwrap().id;
+    let answer = tokio::time::timeout(WAIT_MAX, waiting).await.expect("the lease answered").unwrap();
     let elapsed = sent.elapsed();
     assert_eq!(answer.status, 200, "{answer:?}");
     let body = answer.json();
     let jobs = body["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 1, "{body:#}");
     assert_eq!(jobs[0]["id"], id);
-    assert!(
-        elapsed < Duration::from_secs(20),
-        "woken, not timed out: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(20), "woken, not timed out: {elapsed:?}");
     eprintln!("e2e long-poll: answered {elapsed:?} after it was sent");
     node.stop().await;
 }
@@ -829,10 +575,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
     let mut accepted: BTreeMap<u64, String> = BTreeMap::new();
     let slow = client
         .enqueue(
-            Enqueue::new("slow", &json!({"step": "long"}))
-                .unwrap()
-                .lease(Duration::from_secs(2))
-                .backoff(BACKOFF_FAST),
+            Enqueue::new("slow", &json!({"step": "long"})).unwrap().lease(Duration::from_secs(2)).backoff(BACKOFF_FAST),
         )
         .await
         .unwrap()
@@ -840,11 +583,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
     accepted.insert(slow, r#"{"step":"long"}"#.into());
     for n in 0..5 {
         let payload = format!(r#"{{"other":{n}}}"#);
-        let id = client
-            .enqueue(Enqueue::from_json("other", raw(&payload)))
-            .await
-            .unwrap()
-            .id;
+        let id = client.enqueue(Enqueue::from_json("other", raw(&payload))).await.unwrap().id;
         accepted.insert(id, payload);
     }
 
@@ -871,12 +610,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
     let worker = tokio::spawn(worker.run(async move {
         let _ = worker_stopped.await;
     }));
-    assert_eq!(
-        tokio::time::timeout(WAIT_MAX, started.recv())
-            .await
-            .unwrap(),
-        Some(slow)
-    );
+    assert_eq!(tokio::time::timeout(WAIT_MAX, started.recv()).await.unwrap(), Some(slow));
     wait_state(&client, slow, State::Running).await;
 
     // In flight at the SIGTERM: a long-poll, and a producer enqueueing as fast as it can.
@@ -884,10 +618,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
         .http
         .post(format!("{}/v1/lease", node.url))
         .json(&json!({"queues": ["idle"], "worker": "idler", "wait_ms": 30_000}));
-    let long_poll =
-        tokio::spawn(
-            async move { raw_of(poll.send().await.expect("the long-poll answers")).await },
-        );
+    let long_poll = tokio::spawn(async move { raw_of(poll.send().await.expect("the long-poll answers")).await });
     assert_eq!(node.raw(Method::GET, "/healthz", None).await.status, 200);
     assert!(!long_poll.is_finished());
     let producer = tokio::spawn({
@@ -896,10 +627,7 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
             let mut acked = BTreeMap::new();
             for n in 0u64.. {
                 let payload = format!(r#"{{"bystander":{n}}}"#);
-                match client
-                    .enqueue(Enqueue::from_json("bystander", raw(&payload)))
-                    .await
-                {
+                match client.enqueue(Enqueue::from_json("bystander", raw(&payload))).await {
                     Ok(enqueued) => {
                         acked.insert(enqueued.id, payload);
                     }
@@ -915,28 +643,16 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
     });
     // Let the producer get going, so the SIGTERM lands among its requests.
     wait_until("the producer enqueued some jobs", || async {
-        client
-            .queue("bystander")
-            .await
-            .is_ok_and(|q| q.counts.available >= 20)
+        client.queue("bystander").await.is_ok_and(|q| q.counts.available >= 20)
     })
     .await;
 
     let old_addr = node.addr();
     node.stop().await;
-    let answer = tokio::time::timeout(WAIT_MAX, long_poll)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        answer.status, 200,
-        "the waiting long-poll is answered: {answer:?}"
-    );
+    let answer = tokio::time::timeout(WAIT_MAX, long_poll).await.unwrap().unwrap();
+    assert_eq!(answer.status, 200, "the waiting long-poll is answered: {answer:?}");
     assert_eq!(answer.json(), json!({"jobs": []}));
-    let bystanders = tokio::time::timeout(WAIT_MAX, producer)
-        .await
-        .unwrap()
-        .unwrap();
+    let bystanders = tokio::time::timeout(WAIT_MAX, producer).await.unwrap().unwrap();
     let bystanders_acked = bystanders.len() as u64;
     assert!(bystanders_acked >= 20, "{bystanders_acked}");
     accepted.extend(bystanders);
@@ -950,55 +666,29 @@ async fn sigterm_with_jobs_in_flight_loses_nothing() {
         node.restart().await;
     }
     let client = node.client();
-    let job = wait_job(
-        &client,
-        slow,
-        "completed, or waiting for another attempt",
-        |job| {
-            matches!(
-                job.state,
-                State::Completed | State::Available | State::Retrying
-            )
-        },
-    )
+    let job = wait_job(&client, slow, "completed, or waiting for another attempt", |job| {
+        matches!(job.state, State::Completed | State::Available | State::Retrying)
+    })
     .await;
     check_history(&job);
     match job.state {
         State::Completed => assert_eq!(entries(&job, "completed").len(), 1),
-        _ => assert_eq!(
-            entries(&job, "expired").len(),
-            1,
-            "its lease ran out: {:#?}",
-            job.history
-        ),
+        _ => assert_eq!(entries(&job, "expired").len(), 1, "its lease ran out: {:#?}", job.history),
     }
-    eprintln!(
-        "e2e graceful: restarted on the same port: {same_port}; the job is {:?}",
-        job.state
-    );
+    eprintln!("e2e graceful: restarted on the same port: {same_port}; the job is {:?}", job.state);
 
     for (id, payload) in &accepted {
-        let job = client
-            .job(*id)
-            .await
-            .unwrap_or_else(|e| panic!("accepted job {id} lost: {e}"));
+        let job = client.job(*id).await.unwrap_or_else(|e| panic!("accepted job {id} lost: {e}"));
         assert_eq!(job.payload.get(), payload, "job {id}");
     }
     // At most one more: the enqueue cut off by the shutdown, whose outcome was unknown.
     let bystander = client.queue("bystander").await.unwrap();
     let count = bystander.counts.available;
-    assert!(
-        count == bystanders_acked || count == bystanders_acked + 1,
-        "{count} vs {bystanders_acked} acknowledged"
-    );
+    assert!(count == bystanders_acked || count == bystanders_acked + 1, "{count} vs {bystanders_acked} acknowledged");
 
     if same_port {
         stop_worker.send(()).unwrap();
-        tokio::time::timeout(WAIT_MAX, worker)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(WAIT_MAX, worker).await.unwrap().unwrap().unwrap();
     } else {
         // Its client points at a port nobody listens on: nothing to stop gracefully.
         worker.abort();
@@ -1050,9 +740,7 @@ async fn kill_9_keeps_every_accepted_job() {
             _ => {}
         }
         let body = with_payload(body, &payload);
-        let answer = node
-            .raw(Method::POST, "/v1/jobs", Some(body.clone().into_bytes()))
-            .await;
+        let answer = node.raw(Method::POST, "/v1/jobs", Some(body.clone().into_bytes())).await;
         assert_eq!(answer.status, 201, "{answer:?}");
         let id = answer.json()["id"].as_u64().unwrap();
         if n == 2 {
@@ -1061,17 +749,10 @@ async fn kill_9_keeps_every_accepted_job() {
         accepted.insert(id, payload);
     }
     for b in 0..15u32 {
-        let payloads: Vec<String> = (0..10)
-            .map(|i| format!(r#"{{"batch": {b},  "i": {i}}}"#))
-            .collect();
-        let jobs: Vec<String> = payloads
-            .iter()
-            .map(|p| with_payload(json!({"queue": "restart-a"}), p))
-            .collect();
+        let payloads: Vec<String> = (0..10).map(|i| format!(r#"{{"batch": {b},  "i": {i}}}"#)).collect();
+        let jobs: Vec<String> = payloads.iter().map(|p| with_payload(json!({"queue": "restart-a"}), p)).collect();
         let body = format!(r#"{{"jobs": [{}]}}"#, jobs.join(", "));
-        let answer = node
-            .raw(Method::POST, "/v1/jobs/batch", Some(body.into_bytes()))
-            .await;
+        let answer = node.raw(Method::POST, "/v1/jobs/batch", Some(body.into_bytes())).await;
         assert_eq!(answer.status, 201, "{answer:?}");
         let body = answer.json();
         let ids = body["jobs"].as_array().unwrap();
@@ -1083,22 +764,14 @@ async fn kill_9_keeps_every_accepted_job() {
     assert_eq!(accepted.len(), 300, "ids are distinct");
 
     // Some work answered before the kill: 4 leases, 2 of them completed.
-    let leased = node
-        .post(
-            "/v1/lease",
-            &json!({"queues": ["restart-b"], "worker": "w", "count": 4, "lease_ms": 600_000}),
-        )
-        .await;
+    let leased =
+        node.post("/v1/lease", &json!({"queues": ["restart-b"], "worker": "w", "count": 4, "lease_ms": 600_000})).await;
     assert_eq!(leased.status, 200, "{leased:?}");
     let leased = leased.json()["jobs"].as_array().unwrap().clone();
     assert_eq!(leased.len(), 4);
     for job in &leased[..2] {
-        let answer = node
-            .post(
-                &format!("/v1/jobs/{}/complete", job["id"]),
-                &json!({"lease_id": job["lease_id"]}),
-            )
-            .await;
+        let answer =
+            node.post(&format!("/v1/jobs/{}/complete", job["id"]), &json!({"lease_id": job["lease_id"]})).await;
         assert_eq!(answer.status, 200, "{answer:?}");
     }
 
@@ -1106,67 +779,35 @@ async fn kill_9_keeps_every_accepted_job() {
     node.restart().await;
     let client = node.client();
     for (id, payload) in &accepted {
-        let job = client
-            .job(*id)
-            .await
-            .unwrap_or_else(|e| panic!("accepted job {id} lost after kill -9: {e}"));
+        let job = client.job(*id).await.unwrap_or_else(|e| panic!("accepted job {id} lost after kill -9: {e}"));
         assert_eq!(job.payload.get(), payload, "job {id}");
     }
     for (n, job) in leased.iter().enumerate() {
         let id = job["id"].as_u64().unwrap();
         let after = client.job(id).await.unwrap();
         if n < 2 {
-            assert_eq!(
-                after.state,
-                State::Completed,
-                "an answered completion is durable: {after:#?}"
-            );
+            assert_eq!(after.state, State::Completed, "an answered completion is durable: {after:#?}");
         } else {
             assert_eq!(after.state, State::Running, "{after:#?}");
-            assert_eq!(
-                after.lease.as_ref().map(|l| l.lease_id.as_str()),
-                job["lease_id"].as_str()
-            );
+            assert_eq!(after.lease.as_ref().map(|l| l.lease_id.as_str()), job["lease_id"].as_str());
         }
     }
-    let (a, b) = (
-        client.queue("restart-a").await.unwrap(),
-        client.queue("restart-b").await.unwrap(),
-    );
+    let (a, b) = (client.queue("restart-a").await.unwrap(), client.queue("restart-b").await.unwrap());
     let total = |q: &dray_client::api::Queue| {
         let c = &q.counts;
         c.scheduled + c.available + c.running + c.retrying + c.completed + c.dead + c.cancelled
     };
-    assert_eq!(
-        total(&a) + total(&b),
-        300,
-        "nothing extra either: {a:#?} {b:#?}"
-    );
+    assert_eq!(total(&a) + total(&b), 300, "nothing extra either: {a:#?} {b:#?}");
     assert_eq!(a.counts.scheduled + b.counts.scheduled, 30);
 
     // The idempotency key survived: the same request is the same job.
     let (keyed_id, keyed_body) = keyed.unwrap();
-    let again = node
-        .raw(Method::POST, "/v1/jobs", Some(keyed_body.into_bytes()))
-        .await;
+    let again = node.raw(Method::POST, "/v1/jobs", Some(keyed_body.into_bytes())).await;
     assert_eq!(again.status, 200, "{again:?}");
-    assert_eq!(
-        (
-            again.json()["id"].as_u64(),
-            again.json()["duplicate"].as_bool()
-        ),
-        (Some(keyed_id), Some(true))
-    );
+    assert_eq!((again.json()["id"].as_u64(), again.json()["duplicate"].as_bool()), (Some(keyed_id), Some(true)));
     // A new job gets a new id, never one of the accepted ones.
-    let fresh = client
-        .enqueue(Enqueue::new("restart-a", &json!({"after": "restart"})).unwrap())
-        .await
-        .unwrap();
-    assert!(
-        fresh.id > *accepted.keys().last().unwrap(),
-        "{} reused or went back",
-        fresh.id
-    );
+    let fresh = client.enqueue(Enqueue::new("restart-a", &json!({"after": "restart"})).unwrap()).await.unwrap();
+    assert!(fresh.id > *accepted.keys().last().unwrap(), "{} reused or went back", fresh.id);
     node.stop().await;
 }
 
@@ -1191,11 +832,7 @@ impl Rng {
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}={text:?}: {e}")),
-    )
+    Some(text.trim().parse().unwrap_or_else(|e| panic!("{name}={text:?}: {e}")))
 }
 
 /// What the load saw acknowledged, shared by its tasks.
@@ -1226,10 +863,7 @@ type Current = watch::Receiver<Option<(u64, Client)>>;
 async fn next_life(current: &mut Current, life: u64) -> bool {
     // A call can also fail while its server is up (a 503): retry on the same one after a pause.
     let changed = tokio::time::timeout(Duration::from_millis(50), async {
-        current
-            .wait_for(|c| c.as_ref().is_none_or(|(l, _)| *l != life))
-            .await
-            .map(|c| c.is_some())
+        current.wait_for(|c| c.as_ref().is_none_or(|(l, _)| *l != life)).await.map(|c| c.is_some())
     })
     .await;
     match changed {
@@ -1251,41 +885,27 @@ async fn produce(producer: u64, mut current: Current, ledger: Arc<Ledger>) {
             return;
         };
         let size = 1 + (n * 7 + producer) % 8;
-        let payloads: Vec<String> = (0..size)
-            .map(|i| format!(r#"{{"p":{producer},"n":{}}}"#, n + i))
-            .collect();
+        let payloads: Vec<String> = (0..size).map(|i| format!(r#"{{"p":{producer},"n":{}}}"#, n + i)).collect();
         n += size;
         let jobs: Vec<Enqueue> = payloads
             .iter()
             .map(|p| {
-                Enqueue::from_json("load", raw(p))
-                    .lease(Duration::from_secs(2))
-                    .backoff(Backoff {
-                        base_ms: 10,
-                        factor: 2.0,
-                        cap_ms: 200,
-                    })
+                Enqueue::from_json("load", raw(p)).lease(Duration::from_secs(2)).backoff(Backoff {
+                    base_ms: 10,
+                    factor: 2.0,
+                    cap_ms: 200,
+                })
             })
             .collect();
         let answer = if size == 1 {
-            client
-                .enqueue(jobs.into_iter().next().unwrap())
-                .await
-                .map(|e| vec![e.id])
+            client.enqueue(jobs.into_iter().next().unwrap()).await.map(|e| vec![e.id])
         } else {
-            client
-                .enqueue_batch(jobs)
-                .await
-                .map(|b| b.jobs.iter().map(|e| e.id).collect())
+            client.enqueue_batch(jobs).await.map(|b| b.jobs.iter().map(|e| e.id).collect())
         };
         match answer {
             Ok(ids) => {
                 assert_eq!(ids.len(), payloads.len());
-                ledger
-                    .enqueued
-                    .lock()
-                    .unwrap()
-                    .extend(ids.into_iter().zip(payloads));
+                ledger.enqueued.lock().unwrap().extend(ids.into_iter().zip(payloads));
             }
             Err(e) => {
                 assert!(e.is_outcome_unknown(), "producer {producer}: {e}");
@@ -1309,14 +929,7 @@ async fn observe(mut current: Current, ledger: Arc<Ledger>) {
         let Some((life, client)) = current.borrow().clone() else {
             return;
         };
-        let pending: Vec<u64> = ledger
-            .candidates
-            .lock()
-            .unwrap()
-            .iter()
-            .take(256)
-            .copied()
-            .collect();
+        let pending: Vec<u64> = ledger.candidates.lock().unwrap().iter().take(256).copied().collect();
         if pending.is_empty() {
             tokio::time::sleep(POLL).await;
             continue;
@@ -1328,12 +941,7 @@ async fn observe(mut current: Current, ledger: Arc<Ledger>) {
                 Ok(job) if job.state == State::Completed => {
                     let completed = entries(&job, "completed");
                     assert_eq!(completed.len(), 1, "job {id}: {:#?}", job.history);
-                    seen.push((
-                        id,
-                        completed[0]
-                            .fencing_token
-                            .expect("a completion names its lease"),
-                    ));
+                    seen.push((id, completed[0].fencing_token.expect("a completion names its lease")));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -1344,10 +952,7 @@ async fn observe(mut current: Current, ledger: Arc<Ledger>) {
             }
         }
         if !seen.is_empty() {
-            match client
-                .enqueue(Enqueue::new("barrier", &json!({"life": life})).unwrap())
-                .await
-            {
+            match client.enqueue(Enqueue::new("barrier", &json!({"life": life})).unwrap()).await {
                 Ok(_) => {
                     let mut candidates = ledger.candidates.lock().unwrap();
                     let mut unconfirmed = ledger.completed_unconfirmed.lock().unwrap();
@@ -1387,11 +992,7 @@ async fn complete_raw(mut current: Current, ledger: Arc<Ledger>) {
         let acked = match client.lease(lease).await {
             Ok(leased) if leased.jobs.is_empty() => continue,
             Ok(leased) => {
-                let tokens: HashMap<u64, u64> = leased
-                    .jobs
-                    .iter()
-                    .map(|j| (j.id, j.fencing_token))
-                    .collect();
+                let tokens: HashMap<u64, u64> = leased.jobs.iter().map(|j| (j.id, j.fencing_token)).collect();
                 let acks = leased
                     .jobs
                     .iter()
@@ -1405,10 +1006,7 @@ async fn complete_raw(mut current: Current, ledger: Arc<Ledger>) {
                         retry_after_ms: None,
                     })
                     .collect();
-                client
-                    .ack(AckBatch { acks })
-                    .await
-                    .map(|answer| (answer, tokens))
+                client.ack(AckBatch { acks }).await.map(|answer| (answer, tokens))
             }
             Err(e) => Err(e),
         };
@@ -1460,10 +1058,7 @@ fn work(life: u64, client: Client, ledger: Arc<Ledger>) -> tokio::task::JoinHand
 async fn kill_9_under_load_loses_nothing_acknowledged() {
     let kills = env_u64("DRAY_E2E_KILLS").unwrap_or(10);
     let seed = env_u64("DRAY_E2E_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     eprintln!("e2e kill9: seed {seed} (replay with DRAY_E2E_SEED={seed}), kills {kills}");
     let mut rng = Rng(seed);
@@ -1473,11 +1068,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let (current_tx, current) = watch::channel(Some((0, node.client())));
     let mut tasks = Vec::new();
     for producer in 0..2 {
-        tasks.push(tokio::spawn(produce(
-            producer,
-            current.clone(),
-            ledger.clone(),
-        )));
+        tasks.push(tokio::spawn(produce(producer, current.clone(), ledger.clone())));
     }
     tasks.push(tokio::spawn(observe(current.clone(), ledger.clone())));
     tasks.push(tokio::spawn(complete_raw(current.clone(), ledger.clone())));
@@ -1490,10 +1081,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         let pid = node.pid();
         node.kill9().await;
         worker.abort();
-        eprintln!(
-            "e2e kill9: kill {life} (pid {pid}) at {:?}",
-            started.elapsed()
-        );
+        eprintln!("e2e kill9: kill {life} (pid {pid}) at {:?}", started.elapsed());
         node.restart().await;
         current_tx.send_replace(Some((life, node.client())));
         worker = work(life, node.client(), ledger.clone());
@@ -1502,10 +1090,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_millis(rng.between(300, 1_200))).await;
     current_tx.send_replace(None);
     for task in tasks {
-        tokio::time::timeout(WAIT_MAX, task)
-            .await
-            .expect("the load stops")
-            .unwrap();
+        tokio::time::timeout(WAIT_MAX, task).await.expect("the load stops").unwrap();
     }
     let load_stopped = started.elapsed();
 
@@ -1514,8 +1099,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let client = node.client();
     wait_until("every job completed after the last kill", || async {
         let c = client.queue("load").await.unwrap().counts;
-        c.completed > 0
-            && c.scheduled + c.available + c.running + c.retrying + c.dead + c.cancelled == 0
+        c.completed > 0 && c.scheduled + c.available + c.running + c.retrying + c.dead + c.cancelled == 0
     })
     .await;
     worker.abort();
@@ -1523,22 +1107,14 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let observed = ledger.completed.lock().unwrap().clone();
     let unconfirmed = ledger.completed_unconfirmed.lock().unwrap().clone();
     let acked = ledger.acked.lock().unwrap().clone();
-    assert!(
-        !enqueued.is_empty() && !observed.is_empty() && !acked.is_empty(),
-        "the load did something"
-    );
+    assert!(!enqueued.is_empty() && !observed.is_empty() && !acked.is_empty(), "the load did something");
 
     // Every job on the server, by pages; then each one whole (payload and history).
     let mut states: BTreeMap<u64, State> = BTreeMap::new();
     let mut after = None;
     loop {
         let page = client
-            .jobs(JobQuery {
-                queue: Some("load".into()),
-                after,
-                limit: Some(1_000),
-                ..Default::default()
-            })
+            .jobs(JobQuery { queue: Some("load".into()), after, limit: Some(1_000), ..Default::default() })
             .await
             .unwrap();
         states.extend(page.jobs.iter().map(|j| (j.id, j.state)));
@@ -1547,28 +1123,15 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             None => break,
         }
     }
-    let lost: Vec<u64> = enqueued
-        .keys()
-        .filter(|id| !states.contains_key(id))
-        .copied()
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged jobs lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
-    );
+    let lost: Vec<u64> = enqueued.keys().filter(|id| !states.contains_key(id)).copied().collect();
+    assert!(lost.is_empty(), "{} acknowledged jobs lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(20)]);
 
     let ids: Vec<u64> = states.keys().copied().collect();
     let mut checks = tokio::task::JoinSet::new();
     for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
         let (client, chunk) = (client.clone(), chunk.to_vec());
-        let (enqueued, observed, unconfirmed, acked) = (
-            enqueued.clone(),
-            observed.clone(),
-            unconfirmed.clone(),
-            acked.clone(),
-        );
+        let (enqueued, observed, unconfirmed, acked) =
+            (enqueued.clone(), observed.clone(), unconfirmed.clone(), acked.clone());
         checks.spawn(async move {
             let (mut redelivered, mut undone) = (0u64, 0u64);
             for id in chunk {
@@ -1590,7 +1153,12 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                 }
                 if let Some(seen) = unconfirmed.get(&id) {
                     // A read showed it completed: that must hold, confirmed or not.
-                    assert_eq!(token, Some(*seen), "job {id} was seen completed, then a kill undid it: {:#?}", job.history);
+                    assert_eq!(
+                        token,
+                        Some(*seen),
+                        "job {id} was seen completed, then a kill undid it: {:#?}",
+                        job.history
+                    );
                     undone += u64::from(token != Some(*seen));
                 }
             }
@@ -1626,54 +1194,22 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 async fn bad_input_is_refused_and_changes_nothing() {
     // A small body limit, so the oversized body is cheap; it still fits a batch of 10,001 jobs.
     let mut node = Node::start(&["--body-bytes-max", "1048576"]).await;
-    let ok = node
-        .post("/v1/jobs", &json!({"queue": "q", "payload": {"n": 1}}))
-        .await;
+    let ok = node.post("/v1/jobs", &json!({"queue": "q", "payload": {"n": 1}})).await;
     assert_eq!(ok.status, 201, "{ok:?}");
     let before = node.raw(Method::GET, "/v1/queues", None).await;
     assert_eq!(before.status, 200);
 
-    let too_many: Vec<Value> = (0..10_001)
-        .map(|n| json!({"queue": "q", "payload": n}))
-        .collect();
+    let too_many: Vec<Value> = (0..10_001).map(|n| json!({"queue": "q", "payload": n})).collect();
     let too_many = json!({"jobs": too_many}).to_string().into_bytes();
     assert!(too_many.len() < 1_048_576);
-    let oversized = format!(
-        r#"{{"queue": "q", "payload": "{}"}}"#,
-        "x".repeat(2 * 1_048_576)
-    )
-    .into_bytes();
+    let oversized = format!(r#"{{"queue": "q", "payload": "{}"}}"#, "x".repeat(2 * 1_048_576)).into_bytes();
     let json_of = |v: Value| v.to_string().into_bytes();
 
     // (case, path, body, status, problem type, field it must name, text the detail must contain)
-    type Case = (
-        &'static str,
-        &'static str,
-        Vec<u8>,
-        u16,
-        &'static str,
-        Option<&'static str>,
-        &'static str,
-    );
+    type Case = (&'static str, &'static str, Vec<u8>, u16, &'static str, Option<&'static str>, &'static str);
     let cases: Vec<Case> = vec![
-        (
-            "malformed JSON",
-            "/v1/jobs",
-            br#"{"queue": "q", "payload": "#.to_vec(),
-            400,
-            "malformed-json",
-            None,
-            "",
-        ),
-        (
-            "empty body",
-            "/v1/jobs",
-            Vec::new(),
-            400,
-            "malformed-json",
-            None,
-            "",
-        ),
+        ("malformed JSON", "/v1/jobs", br#"{"queue": "q", "payload": "#.to_vec(), 400, "malformed-json", None, ""),
+        ("empty body", "/v1/jobs", Vec::new(), 400, "malformed-json", None, ""),
         (
             "unknown field",
             "/v1/jobs",
@@ -1683,24 +1219,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Some("priorty"),
             "priorty",
         ),
-        (
-            "oversized body",
-            "/v1/jobs",
-            oversized,
-            413,
-            "body-too-large",
-            None,
-            "1048576",
-        ),
-        (
-            "batch over 10,000 jobs",
-            "/v1/jobs/batch",
-            too_many,
-            422,
-            "invalid-request",
-            Some("jobs"),
-            "10000",
-        ),
+        ("oversized body", "/v1/jobs", oversized, 413, "body-too-large", None, "1048576"),
+        ("batch over 10,000 jobs", "/v1/jobs/batch", too_many, 422, "invalid-request", Some("jobs"), "10000"),
         (
             "bad queue name",
             "/v1/jobs",
@@ -1728,24 +1248,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Some("priority"),
             "",
         ),
-        (
-            "missing payload",
-            "/v1/jobs",
-            json_of(json!({"queue": "q"})),
-            422,
-            "invalid-request",
-            Some("payload"),
-            "",
-        ),
-        (
-            "not an object",
-            "/v1/jobs",
-            json_of(json!([1, 2])),
-            422,
-            "invalid-request",
-            None,
-            "",
-        ),
+        ("missing payload", "/v1/jobs", json_of(json!({"queue": "q"})), 422, "invalid-request", Some("payload"), ""),
+        ("not an object", "/v1/jobs", json_of(json!([1, 2])), 422, "invalid-request", None, ""),
         (
             "lease too short",
             "/v1/lease",
@@ -1775,34 +1279,19 @@ async fn bad_input_is_refused_and_changes_nothing() {
             && problem["type"] == format!("urn:dray:problem:{kind}")
             && problem["status"] == status
             && field.is_none_or(|f| problem["field"] == f)
-            && problem["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains(detail));
+            && problem["detail"].as_str().is_some_and(|d| d.contains(detail));
         if !ok {
-            failures.push(format!(
-                "{case}: want {status} {kind} field {field:?} detail ~{detail:?}; got {answer:?}"
-            ));
+            failures.push(format!("{case}: want {status} {kind} field {field:?} detail ~{detail:?}; got {answer:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(too_large, Some(Some("close".to_string())), "a 413 must announce that the connection closes");
 
     let after = node.raw(Method::GET, "/v1/queues", None).await;
-    let (before, after): (QueueList, QueueList) = (
-        serde_json::from_str(&before.text).unwrap(),
-        serde_json::from_str(&after.text).unwrap(),
-    );
-    let counts = |list: &QueueList| {
-        list.queues
-            .iter()
-            .map(|q| (q.name.clone(), q.counts.clone()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        counts(&before),
-        counts(&after),
-        "bad requests changed nothing"
-    );
+    let (before, after): (QueueList, QueueList) =
+        (serde_json::from_str(&before.text).unwrap(), serde_json::from_str(&after.text).unwrap());
+    let counts = |list: &QueueList| list.queues.iter().map(|q| (q.name.clone(), q.counts.clone())).collect::<Vec<_>>();
+    assert_eq!(counts(&before), counts(&after), "bad requests changed nothing");
     let page = node.raw(Method::GET, "/v1/jobs", None).await.json();
     assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1), "{page:#}");
     node.stop().await;

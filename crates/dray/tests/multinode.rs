@@ -131,7 +131,13 @@ impl Node {
                 Err(e) => panic!("{e}"),
             }
         };
-        Node { url: process.url.clone(), addr: process.addr.to_string(), process: Some(process), db: db.to_owned(), dir }
+        Node {
+            url: process.url.clone(),
+            addr: process.addr.to_string(),
+            process: Some(process),
+            db: db.to_owned(),
+            dir,
+        }
     }
 
     fn client(&self) -> Client {
@@ -191,7 +197,8 @@ fn spawn_worker(
 fn check_history(db: &str, jobs: u64) {
     let s = "dray";
     assert_eq!(count(db, &format!("SELECT count(*) FROM {s}.jobs")), jobs, "jobs in the table");
-    let unfinished = query(db, &format!("SELECT state, count(*) FROM {s}.jobs WHERE state <> 'completed' GROUP BY state"));
+    let unfinished =
+        query(db, &format!("SELECT state, count(*) FROM {s}.jobs WHERE state <> 'completed' GROUP BY state"));
     assert!(unfinished.trim().is_empty(), "jobs not completed: {unfinished}");
     let twice = query(
         db,

@@ -86,9 +86,10 @@ pub fn request_head(method: &str, path: &str, headers: &[(&str, &str)], body_len
 }
 
 pub fn parse_response(bytes: &[u8]) -> Reply {
-    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
-        panic!("no end of headers in {:?}", String::from_utf8_lossy(bytes))
-    });
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {:?}", String::from_utf8_lossy(bytes)));
     let head = std::str::from_utf8(&bytes[..split]).expect("ASCII head");
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();

@@ -2,8 +2,8 @@
 //! stats, promotion and pruning, history, restarts, and the validation of every parameter.
 
 use dray_core::{
-    Backoff, DeadReason, Event, HistoryEntry, HistoryKind, Job, JobId, JobState, Limits, NewJob, Payload,
-    RetryPolicy, Timestamp,
+    Backoff, DeadReason, Event, HistoryEntry, HistoryKind, Job, JobId, JobState, Limits, NewJob, Payload, RetryPolicy,
+    Timestamp,
 };
 
 use super::{
@@ -11,8 +11,8 @@ use super::{
     assert_rejected, default_config, ids_of, kinds, new_job, payload, q, redrive_not_allowed,
 };
 use crate::{
-    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, JobAck, JobFilter, JobLease, JobList,
-    JobSummary, LeaseExtend, Maintain, QueueConfig, QueueConfigure, Store,
+    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, JobAck, JobFilter, JobLease, JobList, JobSummary,
+    LeaseExtend, Maintain, QueueConfig, QueueConfigure, Store,
 };
 
 /// How a test job should die.
@@ -74,19 +74,11 @@ fn dead_filter() -> JobFilter {
     JobFilter { state: Some(JobState::Dead), ..JobFilter::default() }
 }
 
-async fn redrive<H: Harness>(
-    c: &Ctx<H>,
-    selection: DeadSelection,
-    dry_run: bool,
-) -> Result<Vec<JobId>, Error> {
+async fn redrive<H: Harness>(c: &Ctx<H>, selection: DeadSelection, dry_run: bool) -> Result<Vec<JobId>, Error> {
     c.store().dead_redrive(DeadRedrive { now: c.now, selection, dry_run }).await
 }
 
-async fn discard<H: Harness>(
-    c: &Ctx<H>,
-    selection: DeadSelection,
-    dry_run: bool,
-) -> Result<Vec<JobId>, Error> {
+async fn discard<H: Harness>(c: &Ctx<H>, selection: DeadSelection, dry_run: bool) -> Result<Vec<JobId>, Error> {
     c.store().dead_discard(DeadDiscard { now: c.now, selection, dry_run }).await
 }
 
@@ -124,11 +116,7 @@ pub async fn dead_list_filters_and_paging<H: Harness>(h: H) {
             vec![d1, d4, d5],
         ),
         ("dead failed", JobFilter { dead_reason: Some(DeadReason::Failed), ..dead_filter() }, vec![d2]),
-        (
-            "dead lease expired",
-            JobFilter { dead_reason: Some(DeadReason::LeaseExpired), ..dead_filter() },
-            vec![d3],
-        ),
+        ("dead lease expired", JobFilter { dead_reason: Some(DeadReason::LeaseExpired), ..dead_filter() }, vec![d3]),
         ("dead tagged x", JobFilter { tag: Some("x".into()), ..dead_filter() }, vec![d1, d3, d4]),
         (
             "dead created in [10s, 30s)",
@@ -139,26 +127,14 @@ pub async fn dead_list_filters_and_paging<H: Harness>(h: H) {
             },
             vec![d2, d3],
         ),
-        (
-            "tagged x, any state",
-            JobFilter { tag: Some("x".into()), ..JobFilter::default() },
-            vec![d1, d3, d4, alive],
-        ),
-        (
-            "dead in qb tagged y",
-            JobFilter { queue: Some(q("qb")), tag: Some("y".into()), ..dead_filter() },
-            vec![],
-        ),
+        ("tagged x, any state", JobFilter { tag: Some("x".into()), ..JobFilter::default() }, vec![d1, d3, d4, alive]),
+        ("dead in qb tagged y", JobFilter { queue: Some(q("qb")), tag: Some("y".into()), ..dead_filter() }, vec![]),
         ("available", JobFilter { state: Some(JobState::Available), ..JobFilter::default() }, vec![alive]),
     ];
     for (name, filter, want) in cases {
         for limit in [1, 2, 3, Limits::PAGE_JOBS_MAX] {
             let got = c.list_paged(filter.clone(), limit).await;
-            assert_eq!(
-                got.iter().map(|s| s.id).collect::<Vec<_>>(),
-                want,
-                "filter {name}, page limit {limit}"
-            );
+            assert_eq!(got.iter().map(|s| s.id).collect::<Vec<_>>(), want, "filter {name}, page limit {limit}");
             for s in &got {
                 assert_eq!(s, &summary_of(&c.get(s.id).await), "summary of job {} agrees with job_get", s.id);
             }
@@ -205,13 +181,7 @@ pub async fn dead_redrive_by_ids<H: Harness>(h: H) {
         let job = c.get(p.id).await;
         assert_job_eq(&job, &after(p, Event::Redrive, c.now), "after redrive");
         assert_eq!(
-            (
-                job.state(),
-                job.status.attempt,
-                job.status.dead_reason,
-                job.status.finished_at,
-                job.status.run_at
-            ),
+            (job.state(), job.status.attempt, job.status.dead_reason, job.status.finished_at, job.status.run_at),
             (JobState::Available, 0, None, None, c.now)
         );
         let last = job.history.last().unwrap();
@@ -285,15 +255,10 @@ pub async fn dead_redrive_dry_run<H: Harness>(h: H) {
     c.advance(1_000);
     let snap = c.snapshot().await;
     assert_eq!(sorted(redrive(&c, DeadSelection::Ids(vec![d1, d2]), true).await.unwrap()), vec![d1, d2]);
-    let filter =
-        DeadSelection::Filter { filter: JobFilter { queue: Some(q("q")), ..JobFilter::default() }, limit: 1 };
+    let filter = DeadSelection::Filter { filter: JobFilter { queue: Some(q("q")), ..JobFilter::default() }, limit: 1 };
     assert_eq!(redrive(&c, filter.clone(), true).await.unwrap(), vec![d1]);
     c.assert_unchanged(&snap, "after dry-run redrives").await;
-    assert_eq!(
-        redrive(&c, filter, false).await.unwrap(),
-        vec![d1],
-        "the real run moves what the dry run said"
-    );
+    assert_eq!(redrive(&c, filter, false).await.unwrap(), vec![d1], "the real run moves what the dry run said");
 }
 
 /// Redriving a job that is not dead is `Rejected` (`NotAllowed`), an unknown id `JobNotFound`.
@@ -310,19 +275,9 @@ pub async fn dead_redrive_not_dead_rejected<H: Harness>(h: H) {
     let unknown = JobId(available.0.wrapping_add(1_000));
     c.advance(1_000);
     let snap = c.snapshot().await;
-    for (id, state) in
-        [(available, JobState::Available), (running, JobState::Running), (done, JobState::Completed)]
-    {
-        assert_rejected(
-            redrive(&c, DeadSelection::Ids(vec![id]), false).await,
-            id,
-            redrive_not_allowed(state),
-        );
-        assert_rejected(
-            redrive(&c, DeadSelection::Ids(vec![id]), true).await,
-            id,
-            redrive_not_allowed(state),
-        );
+    for (id, state) in [(available, JobState::Available), (running, JobState::Running), (done, JobState::Completed)] {
+        assert_rejected(redrive(&c, DeadSelection::Ids(vec![id]), false).await, id, redrive_not_allowed(state));
+        assert_rejected(redrive(&c, DeadSelection::Ids(vec![id]), true).await, id, redrive_not_allowed(state));
     }
     assert_not_found(redrive(&c, DeadSelection::Ids(vec![unknown]), false).await, unknown);
     assert_rejected(
@@ -357,10 +312,7 @@ pub async fn dead_discard_removes<H: Harness>(h: H) {
     }
     assert_job_eq(&c.get(alive).await, &alive_before, "a live job is never discarded");
 
-    let all = DeadSelection::Filter {
-        filter: JobFilter { queue: Some(q("q")), ..JobFilter::default() },
-        limit: 10,
-    };
+    let all = DeadSelection::Filter { filter: JobFilter { queue: Some(q("q")), ..JobFilter::default() }, limit: 10 };
     assert_eq!(discard(&c, all, false).await.unwrap(), vec![d2]);
     let stats = c.stats("q").await;
     assert_counts(&stats, &[(JobState::Available, 1)]);
@@ -448,23 +400,18 @@ type ConfigBreaker = fn(&mut QueueConfigure);
 /// nothing: an existing queue keeps its config, a new queue is not created.
 pub async fn queue_configure_validates<H: Harness>(h: H) {
     let c = Ctx::open(h).await;
-    let config = c
-        .configure(QueueConfigure { retention_ms: Some(5_000), ..QueueConfigure::new(c.now, q("q")) })
-        .await
-        .unwrap();
+    let config =
+        c.configure(QueueConfigure { retention_ms: Some(5_000), ..QueueConfigure::new(c.now, q("q")) }).await.unwrap();
     assert_eq!(config, QueueConfig { retention_ms: 5_000, ..default_config("q") });
     let snap = c.snapshot().await;
     let cases: Vec<(&str, ConfigBreaker)> = vec![
         ("attempts_max", |p| p.retry = Some(RetryPolicy { attempts_max: 0, ..RetryPolicy::default() })),
         ("attempts_max", |p| {
-            p.retry =
-                Some(RetryPolicy { attempts_max: Limits::ATTEMPTS_MAX_MAX + 1, ..RetryPolicy::default() })
+            p.retry = Some(RetryPolicy { attempts_max: Limits::ATTEMPTS_MAX_MAX + 1, ..RetryPolicy::default() })
         }),
         ("backoff.factor", |p| {
-            p.retry = Some(RetryPolicy {
-                backoff: Backoff { factor: 11.0, ..Backoff::default() },
-                ..RetryPolicy::default()
-            })
+            p.retry =
+                Some(RetryPolicy { backoff: Backoff { factor: 11.0, ..Backoff::default() }, ..RetryPolicy::default() })
         }),
         ("backoff.cap_ms", |p| {
             p.retry = Some(RetryPolicy {
@@ -493,8 +440,7 @@ pub async fn queue_configure_validates<H: Harness>(h: H) {
 pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let old = c.insert_one(new_job("q", "old")).await;
-    let policy =
-        RetryPolicy { attempts_max: 3, backoff: Backoff { base_ms: 2_000, factor: 3.0, cap_ms: 60_000 } };
+    let policy = RetryPolicy { attempts_max: 3, backoff: Backoff { base_ms: 2_000, factor: 3.0, cap_ms: 60_000 } };
     let p = QueueConfigure {
         retry: Some(policy),
         lease_ms: Some(5_000),
@@ -511,15 +457,11 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
         paused: false,
     };
     assert_eq!(c.configure(p).await.unwrap(), want);
-    let paused = c
-        .configure(QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, q("q")) })
-        .await
-        .unwrap();
+    let paused =
+        c.configure(QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, q("q")) }).await.unwrap();
     assert_eq!(paused, QueueConfig { paused: true, ..want.clone() }, "unset fields keep their value");
-    let resumed = c
-        .configure(QueueConfigure { paused: Some(false), ..QueueConfigure::new(c.now, q("q")) })
-        .await
-        .unwrap();
+    let resumed =
+        c.configure(QueueConfigure { paused: Some(false), ..QueueConfigure::new(c.now, q("q")) }).await.unwrap();
     assert_eq!(resumed, want);
 
     let plain = c.insert_one(new_job("q", "plain")).await;
@@ -535,10 +477,7 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
     let (old_job, plain_job, own_job) = (c.get(old).await, c.get(plain).await, c.get(own).await);
     assert_eq!((old_job.retry, old_job.lease_ms), (RetryPolicy::default(), Limits::LEASE_MS_DEFAULT));
     assert_eq!((plain_job.retry, plain_job.lease_ms), (policy, 5_000));
-    assert_eq!(
-        (own_job.retry, own_job.lease_ms),
-        (RetryPolicy { attempts_max: 7, backoff: own_backoff }, 9_000)
-    );
+    assert_eq!((own_job.retry, own_job.lease_ms), (RetryPolicy { attempts_max: 7, backoff: own_backoff }, 9_000));
     c.restart().await;
     assert_eq!(c.stats("q").await.config, want, "configuration survives a restart");
     c.advance(10);
@@ -619,10 +558,8 @@ pub async fn promote_moves_due_jobs<H: Harness>(h: H) {
 /// Maintenance passes act on at most `limit` jobs each.
 pub async fn promote_respects_limit<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    c.insert((0..3).map(|i| NewJob { delay_ms: Some(1_000), ..new_job("q", &i.to_string()) }).collect())
-        .await;
-    c.insert((0..3).map(|i| NewJob { lease_ms: Some(5_000), ..new_job("r", &i.to_string()) }).collect())
-        .await;
+    c.insert((0..3).map(|i| NewJob { delay_ms: Some(1_000), ..new_job("q", &i.to_string()) }).collect()).await;
+    c.insert((0..3).map(|i| NewJob { lease_ms: Some(5_000), ..new_job("r", &i.to_string()) }).collect()).await;
     let leased = c.lease(&["r"], 3).await;
     assert_eq!(leased.len(), 3);
     c.set_now(T0.add_ms(5_000));
@@ -649,9 +586,8 @@ pub async fn prune_respects_retention<H: Harness>(h: H) {
     };
     c.configure(p).await.unwrap();
     let day = 24 * 3_600_000;
-    let running = c
-        .insert_one(NewJob { priority: 9, lease_ms: Some(Limits::LEASE_MS_MAX), ..new_job("q", "running") })
-        .await;
+    let running =
+        c.insert_one(NewJob { priority: 9, lease_ms: Some(Limits::LEASE_MS_MAX), ..new_job("q", "running") }).await;
     c.lease_one("q", running).await;
     let retrying = c.insert_one(NewJob { priority: 8, ..new_job("q", "retrying") }).await;
     let l = c.lease_one("q", retrying).await;
@@ -687,12 +623,7 @@ pub async fn prune_respects_retention<H: Harness>(h: H) {
     assert_eq!(ids, want, "only live jobs are left");
     assert_counts(
         &c.stats("q").await,
-        &[
-            (JobState::Running, 1),
-            (JobState::Retrying, 1),
-            (JobState::Scheduled, 1),
-            (JobState::Available, 1),
-        ],
+        &[(JobState::Running, 1), (JobState::Retrying, 1), (JobState::Scheduled, 1), (JobState::Available, 1)],
     );
     assert_eq!(c.stats("q").await.oldest_dead_at, None);
 }
@@ -701,9 +632,7 @@ pub async fn prune_respects_retention<H: Harness>(h: H) {
 /// retention, so a retried request still finds it; after that it is pruned and the key is free.
 pub async fn prune_keeps_idempotency_window<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    c.configure(QueueConfigure { retention_ms: Some(1_000), ..QueueConfigure::new(c.now, q("q")) })
-        .await
-        .unwrap();
+    c.configure(QueueConfigure { retention_ms: Some(1_000), ..QueueConfigure::new(c.now, q("q")) }).await.unwrap();
     let window = Limits::IDEMPOTENCY_WINDOW_MS_DEFAULT;
     let keyed = || NewJob { idempotency_key: Some("k".into()), ..new_job("q", "p") };
     let k = c.insert_one(keyed()).await;
@@ -914,9 +843,7 @@ pub async fn restart_preserves_everything<H: Harness>(h: H) {
         ..QueueConfigure::new(c.now, q("q"))
     };
     c.configure(custom).await.unwrap();
-    c.configure(QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, q("paused")) })
-        .await
-        .unwrap();
+    c.configure(QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, q("paused")) }).await.unwrap();
     c.insert_one(new_job("paused", "waits")).await;
 
     let rich = NewJob {
@@ -971,11 +898,7 @@ pub async fn restart_preserves_everything<H: Harness>(h: H) {
 
     // Everything keeps working.
     c.advance(10);
-    assert_eq!(
-        c.complete(rich_id, l_rich.lease).await.unwrap().state,
-        JobState::Completed,
-        "a live lease survives"
-    );
+    assert_eq!(c.complete(rich_id, l_rich.lease).await.unwrap().state, JobState::Completed, "a live lease survives");
     assert!(c.heartbeat(hb, l_hb.lease, None).await.is_ok());
     let dup = c.insert(vec![rich]).await;
     assert_eq!((dup[0].id, dup[0].duplicate), (rich_id, true));
@@ -1017,11 +940,7 @@ pub async fn lease_validation_changes_nothing<H: Harness>(h: H) {
     }
     c.assert_unchanged(&snap, "after invalid leases").await;
     let l = c.lease(&["q"], Limits::LEASE_JOBS_MAX).await;
-    assert_eq!(
-        (ids_of(&l), l[0].attempt),
-        (vec![id], 1),
-        "limits are inclusive and nothing was leased before"
-    );
+    assert_eq!((ids_of(&l), l[0].attempt), (vec![id], 1), "limits are inclusive and nothing was leased before");
 }
 
 type ExtendBreaker = fn(&mut LeaseExtend);
@@ -1040,14 +959,8 @@ pub async fn lease_extend_validation_changes_nothing<H: Harness>(h: H) {
         ("checkpoint", |p| p.checkpoint = Some(Payload::new(vec![b'c'; Limits::CHECKPOINT_BYTES_MAX + 1]))),
     ];
     for (field, breaker) in cases {
-        let mut p = LeaseExtend {
-            now: c.now,
-            job: id,
-            lease: l.lease,
-            extend_ms: None,
-            progress: None,
-            checkpoint: None,
-        };
+        let mut p =
+            LeaseExtend { now: c.now, job: id, lease: l.lease, extend_ms: None, progress: None, checkpoint: None };
         breaker(&mut p);
         assert_invalid(c.store().lease_extend(p).await, field);
     }
@@ -1069,12 +982,9 @@ pub async fn ack_validation_changes_nothing<H: Harness>(h: H) {
     c.insert(vec![new_job("q", "a"), new_job("q", "b")]).await;
     let l = c.lease(&["q"], 2).await;
     let snap = c.snapshot().await;
-    let complete =
-        |i: usize| Ack { job: l[i].id, lease: l[i].lease, outcome: AckOutcome::Complete { result: None } };
+    let complete = |i: usize| Ack { job: l[i].id, lease: l[i].lease, outcome: AckOutcome::Complete { result: None } };
     let big_result = Ack {
-        outcome: AckOutcome::Complete {
-            result: Some(Payload::new(vec![b'r'; Limits::RESULT_BYTES_MAX + 1])),
-        },
+        outcome: AckOutcome::Complete { result: Some(Payload::new(vec![b'r'; Limits::RESULT_BYTES_MAX + 1])) },
         ..complete(1)
     };
     let long_retry = Ack {

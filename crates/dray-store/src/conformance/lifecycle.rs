@@ -2,14 +2,14 @@
 //! and cancel. Each test opens its own store and drives it with an explicit clock.
 
 use dray_core::{
-    Backoff, DeadReason, Event, FencingToken, HistoryEntry, HistoryKind, JobId, JobState, Limits, NewJob,
-    Payload, Rejection, Timestamp, WorkerId,
+    Backoff, DeadReason, Event, FencingToken, HistoryEntry, HistoryKind, JobId, JobState, Limits, NewJob, Payload,
+    Rejection, Timestamp, WorkerId,
 };
 
 use super::{
     BACKOFF_1MS, Ctx, Harness, T0, after, assert_counts, assert_invalid, assert_job_eq, assert_not_found,
-    assert_rejected, before, default_config, entries_of, expected_inserted, ids_of, kinds_unpromoted,
-    new_job, other_lease, payload, q,
+    assert_rejected, before, default_config, entries_of, expected_inserted, ids_of, kinds_unpromoted, new_job,
+    other_lease, payload, q,
 };
 use crate::{Ack, AckOutcome, Acked, Error, JobFilter, LeaseExtend, Store};
 
@@ -48,11 +48,7 @@ pub async fn insert_one_job<H: Harness>(h: H) {
 
     let stats = c.stats("emails").await;
     assert_counts(&stats, &[(JobState::Available, 1)]);
-    assert_eq!(
-        stats.config,
-        default_config("emails"),
-        "a queue created by its first job has the default policy"
-    );
+    assert_eq!(stats.config, default_config("emails"), "a queue created by its first job has the default policy");
     assert_eq!(stats.oldest_dead_at, None);
     assert_eq!(c.list_ids(JobFilter::default()).await, vec![id]);
     assert_eq!(c.try_get(JobId(id.0.wrapping_add(1_000))).await, None, "job_get of an unknown id is None");
@@ -94,11 +90,7 @@ pub async fn insert_scheduled_by_run_at<H: Harness>(h: H) {
     let id = inserted[0].id;
     let job = c.get(id).await;
     assert_eq!(job.status.run_at, run_at);
-    assert_eq!(
-        job.history[0].run_at,
-        Some(run_at),
-        "the Enqueued entry of a scheduled job says when it is due"
-    );
+    assert_eq!(job.history[0].run_at, Some(run_at), "the Enqueued entry of a scheduled job says when it is due");
     assert_job_eq(&job, &expected_inserted(&new, id, c.now), "after insert");
     assert_counts(&c.stats("q").await, &[(JobState::Scheduled, 1)]);
 
@@ -174,9 +166,7 @@ fn invalid_jobs() -> Vec<(&'static str, Breaker)> {
             j.delay_ms = Some(1);
         }),
         ("idempotency_key", |j, _| j.idempotency_key = Some("".into())),
-        ("idempotency_key", |j, _| {
-            j.idempotency_key = Some("k".repeat(Limits::IDEMPOTENCY_KEY_BYTES_MAX + 1).into())
-        }),
+        ("idempotency_key", |j, _| j.idempotency_key = Some("k".repeat(Limits::IDEMPOTENCY_KEY_BYTES_MAX + 1).into())),
         ("tags", |j, _| j.tags = (0..=Limits::TAGS_PER_JOB_MAX).map(|i| format!("t{i}").into()).collect()),
         ("tags", |j, _| j.tags = vec!["a b".into()]),
         ("traceparent", |j, _| j.traceparent = Some("not-a-traceparent".into())),
@@ -569,11 +559,7 @@ pub async fn lease_ids_never_repeat_across_restart<H: Harness>(h: H) {
     }
     let snap = c.snapshot().await;
     for o in &old {
-        assert_rejected(
-            c.complete(o.id, o.lease).await,
-            o.id,
-            Rejection::StaleLease { state: JobState::Running },
-        );
+        assert_rejected(c.complete(o.id, o.lease).await, o.id, Rejection::StaleLease { state: JobState::Running });
     }
     c.assert_unchanged(&snap, "after the zombies' acks").await;
 }
@@ -582,8 +568,7 @@ pub async fn lease_ids_never_repeat_across_restart<H: Harness>(h: H) {
 /// delivered again with the next attempt and a larger token.
 pub async fn lease_invisible_until_deadline<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id =
-        c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id = c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let l1 = c.lease_one("q", id).await;
     c.worker = WorkerId::new("worker-2").unwrap();
     c.set_now(before(l1.deadline, 1));
@@ -596,8 +581,7 @@ pub async fn lease_invisible_until_deadline<H: Harness>(h: H) {
     assert!(l2.token > l1.token);
     assert_ne!(l2.lease, l1.lease);
     let job = c.get(id).await;
-    let workers: Vec<_> =
-        entries_of(&job, HistoryKind::Leased).iter().map(|e| e.worker.clone().unwrap()).collect();
+    let workers: Vec<_> = entries_of(&job, HistoryKind::Leased).iter().map(|e| e.worker.clone().unwrap()).collect();
     assert_eq!(workers, [WorkerId::new("worker-1").unwrap(), WorkerId::new("worker-2").unwrap()]);
 }
 
@@ -658,12 +642,8 @@ pub async fn heartbeat_extends_deadline<H: Harness>(h: H) {
         .await
         .unwrap();
     assert_eq!(r, crate::LeaseExtended { deadline: T0.add_ms(19_000), cancel_requested: false });
-    let event = Event::Heartbeat {
-        lease: l.lease,
-        extend_ms: None,
-        progress: Some(progress.clone()),
-        checkpoint: None,
-    };
+    let event =
+        Event::Heartbeat { lease: l.lease, extend_ms: None, progress: Some(progress.clone()), checkpoint: None };
     let job = c.get(id).await;
     assert_job_eq(&job, &after(&prev, event, c.now), "after heartbeat");
     assert_eq!(job.history.len(), prev.history.len(), "a heartbeat adds no history");
@@ -690,17 +670,9 @@ pub async fn heartbeat_after_deadline_rejected<H: Harness>(h: H) {
     let l = c.lease_one("q", id).await;
     let snap = c.snapshot().await;
     c.set_now(l.deadline);
-    assert_rejected(
-        c.heartbeat(id, l.lease, None).await,
-        id,
-        Rejection::LeaseExpired { deadline: l.deadline },
-    );
+    assert_rejected(c.heartbeat(id, l.lease, None).await, id, Rejection::LeaseExpired { deadline: l.deadline });
     c.advance(60_000);
-    assert_rejected(
-        c.heartbeat(id, l.lease, Some(10_000)).await,
-        id,
-        Rejection::LeaseExpired { deadline: l.deadline },
-    );
+    assert_rejected(c.heartbeat(id, l.lease, Some(10_000)).await, id, Rejection::LeaseExpired { deadline: l.deadline });
     c.assert_unchanged(&snap, "after late heartbeats").await;
 }
 
@@ -722,11 +694,7 @@ pub async fn heartbeat_wrong_lease_rejected<H: Harness>(h: H) {
     c.assert_unchanged(&snap, "after rejected heartbeats").await;
 
     c.complete(id, l.lease).await.unwrap();
-    assert_rejected(
-        c.heartbeat(id, l.lease, None).await,
-        id,
-        Rejection::StaleLease { state: JobState::Completed },
-    );
+    assert_rejected(c.heartbeat(id, l.lease, None).await, id, Rejection::StaleLease { state: JobState::Completed });
 }
 
 /// After `job_cancel` on a running job, the next heartbeat says `cancel_requested` (and still
@@ -770,25 +738,14 @@ pub async fn heartbeat_checkpoint_goes_to_next_attempt<H: Harness>(h: H) {
         .unwrap();
     assert_eq!(c.get(id).await.status.checkpoint, Some(c1.clone()));
     c.heartbeat(id, l1.lease, None).await.unwrap();
-    assert_eq!(
-        c.get(id).await.status.checkpoint,
-        Some(c1.clone()),
-        "a heartbeat without a checkpoint keeps it"
-    );
+    assert_eq!(c.get(id).await.status.checkpoint, Some(c1.clone()), "a heartbeat without a checkpoint keeps it");
 
     c.fail(id, l1.lease, "boom", true, Some(0)).await.unwrap();
     let l2 = c.lease_one("q", id).await;
-    assert_eq!(
-        (l2.attempt, l2.checkpoint.clone()),
-        (2, Some(c1.clone())),
-        "the next attempt gets the checkpoint"
-    );
+    assert_eq!((l2.attempt, l2.checkpoint.clone()), (2, Some(c1.clone())), "the next attempt gets the checkpoint");
 
     let c2 = payload(r#"{"page":2}"#);
-    c.store()
-        .lease_extend(LeaseExtend { checkpoint: Some(c2.clone()), ..extend(id, l2.lease, c.now) })
-        .await
-        .unwrap();
+    c.store().lease_extend(LeaseExtend { checkpoint: Some(c2.clone()), ..extend(id, l2.lease, c.now) }).await.unwrap();
     c.set_now(c.get(id).await.status.lease.unwrap().deadline);
     assert_eq!(c.expire().await, 1);
     c.restart().await;
@@ -873,8 +830,7 @@ pub async fn ack_after_deadline_rejected<H: Harness>(h: H) {
 /// heartbeat, completion and failure; the new holder's lease is unaffected.
 pub async fn stale_worker_rejected_after_release<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id =
-        c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id = c.insert_one(NewJob { lease_ms: Some(5_000), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let old = c.lease_one("q", id).await;
     c.set_now(old.deadline);
     assert_eq!(c.expire().await, 1);
@@ -903,8 +859,7 @@ pub async fn stale_worker_rejected_after_release<H: Harness>(h: H) {
 /// of the same job in one call sees the first one's result.
 pub async fn ack_batch_mixed<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    c.insert((0..3).map(|i| NewJob { attempts_max: Some(3), ..new_job("q", &i.to_string()) }).collect())
-        .await;
+    c.insert((0..3).map(|i| NewJob { attempts_max: Some(3), ..new_job("q", &i.to_string()) }).collect()).await;
     let l = c.lease(&["q"], 3).await;
     let (a, b, d) = (&l[0], &l[1], &l[2]);
     let unknown = JobId(d.id.0.wrapping_add(1_000));
@@ -934,11 +889,7 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
     assert_eq!(c.get(d.id).await.state(), JobState::Retrying);
     let bj = c.get(b.id).await;
     assert_eq!(bj.state(), JobState::Running);
-    assert_eq!(
-        bj.status.lease.as_ref().map(|l| l.id),
-        Some(b.lease),
-        "a rejected ack leaves the lease alone"
-    );
+    assert_eq!(bj.status.lease.as_ref().map(|l| l.id), Some(b.lease), "a rejected ack leaves the lease alone");
     assert_eq!(kinds_unpromoted(&bj), [HistoryKind::Enqueued, HistoryKind::Leased]);
     assert_eq!(c.complete(b.id, b.lease).await.unwrap().state, JobState::Completed);
     assert_counts(&c.stats("q").await, &[(JobState::Completed, 2), (JobState::Retrying, 1)]);
@@ -954,8 +905,7 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
 pub async fn fail_retryable_backoff_window<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let backoff = Backoff { base_ms: 10_000, factor: 2.0, cap_ms: 1_000_000 };
-    let id =
-        c.insert_one(NewJob { attempts_max: Some(5), backoff: Some(backoff), ..new_job("q", "x") }).await;
+    let id = c.insert_one(NewJob { attempts_max: Some(5), backoff: Some(backoff), ..new_job("q", "x") }).await;
 
     for attempt in 1..=2u32 {
         let l = c.lease_one("q", id).await;
@@ -1097,8 +1047,7 @@ pub async fn fail_long_error_truncated<H: Harness>(h: H) {
 /// `Leased` entries and each attempt's error in history.
 pub async fn fail_attempts_exhausted_dead<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
-    let id =
-        c.insert_one(NewJob { attempts_max: Some(3), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
+    let id = c.insert_one(NewJob { attempts_max: Some(3), backoff: Some(BACKOFF_1MS), ..new_job("q", "x") }).await;
     let mut tokens = Vec::new();
     for attempt in 1..=3u32 {
         let l = c.lease_when_due("q", id, 1).await;
@@ -1226,8 +1175,7 @@ pub async fn poison_job_dead_after_attempts_max<H: Harness>(h: H) {
     let job = c.get(id).await;
     assert_eq!((job.state(), job.status.dead_reason), (JobState::Dead, Some(DeadReason::LeaseExpired)));
     assert_eq!(entries_of(&job, HistoryKind::Leased).len(), 4);
-    let expired: Vec<_> =
-        entries_of(&job, HistoryKind::Expired).iter().map(|e| (e.attempt, e.token)).collect();
+    let expired: Vec<_> = entries_of(&job, HistoryKind::Expired).iter().map(|e| (e.attempt, e.token)).collect();
     assert_eq!(expired, (1..=4).zip(tokens.iter().map(|t| Some(*t))).collect::<Vec<_>>());
     c.advance(10_000);
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
@@ -1254,10 +1202,7 @@ pub async fn cancel_waiting_jobs<H: Harness>(h: H) {
         assert_job_eq(&job, &after(&prev, Event::Cancel, c.now), "after cancel");
         assert_eq!(job.status.finished_at, Some(c.now));
         let last = job.history.last().unwrap();
-        assert_eq!(
-            (last.kind, last.state, last.attempt),
-            (HistoryKind::Cancelled, JobState::Cancelled, attempt)
-        );
+        assert_eq!((last.kind, last.state, last.attempt), (HistoryKind::Cancelled, JobState::Cancelled, attempt));
     }
     let snap = c.snapshot().await;
     c.advance(10);
@@ -1294,10 +1239,7 @@ pub async fn cancel_running_then_fail<H: Harness>(h: H) {
     assert_eq!(job.state(), JobState::Cancelled);
     assert_eq!(job.status.finished_at, Some(c.now));
     let last = job.history.last().unwrap();
-    assert_eq!(
-        (last.kind, last.state, last.token),
-        (HistoryKind::Failed, JobState::Cancelled, Some(l.token))
-    );
+    assert_eq!((last.kind, last.state, last.token), (HistoryKind::Failed, JobState::Cancelled, Some(l.token)));
     c.advance(3_600_000);
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
     assert_counts(&c.stats("q").await, &[(JobState::Cancelled, 1)]);
@@ -1314,10 +1256,7 @@ pub async fn cancel_running_then_expire<H: Harness>(h: H) {
     let job = c.get(id).await;
     assert_eq!((job.state(), job.status.dead_reason), (JobState::Cancelled, None));
     let last = job.history.last().unwrap();
-    assert_eq!(
-        (last.kind, last.state, last.token),
-        (HistoryKind::Expired, JobState::Cancelled, Some(l.token))
-    );
+    assert_eq!((last.kind, last.state, last.token), (HistoryKind::Expired, JobState::Cancelled, Some(l.token)));
     assert_counts(&c.stats("q").await, &[(JobState::Cancelled, 1)]);
 }
 

@@ -21,16 +21,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use dray_core::{
-    Backoff, DeadReason, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, NewJob, Payload,
-    QueueName, Rejection, Timestamp, WorkerId,
+    Backoff, DeadReason, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, NewJob, Payload, QueueName,
+    Rejection, Timestamp, WorkerId,
 };
 
-use super::{
-    Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q,
-};
+use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q};
 use crate::{
-    Ack, AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter,
-    LeaseExtended, QueueConfigure, Store,
+    Ack, AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter, LeaseExtended,
+    QueueConfigure, Store,
 };
 
 const CASES_DEFAULT: u64 = 64;
@@ -148,13 +146,7 @@ impl MJob {
     }
 
     /// Ends the current attempt in `state` (the lease goes to the old ones).
-    fn end_attempt(
-        &mut self,
-        now: Timestamp,
-        kind: HistoryKind,
-        state: JobState,
-        dead_reason: Option<DeadReason>,
-    ) {
+    fn end_attempt(&mut self, now: Timestamp, kind: HistoryKind, state: JobState, dead_reason: Option<DeadReason>) {
         let lease = self.lease.take().expect("a running job holds a lease");
         self.old_leases.push(lease.id);
         self.state = state;
@@ -399,11 +391,7 @@ impl<H: Harness> Sim<H> {
             Some((existing, existing_body)) if existing_body == body => {
                 let state = self.jobs[self.idx(existing)].state;
                 let ins = r.unwrap_or_else(|e| panic!("a duplicate insert failed: {e:?}"));
-                assert_eq!(
-                    ins,
-                    vec![Inserted { id: existing, state, duplicate: true }],
-                    "duplicate of job {existing}"
-                );
+                assert_eq!(ins, vec![Inserted { id: existing, state, duplicate: true }], "duplicate of job {existing}");
                 self.count("duplicates", 1);
             }
             Some((existing, _)) => {
@@ -461,8 +449,7 @@ impl<H: Harness> Sim<H> {
             _ => vec![0, 1],
         };
         let count_max = self.rng.range(1, 3) as usize;
-        let lease_ms =
-            if self.rng.chance(30) { Some(self.rng.pick(&[1_000u64, 2_500, 5_000])) } else { None };
+        let lease_ms = if self.rng.chance(30) { Some(self.rng.pick(&[1_000u64, 2_500, 5_000])) } else { None };
         let worker = WorkerId::new(&format!("w{}", self.rng.below(3))).unwrap();
         let now = self.c.now;
 
@@ -513,12 +500,7 @@ impl<H: Harness> Sim<H> {
             assert!(m.run_at <= now, "job {} leased before its run time", m.id);
             assert_eq!(l.queue, self.queues[m.queue]);
             assert_eq!(l.priority, m.priority);
-            assert_eq!(
-                (l.attempt, l.attempts_max),
-                (m.attempt + 1, m.attempts_max),
-                "attempt of job {}",
-                m.id
-            );
+            assert_eq!((l.attempt, l.attempts_max), (m.attempt + 1, m.attempts_max), "attempt of job {}", m.id);
             assert_eq!(l.deadline, now.add_ms(lease_ms.unwrap_or(m.lease_ms)), "deadline of job {}", m.id);
             assert_eq!(l.checkpoint, m.checkpoint, "checkpoint handed to job {}", m.id);
             m.state = JobState::Running;
@@ -546,8 +528,7 @@ impl<H: Harness> Sim<H> {
     /// Jobs a worker could ack or heartbeat: mostly running ones, sometimes any job that was ever
     /// leased (to present stale leases).
     fn jobs_with_leases(&mut self) -> Vec<usize> {
-        let running: Vec<usize> =
-            (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Running).collect();
+        let running: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Running).collect();
         if !running.is_empty() && self.rng.chance(80) {
             return running;
         }
@@ -561,15 +542,12 @@ impl<H: Harness> Sim<H> {
         }
         let i = candidates[self.rng.below(candidates.len() as u64) as usize];
         let lease = self.choose_lease(i);
-        let extend_ms =
-            if self.rng.chance(50) { None } else { Some(self.rng.pick(&[1_000u64, 2_000, 4_000])) };
+        let extend_ms = if self.rng.chance(50) { None } else { Some(self.rng.pick(&[1_000u64, 2_000, 4_000])) };
         self.serial += 1;
         let checkpoint = self.rng.chance(30).then(|| payload(&format!("cp-{}", self.serial)));
         let now = self.c.now;
         let id = self.jobs[i].id;
-        self.op(format!(
-            "heartbeat job {id} lease {lease} extend_ms {extend_ms:?} checkpoint {checkpoint:?}"
-        ));
+        self.op(format!("heartbeat job {id} lease {lease} extend_ms {extend_ms:?} checkpoint {checkpoint:?}"));
         let r = self
             .c
             .store()
@@ -587,8 +565,7 @@ impl<H: Harness> Sim<H> {
         match m.check_lease(lease, now) {
             Ok(_) => {
                 let deadline = now.add_ms(extend_ms.unwrap_or(m.lease_ms));
-                let got =
-                    r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
+                let got = r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
                 assert_eq!(got, LeaseExtended { deadline, cancel_requested: m.cancel_requested });
                 m.lease.as_mut().unwrap().deadline = deadline;
                 *self.tally.entry("heartbeats accepted").or_default() += 1;
@@ -654,19 +631,12 @@ impl<H: Harness> Sim<H> {
                     self.completed.push(m.id);
                 }
                 AckOutcome::Fail { retryable, retry_after_ms, .. } => {
-                    let (state, reason, window) =
-                        m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
+                    let (state, reason, window) = m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
                     assert_eq!(acked.state, state, "state of job {} after failure", m.id);
                     match window {
                         Some((lo, hi)) => {
-                            let at = acked
-                                .retry_at
-                                .unwrap_or_else(|| panic!("retrying job {} without retry_at", m.id));
-                            assert!(
-                                at >= lo && at <= hi,
-                                "job {} retries at {at}, outside [{lo}, {hi}]",
-                                m.id
-                            );
+                            let at = acked.retry_at.unwrap_or_else(|| panic!("retrying job {} without retry_at", m.id));
+                            assert!(at >= lo && at <= hi, "job {} retries at {at}, outside [{lo}, {hi}]", m.id);
                             m.run_at = at;
                         }
                         None => assert_eq!(acked.retry_at, None),
@@ -759,8 +729,7 @@ impl<H: Harness> Sim<H> {
     /// Some of this case's dead jobs, by ids or by a queue filter with a limit (oldest first), and
     /// the ids the store should act on. `None` when no job is dead.
     fn dead_selection(&mut self) -> Option<(DeadSelection, Vec<JobId>)> {
-        let dead: Vec<usize> =
-            (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Dead).collect();
+        let dead: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].state == JobState::Dead).collect();
         if dead.is_empty() {
             return None;
         }
@@ -775,12 +744,8 @@ impl<H: Harness> Sim<H> {
         } else {
             let qi = self.rng.below(2) as usize;
             let limit = self.rng.range(1, 3) as usize;
-            let ids: Vec<JobId> = dead
-                .iter()
-                .filter(|&&i| self.jobs[i].queue == qi)
-                .take(limit)
-                .map(|&i| self.jobs[i].id)
-                .collect();
+            let ids: Vec<JobId> =
+                dead.iter().filter(|&&i| self.jobs[i].queue == qi).take(limit).map(|&i| self.jobs[i].id).collect();
             let filter = JobFilter { queue: Some(self.queues[qi].clone()), ..JobFilter::default() };
             (DeadSelection::Filter { filter, limit }, ids)
         };
@@ -868,14 +833,12 @@ impl<H: Harness> Sim<H> {
         for m in &self.jobs {
             before.push(self.c.get(m.id).await);
         }
-        let stats_before =
-            [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        let stats_before = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
         self.c.restart().await;
         for b in &before {
             assert_job_eq(&self.c.get(b.id).await, b, "after restart");
         }
-        let stats_after =
-            [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
+        let stats_after = [self.c.stats(self.queues[0].as_str()).await, self.c.stats(self.queues[1].as_str()).await];
         assert_eq!(stats_after, stats_before, "queue stats after restart");
     }
 
@@ -883,10 +846,7 @@ impl<H: Harness> Sim<H> {
         let qi = self.rng.below(2) as usize;
         let paused = !self.paused[qi];
         self.op(format!("queue {} paused = {paused}", self.queues[qi]));
-        let p = QueueConfigure {
-            paused: Some(paused),
-            ..QueueConfigure::new(self.c.now, self.queues[qi].clone())
-        };
+        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
         let config = self.c.configure(p).await.unwrap();
         assert_eq!(config.paused, paused);
         self.paused[qi] = paused;
@@ -926,10 +886,7 @@ impl<H: Harness> Sim<H> {
     }
 
     async fn pause_toggle_to(&mut self, qi: usize, paused: bool) {
-        let p = QueueConfigure {
-            paused: Some(paused),
-            ..QueueConfigure::new(self.c.now, self.queues[qi].clone())
-        };
+        let p = QueueConfigure { paused: Some(paused), ..QueueConfigure::new(self.c.now, self.queues[qi].clone()) };
         self.c.configure(p).await.unwrap();
         self.paused[qi] = paused;
     }
@@ -981,11 +938,7 @@ fn check_job(m: &MJob, job: &Job, now: Timestamp) {
         }
         (got, want) => panic!("lease of job {id}: got {got:?}, the model expects {want:?}"),
     }
-    assert_eq!(
-        job.status.lease.is_some(),
-        m.state == JobState::Running,
-        "a job holds a lease exactly while running"
-    );
+    assert_eq!(job.status.lease.is_some(), m.state == JobState::Running, "a job holds a lease exactly while running");
     assert_eq!(job.status.cancel_requested, m.cancel_requested, "cancel_requested of job {id}");
     assert_eq!(job.status.dead_reason, m.dead_reason, "dead_reason of job {id}");
     assert_eq!(job.status.finished_at, m.finished_at, "finished_at of job {id}");

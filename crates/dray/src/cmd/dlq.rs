@@ -15,11 +15,7 @@ const REQUEST_JOBS_MAX: usize = 1_000;
 /// Ids shown in the human summary; `--json` has them all.
 const IDS_SHOWN_MAX: usize = 20;
 
-pub async fn run(
-    client: &dray_client::Client,
-    command: DlqCommand,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn run(client: &dray_client::Client, command: DlqCommand, json: bool) -> anyhow::Result<()> {
     match command {
         DlqCommand::List(args) => {
             let query = JobQuery {
@@ -75,12 +71,7 @@ impl Action {
     }
 }
 
-async fn act(
-    client: &dray_client::Client,
-    action: Action,
-    args: DeadActionArgs,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn act(client: &dray_client::Client, action: Action, args: DeadActionArgs, json: bool) -> anyhow::Result<()> {
     let dry_run = args.dry_run;
     let rate = if dry_run { None } else { args.rate };
     let mut limit_reached = false;
@@ -107,33 +98,18 @@ async fn act(
     if json {
         return output::json(&response);
     }
-    let mut shown: Vec<String> = response
-        .ids
-        .iter()
-        .take(IDS_SHOWN_MAX)
-        .map(ToString::to_string)
-        .collect();
+    let mut shown: Vec<String> = response.ids.iter().take(IDS_SHOWN_MAX).map(ToString::to_string).collect();
     if response.ids.len() > IDS_SHOWN_MAX {
         shown.push(format!("… ({} more)", response.ids.len() - IDS_SHOWN_MAX));
     }
-    let ids = if shown.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", shown.join(", "))
-    };
+    let ids = if shown.is_empty() { String::new() } else { format!(": {}", shown.join(", ")) };
     if dry_run {
-        println!(
-            "would {} {} (dry run){ids}",
-            action.verb(),
-            output::jobs(response.count)
-        );
+        println!("would {} {} (dry run){ids}", action.verb(), output::jobs(response.count));
     } else {
         println!("{} {}{ids}", action.past(), output::jobs(response.count));
     }
     if limit_reached {
-        println!(
-            "the limit was reached: more dead jobs may match (--limit, or --rate to go through all)"
-        );
+        println!("the limit was reached: more dead jobs may match (--limit, or --rate to go through all)");
     }
     Ok(())
 }
@@ -161,31 +137,18 @@ async fn by_ids(
         Some(_) => output::progress(Some(ids.len() as u64), output::Unit::Jobs),
         None => indicatif::ProgressBar::hidden(),
     };
-    let mut done = DeadActionResponse {
-        ids: Vec::with_capacity(ids.len()),
-        count: 0,
-        dry_run,
-    };
+    let mut done = DeadActionResponse { ids: Vec::with_capacity(ids.len()), count: 0, dry_run };
     for chunk in ids.chunks(chunk_len) {
         if let Some(pace) = &mut pace {
             pace.tick().await;
         }
-        let body = DeadAction {
-            ids: Some(chunk.to_vec()),
-            dry_run,
-            ..DeadAction::default()
-        };
+        let body = DeadAction { ids: Some(chunk.to_vec()), dry_run, ..DeadAction::default() };
         let response = match action.call(client, body).await {
             Ok(response) => response,
             Err(err) => {
                 bar.abandon();
                 return Err(err).with_context(|| {
-                    format!(
-                        "{} of {} jobs {} before this error",
-                        done.count,
-                        ids.len(),
-                        action.past()
-                    )
+                    format!("{} of {} jobs {} before this error", done.count, ids.len(), action.past())
                 });
             }
         };
@@ -198,10 +161,7 @@ async fn by_ids(
 }
 
 /// The ids of the dead jobs matching the filter of `args`, up to its `--limit`.
-async fn list_dead(
-    client: &dray_client::Client,
-    args: &DeadActionArgs,
-) -> anyhow::Result<Vec<u64>> {
+async fn list_dead(client: &dray_client::Client, args: &DeadActionArgs) -> anyhow::Result<Vec<u64>> {
     let limit = args.limit.unwrap_or(usize::MAX);
     let mut ids = Vec::new();
     let mut after = None;
@@ -213,10 +173,7 @@ async fn list_dead(
             limit: Some((limit - ids.len()).min(REQUEST_JOBS_MAX)),
             ..JobQuery::default()
         };
-        let page = client
-            .dead(query)
-            .await
-            .context("listing the dead jobs to act on")?;
+        let page = client.dead(query).await.context("listing the dead jobs to act on")?;
         ids.extend(page.jobs.iter().map(|job| job.id));
         match page.next {
             Some(next) => after = Some(next),

@@ -20,27 +20,18 @@ const BATCH_JOBS_MAX: usize = 1_000;
 /// Payload bytes per batch request: well under the server's 16 MiB request limit, envelope included.
 const BATCH_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-pub async fn run(
-    client: &dray_client::Client,
-    args: EnqueueArgs,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) -> anyhow::Result<()> {
     if let Some(path) = args.jsonl.clone() {
         return run_jsonl(client, &args, &path, json).await;
     }
     let payload = match (&args.payload, &args.payload_file) {
         (Some(text), _) => parse_payload(text.clone()).map_err(|err| {
-            Failure::invalid("Invalid payload", format!("--payload is not JSON: {err}"))
-                .field("payload")
+            Failure::invalid("Invalid payload", format!("--payload is not JSON: {err}")).field("payload")
         })?,
         (None, Some(path)) => {
             let text = read_file_or_stdin(path)?;
             parse_payload(text).map_err(|err| {
-                Failure::invalid(
-                    "Invalid payload",
-                    format!("{} is not JSON: {err}", path.display()),
-                )
-                .field("payload")
+                Failure::invalid("Invalid payload", format!("{} is not JSON: {err}", path.display())).field("payload")
             })?
         }
         (None, None) => RawValue::from_string("{}".to_owned()).expect("valid JSON"),
@@ -51,11 +42,7 @@ pub async fn run(
         return output::json(&enqueued);
     }
     if enqueued.duplicate {
-        println!(
-            "job {} already exists for this idempotency key ({})",
-            enqueued.id,
-            word(&enqueued.state)
-        );
+        println!("job {} already exists for this idempotency key ({})", enqueued.id, word(&enqueued.state));
     } else {
         println!("enqueued job {} ({})", enqueued.id, word(&enqueued.state));
     }
@@ -64,19 +51,13 @@ pub async fn run(
 
 fn parse_payload(text: String) -> Result<Json, serde_json::Error> {
     let trimmed = text.trim();
-    if trimmed.len() == text.len() {
-        RawValue::from_string(text)
-    } else {
-        RawValue::from_string(trimmed.to_owned())
-    }
+    if trimmed.len() == text.len() { RawValue::from_string(text) } else { RawValue::from_string(trimmed.to_owned()) }
 }
 
 fn read_file_or_stdin(path: &Path) -> anyhow::Result<String> {
     let mut text = String::new();
     if path == Path::new("-") {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the payload from stdin")?;
+        std::io::stdin().read_to_string(&mut text).context("reading the payload from stdin")?;
     } else {
         File::open(path)
             .and_then(|mut file| file.read_to_string(&mut text))
@@ -121,12 +102,7 @@ struct Batch {
     payload_bytes: usize,
 }
 
-async fn run_jsonl(
-    client: &dray_client::Client,
-    args: &EnqueueArgs,
-    path: &Path,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn run_jsonl(client: &dray_client::Client, args: &EnqueueArgs, path: &Path, json: bool) -> anyhow::Result<()> {
     let (mut reader, bytes_len): (Box<dyn BufRead>, Option<u64>) = if path == Path::new("-") {
         (Box::new(std::io::stdin().lock()), None)
     } else {
@@ -139,11 +115,7 @@ async fn run_jsonl(
         Some(len) => output::progress(Some(len), output::Unit::Bytes),
         None => output::progress(None, output::Unit::Jobs),
     };
-    let mut summary = JsonlSummary {
-        enqueued: 0,
-        duplicates: 0,
-        ids: Vec::new(),
-    };
+    let mut summary = JsonlSummary { enqueued: 0, duplicates: 0, ids: Vec::new() };
     let mut batch = Batch::default();
     let mut line = String::new();
     let mut line_number: u64 = 0;
@@ -174,9 +146,7 @@ async fn run_jsonl(
             Ok(payload) => payload,
             Err(err) => {
                 bar.abandon();
-                return Err(
-                    bad_line(line_number, &format!("not JSON: {err}"), &summary, &batch).into(),
-                );
+                return Err(bad_line(line_number, &format!("not JSON: {err}"), &summary, &batch).into());
             }
         };
         batch.payload_bytes += text.len();
@@ -187,11 +157,7 @@ async fn run_jsonl(
                 bar.abandon();
                 return Err(err);
             }
-            bar.set_position(if bytes_len.is_some() {
-                bytes_read
-            } else {
-                summary.ids.len() as u64
-            });
+            bar.set_position(if bytes_len.is_some() { bytes_read } else { summary.ids.len() as u64 });
             bar.set_message(format!("{} enqueued", output::jobs(summary.ids.len())));
         }
     }
@@ -231,11 +197,7 @@ fn bad_line(line_number: u64, what: &str, summary: &JsonlSummary, batch: &Batch)
     .field(format!("line {line_number}"))
 }
 
-async fn send(
-    client: &dray_client::Client,
-    batch: Batch,
-    summary: &mut JsonlSummary,
-) -> anyhow::Result<()> {
+async fn send(client: &dray_client::Client, batch: Batch, summary: &mut JsonlSummary) -> anyhow::Result<()> {
     let first = batch.lines.first().copied().unwrap_or(0);
     let last = batch.lines.last().copied().unwrap_or(0);
     let enqueued_before = summary.ids.len();

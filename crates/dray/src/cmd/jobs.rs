@@ -5,11 +5,7 @@ use dray_api::{Job, JobPage, JobQuery, JobSummary};
 use crate::cli::{JobsCommand, JobsListArgs};
 use crate::output;
 
-pub async fn run(
-    client: &dray_client::Client,
-    command: JobsCommand,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn run(client: &dray_client::Client, command: JobsCommand, json: bool) -> anyhow::Result<()> {
     match command {
         JobsCommand::List(args) => list(client, args, json).await,
         JobsCommand::Show { id } => show(client, id, json).await,
@@ -50,16 +46,7 @@ pub fn print_page(page: &JobPage) {
         println!("no jobs");
         return;
     }
-    let mut table = output::table([
-        "ID",
-        "QUEUE",
-        "STATE",
-        "ATTEMPT",
-        "CREATED",
-        "RUN AT",
-        "TAGS",
-        "LAST ERROR",
-    ]);
+    let mut table = output::table(["ID", "QUEUE", "STATE", "ATTEMPT", "CREATED", "RUN AT", "TAGS", "LAST ERROR"]);
     for job in &page.jobs {
         table.add_row(summary_row(job));
     }
@@ -82,10 +69,7 @@ fn summary_row(job: &JobSummary) -> Vec<String> {
         output::time(&job.created_at),
         output::time(&job.run_at),
         job.tags.join(","),
-        job.last_error
-            .as_deref()
-            .map(|error| output::brief(error, 60))
-            .unwrap_or_default(),
+        job.last_error.as_deref().map(|error| output::brief(error, 60)).unwrap_or_default(),
     ]
 }
 
@@ -110,10 +94,7 @@ fn print_job(job: &Job) {
     fields.add_row(["job", &job.id.to_string()]);
     fields.add_row(["queue", &job.queue]);
     fields.add_row(["state", &state]);
-    fields.add_row([
-        "attempt",
-        &format!("{} of {}", job.attempt, job.attempts_max),
-    ]);
+    fields.add_row(["attempt", &format!("{} of {}", job.attempt, job.attempts_max)]);
     fields.add_row(["priority", &job.priority.to_string()]);
     fields.add_row(["created", &output::time(&job.created_at)]);
     fields.add_row(["run at", &output::time(&job.run_at)]);
@@ -170,22 +151,11 @@ fn print_job(job: &Job) {
 
     println!();
     if job.history_dropped > 0 {
-        println!(
-            "history ({} older entries dropped after the first):",
-            job.history_dropped
-        );
+        println!("history ({} older entries dropped after the first):", job.history_dropped);
     } else {
         println!("history:");
     }
-    let mut history = output::table([
-        "AT",
-        "EVENT",
-        "STATE",
-        "ATTEMPT",
-        "WORKER",
-        "FENCING TOKEN",
-        "ERROR",
-    ]);
+    let mut history = output::table(["AT", "EVENT", "STATE", "ATTEMPT", "WORKER", "FENCING TOKEN", "ERROR"]);
     for entry in &job.history {
         let mut event = entry.event.clone();
         if let Some(run_at) = &entry.run_at {
@@ -197,15 +167,8 @@ fn print_job(job: &Job) {
             word(&entry.state),
             entry.attempt.to_string(),
             entry.worker.clone().unwrap_or_default(),
-            entry
-                .fencing_token
-                .map(|token| token.to_string())
-                .unwrap_or_default(),
-            entry
-                .error
-                .as_deref()
-                .map(|error| output::brief(error, 200))
-                .unwrap_or_default(),
+            entry.fencing_token.map(|token| token.to_string()).unwrap_or_default(),
+            entry.error.as_deref().map(|error| output::brief(error, 200)).unwrap_or_default(),
         ]);
     }
     output::print_table(&mut history);
@@ -213,8 +176,5 @@ fn print_job(job: &Job) {
 
 /// A wire enum's word (`dead`, `lease_expired`), as the API spells it.
 pub fn word<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    serde_json::to_value(value).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default()
 }

@@ -5,11 +5,7 @@ use dray_api::{Backoff, Queue, QueueConfigure};
 use crate::cli::{QueueConfigureArgs, QueuesCommand};
 use crate::output;
 
-pub async fn run(
-    client: &dray_client::Client,
-    command: QueuesCommand,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn run(client: &dray_client::Client, command: QueuesCommand, json: bool) -> anyhow::Result<()> {
     match command {
         QueuesCommand::List => {
             let list = client.queues().await?;
@@ -59,9 +55,7 @@ pub async fn run(
             if json {
                 return output::json(&queue);
             }
-            println!(
-                "queue {name} paused: its jobs are not handed out until `dray queues resume {name}`"
-            );
+            println!("queue {name} paused: its jobs are not handed out until `dray queues resume {name}`");
             Ok(())
         }
         QueuesCommand::Resume { name } => {
@@ -81,16 +75,8 @@ pub async fn run(
 }
 
 fn configure_body(args: QueueConfigureArgs) -> QueueConfigure {
-    let backoff = match (
-        args.backoff_base_ms,
-        args.backoff_factor,
-        args.backoff_cap_ms,
-    ) {
-        (Some(base_ms), Some(factor), Some(cap_ms)) => Some(Backoff {
-            base_ms,
-            factor,
-            cap_ms,
-        }),
+    let backoff = match (args.backoff_base_ms, args.backoff_factor, args.backoff_cap_ms) {
+        (Some(base_ms), Some(factor), Some(cap_ms)) => Some(Backoff { base_ms, factor, cap_ms }),
         // Clap requires all three together.
         _ => None,
     };
@@ -124,10 +110,7 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
         ),
     ]);
     fields.add_row(["retention", &output::duration_ms(queue.retention_ms)]);
-    fields.add_row([
-        "dead retention",
-        &output::duration_ms(queue.retention_dead_ms),
-    ]);
+    fields.add_row(["dead retention", &output::duration_ms(queue.retention_dead_ms)]);
     fields.add_row(["scheduled", &counts.scheduled.to_string()]);
     fields.add_row(["available", &counts.available.to_string()]);
     fields.add_row(["running", &counts.running.to_string()]);

@@ -56,9 +56,7 @@ pub async fn run(client: dray_client::Client, args: WorkArgs) -> anyhow::Result<
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!(
-            "dray work: stopping: no new jobs, waiting for the running commands (again to kill them)"
-        );
+        eprintln!("dray work: stopping: no new jobs, waiting for the running commands (again to kill them)");
         let _ = stop_tx.send(());
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -81,19 +79,14 @@ pub async fn run(client: dray_client::Client, args: WorkArgs) -> anyhow::Result<
         })
         .await?;
     if report.jobs_handed_back > 0 {
-        eprintln!(
-            "dray work: {} jobs were still running after the grace period: handed back",
-            report.jobs_handed_back
-        );
+        eprintln!("dray work: {} jobs were still running after the grace period: handed back", report.jobs_handed_back);
     }
     Ok(())
 }
 
 fn lock(groups: &Groups) -> std::sync::MutexGuard<'_, HashSet<u32>> {
     // A panic while holding this lock cannot leave the set inconsistent: take it anyway.
-    groups
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sends `signal` to a process group with kill(1) (the workspace denies `unsafe`, so no libc).
@@ -118,11 +111,7 @@ struct Group {
 impl Group {
     fn new(groups: &Groups, id: u32) -> Group {
         lock(groups).insert(id);
-        Group {
-            groups: groups.clone(),
-            id,
-            exited: false,
-        }
+        Group { groups: groups.clone(), id, exited: false }
     }
 }
 
@@ -135,11 +124,7 @@ impl Drop for Group {
     }
 }
 
-async fn run_command(
-    ctx: JobContext,
-    exec: Arc<str>,
-    groups: Groups,
-) -> Result<Option<Value>, JobError> {
+async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<Option<Value>, JobError> {
     // The payload byte for byte as the producer sent it.
     let payload = ctx.payload_json().get().as_bytes().to_vec();
     let mut command = tokio::process::Command::new("sh");
@@ -155,13 +140,10 @@ async fn run_command(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(|err| JobError::retryable(format!("cannot start `sh -c {exec}`: {err}")))?;
+    let mut child =
+        command.spawn().map_err(|err| JobError::retryable(format!("cannot start `sh -c {exec}`: {err}")))?;
     let Some(pid) = child.id() else {
-        return Err(JobError::retryable(
-            "the command exited before it could be watched",
-        ));
+        return Err(JobError::retryable("the command exited before it could be watched"));
     };
     let mut group = Group::new(&groups, pid);
 
@@ -188,8 +170,7 @@ async fn run_command(
     };
     group.exited = true;
     writer.abort();
-    let status =
-        status.map_err(|err| JobError::retryable(format!("waiting for the command: {err}")))?;
+    let status = status.map_err(|err| JobError::retryable(format!("waiting for the command: {err}")))?;
 
     // The pipes close when every process holding them exits; a background process the command
     // left behind may hold them open. Give it a moment, then kill the group.
@@ -198,10 +179,7 @@ async fn run_command(
     let stderr = join_by(deadline, stderr, group.id).await;
     let outcome = outcome(status, stdout, stderr, ctx.id());
     match &outcome {
-        Ok(result) => tracing::info!(
-            result = result.is_some(),
-            "command succeeded: job completed"
-        ),
+        Ok(result) => tracing::info!(result = result.is_some(), "command succeeded: job completed"),
         Err(err) => tracing::info!(
             %status,
             retryable = err.is_retryable(),
@@ -214,11 +192,7 @@ async fn run_command(
 
 /// What a reading task returns, waiting for it until `deadline`; then the command's process group
 /// is killed to close the pipe, and after one more second the task is given up on.
-async fn join_by<T: Default>(
-    deadline: tokio::time::Instant,
-    mut task: tokio::task::JoinHandle<T>,
-    group: u32,
-) -> T {
+async fn join_by<T: Default>(deadline: tokio::time::Instant, mut task: tokio::task::JoinHandle<T>, group: u32) -> T {
     if let Ok(joined) = tokio::time::timeout_at(deadline, &mut task).await {
         return joined.unwrap_or_default();
     }
@@ -277,10 +251,7 @@ fn outcome(
 /// SIGTERM to the command's process group, SIGKILL after a grace period.
 async fn stop(group: u32, child: &mut tokio::process::Child) {
     signal_group(group, "TERM");
-    if tokio::time::timeout(TERM_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
         signal_group(group, "KILL");
         let _ = child.wait().await;
     }
@@ -325,11 +296,7 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, bytes_max: usize) -> Vec<
         tail.drain(..tail.len() - bytes_max);
     }
     // Do not start in the middle of a UTF-8 sequence.
-    let continuation = tail
-        .iter()
-        .take(3)
-        .take_while(|byte| (**byte & 0xC0) == 0x80)
-        .count();
+    let continuation = tail.iter().take(3).take_while(|byte| (**byte & 0xC0) == 0x80).count();
     tail.drain(..continuation);
     tail
 }
@@ -350,10 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_head_reports_truncation() {
-        assert_eq!(
-            read_head(&b"hello"[..], 10).await,
-            (b"hello".to_vec(), false)
-        );
+        assert_eq!(read_head(&b"hello"[..], 10).await, (b"hello".to_vec(), false));
         assert_eq!(read_head(&b"hello"[..], 3).await, (b"hel".to_vec(), true));
         assert_eq!(read_head(&b"hel"[..], 3).await, (b"hel".to_vec(), false));
     }
@@ -366,28 +330,15 @@ mod tests {
             outcome(ok, (br#" {"a":1} "#.to_vec(), false), Vec::new(), 1).unwrap(),
             Some(serde_json::json!({"a": 1}))
         );
-        assert_eq!(
-            outcome(ok, (b"not json".to_vec(), false), Vec::new(), 1).unwrap(),
-            None
-        );
-        assert_eq!(
-            outcome(ok, (b"{}".to_vec(), true), Vec::new(), 1).unwrap(),
-            None
-        );
+        assert_eq!(outcome(ok, (b"not json".to_vec(), false), Vec::new(), 1).unwrap(), None);
+        assert_eq!(outcome(ok, (b"{}".to_vec(), true), Vec::new(), 1).unwrap(), None);
         let failed = outcome(exit(1), (Vec::new(), false), b"boom\n".to_vec(), 1).unwrap_err();
         assert_eq!((failed.message(), failed.is_retryable()), ("boom", true));
         let fatal = outcome(exit(65), (Vec::new(), false), Vec::new(), 1).unwrap_err();
-        assert_eq!(
-            (fatal.message(), fatal.is_retryable()),
-            ("the command exited with code 65", false)
-        );
+        assert_eq!((fatal.message(), fatal.is_retryable()), ("the command exited with code 65", false));
         let tempfail = outcome(exit(75), (Vec::new(), false), Vec::new(), 1).unwrap_err();
         assert!(tempfail.is_retryable());
-        let killed =
-            outcome(ExitStatus::from_raw(9), (Vec::new(), false), Vec::new(), 1).unwrap_err();
-        assert_eq!(
-            (killed.message(), killed.is_retryable()),
-            ("the command was killed by signal 9", true)
-        );
+        let killed = outcome(ExitStatus::from_raw(9), (Vec::new(), false), Vec::new(), 1).unwrap_err();
+        assert_eq!((killed.message(), killed.is_retryable()), ("the command was killed by signal 9", true));
     }
 }

@@ -68,9 +68,7 @@ impl ServeProcess {
         if line.is_empty() {
             // Stdout closed without the address: the process is exiting.
             let status = wait_exit(&mut child, "its stdout closed");
-            return Err(format!(
-                "dray serve --listen {listen} stopped before listening: {status}"
-            ));
+            return Err(format!("dray serve --listen {listen} stopped before listening: {status}"));
         }
         let url = line
             .trim()
@@ -81,11 +79,7 @@ impl ServeProcess {
             .strip_prefix("http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("not http://IP:PORT: {url:?}"));
-        Ok(ServeProcess {
-            child: Some(child),
-            addr,
-            url,
-        })
+        Ok(ServeProcess { child: Some(child), addr, url })
     }
 
     pub fn pid(&self) -> u32 {
@@ -102,10 +96,7 @@ impl ServeProcess {
         let mut child = self.child.take().expect("running");
         signal(&child, "-KILL");
         let status = wait_exit(&mut child, "SIGKILL");
-        assert!(
-            !status.success(),
-            "SIGKILL cannot end in a clean exit: {status}"
-        );
+        assert!(!status.success(), "SIGKILL cannot end in a clean exit: {status}");
     }
 }
 
@@ -120,10 +111,7 @@ impl Drop for ServeProcess {
 
 /// `kill SIGNAL PID`, with kill(1) as an operator would.
 fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill(1) runs");
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill(1) runs");
     assert!(status.success(), "kill {signal} {} failed", child.id());
 }
 
@@ -143,10 +131,7 @@ fn wait_exit(child: &mut Child, after: &str) -> ExitStatus {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "process {} did not exit within {WAIT_MAX:?} of {after}",
-                child.id()
-            );
+            panic!("process {} did not exit within {WAIT_MAX:?} of {after}", child.id());
         }
         std::thread::sleep(POLL);
     }
