@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dray_core::Invalid;
 use dray_core::limits::check_range;
-use dray_store::{Maintain, Store};
+use dray_store::{Expired, Maintain, Store};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -70,12 +70,14 @@ impl Default for MaintenanceConfig {
 }
 
 /// What one tick did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
     /// Scheduled and retrying jobs made available.
     pub promoted: usize,
     /// Leases expired (each a failed attempt: retried or dead).
     pub expired: usize,
+    /// Each expired lease's job and what became of it (`expired` entries).
+    pub expirations: Vec<Expired>,
     /// Finished jobs deleted.
     pub pruned: usize,
     /// Some operation still had a full batch when it hit `batches_per_tick_max`: more is due now.
@@ -122,27 +124,36 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
     /// dropped tick left undone is still due at the next tick.
     pub async fn tick(&self) -> Result<TickReport, dray_store::Error> {
         let mut report = TickReport::default();
-        let (promoted, more) = self.repeat(Operation::Promote).await?;
+        let (promoted, more) = self.repeat(Operation::Promote, &mut report.expirations).await?;
         report.promoted = promoted;
         report.backlog |= more;
-        let (expired, more) = self.repeat(Operation::Expire).await?;
+        let (expired, more) = self.repeat(Operation::Expire, &mut report.expirations).await?;
         report.expired = expired;
         report.backlog |= more;
-        let (pruned, more) = self.repeat(Operation::Prune).await?;
+        let (pruned, more) = self.repeat(Operation::Prune, &mut report.expirations).await?;
         report.pruned = pruned;
         report.backlog |= more;
         Ok(report)
     }
 
     /// Runs one operation in batches until a batch comes back short or the per-tick bound is hit.
-    /// Returns the jobs acted on and whether the bound cut it short.
-    async fn repeat(&self, operation: Operation) -> Result<(usize, bool), dray_store::Error> {
+    /// Returns the jobs acted on and whether the bound cut it short; expirations go to `expired`.
+    async fn repeat(
+        &self,
+        operation: Operation,
+        expired: &mut Vec<Expired>,
+    ) -> Result<(usize, bool), dray_store::Error> {
         let mut total = 0;
         for _ in 0..self.config.batches_per_tick_max {
             let p = Maintain { now: self.clock.now(), limit: self.config.batch_max };
             let done = match operation {
                 Operation::Promote => self.store.jobs_promote(p).await?,
-                Operation::Expire => self.store.leases_expire(p).await?,
+                Operation::Expire => {
+                    let batch = self.store.leases_expire(p).await?;
+                    let n = batch.len();
+                    expired.extend(batch);
+                    n
+                }
                 Operation::Prune => self.store.jobs_prune(p).await?,
             };
             debug_assert!(done <= p.limit, "a store acted on {done} jobs, over the limit {}", p.limit);
@@ -277,8 +288,15 @@ mod tests {
         async fn jobs_promote(&self, p: Maintain) -> Result<usize, Error> {
             self.maintain(0, p).await
         }
-        async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
-            self.maintain(1, p).await
+        async fn leases_expire(&self, p: Maintain) -> Result<Vec<dray_store::Expired>, Error> {
+            let n = self.maintain(1, p).await?;
+            let expired = |i| dray_store::Expired {
+                id: JobId(i as u64),
+                queue: QueueName::new("q").unwrap(),
+                attempt: 1,
+                state: JobState::Retrying,
+            };
+            Ok((0..n).map(expired).collect())
         }
         async fn jobs_prune(&self, p: Maintain) -> Result<usize, Error> {
             self.maintain(2, p).await
@@ -348,11 +366,19 @@ mod tests {
         let m = maintenance(&store, config(10, 3));
         let report = m.tick().await.unwrap();
         // Promote stops at its short batch; expire is cut off by the bound and reports a backlog.
-        assert_eq!(report, TickReport { promoted: 23, expired: 30, pruned: 0, backlog: true });
+        assert_eq!(report.expirations.len(), 30, "every expiration is reported");
+        assert_eq!(
+            report,
+            TickReport { promoted: 23, expired: 30, pruned: 0, backlog: true, expirations: report.expirations.clone() }
+        );
         assert_eq!(store.calls(), [0, 0, 0, 1, 1, 1, 2]);
         // The expire backlog is picked up by the next tick.
         let report = m.tick().await.unwrap();
-        assert_eq!(report, TickReport { promoted: 0, expired: 10, pruned: 0, backlog: false });
+        assert_eq!(report.expirations.len(), 10);
+        assert_eq!(
+            report,
+            TickReport { promoted: 0, expired: 10, pruned: 0, backlog: false, expirations: report.expirations.clone() }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -79,13 +79,20 @@ impl Fixture {
         self.store.job_get(id).await.unwrap().map(|job| job.state())
     }
 
+    /// One tick's report, with each expiration checked against the store and then dropped so
+    /// that tests compare counts.
     async fn tick(&self) -> TickReport {
-        self.maintenance.tick().await.unwrap()
+        let mut report = self.maintenance.tick().await.unwrap();
+        assert_eq!(report.expirations.len(), report.expired);
+        for e in report.expirations.drain(..) {
+            assert_eq!(self.state(e.id).await, Some(e.state), "the reported outcome of {e:?}");
+        }
+        report
     }
 }
 
 fn report(promoted: usize, expired: usize, pruned: usize) -> TickReport {
-    TickReport { promoted, expired, pruned, backlog: false }
+    TickReport { promoted, expired, pruned, backlog: false, expirations: Vec::new() }
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::store::AnyStore;
 use dray_runtime::SystemClock;
 
+use crate::observe::Observer;
 use crate::waiters::Waiters;
+use crate::workers::Workers;
 
 /// Cheap to clone: handlers get one each.
 #[derive(Clone, Debug)]
@@ -18,6 +20,10 @@ pub(crate) struct Shared {
     /// The server's one clock: every `now` passed to the store comes from it.
     pub clock: SystemClock,
     pub waiters: Arc<Waiters>,
+    /// Metrics and log events about jobs.
+    pub observe: Arc<Observer>,
+    /// The workers polling this node.
+    pub workers: Arc<Workers>,
     pub body_bytes_max: usize,
     pub lease_wait_ms_max: u64,
 }

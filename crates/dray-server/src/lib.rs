@@ -17,12 +17,15 @@
 
 mod app;
 mod config;
+mod dashboard;
 mod extract;
 mod listen;
+mod observe;
 mod problem;
 mod routes;
 mod store;
 mod waiters;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +43,10 @@ pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
 
 use crate::app::{App, Shared};
+use crate::observe::Observer;
 use crate::store::AnyStore;
 use crate::waiters::Waiters;
+use crate::workers::Workers;
 
 /// Installs the global `tracing` subscriber: lines on stderr, filtered by `RUST_LOG` (default
 /// `info`). A second call changes nothing.
@@ -86,10 +91,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let clock = SystemClock::new();
     let waiters = Arc::new(Waiters::default());
+    let observe = Arc::new(Observer::new());
     let app = App::new(Shared {
         store: store.clone(),
         clock,
         waiters: waiters.clone(),
+        observe: observe.clone(),
+        workers: Arc::new(Workers::default()),
         body_bytes_max: config.body_bytes_max(),
         lease_wait_ms_max: config.lease_wait_ms_max(),
     });
@@ -107,7 +115,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         AnyStore::Embedded(_) => None,
     };
-    let maintenance = tokio::spawn(maintain(maintenance, waiters.clone(), maintenance_stopped));
+    let maintenance = tokio::spawn(maintain(maintenance, waiters.clone(), observe, maintenance_stopped));
 
     let (stop_serving, serving_stopped) = watch::channel(false);
     let router = routes::router(app);
@@ -319,9 +327,15 @@ async fn close_store(mut store: Arc<AnyStore>, patience: Duration) -> anyhow::Re
 
 /// The maintenance loop, plus one thing the server needs: when a tick promoted or expired jobs,
 /// waiting long-polls are woken to try again.
-async fn maintain(maintenance: Maintenance<AnyStore, SystemClock>, waiters: Arc<Waiters>, stop: watch::Receiver<bool>) {
+async fn maintain(
+    maintenance: Maintenance<AnyStore, SystemClock>,
+    waiters: Arc<Waiters>,
+    observe: Arc<Observer>,
+    stop: watch::Receiver<bool>,
+) {
     maintenance
         .run_with(stop, |report| {
+            observe.maintained(report);
             if report.promoted > 0 || report.expired > 0 {
                 waiters.wake_all();
             }

@@ -80,8 +80,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// unknown routes and methods.
 pub(crate) fn router(app: App) -> axum::Router {
     let body_bytes_max = app.body_bytes_max();
-    let (router, openapi) = api().with_state(app).split_for_parts();
+    let (router, openapi) = api().split_for_parts();
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
+    let router = crate::dashboard::routes(router, &app);
+    let router = crate::observe::routes(router, &app);
     router
         .route(
             "/v1/openapi.json",
@@ -93,6 +95,7 @@ pub(crate) fn router(app: App) -> axum::Router {
         })
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app)
 }
 
 fn queue_names(jobs: &[dray_core::NewJob]) -> Vec<QueueName> {
@@ -134,6 +137,7 @@ async fn job_enqueue(
     let p = JobInsert { now: app.clock.now(), jobs: vec![job] };
     let inserted = app.store.job_insert(p).await.map_err(|e| ApiError::from(e).unbatched())?;
     wake_inserted(&app, &queues, &inserted);
+    app.observe.enqueued(&queues, &inserted);
     let first = inserted.into_iter().next().ok_or_else(|| no_result("job_insert"))?;
     let status = if first.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(first.into())))
@@ -167,6 +171,7 @@ async fn job_enqueue_batch(
     let queues = queue_names(&jobs);
     let inserted = app.store.job_insert(JobInsert { now: app.clock.now(), jobs }).await?;
     wake_inserted(&app, &queues, &inserted);
+    app.observe.enqueued(&queues, &inserted);
     Ok((StatusCode::CREATED, Json(EnqueuedBatch { jobs: inserted.into_iter().map(Into::into).collect() })))
 }
 
@@ -229,8 +234,14 @@ async fn job_cancel(State(app): State<App>, JobIdParam(job): JobIdParam) -> Resu
 async fn lease(State(app): State<App>, Body(body): Body<LeaseRequest>) -> Result<Json<LeaseResponse>, ApiError> {
     let mut p = body.to_store(app.clock.now())?;
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(0).min(app.lease_wait_ms_max));
+    let _polling = app.workers.poll(&p.worker, &p.queues);
+    let leased = |jobs: &[dray_store::LeasedJob], now| {
+        app.observe.leased(now, &p.worker, jobs);
+        app.workers.leased(&p.worker, jobs);
+    };
     if wait.is_zero() {
         let jobs = app.store.job_lease(p.clone()).await?;
+        leased(&jobs, p.now);
         return Ok(Json(LeaseResponse::from_store(&jobs, p.now)));
     }
     // Long-poll. Interest is armed before each attempt, so an enqueue between a failed attempt
@@ -242,6 +253,7 @@ async fn lease(State(app): State<App>, Body(body): Body<LeaseRequest>) -> Result
         let armed = interest.arm();
         p.now = app.clock.now();
         let jobs = app.store.job_lease(p.clone()).await?;
+        leased(&jobs, p.now);
         if !jobs.is_empty() || app.waiters.is_closing() {
             return Ok(Json(LeaseResponse::from_store(&jobs, p.now)));
         }
@@ -277,8 +289,11 @@ async fn heartbeat(
 
 /// Runs one ack through the batch call and answers with its own result.
 async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiError> {
-    let results = app.store.job_ack(JobAck { now: app.clock.now(), acks: vec![ack] }).await?;
-    let acked = results.into_iter().next().ok_or_else(|| no_result("job_ack"))??;
+    let (now, job, lease) = (app.clock.now(), ack.job, ack.lease);
+    let results = app.store.job_ack(JobAck { now, acks: vec![ack] }).await?;
+    let result = results.into_iter().next().ok_or_else(|| no_result("job_ack"))?;
+    app.observe.acked(now, job, lease, &result);
+    let acked = result?;
     if acked.state == JobState::Available {
         app.waiters.wake_all();
     }
@@ -338,8 +353,13 @@ async fn fail(
 )]
 async fn ack(State(app): State<App>, Body(body): Body<AckBatch>) -> Result<Json<AckBatchResponse>, ApiError> {
     let p = body.to_store(app.clock.now())?;
-    let jobs: Vec<u64> = p.acks.iter().map(|a| a.job.0).collect();
+    let now = p.now;
+    let acks: Vec<(JobId, dray_core::LeaseId)> = p.acks.iter().map(|a| (a.job, a.lease)).collect();
     let results = app.store.job_ack(p).await?;
+    for ((job, lease), result) in acks.iter().zip(&results) {
+        app.observe.acked(now, *job, *lease, result);
+    }
+    let jobs = acks.iter().map(|(job, _)| job.0);
     if results.iter().any(|r| matches!(r, Ok(a) if a.state == JobState::Available)) {
         app.waiters.wake_all();
     }
@@ -388,6 +408,7 @@ async fn dead_redrive(
     let ids = app.store.dead_redrive(p).await?;
     if !body.dry_run && !ids.is_empty() {
         app.waiters.wake_all();
+        app.observe.redriven(&ids);
     }
     Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))
 }
@@ -409,6 +430,9 @@ async fn dead_discard(
 ) -> Result<Json<DeadActionResponse>, ApiError> {
     let p = DeadDiscard { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
     let ids = app.store.dead_discard(p).await?;
+    if !body.dry_run {
+        app.observe.discarded(&ids);
+    }
     Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))
 }
 

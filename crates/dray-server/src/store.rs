@@ -4,8 +4,8 @@
 
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
-    Acked, DeadDiscard, DeadRedrive, Error, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList, JobPage,
-    LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
+    Acked, DeadDiscard, DeadRedrive, Error, Expired, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList,
+    JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
 };
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::PostgresStore;
@@ -83,7 +83,7 @@ impl Store for AnyStore {
         delegate!(self.dead_discard(p))
     }
 
-    async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
+    async fn leases_expire(&self, p: Maintain) -> Result<Vec<Expired>, Error> {
         delegate!(self.leases_expire(p))
     }
 

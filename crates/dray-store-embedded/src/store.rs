@@ -11,7 +11,7 @@ use std::sync::{Arc, MutexGuard};
 
 use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, Rejection, Timestamp, transition};
 use dray_store::{
-    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel, JobFilter,
+    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
     JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
     QueueConfigure, QueueStats, Store,
 };
@@ -237,7 +237,7 @@ fn dead_ids(
     }
 }
 
-fn leased(job: &Job) -> LeasedJob {
+fn leased(job: &Job, ready_at: Timestamp) -> LeasedJob {
     let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
     LeasedJob {
         id: job.id,
@@ -252,6 +252,7 @@ fn leased(job: &Job) -> LeasedJob {
         checkpoint: job.status.checkpoint.clone(),
         traceparent: job.traceparent.clone(),
         created_at: job.created_at,
+        ready_at,
     }
 }
 
@@ -371,9 +372,10 @@ impl Store for EmbeddedStore {
                 let token = token_next(state, changes)?;
                 let lease_id = LeaseId(state.random());
                 let event = Event::Lease { id: lease_id, token, worker: &worker, lease_ms };
+                let ready_at = state.jobs[&id].status.run_at;
                 let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
                 update(state, changes, id, t)?;
-                out.push(leased(&state.jobs[&id]));
+                out.push(leased(&state.jobs[&id], ready_at));
             }
             Ok(out)
         })
@@ -416,13 +418,15 @@ impl Store for EmbeddedStore {
                         Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
                     }
                 };
+                let queue = job.queue.clone();
+                let (attempt, leased_at) = (job.status.attempt, job.status.lease.as_ref().map_or(now, |l| l.leased_at));
                 match transition(job, event, now, random) {
                     Err(r) => out.push(Err(rejected(ack.job, r))),
                     Ok(t) => {
                         let state_after = t.status.state;
                         let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
                         update(state, changes, ack.job, t)?;
-                        out.push(Ok(Acked { state: state_after, retry_at }));
+                        out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at }));
                     }
                 }
             }
@@ -495,17 +499,22 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
+    async fn leases_expire(&self, p: Maintain) -> Result<Vec<Expired>, Error> {
         let Maintain { now, limit } = p;
         self.write(false, move |state, changes| {
             let due: Vec<JobId> =
                 state.running.range(..=(now, JobId(u64::MAX))).take(limit).map(|(_, id)| *id).collect();
+            let mut out = Vec::with_capacity(due.len());
             for &id in &due {
                 let random = state.random();
-                let t = transition(&state.jobs[&id], Event::Expire, now, random).map_err(|r| rejected(id, r))?;
+                let job = &state.jobs[&id];
+                let (queue, attempt) = (job.queue.clone(), job.status.attempt);
+                let t = transition(job, Event::Expire, now, random).map_err(|r| rejected(id, r))?;
+                let state_after = t.status.state;
                 update(state, changes, id, t)?;
+                out.push(Expired { id, queue, attempt, state: state_after });
             }
-            Ok(due.len())
+            Ok(out)
         })
         .await
     }

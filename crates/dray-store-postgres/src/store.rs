@@ -26,7 +26,7 @@ use dray_core::{
     Rejection, Transition, transition,
 };
 use dray_store::{
-    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobAck, JobCancel, JobFilter,
+    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
     JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
     QueueConfigure, QueueStats, Store,
 };
@@ -498,9 +498,10 @@ impl PostgresStore {
         for ((i, _, payload), token) in picked.into_iter().zip(tokens) {
             let l = &mut loaded[i];
             let event = Event::Lease { id: LeaseId(self.rng.next()), token, worker: &p.worker, lease_ms: p.lease_ms };
+            let ready_at = l.job.status.run_at;
             let t = transition(&l.job, event, now, 0).map_err(|r| rejected(l.job.id, r))?;
             l.apply(t);
-            out.push(leased(&l.job, payload));
+            out.push(leased(&l.job, payload, ready_at));
         }
         // Jobs this lease promoted but did not take: other workers may want them.
         let mut notify: Vec<&str> =
@@ -583,6 +584,8 @@ impl PostgresStore {
                     Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
                 }
             };
+            let queue = l.job.queue.clone();
+            let (attempt, leased_at) = (l.job.status.attempt, l.job.status.lease.as_ref().map_or(now, |l| l.leased_at));
             match transition(&l.job, event, now, random) {
                 Err(r) => out.push(Err(Error::rejected(ack.job, r))),
                 Ok(t) => {
@@ -592,7 +595,7 @@ impl PostgresStore {
                     // it the job is no longer running, so no later ack of it is accepted.
                     l.guard.get_or_insert(ack.lease);
                     l.apply(t);
-                    out.push(Ok(Acked { state, retry_at }));
+                    out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
                 }
             }
         }
@@ -700,7 +703,7 @@ impl PostgresStore {
         Ok(ids)
     }
 
-    async fn expire_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<usize, Fail> {
+    async fn expire_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<Vec<Expired>, Fail> {
         let now_param = self.now_param(p.now);
         let limit = p.limit.min(i64::MAX as usize) as i64;
         let rows = async {
@@ -709,14 +712,21 @@ impl PostgresStore {
         };
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
+        let mut expired = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
             let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
+            expired.push(Expired {
+                id: l.job.id,
+                queue: l.job.queue.clone(),
+                attempt: l.job.status.attempt,
+                state: t.status.state,
+            });
             l.apply(t);
             jobs.push(l);
         }
         self.write(tx, &jobs, &[]).await?;
-        Ok(jobs.len())
+        Ok(expired)
     }
 
     async fn promote_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<usize, Fail> {
@@ -785,7 +795,7 @@ fn conflict(index: usize, job: &NewJob, key: &str, existing: JobId) -> Fail {
     Fail::Store(Error::IdempotencyConflict { index, queue: job.queue.clone(), key: key.into(), existing })
 }
 
-fn leased(job: &Job, payload: Payload) -> LeasedJob {
+fn leased(job: &Job, payload: Payload, ready_at: dray_core::Timestamp) -> LeasedJob {
     let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
     LeasedJob {
         id: job.id,
@@ -800,6 +810,7 @@ fn leased(job: &Job, payload: Payload) -> LeasedJob {
         checkpoint: job.status.checkpoint.clone(),
         traceparent: job.traceparent.clone(),
         created_at: job.created_at,
+        ready_at,
     }
 }
 
@@ -1263,7 +1274,7 @@ impl Store for PostgresStore {
         in_transaction!(self, "dead_discard", |tx| self.discard_in(&tx, &p))
     }
 
-    async fn leases_expire(&self, p: Maintain) -> Result<usize, Error> {
+    async fn leases_expire(&self, p: Maintain) -> Result<Vec<Expired>, Error> {
         in_transaction!(self, "leases_expire", |tx| self.expire_in(&tx, &p))
     }
 

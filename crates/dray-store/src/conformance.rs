@@ -32,13 +32,18 @@ use dray_core::{
 };
 
 use crate::{
-    Ack, AckOutcome, Acked, Error, Inserted, JobAck, JobCancel, JobFilter, JobInsert, JobLease, JobList, JobSummary,
-    LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
+    Ack, AckOutcome, Acked, Error, Expired, Inserted, JobAck, JobCancel, JobFilter, JobInsert, JobLease, JobList,
+    JobSummary, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
 };
 
 mod admin;
 mod lifecycle;
 mod model;
+
+/// What an ack did to the job (the parts a test usually checks).
+pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
+    (acked.state, acked.retry_at)
+}
 
 pub use admin::*;
 pub use lifecycle::*;
@@ -345,6 +350,11 @@ impl<H: Harness> Ctx<H> {
     }
 
     pub async fn expire(&self) -> usize {
+        self.expire_all().await.len()
+    }
+
+    /// Expires due leases, returning what became of each job.
+    pub async fn expire_all(&self) -> Vec<Expired> {
         self.store().leases_expire(self.maintain()).await.unwrap_or_else(|e| panic!("leases_expire: {e:?}"))
     }
 

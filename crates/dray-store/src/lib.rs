@@ -61,7 +61,7 @@ pub trait Store: Send + Sync + 'static {
     fn dead_discard(&self, p: DeadDiscard) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;
 
     /// Expires leases whose deadline has passed: each is a failed attempt (retried or dead).
-    fn leases_expire(&self, p: Maintain) -> impl Future<Output = Result<usize, Error>> + Send;
+    fn leases_expire(&self, p: Maintain) -> impl Future<Output = Result<Vec<Expired>, Error>> + Send;
 
     /// Moves scheduled and retrying jobs whose time has come to `available`.
     fn jobs_promote(&self, p: Maintain) -> impl Future<Output = Result<usize, Error>> + Send;

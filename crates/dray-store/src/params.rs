@@ -117,6 +117,9 @@ pub struct LeasedJob {
     pub checkpoint: Option<Payload>,
     pub traceparent: Option<Box<str>>,
     pub created_at: Timestamp,
+    /// When this attempt became due (its enqueue, its `run_at`, its retry time or its redrive):
+    /// the lease's `now` minus this is the time the job waited for a worker.
+    pub ready_at: Timestamp,
 }
 
 /// Extend a lease (heartbeat).
@@ -209,11 +212,27 @@ pub enum AckOutcome {
 }
 
 /// What an accepted ack did to the job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acked {
     pub state: JobState,
     /// For a job that will be retried: when.
     pub retry_at: Option<Timestamp>,
+    pub queue: QueueName,
+    /// The attempt the ack ended (1 for the first delivery).
+    pub attempt: u32,
+    /// When that attempt's lease was granted: the ack's `now` minus this is its run time.
+    pub leased_at: Timestamp,
+}
+
+/// A lease that ran out, and what became of its job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub id: JobId,
+    pub queue: QueueName,
+    /// The attempt whose lease expired.
+    pub attempt: u32,
+    /// `Retrying` or `Dead`.
+    pub state: JobState,
 }
 
 #[derive(Clone, Debug)]

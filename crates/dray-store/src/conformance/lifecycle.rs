@@ -9,9 +9,9 @@ use dray_core::{
 use super::{
     BACKOFF_1MS, Ctx, Harness, T0, after, assert_counts, assert_invalid, assert_job_eq, assert_not_found,
     assert_rejected, before, default_config, entries_of, expected_inserted, ids_of, kinds_unpromoted, new_job,
-    other_lease, payload, q,
+    other_lease, outcome, payload, q,
 };
-use crate::{Ack, AckOutcome, Acked, Error, JobFilter, LeaseExtend, Store};
+use crate::{Ack, AckOutcome, Error, JobFilter, LeaseExtend, Store};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -762,12 +762,15 @@ pub async fn heartbeat_checkpoint_goes_to_next_attempt<H: Harness>(h: H) {
 pub async fn complete_is_final<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let id = c.insert_one(NewJob { lease_ms: Some(5_000), ..new_job("q", "x") }).await;
+    let leased_at = c.now;
     let l = c.lease_one("q", id).await;
+    assert_eq!(l.ready_at, leased_at, "a job due at enqueue is ready from then");
     c.advance(100);
     let prev = c.get(id).await;
     let result = payload(r#"{"ok":true}"#);
     let acked = c.ack_one(id, l.lease, AckOutcome::Complete { result: Some(result.clone()) }).await.unwrap();
-    assert_eq!(acked, Acked { state: JobState::Completed, retry_at: None });
+    assert_eq!(outcome(&acked), (JobState::Completed, None));
+    assert_eq!((acked.queue.as_str(), acked.attempt, acked.leased_at), ("q", 1, leased_at));
     let job = c.get(id).await;
     assert_job_eq(
         &job,
@@ -879,9 +882,9 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
         ])
         .await;
     let mut results = results.into_iter();
-    assert_eq!(results.next().unwrap().unwrap(), Acked { state: JobState::Completed, retry_at: None });
+    assert_eq!(outcome(&results.next().unwrap().unwrap()), (JobState::Completed, None));
     assert_rejected(results.next().unwrap(), b.id, Rejection::StaleLease { state: JobState::Running });
-    assert_eq!(results.next().unwrap().unwrap(), Acked { state: JobState::Retrying, retry_at: Some(c.now) });
+    assert_eq!(outcome(&results.next().unwrap().unwrap()), (JobState::Retrying, Some(c.now)));
     assert_not_found(results.next().unwrap(), unknown);
     assert_rejected(results.next().unwrap(), a.id, Rejection::StaleLease { state: JobState::Completed });
 
@@ -981,7 +984,7 @@ pub async fn fail_retry_after_exact<H: Harness>(h: H) {
     c.advance(100);
     let acked = c.fail(id, l1.lease, "slow down", true, Some(7_000)).await.unwrap();
     let due = c.now.add_ms(7_000);
-    assert_eq!(acked, Acked { state: JobState::Retrying, retry_at: Some(due) });
+    assert_eq!(outcome(&acked), (JobState::Retrying, Some(due)));
     assert_eq!(c.get(id).await.status.run_at, due);
     c.set_now(before(due, 1));
     assert_eq!(c.lease(&["q"], 10).await, vec![]);
@@ -990,12 +993,12 @@ pub async fn fail_retry_after_exact<H: Harness>(h: H) {
     assert_eq!(l2.attempt, 2);
 
     let acked = c.fail(id, l2.lease, "again", true, Some(0)).await.unwrap();
-    assert_eq!(acked, Acked { state: JobState::Retrying, retry_at: Some(c.now) });
+    assert_eq!(outcome(&acked), (JobState::Retrying, Some(c.now)));
     let l3 = c.lease_one("q", id).await;
     assert_eq!(l3.attempt, 3);
 
     let acked = c.fail(id, l3.lease, "last", true, Some(5_000)).await.unwrap();
-    assert_eq!(acked, Acked { state: JobState::Dead, retry_at: None });
+    assert_eq!(outcome(&acked), (JobState::Dead, None));
     assert_eq!(c.get(id).await.status.dead_reason, Some(DeadReason::Failed));
 }
 
@@ -1006,7 +1009,7 @@ pub async fn fail_non_retryable_dead<H: Harness>(h: H) {
     let l = c.lease_one("q", id).await;
     c.advance(100);
     let acked = c.fail(id, l.lease, "bad input", false, Some(1_000)).await.unwrap();
-    assert_eq!(acked, Acked { state: JobState::Dead, retry_at: None });
+    assert_eq!(outcome(&acked), (JobState::Dead, None));
     let job = c.get(id).await;
     assert_eq!(job.state(), JobState::Dead);
     assert_eq!(job.status.dead_reason, Some(DeadReason::NonRetryable));
@@ -1234,7 +1237,7 @@ pub async fn cancel_running_then_fail<H: Harness>(h: H) {
 
     c.advance(10);
     let acked = c.fail(id, l.lease, "stopping", true, None).await.unwrap();
-    assert_eq!(acked, Acked { state: JobState::Cancelled, retry_at: None });
+    assert_eq!(outcome(&acked), (JobState::Cancelled, None));
     let job = c.get(id).await;
     assert_eq!(job.state(), JobState::Cancelled);
     assert_eq!(job.status.finished_at, Some(c.now));

@@ -25,9 +25,9 @@ use dray_core::{
     Rejection, Timestamp, WorkerId,
 };
 
-use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, payload, q};
+use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, outcome, payload, q};
 use crate::{
-    Ack, AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter, LeaseExtended,
+    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter, LeaseExtended,
     QueueConfigure, Store,
 };
 
@@ -625,7 +625,7 @@ impl<H: Harness> Sim<H> {
             assert_eq!(held.id, ack.lease);
             match ack.outcome {
                 AckOutcome::Complete { .. } => {
-                    assert_eq!(acked, Acked { state: JobState::Completed, retry_at: None });
+                    assert_eq!(outcome(&acked), (JobState::Completed, None));
                     m.end_attempt(now, HistoryKind::Completed, JobState::Completed, None);
                     *self.tally.entry("completions accepted").or_default() += 1;
                     self.completed.push(m.id);
@@ -665,8 +665,16 @@ impl<H: Harness> Sim<H> {
             })
             .collect();
         self.op(format!("advance {advance_ms} ms, expire leases"));
-        let n = self.c.expire().await;
+        let expired = self.c.expire_all().await;
+        let n = expired.len();
         self.note(format!("{n}"));
+        for e in &expired {
+            let m = self.jobs.iter().find(|m| m.id == e.id);
+            assert!(
+                m.is_some_and(|m| self.queues[m.queue] == e.queue && m.attempt == e.attempt),
+                "leases_expire reported {e:?}, which the model does not hold as that queue and attempt"
+            );
+        }
         assert_eq!(
             n,
             due.len(),
