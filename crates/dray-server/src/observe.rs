@@ -35,6 +35,29 @@ impl Observer {
 
     /// Dead jobs discarded.
     pub fn discarded(&self, _ids: &[JobId]) {}
+
+    /// This node's activity per queue since it started, for the dashboard's live view: totals
+    /// (the dashboard turns two snapshots into rates) and recent latency quantiles.
+    pub fn activity(&self) -> Vec<QueueActivity> {
+        Vec::new()
+    }
+}
+
+/// One queue's activity on this node (see [`Observer::activity`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub(crate) struct QueueActivity {
+    pub queue: String,
+    pub enqueued: u64,
+    pub leased: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub dead: u64,
+    /// Over the last minute or so; `None` when nothing was measured.
+    pub wait_p50_ms: Option<f64>,
+    pub wait_p95_ms: Option<f64>,
+    pub run_p50_ms: Option<f64>,
+    pub run_p95_ms: Option<f64>,
 }
 
 /// `/metrics`, and the layer that counts HTTP requests.
