@@ -21,4 +21,20 @@ impl Workers {
 
     /// `worker` was handed `jobs`.
     pub fn leased(&self, _worker: &WorkerId, _jobs: &[LeasedJob]) {}
+
+    /// Per queue that a worker asked this node for: lease requests in progress and when the last
+    /// one was made (for `/metrics`).
+    pub fn by_queue(&self) -> Vec<QueuePolling> {
+        Vec::new()
+    }
+}
+
+/// Polling of one queue on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct QueuePolling {
+    pub queue: QueueName,
+    /// Lease requests (long-polls included) in progress now.
+    pub polling: usize,
+    /// Unix time, in seconds, of the latest lease request (now while one is in progress).
+    pub last_poll_unix_s: f64,
 }
