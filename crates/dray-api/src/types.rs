@@ -499,3 +499,46 @@ pub struct Problem {
 pub struct Health {
     pub status: String,
 }
+
+/// `GET /v1/workers`: the workers that asked this node for jobs recently. Node-local: with
+/// several nodes on one PostgreSQL database, each node lists the workers polling it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerList {
+    /// Most recently seen first.
+    pub workers: Vec<WorkerStatus>,
+    /// How long a worker that stopped polling stays listed.
+    pub forget_after_ms: u64,
+    /// At most this many workers are remembered (the least recently seen go first).
+    pub workers_max: usize,
+}
+
+/// One worker, as this node saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerStatus {
+    pub id: String,
+    /// The queues it asked for, by name.
+    pub queues: Vec<String>,
+    /// RFC 3339: its first lease request since this node started (or since it was forgotten).
+    pub first_seen: String,
+    /// RFC 3339: the latest moment a lease request of its was in progress (now while one is).
+    pub last_seen: String,
+    /// Its lease requests (long-polls included) in progress now.
+    pub polling: u32,
+    /// Jobs this node handed it since `first_seen`.
+    pub leased_total: u64,
+    /// The leases this node handed it that the store still shows running under that same lease,
+    /// with their current deadline.
+    pub leases: Vec<WorkerLease>,
+}
+
+/// A lease a worker holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerLease {
+    pub job: u64,
+    pub queue: String,
+    pub lease_id: String,
+    pub fencing_token: u64,
+    pub leased_at: String,
+    /// RFC 3339, server clock; heartbeats move it.
+    pub deadline: String,
+}

@@ -113,16 +113,21 @@ impl Client {
 
     /// `POST /v1/jobs`: enqueue one job. A 2xx means the job is on stable storage.
     ///
+    /// With the `otel` feature, a job without a [traceparent](Enqueue::traceparent) gets the
+    /// current span's OpenTelemetry context, so its attempts join the caller's trace.
+    ///
     /// On [`Error::Transport`] or a 5xx the outcome is unknown: retry with the same idempotency
     /// key. Cancel safety: dropping the future leaves the outcome unknown too.
     pub async fn enqueue(&self, job: Enqueue) -> Result<Enqueued, Error> {
+        let job = job.with_current_trace();
         self.send(Method::POST, &["v1", "jobs"], None, Some(&job.job), None).await
     }
 
     /// `POST /v1/jobs/batch`: enqueue all jobs atomically (all or none). An error naming
-    /// `jobs[3].payload` points at the fourth job. Cancel safety: as [`Client::enqueue`].
+    /// `jobs[3].payload` points at the fourth job. Trace context as in [`Client::enqueue`], job by
+    /// job. Cancel safety: as [`Client::enqueue`].
     pub async fn enqueue_batch(&self, jobs: Vec<Enqueue>) -> Result<EnqueuedBatch, Error> {
-        let body = EnqueueBatch { jobs: jobs.into_iter().map(|e| e.job).collect() };
+        let body = EnqueueBatch { jobs: jobs.into_iter().map(|e| e.with_current_trace().job).collect() };
         self.send(Method::POST, &["v1", "jobs", "batch"], None, Some(&body), None).await
     }
 
@@ -474,15 +479,32 @@ impl Enqueue {
         self
     }
 
-    /// W3C trace context, handed to the worker as [`JobContext::traceparent`](crate::JobContext::traceparent).
+    /// The producer's W3C trace context (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+    /// at most 256 bytes; the server refuses anything else, naming the field). It is stored with
+    /// the job and handed to every attempt: as [`JobContext::traceparent`](crate::JobContext::traceparent),
+    /// as the `trace_id` and `traceparent` fields of the attempt's `job` span, and with the `otel`
+    /// feature as that span's OpenTelemetry parent. Without it, and with the `otel` feature, the
+    /// client sends the current span's context instead; a value given here always wins.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Enqueue {
         self.job.traceparent = Some(traceparent.into());
         self
     }
 
-    /// The wire body as it will be sent.
+    /// The wire body as built. (With the `otel` feature a missing traceparent is filled in when
+    /// the job is sent, from the span current then.)
     pub fn as_wire(&self) -> &EnqueueJob {
         &self.job
+    }
+
+    /// Fills a missing traceparent from the current span (`otel` feature; otherwise as is).
+    fn with_current_trace(self) -> Enqueue {
+        #[cfg(feature = "otel")]
+        if self.job.traceparent.is_none() {
+            let mut this = self;
+            this.job.traceparent = crate::trace::current_traceparent();
+            return this;
+        }
+        self
     }
 }
 

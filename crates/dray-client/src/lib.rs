@@ -9,14 +9,29 @@
 //! expiry, or when an ack's answer was lost), so make it idempotent; [`JobContext::id`] and
 //! [`JobContext::fencing_token`] help. A [`Error::Transport`] (or a 5xx) means the outcome is
 //! unknown: retry with the same idempotency key.
+//!
+//! # Trace context
+//!
+//! A job can carry its producer's W3C `traceparent` ([`Enqueue::traceparent`]). Each attempt runs
+//! its handler in a `job` span (fields `job_id`, `queue`, `attempt`, `lease_id`, and `trace_id`
+//! and `traceparent` when the job has one; `outcome` and `error` when it ends), and the handler
+//! reads the raw value with [`JobContext::traceparent`].
+//!
+//! The `otel` feature (off by default) joins this to OpenTelemetry through
+//! `tracing-opentelemetry`: [`Client::enqueue`] fills a missing traceparent from the current
+//! span's context, and each attempt's span gets the producer's span as its parent, so producer
+//! and attempts form one trace, every attempt's status `Ok` or `Error` with the failure's
+//! message. A job without a traceparent starts a new trace. Install the OpenTelemetry layer and
+//! exporter in your application as usual; this crate exports nothing.
 
 mod ack;
 mod backoff;
 mod client;
 mod context;
 mod error;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlx"))]
 pub mod outbox;
+mod trace;
 mod worker;
 
 pub use client::{CONNECT_TIMEOUT_DEFAULT, Client, ClientBuilder, Enqueue, REQUEST_TIMEOUT_DEFAULT};

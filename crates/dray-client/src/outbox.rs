@@ -1,11 +1,13 @@
 //! Transactional enqueue (the outbox pattern) for the PostgreSQL mode: write your own rows and a
 //! Dray job in one transaction of yours, so the job exists exactly when your data does. Behind
-//! the `postgres` feature.
+//! the `postgres` feature (tokio-postgres: [`enqueue`]) or the `sqlx` feature (sqlx:
+//! [`enqueue_sqlx`]); both may be on.
 //!
-//! [`enqueue`] calls the `<schema>.enqueue(queue, payload, options)` SQL function that the
-//! PostgreSQL store installs (migration 2); any language can call that function directly (see
+//! Both call the `<schema>.enqueue(queue, payload, options)` SQL function that the PostgreSQL
+//! store installs (migration 2); any language can call that function directly (see
 //! `docs/outbox.md`). The job becomes visible to workers at your `COMMIT` (the `NOTIFY` that wakes
-//! them is delivered then too); a rollback leaves no job.
+//! them is delivered then too); a rollback leaves no job. What is sent is built once, by
+//! [`EnqueueCall`], whatever the driver: the helpers only execute it.
 //!
 //! ```no_run
 //! # async fn f(client: &mut tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -17,13 +19,24 @@
 //! tx.commit().await?;
 //! # let _ = id; Ok(()) }
 //! ```
+//!
+//! With sqlx (a `sqlx::Transaction<'_, Postgres>` dereferences to the connection):
+//!
+//! ```ignore
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)").bind(42i64).bind(990i64).execute(&mut *tx).await?;
+//! let id = outbox::enqueue_sqlx(&mut *tx, "dray", &job).await?;
+//! tx.commit().await?;
+//! ```
 
 use std::fmt;
 
-use tokio_postgres::GenericClient;
-use tokio_postgres::error::SqlState;
-
 use crate::client::Enqueue;
+
+/// SQLSTATE of the function's refusals of an option (`invalid_parameter_value`).
+const SQLSTATE_INVALID: &str = "22023";
+/// SQLSTATE of an idempotency key used with another payload (`unique_violation`).
+const SQLSTATE_CONFLICT: &str = "23505";
 
 /// The schema the store uses unless configured otherwise.
 pub const SCHEMA_DEFAULT: &str = "dray";
@@ -36,39 +49,86 @@ pub enum Error {
     /// payload that is not JSON).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
-    /// The database refused or failed the call. [`Error::is_invalid`] and [`Error::is_conflict`]
+    /// tokio-postgres refused or failed the call. [`Error::is_invalid`] and [`Error::is_conflict`]
     /// pick out the function's own refusals; anything else is the database's (connection lost:
     /// the outcome is unknown unless you saw your `COMMIT` fail before it was sent).
+    #[cfg(feature = "postgres")]
     #[error("{0}")]
     Database(#[from] tokio_postgres::Error),
+    /// sqlx refused or failed the call; read as [`Error::Database`].
+    #[cfg(feature = "sqlx")]
+    #[error("{0}")]
+    Sqlx(#[from] sqlx::Error),
 }
 
 impl Error {
-    fn sqlstate(&self) -> Option<&SqlState> {
+    /// The SQLSTATE of a database error, whichever driver reported it.
+    fn sqlstate(&self) -> Option<String> {
         match self {
-            Error::Database(e) => e.code(),
+            #[cfg(feature = "postgres")]
+            Error::Database(e) => e.code().map(|c| c.code().to_owned()),
+            #[cfg(feature = "sqlx")]
+            Error::Sqlx(e) => e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned()),
             Error::Invalid { .. } => None,
         }
     }
 
     /// An option broke a limit (SQLSTATE 22023): the message names the field and the limit.
     pub fn is_invalid(&self) -> bool {
-        matches!(self, Error::Invalid { .. }) || self.sqlstate() == Some(&SqlState::INVALID_PARAMETER_VALUE)
+        matches!(self, Error::Invalid { .. }) || self.sqlstate().as_deref() == Some(SQLSTATE_INVALID)
     }
 
     /// The idempotency key is used, within its window, by a job with another payload (SQLSTATE
     /// 23505).
     pub fn is_conflict(&self) -> bool {
-        self.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION)
+        self.sqlstate().as_deref() == Some(SQLSTATE_CONFLICT)
     }
 
     /// The database's message (`dray.enqueue: priority is 5000; allowed is -1000 to 1000`), or
     /// this error's own for [`Error::Invalid`].
     pub fn message(&self) -> String {
         match self {
+            #[cfg(feature = "postgres")]
             Error::Database(e) => e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            #[cfg(feature = "sqlx")]
+            Error::Sqlx(e) => e.as_database_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()),
             other => other.to_string(),
         }
+    }
+}
+
+/// One call of `<schema>.enqueue()`, checked and built, for any driver to execute: the statement
+/// and its three text parameters. Building it is where all the rules of the helpers live (the
+/// schema is an identifier, the options are the wire body without queue and payload), so the
+/// tokio-postgres and sqlx helpers cannot drift apart.
+#[derive(Debug)]
+pub struct EnqueueCall<'a> {
+    /// `SELECT <schema>.enqueue($1::text, $2::text::jsonb, $3::text::jsonb)`: parameters sent as
+    /// text and cast in SQL, so every driver binds them the same way.
+    pub sql: String,
+    pub queue: &'a str,
+    /// The payload's JSON text.
+    pub payload: &'a str,
+    /// The options object's JSON text ([`options_json`]).
+    pub options: String,
+}
+
+impl<'a> EnqueueCall<'a> {
+    pub fn new(schema: &str, job: &'a Enqueue) -> Result<EnqueueCall<'a>, Error> {
+        schema_check(schema)?;
+        let options = options_json(job)?;
+        let wire = job.as_wire();
+        Ok(EnqueueCall {
+            sql: format!("SELECT {schema}.enqueue($1::text, $2::text::jsonb, $3::text::jsonb)"),
+            queue: &wire.queue,
+            payload: wire.payload.get(),
+            options,
+        })
+    }
+
+    /// The function's answer as a job id (ids are positive).
+    fn job_id(id: i64) -> Result<u64, Error> {
+        u64::try_from(id).map_err(|_| Error::Invalid { field: "id".into(), message: format!("is {id}") })
     }
 }
 
@@ -79,14 +139,27 @@ impl Error {
 /// The payload is stored as PostgreSQL's `jsonb` text of it (keys sorted, whitespace
 /// normalized), so an idempotent retry must go through the function again, not through the HTTP
 /// API, to compare equal.
-pub async fn enqueue(client: &impl GenericClient, schema: &str, job: &Enqueue) -> Result<u64, Error> {
-    schema_check(schema)?;
-    let options = options_json(job)?;
-    let wire = job.as_wire();
-    let sql = format!("SELECT {schema}.enqueue($1::text, $2::text::jsonb, $3::text::jsonb)");
-    let row = client.query_one(&sql, &[&wire.queue, &wire.payload.get(), &options]).await?;
-    let id: i64 = row.try_get(0)?;
-    u64::try_from(id).map_err(|_| Error::Invalid { field: "id".into(), message: format!("is {id}") })
+///
+/// Cancel safety: as for the statement itself; dropping the future leaves the call applied or
+/// not, inside your transaction (which you then roll back or commit).
+#[cfg(feature = "postgres")]
+pub async fn enqueue(client: &impl tokio_postgres::GenericClient, schema: &str, job: &Enqueue) -> Result<u64, Error> {
+    let call = EnqueueCall::new(schema, job)?;
+    let row = client.query_one(&call.sql, &[&call.queue, &call.payload, &call.options]).await?;
+    EnqueueCall::job_id(row.try_get(0)?)
+}
+
+/// [`enqueue`] on an sqlx PostgreSQL connection: pass `&mut *tx` for a
+/// `sqlx::Transaction<'_, Postgres>`, or a `&mut PgConnection` (autocommit). Same statement,
+/// same answers, same errors ([`Error::Sqlx`] for the database's).
+///
+/// Cancel safety: as for [`enqueue`].
+#[cfg(feature = "sqlx")]
+pub async fn enqueue_sqlx(conn: &mut sqlx::PgConnection, schema: &str, job: &Enqueue) -> Result<u64, Error> {
+    let call = EnqueueCall::new(schema, job)?;
+    let id: i64 =
+        sqlx::query_scalar(&call.sql).bind(call.queue).bind(call.payload).bind(&call.options).fetch_one(conn).await?;
+    EnqueueCall::job_id(id)
 }
 
 /// The options object of `<schema>.enqueue()` for `job`: its wire body without queue and payload.

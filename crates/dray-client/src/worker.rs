@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::client::millis_ceil;
 use crate::context::{Attempt, JobContext};
 use crate::error::Error;
+use crate::trace::{self, AttemptOutcome};
 
 /// Jobs run at once by default.
 pub const CONCURRENCY_DEFAULT: usize = 8;
@@ -615,15 +616,16 @@ async fn run_job(
     mut hand_back: watch::Receiver<bool>,
 ) {
     let attempt = Attempt::new(shared.client.clone(), job, sent_at, received_at, shared.extend_ms);
+    let span = trace::attempt_span(&attempt.job);
     let (id, queue) = (attempt.job.id, attempt.job.queue.clone());
     let outcome = match shared.handlers.get(&queue).cloned() {
-        Some(handler) => supervise(&attempt, handler, &mut hand_back).await,
+        Some(handler) => supervise(&attempt, handler, &span, &mut hand_back).instrument(span.clone()).await,
         None => Outcome::Failed(
             JobError::retryable(format!("no handler for queue {queue} on worker {}", shared.worker_id))
                 .retry_after(Duration::ZERO),
         ),
     };
-    let item = match outcome {
+    let (item, ended) = match outcome {
         Outcome::Completed(result) => {
             tracing::debug!(job = id, queue, "job completed");
             let result = match result.map(|v| serde_json::value::to_raw_value(&v)).transpose() {
@@ -631,26 +633,30 @@ async fn run_job(
                 Err(e) => Err(JobError::retryable(format!("the handler's result is not JSON: {e}"))),
             };
             match result {
-                Ok(result) => ack_item(&attempt.job, AckOutcome::Complete, result, None),
-                Err(e) => ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)),
+                Ok(result) => (ack_item(&attempt.job, AckOutcome::Complete, result, None), AttemptOutcome::Completed),
+                Err(e) => (ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)), AttemptOutcome::Failed),
             }
         }
         Outcome::Failed(e) => {
             tracing::debug!(job = id, queue, error = %e, retryable = e.retryable, "job failed");
-            ack_item(&attempt.job, AckOutcome::Fail, None, Some(e))
+            (ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)), AttemptOutcome::Failed)
         }
         Outcome::Panicked(message) => {
             tracing::warn!(job = id, queue, panic = %message, "handler panicked");
             let e = JobError::retryable(format!("handler panicked: {message}"));
-            ack_item(&attempt.job, AckOutcome::Fail, None, Some(e))
+            (ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)), AttemptOutcome::Panicked)
         }
         Outcome::HandedBack => {
             bump(&shared.counters.jobs_handed_back);
             tracing::info!(job = id, queue, "job handed back");
             let e = JobError::retryable(SHUTDOWN_ERROR).retry_after(Duration::ZERO);
-            ack_item(&attempt.job, AckOutcome::Fail, None, Some(e))
+            (ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)), AttemptOutcome::HandedBack)
         }
     };
+    // The attempt's span ends once the handler's task, finished or aborted, drops its handle too;
+    // what follows is the worker's bookkeeping, batched with other jobs'.
+    trace::record_outcome(&span, ended, item.error.as_deref());
+    drop(span);
     // A failed attempt's checkpoint is for the next attempt: make sure the server has it before
     // the failure lets another worker start.
     if item.outcome == AckOutcome::Fail
@@ -669,18 +675,19 @@ async fn run_job(
     drop(slot);
 }
 
-/// Runs the handler in a task of its own and heartbeats for it until it finishes or is handed
-/// back.
+/// Runs the handler in a task of its own, inside the attempt's `span`, and heartbeats for it until
+/// it finishes or is handed back.
 async fn supervise(
     attempt: &Arc<Attempt>,
     handler: Arc<dyn Handler>,
+    span: &tracing::Span,
     hand_back: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    let span =
-        tracing::info_span!("job", id = attempt.job.id, queue = %attempt.job.queue, attempt = attempt.job.attempt);
     // Aborted with this future too: a handler never outlives its job's task (which is dropped
-    // when `Worker::run` is, or when handing back takes too long).
-    let mut task = AbortOnDrop(tokio::spawn(handler.call(attempt.context()).instrument(span)));
+    // when `Worker::run` is, or when handing back takes too long). The call itself is in the span
+    // too: a handler may do synchronous work before its first await.
+    let future = span.in_scope(|| handler.call(attempt.context()));
+    let mut task = AbortOnDrop(tokio::spawn(future.instrument(span.clone())));
     loop {
         let beat_at = attempt.beat_at();
         tokio::select! {

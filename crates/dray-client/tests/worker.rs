@@ -1,8 +1,10 @@
 //! The worker runtime against an in-process server: throughput and ack batching, retries to the
 //! dead-letter queue and redrive, panics, checkpoints, heartbeats, lease loss, cancel, and
 //! graceful shutdown. Handlers report through channels; waits are bounded (`common::WAIT_MAX`).
+//! Trace context from producer to worker is in `trace/`.
 
 mod common;
+mod trace;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish [default: 10000].
     #[arg(long, env = "DRAY_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Distinct queue names used as a `queue` label in /metrics; later queues share the label
+    /// `_other` [default: 1000].
+    #[arg(long, env = "DRAY_METRICS_QUEUES_MAX", value_name = "N")]
+    pub metrics_queues_max: Option<u64>,
     /// Run on PostgreSQL instead of the embedded store (`postgres://user@host:5432/db`); many
     /// nodes may share one database. `--data-dir` is then unused.
     #[arg(long, env = "DRAY_DATABASE", value_name = "URL")]
@@ -82,6 +86,10 @@ pub struct ServeArgs {
     /// `statement_timeout` of every session [default: 30000].
     #[arg(long, env = "DRAY_DATABASE_STATEMENT_TIMEOUT_MS", value_name = "MS")]
     pub database_statement_timeout_ms: Option<u64>,
+    /// The leader's lease: maintenance runs on one elected node, and another takes over at most
+    /// this long (plus a third of it) after the leader vanishes [default: 5000].
+    #[arg(long, env = "DRAY_DATABASE_LEADER_TTL_MS", value_name = "MS")]
+    pub database_leader_ttl_ms: Option<u64>,
 }
 
 /// The validated configuration the server runs with. Build it with [`Config::from_args`] (or
@@ -96,6 +104,7 @@ pub struct Config {
     body_bytes_max: usize,
     lease_wait_ms_max: u64,
     shutdown_grace_ms: u64,
+    metrics_queues_max: usize,
     maintenance: MaintenanceConfig,
     /// `Some`: PostgreSQL mode (the embedded settings are unused).
     database: Option<PostgresConfig>,
@@ -119,6 +128,10 @@ impl Config {
     pub const LEASE_WAIT_MS_MAX_MAX: u64 = 600_000;
     pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
     pub const SHUTDOWN_GRACE_MS_MAX: u64 = 600_000;
+    /// Every queue label is a set of time series in Prometheus (a dozen per queue): a thousand
+    /// queues is about what one Prometheus takes from one server without strain.
+    pub const METRICS_QUEUES_MAX_DEFAULT: u64 = 1_000;
+    pub const METRICS_QUEUES_MAX_MAX: u64 = 100_000;
     /// Maintenance in tests ticks this often, so expiries and promotions show up quickly.
     const TEST_MAINTENANCE_INTERVAL_MS: u64 = 10;
 
@@ -144,6 +157,7 @@ impl Config {
             body_bytes_max: Self::BODY_BYTES_MAX_DEFAULT as usize,
             lease_wait_ms_max: Self::LEASE_WAIT_MS_MAX_DEFAULT,
             shutdown_grace_ms: Self::SHUTDOWN_GRACE_MS_DEFAULT,
+            metrics_queues_max: Self::METRICS_QUEUES_MAX_DEFAULT as usize,
             maintenance: MaintenanceConfig {
                 interval_ms: Self::TEST_MAINTENANCE_INTERVAL_MS,
                 ..MaintenanceConfig::default()
@@ -193,6 +207,11 @@ impl Config {
 
     pub fn shutdown_grace_ms(&self) -> u64 {
         self.shutdown_grace_ms
+    }
+
+    /// Queue names that keep their own `queue` label in /metrics; the rest share `_other`.
+    pub fn metrics_queues_max(&self) -> usize {
+        self.metrics_queues_max
     }
 
     pub fn maintenance(&self) -> MaintenanceConfig {
@@ -271,15 +290,17 @@ struct FileSettings {
     body_bytes_max: Option<u64>,
     lease_wait_ms_max: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    metrics_queues_max: Option<u64>,
     database: Option<String>,
     database_schema: Option<String>,
     database_pool_size_max: Option<u64>,
     database_connect_timeout_ms: Option<u64>,
     database_statement_timeout_ms: Option<u64>,
+    database_leader_ttl_ms: Option<u64>,
 }
 
 impl FileSettings {
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 15] = [
         "listen",
         "data_dir",
         "durability",
@@ -288,11 +309,13 @@ impl FileSettings {
         "body_bytes_max",
         "lease_wait_ms_max",
         "shutdown_grace_ms",
+        "metrics_queues_max",
         "database",
         "database_schema",
         "database_pool_size_max",
         "database_connect_timeout_ms",
         "database_statement_timeout_ms",
+        "database_leader_ttl_ms",
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
@@ -341,11 +364,13 @@ impl FileSettings {
             body_bytes_max: number("body_bytes_max")?,
             lease_wait_ms_max: number("lease_wait_ms_max")?,
             shutdown_grace_ms: number("shutdown_grace_ms")?,
+            metrics_queues_max: number("metrics_queues_max")?,
             database: string("database")?,
             database_schema: string("database_schema")?,
             database_pool_size_max: number("database_pool_size_max")?,
             database_connect_timeout_ms: number("database_connect_timeout_ms")?,
             database_statement_timeout_ms: number("database_statement_timeout_ms")?,
+            database_leader_ttl_ms: number("database_leader_ttl_ms")?,
         })
     }
 }
@@ -361,11 +386,13 @@ struct Raw {
     body_bytes_max: Setting<u64>,
     lease_wait_ms_max: Setting<u64>,
     shutdown_grace_ms: Setting<u64>,
+    metrics_queues_max: Setting<u64>,
     database: Setting<String>,
     database_schema: Setting<String>,
     database_pool_size_max: Setting<u64>,
     database_connect_timeout_ms: Setting<u64>,
     database_statement_timeout_ms: Setting<u64>,
+    database_leader_ttl_ms: Setting<u64>,
 }
 
 impl Raw {
@@ -422,6 +449,14 @@ impl Raw {
                 "shutdown_grace_ms",
                 path,
             ),
+            metrics_queues_max: Setting::pick(
+                args.metrics_queues_max,
+                "--metrics-queues-max",
+                "DRAY_METRICS_QUEUES_MAX",
+                file.metrics_queues_max,
+                "metrics_queues_max",
+                path,
+            ),
             database: Setting::pick(args.database, "--database", "DRAY_DATABASE", file.database, "database", path),
             database_schema: Setting::pick(
                 args.database_schema,
@@ -455,6 +490,14 @@ impl Raw {
                 "database_statement_timeout_ms",
                 path,
             ),
+            database_leader_ttl_ms: Setting::pick(
+                args.database_leader_ttl_ms,
+                "--database-leader-ttl-ms",
+                "DRAY_DATABASE_LEADER_TTL_MS",
+                file.database_leader_ttl_ms,
+                "database_leader_ttl_ms",
+                path,
+            ),
         }
     }
 
@@ -467,6 +510,7 @@ impl Raw {
                 (&self.database_pool_size_max.origin, self.database_pool_size_max.value.is_some()),
                 (&self.database_connect_timeout_ms.origin, self.database_connect_timeout_ms.value.is_some()),
                 (&self.database_statement_timeout_ms.origin, self.database_statement_timeout_ms.value.is_some()),
+                (&self.database_leader_ttl_ms.origin, self.database_leader_ttl_ms.value.is_some()),
             ];
             if let Some((origin, _)) = given.iter().find(|(_, set)| *set) {
                 bail!("{origin}: only applies with --database (PostgreSQL mode)");
@@ -500,6 +544,15 @@ impl Raw {
                 ms,
                 1,
                 PostgresConfig::STATEMENT_TIMEOUT_MS_MAX,
+                " ms",
+            )?;
+        }
+        if let Some(ms) = self.database_leader_ttl_ms.value {
+            pg.leader_ttl_ms = in_range(
+                &self.database_leader_ttl_ms.origin,
+                ms,
+                PostgresConfig::LEADER_TTL_MS_MIN,
+                PostgresConfig::LEADER_TTL_MS_MAX,
                 " ms",
             )?;
         }
@@ -557,6 +610,13 @@ impl Raw {
             Config::SHUTDOWN_GRACE_MS_MAX,
             " ms",
         )?;
+        let metrics_queues_max = in_range(
+            &self.metrics_queues_max.origin,
+            self.metrics_queues_max.value.unwrap_or(Config::METRICS_QUEUES_MAX_DEFAULT),
+            1,
+            Config::METRICS_QUEUES_MAX_MAX,
+            "",
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -566,6 +626,8 @@ impl Raw {
             body_bytes_max: usize::try_from(body_bytes_max).context("--body-bytes-max: too large for this machine")?,
             lease_wait_ms_max,
             shutdown_grace_ms,
+            metrics_queues_max: usize::try_from(metrics_queues_max)
+                .context("--metrics-queues-max: too large for this machine")?,
             maintenance: MaintenanceConfig::default(),
             database,
         })
@@ -658,6 +720,24 @@ mod tests {
     }
 
     #[test]
+    fn metrics_queues_max_layers_and_is_bounded() {
+        let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
+        assert_eq!(c.metrics_queues_max(), 1_000);
+        let c = Raw::layer(ServeArgs::default(), file("metrics_queues_max = 20")).validate().unwrap();
+        assert_eq!(c.metrics_queues_max(), 20);
+        let args = ServeArgs { metrics_queues_max: Some(5), ..ServeArgs::default() };
+        assert_eq!(Raw::layer(args, file("metrics_queues_max = 20")).validate().unwrap().metrics_queues_max(), 5);
+        assert_eq!(
+            err(ServeArgs { metrics_queues_max: Some(0), ..ServeArgs::default() }, ""),
+            "--metrics-queues-max (or DRAY_METRICS_QUEUES_MAX): is 0; allowed is 1 to 100000"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "metrics_queues_max = 100001"),
+            "metrics_queues_max in dray.toml: is 100001; allowed is 1 to 100000"
+        );
+    }
+
+    #[test]
     fn database_options() {
         let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
         assert!(c.database().is_none(), "embedded by default");
@@ -668,6 +748,28 @@ mod tests {
         assert_eq!((pg.url.as_str(), pg.schema.as_str(), pg.pool_size_max), ("postgres://u@h/db", "jobs", 4));
         assert_eq!((pg.statement_timeout_ms, pg.connect_timeout_ms), (1_000, 5_000));
         assert_eq!(pg.time_source, TimeSource::Database);
+        assert_eq!(pg.leader_ttl_ms, PostgresConfig::LEADER_TTL_MS_DEFAULT);
+        let f = file("database = \"postgres://u@h/db\"\ndatabase_leader_ttl_ms = 2000\n");
+        let c = Raw::layer(ServeArgs::default(), f).validate().unwrap();
+        assert_eq!(c.database().unwrap().leader_ttl_ms, 2_000);
+        let f = file("database = \"postgres://u@h/db\"\ndatabase_leader_ttl_ms = 2000\n");
+        let args = ServeArgs { database_leader_ttl_ms: Some(800), ..ServeArgs::default() };
+        assert_eq!(Raw::layer(args, f).validate().unwrap().database().unwrap().leader_ttl_ms, 800);
+        assert_eq!(
+            err(
+                ServeArgs {
+                    database_leader_ttl_ms: Some(100),
+                    database: Some("postgres://h/d".into()),
+                    ..ServeArgs::default()
+                },
+                ""
+            ),
+            "--database-leader-ttl-ms (or DRAY_DATABASE_LEADER_TTL_MS): is 100 ms; allowed is 500 ms to 600000 ms"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "database_leader_ttl_ms = 2000"),
+            "database_leader_ttl_ms in dray.toml: only applies with --database (PostgreSQL mode)"
+        );
         assert_eq!(
             err(
                 ServeArgs {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dray_runtime::{Maintenance, SystemClock};
+use dray_runtime::{Maintenance, MaintenanceConfig, SystemClock, TickReport};
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::{PostgresStore, TimeSource};
 use tokio::sync::watch;
@@ -91,7 +91,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let clock = SystemClock::new();
     let waiters = Arc::new(Waiters::default());
-    let observe = Arc::new(Observer::new());
+    let observe = Arc::new(Observer::new(clock, config.metrics_queues_max()));
     let app = App::new(Shared {
         store: store.clone(),
         clock,
@@ -103,10 +103,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);
-    // Every node runs maintenance: on PostgreSQL its statements claim rows with
-    // `FOR UPDATE SKIP LOCKED`, so concurrent nodes split the work instead of colliding.
-    let maintenance = Maintenance::new(store.clone(), clock, config.maintenance())
-        .map_err(|e| anyhow::anyhow!("maintenance: {e}"))?;
+    // On PostgreSQL only the elected leader runs maintenance (see `maintain`).
+    config.maintenance().validate().map_err(|e| anyhow::anyhow!("maintenance: {e}"))?;
     let wakeups = match &*store {
         AnyStore::Postgres(pg) => {
             let connection = listen_config(pg)?;
@@ -115,7 +113,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         AnyStore::Embedded(_) => None,
     };
-    let maintenance = tokio::spawn(maintain(maintenance, waiters.clone(), observe, maintenance_stopped));
+    let maintenance = tokio::spawn(maintain(
+        store.clone(),
+        clock,
+        config.maintenance(),
+        waiters.clone(),
+        observe,
+        maintenance_stopped,
+    ));
 
     let (stop_serving, serving_stopped) = watch::channel(false);
     let router = routes::router(app);
@@ -141,8 +146,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// [`start`] was stopped by SIGTERM or SIGINT before the server was up (while it waited for the
+/// database): not a failure, the process should exit cleanly.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// `SIGTERM` or `SIGINT`.
+    pub signal: &'static str,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by {} while waiting for the database", self.signal)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// First pause after a failed attempt to open the PostgreSQL store at start; doubled each time.
+const OPEN_RETRY_MS_MIN: u64 = 100;
+/// The longest pause between attempts: a database that comes back is noticed within this (plus
+/// the connect timeout).
+const OPEN_RETRY_MS_MAX: u64 = 5_000;
+
 /// Opens the configured store: the embedded one in its directory, or PostgreSQL (migrating the
 /// schema if needed).
+///
+/// A PostgreSQL database that cannot be reached (down, not created yet, refusing connections) is
+/// retried with backoff, forever, each failure logged with the URL's password redacted: nodes
+/// started before their database (a whole system booting, a failover in progress) come up by
+/// themselves when it does. SIGTERM or SIGINT meanwhile ends the wait with [`Interrupted`].
+/// Configuration errors, a schema newer than this binary and a failed migration are not retried:
+/// waiting would not change them.
 async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     match config.database() {
         None => {
@@ -167,9 +201,57 @@ async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
                 anyhow::bail!("the PostgreSQL store must use the database's clock (TimeSource::Database)");
             }
             tracing::info!(database = ?pg, "opening the PostgreSQL store");
-            let store = PostgresStore::connect(pg.clone())
-                .await
-                .with_context(|| format!("cannot open the PostgreSQL store (schema {})", pg.schema))?;
+            let context = || format!("cannot open the PostgreSQL store (schema {})", pg.schema);
+            let first = PostgresStore::connect(pg.clone()).await;
+            let store = match first {
+                Ok(store) => store,
+                Err(e @ dray_store_postgres::ConnectError::Unavailable { .. }) => {
+                    // Listening for signals only from here: once tokio handles SIGTERM the default
+                    // action (exit) is gone for good, so a normal start leaves it alone. After a
+                    // retried start, a signal arriving in the few milliseconds between this
+                    // listener's end and `Running::wait`'s is not seen (tokio's listeners see only
+                    // signals after they exist); a second one is.
+                    let signal = shutdown_signal();
+                    tokio::pin!(signal);
+                    let mut failures = 1u32;
+                    let mut pause_ms = OPEN_RETRY_MS_MIN;
+                    let mut error = anyhow::Error::new(e);
+                    loop {
+                        tracing::warn!(
+                            database = %pg.url_redacted(),
+                            failures,
+                            retry_ms = pause_ms,
+                            error = %format!("{error:#}"),
+                            "cannot reach the database; retrying (SIGTERM or SIGINT stops)"
+                        );
+                        let attempt = async {
+                            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                            PostgresStore::connect(pg.clone()).await
+                        };
+                        let result = tokio::select! {
+                            signal = &mut signal => {
+                                let signal = signal?;
+                                tracing::info!(signal, "stopped while waiting for the database");
+                                return Err(Interrupted { signal }.into());
+                            }
+                            result = attempt => result,
+                        };
+                        match result {
+                            Ok(store) => {
+                                tracing::info!(failures, "the database is reachable: PostgreSQL store open");
+                                break store;
+                            }
+                            Err(e @ dray_store_postgres::ConnectError::Unavailable { .. }) => {
+                                failures += 1;
+                                pause_ms = (pause_ms * 2).min(OPEN_RETRY_MS_MAX);
+                                error = anyhow::Error::new(e);
+                            }
+                            Err(e) => return Err(e).with_context(context),
+                        }
+                    }
+                }
+                Err(e) => return Err(e).with_context(context),
+            };
             Ok(AnyStore::Postgres(Box::new(store)))
         }
     }
@@ -210,6 +292,15 @@ impl Running {
     /// Lease requests currently long-polling (waiting for a job). For metrics and tests.
     pub fn lease_waiting(&self) -> usize {
         self.waiters.waiting()
+    }
+
+    /// Whether this node runs maintenance now: always in embedded mode (one process); in
+    /// PostgreSQL mode while it holds the leader's lease. For metrics and tests.
+    pub fn is_leader(&self) -> bool {
+        match &*self.store {
+            AnyStore::Embedded(_) => true,
+            AnyStore::Postgres(pg) => pg.leadership().is_leader(),
+        }
     }
 
     /// Waits for SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. Returns early with an
@@ -327,20 +418,60 @@ async fn close_store(mut store: Arc<AnyStore>, patience: Duration) -> anyhow::Re
 
 /// The maintenance loop, plus one thing the server needs: when a tick promoted or expired jobs,
 /// waiting long-polls are woken to try again.
+///
+/// Maintenance runs on the leader only. Embedded, the one process is the leader. On PostgreSQL
+/// this also takes part in the leader election (`dray_store_postgres::Leadership`) and ticks
+/// only during this node's terms: a tick in progress when the term ends is dropped (safe: see
+/// `Maintenance::tick`), and the store fences every maintenance statement with the term's epoch
+/// besides. On `stop`, maintenance ends first, then the lease is released so another node takes
+/// over without waiting for the TTL.
 async fn maintain(
-    maintenance: Maintenance<AnyStore, SystemClock>,
+    store: Arc<AnyStore>,
+    clock: SystemClock,
+    config: MaintenanceConfig,
     waiters: Arc<Waiters>,
     observe: Arc<Observer>,
     stop: watch::Receiver<bool>,
 ) {
-    maintenance
-        .run_with(stop, |report| {
-            observe.maintained(report);
-            if report.promoted > 0 || report.expired > 0 {
-                waiters.wake_all();
-            }
-        })
-        .await
+    let mut on_tick = |report: &TickReport| {
+        observe.maintained(report);
+        if report.promoted > 0 || report.expired > 0 {
+            waiters.wake_all();
+        }
+    };
+    let new_maintenance = || Maintenance::new(store.clone(), clock, config).expect("validated by start");
+    let leadership = match &*store {
+        AnyStore::Postgres(pg) => pg.leadership().clone(),
+        AnyStore::Embedded(_) => return new_maintenance().run_with(stop, on_tick).await,
+    };
+    let (stop_election, election_stopped) = watch::channel(false);
+    let election = leadership.run(election_stopped);
+    let terms = async {
+        let mut terms = leadership.subscribe();
+        let mut stop = stop.clone();
+        loop {
+            let epoch = tokio::select! {
+                biased;
+                _ = stop.wait_for(|&s| s) => break,
+                term = terms.wait_for(Option::is_some) => match term {
+                    Ok(term) => term.map(|t| t.epoch()),
+                    Err(_) => break,
+                },
+            };
+            let (end_term, term_over) = watch::channel(false);
+            let watch_term = async {
+                tokio::select! {
+                    _ = stop.wait_for(|&s| s) => {}
+                    _ = terms.wait_for(|t| t.map(|t| t.epoch()) != epoch) => {}
+                }
+                let _ = end_term.send(true);
+            };
+            tokio::join!(new_maintenance().run_with(term_over, &mut on_tick), watch_term);
+        }
+        // Maintenance has stopped: now hand the lease over.
+        let _ = stop_election.send(true);
+    };
+    tokio::join!(election, terms);
 }
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.

@@ -60,6 +60,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(complete))
         .routes(routes!(fail))
         .routes(routes!(ack))
+        .routes(routes!(crate::workers::workers_list))
         .routes(routes!(dead_list))
         .routes(routes!(dead_redrive))
         .routes(routes!(dead_discard))
@@ -83,16 +84,17 @@ pub(crate) fn router(app: App) -> axum::Router {
     let (router, openapi) = api().split_for_parts();
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
     let router = crate::dashboard::routes(router, &app);
-    let router = crate::observe::routes(router, &app);
-    router
-        .route(
-            "/v1/openapi.json",
-            get(move || async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document) }),
-        )
+    let openapi_json =
+        get(move || async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document) });
+    let router = router
+        .route("/v1/openapi.json", openapi_json)
         .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::method_not_allowed(method.as_str(), uri.path())
-        })
+        });
+    // Last before the outer layers: the request metrics' layer covers only what the router holds,
+    // and must see every route and the fallbacks (counted as route "unmatched").
+    crate::observe::routes(router, &app)
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)

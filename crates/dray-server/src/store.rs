@@ -1,6 +1,9 @@
 //! The one store type the server runs on: the embedded store or the PostgreSQL store, chosen by
 //! the configuration. [`AnyStore`] implements `dray_store::Store` by delegation, so handlers and
 //! maintenance are written once for both.
+//!
+//! Every call through it is timed into `dray_store_call_seconds{call}` (the call is the `Store`
+//! method's name), so the store's share of a request's latency shows the same way for both.
 
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
@@ -17,6 +20,22 @@ pub(crate) enum AnyStore {
 }
 
 impl AnyStore {
+    /// `embedded` or `postgres`, as in the `store` label of `dray_build_info`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Embedded(_) => "embedded",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The PostgreSQL connection pool's state; `None` for the embedded store, which has none.
+    pub fn pool_status(&self) -> Option<dray_store_postgres::PoolStatus> {
+        match self {
+            AnyStore::Embedded(_) => None,
+            AnyStore::Postgres(store) => Some(store.pool_status()),
+        }
+    }
+
     /// Closes the store: the embedded store flushes and releases its directory (on a blocking
     /// thread); the PostgreSQL pool closes its connections.
     pub async fn close(self) -> anyhow::Result<()> {
@@ -36,14 +55,20 @@ impl AnyStore {
     }
 }
 
-/// `match self { Embedded(s) => s.$call, Postgres(s) => s.$call }`, awaited.
+/// `match self { Embedded(s) => s.$call, Postgres(s) => s.$call }`, awaited and timed. A call
+/// abandoned part-way (its request dropped) records nothing: only calls that returned, errors
+/// included, are in the histogram.
 macro_rules! delegate {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {{
+        let started = std::time::Instant::now();
+        let result = match $self {
             AnyStore::Embedded(s) => s.$method($($arg),*).await,
             AnyStore::Postgres(s) => s.$method($($arg),*).await,
-        }
-    };
+        };
+        metrics::histogram!(crate::observe::STORE_CALL_SECONDS, "call" => stringify!($method))
+            .record(started.elapsed().as_secs_f64());
+        result
+    }};
 }
 
 impl Store for AnyStore {

@@ -14,6 +14,12 @@
 //! Ordering on disk. A segment is fsynced before the next one is created, and a new segment's
 //! header is fsynced and its directory entry synced before any record goes into it. So only the
 //! last segment can end in a torn write, and a bad frame anywhere else is corruption.
+//!
+//! Metrics. The writer reports through the `metrics` facade (whatever recorder the process
+//! installed; none in a library test): `dray_store_append_seconds` (one round's writes),
+//! `dray_store_fsync_seconds` (each fsync of a segment file) and
+//! `dray_store_group_commit_operations` (frames made durable by one fsync: a store operation logs
+//! one frame, or several for a very large maintenance pass).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -51,6 +57,10 @@ const WRITER_WAKE_BYTES: usize = 4 * 1024 * 1024;
 /// The writer keeps its batch buffers' capacity between batches (no allocation per commit), but
 /// gives back anything beyond this after an unusually large batch.
 const BATCH_CAPACITY_KEEP_BYTES: usize = 16 * 1024 * 1024;
+/// Metric names, as in the server's catalogue (docs/operations.md).
+const APPEND_SECONDS: &str = "dray_store_append_seconds";
+const FSYNC_SECONDS: &str = "dray_store_fsync_seconds";
+const GROUP_COMMIT_OPERATIONS: &str = "dray_store_group_commit_operations";
 /// Read buffer for replay: large sequential reads, without reading a multi-GB segment whole.
 const REPLAY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Payloads up to this size are read into a pre-sized buffer; longer ones grow as bytes arrive,
@@ -631,6 +641,8 @@ struct State {
     rotations: Vec<RotationMark>,
     /// Commits in order of their target: the stream position that must be durable first.
     waiters: VecDeque<(u64, oneshot::Sender<Reply>)>,
+    /// Frames in `buf`.
+    frames: u64,
     /// Framed bytes ever appended: the stream position of the end of `buf`.
     appended: u64,
     /// Everything before this position is durable under the policy.
@@ -665,6 +677,7 @@ impl State {
         let mut senders: Vec<_> = self.waiters.drain(..).map(|(_, tx)| tx).collect();
         senders.extend(self.rotations.drain(..).filter_map(|m| m.done));
         self.buf.clear();
+        self.frames = 0;
         senders
     }
 }
@@ -721,13 +734,21 @@ impl fmt::Debug for Wal {
     }
 }
 
+/// Fsyncs a segment file, timing it into `dray_store_fsync_seconds`.
+fn sync_timed(file: &mut dyn FsFile) -> io::Result<()> {
+    let started = Instant::now();
+    let result = file.sync();
+    metrics::histogram!(FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+    result
+}
+
 /// Creates segment `seq` and makes it durable: header fsynced, directory entry synced. Only
 /// then may records go into it (see the module docs on ordering).
 fn segment_create(fs: &dyn Fs, dir: &Path, seq: u64) -> Result<Box<dyn FsFile>, WalError> {
     let path = segment_path(dir, seq);
     let mut file = fs.create(&path).map_err(at("creating write-ahead log segment", &path))?;
     file.write_all(&segment_header(seq)).map_err(at("writing the header of", &path))?;
-    file.sync().map_err(at("fsync of", &path))?;
+    sync_timed(file.as_mut()).map_err(at("fsync of", &path))?;
     fs.sync_dir(dir).map_err(at("syncing directory", dir))?;
     Ok(file)
 }
@@ -755,6 +776,7 @@ impl Wal {
                 buf: Vec::new(),
                 rotations: Vec::new(),
                 waiters: VecDeque::new(),
+                frames: 0,
                 appended: 0,
                 acked: 0,
                 seq: first_seq,
@@ -774,6 +796,7 @@ impl Wal {
             seq: first_seq,
             path,
             unsynced: false,
+            frames_unsynced: 0,
             last_sync: Instant::now(),
             batch: Vec::new(),
             rotations: Vec::new(),
@@ -812,6 +835,7 @@ impl Wal {
             )
         })?;
         let framed = (st.buf.len() - start) as u64;
+        st.frames += 1;
         st.appended += framed;
         st.segment_bytes += framed;
         if st.segment_bytes >= shared.config.segment_bytes_max {
@@ -944,6 +968,8 @@ struct Writer {
     path: PathBuf,
     /// Bytes written since the last fsync.
     unsynced: bool,
+    /// Frames written since the last fsync (for `dray_store_group_commit_operations`).
+    frames_unsynced: u64,
     last_sync: Instant,
     /// The batch being written; swapped with `State::buf`, so both keep their capacity.
     batch: Vec<u8>,
@@ -972,6 +998,8 @@ impl Drop for FailOnPanic {
 struct Round {
     /// Stream position at the end of the batch.
     end: u64,
+    /// Frames in the batch.
+    frames: u64,
     closing: bool,
 }
 
@@ -982,6 +1010,7 @@ impl Writer {
             let Some(round) = self.next_round() else {
                 return;
             };
+            self.frames_unsynced += round.frames;
             let result = self.write_round(round.closing);
             let shared = self.shared.clone();
             let reply = {
@@ -1073,20 +1102,24 @@ impl Writer {
         }
         std::mem::swap(&mut st.buf, &mut self.batch);
         std::mem::swap(&mut st.rotations, &mut self.rotations);
+        let frames = std::mem::take(&mut st.frames);
         if st.appender_waiting {
             st.appender_waiting = false;
             shared.drained.notify_all();
         }
-        Some(Round { end: st.appended, closing: st.closing })
+        Some(Round { end: st.appended, frames, closing: st.closing })
     }
 
     /// Writes the batch, switching segments at its rotation marks, then fsyncs as the policy
     /// says. Holds no lock: appends go on meanwhile and form the next batch.
     fn write_round(&mut self, closing: bool) -> Result<(), WalError> {
+        let started = Instant::now();
+        // Time spent in fsyncs at rotation marks, taken out of the round's write time.
+        let mut syncing = Duration::ZERO;
         let mut start = 0;
         let mut marks = std::mem::take(&mut self.rotations).into_iter();
         while let Some(mark) = marks.next() {
-            match self.segment_switch(start, mark.at, mark.seq) {
+            match self.segment_switch(start, mark.at, mark.seq, &mut syncing) {
                 Ok(()) => {
                     start = mark.at;
                     if let Some(tx) = mark.done {
@@ -1105,6 +1138,9 @@ impl Writer {
             self.file.write_all(&self.batch[start..]).map_err(at("writing", &self.path))?;
             self.unsynced = true;
         }
+        if !self.batch.is_empty() {
+            metrics::histogram!(APPEND_SECONDS).record(started.elapsed().saturating_sub(syncing).as_secs_f64());
+        }
         let sync_now = self.unsynced
             && match self.shared.config.durability {
                 Durability::Always => true,
@@ -1118,22 +1154,37 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
-        self.file.sync().map_err(at("fsync of", &self.path))?;
+        sync_timed(self.file.as_mut()).map_err(at("fsync of", &self.path))?;
+        self.synced_frames();
         self.unsynced = false;
         self.last_sync = Instant::now();
         Ok(())
     }
 
+    /// Counts the frames the fsync just made durable. At a rotation mark this includes frames
+    /// of the round that go to the next segment: they are durable at the round's end anyway.
+    fn synced_frames(&mut self) {
+        if self.frames_unsynced > 0 {
+            metrics::histogram!(GROUP_COMMIT_OPERATIONS).record(self.frames_unsynced as f64);
+            self.frames_unsynced = 0;
+        }
+    }
+
     /// Writes `batch[from..to]` to the current segment, fsyncs it, and moves to a new segment.
-    fn segment_switch(&mut self, from: usize, to: usize, seq: u64) -> Result<(), WalError> {
+    /// Adds the time spent syncing to `syncing`.
+    fn segment_switch(&mut self, from: usize, to: usize, seq: u64, syncing: &mut Duration) -> Result<(), WalError> {
         if to > from {
             self.file.write_all(&self.batch[from..to]).map_err(at("writing", &self.path))?;
         }
+        let sync_started = Instant::now();
         // The old segment must be whole on disk before the next exists: replay reads a bad frame
         // in any segment but the last as corruption.
-        self.file.sync().map_err(at("fsync of", &self.path))?;
+        sync_timed(self.file.as_mut()).map_err(at("fsync of", &self.path))?;
+        self.synced_frames();
         let dir = &self.shared.config.dir;
-        self.file = segment_create(self.shared.fs.as_ref(), dir, seq)?;
+        let created = segment_create(self.shared.fs.as_ref(), dir, seq);
+        *syncing += sync_started.elapsed();
+        self.file = created?;
         self.seq = seq;
         self.path = segment_path(dir, seq);
         self.unsynced = false;

@@ -44,6 +44,10 @@ pub struct PostgresConfig {
     pub time_source: TimeSource,
     /// How long an idempotency key returns the original job (see `docs/semantics.md`).
     pub idempotency_window_ms: u64,
+    /// The leader's lease ([`crate::Leadership`]): a leader renews it every third of this, and
+    /// when a leader vanishes another node takes over at most this long after its last renewal
+    /// (plus one follower poll, a third of it). Shorter means faster failover and more renewals.
+    pub leader_ttl_ms: u64,
 }
 
 impl PostgresConfig {
@@ -56,9 +60,14 @@ impl PostgresConfig {
     pub const CONNECT_TIMEOUT_MS_MAX: u64 = 300_000;
     pub const STATEMENT_TIMEOUT_MS_DEFAULT: u64 = 30_000;
     pub const STATEMENT_TIMEOUT_MS_MAX: u64 = 3_600_000;
+    /// Five seconds: failover within seconds, for a renewal every 1.7 s (a one-row update).
+    pub const LEADER_TTL_MS_DEFAULT: u64 = 5_000;
+    /// A renewal must fit in a quarter of the TTL (its own timeout), network round trip included.
+    pub const LEADER_TTL_MS_MIN: u64 = 500;
+    pub const LEADER_TTL_MS_MAX: u64 = 600_000;
 
     /// Every option at its default: schema `dray`, 16 connections, 5 s to connect, 30 s per
-    /// statement, the database's clock, the default idempotency window.
+    /// statement, the database's clock, the default idempotency window, a 5 s leader lease.
     pub fn new(url: impl Into<String>) -> PostgresConfig {
         PostgresConfig {
             url: url.into(),
@@ -68,6 +77,7 @@ impl PostgresConfig {
             statement_timeout_ms: Self::STATEMENT_TIMEOUT_MS_DEFAULT,
             time_source: TimeSource::Database,
             idempotency_window_ms: dray_core::Limits::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            leader_ttl_ms: Self::LEADER_TTL_MS_DEFAULT,
         }
     }
 
@@ -84,6 +94,7 @@ impl PostgresConfig {
             dray_core::Limits::IDEMPOTENCY_WINDOW_MS_MAX,
             "",
         )?;
+        check_range("leader_ttl_ms", self.leader_ttl_ms, Self::LEADER_TTL_MS_MIN, Self::LEADER_TTL_MS_MAX, " ms")?;
         self.pg_config()?;
         Ok(())
     }
@@ -107,6 +118,11 @@ impl PostgresConfig {
         }
         pg.connect_timeout(self.connect_timeout());
         Ok(pg)
+    }
+
+    /// The URL with any password replaced by `***`, for logs and error messages.
+    pub fn url_redacted(&self) -> String {
+        redact(&self.url)
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -153,6 +169,7 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("time_source", &self.time_source)
             .field("idempotency_window_ms", &self.idempotency_window_ms)
+            .field("leader_ttl_ms", &self.leader_ttl_ms)
             .finish()
     }
 }
@@ -196,6 +213,9 @@ mod tests {
         let mut c = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
         c.pool_size_max = 0;
         assert_eq!(c.validate().unwrap_err().to_string(), "pool_size_max: is 0; allowed is 1 to 1024");
+        let mut c = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
+        c.leader_ttl_ms = 100;
+        assert_eq!(c.validate().unwrap_err().to_string(), "leader_ttl_ms: is 100 ms; allowed is 500 ms to 600000 ms");
         let mut c = PostgresConfig::new("postgres://postgres@127.0.0.1/test");
         c.url = "postgres://host:notaport/x".into();
         assert_eq!(c.validate().unwrap_err().field, "url");

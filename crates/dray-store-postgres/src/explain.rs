@@ -43,19 +43,25 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "expire leases",
             sql: sql.expire_select.clone(),
-            args: "'2023-11-14 22:13:30+00', 1000".into(),
+            args: "'2023-11-14 22:13:30+00', 1000, NULL, NULL".into(),
+            indexes: &["jobs_running"],
+        },
+        Hot {
+            name: "expire leases, fenced by the leader's epoch",
+            sql: sql.expire_select.clone(),
+            args: "'2023-11-14 22:13:30+00', 1000, 'maintenance', 7".into(),
             indexes: &["jobs_running"],
         },
         Hot {
             name: "promote due jobs",
             sql: sql.promote_select.clone(),
-            args: "'2023-11-14 22:13:30+00', 1000".into(),
+            args: "'2023-11-14 22:13:30+00', 1000, 'maintenance', 7".into(),
             indexes: &["jobs_waiting"],
         },
         Hot {
             name: "prune",
             sql: sql.prune.clone(),
-            args: "'2023-11-14 22:13:30+00', 1000".into(),
+            args: "'2023-11-14 22:13:30+00', 1000, 'maintenance', 7".into(),
             indexes: &["jobs_finished", "jobs_dead"],
         },
         Hot { name: "lock jobs to ack (100 ids)", sql: sql.jobs_lock.clone(), args: ids, indexes: &["jobs_pkey"] },
@@ -131,6 +137,10 @@ INSERT INTO {schema}.job_history (job_id, seq, at, kind, state, attempt)
 SELECT id, 1, created_at, 'enqueued', 'available', 0 FROM {schema}.jobs;
 INSERT INTO {schema}.job_history (job_id, seq, at, kind, state, attempt)
 SELECT id, 2, created_at, 'leased', 'running', 1 FROM {schema}.jobs;
+
+-- The leader's current term, so fenced maintenance statements run in full.
+INSERT INTO {schema}.leader (name, holder, epoch, acquired_at, expires_at)
+VALUES ('maintenance', 'explain', 7, now(), now() + interval '1 hour');
 
 UPDATE {schema}.jobs SET idempotency_key = 'k' || id, idempotency_expires_at = created_at + interval '1 day'
 WHERE id % 7 = 0;

@@ -67,6 +67,12 @@
 //! **Wake-ups.** Inserts, promotions and redrives that make jobs available send
 //! `NOTIFY <schema>_jobs, '<queue>'` (delivered at commit); the server listens on it.
 //!
+//! **One leader for maintenance.** Migration 3 adds `<schema>.leader`; [`Leadership`] (from
+//! [`PostgresStore::leadership`]) takes part in the election on a connection of its own. Once it
+//! runs, the maintenance calls (`leases_expire`, `jobs_promote`, `jobs_prune`) act only while this
+//! node leads, and each of their statements checks the term's epoch against the table in SQL
+//! (`leader.rs` says why that fence suffices). Without an election they act unconditionally.
+//!
 //! **Transactional enqueue.** Migration 2 installs `<schema>.enqueue(queue, payload, options)`,
 //! which an application calls inside its own transaction (`docs/outbox.md`); it writes exactly
 //! what `job_insert` writes for one job, with the same limits (`<schema>.enqueue_limits()`,
@@ -79,6 +85,7 @@
 
 mod config;
 mod error;
+mod leader;
 mod migrate;
 mod row;
 mod sql;
@@ -89,5 +96,6 @@ mod explain;
 
 pub use config::{PostgresConfig, TimeSource};
 pub use error::ConnectError;
+pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
-pub use store::PostgresStore;
+pub use store::{PoolStatus, PostgresStore};

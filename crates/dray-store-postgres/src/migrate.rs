@@ -22,6 +22,7 @@ pub(crate) struct Migration {
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: V1_JOBS },
     Migration { version: 2, name: "enqueue_function", sql: V2_ENQUEUE },
+    Migration { version: 3, name: "leader", sql: V3_LEADER },
 ];
 
 /// The first schema. Why each piece is shaped as it is:
@@ -140,6 +141,24 @@ CREATE TABLE {s}.idempotency (
     PRIMARY KEY (queue, key)
 );
 CREATE INDEX idempotency_job ON {s}.idempotency (job_id);
+"#;
+
+/// Leader election (`leader.rs`): one row per elected role (today only `maintenance`), holding
+/// who leads, the term's fencing token and when the lease ends on the database's clock.
+///
+/// - `epoch` is the fencing token: it grows by one at every new term (another holder, or the same
+///   holder after its lease ran out), never goes back, and a statement fenced with it checks
+///   `epoch = $mine AND expires_at > now()` in its own transaction.
+/// - No row is ever deleted: a released lease keeps its holder and epoch with `expires_at` set to
+///   the release time, so the next term's epoch continues from it.
+const V3_LEADER: &str = r#"
+CREATE TABLE {s}.leader (
+    name text COLLATE "C" PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 64),
+    holder text NOT NULL CHECK (octet_length(holder) BETWEEN 1 AND 256),
+    epoch bigint NOT NULL CHECK (epoch >= 1),
+    acquired_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
 "#;
 
 /// Transactional enqueue: `<schema>.enqueue(queue, payload, options)`, for applications that

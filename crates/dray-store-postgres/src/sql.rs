@@ -202,15 +202,17 @@ CROSS JOIN LATERAL (
 ) h
 WHERE j.id = $1::bigint";
 
+/// Maintenance statements (this one, promotion and pruning) carry the leader's fence in `$3`
+/// and `$4` (`crate::leader::guard`): a node whose term is over acts on nothing.
 const EXPIRE_SELECT: &str = "
 SELECT {job_columns} FROM {s}.jobs j
-WHERE j.state = 'running' AND j.lease_deadline <= coalesce($1::timestamptz, now())
+WHERE j.state = 'running' AND j.lease_deadline <= coalesce($1::timestamptz, now()) AND {leader_guard}
 ORDER BY j.lease_deadline, j.id
 LIMIT $2::bigint
 FOR UPDATE SKIP LOCKED";
 
 const PROMOTE_SELECT: &str = "
-SELECT d.* FROM (SELECT name FROM {s}.queues ORDER BY name) q
+SELECT d.* FROM (SELECT name FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
 CROSS JOIN LATERAL (
     SELECT {job_columns} FROM {s}.jobs j
     WHERE j.queue = q.name AND j.state IN ('scheduled', 'retrying') AND j.run_at <= coalesce($1::timestamptz, now())
@@ -225,7 +227,7 @@ LIMIT $2::bigint";
 /// no order is asked for: the index range is read as far as the limit needs, never sorted.
 const PRUNE: &str = "
 WITH finished AS (
-    SELECT d.id FROM (SELECT name, retention_ms FROM {s}.queues ORDER BY name) q
+    SELECT d.id FROM (SELECT name, retention_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
     CROSS JOIN LATERAL (
         SELECT j.id FROM {s}.jobs j
         WHERE j.queue = q.name AND j.state IN ('completed', 'cancelled')
@@ -236,7 +238,7 @@ WITH finished AS (
     ) d
     LIMIT $2::bigint
 ), dead AS (
-    SELECT d.id FROM (SELECT name, retention_dead_ms FROM {s}.queues ORDER BY name) q
+    SELECT d.id FROM (SELECT name, retention_dead_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
     CROSS JOIN LATERAL (
         SELECT j.id FROM {s}.jobs j
         WHERE j.queue = q.name AND j.state = 'dead'
@@ -437,6 +439,7 @@ fn render(sql: &str, schema: &str) -> String {
     sql.replace("{job_columns}", JOB_COLUMNS)
         .replace("{queue_columns}", QUEUE_COLUMNS)
         .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
+        .replace("{leader_guard}", &crate::leader::guard("{s}", 3))
         .replace("{s}", schema)
 }
 
@@ -474,6 +477,9 @@ mod tests {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");
         }
         assert!(sql.lease.contains("dray_x.fencing_tokens"));
+        for fenced in [&sql.expire_select, &sql.promote_select, &sql.prune] {
+            assert!(fenced.contains("FROM dray_x.leader ldr WHERE ldr.name = $3::text"), "{fenced}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::config::{PostgresConfig, TimeSource};
 use crate::error::{ConnectError, Fail, corrupt, db_error, pool_error};
+use crate::leader::{Fence, Leadership};
 use crate::row::{
     get, history_from_row, id_from_sql, id_to_sql, job_from_row, lease_to_sql, ms_to_sql, queue_from_row, state_of,
     stats_from_row, summary_from_row, to_time, token_from_sql, token_to_sql,
@@ -58,6 +59,8 @@ pub struct PostgresStore {
     /// `<schema>_jobs`: notified with the queue's name when a queue gets available jobs.
     channel: String,
     rng: Rng,
+    /// Whether this node leads; once an election runs, maintenance calls act only while it does.
+    leadership: Leadership,
 }
 
 /// A uniformly random `u64` per call (splitmix64 over an atomic counter), seeded from the OS's
@@ -147,6 +150,19 @@ fn rejected(job: JobId, r: Rejection) -> Fail {
     Fail::Store(Error::rejected(job, r))
 }
 
+/// A snapshot of the connection pool (see [`PostgresStore::pool_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most connections the pool opens (`pool_size_max`).
+    pub size_max: usize,
+    /// Connections lent to a call now.
+    pub in_use: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Calls waiting for a connection.
+    pub waiting: usize,
+}
+
 impl PostgresStore {
     /// Connects, applies pending migrations (safe when several nodes start at once) and opens a
     /// pool of `pool_size_max` connections, each with `synchronous_commit = on`.
@@ -185,9 +201,19 @@ impl PostgresStore {
             pool,
             sql: Sql::new(&config.schema),
             channel: format!("{}_jobs", config.schema),
+            leadership: Leadership::new(&config),
             config,
             rng: Rng::from_os(),
         })
+    }
+
+    /// This node's part in the leader election (see [`Leadership`]). Until someone calls
+    /// [`Leadership::run`] on it, maintenance calls (`leases_expire`, `jobs_promote`,
+    /// `jobs_prune`) act unconditionally, as a single process or a test needs; from then on they
+    /// act only while this node leads (a follower's call returns at once, acting on nothing), and
+    /// each of their statements checks the term's epoch in SQL.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
     pub fn config(&self) -> &PostgresConfig {
@@ -214,6 +240,18 @@ impl PostgresStore {
             }
             Ok(out)
         })
+    }
+
+    /// The connection pool's state now, for metrics: a pool that stays fully in use while calls
+    /// wait for connections is the first sign that `pool_size_max` is too small.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus {
+            size_max: status.max_size,
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            waiting: status.waiting,
+        }
     }
 
     async fn client(&self) -> Result<Object, Error> {
@@ -703,12 +741,13 @@ impl PostgresStore {
         Ok(ids)
     }
 
-    async fn expire_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<Vec<Expired>, Fail> {
+    async fn expire_in(&self, tx: &Transaction<'_>, p: &Maintain, fence: Fence) -> Result<Vec<Expired>, Fail> {
         let now_param = self.now_param(p.now);
         let limit = p.limit.min(i64::MAX as usize) as i64;
+        let (name, epoch) = fence.params();
         let rows = async {
             let st = prep(tx, &self.sql.expire_select).await?;
-            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit]).await?)
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit, &name, &epoch]).await?)
         };
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -729,12 +768,13 @@ impl PostgresStore {
         Ok(expired)
     }
 
-    async fn promote_in(&self, tx: &Transaction<'_>, p: &Maintain) -> Result<usize, Fail> {
+    async fn promote_in(&self, tx: &Transaction<'_>, p: &Maintain, fence: Fence) -> Result<usize, Fail> {
         let now_param = self.now_param(p.now);
         let limit = p.limit.min(i64::MAX as usize) as i64;
+        let (name, epoch) = fence.params();
         let rows = async {
             let st = prep(tx, &self.sql.promote_select).await?;
-            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit]).await?)
+            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&now_param, &limit, &name, &epoch]).await?)
         };
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -1275,20 +1315,33 @@ impl Store for PostgresStore {
     }
 
     async fn leases_expire(&self, p: Maintain) -> Result<Vec<Expired>, Error> {
-        in_transaction!(self, "leases_expire", |tx| self.expire_in(&tx, &p))
+        let fence = self.leadership.fence();
+        if fence == Fence::Follower {
+            return Ok(Vec::new());
+        }
+        in_transaction!(self, "leases_expire", |tx| self.expire_in(&tx, &p, fence))
     }
 
     async fn jobs_promote(&self, p: Maintain) -> Result<usize, Error> {
-        in_transaction!(self, "jobs_promote", |tx| self.promote_in(&tx, &p))
+        let fence = self.leadership.fence();
+        if fence == Fence::Follower {
+            return Ok(0);
+        }
+        in_transaction!(self, "jobs_promote", |tx| self.promote_in(&tx, &p, fence))
     }
 
     async fn jobs_prune(&self, p: Maintain) -> Result<usize, Error> {
+        let fence = self.leadership.fence();
+        if fence == Fence::Follower {
+            return Ok(0);
+        }
+        let (name, epoch) = fence.params();
         let now = self.now_param(p.now);
         let limit = i64::try_from(p.limit).unwrap_or(i64::MAX);
         // One statement: atomic on its own, no transaction block needed.
         on_client!(self, |client| async {
             let st = prep_client(&client, &self.sql.prune).await?;
-            let rows = client.query(&st, &[&now, &limit]).await.map_err(db_error)?;
+            let rows = client.query(&st, &[&now, &limit, &name, &epoch]).await.map_err(db_error)?;
             Ok(rows.len())
         })
     }

@@ -1,5 +1,5 @@
 //! Transactional enqueue: the `<schema>.enqueue()` SQL function (migration 2) and the Rust SDK's
-//! `dray_client::outbox::enqueue` helper on top of it. Each test gets a fresh database; the store
+//! helpers on top of it (`dray_client::outbox::enqueue` for tokio-postgres, `enqueue_sqlx`). Each test gets a fresh database; the store
 //! runs on the database's clock (`TimeSource::Database`), as the function does.
 
 mod common;
@@ -502,4 +502,66 @@ async fn rust_helper_enqueues_in_the_callers_transaction() {
     assert!(store.job_get(JobId(gone)).await.unwrap().is_none());
     let leased = store.job_lease(lease("receipts")).await.unwrap();
     assert_eq!(leased.iter().map(|l| l.id).collect::<Vec<_>>(), vec![JobId(id)]);
+}
+
+/// The SDK's sqlx helper: the same call (built by the same code) on an sqlx transaction; commit
+/// makes the job visible with everything the builder set, rollback leaves nothing, and errors
+/// read the same as with tokio-postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_helper_commits_and_rolls_back_with_the_callers_transaction() {
+    use dray_client::{Enqueue, outbox};
+    use sqlx::Connection;
+
+    let db = TestDb::create().await;
+    let store = store(&db).await;
+    let mut app = sqlx::PgConnection::connect(&db.url).await.expect("sqlx connects");
+    sqlx::query("CREATE TABLE app_orders (id bigint PRIMARY KEY)").execute(&mut app).await.unwrap();
+
+    let job = Enqueue::new("receipts", &serde_json::json!({"order": 7}))
+        .unwrap()
+        .priority(2)
+        .delay(Duration::from_secs(60))
+        .idempotency_key("sqlx-7");
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("INSERT INTO app_orders (id) VALUES (7)").execute(&mut *tx).await.unwrap();
+    let id = outbox::enqueue_sqlx(&mut tx, "dray", &job).await.unwrap();
+    assert!(store.job_get(JobId(id)).await.unwrap().is_none(), "invisible before commit");
+    tx.commit().await.unwrap();
+    let stored = store.job_get(JobId(id)).await.unwrap().expect("visible after commit");
+    assert_eq!(stored.payload.as_bytes(), br#"{"order": 7}"#);
+    assert_eq!(stored.priority, 2);
+    assert_eq!(stored.state(), JobState::Scheduled, "delay_ms reached the function");
+    assert_eq!(stored.idempotency_key.as_deref(), Some("sqlx-7"));
+    // The same enqueue again (autocommit) is the same job.
+    assert_eq!(outbox::enqueue_sqlx(&mut app, "dray", &job).await.unwrap(), id);
+
+    // Rolled back: neither the application's row nor the job.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("INSERT INTO app_orders (id) VALUES (8)").execute(&mut *tx).await.unwrap();
+    let gone = outbox::enqueue_sqlx(&mut tx, "dray", &Enqueue::new("receipts", &8).unwrap()).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(store.job_get(JobId(gone)).await.unwrap().is_none(), "no job after a rollback");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM app_orders").fetch_one(&mut app).await.unwrap();
+    assert_eq!(orders, 1);
+
+    // The function's refusals, through sqlx's error type.
+    let other = Enqueue::new("receipts", &9).unwrap().idempotency_key("sqlx-7");
+    let err = outbox::enqueue_sqlx(&mut app, "dray", &other).await.unwrap_err();
+    assert!(matches!(err, outbox::Error::Sqlx(_)) && err.is_conflict(), "{err}");
+    let bad = Enqueue::new("receipts", &1).unwrap().priority(5000);
+    let err = outbox::enqueue_sqlx(&mut app, "dray", &bad).await.unwrap_err();
+    assert!(err.is_invalid() && !err.is_conflict(), "{err}");
+    assert_eq!(err.message(), "dray.enqueue: priority is 5000; allowed is -1000 to 1000");
+    let err = outbox::enqueue_sqlx(&mut app, "Dray", &job).await.unwrap_err();
+    assert!(matches!(err, outbox::Error::Invalid { ref field, .. } if field == "schema"), "{err}");
+}
+
+/// Both helpers send exactly the call [`dray_client::outbox::EnqueueCall`] builds.
+#[test]
+fn one_call_for_every_driver() {
+    use dray_client::{Enqueue, outbox::EnqueueCall};
+    let job = Enqueue::new("q", &serde_json::json!([1])).unwrap().priority(1);
+    let call = EnqueueCall::new("app_dray", &job).unwrap();
+    assert_eq!(call.sql, "SELECT app_dray.enqueue($1::text, $2::text::jsonb, $3::text::jsonb)");
+    assert_eq!((call.queue, call.payload, call.options.as_str()), ("q", "[1]", r#"{"priority":1}"#));
 }

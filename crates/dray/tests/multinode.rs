@@ -7,6 +7,7 @@
 //! the test's own SQL. With no PostgreSQL reachable the tests fail, saying how to get one.
 
 mod common;
+mod pg;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -18,145 +19,20 @@ use dray_api::LeaseRequest;
 use dray_client::{Client, Enqueue, Worker};
 use tokio::sync::watch;
 
-use common::ServeProcess;
+use pg::{Node, TestDb, count, query};
 
-const BASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Jobs in the kill-and-restart run; `DRAY_MULTINODE_JOBS` overrides.
 const JOBS_DEFAULT: u64 = 50_000;
 const BATCH: u64 = 1_000;
 const QUEUE: &str = "mn";
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| BASE_URL_DEFAULT.to_owned())
-}
-
-/// Runs `sql` with psql on `url`; returns its unaligned, tuples-only output.
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([url, "-X", "-v", "ON_ERROR_STOP=1", "-At", "-F", ",", "-c", sql])
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[track_caller]
-fn query(url: &str, sql: &str) -> String {
-    psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-fn count(url: &str, sql: &str) -> u64 {
-    query(url, sql).trim().parse().unwrap_or_else(|e| panic!("{sql}: not a number: {e}"))
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let scheme_end = url.find("://").map(|i| i + 3).expect("DATABASE_URL must be a postgres:// URL");
-    let rest = &url[scheme_end..];
-    let (before_query, query) = match rest.find('?') {
-        Some(q) => (&rest[..q], &rest[q..]),
-        None => (rest, ""),
-    };
-    let authority = before_query.split('/').next().unwrap_or("");
-    format!("{}{authority}/{db}{query}", &url[..scheme_end])
-}
-
-/// A database of its own, dropped (with its connections) when the test ends.
-struct TestDb {
-    base: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    fn create() -> TestDb {
-        let base = base_url();
-        if let Err(e) = psql(&base, "SELECT 1") {
-            panic!(
-                "no PostgreSQL reachable at {base}: {e}\n\
-                 These tests need one: set DATABASE_URL=postgres://USER@HOST:PORT/DB (a role that may \
-                 CREATE DATABASE), or start the local cluster with `pg_ctlcluster 15 main start` \
-                 (user postgres, trust authentication, database test)."
-            );
-        }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("dray_test_{}_{nanos}", std::process::id());
-        query(&base, &format!("CREATE DATABASE {name}"));
-        let url = with_database(&base, &name);
-        TestDb { base, name, url }
-    }
-
-    fn terminate_all(&self) -> u64 {
-        let sql = format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = '{}' AND pid <> pg_backend_pid()",
-            self.name
-        );
-        count(&self.base, &sql)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = psql(&self.base, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
-
-/// A `dray serve --database` node; its data directory is unused but must exist for the helper.
-struct Node {
-    process: Option<ServeProcess>,
-    url: String,
-    addr: String,
-    db: String,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(db: &str) -> Node {
-        Node::start_at(db, "127.0.0.1:0", tempfile::tempdir().expect("a temporary directory"))
-    }
-
-    fn start_at(db: &str, listen: &str, dir: tempfile::TempDir) -> Node {
-        // Restarting on the same port may race the old socket's teardown: retry a little.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let process = loop {
-            match ServeProcess::spawn(&dir.path().join("unused"), listen, &node_flags(db)) {
-                Ok(p) => break p,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("retrying: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
-        Node {
-            url: process.url.clone(),
-            addr: process.addr.to_string(),
-            process: Some(process),
-            db: db.to_owned(),
-            dir,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::builder(&self.url).request_timeout(Duration::from_secs(30)).build().expect("a client")
-    }
-
-    /// SIGKILL, then a new process on the same address (clients keep their URL).
-    fn kill_and_restart(&mut self) {
-        self.process.take().expect("running").kill9();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("a temporary directory"));
-        let restarted = Node::start_at(&self.db, &self.addr, dir);
-        assert_eq!(restarted.url, self.url);
-        *self = restarted;
-    }
-}
-
-fn node_flags(db: &str) -> Vec<&str> {
-    vec!["--database", db, "--database-pool-size-max", "8", "--database-connect-timeout-ms", "2000"]
-}
+/// One job in this many takes [`SLOW_JOB`] to run, so the SIGKILL of a node finds leases in
+/// flight (workers then ack through a node that is gone, and retry).
+const SLOW_EVERY: u64 = 25;
+const SLOW_JOB: Duration = Duration::from_millis(20);
+/// Leases the vanishing worker takes and never finishes: each must expire and be leased again.
+const DOOMED_LEASES: usize = 8;
+/// The SDK workers' lease: short, so the vanished worker's leases expire soon.
+const WORKER_LEASE: Duration = Duration::from_secs(3);
 
 fn jobs_target() -> u64 {
     std::env::var("DRAY_MULTINODE_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(JOBS_DEFAULT)
@@ -166,7 +42,8 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("a runtime")
 }
 
-/// Starts an SDK worker on `client` that completes every job at once.
+/// Starts an SDK worker on `client` that completes every job, at once except one in
+/// [`SLOW_EVERY`] (by the number in its payload), which takes [`SLOW_JOB`].
 fn spawn_worker(
     rt: &tokio::runtime::Runtime,
     client: Client,
@@ -175,10 +52,15 @@ fn spawn_worker(
 ) -> tokio::task::JoinHandle<dray_client::WorkerReport> {
     let worker = Worker::builder(client)
         .worker_id(format!("w{id}"))
-        .queue(QUEUE, |_ctx: dray_client::JobContext| async move { Ok(None) })
+        .queue(QUEUE, |ctx: dray_client::JobContext| async move {
+            if ctx.payload::<u64>().is_ok_and(|n| n % SLOW_EVERY == 0) {
+                tokio::time::sleep(SLOW_JOB).await;
+            }
+            Ok(None)
+        })
         .concurrency(32)
         .lease_wait(Duration::from_secs(2))
-        .lease_duration(Duration::from_secs(3))
+        .lease_duration(WORKER_LEASE)
         .build()
         .expect("a worker");
     rt.spawn(async move {
@@ -192,9 +74,40 @@ fn spawn_worker(
     })
 }
 
+/// A worker on a runtime of its own that takes [`DOOMED_LEASES`] jobs and never finishes them
+/// (it heartbeats while alive). Dropping the runtime makes it vanish at once, as a killed worker
+/// process would: no ack, no heartbeat, no hand-back; its leases can only expire.
+fn spawn_doomed_worker(client: Client, held: Arc<AtomicU64>) -> tokio::runtime::Runtime {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+    let worker = Worker::builder(client)
+        .worker_id("doomed")
+        .queue(QUEUE, move |_ctx: dray_client::JobContext| {
+            let held = held.clone();
+            async move {
+                held.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok(None)
+            }
+        })
+        .concurrency(DOOMED_LEASES)
+        .lease_wait(Duration::from_secs(2))
+        .lease_duration(WORKER_LEASE)
+        .build()
+        .expect("a worker");
+    rt.spawn(async move { worker.run(std::future::pending::<()>()).await });
+    rt
+}
+
+/// What [`check_history`] found besides its assertions.
+#[derive(Debug)]
+struct Histories {
+    /// Jobs whose lease expired at least once (and which were then leased again and completed).
+    expired_then_completed: u64,
+}
+
 /// Every job completed exactly once; a job leased again only after its previous lease ended
 /// (expired or failed); tokens strictly increase per job.
-fn check_history(db: &str, jobs: u64) {
+fn check_history(db: &str, jobs: u64) -> Histories {
     let s = "dray";
     assert_eq!(count(db, &format!("SELECT count(*) FROM {s}.jobs")), jobs, "jobs in the table");
     let unfinished =
@@ -244,6 +157,18 @@ fn check_history(db: &str, jobs: u64) {
         }
     }
     eprintln!("history ok: {jobs} jobs, each completed once; {} leases of re-leased jobs checked", releases);
+    // A lease that expired is followed by another lease and the completion (every job completed
+    // exactly once, checked above): the re-lease path, not just the happy one.
+    let expired_then_completed = count(
+        db,
+        &format!(
+            "SELECT count(DISTINCT e.job_id) FROM {s}.job_history e \
+             JOIN {s}.job_history l ON l.job_id = e.job_id AND l.kind = 'leased' AND l.seq > e.seq \
+             JOIN {s}.job_history c ON c.job_id = e.job_id AND c.kind = 'completed' AND c.seq > l.seq \
+             WHERE e.kind = 'expired'"
+        ),
+    );
+    Histories { expired_then_completed }
 }
 
 #[test]
@@ -256,6 +181,8 @@ fn three_nodes_four_workers_survive_a_killed_node() {
     let rt = rt();
     let (stop_tx, stop_rx) = watch::channel(false);
     let workers: Vec<_> = (0..4).map(|i| spawn_worker(&rt, nodes[i % 3].client(), i, stop_rx.clone())).collect();
+    let doomed_held = Arc::new(AtomicU64::new(0));
+    let doomed = spawn_doomed_worker(nodes[1].client(), doomed_held.clone());
 
     // Enqueue in batches through every node, with idempotency keys so a retried batch (a node
     // killed mid-request: outcome unknown) does not enqueue twice.
@@ -299,6 +226,14 @@ fn three_nodes_four_workers_survive_a_killed_node() {
         assert!(Instant::now() < deadline, "no progress to {kill_at} completed jobs");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The doomed worker vanishes first (its leases must expire), then its node.
+    while doomed_held.load(Ordering::SeqCst) < DOOMED_LEASES as u64 {
+        assert!(Instant::now() < deadline, "the doomed worker got no jobs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    doomed.shutdown_background();
+    let in_flight = count(&db.url, "SELECT count(*) FROM dray.jobs WHERE state = 'running'");
+    eprintln!("the doomed worker vanished holding {DOOMED_LEASES} leases; {in_flight} jobs running");
     let killed_at = Instant::now();
     nodes[1].kill_and_restart();
     eprintln!("node 1 killed and restarted in {:?} (at {:?})", killed_at.elapsed(), started.elapsed());
@@ -321,7 +256,12 @@ fn three_nodes_four_workers_survive_a_killed_node() {
         let report = rt.block_on(w).expect("worker task");
         eprintln!("{report:?}");
     }
-    check_history(&db.url, jobs);
+    let histories = check_history(&db.url, jobs);
+    eprintln!("{histories:?}");
+    assert!(
+        histories.expired_then_completed >= DOOMED_LEASES as u64,
+        "every lease the vanished worker held expired and its job was leased again and completed: {histories:?}"
+    );
     for node in nodes {
         let status = node.process.expect("running").terminate();
         assert!(status.success(), "graceful shutdown: {status}");

@@ -8,7 +8,12 @@ use anyhow::Context;
 pub async fn run(args: dray_server::ServeArgs) -> anyhow::Result<()> {
     let config = dray_server::Config::from_args(args)?;
     dray_server::init_logging(config.log_format());
-    let running = dray_server::start(config).await?;
+    let running = match dray_server::start(config).await {
+        Ok(running) => running,
+        // SIGTERM/SIGINT while waiting for the database: a requested stop, exit 0.
+        Err(e) if e.is::<dray_server::Interrupted>() => return Ok(()),
+        Err(e) => return Err(e),
+    };
     // One line on stdout, so a supervisor or a test that asked for port 0 learns the address.
     // Logs go to stderr.
     let mut stdout = std::io::stdout().lock();

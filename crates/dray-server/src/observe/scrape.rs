@@ -1,0 +1,217 @@
+//! `GET /metrics`, and the layer that counts and times every HTTP request.
+//!
+//! A scrape renders the process's counters and histograms (the recorder), then the gauges it
+//! computes now from this server's store and worker registry: jobs by state, the oldest dead
+//! job's age, paused queues, polling, the PostgreSQL pool and the build. Those gauges are written
+//! here rather than kept in the recorder, so they describe this server only (even with several
+//! servers in one process), and a queue that is gone simply stops being exported instead of
+//! keeping its last value forever.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use dray_core::JobState;
+use dray_runtime::Clock;
+use dray_store::Store;
+
+use super::names::*;
+use crate::app::App;
+
+/// The Prometheus text format's media type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The route label of a request no route matched (answered by the fallback).
+const ROUTE_UNMATCHED: &str = "unmatched";
+
+/// Counts and times one request under its route template. Lives inside the router, after
+/// routing, so the matched route is known; requests no route matched have no template and count
+/// as `unmatched`, so a scan of random paths adds no series.
+pub(super) async fn track_request(request: Request, next: Next) -> Response {
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) => path.as_str().to_owned(),
+        None => ROUTE_UNMATCHED.to_owned(),
+    };
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route, "method" => method).record(seconds);
+    response
+}
+
+/// Methods other than the standard ones share one label: the method is the client's choice.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// `GET /metrics`: always 200 while the process serves, so Prometheus's `up` means "the process
+/// answers". When the store cannot list its queues the per-queue gauges are left out of that
+/// scrape (and a warning is logged), which an `absent()` alert can catch.
+pub(super) async fn metrics_get(State(app): State<App>) -> Response {
+    // The gauges first: their store call is then in this scrape's `dray_store_call_seconds`.
+    let mut gauge_text = String::new();
+    gauges(&app, &mut gauge_text).await;
+    let mut body = super::recorder::handle().map(|handle| handle.render()).unwrap_or_default();
+    body.push_str(&gauge_text);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response()
+}
+
+/// What the gauges say about one `queue` label (several queues when folded into `_other`).
+#[derive(Debug, Default)]
+struct QueueGauges {
+    counts: [u64; JobState::ALL.len()],
+    dead_oldest_age_s: f64,
+    paused: bool,
+    polling: usize,
+    last_poll_unix_s: f64,
+}
+
+/// Appends the gauges computed at scrape time.
+async fn gauges(app: &App, out: &mut String) {
+    let mut queues: BTreeMap<Arc<str>, QueueGauges> = BTreeMap::new();
+    let listed = app.store.queue_list().await;
+    let now = app.clock.now();
+    match &listed {
+        Ok(list) => {
+            for stats in list {
+                let label = app.observe.queue_label(stats.config.name.as_str());
+                let g = queues.entry(label).or_default();
+                for (sum, n) in g.counts.iter_mut().zip(stats.counts) {
+                    *sum += n;
+                }
+                if let Some(at) = stats.oldest_dead_at {
+                    g.dead_oldest_age_s = g.dead_oldest_age_s.max(now.ms_since(at) as f64 / 1000.0);
+                }
+                g.paused |= stats.config.paused;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot list the queues; leaving out the per-queue gauges"),
+    }
+    for polled in app.workers.by_queue() {
+        let g = queues.entry(app.observe.queue_label(polled.queue.as_str())).or_default();
+        g.polling += polled.polling;
+        g.last_poll_unix_s = g.last_poll_unix_s.max(polled.last_poll_unix_s);
+    }
+
+    if listed.is_ok() {
+        family(out, QUEUE_JOBS, "Jobs in the queue by state, from the store at scrape time.");
+        for (queue, g) in &queues {
+            for state in JobState::ALL {
+                sample(out, QUEUE_JOBS, &[("queue", queue), ("state", state.as_str())], g.counts[state.index()]);
+            }
+        }
+        family(
+            out,
+            QUEUE_DEAD_OLDEST_AGE_SECONDS,
+            "Seconds since the longest-dead job in the queue died; 0 when none is dead.",
+        );
+        for (queue, g) in &queues {
+            sample(out, QUEUE_DEAD_OLDEST_AGE_SECONDS, &[("queue", queue)], g.dead_oldest_age_s);
+        }
+        family(out, QUEUE_PAUSED, "1 when the queue is paused (for _other: when any folded queue is).");
+        for (queue, g) in &queues {
+            sample(out, QUEUE_PAUSED, &[("queue", queue)], u8::from(g.paused));
+        }
+    }
+    if !queues.is_empty() {
+        family(
+            out,
+            QUEUE_LAST_POLL_TIMESTAMP_SECONDS,
+            "Unix time a worker last asked this node for the queue (now while one waits); 0 if never.",
+        );
+        for (queue, g) in &queues {
+            sample(out, QUEUE_LAST_POLL_TIMESTAMP_SECONDS, &[("queue", queue)], g.last_poll_unix_s);
+        }
+        family(out, WORKERS_POLLING, "Lease requests (long-polls included) in progress on this node for the queue.");
+        for (queue, g) in &queues {
+            sample(out, WORKERS_POLLING, &[("queue", queue)], g.polling);
+        }
+    }
+
+    if let Some(pool) = app.store.pool_status() {
+        family(out, STORE_POOL_CONNECTIONS, "PostgreSQL connections of this node's pool, in use or idle.");
+        sample(out, STORE_POOL_CONNECTIONS, &[("state", "in_use")], pool.in_use);
+        sample(out, STORE_POOL_CONNECTIONS, &[("state", "idle")], pool.idle);
+        family(out, STORE_POOL_CONNECTIONS_MAX, "The most connections this node's PostgreSQL pool opens.");
+        sample(out, STORE_POOL_CONNECTIONS_MAX, &[], pool.size_max);
+    }
+
+    family(out, BUILD_INFO, "Always 1; the labels tell the version and the store this server runs on.");
+    sample(out, BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION")), ("store", app.store.kind())], 1);
+}
+
+/// The `# HELP` and `# TYPE` lines of a gauge.
+fn family(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
+/// One sample line: `name{k="v",...} value`.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push_str("=\"");
+            escape_label_value(out, value);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// The text format's escapes in a label value: backslash, double quote and line feed. Queue
+/// names cannot hold any of them today; the format must not depend on that.
+fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_escape_label_values() {
+        let mut out = String::new();
+        sample(&mut out, "m", &[("a", "x\"y\\z\nw"), ("b", "ok")], 2.5);
+        sample(&mut out, "n", &[], 1);
+        assert_eq!(out, "m{a=\"x\\\"y\\\\z\\nw\",b=\"ok\"} 2.5\nn 1\n");
+    }
+
+    #[test]
+    fn unusual_methods_share_a_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+    }
+}

@@ -1,0 +1,244 @@
+// Drives the dashboard in Debian's chromium and checks every page against the scene that
+// crates/dray/tests/dashboard.rs set up through the API (passed in DRAY_DASHBOARD_FIXTURE).
+//
+//   node tests/browser/dashboard.mjs <base-url> <screenshot-dir>
+//
+// Exits 0 when every check passed; otherwise prints what failed and exits 1. Never downloads a
+// browser: it launches /usr/bin/chromium with a fresh profile directory.
+
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, shots] = process.argv.slice(2);
+if (!base || !shots) {
+  console.error('usage: node dashboard.mjs <base-url> <screenshot-dir>');
+  process.exit(2);
+}
+const fixture = JSON.parse(process.env.DRAY_DASHBOARD_FIXTURE || 'null');
+if (!fixture) {
+  console.error('DRAY_DASHBOARD_FIXTURE is not set: run this through `cargo nextest run -p dray --test dashboard`');
+  process.exit(2);
+}
+
+/** Bound on any one wait in the page (a live update arrives within about a second). */
+const WAIT_MS = 15_000;
+
+function check(condition, message) {
+  if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+async function api(method, path, body) {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+const text = (page, selector) => page.locator(selector).first().innerText();
+const number = (s) => Number(String(s).replace(/[^0-9]/g, ''));
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+  console.log(`  screenshot ${name}.png`);
+}
+
+async function step(name, body) {
+  const started = Date.now();
+  await body();
+  console.log(`ok   ${name} (${Date.now() - started} ms)`);
+}
+
+const profile = await mkdtemp(join(tmpdir(), 'dray-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run',
+  ],
+  viewport: { width: 1440, height: 900 },
+  timezoneId: 'UTC',
+});
+const errors = [];
+let failed = false;
+try {
+  const page = context.pages()[0] || await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console error: ${m.text()}`); });
+  // The page must never load anything from elsewhere (no CDN, no fonts): fail on any attempt.
+  page.on('request', (r) => { if (!r.url().startsWith(base)) errors.push(`request outside the server: ${r.url()}`); });
+
+  await step('overview shows every queue with its counts, live', async () => {
+    await page.goto(`${base}/`);
+    await page.waitForSelector('tr[data-queue="emails"]');
+    for (const q of fixture.queues) await page.waitForSelector(`tr[data-queue="${q}"]`);
+    const cell = (q, s) => text(page, `tr[data-queue="${q}"] td[data-state="${s}"]`);
+    check(number(await cell('emails', 'completed')) === fixture.completed_jobs, 'emails: completed count');
+    check(number(await cell('emails', 'available')) === fixture.emails_jobs.length - fixture.completed_jobs, 'emails: available count');
+    check(number(await cell('billing', 'dead')) === fixture.dead_jobs.length, 'billing: dead count');
+    check(number(await cell('reports', 'running')) === 1, 'reports: running count');
+    await page.waitForSelector('#live.on');
+    check(number(await text(page, '#total-dead .value')) === fixture.dead_jobs.length, 'total dead card');
+  });
+
+  await step('a live update arrives without reloading', async () => {
+    await page.evaluate(() => { window.__sameDocument = true; });
+    const selector = 'tr[data-queue="emails"] td[data-state="available"]';
+    const before = number(await text(page, selector));
+    // 60 more: enough for the job search to need a second page.
+    const jobs = Array.from({ length: 60 }, (_, i) => ({ queue: 'emails', payload: { n: i }, tags: ['bulk'] }));
+    await api('POST', '/v1/jobs/batch', { jobs });
+    await page.waitForFunction(([sel, want]) => {
+      const el = document.querySelector(sel);
+      return el && Number(el.textContent.replace(/[^0-9]/g, '')) === want;
+    }, [selector, before + 60]);
+    check(await page.evaluate(() => window.__sameDocument === true), 'the page was not reloaded');
+    await shot(page, 'overview');
+  });
+
+  await step('queue page: counts, configuration, pause and resume', async () => {
+    await page.click('tr[data-queue="billing"] a');
+    await page.waitForSelector('h1:has-text("billing")');
+    check(number(await text(page, '#queue-counts [data-state="dead"] .value')) === fixture.dead_jobs.length, 'billing dead card');
+    check((await text(page, '.panel dl.fields')).includes('attempts_max'), 'configuration shown');
+    await page.waitForSelector('#queue-jobs tr[data-job]');
+    check(await page.locator('#queue-jobs tr[data-job]').count() === fixture.dead_jobs.length, 'billing jobs listed');
+    await page.click('#queue-pause');
+    await page.waitForSelector('dialog#confirm[open]');
+    check((await text(page, '#confirm-title')).includes('Pause billing'), 'pause confirmation');
+    await page.click('#confirm-ok');
+    await page.waitForSelector('h1 .badge.paused');
+    check((await api('GET', '/v1/queues/billing')).paused === true, 'billing paused via the page');
+    await page.click('#queue-pause');
+    await page.waitForFunction(() => !document.querySelector('h1 .badge.paused'));
+    check((await api('GET', '/v1/queues/billing')).paused === false, 'billing resumed via the page');
+    await page.goto(`${base}/#/queues/emails`);
+    await page.waitForSelector('h1:has-text("emails")');
+    await page.waitForSelector('#queue-jobs tr[data-job]');
+    await shot(page, 'queue');
+  });
+
+  await step('job search: filters and paging with the cursor', async () => {
+    await page.goto(`${base}/#/jobs`);
+    await page.selectOption('#filter-queue', 'emails');
+    await page.selectOption('#filter-state', 'completed');
+    await page.click('form.filters button[type=submit]');
+    await page.waitForFunction(() => window.location.hash.includes('state=completed'));
+    await page.waitForSelector('#job-results tr[data-job]');
+    check(await page.locator('#job-results tr[data-job]').count() === fixture.completed_jobs, 'completed emails found');
+    await page.goto(`${base}/#/jobs?queue=emails`);
+    await page.waitForSelector('#job-results tr[data-job]');
+    const firstPage = await page.locator('#job-results tr[data-job]').count();
+    check(firstPage === 50, `a full first page (${firstPage})`);
+    const firstId = await page.locator('#job-results tr[data-job]').first().getAttribute('data-job');
+    await page.click('#page-next');
+    await page.waitForFunction((id) => {
+      const row = document.querySelector('#job-results tr[data-job]');
+      return row && row.dataset.job !== id;
+    }, firstId);
+    const secondPage = await page.locator('#job-results tr[data-job]').count();
+    check(secondPage === fixture.emails_jobs.length + 60 - 50, `the rest on page two (${secondPage})`);
+    await page.click('#page-prev');
+    await page.waitForFunction((id) => document.querySelector('#job-results tr[data-job]')?.dataset.job === id, firstId);
+    await page.goto(`${base}/#/jobs?tag=welcome`);
+    await page.waitForSelector('#job-results tr[data-job]');
+    check(await page.locator('#job-results tr[data-job]').count() === fixture.emails_jobs.length, 'tag filter');
+    await shot(page, 'jobs');
+  });
+
+  await step('job page: timeline, lease, fencing token, payload as sent', async () => {
+    await page.goto(`${base}/#/jobs/${fixture.running_job}`);
+    await page.waitForSelector('#job-timeline li[data-event="leased"]');
+    check(await page.locator('#job-timeline li[data-event="enqueued"]').count() === 1, 'enqueued entry');
+    const lease = await text(page, '#job-lease');
+    check(lease.includes(fixture.running_worker), 'lease names the worker');
+    check(lease.includes(String(fixture.running_token)), 'lease shows the fencing token');
+    check((await text(page, '#job-timeline')).includes(`fencing token ${fixture.running_token}`), 'token on the timeline');
+    check((await text(page, '#job-progress')).includes('"done": 40'), 'progress shown');
+    check((await text(page, '#job-checkpoint')).includes('"page": 7'), 'checkpoint shown');
+    await shot(page, 'job-running');
+
+    await page.goto(`${base}/#/jobs/${fixture.emails_jobs[0]}`);
+    await page.waitForSelector('#job-payload');
+    const payload = await text(page, '#job-payload');
+    check(payload.includes('<img src=x onerror=alert(1)>'), 'markup in a payload is shown as text');
+    check(payload.includes('123456789012345678901234567890'), 'a big number is shown exactly');
+    check(await page.locator('main img').count() === 0, 'no element was made from the payload');
+    check((await text(page, '#job-result')).includes('250 ok'), 'result shown');
+
+    await page.goto(`${base}/#/jobs/${fixture.dead_jobs[1]}`);
+    await page.waitForSelector('#job-timeline li[data-event="failed"]');
+    check((await text(page, '#job-timeline li[data-event="failed"]')).includes(fixture.dead_error), 'error on the timeline');
+    check((await text(page, '#job-attempts')).includes(fixture.dead_error), 'error in the attempts table');
+    check(await page.locator('#job-redrive').count() === 1, 'a dead job offers redrive');
+    await shot(page, 'job-dead');
+  });
+
+  await step('dead letters: select, confirm, redrive; the API agrees', async () => {
+    await page.goto(`${base}/#/dead?queue=billing`);
+    await page.waitForSelector('#dead-list tr[data-job]');
+    check(await page.locator('#dead-list tr[data-job]').count() === fixture.dead_jobs.length, 'every dead job listed');
+    const target = fixture.dead_jobs[0];
+    await page.check(`input[data-select="${target}"]`);
+    check((await text(page, '#redrive-selected')).includes('(1)'), 'one selected');
+    await page.click('#redrive-selected');
+    await page.waitForSelector('dialog#confirm[open]');
+    check((await text(page, '#confirm-title')) === 'Redrive 1 job?', 'the dialog says how many');
+    await shot(page, 'dead-confirm');
+    await page.click('#confirm-ok');
+    await page.waitForSelector('#dead-message .notice.ok');
+    check((await text(page, '#dead-message')).includes('Redrove 1 job'), 'the page reports the redrive');
+    const job = await api('GET', `/v1/jobs/${target}`);
+    check(job.state !== 'dead', `job ${target} left the dead-letter queue (now ${job.state})`);
+    await page.waitForFunction((n) => document.querySelectorAll('#dead-list tr[data-job]').length === n, fixture.dead_jobs.length - 1);
+
+    // "All matching" asks first, with the number, and Cancel changes nothing.
+    await page.click('#redrive-all');
+    await page.waitForSelector('dialog#confirm[open]');
+    check((await text(page, '#confirm-title')) === `Redrive ${fixture.dead_jobs.length - 1} jobs?`, 'the count of all matching');
+    await page.click('#confirm-cancel');
+    await page.waitForSelector('dialog#confirm:not([open])', { state: 'attached' });
+    const dead = await api('GET', '/v1/dead?queue=billing');
+    check(dead.jobs.length === fixture.dead_jobs.length - 1, 'cancel redrove nothing');
+    await shot(page, 'dead');
+  });
+
+  await step('workers: who polls what, which leases they hold', async () => {
+    await page.goto(`${base}/#/workers`);
+    const row = `tr[data-worker="${fixture.running_worker}"]`;
+    await page.waitForSelector(row);
+    // Polled in a loop by the test: the badge shows whenever a request is in flight.
+    await page.waitForSelector(`${row} .badge.running`);
+    check((await text(page, row)).includes('reports'), 'its queue');
+    await page.waitForSelector(`${row} tr[data-job="${fixture.running_job}"]`);
+    check((await text(page, `${row} tr[data-job="${fixture.running_job}"]`)).includes(`token ${fixture.running_token}`), 'its lease and token');
+    const idle = `tr[data-worker="${fixture.idle_worker}"]`;
+    await page.waitForSelector(idle);
+    check((await text(page, idle)).includes('none'), 'the other worker holds no lease any more');
+    await shot(page, 'workers');
+  });
+
+  check(errors.length === 0, `no errors in the page:\n  ${errors.join('\n  ')}`);
+} catch (e) {
+  failed = true;
+  console.error(`FAIL ${e.message}`);
+  if (errors.length) console.error(`page errors:\n  ${errors.join('\n  ')}`);
+  try {
+    const page = context.pages()[0];
+    if (page) await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true });
+    console.error(`  screenshot failure.png in ${shots}`);
+  } catch {
+    // Nothing more to show.
+  }
+} finally {
+  await context.close();
+  await rm(profile, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
