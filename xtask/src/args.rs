@@ -1,9 +1,11 @@
-//! Flags of `cargo xtask bench store`, parsed by hand (a few flags do not justify clap's compile
-//! time), then checked once so the workloads can trust them.
+//! Flags of `cargo xtask bench store`, parsed with the shared loop of `flags.rs`, then checked
+//! once so the workloads can trust them.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+
+use crate::flags::{self, seconds};
 
 /// The hidden subcommand a benchmark run re-executes this binary with.
 pub const CHILD: &str = "__bench-child";
@@ -135,42 +137,27 @@ impl Options {
             cold: true,
             keep: false,
         };
-        let mut it = argv.iter().copied();
-        while let Some(arg) = it.next() {
-            // `--flag=value` and `--flag value` both work.
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-                _ => (arg, None),
-            };
-            let mut value = || -> anyhow::Result<&str> {
-                match inline {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{flag} needs a value")),
-                }
-            };
+        flags::each(argv, |arg| {
+            let flag = arg.flag;
             match flag {
-                "--dir" => o.dir = PathBuf::from(value()?),
-                "--durability" => o.durability = DurabilityArg::parse(value()?)?,
-                "--lanes" => o.lanes = number(flag, value()?)?,
-                "--batch" => o.batch = number(flag, value()?)?,
-                "--runs" => o.runs = number(flag, value()?)?,
-                "--warmup" => o.warmup_s = seconds(flag, value()?)?,
-                "--duration" => o.duration_s = seconds(flag, value()?)?,
-                "--jobs" => {
-                    o.jobs = value()?
-                        .split(',')
-                        .map(|n| number::<u64>(flag, &n.replace('_', "")))
-                        .collect::<anyhow::Result<_>>()?
-                }
+                "--dir" => o.dir = PathBuf::from(arg.value()?),
+                "--durability" => o.durability = DurabilityArg::parse(arg.value()?)?,
+                "--lanes" => o.lanes = arg.number()?,
+                "--batch" => o.batch = arg.number()?,
+                "--runs" => o.runs = arg.number()?,
+                "--warmup" => o.warmup_s = seconds(flag, arg.value()?)?,
+                "--duration" => o.duration_s = seconds(flag, arg.value()?)?,
+                "--jobs" => o.jobs = arg.numbers()?,
                 "--no-cold" => o.cold = false,
                 "--keep" => o.keep = true,
                 "all" => o.workloads.extend(Workload::ALL),
                 w => match Workload::ALL.into_iter().find(|k| k.name() == w) {
                     Some(k) => o.workloads.push(k),
-                    None => bail!("unknown workload or flag `{arg}`"),
+                    None => bail!("unknown workload or flag `{}`", arg.raw),
                 },
             }
-        }
+            Ok(())
+        })?;
         if o.workloads.is_empty() {
             o.workloads.extend(Workload::ALL);
         }
@@ -204,21 +191,6 @@ impl Options {
             self.duration_s.to_string(),
         ]
     }
-}
-
-pub fn number<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    v.parse().with_context(|| format!("{flag} {v}: not a number"))
-}
-
-pub fn seconds(flag: &str, v: &str) -> anyhow::Result<f64> {
-    let s: f64 = v.trim_end_matches('s').parse().with_context(|| format!("{flag} {v}: not a number of seconds"))?;
-    if !(s.is_finite() && s >= 0.0) {
-        bail!("{flag} must be a non-negative number of seconds");
-    }
-    Ok(s)
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::args::{DurabilityArg, number, seconds};
+use crate::args::DurabilityArg;
+use crate::flags::{self, seconds};
 
 pub const BENCH_HTTP_HELP: &str = "\
 cargo xtask bench http [WORKLOAD...] [FLAGS]
@@ -121,38 +122,23 @@ impl HttpOptions {
             perf: false,
             keep: false,
         };
-        let mut it = argv.iter().copied();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-                _ => (arg, None),
-            };
-            let mut value = || -> anyhow::Result<&str> {
-                match inline {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{flag} needs a value")),
-                }
-            };
+        flags::each(argv, |arg| {
+            let flag = arg.flag;
             match flag {
-                "--durability" => o.durability = DurabilityArg::parse(value()?)?,
-                "--runs" => o.runs = number(flag, value()?)?,
-                "--warmup" => o.warmup_s = seconds(flag, value()?)?,
-                "--duration" => o.duration_s = seconds(flag, value()?)?,
-                "--rate" => {
-                    o.rates = value()?
-                        .split(',')
-                        .map(|n| number::<u64>(flag, &n.replace('_', "")))
-                        .collect::<anyhow::Result<_>>()?
-                }
-                "--producers" => o.producers = number(flag, value()?)?,
-                "--workers" => o.workers = number(flag, value()?)?,
-                "--backlog" => o.backlog = number(flag, value()?)?,
-                "--sdk-concurrency" => o.sdk_concurrency = number(flag, value()?)?,
-                "--sdk-ack-batch" => o.sdk_ack_batch = Some(number(flag, value()?)?),
-                "--pollers" => o.pollers = number(flag, value()?)?,
-                "--inflight" => o.inflight = number(flag, value()?)?,
-                "--bin" => o.bin = PathBuf::from(value()?),
-                "--dir" => o.dir = PathBuf::from(value()?),
+                "--durability" => o.durability = DurabilityArg::parse(arg.value()?)?,
+                "--runs" => o.runs = arg.number()?,
+                "--warmup" => o.warmup_s = seconds(flag, arg.value()?)?,
+                "--duration" => o.duration_s = seconds(flag, arg.value()?)?,
+                "--rate" => o.rates = arg.numbers()?,
+                "--producers" => o.producers = arg.number()?,
+                "--workers" => o.workers = arg.number()?,
+                "--backlog" => o.backlog = arg.number()?,
+                "--sdk-concurrency" => o.sdk_concurrency = arg.number()?,
+                "--sdk-ack-batch" => o.sdk_ack_batch = Some(arg.number()?),
+                "--pollers" => o.pollers = arg.number()?,
+                "--inflight" => o.inflight = arg.number()?,
+                "--bin" => o.bin = PathBuf::from(arg.value()?),
+                "--dir" => o.dir = PathBuf::from(arg.value()?),
                 "--no-fsync-count" => o.count_fsyncs = false,
                 "--perf" => o.perf = true,
                 "--keep" => o.keep = true,
@@ -161,9 +147,10 @@ impl HttpOptions {
                 "batch-sdk" => o.workloads.push(HttpWorkload::BatchSdk),
                 "single" => o.workloads.push(HttpWorkload::Single),
                 "all" => o.workloads.extend([HttpWorkload::BatchRaw, HttpWorkload::BatchSdk, HttpWorkload::Single]),
-                _ => bail!("unknown workload or flag `{arg}`"),
+                _ => bail!("unknown workload or flag `{}`", arg.raw),
             }
-        }
+            Ok(())
+        })?;
         if o.workloads.is_empty() {
             o.workloads.extend([HttpWorkload::BatchRaw, HttpWorkload::BatchSdk, HttpWorkload::Single]);
         }

@@ -33,6 +33,12 @@ impl Server {
     /// Starts `bin serve` on 127.0.0.1 with a port the OS picks and a fresh `dir`; returns once it
     /// printed the address it listens on (it then accepts connections).
     pub fn start(bin: &Path, dir: &Path, durability: DurabilityArg) -> anyhow::Result<Server> {
+        Server::start_with(bin, dir, &["--durability".into(), durability.arg()])
+    }
+
+    /// [`Server::start`] with other flags for `serve` than the durability (`--database URL` for
+    /// a node on PostgreSQL, whose data directory is then unused).
+    pub fn start_with(bin: &Path, dir: &Path, flags: &[String]) -> anyhow::Result<Server> {
         remove_dir(dir)?;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let log = dir.with_extension("stderr.log");
@@ -40,7 +46,8 @@ impl Server {
         let mut command = Command::new(bin);
         command
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--durability", &durability.arg()])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .arg("--data-dir")
             .arg(dir)
             .stdin(Stdio::null())

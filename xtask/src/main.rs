@@ -1,15 +1,19 @@
 //! Project automation, run as `cargo xtask <command>` (the alias in `.cargo/config.toml` builds
 //! this crate in release mode). Today: `cargo xtask bench store`, the embedded store's benchmark,
-//! and `cargo xtask bench http`, the server's end-to-end benchmark over HTTP.
+//! `cargo xtask bench http`, the server's end-to-end benchmark over HTTP, and `cargo xtask bench
+//! compare`, Dray against peer job queues (with `bench driver`, Dray's side of it).
 //!
 //! A plain harness that prints figures, not criterion: criterion takes longer to compile here than
 //! the benchmark takes to run, and these workloads measure seconds of steady state, not
 //! nanoseconds. This crate never ships in the server binary.
 
 mod args;
+mod bench_driver;
 mod bench_http;
 mod bench_store;
+mod compare;
 mod counting_fs;
+mod flags;
 mod http_args;
 mod http_load;
 mod http_server;
@@ -24,9 +28,11 @@ cargo xtask <command>
 Commands:
   bench store [WORKLOAD...] [FLAGS]   benchmark the embedded store in-process
   bench http [WORKLOAD...] [FLAGS]    benchmark `dray serve` end to end over HTTP
+  bench compare [FLAGS]               Dray against BullMQ, graphile-worker and pg-boss
+  bench driver [FLAGS]                Dray's driver for `bench compare` (one measured run)
   help                                this text
 
-Run `cargo xtask bench store --help` or `cargo xtask bench http --help` for workloads and flags.
+Run `cargo xtask bench <command> --help` for workloads and flags.
 ";
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +59,24 @@ fn main() -> anyhow::Result<()> {
             let opts =
                 http_args::HttpOptions::parse(rest).context("bad arguments (see `cargo xtask bench http --help`)")?;
             bench_http::run(&opts)
+        }
+        ["bench", "compare", rest @ ..] => {
+            if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {
+                print!("{}", compare::args::BENCH_COMPARE_HELP);
+                return Ok(());
+            }
+            let opts = compare::args::CompareOptions::parse(rest)
+                .context("bad arguments (see `cargo xtask bench compare --help`)")?;
+            compare::run(&opts)
+        }
+        ["bench", "driver", rest @ ..] => {
+            if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {
+                print!("{}", bench_driver::BENCH_DRIVER_HELP);
+                return Ok(());
+            }
+            let opts =
+                bench_driver::DriverOptions::parse(rest).context("bad arguments (see `xtask bench driver --help`)")?;
+            bench_driver::run(&opts)
         }
         // Hidden: one measured workload in a fresh process, started by `bench store` itself so
         // that every run begins with an empty heap and its memory figures are its own.
