@@ -26,7 +26,8 @@ const WORK_HELP: &str = "\
 Runs CMD through `sh -c` once per job, in its own process group:
   stdin   the job's payload (JSON)
   env     DRAY_JOB_ID, DRAY_QUEUE, DRAY_ATTEMPT, DRAY_FENCING_TOKEN (hand the token to downstream
-          systems so they can reject a stale attempt's writes)
+          systems so they can reject a stale attempt's writes), and TRACEPARENT when the job
+          carries W3C trace context
   exit 0  the job is completed; stdout, if it parses as JSON, is stored as its result
   exit 65 (EX_DATAERR) the job failed and is not retried: it goes to the dead-letter queue
   other   the job failed and is retried with backoff (75, EX_TEMPFAIL, is the conventional code;
@@ -139,6 +140,9 @@ pub struct EnqueueArgs {
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// W3C trace context (`00-<trace id>-<parent id>-<flags>`) handed to the worker with the job.
+    #[arg(long, value_name = "TRACEPARENT", env = "TRACEPARENT")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

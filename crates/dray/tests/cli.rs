@@ -269,10 +269,11 @@ fn jsonl_bad_line_is_named_and_its_batch_is_not_enqueued() {
 #[test]
 fn work_exec_completes_with_stdout_as_result() {
     let server = Server::start();
-    let job = server.json(&["enqueue", "--queue", "echo", "--payload", r#"{"x":[1,2]}"#]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let job = server.json(&["enqueue", "--queue", "echo", "--payload", r#"{"x":[1,2]}"#, "--traceparent", traceparent]);
     let id = id_of(&job);
     // The command sees the payload on stdin and the job in its environment.
-    let exec = r#"printf '{"payload":%s,"id":%s,"queue":"%s","attempt":%s,"token":%s}' "$(cat)" "$DRAY_JOB_ID" "$DRAY_QUEUE" "$DRAY_ATTEMPT" "$DRAY_FENCING_TOKEN""#;
+    let exec = r#"printf '{"payload":%s,"id":%s,"queue":"%s","attempt":%s,"token":%s,"trace":"%s"}' "$(cat)" "$DRAY_JOB_ID" "$DRAY_QUEUE" "$DRAY_ATTEMPT" "$DRAY_FENCING_TOKEN" "$TRACEPARENT""#;
     let worker = server.work(&["--queue", "echo", "--exec", exec, "--concurrency", "2"]);
     let done = server.wait_state(id, "completed");
     let result = &done["result"];
@@ -280,6 +281,7 @@ fn work_exec_completes_with_stdout_as_result() {
     assert_eq!(result["id"], id);
     assert_eq!(result["queue"], "echo");
     assert_eq!(result["attempt"], 1);
+    assert_eq!(result["trace"], traceparent, "the job's trace context reaches the command");
     let leased = done["history"].as_array().unwrap().iter().find(|e| e["event"] == "leased").unwrap();
     assert_eq!(result["token"], leased["fencing_token"]);
 

@@ -80,7 +80,7 @@ fn job(args: &EnqueueArgs, payload: Json) -> EnqueueJob {
         idempotency_key: args.idempotency_key.clone(),
         ordering_key: args.ordering_key.clone(),
         tags: args.tags.clone(),
-        traceparent: None,
+        traceparent: args.traceparent.clone(),
     }
 }
 

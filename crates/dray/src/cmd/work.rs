@@ -140,6 +140,11 @@ async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // The environment-variable carrier of trace context that OpenTelemetry SDKs read, so the
+    // command's own spans join the producer's trace.
+    if let Some(traceparent) = ctx.traceparent() {
+        command.env("TRACEPARENT", traceparent);
+    }
     let mut child =
         command.spawn().map_err(|err| JobError::retryable(format!("cannot start `sh -c {exec}`: {err}")))?;
     let Some(pid) = child.id() else {
