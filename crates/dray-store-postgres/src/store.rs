@@ -54,6 +54,10 @@ const UPDATE_STATEMENT_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Enqueues may hold at most this many of the pool's connections at once, so that leases,
+    /// heartbeats and acks always find one free: without it, a flood of producers queues ahead
+    /// of the workers in the pool's FIFO and the queue stops draining while it grows.
+    enqueue_permits: tokio::sync::Semaphore,
     sql: Sql,
     config: PostgresConfig,
     /// `<schema>_jobs`: notified with the queue's name when a queue gets available jobs.
@@ -61,6 +65,13 @@ pub struct PostgresStore {
     rng: Rng,
     /// Whether this node leads; once an election runs, maintenance calls act only while it does.
     leadership: Leadership,
+}
+
+/// Connections enqueues may hold at once out of a pool of `pool_size_max`: all but a quarter (at
+/// least one kept for the workers when the pool has two or more).
+fn enqueue_connections_max(pool_size_max: usize) -> usize {
+    let reserved = (pool_size_max / 4).max(1);
+    pool_size_max.saturating_sub(reserved).max(1)
 }
 
 /// A uniformly random `u64` per call (splitmix64 over an atomic counter), seeded from the OS's
@@ -198,6 +209,7 @@ impl PostgresStore {
         })?;
         drop(client);
         Ok(PostgresStore {
+            enqueue_permits: tokio::sync::Semaphore::new(enqueue_connections_max(config.pool_size_max)),
             pool,
             sql: Sql::new(&config.schema),
             channel: format!("{}_jobs", config.schema),
@@ -1239,6 +1251,14 @@ fn filter_params(after: i64, limit: usize, extra: &FilterParams) -> OwnedParams 
 impl Store for PostgresStore {
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
         p.validate()?;
+        // Waits like a pool checkout does, and gives up the same way.
+        let _permit = tokio::time::timeout(self.config.connect_timeout(), self.enqueue_permits.acquire())
+            .await
+            .map_err(|_| Error::Unavailable {
+                context: "no database connection for an enqueue within the connect timeout".into(),
+                source: None,
+            })?
+            .map_err(|_| Error::Unavailable { context: "the store is closed".into(), source: None })?;
         in_transaction!(self, "job_insert", |tx| self.insert_in(&tx, &p))
     }
 
@@ -1363,6 +1383,13 @@ impl Store for PostgresStore {
 mod tests {
     use super::*;
     use crate::row::from_time;
+
+    #[test]
+    fn enqueues_leave_workers_a_quarter_of_the_pool() {
+        let cases: Vec<(usize, usize)> =
+            [1, 2, 3, 4, 8, 16, 100].iter().map(|&n| (n, enqueue_connections_max(n))).collect();
+        assert_eq!(cases, [(1, 1), (2, 1), (3, 2), (4, 3), (8, 6), (16, 12), (100, 75)]);
+    }
 
     #[test]
     fn rng_streams_differ_and_spread() {

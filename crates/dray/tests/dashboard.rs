@@ -262,18 +262,7 @@ fn run_script(url: &str, shots: &Path, fixture: &str) -> bool {
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js 20 or later"));
-    let deadline = Instant::now() + SCRIPT_WAIT_MAX;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.success();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the browser script did not finish within {SCRIPT_WAIT_MAX:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    finished_within(&mut child, SCRIPT_WAIT_MAX, "the browser script")
 }
 
 /// Runs `sh -c SCRIPT`, bounded by [`INSTALL_WAIT_MAX`]; the output goes to the test's.
@@ -285,7 +274,13 @@ fn sh(script: &str, dir: &Path) -> bool {
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
-    let deadline = Instant::now() + INSTALL_WAIT_MAX;
+    finished_within(&mut child, INSTALL_WAIT_MAX, &format!("`{script}`"))
+}
+
+/// Waits for `child` to exit; `true` if it succeeded. Past `wait_max` it is killed and the test
+/// fails naming `what`.
+fn finished_within(child: &mut std::process::Child, wait_max: Duration, what: &str) -> bool {
+    let deadline = Instant::now() + wait_max;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status.success();
@@ -293,7 +288,7 @@ fn sh(script: &str, dir: &Path) -> bool {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`{script}` did not finish within {INSTALL_WAIT_MAX:?}");
+            panic!("{what} did not finish within {wait_max:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

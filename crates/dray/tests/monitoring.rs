@@ -11,6 +11,7 @@
 //! `DATABASE_URL` or `postgres://postgres@127.0.0.1:5432/test` and dropped at the end.
 
 mod common;
+mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -885,61 +886,9 @@ async fn embedded_scrape_has_every_metric_the_monitoring_reads() {
 
 // ---- PostgreSQL -------------------------------------------------------------------------------
 
-const DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// Runs `sql` with psql on `url`.
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([url, "-X", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A database of its own on the test server, dropped (with its connections) at the end.
-struct TestDb {
-    base: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    fn create() -> TestDb {
-        let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.to_owned());
-        if let Err(e) = psql(&base, "SELECT 1") {
-            panic!(
-                "no PostgreSQL reachable at {base}: {e}\n\
-                 This test needs one: set DATABASE_URL=postgres://USER@HOST:PORT/DB (a role that may \
-                 CREATE DATABASE), or start the local cluster with `pg_ctlcluster 15 main start` \
-                 (user postgres, trust authentication, database test)."
-            );
-        }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("dray_monitoring_{}_{nanos}", std::process::id());
-        psql(&base, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        // Replace the database part of the URL (`scheme://authority/db?query`).
-        let scheme_end = base.find("://").map(|i| i + 3).expect("DATABASE_URL must be a postgres:// URL");
-        let (rest, query) = base[scheme_end..].split_once('?').map_or((&base[scheme_end..], ""), |(r, q)| (r, q));
-        let authority = rest.split('/').next().unwrap_or_default();
-        let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-        let url = format!("{}{authority}/{name}{query}", &base[..scheme_end]);
-        TestDb { base, name, url }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = psql(&self.base, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_scrape_has_every_metric_the_monitoring_reads() {
-    let db = TestDb::create();
+    let db = pg::TestDb::create();
     let server = Server::start(&["--database", &db.url, "--database-pool-size-max", "4"]).await;
     server.drive_jobs().await;
     let scrape = server.scrape().await;
