@@ -97,7 +97,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         clock,
         waiters: waiters.clone(),
         observe: observe.clone(),
-        workers: Arc::new(Workers::default()),
+        workers: Arc::new(Workers::new(clock)),
         body_bytes_max: config.body_bytes_max(),
         lease_wait_ms_max: config.lease_wait_ms_max(),
     });

@@ -24,7 +24,7 @@ use axum::Json;
 use axum::extract::State;
 use dray_api::{Problem, WorkerLease, WorkerList, WorkerStatus, lease_id_string, timestamp_string};
 use dray_core::{FencingToken, JobId, JobState, LeaseId, Limits, QueueName, Timestamp, WorkerId};
-use dray_runtime::{Clock, SystemClock};
+use dray_runtime::Clock;
 use dray_store::{LeasedJob, Store};
 use futures_util::StreamExt;
 
@@ -62,14 +62,6 @@ impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.shared.lock();
         f.debug_struct("Workers").field("workers", &state.workers.len()).field("leases", &state.leases.len()).finish()
-    }
-}
-
-impl Default for Workers {
-    /// On its own [`SystemClock`]: the registry's times are for display and metrics only, and
-    /// never reach the store.
-    fn default() -> Workers {
-        Workers::new(SystemClock::new())
     }
 }
 
