@@ -237,25 +237,6 @@ fn dead_ids(
     }
 }
 
-fn leased(job: &Job, ready_at: Timestamp) -> LeasedJob {
-    let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
-    LeasedJob {
-        id: job.id,
-        queue: job.queue.clone(),
-        payload: job.payload.clone(),
-        priority: job.priority,
-        attempt: job.status.attempt,
-        attempts_max: job.retry.attempts_max,
-        lease: lease.id,
-        token: lease.token,
-        deadline: lease.deadline,
-        checkpoint: job.status.checkpoint.clone(),
-        traceparent: job.traceparent.clone(),
-        created_at: job.created_at,
-        ready_at,
-    }
-}
-
 /// Where a new job of a batch stands before anything is written.
 enum Planned {
     New,
@@ -375,7 +356,7 @@ impl Store for EmbeddedStore {
                 let ready_at = state.jobs[&id].status.run_at;
                 let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
                 update(state, changes, id, t)?;
-                out.push(leased(&state.jobs[&id], ready_at));
+                out.push(LeasedJob::of(&state.jobs[&id], state.jobs[&id].payload.clone(), ready_at));
             }
             Ok(out)
         })

@@ -551,7 +551,7 @@ impl PostgresStore {
             let ready_at = l.job.status.run_at;
             let t = transition(&l.job, event, now, 0).map_err(|r| rejected(l.job.id, r))?;
             l.apply(t);
-            out.push(leased(&l.job, payload, ready_at));
+            out.push(LeasedJob::of(&l.job, payload, ready_at));
         }
         // Jobs this lease promoted but did not take: other workers may want them.
         let mut notify: Vec<&str> =
@@ -845,25 +845,6 @@ enum Planned {
 
 fn conflict(index: usize, job: &NewJob, key: &str, existing: JobId) -> Fail {
     Fail::Store(Error::IdempotencyConflict { index, queue: job.queue.clone(), key: key.into(), existing })
-}
-
-fn leased(job: &Job, payload: Payload, ready_at: dray_core::Timestamp) -> LeasedJob {
-    let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
-    LeasedJob {
-        id: job.id,
-        queue: job.queue.clone(),
-        payload,
-        priority: job.priority,
-        attempt: job.status.attempt,
-        attempts_max: job.retry.attempts_max,
-        lease: lease.id,
-        token: lease.token,
-        deadline: lease.deadline,
-        checkpoint: job.status.checkpoint.clone(),
-        traceparent: job.traceparent.clone(),
-        created_at: job.created_at,
-        ready_at,
-    }
 }
 
 fn version_to_sql(v: u32) -> i32 {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use dray_core::{
-    DeadReason, FencingToken, Invalid, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, RetryPolicy,
+    DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, RetryPolicy,
     Timestamp, WorkerId, limits::check_range,
 };
 
@@ -120,6 +120,31 @@ pub struct LeasedJob {
     /// When this attempt became due (its enqueue, its `run_at`, its retry time or its redrive):
     /// the lease's `now` minus this is the time the job waited for a worker.
     pub ready_at: Timestamp,
+}
+
+impl LeasedJob {
+    /// The delivery of `job` right after its lease transition, with `payload` (a store may read
+    /// it separately) and the time this attempt became due, read before the transition.
+    ///
+    /// Panics if `job` holds no lease: call it only with a job the lease transition just ran on.
+    pub fn of(job: &Job, payload: Payload, ready_at: Timestamp) -> LeasedJob {
+        let lease = job.status.lease.as_ref().expect("a leased job holds a lease");
+        LeasedJob {
+            id: job.id,
+            queue: job.queue.clone(),
+            payload,
+            priority: job.priority,
+            attempt: job.status.attempt,
+            attempts_max: job.retry.attempts_max,
+            lease: lease.id,
+            token: lease.token,
+            deadline: lease.deadline,
+            checkpoint: job.status.checkpoint.clone(),
+            traceparent: job.traceparent.clone(),
+            created_at: job.created_at,
+            ready_at,
+        }
+    }
 }
 
 /// Extend a lease (heartbeat).
