@@ -22,6 +22,26 @@ pub fn timestamp_parse(field: &str, s: &str) -> Result<Timestamp, Invalid> {
         .map_err(|_| Invalid::new(field, format!("{s:?} is not an RFC 3339 timestamp (like 2026-11-21T09:00:00Z)")))
 }
 
+/// A `run_at`: RFC 3339, and within `Limits::RUN_AT_AHEAD_MS_MAX` of now (checked with the clock
+/// in `NewJob::validate`). A well-formed timestamp past the year 9998 is beyond what the server's
+/// time type holds; it is refused for being too far ahead, which is what is wrong with it.
+fn run_at_parse(s: &str) -> Result<Timestamp, Invalid> {
+    timestamp_parse("run_at", s).map_err(|e| {
+        let year = s.split_once('-').and_then(|(y, _)| y.parse::<u64>().ok());
+        match year {
+            Some(year) if year >= 9999 && s.contains(['T', 't', ' ']) => Invalid::new(
+                "run_at",
+                format!(
+                    "{s:?} is too far ahead; the limit is {} ms ({} days) from now",
+                    dray_core::Limits::RUN_AT_AHEAD_MS_MAX,
+                    dray_core::Limits::RUN_AT_AHEAD_MS_MAX / 86_400_000
+                ),
+            ),
+            _ => e,
+        }
+    })
+}
+
 pub fn lease_id_string(id: LeaseId) -> String {
     format!("{:016x}", id.0)
 }
@@ -35,9 +55,13 @@ pub fn lease_id_parse(s: &str) -> Result<LeaseId, Invalid> {
         .map_err(|_| Invalid::new("lease_id", "must be the 16 hex digits the lease was granted with"))
 }
 
-/// Raw JSON as stored bytes. The text is already valid JSON (serde checked it while parsing).
-pub fn payload_from_json(json: &RawValue) -> Payload {
-    Payload::new(json.get().as_bytes())
+/// Raw JSON as stored bytes, kept as sent. serde checked the syntax while parsing; this refuses
+/// what serde lets through but no worker could read back: a lone surrogate escape (`"\ud800"`)
+/// and a number beyond a double's range (`1e400`). See `dray_core::json::check`.
+pub fn payload_from_json(field: &str, json: &RawValue) -> Result<Payload, Invalid> {
+    let text = json.get().as_bytes();
+    dray_core::json::check(text).map_err(|e| Invalid::new(field, e))?;
+    Ok(Payload::new(text))
 }
 
 /// Stored bytes as raw JSON. Only bytes that came from [`payload_from_json`] are stored, so they
@@ -124,10 +148,10 @@ impl EnqueueJob {
     /// `run_at` may be) happen later, in `NewJob::validate`.
     pub fn to_core(&self) -> Result<NewJob, Invalid> {
         let queue = QueueName::new(&self.queue)?;
-        let run_at = self.run_at.as_deref().map(|s| timestamp_parse("run_at", s)).transpose()?;
+        let run_at = self.run_at.as_deref().map(run_at_parse).transpose()?;
         Ok(NewJob {
             queue,
-            payload: payload_from_json(&self.payload),
+            payload: payload_from_json("payload", &self.payload)?,
             priority: self.priority.unwrap_or(0),
             run_at,
             delay_ms: self.delay_ms,
@@ -263,6 +287,7 @@ impl JobQuery {
             tag: self.tag.as_deref().map(Into::into),
             created_from: self.created_from.as_deref().map(|s| timestamp_parse("created_from", s)).transpose()?,
             created_until: self.created_until.as_deref().map(|s| timestamp_parse("created_until", s)).transpose()?,
+            error: self.error.as_deref().map(Into::into),
         })
     }
 }
@@ -278,11 +303,12 @@ impl DeadAction {
             || self.dead_reason.is_some()
             || self.tag.is_some()
             || self.created_from.is_some()
-            || self.created_until.is_some();
+            || self.created_until.is_some()
+            || self.error.is_some();
         match &self.ids {
             Some(_) if has_filter || self.limit.is_some() => Err(Invalid::new(
                 "ids",
-                "cannot be combined with a filter (queue, dead_reason, tag, created_from, created_until, limit)",
+                "cannot be combined with a filter (queue, dead_reason, tag, created_from, created_until, error, limit)",
             )),
             Some(ids) => Ok(dray_store::DeadSelection::Ids(ids.iter().map(|&id| dray_core::JobId(id)).collect())),
             None => {
@@ -293,6 +319,8 @@ impl DeadAction {
                     tag: self.tag.clone(),
                     created_from: self.created_from.clone(),
                     created_until: self.created_until.clone(),
+                    error: self.error.clone(),
+                    order: None,
                     after: None,
                     limit: None,
                 };
@@ -409,8 +437,8 @@ impl HeartbeatRequest {
             job,
             lease: lease_id_parse(&self.lease_id)?,
             extend_ms: self.extend_ms,
-            progress: self.progress.as_deref().map(payload_from_json),
-            checkpoint: self.checkpoint.as_deref().map(payload_from_json),
+            progress: self.progress.as_deref().map(|p| payload_from_json("progress", p)).transpose()?,
+            checkpoint: self.checkpoint.as_deref().map(|p| payload_from_json("checkpoint", p)).transpose()?,
         })
     }
 }
@@ -431,7 +459,9 @@ impl CompleteRequest {
         Ok(dray_store::Ack {
             job,
             lease: lease_id_parse(&self.lease_id)?,
-            outcome: dray_store::AckOutcome::Complete { result: self.result.as_deref().map(payload_from_json) },
+            outcome: dray_store::AckOutcome::Complete {
+                result: self.result.as_deref().map(|r| payload_from_json("result", r)).transpose()?,
+            },
         })
     }
 }
@@ -467,7 +497,9 @@ impl AckItem {
                         return Err(Invalid::new(field, "is only for outcome `fail`"));
                     }
                 }
-                dray_store::AckOutcome::Complete { result: self.result.as_deref().map(payload_from_json) }
+                dray_store::AckOutcome::Complete {
+                    result: self.result.as_deref().map(|r| payload_from_json("result", r)).transpose()?,
+                }
             }
             AckOutcome::Fail => {
                 if self.result.is_some() {
@@ -512,6 +544,7 @@ impl JobQuery {
             filter,
             after: self.after.map(dray_core::JobId),
             limit: self.limit.unwrap_or(PAGE_LIMIT_DEFAULT),
+            newest_first: matches!(self.order, Some(Order::Newest)),
         })
     }
 }
@@ -548,6 +581,39 @@ mod tests {
         let err = timestamp_parse("run_at", "tomorrow").unwrap_err();
         assert_eq!(err.field, "run_at");
         assert!(err.message.contains("RFC 3339"), "{err}");
+    }
+
+    /// Issue #18: a run_at in the year 9999 was refused as "not RFC 3339"; what is wrong with it
+    /// is that it is too far ahead, and the message says so with the limit.
+    #[test]
+    fn run_at_past_the_representable_range_is_too_far_ahead() {
+        for s in ["9999-12-31T23:59:59Z", "9999-12-31T23:59:59-05:00", "10000-01-01T00:00:00Z"] {
+            let err = run_at_parse(s).unwrap_err();
+            assert_eq!(err.field, "run_at");
+            assert!(err.message.contains("too far ahead") && err.message.contains("31622400000 ms"), "{err}");
+        }
+        assert!(run_at_parse("9999-99-99").unwrap_err().message.contains("RFC 3339"));
+        assert!(run_at_parse("2026-12-07T10:00:00Z").is_ok());
+    }
+
+    /// Issue #18: a lone surrogate escape and a number beyond a double's range were accepted
+    /// (201) and handed to workers; they are refused, naming the field.
+    #[test]
+    fn payloads_no_worker_could_read_are_refused() {
+        for (body, field) in
+            [(r#"{"queue":"q","payload":"\ud800"}"#, "payload"), (r#"{"queue":"q","payload":{"n":1e400}}"#, "payload")]
+        {
+            let job: EnqueueJob = serde_json::from_str(body).unwrap();
+            assert_eq!(job.to_core().unwrap_err().field, field, "{body}");
+        }
+        let ok: EnqueueJob = serde_json::from_str(r#"{"queue":"q","payload":{"n":1e300,"s":"\ud83d\ude00"}}"#).unwrap();
+        assert!(ok.to_core().is_ok());
+        let complete: CompleteRequest =
+            serde_json::from_str(r#"{"lease_id":"00000000deadbeef","result":[1e999]}"#).unwrap();
+        assert_eq!(complete.to_store(dray_core::JobId(1)).unwrap_err().field, "result");
+        let beat: HeartbeatRequest =
+            serde_json::from_str(r#"{"lease_id":"00000000deadbeef","checkpoint":"\udc00"}"#).unwrap();
+        assert_eq!(beat.to_store(Timestamp(0), dray_core::JobId(1)).unwrap_err().field, "checkpoint");
     }
 
     #[test]

@@ -263,6 +263,21 @@ pub struct CancelResponse {
     pub state: State,
 }
 
+/// `POST /v1/jobs/{id}/promote`: the job's state after it was made available.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PromoteResponse {
+    /// `available`.
+    pub state: State,
+}
+
+/// `DELETE /v1/queues/{name}`: what went with the queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueueDeletedResponse {
+    pub name: String,
+    /// Completed and cancelled jobs (kept for retention) deleted with the queue.
+    pub jobs_deleted: u64,
+}
+
 /// A worker's lease on a job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseView {
@@ -385,12 +400,29 @@ pub struct JobQuery {
     /// RFC 3339: jobs created before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_until: Option<String>,
-    /// Cursor: the `next` of the previous page.
+    /// Jobs whose last error contains this text (ignoring the case of ASCII letters); 1 to 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(min_length = 1, max_length = 256)]
+    pub error: Option<String>,
+    /// `oldest` (default: enqueue order) or `newest` first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// Cursor: the `next` of the previous page (in the same `order`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<u64>,
     /// 1 to 1000, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+}
+
+/// The order of a job list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Enqueue order (ascending ids).
+    Oldest,
+    /// Newest first (descending ids).
+    Newest,
 }
 
 /// `POST /v1/dead/redrive` and `POST /v1/dead/discard`: either `ids`, or a filter with a `limit`.
@@ -409,6 +441,10 @@ pub struct DeadAction {
     pub created_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_until: Option<String>,
+    /// Dead jobs whose last error contains this text (ignoring the case of ASCII letters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub error: Option<String>,
     /// With a filter: act on at most this many (1 to 10000, default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,

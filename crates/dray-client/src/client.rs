@@ -11,7 +11,8 @@ use std::time::Duration;
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, Queue, QueueConfigure, QueueList,
+    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
+    QueueDeletedResponse, QueueList,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -149,6 +150,24 @@ impl Client {
     /// dropping the future leaves the outcome unknown; cancelling again is harmless.
     pub async fn cancel(&self, id: u64) -> Result<CancelResponse, Error> {
         self.post_empty(&["v1", "jobs", &id.to_string(), "cancel"]).await
+    }
+
+    /// `POST /v1/jobs/{id}/promote`: run a scheduled or retrying job now. Not idempotent (a
+    /// second call finds the job available and is refused with 409).
+    pub async fn promote(&self, id: u64) -> Result<PromoteResponse, Error> {
+        self.post_empty(&["v1", "jobs", &id.to_string(), "promote"]).await
+    }
+
+    /// `DELETE /v1/queues/{name}`: delete a queue that holds no work (409 otherwise).
+    pub async fn queue_delete(&self, name: &str) -> Result<QueueDeletedResponse, Error> {
+        self.send::<(), QueueDeletedResponse>(
+            Method::DELETE,
+            &["v1", "queues", segment("name", name)?],
+            None,
+            None,
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/dead`: one page of the dead-letter queue. Cancel safe (reads only).
@@ -290,6 +309,10 @@ impl Client {
         let mut request = self.http.request(method.clone(), url.clone());
         if let Some(body) = body {
             request = request.json(body);
+        } else if method != Method::GET {
+            // The server refuses a write without a JSON content type (what an HTML form or a
+            // cross-site page could send), body or not.
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);

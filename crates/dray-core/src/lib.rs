@@ -4,10 +4,12 @@
 //! [`transition`] function every state change goes through, the retry/backoff policy and every
 //! named limit. It never does I/O, never reads the clock (`now` is always a parameter), never draws
 //! random numbers (randomness is a parameter), knows nothing of async runtimes, and does not
-//! serialize anything: the wire format belongs to the API crate, the storage format to each store.
+//! serialize anything (it reads JSON only to compare payloads by value and to refuse text no
+//! worker could read back, in [`json`]): the wire format belongs to the API crate, the storage format to each store.
 
 pub mod ids;
 pub mod job;
+pub mod json;
 pub mod limits;
 pub mod retry;
 pub mod time;

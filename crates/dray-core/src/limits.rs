@@ -25,6 +25,8 @@ impl Limits {
 
     pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
     pub const RESULT_BYTES_MAX: usize = 256 * 1024;
+    /// The text a job list may search last errors for.
+    pub const ERROR_FILTER_BYTES_MAX: usize = 256;
     pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
     pub const PROGRESS_BYTES_MAX: usize = 4 * 1024;
     /// Longer error messages are truncated (not rejected): refusing a failure report would leave

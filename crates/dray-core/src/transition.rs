@@ -50,6 +50,9 @@ pub enum Event<'a> {
     Cancel,
     /// Take a dead job out of the dead-letter queue with a fresh budget of attempts.
     Redrive,
+    /// An operator's "run now": a scheduled or retrying job becomes available at once instead of
+    /// at its time (its attempts are not reset).
+    PromoteNow,
 }
 
 /// The kind of an [`Event`], without its data: for tables, logs and rejections.
@@ -63,6 +66,7 @@ pub enum EventKind {
     Expire,
     Cancel,
     Redrive,
+    PromoteNow,
     /// Not an event of [`transition`]: deleting a dead job. Named here so a refusal to discard a
     /// job that is not dead reads right.
     Discard,
@@ -79,6 +83,7 @@ impl Event<'_> {
             Event::Expire => EventKind::Expire,
             Event::Cancel => EventKind::Cancel,
             Event::Redrive => EventKind::Redrive,
+            Event::PromoteNow => EventKind::PromoteNow,
         }
     }
 }
@@ -87,6 +92,7 @@ impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             EventKind::Promote => "promote",
+            EventKind::PromoteNow => "run now",
             EventKind::Lease => "lease",
             EventKind::Heartbeat => "heartbeat",
             EventKind::Complete => "complete",
@@ -182,6 +188,16 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
                 return Err(Rejection::NotDue { run_at: current.run_at });
             }
             let status = JobStatus { state: JobState::Available, ..current.clone() };
+            let history = entry(HistoryKind::Promoted, &status);
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
+        }
+
+        Event::PromoteNow => {
+            if !matches!(state, JobState::Scheduled | JobState::Retrying) {
+                return Err(not_allowed());
+            }
+            // Due already (maintenance had not promoted it yet): it keeps its place in line.
+            let status = JobStatus { state: JobState::Available, run_at: current.run_at.min(now), ..current.clone() };
             let history = entry(HistoryKind::Promoted, &status);
             Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
         }
@@ -325,6 +341,11 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
 
 /// The lease presented must be the job's current lease, and still live.
 fn check_lease(job: &Job, lease: LeaseId, now: Timestamp) -> Result<&Lease, Rejection> {
+    // A finished job is said to be finished whichever lease is presented: "already completed"
+    // tells a worker retrying a lost ack reply more than "stale lease" does.
+    if job.status.state.is_finished() {
+        return Err(Rejection::AlreadyFinished { state: job.status.state });
+    }
     let stale = Rejection::StaleLease { state: job.status.state };
     let Some(held) = job.status.lease.as_ref() else { return Err(stale) };
     if job.status.state != JobState::Running || held.id != lease {

@@ -13,10 +13,10 @@ export class ApiError extends Error {
 
 async function call(method, path, body) {
   const init = { method, headers: { accept: 'application/json' } };
-  if (body !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(body);
-  }
+  // Every write carries the JSON content type, body or not: the server refuses writes without it
+  // (so that no HTML form or cross-site page can send one).
+  if (method !== 'GET') init.headers['content-type'] = 'application/json';
+  if (body !== undefined) init.body = JSON.stringify(body);
   let response;
   try {
     response = await fetch(path, init);

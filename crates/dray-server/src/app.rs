@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub workers: Arc<Workers>,
     pub body_bytes_max: usize,
     pub lease_wait_ms_max: u64,
+    /// The browser defences' configuration (Host and Origin allow-lists).
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 impl App {

@@ -90,6 +90,14 @@ pub struct ServeArgs {
     /// this long (plus a third of it) after the leader vanishes [default: 5000].
     #[arg(long, env = "DRAY_DATABASE_LEADER_TTL_MS", value_name = "MS")]
     pub database_leader_ttl_ms: Option<u64>,
+    /// Host names clients use to reach this server, besides loopback names and IP addresses; a
+    /// request naming another host gets 421 (the defence against DNS rebinding). Comma-separated.
+    #[arg(long, env = "DRAY_ALLOWED_HOSTS", value_name = "NAMES", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://ops.example.com`) whose web pages may call this server; pages on any
+    /// other origin get 403. Comma-separated [default: only the server's own].
+    #[arg(long, env = "DRAY_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The validated configuration the server runs with. Build it with [`Config::from_args`] (or
@@ -108,6 +116,8 @@ pub struct Config {
     maintenance: MaintenanceConfig,
     /// `Some`: PostgreSQL mode (the embedded settings are unused).
     database: Option<PostgresConfig>,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -163,6 +173,8 @@ impl Config {
                 ..MaintenanceConfig::default()
             },
             database: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 
@@ -212,6 +224,16 @@ impl Config {
     /// Queue names that keep their own `queue` label in /metrics; the rest share `_other`.
     pub fn metrics_queues_max(&self) -> usize {
         self.metrics_queues_max
+    }
+
+    /// Host names the server answers to besides loopback names and IP addresses (lower case).
+    pub fn allowed_hosts(&self) -> &[String] {
+        &self.allowed_hosts
+    }
+
+    /// Origins whose pages may call the server, as `scheme://host[:port]` (lower case).
+    pub fn allowed_origins(&self) -> &[String] {
+        &self.allowed_origins
     }
 
     pub fn maintenance(&self) -> MaintenanceConfig {
@@ -297,10 +319,12 @@ struct FileSettings {
     database_connect_timeout_ms: Option<u64>,
     database_statement_timeout_ms: Option<u64>,
     database_leader_ttl_ms: Option<u64>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 impl FileSettings {
-    const KEYS: [&str; 15] = [
+    const KEYS: [&str; 17] = [
         "listen",
         "data_dir",
         "durability",
@@ -316,6 +340,8 @@ impl FileSettings {
         "database_connect_timeout_ms",
         "database_statement_timeout_ms",
         "database_leader_ttl_ms",
+        "allowed_hosts",
+        "allowed_origins",
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
@@ -349,6 +375,20 @@ impl FileSettings {
                 Some(other) => Err(anyhow!("{}: must be an integer, not {}", at(key), other.type_str())),
             }
         };
+        let strings = |key: &str| -> anyhow::Result<Option<Vec<String>>> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        other => Err(anyhow!("{}: must be a list of strings, not of {}", at(key), other.type_str())),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .map(Some),
+                Some(other) => Err(anyhow!("{}: must be a list of strings, not {}", at(key), other.type_str())),
+            }
+        };
         let log_format = string("log_format")?
             .map(|s| {
                 LogFormat::parse(&s).ok_or_else(|| anyhow!("{}: {s:?} is not one of text, json", at("log_format")))
@@ -371,6 +411,8 @@ impl FileSettings {
             database_connect_timeout_ms: number("database_connect_timeout_ms")?,
             database_statement_timeout_ms: number("database_statement_timeout_ms")?,
             database_leader_ttl_ms: number("database_leader_ttl_ms")?,
+            allowed_hosts: strings("allowed_hosts")?,
+            allowed_origins: strings("allowed_origins")?,
         })
     }
 }
@@ -393,6 +435,8 @@ struct Raw {
     database_connect_timeout_ms: Setting<u64>,
     database_statement_timeout_ms: Setting<u64>,
     database_leader_ttl_ms: Setting<u64>,
+    allowed_hosts: Setting<Vec<String>>,
+    allowed_origins: Setting<Vec<String>>,
 }
 
 impl Raw {
@@ -496,6 +540,22 @@ impl Raw {
                 "DRAY_DATABASE_LEADER_TTL_MS",
                 file.database_leader_ttl_ms,
                 "database_leader_ttl_ms",
+                path,
+            ),
+            allowed_hosts: Setting::pick(
+                Some(args.allowed_hosts).filter(|v| !v.is_empty()),
+                "--allowed-hosts",
+                "DRAY_ALLOWED_HOSTS",
+                file.allowed_hosts,
+                "allowed_hosts",
+                path,
+            ),
+            allowed_origins: Setting::pick(
+                Some(args.allowed_origins).filter(|v| !v.is_empty()),
+                "--allowed-origins",
+                "DRAY_ALLOWED_ORIGINS",
+                file.allowed_origins,
+                "allowed_origins",
                 path,
             ),
         }
@@ -630,8 +690,44 @@ impl Raw {
                 .context("--metrics-queues-max: too large for this machine")?,
             maintenance: MaintenanceConfig::default(),
             database,
+            allowed_hosts: validate_hosts(&self.allowed_hosts)?,
+            allowed_origins: validate_origins(&self.allowed_origins)?,
         })
     }
+}
+
+/// Host names: letters, digits, `-` and `.`, without a port (the Host check ignores ports).
+fn validate_hosts(setting: &Setting<Vec<String>>) -> anyhow::Result<Vec<String>> {
+    let names = setting.value.clone().unwrap_or_default();
+    for name in &names {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !ok {
+            bail!("{}: {name:?} is not a host name (like dray.example.com, without a port)", setting.origin);
+        }
+    }
+    Ok(names.into_iter().map(|n| n.trim_end_matches('.').to_ascii_lowercase()).collect())
+}
+
+/// Origins as browsers send them: `http://` or `https://`, a host, an optional port, no path.
+fn validate_origins(setting: &Setting<Vec<String>>) -> anyhow::Result<Vec<String>> {
+    let origins = setting.value.clone().unwrap_or_default();
+    for origin in &origins {
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        let ok = authority.is_some_and(|a| {
+            let a = a.trim_end_matches('/');
+            !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+        });
+        if !ok {
+            bail!(
+                "{}: {origin:?} is not an origin (like https://ops.example.com or http://localhost:3000)",
+                setting.origin
+            );
+        }
+    }
+    Ok(origins.into_iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect())
 }
 
 fn in_range(origin: &Origin, value: u64, min: u64, max: u64, unit: &str) -> anyhow::Result<u64> {

@@ -19,6 +19,7 @@ mod app;
 mod config;
 mod dashboard;
 mod extract;
+mod guard;
 mod listen;
 mod observe;
 mod problem;
@@ -100,6 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         workers: Arc::new(Workers::new(clock)),
         body_bytes_max: config.body_bytes_max(),
         lease_wait_ms_max: config.lease_wait_ms_max(),
+        guard: Arc::new(guard::Guard::new(config.allowed_hosts(), config.allowed_origins())),
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);

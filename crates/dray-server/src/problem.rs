@@ -65,13 +65,43 @@ impl ApiError {
         )
     }
 
-    pub fn unsupported_media_type(got: &str) -> ApiError {
+    /// A write without `Content-Type: application/json` (`None`: without any content type).
+    pub fn unsupported_media_type(got: Option<&str>) -> ApiError {
+        let message = match got {
+            Some(got) => format!("the content type is {got:?}; send JSON with Content-Type: application/json"),
+            None => "a write needs Content-Type: application/json, with a body or without (no Content-Type \
+                     was sent)"
+                .to_string(),
+        };
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", message)
+    }
+
+    /// A `Host` this server does not answer to (421): the defence against DNS rebinding.
+    pub fn misdirected(host: &str) -> ApiError {
         ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            format!("the body is {got:?}; send JSON with Content-Type: application/json"),
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected-request",
+            "Unknown host name",
+            format!(
+                "{host:?} is not a name this server answers to; use an IP address or localhost, or add the \
+                 name with --allowed-hosts"
+            ),
         )
+        .with_field(Some("Host".into()))
+    }
+
+    /// A page on another origin called the API (403).
+    pub fn forbidden_origin(origin: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden-origin",
+            "Origin not allowed",
+            format!(
+                "requests from pages on {origin:?} are refused; allow the origin with --allowed-origins if it \
+                 is yours"
+            ),
+        )
+        .with_field(Some("Origin".into()))
     }
 
     pub fn route_not_found(path: &str) -> ApiError {
@@ -108,7 +138,7 @@ impl ApiError {
     /// For a single-job request whose checks speak of a batch: `jobs[0].payload` -> `payload`.
     pub fn unbatched(mut self) -> ApiError {
         if let Some(field) = &self.field
-            && let Some(rest) = field.strip_prefix("jobs[0].")
+            && let Some(rest) = field.strip_prefix("jobs[0].").or_else(|| field.strip_prefix("acks[0]."))
         {
             self.field = Some(rest.to_string());
         }
@@ -147,6 +177,15 @@ impl From<Error> for ApiError {
                 "queue-not-found",
                 "Queue not found",
                 format!("queue {q} not found"),
+            ),
+            Error::QueueNotEmpty { queue, jobs } => ApiError::new(
+                StatusCode::CONFLICT,
+                "queue-not-empty",
+                "Queue not empty",
+                format!(
+                    "queue {queue} holds {jobs} jobs that are waiting, running, retrying or dead; cancel or discard \
+                     them first (completed and cancelled jobs are deleted with the queue)"
+                ),
             ),
             Error::Rejected { job, rejection } => {
                 let mut e = rejected(rejection);
@@ -260,6 +299,11 @@ mod tests {
         let cases: Vec<(Error, u16, &str)> = vec![
             (Error::JobNotFound(JobId(7)), 404, "urn:dray:problem:job-not-found"),
             (Error::QueueNotFound(QueueName::new("q").unwrap()), 404, "urn:dray:problem:queue-not-found"),
+            (
+                Error::QueueNotEmpty { queue: QueueName::new("q").unwrap(), jobs: 3 },
+                409,
+                "urn:dray:problem:queue-not-empty",
+            ),
             (
                 Error::rejected(JobId(7), Rejection::StaleLease { state: JobState::Running }),
                 409,

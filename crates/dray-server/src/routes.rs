@@ -15,11 +15,14 @@ use axum::routing::get;
 use dray_api::{
     AckBatch, AckBatchResponse, AckResult, Acked, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, Queue, QueueConfigure, QueueList, State as JobStateBody,
+    JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
+    QueueDeletedResponse, QueueList, State as JobStateBody,
 };
 use dray_core::{JobId, JobState, QueueName};
 use dray_runtime::Clock;
-use dray_store::{DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, QueueConfig, Store};
+use dray_store::{
+    DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, JobPromote, QueueConfig, QueueDelete, Store,
+};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -55,6 +58,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(job_list))
         .routes(routes!(job_get))
         .routes(routes!(job_cancel))
+        .routes(routes!(job_promote))
         .routes(routes!(lease))
         .routes(routes!(heartbeat))
         .routes(routes!(complete))
@@ -65,7 +69,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(dead_redrive))
         .routes(routes!(dead_discard))
         .routes(routes!(queue_list))
-        .routes(routes!(queue_get, queue_put))
+        .routes(routes!(queue_get, queue_put, queue_delete))
         .routes(routes!(queue_pause))
         .routes(routes!(queue_resume))
         .routes(routes!(healthz))
@@ -94,8 +98,11 @@ pub(crate) fn router(app: App) -> axum::Router {
         });
     // Last before the outer layers: the request metrics' layer covers only what the router holds,
     // and must see every route and the fallbacks (counted as route "unmatched").
+    let guard = app.guard.clone();
     crate::observe::routes(router, &app)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        // Outside the body limit: a refused request is answered before its body is read.
+        .layer(axum::middleware::from_fn_with_state(guard, crate::guard::layer))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
@@ -221,6 +228,24 @@ async fn job_cancel(State(app): State<App>, JobIdParam(job): JobIdParam) -> Resu
     Ok(Json(state.into()))
 }
 
+/// Run a scheduled or retrying job now, without waiting for its time (its attempts are kept).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/promote", tag = "jobs",
+    params(("id" = u64, Path, description = "Job id")),
+    responses(
+        (status = 200, body = PromoteResponse),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not scheduled or retrying (`not-allowed`, `already-finished`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_promote(State(app): State<App>, JobIdParam(job): JobIdParam) -> Result<Json<PromoteResponse>, ApiError> {
+    let state = app.store.job_promote(JobPromote { now: app.clock.now(), job }).await?;
+    if let Some(found) = app.store.job_get(job).await? {
+        app.waiters.wake([&found.queue]);
+    }
+    Ok(Json(PromoteResponse { state: state.into() }))
+}
+
 /// Lease up to `count` jobs from `queues`. With `wait_ms`, waits (long-poll, up to the server's
 /// limit) for a job when none is available; returns an empty list when none came.
 #[utoipa::path(
@@ -292,7 +317,9 @@ async fn heartbeat(
 /// Runs one ack through the batch call and answers with its own result.
 async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiError> {
     let (now, job, lease) = (app.clock.now(), ack.job, ack.lease);
-    let results = app.store.job_ack(JobAck { now, acks: vec![ack] }).await?;
+    // The store names fields as in a batch (`acks[0].result`); this route has one ack, unnamed.
+    let results =
+        app.store.job_ack(JobAck { now, acks: vec![ack] }).await.map_err(|e| ApiError::from(e).unbatched())?;
     let result = results.into_iter().next().ok_or_else(|| no_result("job_ack"))?;
     app.observe.acked(now, job, lease, &result);
     let acked = result?;
@@ -487,6 +514,25 @@ async fn queue_put(
         app.waiters.wake([&name]);
     }
     queue_get(State(app), QueueNameParam(name)).await
+}
+
+/// Delete a queue that holds no work. Its completed and cancelled jobs go with it (and their
+/// idempotency keys); a queue with waiting, running, retrying or dead jobs is refused (409).
+#[utoipa::path(
+    delete, path = "/v1/queues/{name}", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = QueueDeletedResponse),
+        (status = 404, description = "Unknown queue", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The queue holds jobs (`queue-not-empty`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_delete(
+    State(app): State<App>,
+    QueueNameParam(name): QueueNameParam,
+) -> Result<Json<QueueDeletedResponse>, ApiError> {
+    let deleted = app.store.queue_delete(QueueDelete { now: app.clock.now(), queue: name.clone() }).await?;
+    Ok(Json(QueueDeletedResponse { name: name.to_string(), jobs_deleted: deleted.jobs_deleted }))
 }
 
 /// Pauses or resumes a queue that exists.

@@ -8,7 +8,8 @@
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
     Acked, DeadDiscard, DeadRedrive, Error, Expired, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList,
-    JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueStats, Store,
+    JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete,
+    QueueDeleted, QueueStats, Store,
 };
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::PostgresStore;
@@ -122,6 +123,14 @@ impl Store for AnyStore {
 
     async fn queue_configure(&self, p: QueueConfigure) -> Result<QueueConfig, Error> {
         delegate!(self.queue_configure(p))
+    }
+
+    async fn job_promote(&self, p: JobPromote) -> Result<dray_core::JobState, Error> {
+        delegate!(self.job_promote(p))
+    }
+
+    async fn queue_delete(&self, p: QueueDelete) -> Result<QueueDeleted, Error> {
+        delegate!(self.queue_delete(p))
     }
 
     async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {

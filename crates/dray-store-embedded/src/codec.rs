@@ -35,6 +35,10 @@ pub(crate) enum Record {
     JobDelete {
         id: JobId,
     },
+    /// A queue with no jobs was deleted (its configuration is forgotten).
+    QueueDelete {
+        name: QueueName,
+    },
     /// First frame of a snapshot: the log segment replay starts from, and counters.
     SnapshotHeader {
         format: u32,
@@ -58,6 +62,7 @@ const TAG_JOB_UPDATE: u8 = 4;
 const TAG_JOB_DELETE: u8 = 5;
 const TAG_SNAPSHOT_HEADER: u8 = 6;
 const TAG_SNAPSHOT_END: u8 = 7;
+const TAG_QUEUE_DELETE: u8 = 8;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -167,6 +172,11 @@ pub(crate) fn encode_job_update(
 pub(crate) fn encode_job_delete(buf: &mut Vec<u8>, id: JobId) {
     buf.push(TAG_JOB_DELETE);
     put_u64(buf, id.0);
+}
+
+pub(crate) fn encode_queue_delete(buf: &mut Vec<u8>, name: &QueueName) {
+    buf.push(TAG_QUEUE_DELETE);
+    put_str(buf, name.as_str());
 }
 
 pub(crate) fn encode_snapshot_header(buf: &mut Vec<u8>, seq: u64, epoch: u64, next_job_id: u64) {
@@ -336,6 +346,7 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             Record::JobUpdate { id, version, status, history }
         }
         TAG_JOB_DELETE => Record::JobDelete { id: JobId(d.u64("job id")?) },
+        TAG_QUEUE_DELETE => Record::QueueDelete { name: d.queue(names)? },
         TAG_SNAPSHOT_HEADER => Record::SnapshotHeader {
             format: d.u32("format")?,
             seq: d.u64("seq")?,

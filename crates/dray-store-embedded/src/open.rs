@@ -37,7 +37,9 @@ pub struct EmbeddedConfig {
     pub segment_bytes_max: u64,
     /// How long an idempotency key returns the original job. Default 24 h.
     pub idempotency_window_ms: u64,
-    /// Seed for lease ids and backoff jitter. Default: from the OS's randomness.
+    /// Seed for backoff jitter; when set, lease ids come from it too (a predictable sequence, for
+    /// tests that replay a run exactly). Default: jitter seeded from the OS, and lease ids from
+    /// the OS CSPRNG (unguessable).
     pub seed: Option<u64>,
 }
 
@@ -144,7 +146,8 @@ impl EmbeddedStore {
             let _ = fs.remove(&dir.join(name));
         }
         let mut names = Names::default();
-        let mut state = State::new(config.seed.unwrap_or_else(seed_default));
+        let lease_ids = config.seed.map_or_else(dray_store::LeaseIds::default, dray_store::LeaseIds::seeded);
+        let mut state = State::new(config.seed.unwrap_or_else(seed_default), lease_ids);
         let newest = names_in_dir.iter().filter_map(|n| snapshot_seq(n)).max();
         let from_seq = match newest {
             Some(seq) => {

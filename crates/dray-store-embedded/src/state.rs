@@ -75,6 +75,8 @@ pub(crate) struct State {
     /// Estimated bytes of job data held, for the memory budget.
     pub bytes_used: u64,
     rng: u64,
+    /// Lease ids from the OS CSPRNG: unlike `rng`, not predictable from earlier outputs.
+    pub lease_ids: dray_store::LeaseIds,
 }
 
 /// Why replaying a record failed: the log contradicts itself.
@@ -83,7 +85,7 @@ pub(crate) struct State {
 pub(crate) struct ReplayConflict(pub String);
 
 impl State {
-    pub fn new(seed: u64) -> State {
+    pub fn new(seed: u64, lease_ids: dray_store::LeaseIds) -> State {
         State {
             jobs: BTreeMap::new(),
             queues: BTreeMap::new(),
@@ -94,10 +96,12 @@ impl State {
             token_counter: 0,
             bytes_used: 0,
             rng: seed | 1,
+            lease_ids,
         }
     }
 
-    /// A uniformly random `u64` (splitmix64): for lease ids and backoff jitter.
+    /// A uniformly random `u64` (splitmix64): for backoff jitter. Never for lease ids, which must
+    /// not be guessable (`lease_ids`).
     pub fn random(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
@@ -125,6 +129,7 @@ impl State {
     /// Mixes the epoch into the random sequence, so lease ids never repeat across restarts even
     /// when a test fixes the seed.
     pub fn random_mix(&mut self, epoch: u64) {
+        self.lease_ids.mix(epoch);
         self.rng ^= epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93);
         self.random();
     }
@@ -140,6 +145,13 @@ impl State {
             None => {
                 self.queues.insert(config.name.clone(), QueueState::new(config));
             }
+        }
+    }
+
+    /// Forgets a queue that holds no jobs.
+    pub fn queue_delete(&mut self, name: &QueueName) {
+        if let Some(q) = self.queues.remove(name) {
+            debug_assert!(q.ids.iter().all(|ids| ids.is_empty()), "queue {name} deleted while holding jobs");
         }
     }
 
@@ -227,6 +239,13 @@ impl State {
             Record::JobDelete { id } => {
                 self.job_delete(id);
             }
+            Record::QueueDelete { name } => {
+                // A fuzzy snapshot may hold jobs of the queue the log deletes before this record.
+                if self.queues.get(&name).is_some_and(|q| q.ids.iter().any(|ids| !ids.is_empty())) {
+                    return Err(ReplayConflict(format!("queue {name} is deleted in the log while holding jobs")));
+                }
+                self.queue_delete(&name);
+            }
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));
             }
@@ -235,41 +254,52 @@ impl State {
     }
 
     /// Jobs matching `filter` with an id above `after`, in id order, at most `limit`.
-    pub fn list(&self, filter: &JobFilter, after: Option<JobId>, limit: usize) -> Vec<&Job> {
-        let start = after.map_or(0, |id| id.0.saturating_add(1));
-        let matches = |job: &&Job| job_matches(job, filter);
+    /// Jobs matching `filter`, at most `limit`: in id order after `after`, or (`newest_first`)
+    /// in reverse id order before `after`.
+    pub fn list(&self, filter: &JobFilter, after: Option<JobId>, limit: usize, newest_first: bool) -> Vec<&Job> {
+        let range = match (newest_first, after) {
+            (false, after) => JobId(after.map_or(0, |id| id.0.saturating_add(1)))..JobId(u64::MAX),
+            (true, None) => JobId(0)..JobId(u64::MAX),
+            (true, Some(id)) => JobId(0)..id,
+        };
         let mut out: Vec<&Job> = Vec::new();
         match (&filter.queue, filter.state) {
             (Some(queue), Some(state)) => {
                 if let Some(q) = self.queues.get(queue) {
-                    out.extend(
-                        q.ids[state.index()]
-                            .range(JobId(start)..)
-                            .filter_map(|id| self.jobs.get(id))
-                            .filter(matches)
-                            .take(limit),
-                    );
+                    out = self.pick(q.ids[state.index()].range(range), filter, limit, newest_first);
                 }
             }
             (None, Some(state)) => {
                 // Merge the per-queue id sets: each contributes at most `limit` candidates.
                 for q in self.queues.values() {
-                    out.extend(
-                        q.ids[state.index()]
-                            .range(JobId(start)..)
-                            .filter_map(|id| self.jobs.get(id))
-                            .filter(matches)
-                            .take(limit),
-                    );
+                    out.extend(self.pick(q.ids[state.index()].range(range.clone()), filter, limit, newest_first));
                 }
-                out.sort_by_key(|job| job.id);
+                if newest_first {
+                    out.sort_by(|a, b| b.id.cmp(&a.id));
+                } else {
+                    out.sort_by_key(|job| job.id);
+                }
                 out.truncate(limit);
             }
-            (_, None) => {
-                out.extend(self.jobs.range(JobId(start)..).map(|(_, job)| job).filter(matches).take(limit));
-            }
+            (_, None) => out = self.pick(self.jobs.range(range).map(|(id, _)| id), filter, limit, newest_first),
         }
         out
+    }
+
+    /// The first `limit` jobs of `ids` (walked backwards for `newest_first`) matching `filter`.
+    fn pick<'a>(
+        &'a self,
+        ids: impl DoubleEndedIterator<Item = &'a JobId>,
+        filter: &JobFilter,
+        limit: usize,
+        newest_first: bool,
+    ) -> Vec<&'a Job> {
+        let matching = |id: &JobId| self.jobs.get(id).filter(|job| job_matches(job, filter));
+        if newest_first {
+            ids.rev().filter_map(matching).take(limit).collect()
+        } else {
+            ids.filter_map(matching).take(limit).collect()
+        }
     }
 }
 
@@ -280,6 +310,7 @@ pub(crate) fn job_matches(job: &Job, filter: &JobFilter) -> bool {
         && filter.tag.as_ref().is_none_or(|t| job.tags.iter().any(|x| x == t))
         && filter.created_from.is_none_or(|t| job.created_at >= t)
         && filter.created_until.is_none_or(|t| job.created_at < t)
+        && filter.error_matches(job.status.last_error.as_deref())
 }
 
 pub(crate) fn summary(job: &Job) -> JobSummary {

@@ -6,14 +6,15 @@
 //! it, so no reply ever depends on a change that is not durable. After the log fails, every
 //! operation fails: the state in memory may hold changes the disk does not.
 
+use dray_core::json::same_value;
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
-use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, Rejection, Timestamp, transition};
+use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejection, Timestamp, transition};
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
-    JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueStats, Store,
+    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
+    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store,
 };
 
 use crate::codec;
@@ -232,7 +233,7 @@ fn dead_ids(
         }
         DeadSelection::Filter { filter, limit } => {
             let filter = JobFilter { state: Some(JobState::Dead), ..filter.clone() };
-            Ok(state.list(&filter, None, *limit).into_iter().map(|j| j.id).collect())
+            Ok(state.list(&filter, None, *limit, false).into_iter().map(|j| j.id).collect())
         }
     }
 }
@@ -264,12 +265,12 @@ impl Store for EmbeddedStore {
                 if let Some(key) = job.idempotency_key.as_deref() {
                     if let Some(&j) = batch_keys.get(&(job.queue.as_str(), key)) {
                         // `JobInsert::validate` refused a batch repeating a key with another payload.
-                        debug_assert!(jobs[j].payload == job.payload);
+                        debug_assert!(same_value(jobs[j].payload.as_bytes(), job.payload.as_bytes()));
                         planned = Planned::SameAs(j);
                     } else if let Some(&existing) = state.idempotency.get(&(job.queue.clone(), key.into())) {
                         let old = &state.jobs[&existing];
                         if old.created_at.add_ms(window) > now {
-                            if old.payload != job.payload {
+                            if !same_value(old.payload.as_bytes(), job.payload.as_bytes()) {
                                 return Err(Error::IdempotencyConflict {
                                     index: i,
                                     queue: job.queue.clone(),
@@ -351,7 +352,7 @@ impl Store for EmbeddedStore {
                 let best = open.iter().filter_map(|q| state.queues[*q].available.first().copied()).min();
                 let Some((_, _, id)) = best else { break };
                 let token = token_next(state, changes)?;
-                let lease_id = LeaseId(state.random());
+                let lease_id = state.lease_ids.next();
                 let event = Event::Lease { id: lease_id, token, worker: &worker, lease_ms };
                 let ready_at = state.jobs[&id].status.run_at;
                 let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
@@ -430,6 +431,49 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn job_promote(&self, p: JobPromote) -> Result<JobState, Error> {
+        let JobPromote { now, job } = p;
+        self.write(false, move |state, changes| {
+            let current = state.jobs.get(&job).ok_or(Error::JobNotFound(job))?;
+            let t = transition(current, Event::PromoteNow, now, 0).map_err(|r| rejected(job, r))?;
+            let after = t.status.state;
+            update(state, changes, job, t)?;
+            Ok(after)
+        })
+        .await
+    }
+
+    async fn queue_delete(&self, p: QueueDelete) -> Result<QueueDeleted, Error> {
+        let QueueDelete { now: _, queue } = p;
+        self.write(false, move |state, changes| {
+            let q = state.queues.get(&queue).ok_or_else(|| Error::QueueNotFound(queue.clone()))?;
+            let holding = |s: JobState| q.ids[s.index()].len() as u64;
+            let live: u64 = JobState::ALL
+                .into_iter()
+                .filter(|s| !matches!(s, JobState::Completed | JobState::Cancelled))
+                .map(holding)
+                .sum();
+            if live > 0 {
+                return Err(Error::QueueNotEmpty { queue, jobs: live });
+            }
+            let finished: Vec<JobId> = [JobState::Completed, JobState::Cancelled]
+                .iter()
+                .flat_map(|s| q.ids[s.index()].iter().copied())
+                .collect();
+            // Jobs first: a crash part-way leaves the queue with fewer finished jobs, never jobs
+            // without their queue.
+            for &id in &finished {
+                changes.push(|buf| codec::encode_job_delete(buf, id));
+                state.job_delete(id);
+            }
+            let name = queue.clone();
+            changes.push(move |buf| codec::encode_queue_delete(buf, &name));
+            state.queue_delete(&queue);
+            Ok(QueueDeleted { jobs_deleted: finished.len() as u64 })
+        })
+        .await
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
         self.read(|state| Ok(state.jobs.get(&id).cloned())).await
     }
@@ -438,7 +482,7 @@ impl Store for EmbeddedStore {
         p.validate()?;
         self.read(|state| {
             // One more than asked for tells whether another page exists.
-            let mut found = state.list(&p.filter, p.after, p.limit + 1);
+            let mut found = state.list(&p.filter, p.after, p.limit + 1, p.newest_first);
             let more = found.len() > p.limit;
             found.truncate(p.limit);
             let jobs: Vec<_> = found.into_iter().map(summary).collect();

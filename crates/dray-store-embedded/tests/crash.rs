@@ -678,8 +678,10 @@ async fn all_jobs(store: &EmbeddedStore) -> BTreeMap<JobId, Job> {
     let mut out = BTreeMap::new();
     let mut after = None;
     loop {
-        let page =
-            store.job_list(JobList { filter: JobFilter::default(), after, limit: 1_000 }).await.expect("list jobs");
+        let page = store
+            .job_list(JobList { filter: JobFilter::default(), after, limit: 1_000, newest_first: false })
+            .await
+            .expect("list jobs");
         for summary in &page.jobs {
             let job = store.job_get(summary.id).await.expect("get a job").expect("a listed job exists");
             out.insert(job.id, job);
@@ -696,7 +698,8 @@ async fn ids_in_state(store: &EmbeddedStore, state: JobState) -> Vec<JobId> {
     let mut after = None;
     loop {
         let filter = JobFilter { state: Some(state), ..JobFilter::default() };
-        let page = store.job_list(JobList { filter, after, limit: 1_000 }).await.expect("list jobs");
+        let page =
+            store.job_list(JobList { filter, after, limit: 1_000, newest_first: false }).await.expect("list jobs");
         out.extend(page.jobs.iter().filter(|s| s.state == state).map(|s| s.id));
         match page.next {
             Some(next) => after = Some(next),

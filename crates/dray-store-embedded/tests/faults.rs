@@ -131,7 +131,8 @@ async fn capture(store: &EmbeddedStore) -> Result<Image, Error> {
     let mut image = Image::default();
     let mut after = None;
     loop {
-        let page = store.job_list(JobList { filter: JobFilter::default(), after, limit: 1_000 }).await?;
+        let page =
+            store.job_list(JobList { filter: JobFilter::default(), after, limit: 1_000, newest_first: false }).await?;
         for summary in &page.jobs {
             let job = store.job_get(summary.id).await?.expect("a listed job exists");
             image.jobs.insert(job.id, job);

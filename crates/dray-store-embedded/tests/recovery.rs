@@ -59,7 +59,10 @@ async fn all_jobs(store: &EmbeddedStore) -> Vec<Job> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let page = store.job_list(JobList { filter: JobFilter::default(), after, limit: 1000 }).await.unwrap();
+        let page = store
+            .job_list(JobList { filter: JobFilter::default(), after, limit: 1000, newest_first: false })
+            .await
+            .unwrap();
         for s in &page.jobs {
             out.push(store.job_get(s.id).await.unwrap().unwrap());
         }

@@ -25,7 +25,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         state: Some(dray_core::JobState::Dead),
         ..dray_store::JobFilter::default()
     };
-    let (list_sql, _) = sql.filtered(Columns::Summary, &filter, false, false);
+    let (list_sql, _) = sql.filtered(Columns::Summary, &filter, false, false, false);
     let ids = format!("'{{{}}}'", (50_000..50_100).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
     vec![
         Hot {

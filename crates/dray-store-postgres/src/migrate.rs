@@ -15,15 +15,88 @@ use crate::error::{ConnectError, db_context};
 pub(crate) struct Migration {
     pub version: i32,
     pub name: &'static str,
-    pub sql: &'static str,
+    pub sql: Sql,
+}
+
+/// A migration's SQL: written out, or derived from an earlier migration's text (a function
+/// redefined with one change, so the change is all the migration says).
+pub(crate) enum Sql {
+    Text(&'static str),
+    Derived(fn() -> String),
+}
+
+impl Sql {
+    fn text(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Sql::Text(text) => std::borrow::Cow::Borrowed(text),
+            Sql::Derived(derive) => std::borrow::Cow::Owned(derive()),
+        }
+    }
 }
 
 /// Every migration, in order. Versions are 1, 2, 3... without gaps.
 pub(crate) const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "jobs", sql: V1_JOBS },
-    Migration { version: 2, name: "enqueue_function", sql: V2_ENQUEUE },
-    Migration { version: 3, name: "leader", sql: V3_LEADER },
+    Migration { version: 1, name: "jobs", sql: Sql::Text(V1_JOBS) },
+    Migration { version: 2, name: "enqueue_function", sql: Sql::Text(V2_ENQUEUE) },
+    Migration { version: 3, name: "leader", sql: Sql::Text(V3_LEADER) },
+    Migration { version: 4, name: "enqueue_compares_values", sql: Sql::Derived(v4_enqueue_compares_values) },
 ];
+
+/// `enqueue()` as in migration 2, with two changes. An idempotency key repeated with the same
+/// JSON value returns the existing job even when the text differs (spacing, member order,
+/// `1.0` for `1`), as over HTTP: the stored bytes are compared as `jsonb` (`payload_same`), and
+/// bytes `jsonb` cannot read compare as bytes. And a payload holding a number beyond a double's
+/// range (`1e400`, which `jsonb` keeps exactly but a JavaScript or Python worker reads as
+/// infinity) is refused, as over HTTP.
+fn v4_enqueue_compares_values() -> String {
+    let start = V2_ENQUEUE.find("CREATE FUNCTION {s}.enqueue(queue text").expect("migration 2 defines enqueue()");
+    let end = V2_ENQUEUE.find("COMMENT ON FUNCTION {s}.enqueue(").expect("migration 2 comments enqueue()");
+    let function = &V2_ENQUEUE[start..end];
+    let edits = [
+        ("CREATE FUNCTION {s}.enqueue(", "CREATE OR REPLACE FUNCTION {s}.enqueue("),
+        ("IF v_existing_payload = v_body THEN", "IF {s}.payload_same(v_existing_payload, payload) THEN"),
+        (
+            "    v_body := convert_to(payload::text, 'UTF8');\n",
+            "    v_body := convert_to(payload::text, 'UTF8');\n    PERFORM {s}.payload_check_numbers(payload);\n",
+        ),
+    ];
+    let mut function = function.to_owned();
+    for (from, to) in edits {
+        assert_eq!(function.matches(from).count(), 1, "migration 2's enqueue() has {from:?} once");
+        function = function.replace(from, to);
+    }
+    format!("{V4_PAYLOAD_FUNCTIONS}\n{function}")
+}
+
+const V4_PAYLOAD_FUNCTIONS: &str = r#"
+-- Whether stored payload bytes hold the same JSON value as a jsonb (jsonb equality: member
+-- order, spacing and number spelling do not matter). Bytes jsonb cannot read (a string holding
+-- \u0000, which jsonb refuses) are the same only when equal to the jsonb's text.
+CREATE FUNCTION {s}.payload_same(stored bytea, payload jsonb) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN convert_from(stored, 'UTF8')::jsonb = payload;
+EXCEPTION WHEN others THEN
+    RETURN stored = convert_to(payload::text, 'UTF8');
+END
+$$;
+
+-- Refuses a payload holding a number no double can hold (as the HTTP API does).
+CREATE FUNCTION {s}.payload_check_numbers(payload jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb;
+BEGIN
+    FOR v IN SELECT x FROM jsonb_path_query(payload, 'lax $.**') AS x WHERE jsonb_typeof(x) = 'number' LOOP
+        IF abs(v::text::numeric) > 1.7976931348623157e308 THEN
+            PERFORM {s}.enqueue_invalid('payload', format(
+                'holds the number %s, beyond the range of a 64-bit floating-point number (about 1.8e308)',
+                left(v::text, 40)));
+        END IF;
+    END LOOP;
+END
+$$;
+"#;
 
 /// The first schema. Why each piece is shaped as it is:
 ///
@@ -609,7 +682,7 @@ pub(crate) async fn migrate_on(client: &mut tokio_postgres::Client, schema: &str
     }
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        tx.batch_execute(&render(m.sql, schema)).await.map_err(|source| ConnectError::Migration {
+        tx.batch_execute(&render(&m.sql.text(), schema)).await.map_err(|source| ConnectError::Migration {
             version: m.version,
             name: m.name,
             source,
@@ -639,6 +712,10 @@ mod tests {
 
     #[test]
     fn render_fills_every_placeholder() {
+        for m in MIGRATIONS {
+            let sql = render(&m.sql.text(), "myschema");
+            assert!(!sql.contains("{s}") && !sql.contains("__"), "unfilled placeholder in {}", m.name);
+        }
         let sql = render(V1_JOBS, "myschema");
         assert!(!sql.contains("{s}") && !sql.contains("__"), "unfilled placeholder");
         assert!(sql.contains("CREATE TABLE myschema.jobs"));

@@ -306,6 +306,33 @@ CROSS JOIN LATERAL (
 WHERE $1::text IS NULL OR q.name = $1::text
 ORDER BY q.name";
 
+/// Deleting a queue: new writes to `jobs` wait while the queue is checked and removed, so no job
+/// can be inserted into a queue whose row is being deleted (an insert does not lock the queue
+/// row). Deleting a queue is rare; the pause is one short transaction.
+const QUEUE_DELETE_LOCK: &str = "LOCK TABLE {s}.jobs IN SHARE ROW EXCLUSIVE MODE";
+
+/// The queue (locked), and how many of its jobs hold work: not completed, not cancelled.
+const QUEUE_DELETE_CHECK: &str = "
+SELECT q.name, (SELECT count(*) FROM {s}.jobs j WHERE j.queue = q.name AND j.state NOT IN ('completed', 'cancelled'))
+       AS holding
+FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
+
+/// Deletes a queue's finished jobs (with their history and keys), then the queue; the guard on
+/// `state` repeats the check made before.
+const QUEUE_DELETE: &str = "
+WITH doomed AS (
+    SELECT id FROM {s}.jobs WHERE queue = $1::text AND state IN ('completed', 'cancelled')
+), history AS (
+    DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
+), keys AS (
+    DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
+), jobs AS (
+    DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+), queue AS (
+    DELETE FROM {s}.queues WHERE name = $1::text
+)
+SELECT count(*) FROM jobs";
+
 /// The statements of one store, rendered for its schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -331,6 +358,9 @@ pub(crate) struct Sql {
     pub queue_lock: String,
     pub queue_update: String,
     pub queue_stats: String,
+    pub queue_delete_lock: String,
+    pub queue_delete_check: String,
+    pub queue_delete: String,
 }
 
 impl Sql {
@@ -359,10 +389,14 @@ impl Sql {
             queue_lock: r(QUEUE_LOCK),
             queue_update: r(QUEUE_UPDATE),
             queue_stats: r(QUEUE_STATS),
+            queue_delete_lock: r(QUEUE_DELETE_LOCK),
+            queue_delete_check: r(QUEUE_DELETE_CHECK),
+            queue_delete: r(QUEUE_DELETE),
         }
     }
 
-    /// A select over jobs matching `filter` with an id above `$1`, in id order, at most `$2`.
+    /// A select over jobs matching `filter` with an id above `$1`, in id order, at most `$2`
+    /// (`newest_first`: below `$1`, in reverse id order).
     /// `columns` is what to return; `dead_only` forces `state = 'dead'` (dead-letter selections);
     /// `lock` adds `FOR UPDATE`. Only the conditions the filter sets are in the text, so each
     /// combination gets its own plan (a catch-all `($n IS NULL OR ...)` would plan badly). The
@@ -373,14 +407,16 @@ impl Sql {
         filter: &JobFilter,
         dead_only: bool,
         lock: bool,
+        newest_first: bool,
     ) -> (String, FilterParams) {
         let mut text = format!(
-            "SELECT {} FROM {}.jobs j WHERE j.id > $1::bigint",
+            "SELECT {} FROM {}.jobs j WHERE j.id {} $1::bigint",
             match columns {
                 Columns::Job => JOB_COLUMNS,
                 Columns::Summary => SUMMARY_COLUMNS,
             },
-            self.schema
+            self.schema,
+            if newest_first { "<" } else { ">" },
         );
         let mut params = FilterParams::default();
         let mut n = 2;
@@ -413,7 +449,13 @@ impl Sql {
             text += &format!(" AND j.created_at < ${}::timestamptz", next());
             params.times.push(until);
         }
-        text += " ORDER BY j.id LIMIT $2::bigint";
+        if let Some(error) = &filter.error {
+            // "C": lower() folds ASCII letters only, as the embedded store does.
+            text +=
+                &format!(" AND strpos(lower(j.last_error COLLATE \"C\"), lower(${}::text COLLATE \"C\")) > 0", next());
+            params.texts.push(error.to_string());
+        }
+        text += if newest_first { " ORDER BY j.id DESC LIMIT $2::bigint" } else { " ORDER BY j.id LIMIT $2::bigint" };
         if lock {
             text += " FOR UPDATE";
         }
@@ -491,7 +533,7 @@ mod tests {
             created_until: Some(dray_core::Timestamp(5)),
             ..JobFilter::default()
         };
-        let (text, params) = sql.filtered(Columns::Summary, &filter, true, true);
+        let (text, params) = sql.filtered(Columns::Summary, &filter, true, true, false);
         assert!(text.contains("j.queue = $3::text AND j.state = $4::text AND $5::text = ANY(j.tags) AND j.created_at < $6::timestamptz"), "{text}");
         assert!(text.ends_with("ORDER BY j.id LIMIT $2::bigint FOR UPDATE"));
         assert_eq!(params.texts, ["q", "dead", "t"]);

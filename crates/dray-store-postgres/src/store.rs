@@ -15,6 +15,7 @@
 //! or deadlock, the whole transaction runs again from step 1; the new attempt sees the new state
 //! and answers exactly as the embedded store would (a stale lease, a duplicate).
 
+use dray_core::json::same_value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -27,8 +28,8 @@ use dray_core::{
 };
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
-    JobInsert, JobLease, JobList, JobPage, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueStats, Store,
+    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
+    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
@@ -450,10 +451,10 @@ impl PostgresStore {
                 let queue = job.queue.as_str();
                 if let Some(&j) = batch_keys.get(&(queue, key)) {
                     // `JobInsert::validate` refused a batch repeating a key with another payload.
-                    debug_assert!(p.jobs[j].payload == job.payload);
+                    debug_assert!(same_value(p.jobs[j].payload.as_bytes(), job.payload.as_bytes()));
                     planned = Planned::SameAs(j);
                 } else if let Some((id, state, payload)) = existing.get(&(queue.to_owned(), key.to_owned())) {
-                    if payload.as_slice() != job.payload.as_bytes() {
+                    if !same_value(payload, job.payload.as_bytes()) {
                         return Err(conflict(i, job, key, *id));
                     }
                     planned = Planned::Existing(*id, *state);
@@ -545,9 +546,11 @@ impl PostgresStore {
             (std::cmp::Reverse(job.priority), job.status.run_at, job.id)
         });
         let mut out = Vec::with_capacity(picked.len());
+        // From the OS CSPRNG: a lease id is a credential and must not be guessable.
+        let mut lease_ids = dray_store::LeaseIds::default();
         for ((i, _, payload), token) in picked.into_iter().zip(tokens) {
             let l = &mut loaded[i];
-            let event = Event::Lease { id: LeaseId(self.rng.next()), token, worker: &p.worker, lease_ms: p.lease_ms };
+            let event = Event::Lease { id: lease_ids.next(), token, worker: &p.worker, lease_ms: p.lease_ms };
             let ready_at = l.job.status.run_at;
             let t = transition(&l.job, event, now, 0).map_err(|r| rejected(l.job.id, r))?;
             l.apply(t);
@@ -713,7 +716,7 @@ impl PostgresStore {
         dead_only: bool,
         lock: bool,
     ) -> Result<Vec<Row>, Fail> {
-        let (text, extra) = self.sql.filtered(columns, filter, dead_only, lock);
+        let (text, extra) = self.sql.filtered(columns, filter, dead_only, lock, false);
         let st = prep(tx, &text).await?;
         Ok(tx.query(&st, &filter_params(after.unwrap_or(0), limit, &extra).refs()).await?)
     }
@@ -801,6 +804,32 @@ impl PostgresStore {
         notify.dedup();
         self.write(tx, &jobs, &notify).await?;
         Ok(jobs.len())
+    }
+
+    async fn promote_now_in(&self, tx: &Transaction<'_>, p: &JobPromote) -> Result<JobState, Fail> {
+        let (now, mut l) = self.lock_one(tx, p.job, p.now).await?;
+        let t = transition(&l.job, Event::PromoteNow, now, 0).map_err(|r| rejected(p.job, r))?;
+        let after = t.status.state;
+        l.apply(t);
+        let queue = l.job.queue.clone();
+        self.write(tx, std::slice::from_ref(&l), &[queue.as_str()]).await?;
+        Ok(after)
+    }
+
+    async fn queue_delete_in(&self, tx: &Transaction<'_>, p: &QueueDelete) -> Result<QueueDeleted, Fail> {
+        let name = p.queue.as_str();
+        tx.batch_execute(&self.sql.queue_delete_lock).await?;
+        let st = prep(tx, &self.sql.queue_delete_check).await?;
+        let Some(row) = tx.query_opt(&st, &[&name]).await? else {
+            return Err(Error::QueueNotFound(p.queue.clone()).into());
+        };
+        let holding: i64 = get(&row, "holding")?;
+        if holding > 0 {
+            return Err(Error::QueueNotEmpty { queue: p.queue.clone(), jobs: holding.unsigned_abs() }.into());
+        }
+        let st = prep(tx, &self.sql.queue_delete).await?;
+        let deleted: i64 = tx.query_one(&st, &[&name]).await?.get(0);
+        Ok(QueueDeleted { jobs_deleted: deleted.unsigned_abs() })
     }
 
     async fn configure_in(&self, tx: &Transaction<'_>, p: &QueueConfigure) -> Result<QueueConfig, Fail> {
@@ -1265,6 +1294,14 @@ impl Store for PostgresStore {
         in_transaction!(self, "job_cancel", |tx| self.cancel_in(&tx, &p))
     }
 
+    async fn job_promote(&self, p: JobPromote) -> Result<JobState, Error> {
+        in_transaction!(self, "job_promote", |tx| self.promote_now_in(&tx, &p))
+    }
+
+    async fn queue_delete(&self, p: QueueDelete) -> Result<QueueDeleted, Error> {
+        in_transaction!(self, "queue_delete", |tx| self.queue_delete_in(&tx, &p))
+    }
+
     async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
         let Some(sql_id) = id_to_sql(id) else { return Ok(None) };
         let row = on_client!(self, |client| async {
@@ -1285,14 +1322,17 @@ impl Store for PostgresStore {
 
     async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
         p.validate()?;
-        let after = match p.after {
-            None => 0,
-            Some(id) => match id_to_sql(id) {
+        let after = match (p.after, p.newest_first) {
+            (None, false) => 0,
+            (None, true) => i64::MAX,
+            // Ids past what the database holds: none after them, all before them.
+            (Some(id), newest_first) => match id_to_sql(id) {
                 Some(v) => v,
+                None if newest_first => i64::MAX,
                 None => return Ok(JobPage { jobs: Vec::new(), next: None }),
             },
         };
-        let (text, extra) = self.sql.filtered(Columns::Summary, &p.filter, false, false);
+        let (text, extra) = self.sql.filtered(Columns::Summary, &p.filter, false, false, p.newest_first);
         // One more than asked for tells whether another page exists.
         let params = filter_params(after, p.limit + 1, &extra);
         let rows = on_client!(self, |client| async {

@@ -220,7 +220,9 @@ async fn idempotency_keys_behave_as_in_the_store() {
     // Another queue is another key space.
     assert_ne!(enqueue(&app, "other", r#"{"a": 2}"#, options).await.unwrap(), first);
 
-    // The store sees the function's key: same bytes are a duplicate, others a conflict.
+    // The store sees the function's key: the same JSON value is a duplicate however it is
+    // spelled (issue #18: the spacing of jsonb's text made every HTTP retry a conflict), another
+    // value a conflict.
     let new = |body: &str| {
         let mut job = NewJob::new(QueueName::new("q").unwrap(), Payload::new(body.as_bytes().to_vec()));
         job.idempotency_key = Some("order-42".into());
@@ -228,17 +230,26 @@ async fn idempotency_keys_behave_as_in_the_store() {
     };
     let dup = store.job_insert(new(r#"{"a": 1}"#)).await.unwrap();
     assert_eq!((dup[0].id, dup[0].duplicate), (JobId(first as u64), true));
-    let conflict = store.job_insert(new(r#"{"a":1}"#)).await.unwrap_err();
+    let dup = store.job_insert(new(r#"{"a":1.0}"#)).await.unwrap();
+    assert_eq!((dup[0].id, dup[0].duplicate), (JobId(first as u64), true));
+    let conflict = store.job_insert(new(r#"{"a":2}"#)).await.unwrap_err();
     assert!(
         matches!(conflict, dray_store::Error::IdempotencyConflict { existing, .. } if existing == JobId(first as u64))
     );
 
     // And the function sees the store's keys.
-    let mut job = NewJob::new(QueueName::new("q").unwrap(), Payload::new(br#"{"b": true}"#.to_vec()));
+    // Stored compact, sent with jsonb's spacing: the same value.
+    let mut job = NewJob::new(QueueName::new("q").unwrap(), Payload::new(br#"{"b":true}"#.to_vec()));
     job.idempotency_key = Some("from-store".into());
     let stored = store.job_insert(JobInsert { now: Timestamp(0), jobs: vec![job] }).await.unwrap()[0].id;
     let via_sql = enqueue(&app, "q", r#"{"b": true}"#, r#"{"idempotency_key": "from-store"}"#).await.unwrap();
     assert_eq!(via_sql as u64, stored.0);
+
+    // A number no double holds is refused, as over HTTP (issue #18).
+    let err = enqueue(&app, "q", r#"{"n": [1e400]}"#, "{}").await.unwrap_err();
+    let (code, message) = db_message(&err);
+    assert_eq!(code, SqlState::INVALID_PARAMETER_VALUE, "{message}");
+    assert!(message.contains("payload") && message.contains("64-bit"), "{message}");
 
     // Past its window the key is taken over by a new job.
     app.execute("UPDATE dray.idempotency SET expires_at = now() - interval '1 second' WHERE key = 'order-42'", &[])

@@ -137,6 +137,8 @@ macro_rules! conformance_suite {
             queue_configure_defaults_and_overrides,
             queue_list_lists_every_queue,
             queue_stats_unknown_queue,
+            queue_delete_only_without_work,
+            job_promote_runs_now,
             // Maintenance.
             promote_moves_due_jobs,
             promote_respects_limit,
@@ -383,21 +385,28 @@ impl<H: Harness> Ctx<H> {
     /// Every job matching `filter`, following pages of `limit`, checking the paging contract on
     /// the way (ids strictly increasing, pages bounded, `next` absent only at the end).
     pub async fn list_paged(&self, filter: JobFilter, limit: usize) -> Vec<JobSummary> {
+        self.list_paged_in(filter, limit, false).await
+    }
+
+    /// [`Ctx::list_paged`] in either order: newest first, ids strictly decrease across pages.
+    pub async fn list_paged_in(&self, filter: JobFilter, limit: usize, newest_first: bool) -> Vec<JobSummary> {
         let mut all: Vec<JobSummary> = Vec::new();
         let mut after = None;
         for _ in 0..100_000 {
             let page = self
                 .store()
-                .job_list(JobList { filter: filter.clone(), after, limit })
+                .job_list(JobList { filter: filter.clone(), after, limit, newest_first })
                 .await
                 .unwrap_or_else(|e| panic!("job_list: {e:?}"));
             assert!(page.jobs.len() <= limit, "job_list page of {} for limit {limit}", page.jobs.len());
             for s in &page.jobs {
                 if let Some(last) = all.last() {
-                    assert!(s.id > last.id, "job_list returns ids in increasing order across pages");
+                    let ordered = if newest_first { s.id < last.id } else { s.id > last.id };
+                    assert!(ordered, "job_list returns ids in order across pages (newest first: {newest_first})");
                 }
                 if let Some(a) = after {
-                    assert!(s.id > a, "job_list returns only ids after `after`");
+                    let beyond = if newest_first { s.id < a } else { s.id > a };
+                    assert!(beyond, "job_list returns only ids beyond `after` (newest first: {newest_first})");
                 }
                 all.push(s.clone());
             }

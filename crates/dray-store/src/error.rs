@@ -15,6 +15,10 @@ pub enum Error {
     #[error("queue {0} not found")]
     QueueNotFound(QueueName),
 
+    /// The queue still holds work (waiting, running, retrying or dead jobs). Nothing was changed.
+    #[error("queue {queue} holds {jobs} jobs that are not finished (or are dead)")]
+    QueueNotEmpty { queue: QueueName, jobs: u64 },
+
     /// The event does not apply to the job as it is now (a stale lease, a finished job). Nothing
     /// was changed.
     #[error("job {job}: {rejection}")]

@@ -6,6 +6,7 @@
 //! it). This crate knows no SQL, no file formats and no HTTP.
 
 mod error;
+mod lease_id;
 mod params;
 
 #[cfg(feature = "conformance")]
@@ -14,6 +15,7 @@ pub mod conformance;
 use std::future::Future;
 
 pub use error::Error;
+pub use lease_id::LeaseIds;
 pub use params::*;
 
 use dray_core::{Job, JobId, QueueName};
@@ -47,6 +49,10 @@ pub trait Store: Send + Sync + 'static {
     /// next heartbeat; the job ends `cancelled` when the attempt ends). Returns the job's state.
     fn job_cancel(&self, p: JobCancel) -> impl Future<Output = Result<dray_core::JobState, Error>> + Send;
 
+    /// Makes a scheduled or retrying job available now, ahead of its time (an operator's "run
+    /// now"). Returns its new state; other states are refused (`Rejection::NotAllowed`).
+    fn job_promote(&self, p: JobPromote) -> impl Future<Output = Result<dray_core::JobState, Error>> + Send;
+
     /// A job with its whole history, or `None`.
     fn job_get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Error>> + Send;
 
@@ -71,6 +77,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or changes a queue's configuration; unset fields keep their current value.
     fn queue_configure(&self, p: QueueConfigure) -> impl Future<Output = Result<QueueConfig, Error>> + Send;
+
+    /// Deletes a queue's configuration together with its finished (completed, cancelled) jobs.
+    /// Refused with [`Error::QueueNotEmpty`] while it holds scheduled, available, running,
+    /// retrying or dead jobs, and with [`Error::QueueNotFound`] for an unknown queue.
+    fn queue_delete(&self, p: QueueDelete) -> impl Future<Output = Result<QueueDeleted, Error>> + Send;
 
     /// Every known queue (configured, or created by its first job) with its counts.
     fn queue_list(&self) -> impl Future<Output = Result<Vec<QueueStats>, Error>> + Send;

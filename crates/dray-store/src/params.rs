@@ -1,6 +1,7 @@
 //! Typed parameters and results of store operations. Each parameter that depends on time carries
 //! `now`, the server's clock reading.
 
+use dray_core::json::same_value;
 use std::collections::HashMap;
 
 use dray_core::{
@@ -36,7 +37,7 @@ impl JobInsert {
             // mistake in the request itself, whatever the store holds.
             if let Some(key) = job.idempotency_key.as_deref() {
                 match keys.get(&(job.queue.as_str(), key)) {
-                    Some(&j) if self.jobs[j].payload != job.payload => {
+                    Some(&j) if !same_value(self.jobs[j].payload.as_bytes(), job.payload.as_bytes()) => {
                         return Err(Invalid::new(
                             format!("jobs[{i}].idempotency_key"),
                             format!("{key:?} is also the key of jobs[{j}] in this batch, with a different payload"),
@@ -266,6 +267,27 @@ pub struct JobCancel {
     pub job: JobId,
 }
 
+/// Run a scheduled or retrying job now.
+#[derive(Clone, Debug)]
+pub struct JobPromote {
+    pub now: Timestamp,
+    pub job: JobId,
+}
+
+/// Delete a queue that holds no work.
+#[derive(Clone, Debug)]
+pub struct QueueDelete {
+    pub now: Timestamp,
+    pub queue: QueueName,
+}
+
+/// What deleting a queue removed besides its configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDeleted {
+    /// Finished (completed or cancelled) jobs kept for retention, deleted with the queue.
+    pub jobs_deleted: u64,
+}
+
 /// A filter over jobs. Unset fields match everything.
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
@@ -277,20 +299,48 @@ pub struct JobFilter {
     pub created_from: Option<Timestamp>,
     /// Jobs created before this time.
     pub created_until: Option<Timestamp>,
+    /// Jobs whose last error contains this text, compared without regard to case (ASCII).
+    pub error: Option<Box<str>>,
 }
 
-/// A page of jobs: those with an id greater than `after`, at most `limit` of them.
+impl JobFilter {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(error) = &self.error {
+            if error.is_empty() {
+                return Err(Invalid::new("error", "must not be empty"));
+            }
+            dray_core::limits::check_bytes("error", error.len(), Limits::ERROR_FILTER_BYTES_MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a job's last error matches the `error` filter (none set: every job does).
+    pub fn error_matches(&self, last_error: Option<&str>) -> bool {
+        match (&self.error, last_error) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(wanted), Some(error)) => {
+                let wanted = wanted.to_ascii_lowercase();
+                error.to_ascii_lowercase().contains(&wanted)
+            }
+        }
+    }
+}
+
+/// A page of jobs, at most `limit` of them: in enqueue (id) order those with an id greater than
+/// `after`, or newest first those with an id less than `after`.
 #[derive(Clone, Debug)]
 pub struct JobList {
     pub filter: JobFilter,
     pub after: Option<JobId>,
     pub limit: usize,
+    pub newest_first: bool,
 }
 
 impl JobList {
     pub fn validate(&self) -> Result<(), Invalid> {
         check_range("limit", self.limit, 1, Limits::PAGE_JOBS_MAX, "")?;
-        Ok(())
+        self.filter.validate()
     }
 }
 
@@ -334,7 +384,10 @@ impl DeadSelection {
                 Err(Invalid::new("ids", format!("has {} ids; the limit is {}", ids.len(), Limits::BATCH_JOBS_MAX)))
             }
             DeadSelection::Ids(_) => Ok(()),
-            DeadSelection::Filter { limit, .. } => check_range("limit", *limit, 1, Limits::BATCH_JOBS_MAX, ""),
+            DeadSelection::Filter { limit, filter } => {
+                check_range("limit", *limit, 1, Limits::BATCH_JOBS_MAX, "")?;
+                filter.validate()
+            }
         }
     }
 }

@@ -153,6 +153,8 @@ pub enum JobsCommand {
     Show { id: u64 },
     /// Cancel a job; a running one is asked to stop (its worker sees it on its next heartbeat).
     Cancel { id: u64 },
+    /// Run a scheduled or retrying job now instead of at its time (its attempts are kept).
+    Promote { id: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -163,12 +165,34 @@ pub struct JobsListArgs {
     pub state: Option<StateArg>,
     #[arg(long)]
     pub tag: Option<String>,
+    /// Only jobs whose last error contains this text (ignoring case).
+    #[arg(long, value_name = "TEXT")]
+    pub error: Option<String>,
+    /// `oldest` first (enqueue order, the default) or `newest` first.
+    #[arg(long)]
+    pub order: Option<OrderArg>,
     /// 1 to 1000 (server default 100).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Start after this job id (the `next` of the previous page).
     #[arg(long, value_name = "ID")]
     pub after: Option<u64>,
+}
+
+/// The order of a job list.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OrderArg {
+    Oldest,
+    Newest,
+}
+
+impl From<OrderArg> for dray_api::Order {
+    fn from(order: OrderArg) -> Self {
+        match order {
+            OrderArg::Oldest => dray_api::Order::Oldest,
+            OrderArg::Newest => dray_api::Order::Newest,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +213,12 @@ pub struct DlqListArgs {
     pub reason: Option<ReasonArg>,
     #[arg(long)]
     pub tag: Option<String>,
+    /// Only jobs whose last error contains this text (ignoring case).
+    #[arg(long, value_name = "TEXT")]
+    pub error: Option<String>,
+    /// `oldest` first (the default) or `newest` first.
+    #[arg(long)]
+    pub order: Option<OrderArg>,
     /// 1 to 1000 (server default 100).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -234,6 +264,9 @@ pub enum QueuesCommand {
     Pause { name: String },
     /// Hand out this queue's jobs again.
     Resume { name: String },
+    /// Delete a queue that holds no work (its completed and cancelled jobs go with it); a queue
+    /// with waiting, running, retrying or dead jobs is refused.
+    Delete { name: String },
     /// Create a queue or change its policy; flags not given stay as they are.
     Configure(QueueConfigureArgs),
 }

@@ -496,8 +496,9 @@ async fn a_silent_worker_loses_its_lease_and_cannot_ack_late() {
         node.post(&path("fail"), &json!({"lease_id": first.lease_id, "error": "late"})).await,
         node.post(&path("heartbeat"), &json!({"lease_id": first.lease_id})).await,
     ];
+    // The rescuer completed the job, so each late ack is told the job is already finished.
     for answer in &late {
-        let problem = answer.assert_problem(409, "stale-lease");
+        let problem = answer.assert_problem(409, "already-finished");
         assert_eq!(problem["job"], id, "{problem:#}");
     }
     // And through the SDK, which reports it as a conflict.

@@ -73,17 +73,26 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&st
     parse_response(&response.expect("read the response"))
 }
 
+/// A request head. Writes carry `Content-Type: application/json` unless `headers` names one (the
+/// value [`NO_HEADER`] leaves the header out), and `Host: localhost` unless `headers` names one.
 pub fn request_head(method: &str, path: &str, headers: &[(&str, &str)], body_len: usize) -> String {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: dray.test\r\nConnection: close\r\n");
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) && body_len > 0 {
+    let named = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !named("host") {
+        head.push_str("Host: localhost\r\n");
+    }
+    if !named("content-type") && (body_len > 0 || !matches!(method, "GET" | "HEAD" | "DELETE")) {
         head.push_str("Content-Type: application/json\r\n");
     }
-    for (name, value) in headers {
+    for (name, value) in headers.iter().filter(|(_, v)| *v != NO_HEADER) {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("Content-Length: {body_len}\r\n\r\n"));
     head
 }
+
+/// A header value meaning "send no such header" in [`request_head`].
+pub const NO_HEADER: &str = "\u{0}none";
 
 pub fn parse_response(bytes: &[u8]) -> Reply {
     let split = bytes

@@ -11,8 +11,8 @@ use super::{
     assert_rejected, default_config, ids_of, kinds, new_job, payload, q, redrive_not_allowed,
 };
 use crate::{
-    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, JobAck, JobFilter, JobLease, JobList, JobSummary,
-    LeaseExtend, Maintain, QueueConfig, QueueConfigure, Store,
+    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, JobAck, JobFilter, JobLease, JobList, JobPromote,
+    JobSummary, LeaseExtend, Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, Store,
 };
 
 /// How a test job should die.
@@ -78,6 +78,10 @@ async fn redrive<H: Harness>(c: &Ctx<H>, selection: DeadSelection, dry_run: bool
     c.store().dead_redrive(DeadRedrive { now: c.now, selection, dry_run }).await
 }
 
+async fn promote<H: Harness>(c: &Ctx<H>, job: JobId) -> Result<JobState, Error> {
+    c.store().job_promote(JobPromote { now: c.now, job }).await
+}
+
 async fn discard<H: Harness>(c: &Ctx<H>, selection: DeadSelection, dry_run: bool) -> Result<Vec<JobId>, Error> {
     c.store().dead_discard(DeadDiscard { now: c.now, selection, dry_run }).await
 }
@@ -130,6 +134,15 @@ pub async fn dead_list_filters_and_paging<H: Harness>(h: H) {
         ("tagged x, any state", JobFilter { tag: Some("x".into()), ..JobFilter::default() }, vec![d1, d3, d4, alive]),
         ("dead in qb tagged y", JobFilter { queue: Some(q("qb")), tag: Some("y".into()), ..dead_filter() }, vec![]),
         ("available", JobFilter { state: Some(JobState::Available), ..JobFilter::default() }, vec![alive]),
+        // Issue #18: filtering by error text, ignoring case; a job without an error never matches.
+        ("error RETRY", JobFilter { error: Some("RETRY".into()), ..JobFilter::default() }, vec![d1, d4, d5]),
+        ("dead, error lease", JobFilter { error: Some("lease".into()), ..dead_filter() }, vec![d3]),
+        (
+            "error fail, in qa",
+            JobFilter { queue: Some(q("qa")), error: Some("fail".into()), ..JobFilter::default() },
+            vec![d2],
+        ),
+        ("error nowhere", JobFilter { error: Some("no such text".into()), ..JobFilter::default() }, vec![]),
     ];
     for (name, filter, want) in cases {
         for limit in [1, 2, 3, Limits::PAGE_JOBS_MAX] {
@@ -138,13 +151,21 @@ pub async fn dead_list_filters_and_paging<H: Harness>(h: H) {
             for s in &got {
                 assert_eq!(s, &summary_of(&c.get(s.id).await), "summary of job {} agrees with job_get", s.id);
             }
+            // Issue #18: newest first, the same jobs in reverse.
+            let newest: Vec<JobId> = c.list_paged_in(filter.clone(), limit, true).await.iter().map(|s| s.id).collect();
+            let mut reversed = want.clone();
+            reversed.reverse();
+            assert_eq!(newest, reversed, "filter {name} newest first, page limit {limit}");
         }
     }
+    let empty = JobFilter { error: Some("".into()), ..JobFilter::default() };
+    let err = c.store().job_list(JobList { filter: empty, after: None, limit: 10, newest_first: false }).await;
+    assert!(matches!(err, Err(Error::Invalid(ref e)) if e.field == "error"), "{err:?}");
 
     // `next` is absent once there is no more, also when the last page is exactly full.
     let page = |after: Option<JobId>, limit: usize| {
         let filter = JobFilter { queue: Some(q("qa")), ..dead_filter() };
-        c.store().job_list(JobList { filter, after, limit })
+        c.store().job_list(JobList { filter, after, limit, newest_first: false })
     };
     let p = page(None, 4).await.unwrap();
     assert_eq!(ids_of_summaries(&p.jobs), vec![d1, d2, d4, d5]);
@@ -516,6 +537,90 @@ pub async fn queue_stats_unknown_queue<H: Harness>(h: H) {
         Err(Error::QueueNotFound(name)) => assert_eq!(name, q("nobody")),
         other => panic!("expected QueueNotFound, got {other:?}"),
     }
+}
+
+/// `queue_delete` removes a queue that holds no work, with its completed and cancelled jobs
+/// (issue #18: a mistyped queue name stayed forever). A queue holding waiting, running, retrying
+/// or dead jobs is refused and unchanged; an unknown queue is not found; the deletion survives a
+/// restart, and the name can be used again afterwards.
+pub async fn queue_delete_only_without_work<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    let delete = |name: &str| QueueDelete { now: T0, queue: q(name) };
+    let done = c.insert_one(new_job("typo", "b")).await;
+    let l = c.lease_one("typo", done).await;
+    c.complete(done, l.lease).await.unwrap();
+    let waiting = c.insert_one(new_job("typo", "a")).await;
+    let dead = make_dead(&mut c, "graveyard", &[], Death::NonRetryable).await;
+    c.configure(QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, q("configured")) }).await.unwrap();
+
+    let snap = c.snapshot().await;
+    for (queue, jobs) in [("typo", 1), ("graveyard", 1)] {
+        match c.store().queue_delete(delete(queue)).await {
+            Err(Error::QueueNotEmpty { queue: name, jobs: n }) => assert_eq!((name, n), (q(queue), jobs)),
+            other => panic!("{queue}: expected QueueNotEmpty, got {other:?}"),
+        }
+    }
+    match c.store().queue_delete(delete("nobody")).await {
+        Err(Error::QueueNotFound(name)) => assert_eq!(name, q("nobody")),
+        other => panic!("expected QueueNotFound, got {other:?}"),
+    }
+    c.assert_unchanged(&snap, "after refused deletes").await;
+
+    assert_eq!(c.cancel(waiting).await.unwrap(), JobState::Cancelled);
+    assert_eq!(c.store().queue_delete(delete("typo")).await.unwrap(), QueueDeleted { jobs_deleted: 2 });
+    assert_eq!(c.store().queue_delete(delete("configured")).await.unwrap(), QueueDeleted { jobs_deleted: 0 });
+    discard(&c, DeadSelection::Ids(vec![dead]), false).await.unwrap();
+    assert_eq!(c.store().queue_delete(delete("graveyard")).await.unwrap(), QueueDeleted { jobs_deleted: 0 });
+
+    c.restart().await;
+    for gone in ["typo", "configured", "graveyard"] {
+        assert!(matches!(c.store().queue_stats(&q(gone)).await, Err(Error::QueueNotFound(_))), "{gone}");
+    }
+    assert!(c.queue_list().await.is_empty(), "no queue left");
+    assert!(c.try_get(waiting).await.is_none() && c.try_get(done).await.is_none(), "its finished jobs went with it");
+    // The name is free again, with the default configuration.
+    let again = c.insert_one(new_job("configured", "c")).await;
+    let stats = c.stats("configured").await;
+    assert!(!stats.config.paused, "a queue made anew has the defaults");
+    assert_eq!(c.lease(&["configured"], 1).await[0].id, again);
+}
+
+/// `job_promote` makes a scheduled or retrying job available now (issue #18), keeping its
+/// attempts; other states are refused and unchanged.
+pub async fn job_promote_runs_now<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    let later = c.insert_one(NewJob { delay_ms: Some(3_600_000), ..new_job("q", "later") }).await;
+    let retry = c.insert_one(new_job("q", "retry")).await;
+    let l = c.lease_one("q", retry).await;
+    c.fail(retry, l.lease, "boom", true, Some(3_600_000)).await.unwrap();
+    assert_eq!(c.get(retry).await.state(), JobState::Retrying);
+    assert!(c.lease(&["q"], 10).await.is_empty(), "nothing is due");
+
+    c.advance(5);
+    assert_eq!(promote(&c, later).await.unwrap(), JobState::Available);
+    assert_eq!(promote(&c, retry).await.unwrap(), JobState::Available);
+    for (id, attempt) in [(later, 0), (retry, 1)] {
+        let job = c.get(id).await;
+        assert_eq!((job.state(), job.status.attempt), (JobState::Available, attempt), "job {id}");
+        assert!(job.status.run_at <= c.now, "job {id} takes its place in line as of now");
+        assert_eq!(job.history.last().map(|h| h.kind), Some(HistoryKind::Promoted), "job {id}");
+    }
+    let leased: Vec<JobId> = c.lease(&["q"], 10).await.iter().map(|l| l.id).collect();
+    assert_eq!(sorted(leased), sorted(vec![later, retry]));
+
+    let snap = c.snapshot().await;
+    for id in [later, retry] {
+        assert_rejected(
+            promote(&c, id).await,
+            id,
+            dray_core::Rejection::NotAllowed {
+                state: JobState::Running,
+                event: dray_core::transition::EventKind::PromoteNow,
+            },
+        );
+    }
+    assert_not_found(promote(&c, JobId(999_999)).await, JobId(999_999));
+    c.assert_unchanged(&snap, "after refused promotions").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1018,7 +1123,8 @@ pub async fn list_and_dead_validation_changes_nothing<H: Harness>(h: H) {
     make_dead(&mut c, "q", &[], Death::NonRetryable).await;
     let snap = c.snapshot().await;
     for limit in [0, Limits::PAGE_JOBS_MAX + 1] {
-        let r = c.store().job_list(JobList { filter: JobFilter::default(), after: None, limit }).await;
+        let r =
+            c.store().job_list(JobList { filter: JobFilter::default(), after: None, limit, newest_first: false }).await;
         assert_invalid(r, "limit");
     }
     let cases: Vec<(&str, DeadSelection)> = vec![

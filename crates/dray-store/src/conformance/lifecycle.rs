@@ -694,7 +694,11 @@ pub async fn heartbeat_wrong_lease_rejected<H: Harness>(h: H) {
     c.assert_unchanged(&snap, "after rejected heartbeats").await;
 
     c.complete(id, l.lease).await.unwrap();
-    assert_rejected(c.heartbeat(id, l.lease, None).await, id, Rejection::StaleLease { state: JobState::Completed });
+    assert_rejected(
+        c.heartbeat(id, l.lease, None).await,
+        id,
+        Rejection::AlreadyFinished { state: JobState::Completed },
+    );
 }
 
 /// After `job_cancel` on a running job, the next heartbeat says `cancel_requested` (and still
@@ -797,7 +801,8 @@ pub async fn complete_is_final<H: Harness>(h: H) {
     assert_counts(&c.stats("q").await, &[(JobState::Completed, 1)]);
 }
 
-/// A second ack with the lease of a completed job is `StaleLease` and changes nothing.
+/// A second ack with the lease of a completed job is `AlreadyFinished` and changes nothing
+/// (issue #18: it said `StaleLease`, which the docs reserve for a lease that is not current).
 pub async fn complete_twice_rejected<H: Harness>(h: H) {
     let mut c = Ctx::open(h).await;
     let id = c.insert_one(new_job("q", "x")).await;
@@ -805,7 +810,7 @@ pub async fn complete_twice_rejected<H: Harness>(h: H) {
     c.complete(id, l.lease).await.unwrap();
     let snap = c.snapshot().await;
     c.advance(10);
-    let stale = Rejection::StaleLease { state: JobState::Completed };
+    let stale = Rejection::AlreadyFinished { state: JobState::Completed };
     assert_rejected(c.complete(id, l.lease).await, id, stale.clone());
     assert_rejected(c.fail(id, l.lease, "late", true, None).await, id, stale.clone());
     assert_rejected(c.fail(id, l.lease, "late", false, None).await, id, stale);
@@ -886,7 +891,7 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
     assert_rejected(results.next().unwrap(), b.id, Rejection::StaleLease { state: JobState::Running });
     assert_eq!(outcome(&results.next().unwrap().unwrap()), (JobState::Retrying, Some(c.now)));
     assert_not_found(results.next().unwrap(), unknown);
-    assert_rejected(results.next().unwrap(), a.id, Rejection::StaleLease { state: JobState::Completed });
+    assert_rejected(results.next().unwrap(), a.id, Rejection::AlreadyFinished { state: JobState::Completed });
 
     assert_eq!(c.get(a.id).await.state(), JobState::Completed);
     assert_eq!(c.get(d.id).await.state(), JobState::Retrying);

@@ -111,6 +111,9 @@ impl MJob {
 
     /// The core's lease check: the current lease, still live.
     fn check_lease(&self, lease: LeaseId, now: Timestamp) -> Result<MLease, Rejection> {
+        if self.state.is_finished() {
+            return Err(Rejection::AlreadyFinished { state: self.state });
+        }
         match &self.lease {
             Some(l) if self.state == JobState::Running && l.id == lease => {
                 if l.deadline <= now {

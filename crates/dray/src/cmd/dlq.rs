@@ -22,6 +22,8 @@ pub async fn run(client: &dray_client::Client, command: DlqCommand, json: bool) 
                 queue: args.queue,
                 dead_reason: args.reason.map(Into::into),
                 tag: args.tag,
+                error: args.error,
+                order: args.order.map(Into::into),
                 after: args.after,
                 limit: args.limit,
                 ..JobQuery::default()

@@ -20,6 +20,14 @@ pub async fn run(client: &dray_client::Client, command: JobsCommand, json: bool)
             }
             Ok(())
         }
+        JobsCommand::Promote { id } => {
+            let promoted = client.promote(id).await?;
+            if json {
+                return output::json(&promoted);
+            }
+            println!("job {id} {}: it runs now", word(&promoted.state));
+            Ok(())
+        }
     }
 }
 
@@ -28,6 +36,8 @@ async fn list(client: &dray_client::Client, args: JobsListArgs, json: bool) -> a
         queue: args.queue,
         state: args.state.map(Into::into),
         tag: args.tag,
+        error: args.error,
+        order: args.order.map(Into::into),
         after: args.after,
         limit: args.limit,
         ..JobQuery::default()

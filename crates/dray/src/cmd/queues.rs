@@ -66,6 +66,14 @@ pub async fn run(client: &dray_client::Client, command: QueuesCommand, json: boo
             println!("queue {name} resumed");
             Ok(())
         }
+        QueuesCommand::Delete { name } => {
+            let deleted = client.queue_delete(&name).await?;
+            if json {
+                return output::json(&deleted);
+            }
+            println!("queue {name} deleted (with {} finished jobs)", deleted.jobs_deleted);
+            Ok(())
+        }
         QueuesCommand::Configure(args) => {
             let name = args.name.clone();
             let queue = client.queue_configure(&name, configure_body(args)).await?;
