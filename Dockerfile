@@ -1,6 +1,5 @@
-# syntax=docker/dockerfile:1
 # Dray in a container: `docker build -t dray .` at the repository root, then
-#   docker run -d --name dray -p 127.0.0.1:7700:7700 -v dray-data:/var/lib/dray \
+#   docker run -d --name dray --stop-timeout 30 -p 127.0.0.1:7700:7700 -v dray-data:/var/lib/dray \
 #     -e DRAY_MEMORY_BUDGET_BYTES=1GiB dray
 # docs/operations.md ("Running in a container") explains each choice.
 
