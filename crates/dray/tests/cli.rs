@@ -912,3 +912,33 @@ fn health_answers_for_a_running_server_only() {
     server.stop();
     dray(&["--server", &server_url_unused(), "health", "--timeout-ms", "2000"], None).assert_code(6);
 }
+
+// Regression (issue #18, defect 7): the server logged `durability: "Interval { ms: 50 }"`; log
+// fields are JSON values and display strings.
+#[test]
+fn serve_json_logs_hold_no_debug_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--durability", "interval=50"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dray serve starts");
+    let stderr = lines_of(serve.stderr.take().unwrap());
+    let lines = read_until(&stderr, "the server listens", |lines| {
+        lines.last().is_some_and(|line| line.contains("dray serve listening"))
+    });
+    // Only its start-up lines matter here (a SIGTERM this early may beat the signal handler).
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let logs: Vec<Value> =
+        lines.iter().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    let opening =
+        logs.iter().find(|l| l["fields"]["message"] == "opening the embedded store").expect("the store's line");
+    assert_eq!(opening["fields"]["durability"], "interval=50", "{opening}");
+    assert!(opening["fields"]["memory_budget_bytes"].is_u64(), "{opening}");
+    assert_no_debug_text(&logs);
+}
