@@ -123,7 +123,12 @@ async fn send_batch(client: &Client, batch: AckBatch, counters: &Counters) {
             }
             Err(e) if e.is_retryable() => {
                 let pause = backoff.next();
-                tracing::warn!(error = %e, jobs = batch.acks.len(), retry_in = ?pause, "ack batch failed; retrying");
+                tracing::warn!(
+                    error = %crate::worker::error_text(&e, client.base_url()),
+                    jobs = batch.acks.len(),
+                    retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                    "ack batch failed; retrying (acks are idempotent per lease)"
+                );
                 retried = true;
                 tokio::time::sleep(pause).await;
             }

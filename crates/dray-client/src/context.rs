@@ -297,7 +297,7 @@ impl Attempt {
             }
         }
         if let Err(e) = self.beat().await {
-            tracing::debug!(job = self.job.id, error = %e, "heartbeat failed");
+            tracing::debug!(job = self.job.id, error = %crate::worker::error_text(&e, self.client.base_url()), "heartbeat failed");
         }
     }
 

@@ -447,14 +447,19 @@ impl Worker {
         });
         let (hand_back_tx, hand_back_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tracing::info!(worker = %self.worker_id, queues = ?self.queues, concurrency = self.concurrency, "worker started");
+        tracing::info!(
+            worker = %self.worker_id,
+            queues = %self.queues.join(","),
+            concurrency = self.concurrency,
+            "worker started"
+        );
 
         let refused = self.lease_loop(shutdown, &shared, &mut tasks, &hand_back_rx).await;
 
         tracing::info!(
             worker = %self.worker_id,
             jobs_running = tasks.len(),
-            grace = ?self.shutdown_grace,
+            grace_ms = millis_ceil(self.shutdown_grace),
             "worker stopping: no more leases; waiting for running jobs"
         );
         let all_done = async {
@@ -494,7 +499,18 @@ impl Worker {
             acks_refused: counters.acks_refused.load(Ordering::Relaxed),
             ack_requests: counters.ack_requests.load(Ordering::Relaxed),
         };
-        tracing::info!(worker = %self.worker_id, ?report, "worker stopped");
+        // Each count a field of its own: JSON logs get numbers, not `WorkerReport { .. }` text.
+        tracing::info!(
+            worker = %self.worker_id,
+            lease_requests = report.lease_requests,
+            jobs_leased = report.jobs_leased,
+            jobs_completed = report.jobs_completed,
+            jobs_failed = report.jobs_failed,
+            jobs_handed_back = report.jobs_handed_back,
+            acks_refused = report.acks_refused,
+            ack_requests = report.ack_requests,
+            "worker stopped"
+        );
         match refused {
             Some(e) => Err(e),
             None => Ok(report),
@@ -582,7 +598,11 @@ impl Worker {
                 Err(e) if e.is_retryable() => {
                     drop(permit);
                     let pause = unavailable.next();
-                    tracing::warn!(error = %e, retry_in = ?pause, "lease failed; retrying");
+                    tracing::warn!(
+                        error = %error_text(&e, shared.client.base_url()),
+                        retry_in_ms = millis_ceil(pause),
+                        "lease failed; retrying"
+                    );
                     tokio::select! {
                         biased;
                         () = &mut shutdown => return None,
@@ -596,6 +616,22 @@ impl Worker {
             }
         }
     }
+}
+
+/// An SDK error as a log line should read it. A transport error says what it means for the call:
+/// a refused connection never reached the server ("cannot connect to URL"); a lost answer to a
+/// read or a lease changed nothing a retry would duplicate; the SDK's own text (which tells
+/// producers to retry with the same idempotency key) is for writes whose outcome is unknown.
+pub(crate) fn error_text(e: &Error, base_url: &str) -> String {
+    let Error::Transport { context, source } = e else {
+        return e.to_string();
+    };
+    let text = source.to_string();
+    let reason = text.rsplit(": ").next().unwrap_or_default();
+    if source.is_connect() {
+        return format!("cannot connect to {}: {reason}", base_url.trim_end_matches('/'));
+    }
+    format!("{context}: no answer from {}: {reason}", base_url.trim_end_matches('/'))
 }
 
 fn job_task_joined(done: Result<(), tokio::task::JoinError>) {
@@ -638,7 +674,17 @@ async fn run_job(
             }
         }
         Outcome::Failed(e) => {
-            tracing::debug!(job = id, queue, error = %e, retryable = e.retryable, "job failed");
+            // On the last attempt a retryable error still ends the job: say so rather than
+            // `retryable=true` on the attempt that dead-letters it.
+            let last = !e.retryable || attempt.job.attempt >= attempt.job.attempts_max;
+            tracing::debug!(
+                job = id,
+                queue,
+                error = %e,
+                retryable = e.retryable && !last,
+                outcome = if last { "dead" } else { "retrying" },
+                "job failed"
+            );
             (ack_item(&attempt.job, AckOutcome::Fail, None, Some(e)), AttemptOutcome::Failed)
         }
         Outcome::Panicked(message) => {

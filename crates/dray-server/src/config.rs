@@ -37,7 +37,8 @@ impl LogFormat {
 /// `--config` file; a flag beats the environment, which beats the file.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on [default: 127.0.0.1:7700].
+    /// Address and port to listen on, e.g. 0.0.0.0:7700 or localhost:7700 (a host name is resolved
+    /// at start: its first IPv4 address, else its first IPv6 one) [default: 127.0.0.1:7700].
     #[arg(long, env = "DRAY_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// Directory of the embedded store [default: ./dray-data].
@@ -47,9 +48,9 @@ pub struct ServeArgs {
     /// or `never` [default: always]. Only `always` loses nothing acknowledged on power loss.
     #[arg(long, env = "DRAY_DURABILITY", value_name = "POLICY")]
     pub durability: Option<String>,
-    /// Bytes of job data held in memory before enqueues are refused with 503 [default: half the
-    /// machine's memory].
-    #[arg(long, env = "DRAY_MEMORY_BUDGET_BYTES", value_name = "BYTES")]
+    /// Bytes of job data held in memory before enqueues are refused with 503; a number or a size
+    /// like 512MiB or 2GB [default: half the machine's memory].
+    #[arg(long, env = "DRAY_MEMORY_BUDGET_BYTES", value_name = "BYTES", value_parser = parse_bytes_arg)]
     pub memory_budget_bytes: Option<u64>,
     /// A TOML file with any of these options (keys in snake_case: `data_dir = "/var/lib/dray"`).
     #[arg(long, env = "DRAY_CONFIG", value_name = "FILE")]
@@ -57,8 +58,9 @@ pub struct ServeArgs {
     /// Log format on stderr [default: text]. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "DRAY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Largest request body; larger requests get 413 [default: 25165824 (24 MiB)].
-    #[arg(long, env = "DRAY_BODY_BYTES_MAX", value_name = "BYTES")]
+    /// Largest request body; larger requests get 413; a number or a size like 24MiB [default:
+    /// 25165824 (24 MiB)].
+    #[arg(long, env = "DRAY_BODY_BYTES_MAX", value_name = "BYTES", value_parser = parse_bytes_arg)]
     pub body_bytes_max: Option<u64>,
     /// Longest a lease request may wait for a job (its `wait_ms` is cut to this) [default: 30000].
     #[arg(long, env = "DRAY_LEASE_WAIT_MS_MAX", value_name = "MS")]
@@ -77,7 +79,8 @@ pub struct ServeArgs {
     /// The schema holding Dray's tables [default: dray].
     #[arg(long, env = "DRAY_DATABASE_SCHEMA", value_name = "NAME")]
     pub database_schema: Option<String>,
-    /// Pooled connections per node (plus one for LISTEN) [default: 16].
+    /// Pooled connections per node; each node opens two more outside the pool, one for LISTEN and
+    /// one for the leader election [default: 16].
     #[arg(long, env = "DRAY_DATABASE_POOL_SIZE_MAX", value_name = "N")]
     pub database_pool_size_max: Option<u64>,
     /// Bound on opening a connection and on waiting for a pooled one [default: 5000].
@@ -389,6 +392,16 @@ impl FileSettings {
                 Some(other) => Err(anyhow!("{}: must be a list of strings, not {}", at(key), other.type_str())),
             }
         };
+        // A size: an integer, or a string with a unit ("512MiB").
+        let bytes = |key: &str| -> anyhow::Result<Option<u64>> {
+            match table.get(key) {
+                Some(toml::Value::String(s)) => parse_bytes(s).map(Some).map_err(|e| anyhow!("{}: {e}", at(key))),
+                None | Some(toml::Value::Integer(_)) => number(key),
+                Some(other) => {
+                    Err(anyhow!("{}: must be an integer or a size like \"512MiB\", not {}", at(key), other.type_str()))
+                }
+            }
+        };
         let log_format = string("log_format")?
             .map(|s| {
                 LogFormat::parse(&s).ok_or_else(|| anyhow!("{}: {s:?} is not one of text, json", at("log_format")))
@@ -399,9 +412,9 @@ impl FileSettings {
             listen: string("listen")?,
             data_dir: string("data_dir")?.map(PathBuf::from),
             durability: string("durability")?,
-            memory_budget_bytes: number("memory_budget_bytes")?,
+            memory_budget_bytes: bytes("memory_budget_bytes")?,
             log_format,
-            body_bytes_max: number("body_bytes_max")?,
+            body_bytes_max: bytes("body_bytes_max")?,
             lease_wait_ms_max: number("lease_wait_ms_max")?,
             shutdown_grace_ms: number("shutdown_grace_ms")?,
             metrics_queues_max: number("metrics_queues_max")?,
@@ -629,12 +642,7 @@ impl Raw {
     fn validate(self) -> anyhow::Result<Config> {
         let database = self.database()?;
         let listen_text = self.listen.value.as_deref().unwrap_or(Config::LISTEN_DEFAULT);
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            anyhow!(
-                "{}: {listen_text:?} is not an address and port like 127.0.0.1:7700 or [::1]:7700",
-                self.listen.origin
-            )
-        })?;
+        let listen = resolve_listen(listen_text).map_err(|e| anyhow!("{}: {e}", self.listen.origin))?;
         let data_dir = self.data_dir.value.unwrap_or_else(|| PathBuf::from(Config::DATA_DIR_DEFAULT));
         if data_dir.as_os_str().is_empty() {
             bail!("{}: must not be empty", self.data_dir.origin);
@@ -730,6 +738,69 @@ fn validate_origins(setting: &Setting<Vec<String>>) -> anyhow::Result<Vec<String
     Ok(origins.into_iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect())
 }
 
+/// An address and port (`127.0.0.1:7700`, `[::1]:7700`) as is, or a host name and port
+/// (`localhost:7700`) resolved now: its first IPv4 address, else its first IPv6 one (clients
+/// default to `127.0.0.1`, so `localhost` should mean that where both exist).
+fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let form = "like 127.0.0.1:7700, [::1]:7700 or localhost:7700";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} is not an address or host name and a port, {form}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{text:?} is not an address or host name and a port, {form}"));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?}: cannot resolve the host name {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: the host name {host:?} has no address"))
+}
+
+/// Bytes as a plain number (`536870912`) or a number and a unit: `KiB`, `MiB`, `GiB`, `TiB`
+/// (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000), in any case, `B` alone allowed,
+/// a space between allowed. Whole numbers only: `1.5GiB` is refused rather than rounded.
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    const UNITS: [(&str, u64); 9] = [
+        ("b", 1),
+        ("kb", 1_000),
+        ("mb", 1_000_000),
+        ("gb", 1_000_000_000),
+        ("tb", 1_000_000_000_000),
+        ("kib", 1 << 10),
+        ("mib", 1 << 20),
+        ("gib", 1 << 30),
+        ("tib", 1 << 40),
+    ];
+    let trimmed = text.trim();
+    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = trimmed.split_at(digits);
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let explain = || {
+        format!(
+            "{text:?} is not a size: a whole number of bytes, optionally with a unit (KiB, MiB, GiB, TiB, KB, MB, GB, TB), e.g. 512MiB"
+        )
+    };
+    let number: u64 = number.parse().map_err(|_| explain())?;
+    let multiplier = if unit.is_empty() {
+        1
+    } else {
+        UNITS.iter().find(|(name, _)| *name == unit).map(|(_, m)| *m).ok_or_else(explain)?
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is more than {} bytes", u64::MAX))
+}
+
+/// [`parse_bytes`] for clap (flags and their environment variables).
+fn parse_bytes_arg(text: &str) -> Result<u64, String> {
+    parse_bytes(text)
+}
+
 fn in_range(origin: &Origin, value: u64, min: u64, max: u64, unit: &str) -> anyhow::Result<u64> {
     if value < min || value > max {
         bail!("{origin}: is {value}{unit}; allowed is {min}{unit} to {max}{unit}");
@@ -815,6 +886,56 @@ mod tests {
         );
     }
 
+    // Regression (issue #18): `--memory-budget-bytes 512MiB` was refused; sizes take units in
+    // flags, the environment and the config file.
+    #[test]
+    fn sizes_take_units() {
+        let cases = [
+            ("536870912", 536_870_912),
+            ("512MiB", 512 << 20),
+            ("512 MiB", 512 << 20),
+            ("512mib", 512 << 20),
+            ("2GB", 2_000_000_000),
+            ("64KiB", 64 << 10),
+            ("64kb", 64_000),
+            ("1TiB", 1 << 40),
+            ("7B", 7),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MiB", "1.5GiB", "12XB", "-1", "99999999999999999999", "16EiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} is accepted");
+        }
+        assert!(parse_bytes("20000000TiB").unwrap_err().contains("is more than"));
+        let c = Raw::layer(ServeArgs::default(), file("memory_budget_bytes = \"1GiB\"\nbody_bytes_max = 1048576"))
+            .validate()
+            .unwrap();
+        assert_eq!((c.memory_budget_bytes(), c.body_bytes_max()), (1 << 30, 1 << 20));
+        let e = FileSettings::parse("body_bytes_max = \"big\"", Path::new("dray.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("body_bytes_max in dray.toml: \"big\" is not a size"), "{e}");
+        assert_eq!(
+            err(ServeArgs::default(), "memory_budget_bytes = \"1MiB\""),
+            "memory_budget_bytes in dray.toml: is 1048576 bytes; allowed is 16777216 bytes to 18446744073709551615 bytes"
+        );
+    }
+
+    // Regression (issue #18): `--listen localhost:7700` was refused; a host name is resolved.
+    #[test]
+    fn listen_resolves_host_names() {
+        assert_eq!(resolve_listen("127.0.0.1:7700").unwrap().to_string(), "127.0.0.1:7700");
+        assert_eq!(resolve_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
+        let addr = resolve_listen("localhost:7700").unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() == 7700, "{addr}");
+        let args = ServeArgs { listen: Some("localhost:0".into()), ..ServeArgs::default() };
+        assert!(Raw::layer(args, FileSettings::default()).validate().unwrap().listen().ip().is_loopback());
+        for bad in ["localhost", ":7700", "localhost:http", "localhost:70000"] {
+            let e = resolve_listen(bad).unwrap_err();
+            assert!(e.contains("is not an address or host name and a port"), "{bad}: {e}");
+        }
+        assert!(resolve_listen("no-such-host.invalid:7700").unwrap_err().contains("cannot resolve"));
+    }
+
     #[test]
     fn metrics_queues_max_layers_and_is_bounded() {
         let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
@@ -896,8 +1017,8 @@ mod tests {
     fn file_errors_name_the_key() {
         let e = FileSettings::parse("colour = 1", Path::new("dray.toml")).unwrap_err().to_string();
         assert!(e.starts_with("colour in dray.toml: unknown option; known are listen,"), "{e}");
-        let e = FileSettings::parse("body_bytes_max = \"big\"", Path::new("dray.toml")).unwrap_err().to_string();
-        assert_eq!(e, "body_bytes_max in dray.toml: must be an integer, not string");
+        let e = FileSettings::parse("body_bytes_max = true", Path::new("dray.toml")).unwrap_err().to_string();
+        assert_eq!(e, "body_bytes_max in dray.toml: must be an integer or a size like \"512MiB\", not boolean");
         let e = FileSettings::parse("log_format = \"xml\"", Path::new("dray.toml")).unwrap_err().to_string();
         assert_eq!(e, "log_format in dray.toml: \"xml\" is not one of text, json");
     }

@@ -79,16 +79,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         maintenance_interval_ms = config.maintenance().interval_ms,
         "dray serve starting"
     );
-    let store = Arc::new(open_store(&config).await?);
-
-    let listener = match tokio::net::TcpListener::bind(config.listen()).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            close_store(store, Duration::ZERO).await?;
-            return Err(e).with_context(|| format!("cannot listen on {}", config.listen()));
-        }
-    };
+    // Bind first: a port already taken fails the start before the store creates or locks its
+    // data directory (issue #18: a port clash used to leave a fresh empty data directory behind).
+    // Connections that arrive while the store opens wait in the listen backlog.
+    let listener = tokio::net::TcpListener::bind(config.listen())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen()))?;
     let addr = listener.local_addr().context("the listener has no local address")?;
+    let store = Arc::new(open_store(&config).await?);
 
     let clock = SystemClock::new();
     let waiters = Arc::new(Waiters::default());
@@ -148,6 +146,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// A durability policy as written in the configuration (`always`, `interval=50`, `never`), for
+/// logs: never Rust debug text such as `Interval { ms: 50 }`.
+fn durability_text(durability: dray_store_embedded::Durability) -> String {
+    use dray_store_embedded::Durability;
+    match durability {
+        Durability::Always => "always".to_owned(),
+        Durability::Interval { ms } => format!("interval={ms}"),
+        Durability::Never => "never".to_owned(),
+    }
+}
+
 /// [`start`] was stopped by SIGTERM or SIGINT before the server was up (while it waited for the
 /// database): not a failure, the process should exit cleanly.
 #[derive(Debug)]
@@ -184,7 +193,7 @@ async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
         None => {
             tracing::info!(
                 data_dir = %config.data_dir().display(),
-                durability = ?config.durability(),
+                durability = %durability_text(config.durability()),
                 memory_budget_bytes = config.memory_budget_bytes(),
                 "opening the embedded store"
             );
@@ -202,7 +211,15 @@ async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
             if pg.time_source != TimeSource::Database {
                 anyhow::bail!("the PostgreSQL store must use the database's clock (TimeSource::Database)");
             }
-            tracing::info!(database = ?pg, "opening the PostgreSQL store");
+            tracing::info!(
+                database = %pg.url_redacted(),
+                schema = %pg.schema,
+                pool_size_max = pg.pool_size_max,
+                connect_timeout_ms = pg.connect_timeout_ms,
+                statement_timeout_ms = pg.statement_timeout_ms,
+                leader_ttl_ms = pg.leader_ttl_ms,
+                "opening the PostgreSQL store"
+            );
             let context = || format!("cannot open the PostgreSQL store (schema {})", pg.schema);
             let first = PostgresStore::connect(pg.clone()).await;
             let store = match first {

@@ -173,7 +173,11 @@ impl EmbeddedStore {
         .map_err(|e| OpenError::Corrupt(e.to_string()))?;
         if let Some(torn) = &report.truncated {
             tracing::warn!(
-                ?torn,
+                path = %torn.path.display(),
+                offset = torn.offset,
+                bytes_dropped = torn.bytes_dropped,
+                segment_removed = torn.segment_removed,
+                reason = %torn.reason,
                 "truncated a torn tail of the write-ahead log (a write cut off by a crash; it was never acknowledged)"
             );
         }

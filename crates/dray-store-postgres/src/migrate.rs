@@ -694,7 +694,9 @@ pub(crate) async fn migrate_on(client: &mut tokio_postgres::Client, schema: &str
     }
     tx.commit().await.map_err(db_context("commit the migration"))?;
     if !applied.is_empty() {
-        tracing::info!(schema, ?applied, version = latest, "applied migrations");
+        // A display string ("1,2"), not Rust debug text, in JSON logs.
+        let applied_list = applied.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        tracing::info!(schema, applied = %applied_list, version = latest, "applied migrations");
     }
     Ok(Migrated { applied, version: latest.max(current) })
 }

@@ -36,7 +36,9 @@ The lease is heartbeated while CMD runs. If the job is cancelled or its lease is
 group gets SIGTERM, then SIGKILL 5 s later.
 Ctrl-C or SIGTERM stops leasing and waits for the running commands to finish; after
 --shutdown-grace-ms they are killed and their jobs handed back (retried at once). A second Ctrl-C
-or SIGTERM kills them and exits at once (their jobs come back when their leases expire).";
+or SIGTERM kills them and exits at once (their jobs come back when their leases expire).
+With --json, one JSON line per job whose command ended is printed on stdout: id, queue, attempt,
+outcome (completed, failed, dead, cancelled, lease_lost), duration_ms, error (null if completed).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +81,49 @@ pub enum Command {
     /// Run a shell command for each job of the given queues (a worker for any language).
     #[command(after_long_help = WORK_HELP)]
     Work(WorkArgs),
+    /// Check that the server answers `GET /healthz` (exit 0), for container health checks and
+    /// scripts; exit 6 when it does not.
+    Health(HealthArgs),
+    /// Print a shell completion script, generated from this command line's definition.
+    #[command(after_long_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a directory with `--dir`.
+    #[command(after_long_help = MAN_HELP)]
+    Man(ManArgs),
+}
+
+const COMPLETIONS_HELP: &str = "\
+Install (one of):
+  bash  dray completions bash > ~/.local/share/bash-completion/completions/dray
+        (system-wide: /usr/share/bash-completion/completions/dray)
+  zsh   dray completions zsh > \"${fpath[1]}/_dray\"   (a directory in $fpath; then compinit)
+  fish  dray completions fish > ~/.config/fish/completions/dray.fish
+Then open a new shell.";
+
+const MAN_HELP: &str = "\
+Install: dray man --dir /usr/local/share/man/man1   (then `man dray`, `man dray-serve`, ...)
+Or read it once: dray man | man -l -";
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Give up after this long (connecting included): a hung server is unhealthy too.
+    #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `dray.1` and one page per command (`dray-serve.1`, `dray-jobs-list.1`, ...) into this
+    /// directory instead of printing `dray.1` on stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

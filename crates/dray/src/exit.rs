@@ -95,7 +95,7 @@ fn classify(err: &anyhow::Error, server: &str) -> Report {
         kind: None,
         title: "Error".to_owned(),
         status: None,
-        detail: format!("{err:#}"),
+        detail: chain_text(err),
         field: None,
         job: None,
     }
@@ -120,20 +120,20 @@ fn classify_client(err: &dray_client::Error, server: &str) -> Report {
             kind: None,
             title: "Server unreachable".to_owned(),
             status: None,
-            // The transport error's chain ends with the OS's reason ("Connection refused").
+            // The request never reached the server: nothing happened, whatever the call was.
             detail: format!(
-                "cannot connect to {server} ({}): is `dray serve` running at {server}?",
-                source.to_string().rsplit(": ").next().unwrap_or_default()
+                "cannot connect to {server}: {}; is `dray serve` running at {server}?",
+                os_reason(&source.to_string())
             ),
             field: None,
             job: None,
         },
-        dray_client::Error::Transport { source, .. } => Report {
+        dray_client::Error::Transport { context, source } => Report {
             exit: Exit::Unavailable,
             kind: None,
             title: "No answer from the server".to_owned(),
             status: None,
-            detail: format!("{err} ({source})"),
+            detail: transport_detail(context, &source.to_string(), server),
             field: None,
             job: None,
         },
@@ -166,6 +166,50 @@ fn classify_client(err: &dray_client::Error, server: &str) -> Report {
             job: None,
         },
     }
+}
+
+/// The OS's reason at the end of a transport error's chain ("Connection refused (os error 111)").
+fn os_reason(text: &str) -> &str {
+    text.rsplit(": ").next().unwrap_or_default()
+}
+
+/// What a lost answer means for the call `context` (`GET /v1/jobs/7`, `POST /v1/jobs`): a read
+/// changed nothing and can simply be run again; a write may or may not have been applied, and only
+/// an enqueue has an idempotency key to retry with safely.
+fn transport_detail(context: &str, source: &str, server: &str) -> String {
+    let reason = os_reason(source);
+    let (method, path) = context.split_once(' ').unwrap_or((context, ""));
+    let path = path.trim_end_matches('/');
+    if method == "GET" || method == "HEAD" {
+        return format!("{context} at {server}: {reason}; a read changes nothing: run it again");
+    }
+    if path.ends_with("/v1/jobs") || path.ends_with("/v1/jobs/batch") {
+        return format!(
+            "{context} at {server}: {reason}; the outcome is unknown: retry with the same idempotency key \
+             (without one, check with `dray jobs list` first)"
+        );
+    }
+    format!(
+        "{context} at {server}: {reason}; the outcome is unknown: it may or may not have been applied, check before retrying"
+    )
+}
+
+/// `err` and its causes joined by ": ", leaving out a cause whose text the previous one already
+/// ends with (an error type that prints its source and also returns it from `source()` would
+/// otherwise say everything twice).
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// Prints `err` to stderr (as JSON with `json`) and returns the exit status it maps to.
@@ -238,6 +282,44 @@ mod tests {
         for (status, exit) in cases {
             assert_eq!(Exit::from_status(status) as u8, exit, "HTTP {status}");
         }
+    }
+
+    // Regression (issue #18, defect 6): the data-dir lock error printed its text twice (an error
+    // that prints its source and also returns it from `source()`).
+    #[test]
+    fn chain_text_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "lock data directory /d: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = anyhow::Error::new(Outer(std::io::Error::other("the lock /d/LOCK is held")))
+            .context("cannot open the store in /d");
+        assert_eq!(chain_text(&err), "cannot open the store in /d: lock data directory /d: the lock /d/LOCK is held");
+    }
+
+    // Regression (issue #18, defect 6): reads said "outcome unknown (retry with the same
+    // idempotency key)" when their answer was lost.
+    #[test]
+    fn lost_answers_are_explained_by_what_the_call_was() {
+        let source = "error sending request: connection closed before message completed";
+        let read = transport_detail("GET /v1/jobs/7", source, "http://h");
+        assert_eq!(
+            read,
+            "GET /v1/jobs/7 at http://h: connection closed before message completed; a read changes nothing: run it again"
+        );
+        let enqueue = transport_detail("POST /v1/jobs", source, "http://h");
+        assert!(enqueue.contains("retry with the same idempotency key"), "{enqueue}");
+        assert!(transport_detail("POST /v1/jobs/batch", source, "http://h").contains("idempotency key"));
+        let cancel = transport_detail("POST /v1/jobs/7/cancel", source, "http://h");
+        assert!(cancel.contains("may or may not have been applied") && !cancel.contains("idempotency"), "{cancel}");
     }
 
     #[test]

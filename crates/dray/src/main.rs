@@ -42,13 +42,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Migrate(args) = command {
         return cmd::migrate::run(args, json).await;
     }
+    match command {
+        Command::Health(args) => return cmd::meta::health(&server, args, json).await,
+        Command::Completions(args) => return cmd::meta::completions(args),
+        Command::Man(args) => return cmd::meta::man(args),
+        _ => {}
+    }
     let client = dray_client::Client::new(&server)?;
     match command {
-        Command::Serve(_) | Command::Migrate(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Migrate(_) | Command::Health(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
         Command::Enqueue(args) => cmd::enqueue::run(&client, args, json).await,
         Command::Jobs(command) => cmd::jobs::run(&client, command, json).await,
         Command::Dlq(command) => cmd::dlq::run(&client, command, json).await,
         Command::Queues(command) => cmd::queues::run(&client, command, json).await,
-        Command::Work(args) => cmd::work::run(client, args).await,
+        Command::Work(args) => cmd::work::run(client, args, json).await,
     }
 }

@@ -75,6 +75,31 @@ pub fn jobs(count: usize) -> String {
     if count == 1 { "1 job".to_owned() } else { format!("{count} jobs") }
 }
 
+/// Ranges shown by [`id_ranges`] before the rest is summarised.
+const ID_RANGES_SHOWN_MAX: usize = 5;
+
+/// Job ids as people read them: `id 7`, `ids 9-50008`, `ids 1-3, 7, 9-12`, in the order given
+/// (runs of consecutive ids become one range), at most five ranges and then how many more.
+pub fn id_ranges(ids: &[u64]) -> String {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &id in ids {
+        match ranges.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(ID_RANGES_SHOWN_MAX)
+        .map(|&(first, last)| if first == last { first.to_string() } else { format!("{first}-{last}") })
+        .collect();
+    if ranges.len() > ID_RANGES_SHOWN_MAX {
+        parts.push(format!("… ({} more ranges)", ranges.len() - ID_RANGES_SHOWN_MAX));
+    }
+    let word = if ids.len() == 1 { "id" } else { "ids" };
+    format!("{word} {}", parts.join(", "))
+}
+
 /// The first line of `text`, at most `chars_max` characters, for a table cell.
 pub fn brief(text: &str, chars_max: usize) -> String {
     let line = text.lines().next().unwrap_or("");
@@ -136,6 +161,17 @@ mod tests {
         for (ms, text) in cases {
             assert_eq!(duration_ms(ms), text);
         }
+    }
+
+    // Regression (issue #18): `dray enqueue --jsonl` printed `ids 9..=50008`, Rust range syntax.
+    #[test]
+    fn id_ranges_read_like_prose() {
+        assert_eq!(id_ranges(&[7]), "id 7");
+        assert_eq!(id_ranges(&(9..=50_008).collect::<Vec<_>>()), "ids 9-50008");
+        assert_eq!(id_ranges(&[1, 2, 3, 7, 9, 10]), "ids 1-3, 7, 9-10");
+        assert_eq!(id_ranges(&[5, 4]), "ids 5, 4");
+        assert_eq!(id_ranges(&[1, 3, 5, 7, 9, 11, 13]), "ids 1, 3, 5, 7, 9, … (2 more ranges)");
+        assert_eq!(id_ranges(&[u64::MAX, 0]), format!("ids {}, 0", u64::MAX));
     }
 
     #[test]

@@ -526,3 +526,419 @@ fn help_documents_exit_codes_and_work_protocol() {
         assert!(run.stdout.contains(needle), "{needle} in {}", run.stdout);
     }
 }
+
+// ---- issue #18, defects 6 and 7: the CLI's messages, inputs and logs ---------------------------
+
+/// `dray ARGS...` with extra environment variables.
+fn dray_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(BIN);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let Output { status, stdout, stderr } = wait_output(command.spawn().expect("dray runs"));
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// A child's piped output, line by line, through a channel: reads never block the test past a
+/// deadline.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Lines from `rx` until `done` holds for the ones read so far; panics past [`WAIT_MAX`].
+fn read_until(rx: &mpsc::Receiver<String>, what: &str, mut done: impl FnMut(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut lines = Vec::new();
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("not within {WAIT_MAX:?}: {what}; read so far:\n{}", lines.join("\n")),
+        }
+    }
+    lines
+}
+
+/// A server that accepts connections and closes them without an answer: every request sent to it
+/// reached "something" and got no answer (the outcome of a write is unknown).
+fn hang_up_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buffer);
+            drop(stream);
+        }
+    });
+    format!("http://{addr}")
+}
+
+// Regression (issue #18, defect 6): a refused connection and a failed read said "no answer,
+// outcome unknown (retry with the same idempotency key)". A refused connection says "cannot
+// connect to URL"; a lost answer to a read says it changed nothing; only a write keeps the
+// unknown-outcome wording.
+#[test]
+fn transport_errors_say_what_happened() {
+    let unused = server_url_unused();
+    let run = dray(&["--server", &unused, "jobs", "show", "1"], None);
+    run.assert_code(6);
+    assert!(run.stderr.contains(&format!("cannot connect to {unused}: ")), "{}", run.stderr);
+    assert!(!run.stderr.contains("idempotency"), "{}", run.stderr);
+
+    let silent = hang_up_server();
+    let run = dray(&["--server", &silent, "jobs", "show", "1"], None);
+    run.assert_code(6);
+    assert!(run.stderr.contains("a read changes nothing"), "{}", run.stderr);
+    assert!(!run.stderr.contains("idempotency"), "{}", run.stderr);
+    let run = dray(&["--server", &silent, "enqueue", "--queue", "q", "--payload", "{}"], None);
+    run.assert_code(6);
+    assert!(run.stderr.contains("outcome is unknown: retry with the same idempotency key"), "{}", run.stderr);
+
+    // `dray work` against nothing: its lease failures say it cannot connect.
+    let mut worker = Command::new(BIN)
+        .args(["--server", &unused, "work", "--queue", "q", "--exec", "true", "--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dray work starts");
+    let stderr = lines_of(worker.stderr.take().unwrap());
+    let lines = read_until(&stderr, "a lease failure is logged", |lines| {
+        lines.iter().any(|line| line.contains("lease failed"))
+    });
+    let failure: Value = serde_json::from_str(lines.last().unwrap()).expect("a JSON log line");
+    let error = failure["fields"]["error"].as_str().unwrap();
+    assert_eq!(error, format!("cannot connect to {unused}: Connection refused (os error 111)"), "{failure}");
+    assert!(failure["fields"]["retry_in_ms"].is_u64(), "a number, not Debug text: {failure}");
+    assert!(terminate(worker).success());
+}
+
+// Regression (issue #18, defect 6): a missing --payload-file exited 1, not the documented 5.
+#[test]
+fn unreadable_input_files_are_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let missing = missing.to_str().unwrap();
+    // Nothing is sent: no server is needed to refuse the input.
+    let server = server_url_unused();
+    let run = dray(&["--server", &server, "--json", "enqueue", "--queue", "q", "--payload-file", missing], None);
+    run.assert_code(5);
+    let error: Value = serde_json::from_str(&run.stderr).expect("a JSON error");
+    assert_eq!(error["field"], "--payload-file");
+    assert!(error["detail"].as_str().unwrap().contains("missing.json"), "{error}");
+    dray(&["--server", &server, "enqueue", "--queue", "q", "--jsonl", missing], None).assert_code(5);
+}
+
+// Regression (issue #18, defect 6): `--json work` printed nothing; it prints one JSON line per
+// finished job. Also defect 7: the attempt that dead-letters a job is logged as final, not
+// `retryable=true`.
+#[test]
+fn work_json_prints_a_line_per_job_and_logs_the_final_attempt() {
+    let server = Server::start();
+    let ok = id_of(&server.json(&["enqueue", "--queue", "mixed", "--payload", "1"]));
+    let dead = id_of(&server.json(&["enqueue", "--queue", "mixed", "--payload", "2", "--attempts-max", "1"]));
+    let retried = id_of(&server.json(&["enqueue", "--queue", "mixed", "--payload", "3", "--attempts-max", "2"]));
+    // Payload 1 succeeds; 2 and 3 fail (exit 1, retryable); 3 succeeds on its second attempt.
+    let exec = r#"read n; [ "$n" = 1 ] && exit 0; [ "$n" = 3 ] && [ "$DRAY_ATTEMPT" = 2 ] && exit 0; echo "no $n" >&2; exit 1"#;
+    let mut worker = Command::new(BIN)
+        .args(["--server", &server.url, "--json", "work", "--queue", "mixed", "--exec", exec])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info,dray_client=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dray work starts");
+    let stdout = lines_of(worker.stdout.take().unwrap());
+    let stderr = lines_of(worker.stderr.take().unwrap());
+    let lines = read_until(&stdout, "four job lines", |lines| lines.len() >= 4);
+    let mut lines: Vec<Value> =
+        lines.iter().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    lines.sort_by_key(|line| (line["id"].as_u64(), line["attempt"].as_u64()));
+    for line in &lines {
+        let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["attempt", "duration_ms", "error", "id", "outcome", "queue"], "{line}");
+        assert_eq!(line["queue"], "mixed");
+        assert!(line["duration_ms"].is_u64(), "{line}");
+    }
+    let summary: Vec<(u64, u64, &str, Option<&str>)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_u64().unwrap(),
+                l["attempt"].as_u64().unwrap(),
+                l["outcome"].as_str().unwrap(),
+                l["error"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (ok, 1, "completed", None),
+            (dead, 1, "dead", Some("no 2")),
+            (retried, 1, "failed", Some("no 3")),
+            (retried, 2, "completed", None),
+        ]
+    );
+    assert!(terminate(worker).success());
+
+    // The logs: JSON values, never Rust debug text; the dead-lettering attempt is not retryable.
+    // The worker has exited: its stderr ends, and with it the channel.
+    let logs: Vec<Value> = stderr.iter().filter_map(|line| serde_json::from_str(&line).ok()).collect();
+    let failed: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("command failed")))
+        .collect();
+    let of = |id: u64| {
+        failed.iter().find(|l| l["fields"]["job"] == id).unwrap_or_else(|| panic!("no failure of {id} in {failed:#?}"))
+    };
+    assert_eq!((&of(dead)["fields"]["retryable"], &of(dead)["fields"]["outcome"]), (&json!(false), &json!("dead")));
+    assert_eq!(
+        (&of(retried)["fields"]["retryable"], &of(retried)["fields"]["outcome"]),
+        (&json!(true), &json!("retrying"))
+    );
+    let sdk_failed = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "job failed" && l["fields"]["job"] == dead)
+        .expect("the SDK's debug line");
+    assert_eq!(sdk_failed["fields"]["retryable"], false, "{sdk_failed}");
+    let stopped = logs.iter().find(|l| l["fields"]["message"] == "worker stopped").expect("worker stopped");
+    assert_eq!(stopped["fields"]["jobs_completed"], 2, "{stopped}");
+    assert_no_debug_text(&logs);
+    server.stop();
+}
+
+/// No log field holds Rust debug text of a struct (`Name { field: .. }`).
+fn assert_no_debug_text(logs: &[Value]) {
+    for line in logs {
+        for (name, value) in line["fields"].as_object().unwrap() {
+            if let Some(text) = value.as_str() {
+                let debug_like = text.split_once(" { ").is_some_and(|(head, _)| {
+                    head.chars().next().is_some_and(char::is_uppercase) && !head.contains(' ')
+                });
+                assert!(!debug_like, "field {name} holds Rust debug text: {line}");
+            }
+        }
+    }
+}
+
+// Regression (issue #18, defect 7): a stopped command's job recorded "cancelled or lease lost";
+// it says which. A cancel request here, a lost lease (the worker frozen past its lease) below.
+#[test]
+fn work_says_whether_a_job_was_cancelled_or_its_lease_lost() {
+    let server = Server::start();
+    let cancelled = id_of(&server.json(&["enqueue", "--queue", "slow", "--payload", "{}", "--lease-ms", "1000"]));
+    let mut worker = Command::new(BIN)
+        .args(["--server", &server.url, "--json", "work", "--queue", "slow", "--exec", "exec sleep 60"])
+        .args(["--shutdown-grace-ms", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("dray work starts");
+    let stdout = lines_of(worker.stdout.take().unwrap());
+    server.wait_state(cancelled, "running");
+    server.json(&["jobs", "cancel", &cancelled.to_string()]);
+    let job = server.wait_state(cancelled, "cancelled");
+    let lines = read_until(&stdout, "the cancelled job's line", |lines| !lines.is_empty());
+    let line: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!((line["id"].as_u64(), &line["outcome"]), (Some(cancelled), &json!("cancelled")), "{line}");
+    let error = line["error"].as_str().unwrap();
+    assert!(error.contains("cancel requested") && !error.contains("lease"), "{error}");
+    assert!(job.to_string().contains("cancel requested"), "the job's history says why: {job:#}");
+
+    // Lease lost: freeze the worker past its one-second lease until the server expires it.
+    let lost = id_of(&server.json(&[
+        "enqueue",
+        "--queue",
+        "slow",
+        "--payload",
+        "{}",
+        "--lease-ms",
+        "1000",
+        "--attempts-max",
+        "5",
+    ]));
+    server.wait_state(lost, "running");
+    let pid = worker.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    wait_until("the lease expires", || events(&server.job(lost)).iter().any(|event| event == "expired"));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let lines = read_until(&stdout, "the lost job's line", |lines| {
+        lines.iter().any(|line| line.contains(&format!("\"id\":{lost},")))
+    });
+    let line: Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains(&format!("\"id\":{lost},"))).unwrap()).unwrap();
+    assert_eq!(line["outcome"], "lease_lost", "{line}");
+    assert!(line["error"].as_str().unwrap().contains("lease was lost"), "{line}");
+    assert!(terminate(worker).success());
+    server.stop();
+}
+
+// Regression (issue #18, defect 6): `ids 9..=50008` in human output; now a range people read.
+#[test]
+fn jsonl_summary_shows_a_human_range() {
+    let server = Server::start();
+    let run = server.dray_stdin(&["enqueue", "--queue", "bulk", "--jsonl", "-"], "[1]\n[2]\n[3]\n");
+    run.assert_code(0);
+    assert!(run.stdout.contains("enqueued 3 jobs (0 duplicates), ids 1-3"), "{}", run.stdout);
+    assert!(!run.stdout.contains("..="), "{}", run.stdout);
+    server.stop();
+}
+
+// Regression (issue #18, defect 6): `--listen localhost:7700` and `--memory-budget-bytes 512MiB`
+// were refused. Host names resolve; sizes take units in flags, the environment and the file.
+#[test]
+fn serve_accepts_host_names_and_human_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dray.toml");
+    std::fs::write(&config, "body_bytes_max = \"1MiB\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let process = common::ServeProcess::spawn(
+        &dir.path().join("data"),
+        "localhost:0",
+        &["--memory-budget-bytes", "512MiB", "--config", config],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(process.addr.ip().is_loopback(), "{}", process.url);
+    // The file's 1 MiB body limit holds: a 2 MiB payload is refused (413, exit 5).
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, format!("\"{}\"", "x".repeat(2 << 20))).unwrap();
+    let run =
+        dray(&["--server", &process.url, "enqueue", "--queue", "q", "--payload-file", big.to_str().unwrap()], None);
+    run.assert_code(5);
+    assert!(run.stderr.contains("413") || run.stderr.to_lowercase().contains("too large"), "{}", run.stderr);
+    assert!(process.terminate().success());
+
+    // The environment too; and a bad size names the option (a usage error, exit 2).
+    let run = dray_env(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", dir.path().join("d2").to_str().unwrap()],
+        &[("DRAY_MEMORY_BUDGET_BYTES", "12XB")],
+    );
+    run.assert_code(2);
+    assert!(run.stderr.contains("--memory-budget-bytes") && run.stderr.contains("is not a size"), "{}", run.stderr);
+}
+
+// Regression (issue #18, defect 6): on a port clash the data directory was created before the
+// bind failed; and the data-dir lock error printed its text twice.
+#[test]
+fn serve_start_failures_leave_no_trace_and_say_it_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let err = common::ServeProcess::spawn(&data, &listen, &[]).expect_err("the port is taken");
+    assert!(err.contains("stopped before listening"), "{err}");
+    assert!(!data.exists(), "a port clash must not create the data directory");
+
+    let first = ServeProcess::start(&data);
+    let run = dray(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()], None);
+    run.assert_code(1);
+    let error = run.stderr.lines().find(|line| line.starts_with("error: ")).expect("an error line");
+    assert_eq!(error.matches("is in use by another process").count(), 1, "{error}");
+    assert!(first.terminate().success());
+}
+
+// Regression (issue #18, defect 6): `serve --help` said the pool uses "plus one" connection where
+// the operations guide says plus two (LISTEN and the leader election). Both say two now.
+#[test]
+fn serve_help_and_docs_agree_on_connections_outside_the_pool() {
+    let run = dray(&["serve", "--help"], None);
+    run.assert_code(0);
+    assert!(run.stdout.contains("two more outside the pool"), "{}", run.stdout);
+    assert!(!run.stdout.contains("plus one for LISTEN"), "{}", run.stdout);
+    let docs = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md")).unwrap();
+    assert!(docs.contains("pool_size_max + 2"), "docs/operations.md");
+}
+
+// Issue #18 (expected and missing): shell completions and man pages from the clap definition.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let bash = dray(&["completions", "bash"], None);
+    bash.assert_code(0);
+    assert!(bash.stdout.contains("_dray()") && bash.stdout.contains("--payload-file"), "{}", bash.stdout);
+    // The script is valid bash.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("dray.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).output().expect("bash runs");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let zsh = dray(&["completions", "zsh"], None);
+    zsh.assert_code(0);
+    assert!(zsh.stdout.starts_with("#compdef dray"), "{}", zsh.stdout);
+    let fish = dray(&["completions", "fish"], None);
+    fish.assert_code(0);
+    assert!(fish.stdout.contains("complete -c dray"), "{}", fish.stdout);
+    dray(&["completions", "tcsh"], None).assert_code(2);
+
+    let man = dray(&["man"], None);
+    man.assert_code(0);
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH dray 1"), "{}", man.stdout);
+    assert!(man.stdout.contains("completions"), "{}", man.stdout);
+    let pages = dir.path().join("man1");
+    dray(&["man", "--dir", pages.to_str().unwrap()], None).assert_code(0);
+    for page in ["dray.1", "dray-serve.1", "dray-jobs-list.1", "dray-work.1"] {
+        let text = std::fs::read_to_string(pages.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
+}
+
+// Issue #18 (expected and missing): `dray health`, the container health check.
+#[test]
+fn health_answers_for_a_running_server_only() {
+    let server = Server::start();
+    let run = server.dray(&["health"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("ok"), "{}", run.stdout);
+    assert_eq!(server.json(&["health"])["status"], "ok");
+    server.stop();
+    dray(&["--server", &server_url_unused(), "health", "--timeout-ms", "2000"], None).assert_code(6);
+}
+
+// Regression (issue #18, defect 7): the server logged `durability: "Interval { ms: 50 }"`; log
+// fields are JSON values and display strings.
+#[test]
+fn serve_json_logs_hold_no_debug_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--durability", "interval=50"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dray serve starts");
+    let stderr = lines_of(serve.stderr.take().unwrap());
+    let lines = read_until(&stderr, "the server listens", |lines| {
+        lines.last().is_some_and(|line| line.contains("dray serve listening"))
+    });
+    // Only its start-up lines matter here (a SIGTERM this early may beat the signal handler).
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let logs: Vec<Value> =
+        lines.iter().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    let opening =
+        logs.iter().find(|l| l["fields"]["message"] == "opening the embedded store").expect("the store's line");
+    assert_eq!(opening["fields"]["durability"], "interval=50", "{opening}");
+    assert!(opening["fields"]["memory_budget_bytes"].is_u64(), "{opening}");
+    assert_no_debug_text(&logs);
+}

@@ -4,7 +4,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use anyhow::Context;
 use dray_api::{EnqueueJob, Json};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -54,16 +53,25 @@ fn parse_payload(text: String) -> Result<Json, serde_json::Error> {
     if trimmed.len() == text.len() { RawValue::from_string(text) } else { RawValue::from_string(trimmed.to_owned()) }
 }
 
-fn read_file_or_stdin(path: &Path) -> anyhow::Result<String> {
+/// The payload file's text. A file that cannot be read is bad input (exit status 5), like a file
+/// that is not JSON.
+fn read_file_or_stdin(path: &Path) -> Result<String, Failure> {
     let mut text = String::new();
-    if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).context("reading the payload from stdin")?;
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text)
     } else {
-        File::open(path)
-            .and_then(|mut file| file.read_to_string(&mut text))
-            .with_context(|| format!("reading {}", path.display()))?;
+        File::open(path).and_then(|mut file| file.read_to_string(&mut text))
+    };
+    match read {
+        Ok(_) => Ok(text),
+        Err(err) => Err(unreadable(path, &err).field("--payload-file")),
     }
-    Ok(text)
+}
+
+/// The error for an input file (or stdin, `-`) that cannot be opened or read.
+fn unreadable(path: &Path, err: &std::io::Error) -> Failure {
+    let name = if path == Path::new("-") { "stdin".to_owned() } else { path.display().to_string() };
+    Failure::invalid("Cannot read the input", format!("{name}: {err}"))
 }
 
 /// A job with the options of `args` and this payload.
@@ -106,7 +114,7 @@ async fn run_jsonl(client: &dray_client::Client, args: &EnqueueArgs, path: &Path
     let (mut reader, bytes_len): (Box<dyn BufRead>, Option<u64>) = if path == Path::new("-") {
         (Box::new(std::io::stdin().lock()), None)
     } else {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = File::open(path).map_err(|err| unreadable(path, &err).field("--jsonl"))?;
         let len = file.metadata().ok().map(|meta| meta.len());
         (Box::new(BufReader::with_capacity(1 << 20, file)), len)
     };
@@ -130,7 +138,7 @@ async fn run_jsonl(client: &dray_client::Client, args: &EnqueueArgs, path: &Path
             }
             Err(err) => {
                 bar.abandon();
-                return Err(err).with_context(|| format!("reading {}", path.display()));
+                return Err(unreadable(path, &err).field("--jsonl").into());
             }
         };
         if read == 0 {
@@ -172,10 +180,11 @@ async fn run_jsonl(client: &dray_client::Client, args: &EnqueueArgs, path: &Path
         return output::json(&summary);
     }
     match (summary.ids.first(), summary.ids.last()) {
-        (Some(first), Some(last)) => println!(
-            "enqueued {} ({} duplicates), ids {first}..={last}",
+        (Some(_), Some(_)) => println!(
+            "enqueued {} ({} duplicates), {}",
             output::jobs(summary.enqueued),
-            summary.duplicates
+            summary.duplicates,
+            output::id_ranges(&summary.ids)
         ),
         _ if path == Path::new("-") => println!("enqueued 0 jobs: stdin has no payload lines"),
         _ => println!("enqueued 0 jobs: {} has no payload lines", path.display()),

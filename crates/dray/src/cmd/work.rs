@@ -12,7 +12,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dray_client::{JobContext, JobError};
+use dray_client::{CancelReason, JobContext, JobError};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -34,13 +35,30 @@ const PIPES_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The process groups of the running commands, to kill on a forced stop.
 type Groups = Arc<Mutex<HashSet<u32>>>;
 
-pub async fn run(client: dray_client::Client, args: WorkArgs) -> anyhow::Result<()> {
+/// With `--json`, the line printed on stdout for each job whose command finished (or was stopped):
+/// what a script needs to follow the worker without parsing its logs.
+#[derive(Debug, Serialize)]
+struct JobLine<'a> {
+    id: u64,
+    queue: &'a str,
+    attempt: u32,
+    /// `completed`; `failed` (retried later); `dead` (failed on its last attempt or with exit 65:
+    /// the dead-letter queue); `cancelled` (cancel requested); `lease_lost` (another worker may
+    /// hold the job now; this attempt's outcome is refused).
+    outcome: &'static str,
+    /// From the command's start to its end, on this machine's monotonic clock.
+    duration_ms: u64,
+    /// Why it failed; `null` when completed.
+    error: Option<&'a str>,
+}
+
+pub async fn run(client: dray_client::Client, args: WorkArgs, json: bool) -> anyhow::Result<()> {
     dray_server::init_logging(args.log_format);
     let exec: Arc<str> = args.exec.into();
     let groups: Groups = Arc::default();
     let handler = {
         let groups = groups.clone();
-        move |ctx: JobContext| run_command(ctx, exec.clone(), groups.clone())
+        move |ctx: JobContext| run_command(ctx, exec.clone(), groups.clone(), json)
     };
     let worker = dray_client::Worker::builder(client)
         .queues(args.queues, handler)
@@ -124,13 +142,69 @@ impl Drop for Group {
     }
 }
 
-async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<Option<Value>, JobError> {
+async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups, json: bool) -> Result<Option<Value>, JobError> {
+    let started = std::time::Instant::now();
+    let outcome = run_command_inner(&ctx, &exec, &groups).await;
+    let (outcome_word, error) = match &outcome {
+        Ok(_) => ("completed", None),
+        Err(Ended::Stopped(reason, err)) => (stop_word(*reason), Some(err.message())),
+        Err(Ended::Failed(err)) if is_final(&ctx, err) => ("dead", Some(err.message())),
+        Err(Ended::Failed(err)) => ("failed", Some(err.message())),
+    };
+    if json {
+        let line = JobLine {
+            id: ctx.id(),
+            queue: ctx.queue(),
+            attempt: ctx.attempt(),
+            outcome: outcome_word,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            error,
+        };
+        // One line per job, written whole: `println!` holds stdout's lock for the line.
+        match serde_json::to_string(&line) {
+            Ok(text) => println!("{text}"),
+            Err(err) => tracing::error!(job = ctx.id(), error = %err, "cannot write the job's JSON line"),
+        }
+    }
+    outcome.map_err(|ended| match ended {
+        Ended::Stopped(_, err) | Ended::Failed(err) => err,
+    })
+}
+
+/// How a command that did not succeed ended.
+enum Ended {
+    /// Stopped by the worker: the job was cancelled or its lease lost.
+    Stopped(CancelReason, JobError),
+    /// It failed by itself (or could not start).
+    Failed(JobError),
+}
+
+impl From<JobError> for Ended {
+    fn from(err: JobError) -> Ended {
+        Ended::Failed(err)
+    }
+}
+
+/// Whether this failure is the job's last: not retryable, or its last attempt. The server decides
+/// (a redrive gives new attempts); this is what the attempt it was leased with says.
+fn is_final(ctx: &JobContext, err: &JobError) -> bool {
+    !err.is_retryable() || ctx.attempt() >= ctx.attempts_max()
+}
+
+fn stop_word(reason: CancelReason) -> &'static str {
+    match reason {
+        CancelReason::Requested => "cancelled",
+        _ => "lease_lost",
+    }
+}
+
+async fn run_command_inner(ctx: &JobContext, exec: &str, groups: &Groups) -> Result<Option<Value>, Ended> {
     // The payload byte for byte as the producer sent it.
     let payload = ctx.payload_json().get().as_bytes().to_vec();
     let mut command = tokio::process::Command::new("sh");
     command
         .arg("-c")
-        .arg(&*exec)
+        .arg(exec)
         .env("DRAY_JOB_ID", ctx.id().to_string())
         .env("DRAY_QUEUE", ctx.queue())
         .env("DRAY_ATTEMPT", ctx.attempt().to_string())
@@ -148,9 +222,9 @@ async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<
     let mut child =
         command.spawn().map_err(|err| JobError::retryable(format!("cannot start `sh -c {exec}`: {err}")))?;
     let Some(pid) = child.id() else {
-        return Err(JobError::retryable("the command exited before it could be watched"));
+        return Err(JobError::retryable("the command exited before it could be watched").into());
     };
-    let mut group = Group::new(&groups, pid);
+    let mut group = Group::new(groups, pid);
 
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -166,11 +240,18 @@ async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<
     let status = tokio::select! {
         status = child.wait() => status,
         reason = ctx.cancelled() => {
-            tracing::info!(?reason, "job cancelled or lease lost: stopping the command");
+            // Say which: a cancel request (from the heartbeat's answer) ends the job `cancelled`;
+            // a lost lease (a 409 or 404 to a heartbeat, or no heartbeat in time) means another
+            // worker may hold it now.
+            let why = match reason {
+                CancelReason::Requested => "the job was cancelled (cancel requested)",
+                _ => "the lease was lost (another worker may hold the job now)",
+            };
+            tracing::info!(job = ctx.id(), reason = stop_word(reason), "{why}: stopping the command");
             stop(group.id, &mut child).await;
             group.exited = true;
             writer.abort();
-            return Err(JobError::retryable("cancelled or lease lost: the command was killed"));
+            return Err(Ended::Stopped(reason, JobError::retryable(format!("{why}: the command was killed"))));
         }
     };
     group.exited = true;
@@ -184,15 +265,25 @@ async fn run_command(ctx: JobContext, exec: Arc<str>, groups: Groups) -> Result<
     let stderr = join_by(deadline, stderr, group.id).await;
     let outcome = outcome(status, stdout, stderr, ctx.id());
     match &outcome {
-        Ok(result) => tracing::info!(result = result.is_some(), "command succeeded: job completed"),
-        Err(err) => tracing::info!(
-            %status,
-            retryable = err.is_retryable(),
-            error = %output::brief(err.message(), 200),
-            "command failed"
-        ),
+        Ok(result) => tracing::info!(job = ctx.id(), result = result.is_some(), "command succeeded: job completed"),
+        Err(err) => {
+            // On the last attempt (or exit 65) the job goes to the dead-letter queue: the log says
+            // so instead of `retryable=true`.
+            let last = is_final(ctx, err);
+            tracing::info!(
+                job = ctx.id(),
+                attempt = ctx.attempt(),
+                attempts_max = ctx.attempts_max(),
+                status = %status,
+                retryable = err.is_retryable() && !last,
+                outcome = if last { "dead" } else { "retrying" },
+                error = %output::brief(err.message(), 200),
+                "{}",
+                if last { "command failed: final attempt, the job goes to the dead-letter queue" } else { "command failed: the job will be retried" }
+            )
+        }
     }
-    outcome
+    Ok(outcome?)
 }
 
 /// What a reading task returns, waiting for it until `deadline`; then the command's process group
