@@ -231,8 +231,14 @@ impl EmbeddedStore {
             }
         }
         let wal = self.inner.locked.lock().ok().and_then(|mut g| g.wal.take());
-        match wal {
-            Some(wal) => Ok(wal.close()?),
+        match wal.map(Wal::close) {
+            // Stopped because a resource ran out: the disk holds exactly what was acknowledged,
+            // so the close loses nothing and is not a failure.
+            Some(Err(e)) if e.is_recoverable() => {
+                tracing::warn!(error = %e, "closed a store that was waiting for a resource; nothing acknowledged is lost");
+                Ok(())
+            }
+            Some(result) => Ok(result?),
             None => Ok(()),
         }
     }
@@ -630,22 +636,30 @@ fn rebuild(inner: &Inner) -> Result<(State, Wal, u64), (String, bool)> {
         seq,
     )
     .map_err(|e| (e.to_string(), !e.is_recoverable()))?;
-    let mut loaded = match load(fs.as_ref(), dir, config.seed.unwrap_or_else(seed_default)) {
-        Ok(loaded) => loaded,
-        Err(e) => {
+    let loaded = load(fs.as_ref(), dir, config.seed.unwrap_or_else(seed_default))
+        .map_err(|e| {
             let permanent = match &e {
                 OpenError::Io { source, .. } => !crate::fs::is_exhaustion(source),
                 _ => true,
             };
-            // Leave no empty segment behind; if the removal fails, replay skips it anyway.
+            (e.to_string(), permanent)
+        })
+        .and_then(|mut loaded| {
+            if loaded.report.last_seq != Some(seq) {
+                return Err((format!("recovery expected the log to end at segment {seq}: {:?}", loaded.report), true));
+            }
+            epoch_next(&mut loaded.state, &wal).map_err(|e| (e.to_string(), !e.is_recoverable()))?;
+            Ok(loaded)
+        });
+    match loaded {
+        Ok(loaded) => Ok((loaded.state, wal, loaded.log_bytes)),
+        Err(failed) => {
+            // The new segment holds at most its header (a failed epoch record was cut back off):
+            // leave none behind, or every failed attempt would add one. Unsynced on purpose: if a
+            // crash brings it back, replay reads an empty segment.
             drop(wal);
             let _ = fs.remove(&wal::segment_path(dir, seq));
-            return Err((e.to_string(), permanent));
+            Err(failed)
         }
-    };
-    if loaded.report.last_seq != Some(seq) {
-        return Err((format!("recovery expected the log to end at segment {seq}: {:?}", loaded.report), true));
     }
-    epoch_next(&mut loaded.state, &wal).map_err(|e| (e.to_string(), !e.is_recoverable()))?;
-    Ok((loaded.state, wal, loaded.log_bytes))
 }
