@@ -350,41 +350,53 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
         (seq, buf, state.queues.len() as u64)
     };
     let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
-    let mut file = fs.create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
-    let mut jobs = 0u64;
-    let mut cursor = 0u64;
-    loop {
-        let done = {
-            let g = lock()?;
-            let mut taken = 0;
-            for (id, job) in g.state.jobs.range(JobId(cursor)..).take(SNAPSHOT_CHUNK_JOBS) {
-                wal::frame_into(&mut buf, |b| codec::encode_job_insert(b, job));
-                cursor = id.0 + 1;
-                taken += 1;
-            }
-            jobs += taken as u64;
-            taken < SNAPSHOT_CHUNK_JOBS
-        };
-        if done {
-            wal::frame_into(&mut buf, |b| codec::encode_snapshot_end(b, jobs, queues));
-        }
-        file.write_all(&buf).map_err(io_err(format!("write {}", tmp.display())))?;
-        buf.clear();
-        if done {
-            break;
-        }
-    }
-    file.sync().map_err(io_err(format!("fsync {}", tmp.display())))?;
-    drop(file);
-
-    // The copy may hold changes whose log records are not yet durable: wait for them before
-    // publishing, or a crash could leave a snapshot ahead of what was acknowledged as failed.
-    let commit = lock()?.wal.as_ref().map(|w| w.commit());
-    if let Some(commit) = commit {
-        commit.wait()?;
-    }
+    // A snapshot that failed leaves no file: on a full disk its partial copy would hold on to
+    // the very space the store needs to come back.
     let path = snapshot_path(dir, seq);
-    fs.rename(&tmp, &path).map_err(io_err(format!("rename {} to {}", tmp.display(), path.display())))?;
+    let published = (|| -> Result<u64, OpenError> {
+        let mut file = fs.create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+        let mut jobs = 0u64;
+        let mut cursor = 0u64;
+        loop {
+            let done = {
+                let g = lock()?;
+                let mut taken = 0;
+                for (id, job) in g.state.jobs.range(JobId(cursor)..).take(SNAPSHOT_CHUNK_JOBS) {
+                    wal::frame_into(&mut buf, |b| codec::encode_job_insert(b, job));
+                    cursor = id.0 + 1;
+                    taken += 1;
+                }
+                jobs += taken as u64;
+                taken < SNAPSHOT_CHUNK_JOBS
+            };
+            if done {
+                wal::frame_into(&mut buf, |b| codec::encode_snapshot_end(b, jobs, queues));
+            }
+            file.write_all(&buf).map_err(io_err(format!("write {}", tmp.display())))?;
+            buf.clear();
+            if done {
+                break;
+            }
+        }
+        file.sync().map_err(io_err(format!("fsync {}", tmp.display())))?;
+        drop(file);
+
+        // The copy may hold changes whose log records are not yet durable: wait for them before
+        // publishing, or a crash could leave a snapshot ahead of what was acknowledged as failed.
+        let commit = lock()?.wal.as_ref().map(|w| w.commit());
+        if let Some(commit) = commit {
+            commit.wait()?;
+        }
+        fs.rename(&tmp, &path).map_err(io_err(format!("rename {} to {}", tmp.display(), path.display())))?;
+        Ok(jobs)
+    })();
+    let jobs = match published {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            let _ = fs.remove(&tmp);
+            return Err(e);
+        }
+    };
     fs.sync_dir(dir).map_err(io_err(format!("fsync directory {}", dir.display())))?;
 
     // Now older snapshots and the segments before `seq` are never needed again.

@@ -1395,3 +1395,28 @@ fn a_failed_fsync_stops_the_store_for_good_and_health_says_failed() {
     assert_eq!(store.health(), Health::Ok, "a restart recovers");
     assert_eq!(rt.block_on(payloads(&store)), BTreeSet::from(["{\"a\":1}".to_string()]));
 }
+
+/// A snapshot that runs out of space (or descriptors) fails alone: nothing is refused, and its
+/// partial file is removed at once, or on a full disk it would hold on to the very space the
+/// store needs.
+#[test]
+fn a_snapshot_on_a_full_disk_fails_alone_and_leaves_no_partial_file() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        for i in 0..20 {
+            insert(&store, &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100))).await.expect("insert");
+        }
+        let files = || sim.list(Path::new(DIR)).expect("list");
+        // Room for the new segment the snapshot starts, not for the copy.
+        sim.set_space_bytes_max(Some(sim.bytes_stored() + 64));
+        store.snapshot().expect_err("no space for the copy");
+        assert!(files().iter().all(|n| !n.ends_with(".tmp") && !n.ends_with(".snap")), "{:?}", files());
+        assert_eq!(store.health(), Health::Ok, "a failed snapshot refuses nothing");
+        sim.set_space_bytes_max(None);
+        insert(&store, "{\"after\":1}").await.expect("insert");
+        store.snapshot().expect("snapshot");
+        assert_eq!(payloads(&store).await.len(), 21);
+    });
+}
