@@ -114,6 +114,10 @@ impl FsFile for CountingFile {
         self.counters.record_sync(started);
         r
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
 }
 
 impl Fs for CountingFs {
@@ -157,5 +161,9 @@ impl Fs for CountingFs {
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         self.inner.lock(path)
+    }
+
+    fn restrict(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.restrict(dir)
     }
 }

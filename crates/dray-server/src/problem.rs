@@ -129,6 +129,11 @@ impl ApiError {
         e
     }
 
+    /// `/healthz`: the store stopped for good; only a restart helps (503, `not-live`).
+    pub fn not_live(why: &str) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-live", "Not live", why)
+    }
+
     pub fn not_ready(why: &str) -> ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", why);
         e.retry_after = true;

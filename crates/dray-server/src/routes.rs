@@ -573,26 +573,59 @@ async fn queue_resume(State(app): State<App>, QueueNameParam(name): QueueNamePar
     queue_pause_set(app, name, false).await
 }
 
-/// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
-async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+/// The process is up and its store has not stopped for good.
+///
+/// A store that stopped accepting writes until restarted (a failed fsync, corrupt data) answers
+/// 503, so an orchestrator restarts it. One refusing writes only until a resource comes back
+/// stays 200 here (see `/readyz`).
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "The store stopped accepting writes until restarted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn healthz(State(app): State<App>) -> Result<Json<Health>, ApiError> {
+    if let dray_store_embedded::Health::Failed(why) = app.store.health() {
+        tracing::error!(reason = %why, "not live: the store stopped until restarted");
+        // The reason names files: it goes to the log, not to an unauthenticated probe.
+        return Err(ApiError::not_live("the store stopped accepting writes until restarted (see the server log)"));
+    }
+    Ok(Json(Health { status: "ok".into() }))
 }
 
 /// The store is open and accepting writes, and the server is not shutting down.
+///
+/// A store out of file descriptors or disk space answers 503 here and returns to 200 by itself
+/// once they are back.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     responses(
         (status = 200, body = Health),
-        (status = 503, description = "Shutting down, or the store refuses writes", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the store refuses writes (for now, or until restarted)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiError> {
     if app.waiters.is_closing() {
         return Err(ApiError::not_ready("the server is shutting down"));
     }
-    // A read goes through the same gate as every write: after a failed write or fsync the
-    // embedded store refuses everything until restarted.
+    // Out of descriptors or disk space (it comes back by itself), or stopped for good. The
+    // reason names files: it goes to the log, not to an unauthenticated probe.
+    match app.store.health() {
+        dray_store_embedded::Health::Ok => {}
+        dray_store_embedded::Health::Degraded(why) => {
+            tracing::warn!(reason = %why, "not ready");
+            return Err(ApiError::not_ready(
+                "the store ran out of file descriptors or disk space; it refuses writes until they are back",
+            ));
+        }
+        dray_store_embedded::Health::Failed(why) => {
+            tracing::warn!(reason = %why, "not ready");
+            return Err(ApiError::not_ready("the store stopped accepting writes until restarted"));
+        }
+    }
+    // A read goes through the same gate as every write (in PostgreSQL mode: is the database
+    // reachable?).
     if let Err(e) = app.store.job_get(JobId(0)).await {
         tracing::warn!(error = %e, "not ready");
         return Err(ApiError::not_ready("the store is not accepting writes"));

@@ -37,6 +37,17 @@ impl AnyStore {
         }
     }
 
+    /// Whether the store serves, for `/healthz` and `/readyz`. The embedded store knows it
+    /// without I/O (`Failed`: stopped until restarted; `Degraded`: a resource ran out and it comes
+    /// back by itself). The PostgreSQL store is always `Ok` here: an unreachable database is a
+    /// readiness matter, found by a call, and never a reason to restart a node.
+    pub fn health(&self) -> dray_store_embedded::Health {
+        match self {
+            AnyStore::Embedded(store) => store.health(),
+            AnyStore::Postgres(_) => dray_store_embedded::Health::Ok,
+        }
+    }
+
     /// Closes the store: the embedded store flushes and releases its directory (on a blocking
     /// thread); the PostgreSQL pool closes its connections.
     pub async fn close(self) -> anyhow::Result<()> {

@@ -34,6 +34,12 @@ pub trait Fs: Send + Sync + fmt::Debug + 'static {
     /// process or another open store holds it, fails at once with an error whose message says the
     /// data directory is in use by another process and names the path.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
+    /// Makes `dir` private to its owner: the directory mode 0700 and every file in it 0600,
+    /// whatever they were. Returns one line per change made (for the log). A file layer without
+    /// permissions (the simulated disk) has nothing to do.
+    fn restrict(&self, _dir: &Path) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A file open for appending, from [`Fs::create`].
@@ -42,6 +48,28 @@ pub trait FsFile: Send + fmt::Debug {
     /// fdatasync: makes the file's contents durable (not its directory entry; see
     /// [`Fs::sync_dir`]).
     fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes through this handle (no new file descriptor, so it works
+    /// when the process is out of them) and makes the new size durable. A file layer that cannot
+    /// says so with an error, and the caller treats that like any failed cut.
+    fn truncate(&mut self, _len: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this file layer cannot cut an open file"))
+    }
+}
+
+/// Mode of the data directory: its owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the store creates: its owner only.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Whether `e` says a resource ran out (file descriptors, disk space or quota) rather than that
+/// the disk failed: `EMFILE`, `ENFILE`, `ENOSPC`, `EDQUOT`.
+pub fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Whether `e` says the process or the system is out of file descriptors: `EMFILE`, `ENFILE`.
+pub fn is_out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 fn in_use_error(path: &Path) -> io::Error {
@@ -77,6 +105,19 @@ impl FsFile for OsFile {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        // The size is metadata: sync_all, not sync_data, so the cut itself is durable.
+        self.file.sync_all()
+    }
+}
+
+/// Sets `file`'s mode through its descriptor: the mode given at creation is masked by the
+/// umask, this is not.
+fn chmod_file(file: &std::fs::File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 /// Holds the lock file open; closing it (on drop) releases the lock.
@@ -87,7 +128,9 @@ struct OsLock {
 
 impl Fs for OsFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        use std::os::unix::fs::DirBuilderExt;
+        // Parents a umask allows; the data directory itself is made private by `restrict`.
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -115,7 +158,9 @@ impl Fs for OsFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(path)?;
+        chmod_file(&file, FILE_MODE)?;
         Ok(Box::new(OsFile { file }))
     }
 
@@ -139,7 +184,15 @@ impl Fs for OsFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(path)?;
+        chmod_file(&file, FILE_MODE)?;
         // flock(2) underneath: the lock belongs to this open file description, so a second open
         // in the same process conflicts too, which is what keeps two stores off one directory.
         match file.try_lock() {
@@ -149,6 +202,29 @@ impl Fs for OsFs {
                 Err(io::Error::new(e.kind(), format!("locking {}: {e}", path.display())))
             }
         }
+    }
+
+    fn restrict(&self, dir: &Path) -> io::Result<Vec<String>> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut changed = Vec::new();
+        let mut set = |path: &Path, is_dir: bool, mode: u32| -> io::Result<()> {
+            // symlink_metadata: never follow a link out of the directory.
+            let meta = std::fs::symlink_metadata(path)?;
+            if meta.file_type().is_symlink() || (!is_dir && !meta.is_file()) {
+                return Ok(());
+            }
+            let old = meta.permissions().mode() & 0o7777;
+            if old != mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                changed.push(format!("{}: mode {old:04o} -> {mode:04o}", path.display()));
+            }
+            Ok(())
+        };
+        set(dir, true, DIR_MODE)?;
+        for entry in std::fs::read_dir(dir)? {
+            set(&entry?.path(), false, FILE_MODE)?;
+        }
+        Ok(changed)
     }
 }
 
@@ -167,6 +243,13 @@ pub enum Fault {
     /// gone. On `sync_dir` the directory's unsynced entries revert. On any other call this behaves
     /// like [`Fault::Error`].
     SyncError,
+    /// The disk is full (`ENOSPC`): a `write_all` puts a prefix of its bytes into the file (maybe
+    /// none), as `write(2)` does when space runs out, then fails; a `sync` fails and drops the
+    /// unsynced tail like [`Fault::SyncError`] (writeback found no space); any other call fails
+    /// and changes nothing.
+    NoSpace,
+    /// The process is out of file descriptors (`EMFILE`): the call fails and changes nothing.
+    NoFiles,
 }
 
 /// An in-memory disk that models power loss and injects faults. Clones share one disk.
@@ -214,6 +297,10 @@ struct Disk {
     faults: BTreeMap<u64, Fault>,
     syncs: u64,
     sync_latency: Duration,
+    /// Every call that opens a file fails with `EMFILE` while set.
+    files_exhausted: bool,
+    /// Writes past this many bytes of file data in total fail with `ENOSPC`.
+    space_bytes_max: Option<u64>,
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -221,7 +308,14 @@ fn not_found(path: &Path) -> io::Error {
 }
 
 fn injected(n: u64, fault: Fault) -> io::Error {
-    io::Error::other(format!("injected fault {fault:?} at mutating call {n}"))
+    match fault {
+        // The real errno, so the store's classification is what it would be on a real disk.
+        // The real errno (which `io::Error::new` would hide), so the store classifies the error
+        // as it would on a real disk.
+        Fault::NoSpace => io::Error::from_raw_os_error(libc::ENOSPC),
+        Fault::NoFiles => io::Error::from_raw_os_error(libc::EMFILE),
+        _ => io::Error::other(format!("injected fault {fault:?} at mutating call {n}")),
+    }
 }
 
 /// splitmix64: tiny, seedable, good enough to pick torn lengths.
@@ -249,6 +343,16 @@ impl Disk {
         let n = self.ops;
         self.ops += 1;
         (n, self.faults.remove(&n))
+    }
+
+    /// `EMFILE` while [`SimFs::set_files_exhausted`] is on: for every call that opens a file.
+    fn open_check(&self) -> io::Result<()> {
+        if self.files_exhausted { Err(io::Error::from_raw_os_error(libc::EMFILE)) } else { Ok(()) }
+    }
+
+    /// Bytes of file data the disk holds (what [`SimFs::set_space_bytes_max`] limits).
+    fn bytes_stored(&self) -> u64 {
+        self.inodes.values().map(|i| i.data.len() as u64).sum()
     }
 
     fn dir_exists(&self, dir: &Path) -> bool {
@@ -333,6 +437,24 @@ impl SimFs {
         self.disk().syncs
     }
 
+    /// While on, every call that opens a file (`create`, `truncate` by path, `sync_dir`,
+    /// `open_read`, `lock`) fails with `EMFILE` and changes nothing, as when the process is out of
+    /// file descriptors. Calls on files already open go on working.
+    pub fn set_files_exhausted(&self, exhausted: bool) {
+        self.disk().files_exhausted = exhausted;
+    }
+
+    /// A disk of this many bytes of file data (`None`: unlimited). A write that does not fit puts
+    /// what fits and fails with `ENOSPC`, as `write(2)` does on a full disk.
+    pub fn set_space_bytes_max(&self, bytes: Option<u64>) {
+        self.disk().space_bytes_max = bytes;
+    }
+
+    /// Bytes of file data on the disk now (unsynced tails included).
+    pub fn bytes_stored(&self) -> u64 {
+        self.disk().bytes_stored()
+    }
+
     /// Makes every `FsFile::sync` take this long, outside the disk's lock, so concurrent
     /// writers behave as they would against a real disk's fsync latency.
     pub fn set_sync_latency(&self, latency: Duration) {
@@ -363,6 +485,8 @@ impl SimFs {
         copy.sync_latency = Duration::ZERO;
         copy.faults.clear();
         copy.ops = 0;
+        copy.files_exhausted = false;
+        copy.space_bytes_max = None;
         SimFs { disk: Arc::new(Mutex::new(copy)) }
     }
 
@@ -436,19 +560,27 @@ impl FsFile for SimFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut disk = self.disk()?;
         let (n, fault) = disk.op();
+        let room = match disk.space_bytes_max {
+            Some(max) => max.saturating_sub(disk.bytes_stored()),
+            None => u64::MAX,
+        };
         let inode = self.inode;
         let Some(file) = disk.inodes.get_mut(&inode) else {
             return Err(not_found(&self.path));
         };
         match fault {
-            None => {
+            None if (buf.len() as u64) <= room => {
                 file.data.extend_from_slice(buf);
                 Ok(())
             }
-            Some(Fault::TornWrite) => {
+            None => {
+                file.data.extend_from_slice(&buf[..room as usize]);
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            Some(f @ (Fault::TornWrite | Fault::NoSpace)) => {
                 let prefix = Rng(n).below(buf.len() as u64) as usize;
                 file.data.extend_from_slice(&buf[..prefix]);
-                Err(injected(n, Fault::TornWrite))
+                Err(injected(n, f))
             }
             Some(f) => Err(injected(n, f)),
         }
@@ -474,12 +606,22 @@ impl FsFile for SimFile {
                 file.synced = file.data.len();
                 Ok(())
             }
-            Some(Fault::SyncError) => {
+            Some(f @ (Fault::SyncError | Fault::NoSpace)) => {
                 file.data.truncate(file.synced);
-                Err(injected(n, Fault::SyncError))
+                Err(injected(n, f))
             }
             Some(f) => Err(injected(n, f)),
         }
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let mut disk = self.disk()?;
+        let (n, fault) = disk.op();
+        fault_check(n, fault)?;
+        let inode = disk.inodes.get_mut(&self.inode).ok_or_else(|| not_found(&self.path))?;
+        inode.data.resize(len as usize, 0);
+        inode.synced = inode.data.len();
+        Ok(())
     }
 }
 
@@ -535,6 +677,7 @@ impl Fs for SimFs {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        self.disk().open_check()?;
         Ok(Box::new(io::Cursor::new(self.read_all(path)?)))
     }
 
@@ -548,6 +691,7 @@ impl Fs for SimFs {
         let mut disk = self.disk();
         let (n, fault) = disk.op();
         fault_check(n, fault)?;
+        disk.open_check()?;
         if !disk.parent_exists(path) {
             return Err(not_found(path));
         }
@@ -562,6 +706,7 @@ impl Fs for SimFs {
         let mut disk = self.disk();
         let (n, fault) = disk.op();
         fault_check(n, fault)?;
+        disk.open_check()?;
         let id = *disk.live.get(path).ok_or_else(|| not_found(path))?;
         let inode = disk.inodes.get_mut(&id).ok_or_else(|| not_found(path))?;
         inode.data.resize(len as usize, 0);
@@ -592,6 +737,9 @@ impl Fs for SimFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut disk = self.disk();
         let (n, fault) = disk.op();
+        if fault.is_none() {
+            disk.open_check()?;
+        }
         if !disk.dir_exists(dir) {
             return Err(not_found(dir));
         }
@@ -624,6 +772,7 @@ impl Fs for SimFs {
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         let mut disk = self.disk();
+        disk.open_check()?;
         if !disk.parent_exists(path) {
             return Err(not_found(path));
         }
@@ -970,5 +1119,116 @@ mod tests {
         assert_eq!(OsFs.list(&d).expect("list"), ["b"], "directories are not listed");
         OsFs.remove(&d.join("b")).expect("remove");
         assert!(OsFs.list(&d).expect("list").is_empty());
+    }
+
+    #[test]
+    fn no_space_fault_puts_a_prefix_and_fails_with_enospc() {
+        let fs = sim();
+        let mut f = file_with_tail(&fs, "a", b"head", b"");
+        fs.fail_at(fs.op_count(), Fault::NoSpace);
+        let err = f.write_all(&[9u8; 100]).expect_err("no space");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert!(is_exhaustion(&err));
+        let data = read(&fs, &file("a"));
+        assert!(data.len() < 104 && data.starts_with(b"head"), "a prefix at most");
+        fs.fail_at(fs.op_count(), Fault::NoSpace);
+        assert_eq!(f.sync().expect_err("no space at writeback").raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(read(&fs, &file("a")), b"head", "like a failed fsync, the tail is gone");
+    }
+
+    #[test]
+    fn no_files_fault_fails_with_emfile_and_changes_nothing() {
+        let fs = sim();
+        fs.fail_at(fs.op_count(), Fault::NoFiles);
+        let err = fs.create(&file("a")).expect_err("no descriptors");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+        assert!(is_out_of_files(&err) && is_exhaustion(&err));
+        assert!(fs.list(&dir()).expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_space_limit_writes_what_fits_then_fails_until_lifted() {
+        let fs = sim();
+        let mut f = fs.create(&file("a")).expect("create");
+        fs.set_space_bytes_max(Some(10));
+        f.write_all(b"0123456").expect("fits");
+        let err = f.write_all(b"789abc").expect_err("full");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(read(&fs, &file("a")), b"0123456789", "what fits lands");
+        assert_eq!(fs.bytes_stored(), 10);
+        // Cutting a file frees space, as on a real disk.
+        f.truncate(7).expect("truncate through the handle");
+        assert_eq!(fs.durable_len(&file("a")), None, "the entry itself was never synced");
+        f.write_all(b"xyz").expect("fits again");
+        fs.set_space_bytes_max(None);
+        f.write_all(&[0; 1000]).expect("unlimited");
+    }
+
+    #[test]
+    fn exhausted_files_refuse_every_open_but_not_open_files() {
+        let fs = sim();
+        let mut f = file_with_tail(&fs, "a", b"x", b"");
+        fs.set_files_exhausted(true);
+        for err in [
+            fs.create(&file("b")).map(drop).expect_err("create"),
+            fs.sync_dir(&dir()).expect_err("sync_dir"),
+            fs.truncate(&file("a"), 0).expect_err("truncate by path"),
+            fs.open_read(&file("a")).map(drop).expect_err("open_read"),
+            fs.lock(&file("LOCK")).map(drop).expect_err("lock"),
+        ] {
+            assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        }
+        f.write_all(b"y").expect("an open file still works");
+        f.sync().expect("sync");
+        f.truncate(1).expect("truncate through the handle");
+        fs.set_files_exhausted(false);
+        assert_eq!(read(&fs, &file("a")), b"x");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    /// Issue #10: data files were created 0644. With a umask that allows everything, the store's
+    /// directory is 0700 and every file 0600.
+    #[test]
+    // `umask(2)` has no safe wrapper in std; the workspace denies unsafe code everywhere else.
+    #[allow(unsafe_code)]
+    fn os_fs_creates_private_files_whatever_the_umask() {
+        // SAFETY: umask only swaps the process's file-creation mask (it cannot fail); nextest
+        // runs each test in its own process, and no other test here depends on the mask.
+        let old = unsafe { libc::umask(0) };
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("data");
+        OsFs.create_dir_all(&d).expect("mkdir");
+        let _lock = OsFs.lock(&d.join("LOCK")).expect("lock");
+        let mut f = OsFs.create(&d.join("a")).expect("create");
+        f.write_all(b"x").expect("write");
+        assert_eq!(OsFs.restrict(&d).expect("restrict"), Vec::<String>::new(), "nothing left to fix");
+        unsafe { libc::umask(old) };
+        assert_eq!(mode(&d), DIR_MODE);
+        assert_eq!(mode(&d.join("a")), FILE_MODE);
+        assert_eq!(mode(&d.join("LOCK")), FILE_MODE);
+    }
+
+    #[test]
+    fn restrict_fixes_an_existing_directory_and_its_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("data");
+        std::fs::create_dir(&d).expect("mkdir");
+        std::fs::write(d.join("wal-00000000000000000001.log"), b"x").expect("write");
+        std::fs::create_dir(d.join("sub")).expect("mkdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(d.join("wal-00000000000000000001.log"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let changed = OsFs.restrict(&d).expect("restrict");
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert!(changed[0].contains("0755 -> 0700"), "{changed:?}");
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join("wal-00000000000000000001.log")), 0o600);
+        assert_eq!(mode(&d.join("sub")), 0o755, "only files are the store's");
+        assert!(OsFs.restrict(&d).expect("again").is_empty());
     }
 }

@@ -15,5 +15,5 @@ mod state;
 mod store;
 
 pub use open::{EmbeddedConfig, OpenError};
-pub use store::EmbeddedStore;
+pub use store::{EmbeddedStore, Health};
 pub use wal::Durability;

@@ -101,21 +101,77 @@ fn rejected(job: JobId, r: Rejection) -> Error {
     Error::rejected(job, r)
 }
 
+/// Whether the store serves, for liveness and readiness probes; see [`EmbeddedStore::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Accepting work.
+    Ok,
+    /// Refusing work for now because a resource ran out (file descriptors, disk space); nothing
+    /// acknowledged is in doubt and the store comes back by itself once the resource is back.
+    /// Not ready, but alive.
+    Degraded(String),
+    /// Stopped for good (a failed fsync, corrupt data, a panic while changing the state, or
+    /// closed): only a restart helps.
+    Failed(String),
+}
+
 impl EmbeddedStore {
+    /// The state lock, unless the store is stopped. After a recoverable log failure this is
+    /// where the store comes back: the first caller runs the in-process recovery (see
+    /// `open::recover`), and the operation goes on if it worked.
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Locked>, Error> {
-        let guard = self.inner.locked.lock().map_err(|_| Error::Unavailable {
-            context: "an earlier operation panicked while changing the state; restart to recover".into(),
-            source: None,
-        })?;
-        if let Some(wal) = &guard.wal
-            && let Some(e) = wal.failure()
-        {
+        let guard = self.lock_state()?;
+        let Some(stopped) = guard.wal.as_ref().and_then(Wal::failure) else {
+            return Ok(guard);
+        };
+        if !stopped.is_recoverable() {
             return Err(Error::unavailable(
                 "the write-ahead log failed earlier; the store accepts nothing until restarted",
-                e,
+                stopped,
             ));
         }
-        Ok(guard)
+        drop(guard);
+        crate::open::recover(&self.inner)?;
+        let guard = self.lock_state()?;
+        match guard.wal.as_ref().and_then(Wal::failure) {
+            None => Ok(guard),
+            Some(e) => Err(Error::unavailable("the write-ahead log stopped again", e)),
+        }
+    }
+
+    fn lock_state(&self) -> Result<MutexGuard<'_, Locked>, Error> {
+        self.inner.locked.lock().map_err(|_| Error::Unavailable {
+            context: "an earlier operation panicked while changing the state; restart to recover".into(),
+            source: None,
+        })
+    }
+
+    /// Whether the store serves. `Failed` answers a liveness probe (restart me); `Degraded` a
+    /// readiness probe only (send nothing now; the store retries in the background every half
+    /// second and on every request, and comes back without a restart). Cheap: no I/O.
+    pub fn health(&self) -> Health {
+        let stopped = match self.inner.locked.lock() {
+            Err(_) => return Health::Failed("an operation panicked while changing the state".into()),
+            Ok(g) => match g.wal.as_ref() {
+                None => return Health::Failed("the store is closed".into()),
+                Some(wal) => wal.failure(),
+            },
+        };
+        let Some(stopped) = stopped else { return Health::Ok };
+        if !stopped.is_recoverable() {
+            return Health::Failed(format!("the write-ahead log failed: {stopped}"));
+        }
+        let last = self.inner.recovering.try_lock().ok().and_then(|r| r.failure.clone());
+        match last {
+            Some((why, true)) => Health::Failed(format!("recovery failed: {why}")),
+            Some((why, false)) => Health::Degraded(format!("waiting for a resource to come back: {why}")),
+            None => Health::Degraded(format!("a resource ran out: {stopped}")),
+        }
+    }
+
+    /// In-process recoveries from a recoverable storage failure since open.
+    pub fn recoveries(&self) -> u64 {
+        self.inner.recovering.lock().map(|r| r.recovered).unwrap_or(0)
     }
 
     /// Runs `f` under the lock, then waits until everything it (and everyone before it) logged is

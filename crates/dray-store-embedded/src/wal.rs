@@ -4,7 +4,18 @@
 //! This module owns the on-disk format of segments and frames, the writer thread, the durability
 //! policies, and torn-tail versus corruption decisions during replay. It never interprets a
 //! payload (the caller encodes and decodes records), never decides when to snapshot, and never
-//! retries a failed write or fsync: after one, the data may be gone, so the log fails and says so.
+//! retries a failed write or fsync: after one, the log fails and says so.
+//!
+//! Two kinds of failure. A failed fsync (or any error that leaves doubt about what is on disk)
+//! fails the log for good: the page cache can no longer be trusted. A resource running out where
+//! what is on disk is beyond doubt (`EMFILE`/`ENFILE` opening a segment or the directory,
+//! `ENOSPC`/`EDQUOT` writing) fails the log *recoverably*: the writer cuts the round that failed
+//! back off the segment (to the last point every record before it was acknowledged, through the
+//! open handle, verified by the file's size afterwards) and removes a segment whose creation it
+//! left half done, so the directory holds exactly the acknowledged records. The log still stops
+//! (its owner rebuilds from the disk and starts a new log; see `open.rs`), but
+//! [`WalError::is_recoverable`] says nothing acknowledged is in doubt. If the cut fails, the
+//! failure is for good.
 //!
 //! Format. A segment `wal-{seq:020}.log` starts with a 16-byte header: the magic `DRAYWAL1` and
 //! the segment's seq (u64 LE). Then frames: payload length (u32 LE), CRC32C of the payload
@@ -111,11 +122,24 @@ pub struct WalError {
     context: String,
     #[source]
     source: Arc<io::Error>,
+    recoverable: bool,
 }
 
 impl WalError {
     fn new(context: impl Into<String>, source: io::Error) -> WalError {
-        WalError { context: context.into(), source: Arc::new(source) }
+        WalError { context: context.into(), source: Arc::new(source), recoverable: false }
+    }
+
+    /// True when a resource ran out and the disk holds exactly what was acknowledged: a new log
+    /// may be started once the resource is back (see the module docs). False for a failed fsync
+    /// and anything else that leaves doubt.
+    pub fn is_recoverable(&self) -> bool {
+        self.recoverable
+    }
+
+    fn recoverable(mut self, recoverable: bool) -> WalError {
+        self.recoverable = recoverable;
+        self
     }
 
     /// What the log was doing, naming the file.
@@ -135,6 +159,26 @@ impl WalError {
 fn at(context: &str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
     let context = format!("{context} {}", path.display());
     move |e| WalError::new(context, e)
+}
+
+/// Like [`at`], for a call that changes nothing on disk when a resource runs out (creating a
+/// file, writing to it): the error may be recoverable once what the call left is cut off.
+fn at_exhaustible(context: &str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
+    let context = format!("{context} {}", path.display());
+    move |e| {
+        let recoverable = crate::fs::is_exhaustion(&e);
+        WalError::new(context, e).recoverable(recoverable)
+    }
+}
+
+/// Like [`at`], for a directory sync: out of file descriptors it never got to the fsync (it could
+/// not open the directory), so that is recoverable; any other error came from the fsync.
+fn at_dir_sync(dir: &Path) -> impl FnOnce(io::Error) -> WalError {
+    let context = format!("syncing directory {}", dir.display());
+    move |e| {
+        let recoverable = crate::fs::is_out_of_files(&e);
+        WalError::new(context, e).recoverable(recoverable)
+    }
 }
 
 fn writer_gone() -> WalError {
@@ -744,13 +788,33 @@ fn sync_timed(file: &mut dyn FsFile) -> io::Result<()> {
 
 /// Creates segment `seq` and makes it durable: header fsynced, directory entry synced. Only
 /// then may records go into it (see the module docs on ordering).
+/// A failure may leave a partial segment behind; see [`segment_remove_partial`].
 fn segment_create(fs: &dyn Fs, dir: &Path, seq: u64) -> Result<Box<dyn FsFile>, WalError> {
     let path = segment_path(dir, seq);
-    let mut file = fs.create(&path).map_err(at("creating write-ahead log segment", &path))?;
-    file.write_all(&segment_header(seq)).map_err(at("writing the header of", &path))?;
+    let mut file = fs.create(&path).map_err(at_exhaustible("creating write-ahead log segment", &path))?;
+    file.write_all(&segment_header(seq)).map_err(at_exhaustible("writing the header of", &path))?;
     sync_timed(file.as_mut()).map_err(at("fsync of", &path))?;
-    fs.sync_dir(dir).map_err(at("syncing directory", dir))?;
+    fs.sync_dir(dir).map_err(at_dir_sync(dir))?;
     Ok(file)
+}
+
+/// After `segment_create` failed recoverably: removes what it left (no file, an empty one, or
+/// part of a header; never a record). The removal is not synced: a directory sync may be what
+/// failed, and a segment holding at most a header is harmless if a crash brings it back (replay
+/// removes or skips it). The error stays recoverable only if nothing is left.
+fn segment_remove_partial(fs: &dyn Fs, dir: &Path, seq: u64, error: WalError) -> WalError {
+    if !error.is_recoverable() {
+        return error;
+    }
+    let path = segment_path(dir, seq);
+    match fs.remove(&path) {
+        Ok(()) => error,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => error,
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot remove a partly created segment");
+            error.recoverable(false)
+        }
+    }
 }
 
 impl Wal {
@@ -768,7 +832,8 @@ impl Wal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at("checking", &path)(e)),
         }
-        let file = segment_create(fs.as_ref(), &config.dir, first_seq)?;
+        let file = segment_create(fs.as_ref(), &config.dir, first_seq)
+            .map_err(|e| segment_remove_partial(fs.as_ref(), &config.dir, first_seq, e))?;
         let shared = Arc::new(Shared {
             fs,
             config,
@@ -795,6 +860,10 @@ impl Wal {
             file,
             seq: first_seq,
             path,
+            file_len: SEGMENT_HEADER_BYTES,
+            clean_pos: 0,
+            clean_len: SEGMENT_HEADER_BYTES,
+            creating: None,
             unsynced: false,
             frames_unsynced: 0,
             last_sync: Instant::now(),
@@ -904,8 +973,12 @@ impl Wal {
             fs.remove(&path).map_err(at("removing write-ahead log segment", &path))?;
         }
         if let Err(e) = fs.sync_dir(dir) {
-            let error = at("syncing directory", dir)(e);
-            shared.fail(&error);
+            let error = at_dir_sync(dir)(e);
+            // Out of file descriptors, the directory was never opened, so no fsync failed: the
+            // removals become durable with the next directory sync, and the log goes on.
+            if !error.is_recoverable() {
+                shared.fail(&error);
+            }
             return Err(error);
         }
         Ok(())
@@ -966,6 +1039,15 @@ struct Writer {
     file: Box<dyn FsFile>,
     seq: u64,
     path: PathBuf,
+    /// Bytes the writes put into the current segment, header included.
+    file_len: u64,
+    /// During a round: the stream position up to which its records are durable under the policy
+    /// (the round's start, or its last completed rotation), and the current segment's length
+    /// at that point. What a recoverable failure cuts back to.
+    clean_pos: u64,
+    clean_len: u64,
+    /// The segment being created while its creation has not completed.
+    creating: Option<u64>,
     /// Bytes written since the last fsync.
     unsynced: bool,
     /// Frames written since the last fsync (for `dray_store_group_commit_operations`).
@@ -1011,7 +1093,9 @@ impl Writer {
                 return;
             };
             self.frames_unsynced += round.frames;
-            let result = self.write_round(round.closing);
+            self.clean_pos = round.end - self.batch.len() as u64;
+            self.clean_len = self.file_len;
+            let result = self.write_round(round.closing).map_err(|e| self.cut_back(e));
             let shared = self.shared.clone();
             let reply = {
                 let mut st = shared.lock();
@@ -1019,6 +1103,19 @@ impl Writer {
                     Err(e) => Some(e.clone()),
                     Ok(()) => st.failed.clone(),
                 };
+                if let Err(e) = &result
+                    && e.is_recoverable()
+                {
+                    // What the round made durable before it failed (up to a rotation it
+                    // completed) stays on disk: acknowledge it, or a client would be told
+                    // "failed" about a change the store then shows.
+                    st.acked = st.acked.max(self.clean_pos);
+                    while st.waiters.front().is_some_and(|(target, _)| *target <= self.clean_pos) {
+                        if let Some((_, tx)) = st.waiters.pop_front() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
                 match failure {
                     None => {
                         st.acked = round.end;
@@ -1048,7 +1145,15 @@ impl Writer {
             self.batch.clear();
             self.batch.shrink_to(BATCH_CAPACITY_KEEP_BYTES);
             if let Err(e) = reply {
-                tracing::error!(error = %e, "the write-ahead log failed; it accepts nothing more");
+                if e.is_recoverable() {
+                    tracing::warn!(
+                        error = %e,
+                        "the write-ahead log stopped: a resource ran out; the failed writes were cut off and \
+                         nothing acknowledged is lost"
+                    );
+                } else {
+                    tracing::error!(error = %e, "the write-ahead log failed; it accepts nothing more");
+                }
                 return;
             }
             if round.closing {
@@ -1135,7 +1240,7 @@ impl Writer {
             }
         }
         if start < self.batch.len() {
-            self.file.write_all(&self.batch[start..]).map_err(at("writing", &self.path))?;
+            self.write(start, self.batch.len())?;
             self.unsynced = true;
         }
         if !self.batch.is_empty() {
@@ -1151,6 +1256,52 @@ impl Writer {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Writes `batch[from..to]` to the current segment. Whatever part of it lands counts in no
+    /// `file_len`: a failure is cut back to `clean_len` anyway.
+    fn write(&mut self, from: usize, to: usize) -> Result<(), WalError> {
+        self.file.write_all(&self.batch[from..to]).map_err(at_exhaustible("writing", &self.path))?;
+        self.file_len += (to - from) as u64;
+        Ok(())
+    }
+
+    /// After a round failed with a possibly recoverable error: cuts the current segment back to
+    /// `clean_len` through the open handle, checks the size on disk, and removes a segment whose
+    /// creation failed part-way. Returns the error, recoverable only if all of that worked.
+    fn cut_back(&mut self, mut error: WalError) -> WalError {
+        if !error.is_recoverable() {
+            return error;
+        }
+        let fs = self.shared.fs.as_ref();
+        let dir = &self.shared.config.dir;
+        if let Some(seq) = self.creating.take() {
+            error = segment_remove_partial(fs, dir, seq, error);
+            if !error.is_recoverable() {
+                return error;
+            }
+        }
+        let len = self.clean_len;
+        let cut = self.file.truncate(len).and_then(|()| fs.file_len(&self.path));
+        match cut {
+            Ok(found) if found == len => {
+                self.file_len = len;
+                error
+            }
+            Ok(found) => {
+                tracing::error!(
+                    path = %self.path.display(), expected = len, found,
+                    "the write-ahead log segment has the wrong size after cutting a failed write off"
+                );
+                error.recoverable(false)
+            }
+            Err(e) => {
+                tracing::error!(
+                    path = %self.path.display(), error = %e, "cannot cut a failed write off the write-ahead log"
+                );
+                error.recoverable(false)
+            }
+        }
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
@@ -1174,17 +1325,24 @@ impl Writer {
     /// Adds the time spent syncing to `syncing`.
     fn segment_switch(&mut self, from: usize, to: usize, seq: u64, syncing: &mut Duration) -> Result<(), WalError> {
         if to > from {
-            self.file.write_all(&self.batch[from..to]).map_err(at("writing", &self.path))?;
+            self.write(from, to)?;
         }
         let sync_started = Instant::now();
         // The old segment must be whole on disk before the next exists: replay reads a bad frame
         // in any segment but the last as corruption.
         sync_timed(self.file.as_mut()).map_err(at("fsync of", &self.path))?;
         self.synced_frames();
+        // Everything up to the mark is durable now, whatever happens next.
+        self.clean_pos += (to - from) as u64;
+        self.clean_len = self.file_len;
         let dir = &self.shared.config.dir;
+        self.creating = Some(seq);
         let created = segment_create(self.shared.fs.as_ref(), dir, seq);
         *syncing += sync_started.elapsed();
         self.file = created?;
+        self.creating = None;
+        self.file_len = SEGMENT_HEADER_BYTES;
+        self.clean_len = SEGMENT_HEADER_BYTES;
         self.seq = seq;
         self.path = segment_path(dir, seq);
         self.unsynced = false;
@@ -1747,33 +1905,52 @@ mod tests {
     struct Outcome {
         appended: Vec<Vec<u8>>,
         acked: usize,
+        /// How the log stopped, if it did.
+        failure: Option<WalError>,
     }
 
     fn workload(fs: &SimFs, durability: Durability) -> Outcome {
+        workload_with(fs, durability, false)
+    }
+
+    /// With `commit_each`, every record has its own commit (all waited for at the end of the
+    /// round), so `acked` counts exactly the records acknowledged; the rounds the writer makes
+    /// then depend on thread timing.
+    fn workload_with(fs: &SimFs, durability: Durability, commit_each: bool) -> Outcome {
         let mut out = Outcome::default();
         let Ok(wal) = Wal::start(Arc::new(fs.clone()), config(durability, 120), 1) else {
             return out;
         };
         let mut failed = false;
         for round in 0..5u64 {
+            let mut commits = Vec::new();
             for i in 0..3u64 {
                 let r = record(round * 10 + i);
                 if wal.append(|b| b.extend_from_slice(&r)).is_err() {
                     break;
                 }
                 out.appended.push(r);
-            }
-            match wal.commit().wait() {
-                Ok(()) => {
-                    assert!(!failed, "a commit succeeded after the log failed");
-                    out.acked = out.appended.len();
+                if commit_each {
+                    commits.push((out.appended.len(), wal.commit()));
                 }
-                Err(_) => failed = true,
+            }
+            if !commit_each {
+                commits.push((out.appended.len(), wal.commit()));
+            }
+            for (covered, commit) in commits {
+                match commit.wait() {
+                    Ok(()) => {
+                        assert!(!failed, "a commit succeeded after one before it failed");
+                        out.acked = covered;
+                    }
+                    Err(_) => failed = true,
+                }
             }
             if round == 2 {
                 let _ = wal.rotate();
             }
         }
+        out.failure = wal.failure();
         let _ = wal.close();
         out
     }
@@ -1793,6 +1970,136 @@ mod tests {
         wal.close().unwrap_or_else(|e| panic!("{label}: {e}"));
         let (after, _) = replay_all(fs, &dir(), 1).unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(after.len(), records.len() + 1, "{label}");
+    }
+
+    /// Regression guard for issue #10 (a full disk or too many open files stopped the log with
+    /// unacknowledged bytes on disk): when a resource runs out at any call, the log stops
+    /// recoverably or for good; recoverably means the directory holds exactly the acknowledged
+    /// records, nothing of what was refused, and a new log can start after them.
+    #[test]
+    fn running_out_of_a_resource_at_any_call_leaves_exactly_the_acknowledged_records() {
+        for durability in [Durability::Always, Durability::Never] {
+            let ops = {
+                let clean = sim();
+                workload_with(&clean, durability, true);
+                clean.op_count()
+            };
+            let mut recoverable = 0;
+            for k in 0..=ops {
+                for fault in [Fault::NoSpace, Fault::NoFiles] {
+                    let label = format!("{durability:?} {fault:?} at call {k}");
+                    let fs = sim();
+                    fs.fail_at(k, fault);
+                    let out = workload_with(&fs, durability, true);
+                    fs.clear_faults();
+                    let Some(failure) = &out.failure else { continue };
+                    if !failure.is_recoverable() {
+                        continue;
+                    }
+                    recoverable += 1;
+                    // No crash needed: this is the directory the next log starts in.
+                    let (records, report) = replay_all(&fs, &dir(), 1).unwrap_or_else(|e| panic!("{label}: {e}"));
+                    assert_eq!(records, out.appended[..out.acked], "{label}: {failure}");
+                    assert_eq!(report.truncated, None, "{label}: the failed write was not cut off");
+                    check_recovery(&fs, &out, out.acked, &label);
+                }
+            }
+            // Writes, headers and segment creations are in the workload: most points recover.
+            assert!(recoverable > ops as usize / 4, "{durability:?}: only {recoverable} of {ops} points recovered");
+        }
+    }
+
+    #[test]
+    fn a_full_disk_cuts_the_failed_write_back_and_stops_recoverably() {
+        let fs = sim();
+        let wal = start(&fs, Durability::Always, SEGMENT_BYTES_DEFAULT);
+        append(&wal, &record(0));
+        wal.commit().wait().expect("commit");
+        let path = segment_path(&dir(), 1);
+        let len = fs.file_len(&path).expect("len");
+        // Room for part of the next batch only: `write(2)` puts what fits, then ENOSPC.
+        fs.set_space_bytes_max(Some(fs.bytes_stored() + 5));
+        append(&wal, &record(1));
+        let err = wal.commit().wait().expect_err("no space");
+        assert_eq!(err.io_error().raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert!(err.is_recoverable(), "{err}");
+        assert_eq!(fs.file_len(&path).expect("len"), len, "the partial write is cut off");
+        assert_eq!(fs.durable_len(&path), Some(len), "and the cut is durable");
+        assert!(wal.append(|b| b.push(1)).is_err(), "the log still stops");
+        let (records, _) = replay_all(&fs, &dir(), 1).expect("replay");
+        assert_eq!(records, [record(0)]);
+    }
+
+    #[test]
+    fn out_of_files_at_a_rotation_acknowledges_what_the_old_segment_holds() {
+        let fs = sim();
+        // A segment ends after about two records.
+        let wal = start(&fs, Durability::Always, SEGMENT_HEADER_BYTES + 30);
+        append(&wal, &record(0));
+        append(&wal, &record(1));
+        fs.set_files_exhausted(true);
+        // The first two records end segment 1; these go to segment 2, which cannot be created.
+        let before = wal.commit();
+        append(&wal, &record(2));
+        let err = wal.commit().wait().expect_err("no descriptors");
+        assert_eq!(err.io_error().raw_os_error(), Some(libc::EMFILE), "{err}");
+        assert!(err.is_recoverable(), "{err}");
+        // The commit covering only the old segment's records was durable before the failure.
+        before.wait().expect("the records before the rotation are durable and acknowledged");
+        fs.set_files_exhausted(false);
+        assert_eq!(list_segments(&fs, &dir()).expect("list"), [1], "no half-created segment is left");
+        let (records, _) = replay_all(&fs, &dir(), 1).expect("replay");
+        assert_eq!(records, [record(0), record(1)]);
+    }
+
+    #[test]
+    fn a_full_disk_while_writing_a_segment_header_removes_the_segment() {
+        let fs = sim();
+        let wal = start(&fs, Durability::Always, SEGMENT_HEADER_BYTES + 30);
+        append(&wal, &record(0));
+        wal.commit().wait().expect("commit");
+        fs.reset_op_count();
+        // Record 1 ends segment 1. The round: write (0), fsync (1), create (2), header (3).
+        fs.fail_at(3, Fault::NoSpace);
+        append(&wal, &record(1));
+        append(&wal, &record(2));
+        let err = wal.commit().wait().expect_err("no space");
+        assert!(err.is_recoverable(), "{err}");
+        assert_eq!(list_segments(&fs, &dir()).expect("list"), [1]);
+        let wal = Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 2)
+            .expect("a new log starts after the old one");
+        append(&wal, &record(3));
+        wal.close().expect("close");
+        let (records, _) = replay_all(&fs, &dir(), 1).expect("replay");
+        assert_eq!(records, [record(0), record(1), record(3)]);
+    }
+
+    #[test]
+    fn a_full_disk_at_fsync_stops_the_log_for_good() {
+        let fs = sim();
+        let wal = start(&fs, Durability::Always, SEGMENT_BYTES_DEFAULT);
+        fs.reset_op_count();
+        // write (0), fsync (1): writeback found no space, the page cache cannot be trusted.
+        fs.fail_at(1, Fault::NoSpace);
+        append(&wal, &record(0));
+        let err = wal.commit().wait().expect_err("fsync failed");
+        assert!(!err.is_recoverable(), "{err}");
+        assert!(err.to_string().contains("fsync of"), "{err}");
+    }
+
+    #[test]
+    fn out_of_files_syncing_the_directory_after_removing_segments_keeps_the_log() {
+        let fs = three_segments();
+        let wal =
+            Wal::start(Arc::new(fs.clone()), config(Durability::Always, SEGMENT_BYTES_DEFAULT), 4).expect("start");
+        fs.set_files_exhausted(true);
+        let err = wal.remove_segments_before(3).expect_err("no descriptor for the directory");
+        assert!(err.is_recoverable(), "{err}");
+        fs.set_files_exhausted(false);
+        assert!(wal.failure().is_none(), "no fsync failed: the log goes on");
+        append(&wal, &record(99));
+        wal.commit().wait().expect("commit");
+        wal.close().expect("close");
     }
 
     #[test]

@@ -14,7 +14,12 @@
 //!   jobs completed, failures and leases in the history, queue configuration);
 //! - the recovered state lies between the state before the one operation whose outcome is unknown
 //!   and the state after it, job by job, and a batch insert is all or nothing;
-//! - after an `Error::Unavailable`, nothing returns `Ok` until a restart;
+//! - after an `Error::Unavailable`, nothing returns `Ok` until a restart, unless the store says
+//!   the failure was a resource running out (`Health::Degraded`: `NoSpace` at a write or a
+//!   segment's creation, `NoFiles` opening a segment or the directory). Then the store recovers
+//!   in-process at the next call (the fault was one-shot, so the resource is back): what it shows
+//!   is exactly the state before the refused operation (nothing refused is visible, nothing
+//!   acknowledged is lost), every later step works, and a power loss at the end keeps all of it;
 //! - fencing tokens and job ids after recovery are above every one handed out before.
 //!
 //! `DRAY_FAULT_SWEEP=full` sweeps more seeds and a longer workload; `DRAY_FAULT_SEED=n` sweeps
@@ -40,14 +45,14 @@ use dray_store::{
     JobList, LeaseExtend, LeasedJob, Maintain, QueueConfig, QueueConfigure, Store,
 };
 use dray_store_embedded::fs::{Fault, Fs, FsFile, SimFs};
-use dray_store_embedded::{EmbeddedConfig, EmbeddedStore};
+use dray_store_embedded::{EmbeddedConfig, EmbeddedStore, Health};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 /// The clock of the checks after recovery: after the workload, within the idempotency window.
 const PROBE_NOW: Timestamp = Timestamp(T0.0 + 3_600_000);
 const DIR: &str = "/data";
 const QUEUES: [&str; 3] = ["alpha", "beta", "gamma"];
-const FAULTS: [Fault; 3] = [Fault::Error, Fault::TornWrite, Fault::SyncError];
+const FAULTS: [Fault; 5] = [Fault::Error, Fault::TornWrite, Fault::SyncError, Fault::NoSpace, Fault::NoFiles];
 /// Steps a faulted run goes on after its first `Unavailable`, to see them all refused.
 const STEPS_AFTER_FAILURE: usize = 8;
 /// Problems printed in full when the sweep fails.
@@ -604,6 +609,11 @@ impl FsFile for HookedFile {
         let result = self.file.sync();
         self.hook.after(result)
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let result = self.file.truncate(len);
+        self.hook.after(result)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,9 +689,15 @@ fn reference_run(plan: Plan, problems: &mut Vec<String>) -> (Reference, usize) {
     (reference, points)
 }
 
+/// What one faulted run found, and whether the store recovered in-process.
+struct Faulted {
+    problems: Vec<String>,
+    recovered: bool,
+}
+
 /// Runs the workload with mutating call `k` failing with `fault`, cuts the power and checks
 /// the recovered store.
-fn faulted_run(reference: &Reference, k: u64, fault: Fault) -> Vec<String> {
+fn faulted_run(reference: &Reference, k: u64, fault: Fault) -> Faulted {
     let plan = reference.plan;
     let label = format!("seed {}: {fault:?} at call {k}", plan.seed);
     let rt = runtime();
@@ -690,9 +706,66 @@ fn faulted_run(reference: &Reference, k: u64, fault: Fault) -> Vec<String> {
     let mut w = Workload::new(Arc::new(sim.clone()), plan);
     let mut problems = Vec::new();
     let mut unknown: Option<usize> = None;
+    // From the step where the store recovered in-process on: the state it showed after each step
+    // (the run has left the reference's path: the recovery started a new epoch).
+    let mut recovered: Option<(usize, Image)> = None;
     for i in 0..plan.steps {
         rt.block_on(w.step(i));
         let (got, kind) = (w.outcomes[i], w.kinds[i]);
+        if let Some((at, image)) = &mut recovered {
+            if matches!(got, Outcome::Unavailable | Outcome::SnapshotFailed | Outcome::NoStore) {
+                problems.push(format!(
+                    "{label} | step {i} ({kind}) gave {got:?} after the store recovered at step {at}: the resource \
+                     is back, so it must work"
+                ));
+                break;
+            }
+            if let Some(store) = &w.store {
+                match rt.block_on(capture(store)) {
+                    Ok(now) => *image = now,
+                    Err(e) => problems.push(format!("{label} | reading the store after step {i}: {e}")),
+                }
+            }
+            continue;
+        }
+        let health = w.store.as_ref().map(EmbeddedStore::health);
+        if unknown.is_none()
+            && let Some(store) = &w.store
+            && (store.recoveries() > 0 || (got == Outcome::Unavailable && matches!(health, Some(Health::Degraded(_)))))
+        {
+            // A resource ran out, so nothing acknowledged is in doubt: the store must come back
+            // at the next call, showing exactly what was acknowledged.
+            let expected = if got == Outcome::Unavailable { Some(&reference.images[i]) } else { None };
+            match rt.block_on(capture(store)) {
+                Ok(image) => {
+                    if let Some(expected) = expected
+                        && image != *expected
+                    {
+                        problems.push(format!(
+                            "{label} | after step {i} ({kind}) was refused and the store recovered, it shows \
+                             {} jobs, not the {} before that step: {}",
+                            image.jobs.len(),
+                            expected.jobs.len(),
+                            first_difference(expected, &image)
+                        ));
+                    }
+                    if store.recoveries() == 0 || store.health() != Health::Ok {
+                        problems.push(format!(
+                            "{label} | the store answered but did not recover: {:?}, {} recoveries",
+                            store.health(),
+                            store.recoveries()
+                        ));
+                    }
+                    recovered = Some((i, image));
+                }
+                Err(e) => {
+                    problems
+                        .push(format!("{label} | step {i} ({kind}) was refused and the store did not recover: {e}"));
+                    break;
+                }
+            }
+            continue;
+        }
         match unknown {
             None if got == Outcome::Unavailable => unknown = Some(i),
             None => {
@@ -715,6 +788,12 @@ fn faulted_run(reference: &Reference, k: u64, fault: Fault) -> Vec<String> {
                         w.kinds[f]
                     ));
                 }
+                if matches!(health, Some(Health::Ok | Health::Degraded(_))) {
+                    problems.push(format!(
+                        "{label} | after step {f} ({}) was refused for good, the store reports {health:?}, not Failed",
+                        w.kinds[f]
+                    ));
+                }
                 if i >= f + STEPS_AFTER_FAILURE {
                     break;
                 }
@@ -727,20 +806,38 @@ fn faulted_run(reference: &Reference, k: u64, fault: Fault) -> Vec<String> {
     if let Some(store) = w.store.take() {
         drop(store);
     }
-    let (before, after, insert) = match unknown {
-        Some(f) => (&reference.images[f], &reference.images[f + 1], w.kinds[f] == "insert"),
-        None => {
+    let (before, after, insert) = match (&recovered, unknown) {
+        // Everything after the recovery was acknowledged: all of it must survive.
+        (Some((_, image)), _) => (image, image, false),
+        (None, Some(f)) => (&reference.images[f], &reference.images[f + 1], w.kinds[f] == "insert"),
+        (None, None) => {
             let end = reference.images.last().expect("images");
             (end, end, false)
         }
     };
-    let label = match unknown {
-        Some(f) => format!("{label} (outcome of step {f}, {}, unknown)", w.kinds[f]),
-        None => label,
+    let label = match (&recovered, unknown) {
+        (Some((at, _)), _) => format!("{label} (recovered in-process at step {at})"),
+        (None, Some(f)) => format!("{label} (outcome of step {f}, {}, unknown)", w.kinds[f]),
+        (None, None) => label,
     };
     let found = recover_and_check(&sim, plan, before, after, insert, &w.acks);
     problems.extend(found.into_iter().map(|p| format!("{label} | {p}")));
-    problems
+    Faulted { problems, recovered: recovered.is_some() }
+}
+
+/// The first job or queue where two images differ, for a readable report.
+fn first_difference(expected: &Image, got: &Image) -> String {
+    for id in expected.jobs.keys().chain(got.jobs.keys()) {
+        if expected.jobs.get(id) != got.jobs.get(id) {
+            return format!("job {id}: expected {:?}, got {:?}", expected.jobs.get(id), got.jobs.get(id));
+        }
+    }
+    for name in expected.queues.keys().chain(got.queues.keys()) {
+        if expected.queues.get(name) != got.queues.get(name) {
+            return format!("queue {name}: expected {:?}, got {:?}", expected.queues.get(name), got.queues.get(name));
+        }
+    }
+    "no difference".into()
 }
 
 /// Opens the store on `disk` (catching a panic) and checks it against the state before and
@@ -820,6 +917,7 @@ fn every_fault_and_power_loss_point_recovers_what_was_acknowledged() {
         .collect();
     let next = AtomicUsize::new(0);
     let found = Mutex::new(Vec::new());
+    let recoveries = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
@@ -828,13 +926,19 @@ fn every_fault_and_power_loss_point_recovers_what_was_acknowledged() {
                     let Some(&(r, k, fault)) = points.get(i) else { return };
                     let reference = &references[r];
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| faulted_run(reference, k, fault)));
-                    let mut problems = result.unwrap_or_else(|panic| {
-                        vec![format!(
+                    let mut problems = match result {
+                        Ok(run) => {
+                            if run.recovered {
+                                recoveries.fetch_add(1, Ordering::SeqCst);
+                            }
+                            run.problems
+                        }
+                        Err(panic) => vec![format!(
                             "seed {}: {fault:?} at call {k} | the run panicked: {}",
                             reference.plan.seed,
                             panic_message(panic.as_ref())
-                        )]
-                    });
+                        )],
+                    };
                     found.lock().expect("problems lock").append(&mut problems);
                 }
             });
@@ -861,7 +965,12 @@ fn every_fault_and_power_loss_point_recovers_what_was_acknowledged() {
         }
     }
     println!("fault sweep: operations that succeeded in the fault-free runs: {done:?}");
+    let recoveries = recoveries.into_inner();
+    println!("fault sweep: {recoveries} faulted runs recovered in-process (a resource ran out and came back)");
     assert!(problems.is_empty(), "{}", report(&problems));
+    // Writes, segment headers and segment creations are a good part of the calls: the
+    // in-process recovery must really have been exercised, not skipped.
+    assert!(recoveries as u64 > calls / 2, "only {recoveries} in-process recoveries for {calls} calls");
 }
 
 /// The problems grouped by their shape (numbers blanked), with a count and the first example
@@ -1099,4 +1208,216 @@ async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec
         problems.push(format!("queue {queue} holds jobs but is not listed"));
     }
     problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources that run out for a while, then come back
+
+/// How long a test waits for the store to come back after the resource is back. The store
+/// retries at once on a call and every half second in the background, backing off to at most a
+/// second between attempts.
+const RECOVERY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn open_store(sim: &SimFs) -> EmbeddedStore {
+    EmbeddedStore::open_with_fs(Arc::new(sim.clone()), config(7)).expect("open")
+}
+
+fn job(payload: &str) -> NewJob {
+    NewJob::new(queue(0), Payload::new(payload.as_bytes().to_vec()))
+}
+
+async fn insert(store: &EmbeddedStore, payload: &str) -> Result<JobId, Error> {
+    Ok(store.job_insert(JobInsert { now: T0, jobs: vec![job(payload)] }).await?[0].id)
+}
+
+/// Retries `f` until it succeeds or the deadline passes (then panics naming `what`).
+async fn until_ok<T>(what: &str, mut f: impl AsyncFnMut() -> Result<T, Error>) -> T {
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    loop {
+        match f().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, Error::Unavailable { .. }), "{what}: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("{what}: still refused after {RECOVERY_DEADLINE:?}: {e}"),
+        }
+    }
+}
+
+/// The payloads of every job in the store.
+async fn payloads(store: &EmbeddedStore) -> BTreeSet<String> {
+    let image = capture(store).await.expect("read the store");
+    image.jobs.values().map(|j| String::from_utf8_lossy(j.payload.as_bytes()).into_owned()).collect()
+}
+
+/// Regression guard for issue #10: on a full disk the server answered 503 and stayed 503 after
+/// space was freed. Now the write is refused (nothing acknowledged), the partial write is cut
+/// off, reads are refused while the store cannot come back (they would wait on a stopped log),
+/// and once space returns the next call brings the store back without a restart, with every
+/// acknowledged job and none of the refused ones, also across a power loss.
+#[test]
+fn a_full_disk_refuses_writes_until_space_returns_and_loses_nothing() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        let mut acked = BTreeSet::new();
+        for i in 0..10 {
+            let payload = format!("{{\"acked\":{i}}}");
+            insert(&store, &payload).await.expect("insert");
+            acked.insert(payload);
+        }
+        sim.set_space_bytes_max(Some(sim.bytes_stored()));
+        let err = insert(&store, "{\"refused\":1}").await.expect_err("the disk is full");
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        assert!(matches!(store.health(), Health::Degraded(_)), "{:?}", store.health());
+        // While space is still out, the store tries to come back and cannot: refused, not stuck.
+        for _ in 0..3 {
+            let err = store.job_get(JobId(1)).await.expect_err("no space for a new segment");
+            assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+            assert!(matches!(store.health(), Health::Degraded(_)), "{:?}", store.health());
+        }
+        // Room for a new segment's header but not for its first record: a try creates the
+        // segment, cuts the record back off and removes the segment again, so failed tries
+        // leave nothing behind however many there are.
+        let segments = || sim.list(Path::new(DIR)).expect("list").iter().filter(|n| n.ends_with(".log")).count();
+        let before = segments();
+        sim.set_space_bytes_max(Some(sim.bytes_stored() + 20));
+        let ops = sim.op_count();
+        for _ in 0..5 {
+            store.job_get(JobId(1)).await.expect_err("no space for the first record");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(sim.op_count() > ops + 5, "recovery was tried");
+        assert_eq!(segments(), before, "failed tries leave no segment behind");
+        assert!(matches!(store.health(), Health::Degraded(_)), "{:?}", store.health());
+        sim.set_space_bytes_max(None);
+        until_ok("an insert after space returned", async || insert(&store, "{\"after\":1}").await).await;
+        acked.insert("{\"after\":1}".into());
+        assert_eq!(store.health(), Health::Ok);
+        assert_eq!(store.recoveries(), 1);
+        assert_eq!(payloads(&store).await, acked, "exactly the acknowledged jobs");
+        sim.crash(3);
+        drop(store);
+        let store = open_store(&sim);
+        assert_eq!(payloads(&store).await, acked, "and a power loss keeps them");
+    });
+}
+
+/// Regression guard for issue #10: under `prlimit --nofile=128` with idle sockets the next log
+/// segment could not be opened and every request answered 503 for good. Now the write that
+/// needed the segment is refused and the store comes back once descriptors are free again.
+#[test]
+fn out_of_file_descriptors_when_a_segment_starts_refuses_then_recovers() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        let mut acked = BTreeSet::new();
+        let mut refused = None;
+        sim.set_files_exhausted(true);
+        // 2 KiB segments: a few of these need a new one.
+        for i in 0..50 {
+            let payload = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(300));
+            match insert(&store, &payload).await {
+                Ok(_) => {
+                    acked.insert(payload);
+                }
+                Err(e) => {
+                    assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+                    refused = Some(payload);
+                    break;
+                }
+            }
+        }
+        let refused = refused.expect("a new segment was needed");
+        assert!(!acked.is_empty());
+        assert!(matches!(store.health(), Health::Degraded(_)), "{:?}", store.health());
+        let err = insert(&store, "{\"still\":1}").await.expect_err("still out of descriptors");
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+        sim.set_files_exhausted(false);
+        until_ok("an insert after descriptors returned", async || insert(&store, &refused).await).await;
+        acked.insert(refused);
+        assert_eq!(store.health(), Health::Ok);
+        assert_eq!(payloads(&store).await, acked);
+        store.close().expect("close");
+        let store = open_store(&sim);
+        assert_eq!(payloads(&store).await, acked);
+    });
+}
+
+/// Readiness comes back by itself: a node a load balancer took out of rotation gets no
+/// requests, so the store must recover without one.
+#[test]
+fn the_store_recovers_in_the_background_without_any_request() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        insert(&store, "{\"a\":1}").await.expect("insert");
+        sim.set_space_bytes_max(Some(sim.bytes_stored()));
+        insert(&store, "{\"b\":1}").await.expect_err("the disk is full");
+        assert!(matches!(store.health(), Health::Degraded(_)), "{:?}", store.health());
+        sim.set_space_bytes_max(None);
+        let deadline = Instant::now() + RECOVERY_DEADLINE;
+        while store.health() != Health::Ok {
+            assert!(Instant::now() < deadline, "never recovered: {:?}", store.health());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(store.recoveries(), 1);
+        assert_eq!(payloads(&store).await, BTreeSet::from(["{\"a\":1}".to_string()]));
+    });
+}
+
+/// An fsync failure still stops the store until a restart (docs/semantics.md): the page cache
+/// can no longer be trusted. Liveness says so, and nothing brings it back in-process.
+#[test]
+fn a_failed_fsync_stops_the_store_for_good_and_health_says_failed() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        insert(&store, "{\"a\":1}").await.expect("insert");
+        sim.reset_op_count();
+        // write (0), fsync (1).
+        sim.fail_at(1, Fault::SyncError);
+        insert(&store, "{\"b\":1}").await.expect_err("the fsync failed");
+        assert!(matches!(store.health(), Health::Failed(_)), "{:?}", store.health());
+        sim.clear_faults();
+        for _ in 0..3 {
+            insert(&store, "{\"c\":1}").await.expect_err("refused until restarted");
+        }
+        assert!(matches!(store.health(), Health::Failed(_)), "{:?}", store.health());
+        assert_eq!(store.recoveries(), 0);
+    });
+    drop(store);
+    let store = open_store(&sim);
+    assert_eq!(store.health(), Health::Ok, "a restart recovers");
+    assert_eq!(rt.block_on(payloads(&store)), BTreeSet::from(["{\"a\":1}".to_string()]));
+}
+
+/// A snapshot that runs out of space (or descriptors) fails alone: nothing is refused, and its
+/// partial file is removed at once, or on a full disk it would hold on to the very space the
+/// store needs.
+#[test]
+fn a_snapshot_on_a_full_disk_fails_alone_and_leaves_no_partial_file() {
+    let rt = runtime();
+    let sim = SimFs::new();
+    let store = open_store(&sim);
+    rt.block_on(async {
+        for i in 0..20 {
+            insert(&store, &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100))).await.expect("insert");
+        }
+        let files = || sim.list(Path::new(DIR)).expect("list");
+        // Room for the new segment the snapshot starts, not for the copy.
+        sim.set_space_bytes_max(Some(sim.bytes_stored() + 64));
+        store.snapshot().expect_err("no space for the copy");
+        assert!(files().iter().all(|n| !n.ends_with(".tmp") && !n.ends_with(".snap")), "{:?}", files());
+        assert_eq!(store.health(), Health::Ok, "a failed snapshot refuses nothing");
+        sim.set_space_bytes_max(None);
+        insert(&store, "{\"after\":1}").await.expect("insert");
+        store.snapshot().expect("snapshot");
+        assert_eq!(payloads(&store).await.len(), 21);
+    });
 }
