@@ -183,7 +183,7 @@ impl LeasedJob {
             attempts_max: j.attempts_max,
             lease_id: lease_id_string(j.lease),
             fencing_token: j.token.0,
-            lease_ms: j.deadline.ms_since(now),
+            lease_ms: j.lease_left_ms.unwrap_or_else(|| j.deadline.ms_since(now)),
             deadline: timestamp_string(j.deadline),
             checkpoint: j.checkpoint.as_ref().map(payload_to_json),
             traceparent: j.traceparent.as_deref().map(Into::into),
@@ -424,7 +424,8 @@ impl LeaseRequest {
 }
 
 impl LeaseResponse {
-    /// `now` is the instant the lease was granted at: each job's `lease_ms` is measured from it.
+    /// Each job's `lease_ms` is the time left the store measured at commit when it keeps its own
+    /// clock (PostgreSQL), otherwise measured from `now`, the instant the lease was granted at.
     pub fn from_store(jobs: &[dray_store::LeasedJob], now: Timestamp) -> LeaseResponse {
         LeaseResponse { jobs: jobs.iter().map(|j| LeasedJob::from_store(j, now)).collect() }
     }
@@ -444,10 +445,11 @@ impl HeartbeatRequest {
 }
 
 impl HeartbeatResponse {
-    /// `now` is the instant of the heartbeat: `lease_ms` is measured from it.
+    /// `lease_ms` is the time left the store measured at commit when it keeps its own clock
+    /// (PostgreSQL), otherwise measured from `now`, the instant of the heartbeat.
     pub fn from_store(e: dray_store::LeaseExtended, now: Timestamp) -> HeartbeatResponse {
         HeartbeatResponse {
-            lease_ms: e.deadline.ms_since(now),
+            lease_ms: e.lease_left_ms.unwrap_or_else(|| e.deadline.ms_since(now)),
             deadline: timestamp_string(e.deadline),
             cancel_requested: e.cancel_requested,
         }

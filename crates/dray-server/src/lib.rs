@@ -18,6 +18,7 @@
 mod app;
 mod config;
 mod dashboard;
+mod due;
 mod extract;
 mod guard;
 mod listen;
@@ -109,7 +110,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         AnyStore::Postgres(pg) => {
             let connection = listen_config(pg)?;
             let channel = pg.notify_channel().to_owned();
-            Some(tokio::spawn(listen::run(connection, channel, waiters.clone(), stop_maintenance.subscribe())))
+            let listening = listen::run(connection, channel, waiters.clone(), stop_maintenance.subscribe());
+            // Delayed and retrying jobs wake this node's long-polls when due, leader or not.
+            let due = due::run(store.clone(), clock, waiters.clone(), stop_maintenance.subscribe());
+            Some(tokio::spawn(async move {
+                tokio::join!(listening, due);
+            }))
         }
         AnyStore::Embedded(_) => None,
     };
@@ -301,7 +307,7 @@ pub struct Running {
     server: Option<JoinHandle<std::io::Result<()>>>,
     stop_serving: watch::Sender<bool>,
     maintenance: JoinHandle<()>,
-    /// PostgreSQL mode: the task listening for other nodes' wake-ups.
+    /// PostgreSQL mode: the task listening for other nodes' wake-ups, and the due-time timer.
     wakeups: Option<JoinHandle<()>>,
     stop_maintenance: watch::Sender<bool>,
     grace: Duration,

@@ -3,8 +3,12 @@
 //! `NOTIFY <schema>_jobs, '<queue>'` when a queue gets available jobs (insert, promotion,
 //! redrive) on any node; each notification wakes this node's long-polls on that queue.
 //!
+//! A payload `due <queue>` says the queue got a delayed or retrying job instead: it does not wake
+//! anyone, it asks the due-time timer (`due.rs`) to look at the due times again.
+//!
 //! Notifications sent while the connection is down are lost, so every (re)connect is treated as
-//! "rescan": once `LISTEN` is in place, every waiter is woken to try leasing again. Connection
+//! "rescan": once `LISTEN` is in place, every waiter is woken to try leasing again, and the
+//! due-time timer looks at the due times again. Connection
 //! losses are retried with exponential backoff (capped), forever, until shutdown.
 
 use std::sync::Arc;
@@ -105,6 +109,7 @@ async fn listen_once(pg: &tokio_postgres::Config, channel: &str, waiters: &Waite
     tracing::info!(channel, "listening for wake-ups");
     // Rescan: whatever was notified while we were not listening is lost.
     waiters.wake_all();
+    waiters.due_changed();
 
     // A peer that vanished without closing the socket sends nothing: probe now and then.
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
@@ -123,10 +128,16 @@ async fn listen_once(pg: &tokio_postgres::Config, channel: &str, waiters: &Waite
             }
         };
         match message {
-            Ok(AsyncMessage::Notification(n)) => match QueueName::new(n.payload()) {
-                Ok(queue) => waiters.wake([&queue]),
-                // Not one of ours (someone else notified the channel): wake everybody, cheaply correct.
-                Err(_) => waiters.wake_all(),
+            Ok(AsyncMessage::Notification(n)) => match notification(n.payload()) {
+                Wake::Available(queue) => waiters.wake([&queue]),
+                // The due-time timer learns the new due time and wakes the waiters then.
+                Wake::Due(_) => waiters.due_changed(),
+                // Not one of ours (someone else notified the channel): wake everybody and look at
+                // the due times again, cheaply correct.
+                Wake::Unknown => {
+                    waiters.wake_all();
+                    waiters.due_changed();
+                }
             },
             Ok(AsyncMessage::Notice(notice)) => tracing::debug!(notice = %notice, "notice on the LISTEN connection"),
             Ok(_) => {}
@@ -137,10 +148,43 @@ async fn listen_once(pg: &tokio_postgres::Config, channel: &str, waiters: &Waite
     Ok(())
 }
 
+/// What a notification on the channel says.
+#[derive(Debug, PartialEq)]
+enum Wake {
+    /// `<queue>`: the queue has new available jobs.
+    Available(QueueName),
+    /// `due <queue>`: the queue has a new scheduled or retrying job.
+    Due(QueueName),
+    /// Anything else.
+    Unknown,
+}
+
+fn notification(payload: &str) -> Wake {
+    if let Some(name) = payload.strip_prefix(dray_store_postgres::DUE_PREFIX) {
+        return QueueName::new(name).map_or(Wake::Unknown, Wake::Due);
+    }
+    QueueName::new(payload).map_or(Wake::Unknown, Wake::Available)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_available_or_due_queues() {
+        let q = |name: &str| QueueName::new(name).unwrap();
+        assert_eq!(notification("emails"), Wake::Available(q("emails")));
+        assert_eq!(notification("due emails"), Wake::Due(q("emails")));
+        assert_eq!(notification("due a:b.c"), Wake::Due(q("a:b.c")));
+        assert_eq!(notification("due "), Wake::Unknown);
+        assert_eq!(notification("something else"), Wake::Unknown);
     }
 }

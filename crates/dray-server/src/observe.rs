@@ -416,6 +416,7 @@ mod tests {
             lease: LeaseId(id),
             token: FencingToken(id),
             deadline: Timestamp(ready_at + 60_000),
+            lease_left_ms: None,
             checkpoint: None,
             traceparent: None,
             created_at: Timestamp(ready_at),

@@ -8,6 +8,11 @@
 //! A waiter arms itself *before* it tries to lease and waits *after*: a [`Notified`] future
 //! receives every `notify_waiters` from the moment it is created, so an enqueue that lands
 //! between the failed attempt and the wait is not lost.
+//!
+//! In PostgreSQL mode the node also wakes waiters when a delayed or retrying job of their queues
+//! falls due (`due.rs`): it learns which queues are waited on from [`Waiters::queues`], and is
+//! asked to look again ([`Waiters::rescan_requested`]) when a queue gets its first waiter or a
+//! notification says a queue has a new waiting job ([`Waiters::due_changed`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +33,9 @@ pub(crate) struct Waiters {
     closing: AtomicBool,
     /// Long-polls currently waiting (after an empty attempt).
     waiting: AtomicUsize,
+    /// The waited-on queues or their due times may have changed: the due-time timer looks again.
+    /// `notify_one` keeps a permit, so a change while the timer is busy is not lost.
+    rescan: Notify,
 }
 
 impl Waiters {
@@ -44,10 +52,34 @@ impl Waiters {
             if notifies.iter().any(|(name, _)| name == q) {
                 continue;
             }
-            let notify = map.entry(q.clone()).or_default().clone();
+            let notify = match map.get(q) {
+                Some(notify) => notify.clone(),
+                None => {
+                    // A queue nobody waited on: the due-time timer does not know its due times.
+                    self.rescan.notify_one();
+                    map.entry(q.clone()).or_default().clone()
+                }
+            };
             notifies.push((q.clone(), notify));
         }
         Interest { waiters: self, notifies }
+    }
+
+    /// The queues someone is waiting on now (in no particular order).
+    pub fn queues(&self) -> Vec<QueueName> {
+        self.map().keys().cloned().collect()
+    }
+
+    /// A queue may have a new delayed or retrying job, or notifications may have been lost:
+    /// the due-time timer should look at the due times again.
+    pub fn due_changed(&self) {
+        self.rescan.notify_one();
+    }
+
+    /// Resolves once [`Self::due_changed`] was called or a queue got its first waiter since the
+    /// last time it resolved.
+    pub async fn rescan_requested(&self) {
+        self.rescan.notified().await;
     }
 
     /// Wakes every waiter on any of `queues`.
@@ -188,6 +220,25 @@ mod tests {
         assert_eq!(w.map().len(), 1, "a is still wanted");
         drop(second);
         assert!(w.map().is_empty());
+    }
+
+    #[test]
+    fn a_queue_s_first_waiter_asks_for_a_rescan_and_later_ones_do_not() {
+        let w = Waiters::default();
+        let first = w.interest(&[q("a")]);
+        let mut rescan = std::pin::pin!(w.rescan_requested());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(rescan.as_mut().poll(&mut cx).is_ready(), "a new queue asks for a rescan");
+        let _second = w.interest(&[q("a")]);
+        let mut rescan = std::pin::pin!(w.rescan_requested());
+        assert!(rescan.as_mut().poll(&mut cx).is_pending(), "a known queue does not");
+        w.due_changed();
+        assert!(rescan.as_mut().poll(&mut cx).is_ready());
+        let mut queues = w.queues();
+        queues.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(queues, [q("a")]);
+        drop(first);
     }
 
     #[tokio::test]

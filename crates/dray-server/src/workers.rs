@@ -457,6 +457,7 @@ mod tests {
             lease: LeaseId(lease),
             token: FencingToken(lease * 10),
             deadline: Timestamp(deadline),
+            lease_left_ms: None,
             checkpoint: None,
             traceparent: None,
             created_at: Timestamp(T0),

@@ -428,9 +428,11 @@ impl Store for EmbeddedStore {
             let event = Event::Heartbeat { lease, extend_ms, progress, checkpoint };
             let t = transition(current, event, now, 0).map_err(|r| rejected(job, r))?;
             let extended = t.effects.iter().find_map(|e| match e {
-                Effect::LeaseExtended { deadline, cancel_requested } => {
-                    Some(LeaseExtended { deadline: *deadline, cancel_requested: *cancel_requested })
-                }
+                Effect::LeaseExtended { deadline, cancel_requested } => Some(LeaseExtended {
+                    deadline: *deadline,
+                    lease_left_ms: None,
+                    cancel_requested: *cancel_requested,
+                }),
                 _ => None,
             });
             update(state, changes, job, t)?;

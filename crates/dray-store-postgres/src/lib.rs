@@ -65,7 +65,11 @@
 //! of the hot statements on 100k jobs.
 //!
 //! **Wake-ups.** Inserts, promotions and redrives that make jobs available send
-//! `NOTIFY <schema>_jobs, '<queue>'` (delivered at commit); the server listens on it.
+//! `NOTIFY <schema>_jobs, '<queue>'` (delivered at commit); the server listens on it. Inserts of
+//! scheduled jobs, failed attempts and expired leases that leave a job `retrying` send
+//! `'due <queue>'` ([`DUE_PREFIX`]): a node then asks [`PostgresStore::jobs_due_next`] when that
+//! queue's next job falls due and wakes its own long-polls then, so no wake-up waits for the
+//! leader's promotion (nor for a failover).
 //!
 //! **One leader for maintenance.** Migration 3 adds `<schema>.leader`; [`Leadership`] (from
 //! [`PostgresStore::leadership`]) takes part in the election on a connection of its own. Once it
@@ -98,4 +102,5 @@ pub use config::{PostgresConfig, TimeSource};
 pub use error::ConnectError;
 pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
-pub use store::{PoolStatus, PostgresStore};
+pub use sql::DUE_PREFIX;
+pub use store::{DueNext, PoolStatus, PostgresStore};

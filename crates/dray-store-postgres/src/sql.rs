@@ -25,11 +25,23 @@ pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_m
 const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
      j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
 
+/// The start of a notification's payload that says "this queue has a new scheduled or retrying
+/// job" (followed by the queue's name), as opposed to a bare queue name, "this queue has new
+/// available jobs". A space never occurs in a queue name, so the two cannot be confused, and a
+/// listener that only knows queue names treats it as a notification it cannot place.
+pub const DUE_PREFIX: &str = "due ";
+
 /// History entries kept besides the first (the enqueue): `Limits::HISTORY_ENTRIES_MAX - 1`.
 pub(crate) const HISTORY_NEWEST_KEPT: usize = Limits::HISTORY_ENTRIES_MAX - 1;
 
 /// The database's `now` in whole milliseconds (the core's resolution), for `TimeSource::Database`.
 const NOW: &str = "SELECT floor(extract(epoch FROM now()) * 1000)::bigint";
+
+/// The database's clock as it reads when this statement runs (not the transaction's start), in
+/// microseconds: sent after a statement that may wait for locks, it reads the time that statement
+/// finished. Leases and heartbeats compute their deadlines from it and check them against it
+/// again just before their commit (`TimeSource::Database` only).
+const CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
 /// Makes sure the batch's queues exist (a queue is created by its first job, with the default
 /// policy passed in) and returns their configuration. A queue created concurrently by another
@@ -61,7 +73,8 @@ WHERE i.expires_at > coalesce($3::timestamptz, now())";
 /// sequence after ordering, so they increase along the batch), each job's first history entry
 /// (decided by the core's `NewJob::into_job`), its idempotency key (claimed only if free or past
 /// its window; a key claimed meanwhile by a concurrent insert shows in `keys_claimed`), and a
-/// notification per queue that got an available job.
+/// notification per queue that got an available job (`<queue>`) or a scheduled one
+/// (`due <queue>`: see [`DUE_PREFIX`]).
 const INSERT: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::timestamptz[], $5::text[], $6::int[],
@@ -95,7 +108,8 @@ WITH input AS (
         WHERE i.expires_at <= coalesce($22::timestamptz, now())
     RETURNING 1
 ), notified AS (
-    SELECT pg_notify($23::text, queue) FROM (SELECT DISTINCT queue FROM numbered WHERE state = 'available') q
+    SELECT pg_notify($23::text, CASE WHEN state = 'available' THEN queue ELSE '{due_prefix}' || queue END)
+    FROM (SELECT DISTINCT queue, state FROM numbered WHERE state IN ('available', 'scheduled')) q
 )
 SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
        (SELECT count(*) FROM inserted) AS inserted,
@@ -139,6 +153,23 @@ SELECT c.*, p.new_token, jp.payload
 FROM candidates c
 LEFT JOIN picked p ON p.id = c.id
 LEFT JOIN {s}.jobs jp ON jp.id = p.id";
+
+/// For each queue of `$1` that is open, the earliest `run_at` of its scheduled and retrying jobs
+/// later than that queue's bound in `$2` (NULL: any), and the milliseconds from now until then
+/// (rounded up, 0 when already due), now being `$3` or the database's clock as this runs. One
+/// probe of the `jobs_waiting` index per queue.
+const DUE_NEXT: &str = "
+SELECT w.name AS queue, floor(extract(epoch FROM d.run_at) * 1000)::bigint AS run_at_ms,
+       greatest(0, ceil(extract(epoch FROM d.run_at - coalesce($3::timestamptz, clock_timestamp())) * 1000))::bigint
+           AS wait_ms
+FROM unnest($1::text[], $2::timestamptz[]) AS w(name, after)
+JOIN {s}.queues q ON q.name = w.name AND NOT q.paused
+CROSS JOIN LATERAL (
+    SELECT j.run_at FROM {s}.jobs j
+    WHERE j.queue = w.name AND j.state IN ('scheduled', 'retrying') AND (w.after IS NULL OR j.run_at > w.after)
+    ORDER BY j.run_at
+    LIMIT 1
+) d";
 
 const JOB_LOCK: &str = "SELECT {job_columns} FROM {s}.jobs j WHERE j.id = $1::bigint FOR UPDATE";
 
@@ -338,10 +369,12 @@ SELECT count(*) FROM jobs";
 pub(crate) struct Sql {
     schema: String,
     pub now: String,
+    pub clock: String,
     pub queues_ensure: String,
     pub keys_lookup: String,
     pub insert: String,
     pub lease: String,
+    pub due_next: String,
     pub job_lock: String,
     pub jobs_lock: String,
     pub jobs_read: String,
@@ -369,10 +402,12 @@ impl Sql {
         Sql {
             schema: schema.to_owned(),
             now: r(NOW),
+            clock: r(CLOCK),
             queues_ensure: r(QUEUES_ENSURE),
             keys_lookup: r(KEYS_LOOKUP),
             insert: r(INSERT),
             lease: r(LEASE),
+            due_next: r(DUE_NEXT),
             job_lock: r(JOB_LOCK),
             jobs_lock: r(JOBS_LOCK),
             jobs_read: r(JOBS_READ),
@@ -482,6 +517,7 @@ fn render(sql: &str, schema: &str) -> String {
         .replace("{queue_columns}", QUEUE_COLUMNS)
         .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
         .replace("{leader_guard}", &crate::leader::guard("{s}", 3))
+        .replace("{due_prefix}", DUE_PREFIX)
         .replace("{s}", schema)
 }
 
@@ -494,10 +530,12 @@ mod tests {
         let sql = Sql::new("dray_x");
         let all = [
             &sql.now,
+            &sql.clock,
             &sql.queues_ensure,
             &sql.keys_lookup,
             &sql.insert,
             &sql.lease,
+            &sql.due_next,
             &sql.job_lock,
             &sql.jobs_lock,
             &sql.jobs_read,

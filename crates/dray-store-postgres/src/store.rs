@@ -18,7 +18,7 @@
 use dray_core::json::same_value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
 use dray_core::transition::EventKind;
@@ -114,12 +114,23 @@ macro_rules! in_transaction {
             let mut client = $store.client().await?;
             let attempt = async {
                 let $tx = client.transaction().await.map_err(db_error)?;
-                let value = $body.await?;
-                $tx.commit().await.map_err(db_error)?;
-                Ok::<_, Fail>(value)
+                let result = $body.await;
+                match result {
+                    Ok(value) => {
+                        $tx.commit().await.map_err(db_error)?;
+                        Ok::<_, Fail>(value)
+                    }
+                    Err(e) => {
+                        // Rolled back before answering or running again: dropping the transaction
+                        // would only queue the rollback, and the next attempt (on another pooled
+                        // connection) or the caller's next call would find its row locks still
+                        // held and skip those jobs. A failed rollback closes the connection,
+                        // which rolls back too.
+                        let _ = $tx.rollback().await;
+                        Err(e)
+                    }
+                }
             };
-            // On an error the transaction was dropped inside `attempt`, which rolls it back before
-            // the connection is reused.
             match tokio::time::timeout($store.config.call_timeout(), attempt).await {
                 Ok(Ok(value)) => break Ok(value),
                 Ok(Err(Fail::Store(e))) => break Err(e),
@@ -160,6 +171,16 @@ async fn prep_client(client: &Object, sql: &str) -> Result<Statement, Error> {
 
 fn rejected(job: JobId, r: Rejection) -> Fail {
     Fail::Store(Error::rejected(job, r))
+}
+
+/// The next job of a queue to fall due (see [`PostgresStore::jobs_due_next`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueNext {
+    pub queue: QueueName,
+    /// Its `run_at`, on the database's clock.
+    pub run_at: dray_core::Timestamp,
+    /// Milliseconds from the query until `run_at`, rounded up; 0 when already due.
+    pub wait_ms: u64,
 }
 
 /// A snapshot of the connection pool (see [`PostgresStore::pool_status`]).
@@ -255,6 +276,43 @@ impl PostgresStore {
         })
     }
 
+    /// When the next scheduled or retrying job of each of `queues` falls due, for a node that
+    /// wakes its own long-polls at that instant instead of waiting for the leader to promote the
+    /// job (a failover would delay it by the leader's TTL). `after` holds a bound per queue
+    /// (`None`: any): only jobs due later than it count, so a node that already woke its
+    /// waiters for a job that stays waiting (locked by someone else) does not wake them again
+    /// for it. Paused queues and queues with no such job are left out. Each answer carries the
+    /// time until it is due on the database's clock, measured as the query runs, rounded up:
+    /// a timer set for that long when the answer arrives never fires early.
+    ///
+    /// Cancel safety: read-only.
+    pub async fn jobs_due_next(
+        &self,
+        queues: &[(QueueName, Option<dray_core::Timestamp>)],
+        now: dray_core::Timestamp,
+    ) -> Result<Vec<DueNext>, Error> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
+        let after: Vec<Option<SystemTime>> = queues.iter().map(|(_, a)| a.map(to_time)).collect();
+        let now = self.now_param(now);
+        let rows = on_client!(self, |client| async {
+            let st = prep_client(&client, &self.sql.due_next).await?;
+            client.query(&st, &[&names, &after, &now]).await.map_err(db_error)
+        })?;
+        rows.iter()
+            .map(|row| {
+                let queue: String = get(row, "queue")?;
+                Ok(DueNext {
+                    queue: QueueName::new(&queue).map_err(|e| corrupt(format!("queue {queue:?}: {e}")))?,
+                    run_at: dray_core::Timestamp(get(row, "run_at_ms")?),
+                    wait_ms: u64::try_from(get::<i64>(row, "wait_ms")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
     /// The connection pool's state now, for metrics: a pool that stays fully in use while calls
     /// wait for connections is the first sign that `pool_size_max` is too small.
     pub fn pool_status(&self) -> PoolStatus {
@@ -305,12 +363,41 @@ impl PostgresStore {
         }
     }
 
+    /// The statement reading the database's clock (`clock_timestamp()`), under
+    /// `TimeSource::Database`; `None` when the test's `params.now` is the clock.
+    async fn clock_statement(&self, tx: &Transaction<'_>) -> Result<Option<Statement>, Fail> {
+        match self.config.time_source {
+            TimeSource::Params => Ok(None),
+            TimeSource::Database => Ok(Some(prep(tx, &self.sql.clock).await?)),
+        }
+    }
+
     /// Writes the jobs a call changed (new status, guarded; new history entries; history
     /// trimming) and notifies `notify` queues, all pipelined into one round trip.
     async fn write(&self, tx: &Transaction<'_>, jobs: &[Loaded], notify: &[&str]) -> Result<(), Fail> {
+        self.write_then_clock(tx, jobs, notify, None).await.map(|_| ())
+    }
+
+    /// [`Self::write`], and with `clock` ([`Self::clock_statement`]) the database's clock read
+    /// after the write's statements, in the same round trip: the instant the change is ready to
+    /// commit, in microseconds. A statement of the write that waited for a lock delays this
+    /// reading as much as it delayed the commit.
+    async fn write_then_clock(
+        &self,
+        tx: &Transaction<'_>,
+        jobs: &[Loaded],
+        notify: &[&str],
+        clock: Option<&Statement>,
+    ) -> Result<Option<i64>, Fail> {
+        let read_clock = async {
+            match clock {
+                None => Ok(None),
+                Some(st) => Ok::<_, Fail>(Some(clock_us(&tx.query_one(st, &[]).await?)?)),
+            }
+        };
         let changed: Vec<&Loaded> = jobs.iter().filter(|l| l.changed).collect();
         if changed.is_empty() && notify.is_empty() {
-            return Ok(());
+            return read_clock.await;
         }
         let mut chunks: Vec<Vec<&Loaded>> = vec![Vec::new()];
         let mut chunk_bytes = 0;
@@ -373,12 +460,14 @@ impl PostgresStore {
             }
             Ok::<u64, Fail>(tx.execute(&notify_st, &[&self.channel, &notify]).await?)
         };
-        let (updated, _, _, _) = tokio::try_join!(update, insert_history, trim_history, send_notify)?;
+        // Polled in this order, each sends its statement on its first poll: the clock is read
+        // after the others ran (a single update chunk, as every lease and heartbeat writes).
+        let (updated, _, _, _, end) = tokio::try_join!(update, insert_history, trim_history, send_notify, read_clock)?;
         if updated != changed.len() as u64 {
             // Rows are locked, so only a writer outside this store could cause this.
             return Err(Fail::Retry("a job changed under its row lock"));
         }
-        Ok(())
+        Ok(end)
     }
 
     async fn insert_in(&self, tx: &Transaction<'_>, p: &JobInsert) -> Result<Vec<Inserted>, Fail> {
@@ -511,17 +600,35 @@ impl PostgresStore {
         Ok(out)
     }
 
-    async fn lease_in(&self, tx: &Transaction<'_>, p: &JobLease, queues: &[&str]) -> Result<Vec<LeasedJob>, Fail> {
+    /// The lease, in one transaction. Under `TimeSource::Database` its `now` is the database's
+    /// clock read *after* the lease statement holds its row locks (not the transaction's start:
+    /// a statement that waited for a lock would otherwise grant a lease that started before the
+    /// wait), and the clock is read again after the write: a lease that would be born expired by
+    /// then (the write waited for a lock as long as the lease lasts) is not granted, the
+    /// transaction runs again instead and the jobs stay available meanwhile. Each job's
+    /// `lease_left_ms` is its deadline minus that second reading; the caller subtracts the
+    /// commit's time, measured from the returned instant.
+    async fn lease_in(
+        &self,
+        tx: &Transaction<'_>,
+        p: &JobLease,
+        queues: &[&str],
+    ) -> Result<(Vec<LeasedJob>, Option<Instant>), Fail> {
         let count = p.count_max as i64;
         let promote_max = Limits::LEASE_JOBS_MAX as i64;
         let now_param = self.now_param(p.now);
-        let rows = async {
-            let st = prep(tx, &self.sql.lease).await?;
-            Ok::<Vec<Row>, Fail>(tx.query(&st, &[&queues, &now_param, &count, &promote_max]).await?)
+        let (lease_st, clock_st) = tokio::try_join!(prep(tx, &self.sql.lease), self.clock_statement(tx))?;
+        let params: [&(dyn ToSql + Sync); 4] = [&queues, &now_param, &count, &promote_max];
+        let (rows, now) = match &clock_st {
+            None => (tx.query(&lease_st, &params).await?, p.now),
+            Some(clock) => {
+                // Pipelined in this order: the clock is read once the lease statement is done.
+                let (rows, t) = tokio::try_join!(tx.query(&lease_st, &params), tx.query_one(clock, &[]))?;
+                (rows, ms_floor(clock_us(&t)?))
+            }
         };
-        let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let mut loaded = Vec::with_capacity(rows.len());
         let mut picked: Vec<(usize, FencingToken, Payload)> = Vec::new();
@@ -561,8 +668,15 @@ impl PostgresStore {
             loaded.iter().filter(|l| l.job.state() == JobState::Available).map(|l| l.job.queue.as_str()).collect();
         notify.sort_unstable();
         notify.dedup();
-        self.write(tx, &loaded, &notify).await?;
-        Ok(out)
+        let Some(end) = self.write_then_clock(tx, &loaded, &notify, clock_st.as_ref()).await? else {
+            return Ok((out, None));
+        };
+        let measured = Instant::now();
+        for job in &mut out {
+            let left = lease_left_ms(job.deadline, end).ok_or(Fail::Retry("a lease would be born expired"))?;
+            job.lease_left_ms = Some(left);
+        }
+        Ok((out, Some(measured)))
     }
 
     /// Locks the listed jobs (in id order), keyed by id. Ids the database cannot hold are absent.
@@ -595,8 +709,24 @@ impl PostgresStore {
         Ok((now, Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?)))
     }
 
-    async fn extend_in(&self, tx: &Transaction<'_>, p: &LeaseExtend) -> Result<LeaseExtended, Fail> {
-        let (now, mut l) = self.lock_one(tx, p.job, p.now).await?;
+    /// A heartbeat, timed like [`Self::lease_in`]: under `TimeSource::Database` the lease is
+    /// checked and extended at the database's clock read after the row lock is held, and a new
+    /// deadline that has passed by the time the write is done (it waited for a lock) is refused
+    /// like any expired lease, changing nothing.
+    async fn extend_in(&self, tx: &Transaction<'_>, p: &LeaseExtend) -> Result<(LeaseExtended, Option<Instant>), Fail> {
+        let clock_st = self.clock_statement(tx).await?;
+        let (now, mut l) = match &clock_st {
+            None => self.lock_one(tx, p.job, p.now).await?,
+            Some(clock) => {
+                let Some(sql_id) = id_to_sql(p.job) else { return Err(Error::JobNotFound(p.job).into()) };
+                let st = prep(tx, &self.sql.job_lock).await?;
+                // Pipelined in this order: the clock is read once the row lock is held.
+                let params: [&(dyn ToSql + Sync); 1] = [&sql_id];
+                let (row, t) = tokio::try_join!(tx.query_opt(&st, &params), tx.query_one(clock, &[]))?;
+                let row = row.ok_or(Error::JobNotFound(p.job))?;
+                (ms_floor(clock_us(&t)?), Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?))
+            }
+        };
         let event = Event::Heartbeat {
             lease: p.lease,
             extend_ms: p.extend_ms,
@@ -608,16 +738,23 @@ impl PostgresStore {
             .effects
             .iter()
             .find_map(|e| match e {
-                Effect::LeaseExtended { deadline, cancel_requested } => {
-                    Some(LeaseExtended { deadline: *deadline, cancel_requested: *cancel_requested })
-                }
+                Effect::LeaseExtended { deadline, cancel_requested } => Some(LeaseExtended {
+                    deadline: *deadline,
+                    lease_left_ms: None,
+                    cancel_requested: *cancel_requested,
+                }),
                 _ => None,
             })
             .ok_or_else(|| corrupt("a heartbeat that extends no lease"))?;
         l.guard = Some(p.lease);
         l.apply(t);
-        self.write(tx, std::slice::from_ref(&l), &[]).await?;
-        Ok(extended)
+        let Some(end) = self.write_then_clock(tx, std::slice::from_ref(&l), &[], clock_st.as_ref()).await? else {
+            return Ok((extended, None));
+        };
+        let measured = Instant::now();
+        let deadline = extended.deadline;
+        let left = lease_left_ms(deadline, end).ok_or_else(|| rejected(p.job, Rejection::LeaseExpired { deadline }))?;
+        Ok((LeaseExtended { lease_left_ms: Some(left), ..extended }, Some(measured)))
     }
 
     async fn ack_in(&self, tx: &Transaction<'_>, p: &JobAck) -> Result<Vec<Result<Acked, Error>>, Fail> {
@@ -653,7 +790,8 @@ impl PostgresStore {
             }
         }
         let jobs: Vec<Loaded> = jobs.into_values().collect();
-        self.write(tx, &jobs, &[]).await?;
+        let due = due_notifications(&jobs);
+        self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         Ok(out)
     }
 
@@ -779,7 +917,8 @@ impl PostgresStore {
             l.apply(t);
             jobs.push(l);
         }
-        self.write(tx, &jobs, &[]).await?;
+        let due = due_notifications(&jobs);
+        self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         Ok(expired)
     }
 
@@ -874,6 +1013,48 @@ enum Planned {
 
 fn conflict(index: usize, job: &NewJob, key: &str, existing: JobId) -> Fail {
     Fail::Store(Error::IdempotencyConflict { index, queue: job.queue.clone(), key: key.into(), existing })
+}
+
+/// The notifications saying "a job of this queue now waits for its time" (`due <queue>`, once
+/// per queue) for the jobs of `jobs` this call turned `retrying`: nodes time their waiters'
+/// wake-ups by them (see [`PostgresStore::jobs_due_next`]).
+fn due_notifications(jobs: &[Loaded]) -> Vec<String> {
+    let mut queues: Vec<&str> = jobs
+        .iter()
+        .filter(|l| l.changed && l.job.state() == JobState::Retrying)
+        .map(|l| l.job.queue.as_str())
+        .collect();
+    queues.sort_unstable();
+    queues.dedup();
+    queues.into_iter().map(|q| format!("{}{q}", crate::sql::DUE_PREFIX)).collect()
+}
+
+/// A reading of the [`Sql::clock`] statement: microseconds since the epoch.
+fn clock_us(row: &Row) -> Result<i64, Fail> {
+    Ok(row.try_get(0).map_err(|e| corrupt(format!("clock: {e}")))?)
+}
+
+/// A clock reading in microseconds as the core's whole milliseconds, rounded down: a deadline
+/// computed from it is never later than the lease's length after the reading.
+fn ms_floor(us: i64) -> dray_core::Timestamp {
+    dray_core::Timestamp(us.div_euclid(1_000))
+}
+
+/// The whole milliseconds left before `deadline` at the clock reading `now_us`, rounded down;
+/// `None` once the deadline has passed.
+fn lease_left_ms(deadline: dray_core::Timestamp, now_us: i64) -> Option<u64> {
+    let left_us = deadline.0.checked_mul(1_000)?.checked_sub(now_us)?;
+    (left_us > 0).then_some((left_us / 1_000) as u64)
+}
+
+/// Whole milliseconds (rounded up) since `measured`, the instant the clock was read before a
+/// commit: what the commit and the way back took off the time left.
+fn committing_ms(measured: Option<Instant>) -> u64 {
+    measured.map_or(0, |at| {
+        let elapsed = at.elapsed();
+        let ms = elapsed.as_millis() as u64;
+        if elapsed.as_nanos() % 1_000_000 == 0 { ms } else { ms + 1 }
+    })
 }
 
 fn version_to_sql(v: u32) -> i32 {
@@ -1277,12 +1458,19 @@ impl Store for PostgresStore {
         let mut queues: Vec<&str> = p.queues.iter().map(QueueName::as_str).collect();
         queues.sort_unstable();
         queues.dedup();
-        in_transaction!(self, "job_lease", |tx| self.lease_in(&tx, &p, &queues))
+        let (mut leased, measured) = in_transaction!(self, "job_lease", |tx| self.lease_in(&tx, &p, &queues))?;
+        let spent = committing_ms(measured);
+        for job in &mut leased {
+            job.lease_left_ms = job.lease_left_ms.map(|ms| ms.saturating_sub(spent));
+        }
+        Ok(leased)
     }
 
     async fn lease_extend(&self, p: LeaseExtend) -> Result<LeaseExtended, Error> {
         p.validate()?;
-        in_transaction!(self, "lease_extend", |tx| self.extend_in(&tx, &p))
+        let (extended, measured) = in_transaction!(self, "lease_extend", |tx| self.extend_in(&tx, &p))?;
+        let spent = committing_ms(measured);
+        Ok(LeaseExtended { lease_left_ms: extended.lease_left_ms.map(|ms| ms.saturating_sub(spent)), ..extended })
     }
 
     async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
@@ -1420,6 +1608,37 @@ mod tests {
         assert_ne!(xs, ys, "two stores draw different lease ids");
         let distinct: HashSet<u64> = xs.iter().copied().collect();
         assert_eq!(distinct.len(), xs.len());
+    }
+
+    #[test]
+    fn time_left_rounds_down_and_ends_at_the_deadline() {
+        let deadline = dray_core::Timestamp(10_000);
+        assert_eq!(ms_floor(8_999_999), dray_core::Timestamp(8_999));
+        assert_eq!(lease_left_ms(deadline, 8_000_000), Some(2_000));
+        assert_eq!(lease_left_ms(deadline, 8_000_001), Some(1_999));
+        assert_eq!(lease_left_ms(deadline, 9_999_999), Some(0), "live for one more microsecond");
+        assert_eq!(lease_left_ms(deadline, 10_000_000), None, "born expired");
+        assert_eq!(lease_left_ms(deadline, 12_000_000), None);
+        assert_eq!(committing_ms(None), 0);
+    }
+
+    #[test]
+    fn due_notifications_name_each_queue_with_a_new_retrying_job_once() {
+        let job = |queue: &str, state: JobState, changed: bool| {
+            let new = NewJob::new(QueueName::new(queue).unwrap(), Payload::new(b"{}".to_vec()));
+            let mut job = new.into_job(JobId(1), dray_core::Timestamp(0), dray_core::RetryPolicy::default(), 1_000);
+            job.history.clear();
+            job.status.state = state;
+            Loaded { changed, ..Loaded::new(job) }
+        };
+        let jobs = [
+            job("b", JobState::Retrying, true),
+            job("a", JobState::Retrying, true),
+            job("b", JobState::Retrying, true),
+            job("c", JobState::Retrying, false),
+            job("d", JobState::Dead, true),
+        ];
+        assert_eq!(due_notifications(&jobs), ["due a", "due b"]);
     }
 
     #[test]

@@ -357,7 +357,9 @@ async fn available_jobs_are_notified() {
     let later = NewJob { delay_ms: Some(1_000), ..job("scheduled", "x") };
     store.job_insert(JobInsert { now, jobs: vec![later] }).await.unwrap();
     store.job_insert(JobInsert { now, jobs: vec![job("ready", "x"), job("ready", "y")] }).await.unwrap();
-    // Notifications arrive in commit order: the scheduled job's insert sent none.
+    // Notifications arrive in commit order: the scheduled job's insert says when a job waits for
+    // its time (nodes time their own wake-ups by it), not that one is available.
+    assert_eq!(next().await, ("dray_jobs".to_owned(), "due scheduled".to_owned()));
     assert_eq!(next().await, ("dray_jobs".to_owned(), "ready".to_owned()));
     assert_eq!(store.jobs_promote(Maintain { now: now.add_ms(1_000), limit: 10 }).await.unwrap(), 1);
     assert_eq!(next().await, ("dray_jobs".to_owned(), "scheduled".to_owned()));

@@ -114,6 +114,11 @@ pub struct LeasedJob {
     pub token: FencingToken,
     /// On the server's clock.
     pub deadline: Timestamp,
+    /// The time left on the lease when the grant committed, measured by a store that keeps its
+    /// own clock (PostgreSQL: `deadline` minus the database's `clock_timestamp()` just before the
+    /// commit, less the commit's own time). `None` when the store's clock is the caller's `now`
+    /// (the embedded store): the caller measures `deadline` against that clock itself.
+    pub lease_left_ms: Option<u64>,
     /// The checkpoint an earlier attempt saved, if any.
     pub checkpoint: Option<Payload>,
     pub traceparent: Option<Box<str>>,
@@ -140,6 +145,7 @@ impl LeasedJob {
             lease: lease.id,
             token: lease.token,
             deadline: lease.deadline,
+            lease_left_ms: None,
             checkpoint: job.status.checkpoint.clone(),
             traceparent: job.traceparent.clone(),
             created_at: job.created_at,
@@ -178,6 +184,9 @@ impl LeaseExtend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseExtended {
     pub deadline: Timestamp,
+    /// The time left on the extended lease when the heartbeat committed, as
+    /// [`LeasedJob::lease_left_ms`]: `None` when the caller's `now` is the store's clock.
+    pub lease_left_ms: Option<u64>,
     /// The job was asked to stop: the worker should wind down and report.
     pub cancel_requested: bool,
 }

@@ -6,6 +6,8 @@
 //!   (lease + TTL + a third of the TTL + the maintenance interval, plus slack for a busy machine);
 //! - a leader stopped with SIGTERM releases its lease: another node takes over well before the
 //!   TTL could have run out;
+//! - a long-poll waiting on a surviving node gets a delayed job when it falls due, with no leader
+//!   to promote it (the dead leader's lease has not run out);
 //! - a node started before its database exists keeps retrying (logging each failure with the
 //!   password redacted) and becomes ready once the database is there; SIGTERM during the retries
 //!   stops it cleanly.
@@ -264,4 +266,55 @@ fn sigterm_while_waiting_for_the_database_stops_cleanly() {
         "the stop is logged:\n{}",
         node.log.join("\n")
     );
+}
+
+/// Guards issue #18's defect 11: due-time wake-ups do not depend on the leader. The leader is
+/// SIGKILLed and its lease (a TTL far longer than the test) keeps any other node from leading,
+/// so nobody promotes due jobs; a delayed job is enqueued on the survivor, and a long-poll there
+/// finds nothing due and waits. When the job falls due the survivor wakes the long-poll itself,
+/// which gets the job well before its wait ends (it used to stay asleep until the next leader's
+/// first promotion: here, until its wait ended empty).
+#[test]
+fn a_waiting_long_poll_gets_a_delayed_job_when_due_without_a_leader() {
+    const LONG_TTL_MS: u64 = 120_000;
+    const DELAY: Duration = Duration::from_secs(3);
+    const WAIT_MS: u64 = 25_000;
+    let db = TestDb::create();
+    let ttl = LONG_TTL_MS.to_string();
+    let mut nodes: Vec<Node> = (0..2).map(|_| Node::start_with(&db.url, &["--database-leader-ttl-ms", &ttl])).collect();
+    let (old, _) = find_leader(&db.url, &nodes);
+    let dead_pid = nodes[old].pid();
+    nodes[old].process.take().expect("running").kill9();
+    let survivor = &nodes[1 - old];
+
+    let rt = rt();
+    rt.block_on(async {
+        let client = survivor.client();
+        let job = client.enqueue(Enqueue::new("delayed", &"later").unwrap().delay(DELAY)).await.expect("enqueue").id;
+        let started = Instant::now();
+        let leased = client
+            .lease(LeaseRequest {
+                queues: vec!["delayed".into()],
+                worker: "waiting".into(),
+                count: Some(1),
+                lease_ms: None,
+                wait_ms: Some(WAIT_MS),
+            })
+            .await
+            .expect("lease");
+        let took = started.elapsed();
+        assert_eq!(
+            leased.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![job],
+            "the waiting long-poll gets the delayed job when it falls due ({took:?} after it began)"
+        );
+        eprintln!("a long-poll on the survivor got the delayed job {took:?} after it began (delay {DELAY:?})");
+    });
+    let leader_now = leader(&db.url).map(|(pid, _)| pid);
+    assert_eq!(leader_now, Some(dead_pid), "the dead leader's lease still ran: no leader promoted the job");
+
+    for node in nodes.iter_mut().filter(|n| n.process.is_some()) {
+        let status = node.process.take().expect("running").terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+    }
 }

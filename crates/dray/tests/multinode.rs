@@ -403,3 +403,102 @@ fn migrate_prints_the_schema_version() {
     let version = count(&db.url, "SELECT max(version) FROM mig.migrations");
     assert!(first.contains(&format!("version {version} ")), "{first}");
 }
+
+/// Sessions of `db` waiting for a lock now.
+fn waiting_for_locks(db: &str) -> u64 {
+    count(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+}
+
+/// Guards issue #18's defect 10 through two nodes: a worker leases a job through node A; another
+/// session holds `LOCK TABLE dray.jobs IN ACCESS EXCLUSIVE MODE` until past that lease's
+/// deadline; a heartbeat for it sent through A while its lease was live, and a lease request for
+/// another job sent through B, both wait for the lock. When it is released the heartbeat must be
+/// refused (409: the lease ran out while it waited; it answered 200 with a deadline in the past)
+/// and the lease must be granted live, its `lease_ms` no more than the time actually left on the
+/// database's clock (it answered 200 with `lease_ms` above the lease's length and a deadline
+/// already past).
+#[test]
+fn a_heartbeat_or_lease_stalled_behind_a_table_lock_never_answers_a_dead_lease_as_live() {
+    let db = TestDb::create();
+    let (a, b) = (Node::start(&db.url), Node::start(&db.url));
+    let rt = rt();
+    rt.block_on(async {
+        let (ca, cb) = (a.client(), b.client());
+        let held = ca.enqueue(Enqueue::new("stall", &"held").unwrap()).await.expect("enqueue").id;
+        let lease = |queue: &str, worker: &str, lease_ms| LeaseRequest {
+            queues: vec![queue.into()],
+            worker: worker.into(),
+            count: Some(1),
+            lease_ms: Some(lease_ms),
+            wait_ms: None,
+        };
+        let first = ca.lease(lease("stall", "first", 2_000)).await.expect("lease");
+        let [first] = first.jobs.as_slice() else { panic!("one job: {first:?}") };
+        assert_eq!(first.id, held);
+        // In a queue of its own: the leader may expire the first lease as soon as the lock goes.
+        let other = ca.enqueue(Enqueue::new("stall-other", &"other").unwrap()).await.expect("enqueue").id;
+
+        // The lock is held until 300 ms past the first lease's deadline, on the database's clock.
+        let hold = format!(
+            "BEGIN; LOCK TABLE dray.jobs IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep_until('{}'::timestamptz + interval '300 milliseconds'); COMMIT;",
+            first.deadline
+        );
+        let mut locker = Command::new("psql")
+            .args([&db.url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &hold])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let locked = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                      WHERE c.relname = 'jobs' AND l.mode = 'AccessExclusiveLock' AND l.granted";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&db.url, locked) == 0 {
+            assert!(Instant::now() < deadline, "the lock was never taken");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let beat = {
+            let (ca, lease_id) = (ca.clone(), first.lease_id.clone());
+            let request =
+                dray_api::HeartbeatRequest { lease_id, extend_ms: Some(2_000), progress: None, checkpoint: None };
+            tokio::spawn(async move { ca.heartbeat(held, request).await })
+        };
+        let second = {
+            let cb = cb.clone();
+            tokio::spawn(async move { cb.lease(lease("stall-other", "second", 1_000)).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while waiting_for_locks(&db.url) < 2 {
+            assert!(Instant::now() < deadline, "the heartbeat and the lease never waited for the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(locker.wait().unwrap().success(), "the locking session");
+
+        match beat.await.unwrap() {
+            // Expired (the heartbeat went first) or stale (the leader's expiry went first).
+            Err(dray_client::Error::Api { status: 409, problem }) => assert!(
+                ["urn:dray:problem:lease-expired", "urn:dray:problem:stale-lease"].contains(&problem.kind.as_str()),
+                "{problem:?}"
+            ),
+            other => panic!("a heartbeat whose lease ran out while it waited must be refused: {other:?}"),
+        }
+        let second = second.await.unwrap().expect("the lease");
+        let [got] = second.jobs.as_slice() else { panic!("one job leased after the wait: {second:?}") };
+        assert_eq!(got.id, other);
+        // Seconds left on the database's clock now; the reply was sent before this, so it may
+        // claim no more (rounded to the millisecond).
+        let left =
+            query(&db.url, &format!("SELECT extract(epoch FROM '{}'::timestamptz - clock_timestamp())", got.deadline));
+        let left_ms: f64 = left.trim().parse::<f64>().unwrap() * 1_000.0;
+        assert!(left_ms > 0.0, "the lease granted after the wait is live: {left_ms} ms left, reply {got:?}");
+        assert!(got.lease_ms <= 1_000, "lease_ms {} above the lease's length", got.lease_ms);
+        assert!(
+            got.lease_ms as f64 >= left_ms - 1.0,
+            "the reply was sent before the check: {} < {left_ms}",
+            got.lease_ms
+        );
+    });
+    for node in [a, b] {
+        let status = node.process.expect("running").terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+    }
+}

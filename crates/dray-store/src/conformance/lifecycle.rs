@@ -641,7 +641,7 @@ pub async fn heartbeat_extends_deadline<H: Harness>(h: H) {
         .lease_extend(LeaseExtend { progress: Some(progress.clone()), ..extend(id, l.lease, c.now) })
         .await
         .unwrap();
-    assert_eq!(r, crate::LeaseExtended { deadline: T0.add_ms(19_000), cancel_requested: false });
+    assert_eq!(r, crate::LeaseExtended { deadline: T0.add_ms(19_000), lease_left_ms: None, cancel_requested: false });
     let event =
         Event::Heartbeat { lease: l.lease, extend_ms: None, progress: Some(progress.clone()), checkpoint: None };
     let job = c.get(id).await;
@@ -712,7 +712,7 @@ pub async fn heartbeat_reports_cancel_requested<H: Harness>(h: H) {
     assert_eq!(c.cancel(id).await.unwrap(), JobState::Running);
     c.advance(100);
     let r = c.heartbeat(id, l.lease, None).await.unwrap();
-    assert_eq!(r, crate::LeaseExtended { deadline: c.now.add_ms(5_000), cancel_requested: true });
+    assert_eq!(r, crate::LeaseExtended { deadline: c.now.add_ms(5_000), lease_left_ms: None, cancel_requested: true });
     c.restart().await;
     c.advance(100);
     assert!(c.heartbeat(id, l.lease, None).await.unwrap().cancel_requested, "the request survives a restart");

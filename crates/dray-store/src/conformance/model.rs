@@ -569,7 +569,7 @@ impl<H: Harness> Sim<H> {
             Ok(_) => {
                 let deadline = now.add_ms(extend_ms.unwrap_or(m.lease_ms));
                 let got = r.unwrap_or_else(|e| panic!("heartbeat of job {id} with its live lease failed: {e:?}"));
-                assert_eq!(got, LeaseExtended { deadline, cancel_requested: m.cancel_requested });
+                assert_eq!(got, LeaseExtended { deadline, lease_left_ms: None, cancel_requested: m.cancel_requested });
                 m.lease.as_mut().unwrap().deadline = deadline;
                 *self.tally.entry("heartbeats accepted").or_default() += 1;
                 if checkpoint.is_some() {
