@@ -76,7 +76,18 @@ async fn dashboard_pages_work_in_a_real_browser() {
     );
     let dead = api.get("/v1/dead?queue=billing").await;
     assert_eq!(dead["jobs"].as_array().unwrap().len(), 2, "the cancelled 'redrive all' changed nothing: {dead:#}");
-    for page in ["overview", "queue", "jobs", "job-running", "job-dead", "dead-confirm", "dead", "workers"] {
+    for page in [
+        "overview",
+        "overview-1920",
+        "overview-dark",
+        "queue",
+        "jobs",
+        "job-running",
+        "job-dead",
+        "dead-confirm",
+        "dead",
+        "workers",
+    ] {
         let file = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1_000, "screenshot {} missing or empty ({size} bytes)", file.display());
