@@ -28,7 +28,6 @@ impl AnyStore {
         }
     }
 
-    /// The PostgreSQL connection pool's state; `None` for the embedded store, which has none.
     /// The embedded store's job data in memory and its budget, in bytes: `(used, budget)`.
     /// `None` in PostgreSQL mode (the database holds the jobs).
     pub fn memory(&self) -> Option<(u64, u64)> {
@@ -38,6 +37,7 @@ impl AnyStore {
         }
     }
 
+    /// The PostgreSQL connection pool's state; `None` for the embedded store, which has none.
     pub fn pool_status(&self) -> Option<dray_store_postgres::PoolStatus> {
         match self {
             AnyStore::Embedded(_) => None,

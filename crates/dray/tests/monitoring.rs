@@ -55,6 +55,7 @@ const ALERT_NAMES: &[&str] = &[
     "DrayLeaseExpirySpike",
     "DrayQueueNotPolled",
     "DrayFsyncSlow",
+    "DrayMemoryBudgetHigh",
     "DrayNodeDown",
 ];
 
