@@ -103,6 +103,83 @@ try {
     await shot(page, 'overview');
   });
 
+  // Regression (issue #18, defect 1): the overview counted polls in flight ("workers polling 0"
+  // while jobs ran). test-worker-2 holds a lease (and long-polls): one busy worker.
+  await step('overview counts workers, busy and idle', async () => {
+    await page.waitForFunction(() => document.querySelector('#total-workers')?.dataset.busy === '1');
+    check((await text(page, '#total-workers')).includes('busy'), 'the card says busy');
+  });
+
+  // Regression (issue #18, defect 2): the content was capped at 1400 px and the last column hid
+  // behind a horizontal scrollbar even at 1920 px.
+  await step('overview table fits the window, last column visible', async () => {
+    for (const width of [1280, 1920]) {
+      await page.setViewportSize({ width, height: 900 });
+      await page.waitForSelector('#queues');
+      const fit = await page.evaluate(() => {
+        const table = document.querySelector('#queues');
+        const panel = table.parentElement;
+        const last = table.querySelector('thead th:last-child');
+        return {
+          scroll: panel.scrollWidth, client: panel.clientWidth,
+          lastRight: last.getBoundingClientRect().right, lastText: last.textContent,
+          main: document.querySelector('main').getBoundingClientRect().width, window: window.innerWidth,
+        };
+      });
+      check(fit.lastText.includes('Run'), `the last column is Run p50 / p95 (${fit.lastText})`);
+      check(fit.scroll <= fit.client, `no horizontal scroll at ${width} px (${fit.scroll} > ${fit.client})`);
+      check(fit.lastRight <= fit.window, `the last column is inside the window at ${width} px (${fit.lastRight})`);
+      if (width === 1920) check(fit.main > 1800, `the content uses the width at 1920 px (${fit.main})`);
+    }
+    await shot(page, 'overview-1920');
+    await page.setViewportSize({ width: 1440, height: 900 });
+  });
+
+  // Regression (issue #18, item 4): the charts started empty after a reload. The server keeps
+  // the history; a reloaded page draws more points than snapshots it received.
+  await step('throughput history survives a reload', async () => {
+    await page.waitForFunction(() => Number(document.querySelector('#throughput')?.dataset.points) >= 5);
+    await page.reload();
+    await page.waitForFunction(() => Number(document.querySelector('#throughput')?.dataset.live) >= 1);
+    const drawn = await page.evaluate(() => {
+      const chart = document.querySelector('#throughput');
+      return { points: Number(chart.dataset.points), live: Number(chart.dataset.live), lines: chart.querySelectorAll('polyline').length };
+    });
+    check(drawn.points >= drawn.live + 3, `history drawn after the reload (${drawn.points} points, ${drawn.live} live)`);
+    check(drawn.lines === 2, 'enqueued and completed lines');
+  });
+
+  // Issue #18, item 5: dark mode follows the system setting.
+  await step('dark mode follows prefers-color-scheme', async () => {
+    const luminance = () => page.evaluate(() => {
+      const rgb = (el) => getComputedStyle(el).backgroundColor.match(/\d+/g).slice(0, 3).map(Number);
+      const sum = (c) => c[0] + c[1] + c[2];
+      return { body: sum(rgb(document.body)), panel: sum(rgb(document.querySelector('.panel'))), text: getComputedStyle(document.body).color };
+    });
+    await page.emulateMedia({ colorScheme: 'dark' });
+    const dark = await luminance();
+    check(dark.body < 150 && dark.panel < 200, `dark backgrounds (${JSON.stringify(dark)})`);
+    await shot(page, 'overview-dark');
+    await page.emulateMedia({ colorScheme: 'light' });
+    const light = await luminance();
+    check(light.body > 600 && light.panel > 600, `light backgrounds (${JSON.stringify(light)})`);
+  });
+
+  // Regression (issue #18, defect 2): `#/` then `#/nonsense` highlighted three nav items
+  // (`classList.toggle('active', undefined)` flips instead of removing).
+  await step('unknown routes: a not-found view and no nav item highlighted', async () => {
+    await page.goto(`${base}/#/`);
+    await page.waitForSelector('header nav a.active[data-nav="overview"]');
+    await page.evaluate(() => { window.location.hash = '#/nonsense'; });
+    await page.waitForSelector('#not-found');
+    check(await page.locator('header nav a.active').count() === 0, 'no nav item active on an unknown route');
+    await page.evaluate(() => { window.location.hash = '#/dead'; });
+    await page.waitForSelector('header nav a.active[data-nav="dead"]');
+    check(await page.locator('header nav a.active').count() === 1, 'exactly one nav item active');
+    await page.goto(`${base}/#/`);
+    await page.waitForSelector('tr[data-queue="billing"] a');
+  });
+
   await step('queue page: counts, configuration, pause and resume', async () => {
     await page.click('tr[data-queue="billing"] a');
     await page.waitForSelector('h1:has-text("billing")');
@@ -210,17 +287,20 @@ try {
     await shot(page, 'dead');
   });
 
-  await step('workers: who polls what, which leases they hold', async () => {
+  await step('workers: who is busy, which leases they hold', async () => {
+    // test-worker-1 finished its jobs long ago: it asks once more, so it is idle, not gone.
+    await api('POST', '/v1/lease', { queues: ['reports'], worker: fixture.idle_worker });
     await page.goto(`${base}/#/workers`);
     const row = `tr[data-worker="${fixture.running_worker}"]`;
     await page.waitForSelector(row);
-    // Polled in a loop by the test: the badge shows whenever a request is in flight.
-    await page.waitForSelector(`${row} .badge.running`);
+    // Regression (issue #18, defect 1): holding a lease is busy, whether or not it polls now.
+    await page.waitForSelector(`${row}[data-state="busy"] .badge.running`);
     check((await text(page, row)).includes('reports'), 'its queue');
     await page.waitForSelector(`${row} tr[data-job="${fixture.running_job}"]`);
     check((await text(page, `${row} tr[data-job="${fixture.running_job}"]`)).includes(`token ${fixture.running_token}`), 'its lease and token');
     const idle = `tr[data-worker="${fixture.idle_worker}"]`;
-    await page.waitForSelector(idle);
+    await page.waitForSelector(`${idle}[data-state="idle"]`);
+    check((await text(page, idle)).includes('idle'), 'the other worker is idle');
     check((await text(page, idle)).includes('none'), 'the other worker holds no lease any more');
     await shot(page, 'workers');
   });

@@ -542,7 +542,7 @@ pub struct Health {
 pub struct WorkerList {
     /// Most recently seen first.
     pub workers: Vec<WorkerStatus>,
-    /// How long a worker that stopped polling stays listed.
+    /// How long a worker that stopped polling and holds no lease stays listed.
     pub forget_after_ms: u64,
     /// At most this many workers are remembered (the least recently seen go first).
     pub workers_max: usize,
@@ -556,12 +556,16 @@ pub struct WorkerStatus {
     pub queues: Vec<String>,
     /// RFC 3339: its first lease request since this node started (or since it was forgotten).
     pub first_seen: String,
-    /// RFC 3339: the latest moment a lease request of its was in progress (now while one is).
+    /// RFC 3339: the latest moment a lease request of its was in progress (now while one is), or
+    /// a heartbeat or ack of one of its leases came in.
     pub last_seen: String,
     /// Its lease requests (long-polls included) in progress now.
     pub polling: u32,
     /// Jobs this node handed it since `first_seen`.
     pub leased_total: u64,
+    /// `busy` while it holds a lease (`leases` is not empty), else `idle` (polling, or seen within
+    /// `forget_after_ms`).
+    pub state: String,
     /// The leases this node handed it that the store still shows running under that same lease,
     /// with their current deadline.
     pub leases: Vec<WorkerLease>,

@@ -57,11 +57,12 @@ async function route() {
   const { path, params } = currentRoute();
   const match = routes.map((r) => ({ r, m: r.pattern.exec(path) })).find((x) => x.m);
   for (const a of document.querySelectorAll('header nav a')) {
-    a.classList.toggle('active', match && a.dataset.nav === match.r.nav);
+    // A boolean always: `toggle(name, undefined)` flips the class instead of removing it.
+    a.classList.toggle('active', Boolean(match) && a.dataset.nav === match.r.nav);
   }
   if (!match) {
     document.title = 'Not found · Dray';
-    replace(main, h('h1', {}, 'Not found'), notice(`No page at #${path}.`, 'bad'), h('a', { href: '#/' }, 'Back to the overview'));
+    replace(main, h('h1', { id: 'not-found' }, 'Not found'), notice(`No page at #${path}.`, 'bad'), h('a', { href: '#/' }, 'Back to the overview'));
     return;
   }
   const args = match.m.slice(1).map(decodeURIComponent);

@@ -155,6 +155,17 @@ export function sparkline(values, width = 120, height = 24) {
     svg('polyline', { points: points.join(' ') }));
 }
 
+/**
+ * A worker's state as a badge: `busy` while it holds leases (with how many), else `idle`
+ * (polling now, or seen within the server's bound). `w.leases` is a count in the live snapshot
+ * and a list in GET /v1/workers.
+ */
+export function workerBadge(w) {
+  const held = Array.isArray(w.leases) ? w.leases.length : (w.leases || 0);
+  if (w.state === 'busy') return badge(held > 1 ? `busy ×${held}` : 'busy', 'running');
+  return badge(w.polling ? 'idle, polling' : 'idle', 'cancelled');
+}
+
 /** Asks for confirmation in the page's modal dialog; resolves true when confirmed. */
 export function confirmDialog({ title, text, ok, danger = false }) {
   const dialog = document.getElementById('confirm');

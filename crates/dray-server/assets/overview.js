@@ -1,24 +1,28 @@
 // Overview: every queue with its depth by state, this node's enqueue and completion rates, wait
-// and run latency, and the workers polling; redrawn on every live snapshot.
+// and run latency, the throughput of the last minutes (kept by the server, so a reload draws it
+// at once) and the workers, busy or idle; redrawn on every live snapshot.
 
-import { STATES, badge, count, depthBar, duration, h, notice, rate, replace, sparkline } from './dom.js';
-import { rates, subscribe } from './live.js';
+import { STATES, badge, count, depthBar, duration, h, notice, rate, replace, sparkline, svg } from './dom.js';
+import { rates, snapshotsReceived, subscribe, throughput } from './live.js';
 
 const WAITING = ['available', 'scheduled', 'retrying'];
+/** Points in a queue's "waiting" sparkline: two minutes. */
+const SPARK_POINTS = 120;
 
 export function renderOverview(main) {
   const totals = h('div', { class: 'cards', id: 'totals' });
   const table = h('div', { class: 'panel flush' });
+  const chart = h('div', { class: 'panel', id: 'throughput' });
   const status = h('div');
   replace(main,
     h('div', { class: 'page-head' },
       h('div', {}, h('h1', {}, 'Overview'),
         h('div', { class: 'muted small' }, 'Live: counts from the store, rates and latencies measured on this node.'))),
-    status, totals, table);
+    status, totals, chart, table);
 
   table.append(h('p', { class: 'muted pad' }, 'Waiting for the first snapshot…'));
 
-  return subscribe((snapshot, snapshots) => {
+  return subscribe((snapshot, points) => {
     if (snapshot.problem) {
       replace(status, notice(`The store did not answer: ${snapshot.problem.detail}`, 'bad'));
       return;
@@ -26,8 +30,11 @@ export function renderOverview(main) {
     replace(status);
     const queues = snapshot.queues || [];
     const activity = new Map((snapshot.activity || []).map((a) => [a.queue, a]));
-    const perSecond = rates(snapshots);
+    const perSecond = rates(points);
     const workers = snapshot.workers || [];
+    const busy = workers.filter((w) => w.state === 'busy').length;
+    const idle = workers.length - busy;
+    drawThroughput(chart, points);
 
     const sum = Object.fromEntries(STATES.map((s) => [s, 0]));
     for (const q of queues) for (const s of STATES) sum[s] += q.counts[s];
@@ -44,7 +51,7 @@ export function renderOverview(main) {
       card('dead', count(sum.dead), 'total-dead', sum.dead ? 'alarm' : ''),
       card('enqueued', rate(enq)),
       card('completed', rate(done)),
-      card('workers polling', count(workers.filter((w) => w.polling > 0).length), 'total-polling'));
+      workersCard(busy, idle));
 
     if (!queues.length) {
       replace(table, h('p', { class: 'muted pad' }, 'No queues yet. Enqueue a job (POST /v1/jobs) and it shows up here.'));
@@ -54,10 +61,9 @@ export function renderOverview(main) {
     const rows = queues.map((q) => {
       const a = activity.get(q.name) || {};
       const r = perSecond && perSecond.get(q.name);
-      const depth = snapshots.map((s) => {
-        const sq = (s.queues || []).find((x) => x.name === q.name);
-        return sq ? WAITING.reduce((n, st) => n + sq.counts[st], 0) : 0;
-      });
+      const depth = points.slice(-SPARK_POINTS)
+        .map((p) => ((p.queues || {})[q.name] || {}).waiting)
+        .filter((n) => n !== null && n !== undefined);
       return h('tr', { dataset: { queue: q.name } },
         h('td', {}, h('a', { href: `#/queues/${encodeURIComponent(q.name)}` }, q.name), ' ', q.paused ? badge('paused') : null),
         ...STATES.map((s) => h('td', { class: `num${q.counts[s] ? '' : ' zero'}`, dataset: { state: s } }, count(q.counts[s]))),
@@ -78,6 +84,45 @@ export function renderOverview(main) {
           h('th', { class: 'num' }, 'Wait p50 / p95'), h('th', { class: 'num' }, 'Run p50 / p95'))),
         h('tbody', {}, rows)));
   });
+}
+
+/** Workers this node knows: busy (holding a lease) and idle (polling, or seen in the last 30 s). */
+function workersCard(busy, idle) {
+  return h('div', { class: 'card', id: 'total-workers', dataset: { busy, idle }, title: 'Busy: holding a lease. Idle: polling, holding none.' },
+    h('div', { class: 'label' }, 'workers'),
+    h('div', { class: 'value' }, count(busy), h('span', { class: 'unit' }, ' busy'), ' ', count(idle), h('span', { class: 'unit' }, ' idle')));
+}
+
+const CHART_W = 600;
+const CHART_H = 90;
+
+/** Enqueued and completed jobs per second on this node over the points (all queues). */
+function drawThroughput(el, points) {
+  const series = throughput(points);
+  el.dataset.points = String(series.length);
+  el.dataset.live = String(snapshotsReceived());
+  const head = h('div', { class: 'chart-head' },
+    h('h2', {}, 'Throughput on this node'),
+    h('span', { class: 'muted small' }, series.length
+      ? `last ${Math.round((series[series.length - 1].at_ms - series[0].at_ms) / 60000 * 10) / 10 || '<0.1'} min`
+      : 'waiting for two points'));
+  if (!series.length) {
+    replace(el, head);
+    return;
+  }
+  const last = series[series.length - 1];
+  const t0 = series[0].at_ms;
+  const span = Math.max(1, last.at_ms - t0);
+  const max = Math.max(1, ...series.map((p) => Math.max(p.enqueued, p.completed)));
+  const line = (key) => series.map((p) => `${(((p.at_ms - t0) / span) * CHART_W).toFixed(1)},${(CHART_H - 2 - (p[key] / max) * (CHART_H - 4)).toFixed(1)}`).join(' ');
+  replace(el, head,
+    svg('svg', { class: 'chart', viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': 'Jobs per second, enqueued and completed' },
+      svg('polyline', { class: 'enqueued', points: line('enqueued') }),
+      svg('polyline', { class: 'completed', points: line('completed') })),
+    h('div', { class: 'legend small' },
+      h('span', { class: 'key enqueued' }, `enqueued ${rate(last.enqueued)}`),
+      h('span', { class: 'key completed' }, `completed ${rate(last.completed)}`),
+      h('span', { class: 'muted' }, `peak ${rate(max)}`)));
 }
 
 function card(label, value, id, extra) {

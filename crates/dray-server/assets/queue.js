@@ -2,7 +2,7 @@
 // it, and its jobs (a page at a time, by state).
 
 import { api } from './api.js';
-import { STATES, ago, badge, confirmDialog, count, duration, h, notice, rate, replace, time } from './dom.js';
+import { STATES, ago, badge, confirmDialog, count, duration, h, notice, rate, replace, time, workerBadge } from './dom.js';
 import { jobsTable } from './jobs.js';
 import { rates, subscribe } from './live.js';
 
@@ -90,12 +90,12 @@ export async function renderQueue(main, params, name) {
 
   function drawPollers(workers, now) {
     const mine = workers.filter((w) => w.queues.includes(queue.name));
-    replace(pollers, h('h2', {}, 'Workers polling it'), mine.length
+    replace(pollers, h('h2', {}, 'Workers'), mine.length
       ? h('table', {}, h('tbody', {}, mine.map((w) => h('tr', {},
         h('td', { class: 'wrap' }, h('a', { href: '#/workers' }, w.id)),
-        h('td', {}, w.polling ? badge('polling', 'running') : badge('idle', 'cancelled')),
+        h('td', {}, workerBadge(w)),
         h('td', { class: 'muted' }, ago(w.last_seen, now))))))
-      : h('p', { class: 'muted' }, 'None in the last ten minutes (on this node).'));
+      : h('p', { class: 'muted' }, 'None now (on this node).'));
   }
 
   async function drawJobs() {
@@ -126,7 +126,7 @@ export async function renderQueue(main, params, name) {
   drawPollers([], Date.now());
   await drawJobs();
 
-  return subscribe((snapshot, snapshots) => {
+  return subscribe((snapshot, points) => {
     const q = (snapshot.queues || []).find((x) => x.name === queue.name);
     if (q) {
       if (q.paused !== queue.paused) { queue = q; drawHead(); drawConfig(); }
@@ -134,7 +134,7 @@ export async function renderQueue(main, params, name) {
       drawCounts(q.counts);
     }
     const a = (snapshot.activity || []).find((x) => x.queue === queue.name);
-    const r = rates(snapshots);
+    const r = rates(points);
     drawActivity(a || null, r && r.get(queue.name));
     drawPollers(snapshot.workers || [], snapshot.at_ms);
   });

@@ -1,8 +1,9 @@
-// Workers: who polls this node for which queues, and which leases they hold (GET /v1/workers,
-// which checks every lease against the store). Refreshed every two seconds.
+// Workers: who works for this node, on which queues, busy (holding leases) or idle, and which
+// leases they hold (GET /v1/workers, which checks every lease against the store). Refreshed
+// every two seconds.
 
 import { api } from './api.js';
-import { ago, badge, count, h, notice, replace, time } from './dom.js';
+import { ago, count, h, notice, replace, time, workerBadge } from './dom.js';
 
 const REFRESH_MS = 2000;
 
@@ -12,7 +13,7 @@ export async function renderWorkers(main) {
   const note = h('p', { class: 'muted small' });
   replace(main,
     h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, 'Workers'),
-      h('div', { class: 'muted small' }, 'The workers that asked this node for jobs recently. With several nodes on one PostgreSQL database, each node lists the workers polling it.'))),
+      h('div', { class: 'muted small' }, 'The workers that hold a lease this node handed out (busy) or asked it for jobs recently (idle). With several nodes on one PostgreSQL database, each node lists the workers it serves.'))),
     message, list, note);
 
   async function load() {
@@ -24,9 +25,10 @@ export async function renderWorkers(main) {
       return;
     }
     replace(message);
-    replace(note, `Workers are forgotten ${Math.round(data.forget_after_ms / 60000)} minutes after their last request; at most ${count(data.workers_max)} are kept.`);
+    const bound = `${Math.round(data.forget_after_ms / 1000)} s`;
+    replace(note, `A worker that holds no lease is dropped ${bound} after its last request; at most ${count(data.workers_max)} are kept.`);
     if (!data.workers.length) {
-      replace(list, h('p', { class: 'muted pad' }, 'No worker has polled this node in the last ten minutes.'));
+      replace(list, h('p', { class: 'muted pad' }, `No worker holds a lease from this node or asked it for jobs in the last ${bound}.`));
       return;
     }
     const now = Date.now();
@@ -34,10 +36,10 @@ export async function renderWorkers(main) {
       h('thead', {}, h('tr', {},
         h('th', {}, 'Worker'), h('th', {}, 'Queues'), h('th', {}, 'Status'), h('th', {}, 'Last seen'),
         h('th', {}, 'First seen'), h('th', { class: 'num' }, 'Jobs leased'), h('th', {}, 'Leases held'))),
-      h('tbody', {}, data.workers.map((w) => h('tr', { dataset: { worker: w.id } },
+      h('tbody', {}, data.workers.map((w) => h('tr', { dataset: { worker: w.id, state: w.state } },
         h('td', { class: 'wrap' }, h('strong', {}, w.id)),
         h('td', { class: 'wrap' }, w.queues.map((q) => [h('a', { href: `#/queues/${encodeURIComponent(q)}` }, q), ' '])),
-        h('td', {}, w.polling ? badge(w.polling > 1 ? `polling ×${w.polling}` : 'polling', 'running') : badge('idle', 'cancelled')),
+        h('td', {}, workerBadge(w)),
         h('td', {}, w.polling ? 'now' : ago(w.last_seen, now)),
         h('td', {}, time(w.first_seen)),
         h('td', { class: 'num' }, count(w.leased_total)),

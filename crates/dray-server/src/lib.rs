@@ -92,12 +92,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let clock = SystemClock::new();
     let waiters = Arc::new(Waiters::default());
     let observe = Arc::new(Observer::new(clock, config.metrics_queues_max()));
+    let workers = Arc::new(Workers::new(clock));
+    observe.workers_attach(workers.clone());
     let app = App::new(Shared {
         store: store.clone(),
         clock,
         waiters: waiters.clone(),
         observe: observe.clone(),
-        workers: Arc::new(Workers::new(clock)),
+        workers,
         body_bytes_max: config.body_bytes_max(),
         lease_wait_ms_max: config.lease_wait_ms_max(),
         guard: Arc::new(guard::Guard::new(config.allowed_hosts(), config.allowed_origins())),

@@ -6,6 +6,7 @@
 //! - `names`: every metric's name.
 //! - `recorder`: the process-wide Prometheus recorder (buckets, descriptions, upkeep).
 //! - `scrape`: `GET /metrics`, the gauges computed at scrape time, and the HTTP request layer.
+//! - `process`: the standard `process_*` metrics, from `/proc`.
 //! - `recent`: the windowed latencies behind [`Observer::activity`].
 //!
 //! Log events (target `dray_server::observe`) carry `job_id`, `queue`, `attempt` and `lease_id`
@@ -17,6 +18,7 @@
 //! never labels (they are log fields).
 
 mod names;
+mod process;
 mod recent;
 mod recorder;
 mod scrape;
@@ -32,6 +34,7 @@ use dray_store::{Acked, Error, Inserted, LeasedJob};
 use metrics::{Counter, Histogram};
 
 use crate::app::App;
+use crate::workers::Workers;
 pub(crate) use names::STORE_CALL_SECONDS;
 use names::*;
 use recent::Recent;
@@ -47,6 +50,8 @@ pub(crate) struct Observer {
     other: OnceLock<Arc<QueueMetrics>>,
     redriven: Counter,
     discarded: Counter,
+    /// The worker registry, told which leases ended (acks, expiries) so it knows who is busy.
+    workers: OnceLock<Arc<Workers>>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -155,7 +160,14 @@ impl Observer {
             other: OnceLock::new(),
             redriven,
             discarded,
+            workers: OnceLock::new(),
         }
+    }
+
+    /// From now on, tells `workers` of every lease that ends through this observer (acks and
+    /// expiries). Once: a later call is ignored.
+    pub(crate) fn workers_attach(&self, workers: Arc<Workers>) {
+        let _ = self.workers.set(workers);
     }
 
     /// The metrics of `queue`'s label: its own while there is room, else `_other`'s. A queue
@@ -233,6 +245,12 @@ impl Observer {
 
     /// The result of one ack of `job` under `lease`, applied at `now`.
     pub fn acked(&self, now: Timestamp, job: JobId, lease: LeaseId, result: &Result<Acked, Error>) {
+        // Completed, failed, or refused because that lease is over: the worker holds it no more.
+        if matches!(result, Ok(_) | Err(Error::Rejected { .. } | Error::JobNotFound(_)))
+            && let Some(workers) = self.workers.get()
+        {
+            workers.acked(job, lease);
+        }
         let acked = match result {
             Ok(acked) => acked,
             Err(e) => {
@@ -292,6 +310,9 @@ impl Observer {
 
     /// What a maintenance tick did (expired leases among it).
     pub fn maintained(&self, report: &TickReport) {
+        if let Some(workers) = self.workers.get() {
+            workers.expired(&report.expirations.iter().map(|e| e.id).collect::<Vec<_>>());
+        }
         for expired in &report.expirations {
             let state = expired.state.as_str();
             if expired.state == JobState::Dead {
@@ -469,5 +490,43 @@ mod tests {
             ("sms", 1, 1, 0, 1, 1, 2)
         );
         assert_eq!((sms.wait_p50_ms, sms.run_p50_ms), (Some(0.0), Some(30.0)));
+    }
+
+    /// Regression (issue #18, defect 1): the registry learns from the observer which leases
+    /// ended, so a worker is busy exactly while it holds one.
+    #[test]
+    fn acks_and_expiries_end_leases_in_the_worker_registry() {
+        let clock = SystemClock::new();
+        let o = Observer::new(clock, 10);
+        let workers = Arc::new(Workers::new(clock));
+        o.workers_attach(workers.clone());
+        let w = WorkerId::new("w").unwrap();
+        let now = clock.now();
+        let jobs: Vec<LeasedJob> = (1..=4).map(|id| leased(id, "mail", now.0)).collect();
+        workers.leased(&w, &jobs);
+        let held = || workers.list()[0].held;
+        assert_eq!(held(), 4);
+        o.acked(now, JobId(1), LeaseId(1), &acked("mail", JobState::Completed, now.0));
+        let stale = Err(Error::Rejected {
+            job: JobId(2),
+            rejection: dray_core::Rejection::StaleLease { state: JobState::Available },
+        });
+        o.acked(now, JobId(2), LeaseId(2), &stale);
+        assert_eq!(held(), 2, "a completion and a stale-lease refusal both end the lease");
+        o.acked(now, JobId(3), LeaseId(3), &Err(Error::unavailable("disk", std::io::Error::other("gone"))));
+        assert_eq!(held(), 2, "an unknown outcome ends nothing");
+        // Maintenance expires job 4's lease: only once its deadline has passed does it go.
+        o.maintained(&TickReport {
+            expired: 1,
+            expirations: vec![dray_store::Expired {
+                id: JobId(4),
+                queue: q("mail"),
+                attempt: 1,
+                state: JobState::Retrying,
+            }],
+            ..TickReport::default()
+        });
+        assert_eq!(held(), 2, "job 4's recorded deadline is a minute ahead: a newer lease, kept");
+        assert_eq!(workers.list()[0].state(), crate::workers::WorkerState::Busy);
     }
 }

@@ -309,8 +309,9 @@ async fn heartbeat(
     Body(body): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let p = body.to_store(app.clock.now(), job)?;
-    let now = p.now;
+    let (now, lease) = (p.now, p.lease);
     let extended = app.store.lease_extend(p).await?;
+    app.workers.extended(job, lease, extended.deadline);
     Ok(Json(HeartbeatResponse::from_store(extended, now)))
 }
 

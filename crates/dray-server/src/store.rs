@@ -29,6 +29,15 @@ impl AnyStore {
         }
     }
 
+    /// The embedded store's job data in memory and its budget, in bytes: `(used, budget)`.
+    /// `None` in PostgreSQL mode (the database holds the jobs).
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        match self {
+            AnyStore::Embedded(store) => Some((store.bytes_used(), store.memory_budget_bytes())),
+            AnyStore::Postgres(_) => None,
+        }
+    }
+
     /// The PostgreSQL connection pool's state; `None` for the embedded store, which has none.
     pub fn pool_status(&self) -> Option<dray_store_postgres::PoolStatus> {
         match self {

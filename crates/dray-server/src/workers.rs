@@ -1,23 +1,32 @@
 //! Who is working: the workers that poll this node, on which queues, and the leases handed to
 //! them. Node-local and bounded; it feeds `GET /v1/workers`, the dashboard and the metrics.
 //!
-//! A worker exists for the server only through its lease requests: there is no registration and
-//! no goodbye. So the registry remembers what it saw and forgets on a schedule:
+//! A worker exists for the server only through its requests: there is no registration and no
+//! goodbye. So the registry remembers what it saw and forgets on a schedule. A worker is
 //!
-//! - a worker with no lease request in progress is forgotten [`FORGET_AFTER_MS`] after its last
-//!   one ended (with the leases recorded for it);
-//! - at most [`WORKERS_MAX`] workers are kept: a new one beyond that pushes out the least
-//!   recently seen;
-//! - at most [`QUEUES_PER_WORKER_MAX`] queue names per worker (a lease request names at most
-//!   `Limits::LEASE_QUEUES_MAX`): the least recently asked for goes first;
-//! - at most [`LEASES_MAX`] leases in all, in the order they were handed out: the oldest goes
-//!   first, and `GET /v1/workers` drops those the store no longer shows running.
+//! - **busy** while it holds a lease this node handed it: recorded when granted, dropped when the
+//!   worker completes or fails the job (or the ack is refused as stale), when maintenance reports
+//!   the lease expired, and no longer counted once its deadline (as last extended by a heartbeat
+//!   through this node) has passed;
+//! - **idle** while it holds none but has a lease request in progress, or made one in the last
+//!   [`FORGET_AFTER_MS`];
+//! - **gone** otherwise: forgotten, with the leases recorded for it. A worker that stops polling
+//!   and holds nothing is gone [`FORGET_AFTER_MS`] after its last request; one killed while
+//!   holding leases is gone that long after its last sign of life once its leases ran out.
+//!
+//! Bounds: at most [`WORKERS_MAX`] workers (a new one beyond that pushes out the least recently
+//! seen); at most [`QUEUES_PER_WORKER_MAX`] queue names per worker (a lease request names at most
+//! `Limits::LEASE_QUEUES_MAX`; the least recently asked for goes first); at most [`LEASES_MAX`]
+//! leases in all, in the order they were handed out (the oldest goes first), and
+//! `GET /v1/workers` drops those the store no longer shows running.
 //!
 //! Nothing here is durable or shared between nodes: after a restart, or on another node of the
-//! same PostgreSQL database, the list starts empty and fills as workers poll. It never decides
+//! same PostgreSQL database, the list starts empty and fills as workers poll. A heartbeat or ack
+//! sent to another node is not seen here (so on this node the lease stops counting at its
+//! original deadline; `GET /v1/workers` asks the store and shows it held). It never decides
 //! anything about a job; the store stays the truth about which leases are held.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Json;
@@ -31,9 +40,12 @@ use futures_util::StreamExt;
 use crate::app::App;
 use crate::problem::ApiError;
 
-/// A worker with no lease request in progress for this long is forgotten: ten minutes covers a
-/// worker busy with one long job between two polls, and a restarted worker reappears at once.
-pub(crate) const FORGET_AFTER_MS: u64 = 10 * 60 * 1_000;
+/// A worker that holds no lease and has no lease request in progress is forgotten this long
+/// after its last request (lease request, heartbeat or ack). Long enough for the gap between
+/// two polls of a worker that finished its jobs, or its back-off after a refused request;
+/// short enough that a stopped worker leaves the dashboard within half a minute. A worker busy
+/// with a long job holds its lease, so it is never forgotten for running long.
+pub(crate) const FORGET_AFTER_MS: u64 = 30 * 1_000;
 /// Workers remembered at most: about 1 KiB each without leases.
 pub(crate) const WORKERS_MAX: usize = 1_000;
 /// Queue names remembered per worker.
@@ -68,8 +80,10 @@ impl std::fmt::Debug for Workers {
 #[derive(Default)]
 struct Registry {
     workers: HashMap<WorkerId, Entry>,
-    /// Leases in the order handed out, oldest first.
-    leases: VecDeque<Handed>,
+    /// Leases by a serial taken when handed out: oldest first.
+    leases: BTreeMap<u64, Handed>,
+    /// Each job's newest recorded lease (its key in `leases`): a job has one lease at a time.
+    by_job: HashMap<JobId, u64>,
     /// Identifies entries and polls, so a guard never touches a newer entry of the same worker
     /// after its own was forgotten.
     serial: u64,
@@ -79,7 +93,8 @@ struct Registry {
 struct Entry {
     serial: u64,
     first_seen: Timestamp,
-    /// When its latest lease request started or ended.
+    /// When its latest lease request started or ended, or a heartbeat or ack of one of its leases
+    /// came in.
     last_seen: Timestamp,
     /// Queue name -> when it was last asked for (start or end of a request naming it).
     queues: HashMap<QueueName, Timestamp>,
@@ -99,8 +114,24 @@ pub(crate) struct Handed {
     pub lease: LeaseId,
     pub token: FencingToken,
     pub leased_at: Timestamp,
-    /// As handed out; heartbeats move the real one (the store has it).
+    /// As handed out, moved by the heartbeats this node saw (the store has the real one).
     pub deadline: Timestamp,
+}
+
+/// What a worker is doing, as this node knows it (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    Busy,
+    Idle,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Busy => "busy",
+            WorkerState::Idle => "idle",
+        }
+    }
 }
 
 /// Held while a lease request is in progress (long-polls included). Dropping it ends the request
@@ -161,19 +192,71 @@ impl Workers {
         entry.leased_total += jobs.len() as u64;
         let serial = entry.serial;
         for job in jobs {
-            state.leases.push_back(Handed {
-                worker: worker.clone(),
-                entry: serial,
-                job: job.id,
-                queue: job.queue.clone(),
-                lease: job.lease,
-                token: job.token,
-                leased_at: now,
-                deadline: job.deadline,
-            });
+            let key = state.next_serial();
+            // A new lease of a job ends any older one recorded for it.
+            if let Some(old) = state.by_job.insert(job.id, key) {
+                state.leases.remove(&old);
+            }
+            state.leases.insert(
+                key,
+                Handed {
+                    worker: worker.clone(),
+                    entry: serial,
+                    job: job.id,
+                    queue: job.queue.clone(),
+                    lease: job.lease,
+                    token: job.token,
+                    leased_at: now,
+                    deadline: job.deadline,
+                },
+            );
         }
-        let excess = state.leases.len().saturating_sub(LEASES_MAX);
-        state.leases.drain(..excess);
+        while state.leases.len() > LEASES_MAX {
+            let Some((key, oldest)) = state.leases.pop_first() else { break };
+            if state.by_job.get(&oldest.job) == Some(&key) {
+                state.by_job.remove(&oldest.job);
+            }
+        }
+    }
+
+    /// The lease `lease` of `job` was extended through this node until `deadline`: its worker is
+    /// alive and still holds it.
+    pub fn extended(&self, job: JobId, lease: LeaseId, deadline: Timestamp) {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.lock();
+        let Some(handed) = state.handed_mut(job, lease) else { return };
+        handed.deadline = deadline;
+        let (worker, entry) = (handed.worker.clone(), handed.entry);
+        state.touch(&worker, entry, now);
+    }
+
+    /// The worker acked `job` under `lease` (completed or failed), or the ack was refused
+    /// because that lease is over: either way the worker no longer holds it.
+    pub fn acked(&self, job: JobId, lease: LeaseId) {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.lock();
+        if let Some(handed) = state.lease_remove(job, lease) {
+            state.touch(&handed.worker, handed.entry, now);
+        }
+    }
+
+    /// Maintenance expired the leases of `jobs`. The report does not name the lease, so only
+    /// recorded leases whose deadline has passed go: a job leased again since has a deadline
+    /// ahead.
+    pub fn expired(&self, jobs: &[JobId]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let now = self.shared.clock.now();
+        let mut state = self.shared.lock();
+        for job in jobs {
+            if let Some(&key) = state.by_job.get(job)
+                && state.leases.get(&key).is_some_and(|h| h.deadline <= now)
+            {
+                state.leases.remove(&key);
+                state.by_job.remove(job);
+            }
+        }
     }
 
     /// Per queue that a worker asked this node for: lease requests in progress and when the last
@@ -214,7 +297,7 @@ impl Workers {
         let mut state = self.shared.lock();
         state.prune(now, true);
         let mut leases: HashMap<u64, Vec<Handed>> = HashMap::new();
-        for handed in &state.leases {
+        for handed in state.leases.values() {
             leases.entry(handed.entry).or_default().push(handed.clone());
         }
         let mut seen: Vec<WorkerSeen> = state
@@ -224,6 +307,8 @@ impl Workers {
                 let mut queues: Vec<QueueName> = entry.queues.keys().cloned().collect();
                 queues.sort();
                 let polling = entry.polls.len();
+                let leases = leases.remove(&entry.serial).unwrap_or_default();
+                let held = leases.iter().filter(|h| h.deadline > now).count();
                 WorkerSeen {
                     id: id.clone(),
                     queues,
@@ -231,7 +316,8 @@ impl Workers {
                     last_seen: if polling > 0 { now } else { entry.last_seen },
                     polling,
                     leased_total: entry.leased_total,
-                    leases: leases.remove(&entry.serial).unwrap_or_default(),
+                    held,
+                    leases,
                 }
             })
             .collect();
@@ -239,13 +325,33 @@ impl Workers {
         seen
     }
 
-    /// Forgets recorded leases that are over (`(job, lease)` pairs).
-    pub fn leases_over(&self, over: &[(JobId, LeaseId)]) {
-        if over.is_empty() {
+    /// Busy and idle workers (see [`WorkerState`]).
+    pub fn count(&self) -> WorkerCount {
+        let mut count = WorkerCount::default();
+        for w in self.list() {
+            match w.state() {
+                WorkerState::Busy => count.busy += 1,
+                WorkerState::Idle => count.idle += 1,
+            }
+        }
+        count
+    }
+
+    /// Forgets recorded leases that are over (`(job, lease)` pairs), and moves the deadlines of
+    /// those still held to the store's (`(job, lease, deadline)`): `GET /v1/workers` asked it.
+    pub fn leases_checked(&self, over: &[(JobId, LeaseId)], held: &[(JobId, LeaseId, Timestamp)]) {
+        if over.is_empty() && held.is_empty() {
             return;
         }
         let mut state = self.shared.lock();
-        state.leases.retain(|h| !over.contains(&(h.job, h.lease)));
+        for &(job, lease) in over {
+            state.lease_remove(job, lease);
+        }
+        for &(job, lease, deadline) in held {
+            if let Some(handed) = state.handed_mut(job, lease) {
+                handed.deadline = deadline;
+            }
+        }
     }
 }
 
@@ -282,24 +388,55 @@ impl Registry {
         self.workers.get_mut(worker).expect("inserted above")
     }
 
-    /// Forgets workers idle for longer than [`FORGET_AFTER_MS`]: at most once per
-    /// [`PRUNE_INTERVAL_MS`], unless `now_anyway`.
+    /// The recorded lease `lease` of `job`, if it is the job's newest.
+    fn handed_mut(&mut self, job: JobId, lease: LeaseId) -> Option<&mut Handed> {
+        let key = *self.by_job.get(&job)?;
+        self.leases.get_mut(&key).filter(|h| h.lease == lease)
+    }
+
+    /// Removes the recorded lease `lease` of `job`, if it is the job's newest.
+    fn lease_remove(&mut self, job: JobId, lease: LeaseId) -> Option<Handed> {
+        let key = *self.by_job.get(&job)?;
+        if self.leases.get(&key)?.lease != lease {
+            return None;
+        }
+        self.by_job.remove(&job);
+        self.leases.remove(&key)
+    }
+
+    /// A sign of life from `worker`'s entry `entry` (if it is still the current one).
+    fn touch(&mut self, worker: &WorkerId, entry: u64, now: Timestamp) {
+        if let Some(e) = self.workers.get_mut(worker).filter(|e| e.serial == entry) {
+            e.last_seen = e.last_seen.max(now);
+        }
+    }
+
+    /// Forgets the gone workers (no request in progress, no lease held, nothing heard for longer
+    /// than [`FORGET_AFTER_MS`]) with their leases: at most once per [`PRUNE_INTERVAL_MS`],
+    /// unless `now_anyway`.
     fn prune(&mut self, now: Timestamp, now_anyway: bool) {
         if !now_anyway && now.ms_since(self.pruned_at) < PRUNE_INTERVAL_MS {
             return;
         }
         self.pruned_at = now;
+        let holding: HashSet<u64> = self.leases.values().filter(|h| h.deadline > now).map(|h| h.entry).collect();
         let before = self.workers.len();
-        self.workers.retain(|_, e| !e.polls.is_empty() || now.ms_since(e.last_seen) <= FORGET_AFTER_MS);
+        self.workers.retain(|_, e| {
+            !e.polls.is_empty() || holding.contains(&e.serial) || now.ms_since(e.last_seen) <= FORGET_AFTER_MS
+        });
         if self.workers.len() != before {
             let workers = &self.workers;
-            self.leases.retain(|h| workers.get(&h.worker).is_some_and(|e| e.serial == h.entry));
+            self.leases.retain(|_, h| workers.get(&h.worker).is_some_and(|e| e.serial == h.entry));
+            let leases = &self.leases;
+            self.by_job.retain(|_, key| leases.contains_key(key));
         }
     }
 
     fn forget(&mut self, worker: &WorkerId) {
         if let Some(entry) = self.workers.remove(worker) {
-            self.leases.retain(|h| h.entry != entry.serial);
+            self.leases.retain(|_, h| h.entry != entry.serial);
+            let leases = &self.leases;
+            self.by_job.retain(|_, key| leases.contains_key(key));
         }
     }
 }
@@ -352,14 +489,30 @@ pub(crate) struct WorkerSeen {
     pub last_seen: Timestamp,
     pub polling: usize,
     pub leased_total: u64,
+    /// Recorded leases whose deadline (as this node knows it) is ahead.
+    pub held: usize,
     /// Recorded as handed out, oldest first; some may be over.
     pub leases: Vec<Handed>,
 }
 
+impl WorkerSeen {
+    pub fn state(&self) -> WorkerState {
+        if self.held > 0 { WorkerState::Busy } else { WorkerState::Idle }
+    }
+}
+
+/// Workers by state (see [`Workers::count`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WorkerCount {
+    pub busy: usize,
+    pub idle: usize,
+}
+
 /// The workers polling this node, and the leases they hold.
 ///
-/// The workers that asked this node for jobs in the last ten minutes, with the queues they asked
-/// for. Node-local: with several nodes on one PostgreSQL database, each node lists the workers
+/// The workers that asked this node for jobs recently (`forget_after_ms`) or still hold a lease
+/// it handed them, with the queues they asked for and their `state`: `busy` while holding a
+/// lease, else `idle`. Node-local: with several nodes on one PostgreSQL database, each node lists the workers
 /// polling it (ask every node for the whole picture). Each lease this node handed out is checked
 /// against the store: only those still running under that same lease are listed, with their
 /// current deadline.
@@ -387,6 +540,7 @@ pub(crate) async fn workers_list(State(app): State<App>) -> Result<Json<WorkerLi
     .await;
     let mut held: HashMap<(JobId, LeaseId), WorkerLease> = HashMap::new();
     let mut over = Vec::new();
+    let mut deadlines = Vec::new();
     for (h, job) in checks {
         let lease = job?.and_then(|job| match (job.status.state, job.status.lease) {
             (JobState::Running, Some(lease)) if lease.id == h.lease => Some(lease),
@@ -394,6 +548,7 @@ pub(crate) async fn workers_list(State(app): State<App>) -> Result<Json<WorkerLi
         });
         match lease {
             Some(lease) => {
+                deadlines.push((h.job, h.lease, lease.deadline));
                 held.insert(
                     (h.job, h.lease),
                     WorkerLease {
@@ -409,17 +564,23 @@ pub(crate) async fn workers_list(State(app): State<App>) -> Result<Json<WorkerLi
             None => over.push((h.job, h.lease)),
         }
     }
-    app.workers.leases_over(&over);
+    app.workers.leases_checked(&over, &deadlines);
     let workers = seen
         .into_iter()
-        .map(|w| WorkerStatus {
-            id: w.id.to_string(),
-            queues: w.queues.iter().map(ToString::to_string).collect(),
-            first_seen: timestamp_string(w.first_seen),
-            last_seen: timestamp_string(w.last_seen),
-            polling: u32::try_from(w.polling).unwrap_or(u32::MAX),
-            leased_total: w.leased_total,
-            leases: w.leases.iter().filter_map(|h| held.remove(&(h.job, h.lease))).collect(),
+        .map(|w| {
+            let leases: Vec<WorkerLease> = w.leases.iter().filter_map(|h| held.remove(&(h.job, h.lease))).collect();
+            // The store's word: busy exactly when it still shows one of its leases running.
+            let state = if leases.is_empty() { WorkerState::Idle } else { WorkerState::Busy };
+            WorkerStatus {
+                id: w.id.to_string(),
+                queues: w.queues.iter().map(ToString::to_string).collect(),
+                first_seen: timestamp_string(w.first_seen),
+                last_seen: timestamp_string(w.last_seen),
+                polling: u32::try_from(w.polling).unwrap_or(u32::MAX),
+                leased_total: w.leased_total,
+                state: state.as_str().to_owned(),
+                leases,
+            }
         })
         .collect();
     Ok(Json(WorkerList { workers, forget_after_ms: FORGET_AFTER_MS, workers_max: WORKERS_MAX }))
@@ -508,7 +669,7 @@ mod tests {
         drop(guard);
         clock.advance(100);
         assert_eq!(workers.list()[0].last_seen, Timestamp(T0 + 100), "the end of its last request");
-        workers.leases_over(&[(JobId(7), LeaseId(70))]);
+        workers.leases_checked(&[(JobId(7), LeaseId(70))], &[]);
         assert_eq!(workers.list()[0].leases.iter().map(|h| h.job.0).collect::<Vec<_>>(), vec![8]);
     }
 
@@ -542,6 +703,85 @@ mod tests {
         assert_eq!(workers.list()[0].polling, 1, "the new entry's request is still in progress");
         drop(new);
         assert_eq!(workers.list()[0].polling, 0);
+    }
+
+    fn states(workers: &Workers) -> Vec<(String, &'static str, usize)> {
+        let mut seen: Vec<_> =
+            workers.list().into_iter().map(|w| (w.id.to_string(), w.state().as_str(), w.held)).collect();
+        seen.sort();
+        seen
+    }
+
+    /// Regression (issue #18, defect 1): a worker running jobs between polls was shown "idle"
+    /// and the overview counted polls in flight (0) instead of workers. Holding a lease is busy.
+    #[test]
+    fn a_worker_holding_leases_is_busy_until_it_acks_them() {
+        let (workers, clock) = registry();
+        let poll = workers.poll(&worker("w"), &[queue("q")]);
+        let jobs: Vec<LeasedJob> = (1..=4).map(|i| leased(i, "q", i * 10, T0 + 30_000)).collect();
+        workers.leased(&worker("w"), &jobs);
+        drop(poll);
+        clock.advance(5_000);
+        assert_eq!(states(&workers), vec![("w".into(), "busy", 4)], "not polling, but running four jobs");
+        assert_eq!(workers.count(), WorkerCount { busy: 1, idle: 0 });
+        workers.acked(JobId(1), LeaseId(10));
+        workers.acked(JobId(2), LeaseId(999)); // Not its lease: changes nothing.
+        workers.acked(JobId(3), LeaseId(30));
+        workers.acked(JobId(4), LeaseId(40));
+        assert_eq!(states(&workers), vec![("w".into(), "busy", 1)]);
+        clock.advance(1_000);
+        workers.acked(JobId(2), LeaseId(20));
+        assert_eq!(states(&workers), vec![("w".into(), "idle", 0)]);
+        assert_eq!(workers.count(), WorkerCount { busy: 0, idle: 1 });
+        assert_eq!(workers.list()[0].last_seen, Timestamp(T0 + 6_000), "an ack is a sign of life");
+    }
+
+    #[test]
+    fn heartbeats_move_the_deadline_and_a_passed_deadline_is_not_held() {
+        let (workers, clock) = registry();
+        workers.leased(&worker("w"), &[leased(1, "q", 10, T0 + 1_000)]);
+        clock.advance(900);
+        workers.extended(JobId(1), LeaseId(10), Timestamp(T0 + 2_000));
+        workers.extended(JobId(1), LeaseId(11), Timestamp(T0 + 9_000)); // Another lease: ignored.
+        clock.advance(1_000);
+        assert_eq!(states(&workers), vec![("w".into(), "busy", 1)], "extended past the first deadline");
+        clock.advance(200);
+        assert_eq!(states(&workers), vec![("w".into(), "idle", 0)], "its deadline passed: it holds nothing");
+        // Maintenance reports the expiry: the record goes.
+        workers.expired(&[JobId(1)]);
+        assert!(workers.list()[0].leases.is_empty());
+    }
+
+    #[test]
+    fn an_expiry_report_spares_a_newer_lease_of_the_same_job() {
+        let (workers, clock) = registry();
+        workers.leased(&worker("old"), &[leased(1, "q", 10, T0 + 100)]);
+        clock.advance(200);
+        // Expired by the store, then leased again before the report reached the registry.
+        workers.leased(&worker("new"), &[leased(1, "q", 11, T0 + 30_200)]);
+        workers.expired(&[JobId(1)]);
+        assert_eq!(states(&workers), vec![("new".into(), "busy", 1), ("old".into(), "idle", 0)]);
+        // The old lease's late ack changes nothing for the new holder.
+        workers.acked(JobId(1), LeaseId(10));
+        assert_eq!(states(&workers)[0], ("new".into(), "busy", 1));
+    }
+
+    /// Regression (issue #18, defect 1): stopped workers stayed listed as idle for ten minutes.
+    #[test]
+    fn gone_workers_are_forgotten_after_the_bound_and_busy_ones_never() {
+        let (workers, clock) = registry();
+        drop(workers.poll(&worker("stopped"), &[queue("q")]));
+        workers.leased(&worker("long-job"), &[leased(1, "q", 10, T0 + 10 * FORGET_AFTER_MS as i64)]);
+        workers.leased(&worker("killed"), &[leased(2, "q", 20, T0 + 2 * FORGET_AFTER_MS as i64)]);
+        clock.advance(FORGET_AFTER_MS + 1);
+        assert_eq!(states(&workers), vec![("killed".into(), "busy", 1), ("long-job".into(), "busy", 1)]);
+        // Heartbeats keep the long job's worker. The killed one's lease runs out, and it is gone
+        // at once: nothing was heard of it for longer than the bound.
+        workers.extended(JobId(1), LeaseId(10), Timestamp(T0 + 20 * FORGET_AFTER_MS as i64));
+        clock.advance(FORGET_AFTER_MS - 2);
+        assert_eq!(states(&workers), vec![("killed".into(), "busy", 1), ("long-job".into(), "busy", 1)]);
+        clock.advance(1);
+        assert_eq!(states(&workers), vec![("long-job".into(), "busy", 1)]);
     }
 
     #[test]

@@ -73,11 +73,17 @@ impl Events {
 
     /// The next `snapshot` event's data. `None` when the server ended the stream.
     async fn snapshot(&mut self) -> Option<Value> {
+        self.next("snapshot").await
+    }
+
+    /// The next event named `kind` (others are skipped). `None` when the server ended the stream.
+    async fn next(&mut self, kind: &str) -> Option<Value> {
+        let wanted = format!("event: {kind}");
         loop {
             while let Some(end) = self.text.find("\n\n") {
                 let event: String = self.text.drain(..end + 2).collect();
-                if !event.lines().any(|l| l == "event: snapshot") {
-                    continue; // a keep-alive comment
+                if !event.lines().any(|l| l == wanted) {
+                    continue; // a keep-alive comment, or another kind
                 }
                 let data = event.lines().find_map(|l| l.strip_prefix("data: ")).expect("data");
                 return Some(serde_json::from_str(data).expect("JSON data"));
@@ -168,12 +174,13 @@ async fn workers_lists_who_polls_and_the_leases_still_held() {
     let b = enqueue(addr, "mail", json!({"n": 2})).await;
     let jobs = lease(addr, "mail", 2).await;
     let list = get(addr, "/v1/workers").await.expect(200).value();
-    assert_eq!(list["forget_after_ms"], 600_000);
+    assert_eq!(list["forget_after_ms"], 30_000);
     assert_eq!(list["workers_max"], 1_000);
     let w1 = &list["workers"][0];
+    // Regression (issue #18, defect 1): not polling but holding leases is busy, not idle.
     assert_eq!(
-        (&w1["id"], &w1["queues"], &w1["polling"], &w1["leased_total"]),
-        (&json!("w1"), &json!(["mail"]), &json!(0), &json!(2))
+        (&w1["id"], &w1["queues"], &w1["polling"], &w1["leased_total"], &w1["state"]),
+        (&json!("w1"), &json!(["mail"]), &json!(0), &json!(2), &json!("busy"))
     );
     let held: Vec<(u64, u64)> = w1["leases"]
         .as_array()
@@ -200,6 +207,11 @@ async fn workers_lists_who_polls_and_the_leases_still_held() {
     assert_eq!(leases[0]["job"], b);
     assert_eq!(leases[0]["lease_id"], other["lease_id"]);
     assert_eq!(leases[0]["deadline"], beat["deadline"], "the store's deadline, not the one handed out");
+    assert_eq!(list["workers"][0]["state"], "busy");
+    // Its last lease acked (failed, here): idle.
+    post(addr, &format!("/v1/jobs/{b}/fail"), json!({"lease_id": other["lease_id"], "error": "x"})).await.expect(200);
+    let list = get(addr, "/v1/workers").await.expect(200).value();
+    assert_eq!((&list["workers"][0]["state"], &list["workers"][0]["leases"]), (&json!("idle"), &json!([])), "{list:#}");
 
     // A worker long-polling shows as polling, first in the list (seen now).
     let waiting = tokio::spawn(post(addr, "/v1/lease", json!({"queues": ["idle"], "worker": "w2", "wait_ms": 30_000})));
@@ -209,7 +221,116 @@ async fn workers_lists_who_polls_and_the_leases_still_held() {
     let list = get(addr, "/v1/workers").await.expect(200).value();
     let w2 = &list["workers"][0];
     assert_eq!((&w2["id"], &w2["queues"], &w2["polling"]), (&json!("w2"), &json!(["idle"]), &json!(1)), "{list:#}");
-    assert_eq!(w2["leases"], json!([]));
+    assert_eq!((&w2["leases"], &w2["state"]), (&json!([]), &json!("idle")));
     server.shutdown().await.unwrap();
     waiting.await.unwrap().expect(200);
+}
+
+/// Regression (issue #18, defect 1): the live view counted polls in flight ("Workers polling 0"
+/// while jobs ran) and showed busy workers as idle. The snapshot says who is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_stream_counts_busy_and_idle_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    enqueue(addr, "mail", json!({"n": 1})).await;
+    let jobs = lease(addr, "mail", 1).await;
+    let mut events = Events::open(addr).await;
+    let busy = loop {
+        let s = events.snapshot().await.expect("a snapshot");
+        if s["workers_busy"] == 1 {
+            break s;
+        }
+    };
+    let w = &busy["workers"][0];
+    assert_eq!(
+        (&w["id"], &w["state"], &w["leases"], &w["polling"]),
+        (&json!("w1"), &json!("busy"), &json!(1), &json!(0))
+    );
+    assert_eq!(busy["workers_idle"], 0);
+    let id = jobs[0]["id"].as_u64().unwrap();
+    post(addr, &format!("/v1/jobs/{id}/complete"), json!({"lease_id": jobs[0]["lease_id"]})).await.expect(200);
+    let idle = loop {
+        let s = events.snapshot().await.expect("a snapshot");
+        if s["workers_idle"] == 1 {
+            break s;
+        }
+    };
+    assert_eq!((&idle["workers"][0]["state"], &idle["workers"][0]["leases"]), (&json!("idle"), &json!(0)));
+    assert_eq!(idle["workers_busy"], 0);
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (issue #18, item 4): the overview's charts started empty after a reload. A stream
+/// begins with the server's throughput history, so a new page has the minutes before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_begins_with_the_throughput_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    let mut first = Events::open(addr).await;
+    let history = first.next("history").await.expect("a history event first");
+    assert_eq!(history["interval_ms"], 1_000);
+    // Three ticks, with an enqueue before each.
+    for n in 0..3 {
+        enqueue(addr, "mail", json!({ "n": n })).await;
+        let want = n + 1;
+        while first.snapshot().await.expect("a snapshot")["activity"][0]["enqueued"] != want {}
+    }
+    drop(first);
+    // A reload: the history comes first and holds what the first page saw.
+    let mut reloaded = Events::open(addr).await;
+    let history = reloaded.next("history").await.expect("a history event first");
+    let points = history["points"].as_array().unwrap();
+    assert!(points.len() >= 3, "{history:#}");
+    let at: Vec<i64> = points.iter().map(|p| p["at_ms"].as_i64().unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "one point per tick, oldest first: {at:?}");
+    let enqueued: Vec<u64> = points.iter().filter_map(|p| p["queues"]["mail"]["enqueued"].as_u64()).collect();
+    assert!(enqueued.windows(2).all(|w| w[0] <= w[1]), "totals only grow: {enqueued:?}");
+    assert_eq!(enqueued.last(), Some(&3), "{history:#}");
+    let last = points.last().unwrap();
+    assert_eq!(last["queues"]["mail"]["waiting"], 3, "waiting jobs from the store: {last:#}");
+    server.shutdown().await.unwrap();
+}
+
+/// Regression (issue #18, defect 9): at most 32 streams were open at once, each reading the
+/// store every second, so one tab too many stopped a colleague's dashboard. Now one snapshot a
+/// tick is shared by every stream, and far more streams may be open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_streams_share_one_snapshot_per_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    enqueue(addr, "mail", json!({"n": 1})).await;
+    const STREAMS: usize = 64;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        // Each opens with 200 (`Events::open` checks), past the old bound of 32.
+        streams.push(Events::open(addr).await);
+    }
+    let queue_lists = |scrape: &str| -> f64 {
+        let line = scrape
+            .lines()
+            .find(|l| l.starts_with("dray_store_call_seconds_count{") && l.contains("call=\"queue_list\""))
+            .unwrap_or_else(|| panic!("queue_list calls in\n{scrape}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = queue_lists(&String::from_utf8(get(addr, "/metrics").await.expect(200).body).unwrap());
+    let started = std::time::Instant::now();
+    // Every stream gets two more snapshots.
+    let mut at = std::collections::BTreeSet::new();
+    for events in &mut streams {
+        for _ in 0..2 {
+            at.insert(events.snapshot().await.expect("a snapshot")["at_ms"].as_i64().unwrap());
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = queue_lists(&String::from_utf8(get(addr, "/metrics").await.expect(200).body).unwrap());
+    // One store read per tick (at most one a second, however many streams) plus the scrape's
+    // own; a read per stream would be at least 2 x 64.
+    let calls = after - before;
+    assert!(calls <= elapsed.ceil() + 3.0, "{calls} queue_list calls in {elapsed:.1} s for {STREAMS} streams");
+    assert!(at.len() as f64 <= elapsed.ceil() + 3.0, "{} distinct snapshots in {elapsed:.1} s", at.len());
+    drop(streams);
+    server.shutdown().await.unwrap();
 }

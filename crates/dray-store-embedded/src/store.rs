@@ -220,6 +220,11 @@ impl EmbeddedStore {
         self.inner.locked.lock().map(|g| g.state.bytes_used).unwrap_or(0)
     }
 
+    /// The memory budget: `bytes_used` may not grow past it (inserts are refused instead).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.inner.config.memory_budget_bytes
+    }
+
     /// Jobs held in memory.
     pub fn jobs_count(&self) -> usize {
         self.inner.locked.lock().map(|g| g.state.jobs.len()).unwrap_or(0)

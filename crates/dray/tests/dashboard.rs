@@ -76,13 +76,99 @@ async fn dashboard_pages_work_in_a_real_browser() {
     );
     let dead = api.get("/v1/dead?queue=billing").await;
     assert_eq!(dead["jobs"].as_array().unwrap().len(), 2, "the cancelled 'redrive all' changed nothing: {dead:#}");
-    for page in ["overview", "queue", "jobs", "job-running", "job-dead", "dead-confirm", "dead", "workers"] {
+    for page in [
+        "overview",
+        "overview-1920",
+        "overview-dark",
+        "queue",
+        "jobs",
+        "job-running",
+        "job-dead",
+        "dead-confirm",
+        "dead",
+        "workers",
+    ] {
         let file = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1_000, "screenshot {} missing or empty ({size} bytes)", file.display());
     }
     eprintln!("dashboard screenshots: {}", shots.display());
     drop(server);
+}
+
+/// Regression (issue #18, defect 1), the scenario as reported: `dray work --concurrency 4` on a
+/// backlog showed "Workers polling 0" while its jobs ran, and the worker as idle. It is one busy
+/// worker holding four leases, in `GET /v1/workers`, the live stream's counts and `/metrics`;
+/// after it stops and hands its jobs back it holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_running_jobs_is_busy_everywhere() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let server = tokio::task::spawn_blocking(move || ServeProcess::start(&data)).await.expect("the start task");
+    let api = Api { http: reqwest::Client::new(), url: server.url.clone() };
+    let jobs: Vec<Value> = (0..20).map(|n| json!({"queue": "backlog", "payload": {"n": n}})).collect();
+    api.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
+    // Each job outlasts the test: the worker stays busy until it is stopped.
+    let worker = std::process::Command::new(common::BIN)
+        .args(["--server", &server.url, "work", "--queue", "backlog", "--concurrency", "4"])
+        .args(["--exec", "sleep 120", "--shutdown-grace-ms", "0"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("dray work starts");
+
+    let deadline = Instant::now() + common::WAIT_MAX;
+    let busy = loop {
+        let list = api.get("/v1/workers").await;
+        let workers = list["workers"].as_array().unwrap().clone();
+        if workers.len() == 1 && workers[0]["leases"].as_array().unwrap().len() == 4 {
+            break workers[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no worker with four leases: {list:#}");
+        tokio::time::sleep(common::POLL).await;
+    };
+    assert_eq!(busy["state"], "busy", "{busy:#}");
+    let id = busy["id"].as_str().unwrap().to_owned();
+
+    // The live stream counts it as one busy worker, not as polls in flight.
+    let snapshot = first_snapshot(&api).await;
+    assert_eq!(
+        (snapshot["workers_busy"].as_u64(), snapshot["workers_idle"].as_u64()),
+        (Some(1), Some(0)),
+        "{snapshot:#}"
+    );
+    let w = &snapshot["workers"][0];
+    assert_eq!((&w["id"], &w["state"], &w["leases"]), (&json!(id), &json!("busy"), &json!(4)), "{snapshot:#}");
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "dray_workers{state=\"busy\"} 1"), "{metrics}");
+
+    // Stopped, it hands its four jobs back: it holds nothing any more.
+    let status = tokio::task::spawn_blocking(move || common::terminate(worker)).await.expect("the stop task");
+    assert!(status.success(), "dray work exited with {status}");
+    let list = api.get("/v1/workers").await;
+    let w = list["workers"].as_array().unwrap().iter().find(|w| w["id"] == id.as_str()).cloned();
+    if let Some(w) = w {
+        assert_eq!((&w["state"], &w["leases"]), (&json!("idle"), &json!([])), "{list:#}");
+    }
+    drop(server);
+}
+
+/// The first `snapshot` event of `GET /dashboard/events`.
+async fn first_snapshot(api: &Api) -> Value {
+    let mut response = api.http.get(format!("{}/dashboard/events", api.url)).send().await.expect("the stream");
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    let deadline = Instant::now() + common::WAIT_MAX;
+    loop {
+        if let Some(at) = text.find("event: snapshot\ndata: ") {
+            let rest = &text[at + "event: snapshot\ndata: ".len()..];
+            if let Some(end) = rest.find("\n\n") {
+                return serde_json::from_str(&rest[..end]).expect("snapshot JSON");
+            }
+        }
+        assert!(Instant::now() < deadline, "no snapshot on the stream: {text}");
+        let chunk = tokio::time::timeout(common::WAIT_MAX, response.chunk()).await.expect("a chunk in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream").expect("not ended")));
+    }
 }
 
 // ---- the scene --------------------------------------------------------------------------------

@@ -26,8 +26,19 @@ use common::{POLL, ServeProcess, WAIT_MAX};
 /// Metrics only the PostgreSQL store has (its connection pool): absent in embedded mode.
 const POSTGRES_ONLY: &[&str] = &["dray_store_pool_connections", "dray_store_pool_connections_max"];
 /// Metrics only the embedded store has (its log): absent in PostgreSQL mode.
-const EMBEDDED_ONLY: &[&str] =
-    &["dray_store_append_seconds", "dray_store_fsync_seconds", "dray_store_group_commit_operations"];
+const EMBEDDED_ONLY: &[&str] = &[
+    "dray_store_append_seconds",
+    "dray_store_fsync_seconds",
+    "dray_store_group_commit_operations",
+    "dray_memory_used_bytes",
+    "dray_memory_budget_bytes",
+];
+/// Besides Dray's own (`dray_`), the standard process metrics every Prometheus client exports.
+const PREFIXES: &[&str] = &["dray_", "process_"];
+
+fn ours(name: &str) -> bool {
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// Where the monitoring files live, from the repository root.
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
@@ -44,6 +55,7 @@ const ALERT_NAMES: &[&str] = &[
     "DrayLeaseExpirySpike",
     "DrayQueueNotPolled",
     "DrayFsyncSlow",
+    "DrayMemoryBudgetHigh",
     "DrayNodeDown",
 ];
 
@@ -362,7 +374,7 @@ fn dashboard_imports_as_is_with_any_prometheus_datasource() {
             assert!(expr.contains(r#"job=~"$job""#), "panel {title:?} ignores the job variable: {expr}");
         }
     }
-    assert_eq!(rows, ["Overview", "Queues", "Dead letters", "Leases & workers", "Store", "HTTP"]);
+    assert_eq!(rows, ["Overview", "Queues", "Dead letters", "Leases & workers", "Store", "HTTP", "Process"]);
 }
 
 /// The dashboard's queries, with Grafana's variables replaced, as recording rules: `promtool
@@ -542,7 +554,7 @@ fn monitoring_metrics() -> BTreeMap<String, bool> {
             if name == "up" {
                 continue; // Prometheus's own, per scrape target.
             }
-            assert!(name.starts_with("dray_"), "{name:?} (in {expr}) is not one of Dray's metrics");
+            assert!(ours(&name), "{name:?} (in {expr}) is not one of Dray's metrics");
             *metrics.entry(family(&name).to_owned()).or_default() |= name.ends_with("_bucket");
         }
     }
@@ -670,8 +682,7 @@ impl Scrape {
                 );
             }
         }
-        let exposed: BTreeSet<&str> =
-            self.samples.iter().map(|s| s.name.as_str()).filter(|n| n.starts_with("dray_")).collect();
+        let exposed: BTreeSet<&str> = self.samples.iter().map(|s| s.name.as_str()).filter(|n| ours(n)).collect();
         let unshown: Vec<&&str> =
             exposed.iter().filter(|n| !used.contains_key(**n) && !used.contains_key(family(n))).collect();
         assert!(unshown.is_empty(), "metrics exposed but neither on {DASHBOARD} nor in {ALERTS}: {unshown:?}");
@@ -882,6 +893,24 @@ async fn embedded_scrape_has_every_metric_the_monitoring_reads() {
     assert_eq!(scrape.value("dray_build_info", &[("store", "embedded")]), 1.0);
     assert!(scrape.value("dray_store_group_commit_operations_count", &[]) >= 1.0);
     assert!(scrape.value("dray_store_fsync_seconds_count", &[]) >= 1.0);
+    // Issue #18: the memory budget and the process metrics.
+    let (used, budget) = (scrape.value("dray_memory_used_bytes", &[]), scrape.value("dray_memory_budget_bytes", &[]));
+    assert!(used > 0.0 && used < budget, "memory: {used} of {budget}");
+    check_process_metrics(&scrape);
+}
+
+/// The standard process metrics (issue #18), read from `/proc` of the server process.
+fn check_process_metrics(scrape: &Scrape) {
+    assert_eq!(scrape.types.get("process_cpu_seconds_total").map(String::as_str), Some("counter"));
+    assert!(scrape.value("process_cpu_seconds_total", &[]) > 0.0, "the server did some work");
+    assert!(scrape.value("process_resident_memory_bytes", &[]) > 1_000_000.0);
+    let (open, max) = (scrape.value("process_open_fds", &[]), scrape.value("process_max_fds", &[]));
+    assert!(open >= 3.0 && open <= max, "fds: {open} of {max}");
+    let started = scrape.value("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(started <= now + 1.0 && started > now - 3_600.0, "started at {started}, now {now}");
+    // The worker that drove the jobs acked them all: known, and not busy.
+    assert_eq!(scrape.value("dray_workers", &[("state", "busy")]), 0.0);
 }
 
 // ---- PostgreSQL -------------------------------------------------------------------------------
@@ -900,4 +929,5 @@ async fn postgres_scrape_has_every_metric_the_monitoring_reads() {
     let in_use = scrape.value("dray_store_pool_connections", &[("state", "in_use")]);
     let idle = scrape.value("dray_store_pool_connections", &[("state", "idle")]);
     assert!(in_use + idle >= 1.0 && in_use + idle <= 4.0, "pool: {in_use} in use, {idle} idle, size 4");
+    check_process_metrics(&scrape);
 }

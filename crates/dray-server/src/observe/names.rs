@@ -29,6 +29,9 @@ pub(crate) const WORKERS_POLLING: &str = "dray_workers_polling";
 pub(crate) const STORE_POOL_CONNECTIONS: &str = "dray_store_pool_connections";
 pub(crate) const STORE_POOL_CONNECTIONS_MAX: &str = "dray_store_pool_connections_max";
 pub(crate) const BUILD_INFO: &str = "dray_build_info";
+pub(crate) const WORKERS: &str = "dray_workers";
+pub(crate) const MEMORY_USED_BYTES: &str = "dray_memory_used_bytes";
+pub(crate) const MEMORY_BUDGET_BYTES: &str = "dray_memory_budget_bytes";
 
 /// The `queue` label shared by every queue beyond `metrics_queues_max`.
 pub(crate) const QUEUE_OTHER: &str = "_other";

@@ -2,7 +2,8 @@
 //!
 //! A scrape renders the process's counters and histograms (the recorder), then the gauges it
 //! computes now from this server's store and worker registry: jobs by state, the oldest dead
-//! job's age, paused queues, polling, the PostgreSQL pool and the build. Those gauges are written
+//! job's age, paused queues, polling, workers by state, the PostgreSQL pool or the embedded
+//! store's memory against its budget, the `process_*` metrics and the build. Those gauges are written
 //! here rather than kept in the recorder, so they describe this server only (even with several
 //! servers in one process), and a queue that is gone simply stops being exported instead of
 //! keeping its last value forever.
@@ -153,6 +154,22 @@ async fn gauges(app: &App, out: &mut String) {
         sample(out, STORE_POOL_CONNECTIONS, &[("state", "idle")], pool.idle);
         family(out, STORE_POOL_CONNECTIONS_MAX, "The most connections this node's PostgreSQL pool opens.");
         sample(out, STORE_POOL_CONNECTIONS_MAX, &[], pool.size_max);
+    }
+
+    let workers = app.workers.count();
+    family(out, WORKERS, "Workers this node knows, by state: busy (holding a lease it handed out) or idle.");
+    sample(out, WORKERS, &[("state", "busy")], workers.busy);
+    sample(out, WORKERS, &[("state", "idle")], workers.idle);
+
+    if let Some((used, budget)) = app.store.memory() {
+        family(out, MEMORY_USED_BYTES, "Bytes of job data the embedded store holds in memory (estimated high).");
+        sample(out, MEMORY_USED_BYTES, &[], used);
+        family(out, MEMORY_BUDGET_BYTES, "The embedded store's memory budget: inserts past it are refused with 503.");
+        sample(out, MEMORY_BUDGET_BYTES, &[], budget);
+    }
+
+    if let Some(process) = super::process::Process::read() {
+        process.render(out);
     }
 
     family(out, BUILD_INFO, "Always 1; the labels tell the version and the store this server runs on.");
