@@ -253,3 +253,27 @@ async fn after_a_failed_fsync_every_operation_is_refused() {
     let store = EmbeddedStore::open_with_fs(Arc::new(fs.clone()), c).unwrap();
     assert_eq!(store.jobs_count(), 5);
 }
+
+/// Guards that API tokens are part of snapshots: a token filed before a snapshot (whose log
+/// segment the snapshot then deletes) and a revocation logged after it both survive a restart.
+#[tokio::test]
+async fn tokens_survive_a_snapshot_and_the_log_after_it() {
+    use dray_store::conformance::token_record;
+    use dray_store::{TokenInsert, TokenRevoke, TokenStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let kept = token_record("aaaaaaaaaaaaaaaa", &["enqueue:billing.*"]);
+    let revoked = token_record("bbbbbbbbbbbbbbbb", &["admin"]);
+    for token in [kept.clone(), revoked.clone()] {
+        store.token_insert(TokenInsert { now: T0, token }).await.unwrap();
+    }
+    insert(&store, 3, T0).await;
+    store.snapshot().unwrap();
+    store.token_revoke(TokenRevoke { now: Timestamp(T0.0 + 1), id: revoked.id.clone() }).await.unwrap();
+    store.close().unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let revoked = dray_store::TokenRecord { revoked_at: Some(Timestamp(T0.0 + 1)), ..revoked };
+    assert_eq!(store.token_list().await.unwrap(), vec![kept, revoked]);
+    store.close().unwrap();
+}

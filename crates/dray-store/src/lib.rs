@@ -7,6 +7,7 @@
 
 mod error;
 mod params;
+mod token;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -15,6 +16,7 @@ use std::future::Future;
 
 pub use error::Error;
 pub use params::*;
+pub use token::*;
 
 use dray_core::{Job, JobId, QueueName};
 
