@@ -23,7 +23,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: V1_JOBS },
     Migration { version: 2, name: "enqueue_function", sql: V2_ENQUEUE },
     Migration { version: 3, name: "leader", sql: V3_LEADER },
+    Migration { version: 4, name: "tokens", sql: V4_TOKENS },
 ];
+
+/// API tokens (`dray_store::TokenStore`): the SHA-256 of each secret, never the secret. Scopes
+/// are their text form (`enqueue:billing.*`), parsed back by the store. Revoked tokens stay
+/// (with `revoked_at`), so the table only grows by what operators create; the store bounds it.
+const V4_TOKENS: &str = r#"
+CREATE TABLE {s}.tokens (
+    id text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[0-9a-f]{16}$'),
+    name text NOT NULL CHECK (octet_length(name) BETWEEN 1 AND 128),
+    scopes text[] NOT NULL CHECK (cardinality(scopes) BETWEEN 1 AND 32),
+    hash bytea NOT NULL CHECK (octet_length(hash) = 32),
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    revoked_at timestamptz
+);
+"#;
 
 /// The first schema. Why each piece is shaped as it is:
 ///
