@@ -26,6 +26,10 @@ pub(crate) struct Shared {
     pub workers: Arc<Workers>,
     pub body_bytes_max: usize,
     pub lease_wait_ms_max: u64,
+    /// Authentication: the mode, the bootstrap admin token's hash, the token cache.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Whether the dashboard's session cookie gets `Secure` (served over TLS).
+    pub cookie_secure: bool,
 }
 
 impl App {
