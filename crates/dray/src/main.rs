@@ -35,14 +35,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cli { server, json, command } = cli;
+    let Cli { server, json, token, command } = cli;
     if let Command::Serve(serve) = command {
         return cmd::serve::run(serve.args).await;
     }
     if let Command::Migrate(args) = command {
         return cmd::migrate::run(args, json).await;
     }
-    let client = dray_client::Client::new(&server)?;
+    let mut builder = dray_client::Client::builder(&server);
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
     match command {
         Command::Serve(_) | Command::Migrate(_) => unreachable!("handled above"),
         Command::Enqueue(args) => cmd::enqueue::run(&client, args, json).await,
@@ -50,5 +54,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => cmd::dlq::run(&client, command, json).await,
         Command::Queues(command) => cmd::queues::run(&client, command, json).await,
         Command::Work(args) => cmd::work::run(client, args).await,
+        Command::Tokens(command) => cmd::tokens::run(&client, command, json).await,
     }
 }

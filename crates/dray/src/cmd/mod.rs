@@ -7,4 +7,5 @@ pub mod jobs;
 pub mod migrate;
 pub mod queues;
 pub mod serve;
+pub mod tokens;
 pub mod work;
