@@ -666,3 +666,57 @@ mod tests {
         assert_eq!(lease.to_store(Timestamp(0)).unwrap_err().field, "queues[1]");
     }
 }
+
+impl From<&dray_store::TokenRecord> for Token {
+    fn from(t: &dray_store::TokenRecord) -> Token {
+        Token {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            scopes: t.scopes.iter().map(ToString::to_string).collect(),
+            created_at: timestamp_string(t.created_at),
+            expires_at: t.expires_at.map(timestamp_string),
+            revoked: t.revoked_at.is_some(),
+            revoked_at: t.revoked_at.map(timestamp_string),
+        }
+    }
+}
+
+/// A valid `POST /v1/tokens` body, checked against the server's clock.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub name: String,
+    pub scopes: Vec<dray_core::Scope>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl TokenCreate {
+    /// Checks the body: the name's length, each scope (the error quotes the bad one), and that
+    /// `expires_at` is after `now`.
+    pub fn to_request(&self, now: Timestamp) -> Result<TokenRequest, Invalid> {
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > dray_store::TOKEN_NAME_BYTES_MAX {
+            return Err(Invalid::new(
+                "name",
+                format!("is {} bytes; allowed is 1 to {}", name.len(), dray_store::TOKEN_NAME_BYTES_MAX),
+            ));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(Invalid::new("name", format!("contains the control character {c:?}")));
+        }
+        let scopes = dray_core::scope::scopes_parse(&self.scopes)?;
+        let expires_at = match &self.expires_at {
+            None => None,
+            Some(text) => {
+                let at = timestamp_parse("expires_at", text)?;
+                if at <= now {
+                    return Err(Invalid::new(
+                        "expires_at",
+                        format!("{text} is not in the future (server clock: {})", timestamp_string(now)),
+                    ));
+                }
+                Some(at)
+            }
+        };
+        Ok(TokenRequest { name: name.to_owned(), scopes, expires_at })
+    }
+}

@@ -582,3 +582,56 @@ pub struct WorkerLease {
     /// RFC 3339, server clock; heartbeats move it.
     pub deadline: String,
 }
+
+/// `POST /v1/tokens`: a new API token. Scopes are `read`, `enqueue`, `work` or `admin`, each
+/// optionally limited to queue names matching a glob (`enqueue:billing.*`); see docs/security.md.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// A label for people (1 to 128 bytes).
+    pub name: String,
+    /// 1 to 32 scopes.
+    pub scopes: Vec<String>,
+    /// RFC 3339; after it the token is refused. Never, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// The answer to `POST /v1/tokens`: the only time the secret (`token`) is shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// `null` when the token does not expire.
+    pub expires_at: Option<String>,
+    /// The secret, for `Authorization: Bearer <token>`. Shown once: Dray keeps only its hash.
+    pub token: String,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    /// `null` when the token does not expire.
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+/// `GET /v1/tokens`: every token, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
+}
+
+/// `POST /dashboard/login`: the token the dashboard signs in with (kept in an `HttpOnly` cookie).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub token: String,
+}

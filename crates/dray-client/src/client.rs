@@ -11,8 +11,7 @@ use std::time::Duration;
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
-    QueueDeletedResponse, QueueList,
+    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Token, TokenCreate, TokenCreated, TokenList,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -38,14 +37,36 @@ pub struct Client {
 }
 
 /// Options of a [`Client`], for when the defaults do not fit.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     base_url: String,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Sent as `Authorization: Bearer <token>` on every request.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("ClientBuilder")
+            .field("base_url", &self.base_url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl ClientBuilder {
+    /// The API token sent as `Authorization: Bearer <token>` on every request (and so by every
+    /// [`Worker`](crate::Worker) built on this client). Needed when the server requires
+    /// authentication; its scopes decide what the client may do.
+    pub fn token(mut self, token: impl Into<String>) -> ClientBuilder {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Default [`CONNECT_TIMEOUT_DEFAULT`] (5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.connect_timeout = timeout;
@@ -78,7 +99,16 @@ impl ClientBuilder {
         if let Ok(mut segments) = base.path_segments_mut() {
             segments.pop_if_empty();
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| Error::invalid("token", "must be printable ASCII without line breaks"))?;
+            // Kept out of debug output and HTTP/2 header compression tables.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -102,6 +132,7 @@ impl Client {
             base_url: base_url.into(),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            token: None,
         }
     }
 
@@ -213,6 +244,23 @@ impl Client {
     /// `POST /v1/queues/{name}/resume`. Idempotent.
     pub async fn queue_resume(&self, name: &str) -> Result<Queue, Error> {
         self.post_empty(&["v1", "queues", segment("name", name)?, "resume"]).await
+    }
+
+    /// `POST /v1/tokens` (admin): a new API token. The answer's `token` is the secret, shown
+    /// this once. Cancel safety: dropping the future may leave a token created whose secret
+    /// nobody saw; revoke it (it is listed by name).
+    pub async fn token_create(&self, request: TokenCreate) -> Result<TokenCreated, Error> {
+        self.send(Method::POST, &["v1", "tokens"], None, Some(&request), None).await
+    }
+
+    /// `GET /v1/tokens` (admin): every token, without secrets. Cancel safe.
+    pub async fn tokens(&self) -> Result<TokenList, Error> {
+        self.get(&["v1", "tokens"], None).await
+    }
+
+    /// `DELETE /v1/tokens/{id}` (admin): revoke a token. Idempotent.
+    pub async fn token_revoke(&self, id: &str) -> Result<Token, Error> {
+        self.send::<(), Token>(Method::DELETE, &["v1", "tokens", segment("id", id)?], None, None, None).await
     }
 
     /// `GET /healthz`. Cancel safe.

@@ -166,3 +166,44 @@ async fn no_server_is_a_transport_error_with_unknown_outcome() {
     assert!(err.is_outcome_unknown() && err.is_retryable());
     assert!(err.to_string().contains("same idempotency key"), "{err}");
 }
+
+/// The builder's token goes on every request (and so on every worker built on the client); a
+/// client without one is refused by a server that requires tokens.
+#[tokio::test]
+async fn the_builder_token_authenticates_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "sdk-test-admin-token-0123456789";
+    let config = dray_server::Config::for_test(dir.path()).with_admin_token(admin);
+    let running = dray_server::start(config).await.unwrap();
+    let url = format!("http://{}", running.addr);
+
+    let anonymous = Client::new(&url).unwrap();
+    match anonymous.queues().await {
+        Err(Error::Api { status: 401, problem }) => assert_eq!(problem.kind, "urn:dray:problem:unauthorized"),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let admin_client = Client::builder(&url).token(admin).build().unwrap();
+    assert!(!format!("{:?}", Client::builder(&url).token(admin)).contains(admin), "the token never shows in Debug");
+    let created = admin_client
+        .token_create(dray_client::api::TokenCreate {
+            name: "producer".into(),
+            scopes: vec!["enqueue:emails".into()],
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let producer = Client::builder(&url).token(created.token).build().unwrap();
+    producer.enqueue(Enqueue::new("emails", &1).unwrap()).await.unwrap();
+    match producer.enqueue(Enqueue::new("payments", &1).unwrap()).await {
+        Err(Error::Api { status: 403, problem }) => assert!(problem.detail.contains("\"payments\""), "{problem:?}"),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert_eq!(admin_client.tokens().await.unwrap().tokens.len(), 1);
+    let revoked = admin_client.token_revoke(&created.id).await.unwrap();
+    assert!(revoked.revoked);
+    match producer.enqueue(Enqueue::new("emails", &2).unwrap()).await {
+        Err(Error::Api { status: 401, .. }) => {}
+        other => panic!("expected 401 after revocation, got {other:?}"),
+    }
+    running.shutdown().await.unwrap();
+}

@@ -12,6 +12,7 @@ pub mod job;
 pub mod json;
 pub mod limits;
 pub mod retry;
+pub mod scope;
 pub mod time;
 pub mod transition;
 
@@ -19,5 +20,6 @@ pub use ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId};
 pub use job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload};
 pub use limits::{Invalid, Limits};
 pub use retry::{Backoff, RetryPolicy};
+pub use scope::{QueuePattern, Scope, ScopeKind};
 pub use time::Timestamp;
 pub use transition::{Effect, Event, Rejection, Transition, transition};

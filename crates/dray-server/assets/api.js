@@ -30,6 +30,7 @@ async function call(method, path, body) {
   } catch {
     parsed = null;
   }
+  if (response.status === 401) window.dispatchEvent(new CustomEvent('dray:unauthorized'));
   if (!response.ok) throw new ApiError(response.status, parsed);
   return parsed;
 }

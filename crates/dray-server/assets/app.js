@@ -12,6 +12,7 @@
 
 import { h, notice, replace } from './dom.js';
 import { start } from './live.js';
+import { ensureSignedIn } from './login.js';
 import { renderOverview } from './overview.js';
 import { renderQueue } from './queue.js';
 import { renderJobs } from './jobs.js';
@@ -81,6 +82,8 @@ async function route() {
   }
 }
 
-window.addEventListener('hashchange', route);
-start();
-route();
+ensureSignedIn().then(() => {
+  window.addEventListener('hashchange', route);
+  start();
+  route();
+});

@@ -28,6 +28,10 @@ pub(crate) struct Shared {
     pub lease_wait_ms_max: u64,
     /// The browser defences' configuration (Host and Origin allow-lists).
     pub guard: Arc<crate::guard::Guard>,
+    /// Authentication: the mode, the bootstrap admin token's hash, the token cache.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Whether the dashboard's session cookie gets `Secure` (served over TLS).
+    pub cookie_secure: bool,
 }
 
 impl App {

@@ -101,6 +101,25 @@ pub struct ServeArgs {
     /// other origin get 403. Comma-separated [default: only the server's own].
     #[arg(long, env = "DRAY_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Whether requests need a token (`Authorization: Bearer`): `required` or `none` [default:
+    /// required when --admin-token-file is given or the listen address is not loopback, else
+    /// none]. `none` on a non-loopback address refuses to start.
+    #[arg(long, env = "DRAY_AUTH", value_enum)]
+    pub auth: Option<crate::AuthMode>,
+    /// A file holding the bootstrap admin token, a secret you choose (surrounding whitespace is
+    /// trimmed). Dray reads it at start and never writes it; use it to create other tokens.
+    #[arg(long, env = "DRAY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The validated configuration the server runs with. Build it with [`Config::from_args`] (or
@@ -121,6 +140,9 @@ pub struct Config {
     database: Option<PostgresConfig>,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
+    auth: crate::AuthMode,
+    /// The bootstrap admin token, read from `--admin-token-file`.
+    admin_token: Option<Secret>,
 }
 
 impl Config {
@@ -145,6 +167,8 @@ impl Config {
     /// queues is about what one Prometheus takes from one server without strain.
     pub const METRICS_QUEUES_MAX_DEFAULT: u64 = 1_000;
     pub const METRICS_QUEUES_MAX_MAX: u64 = 100_000;
+    /// An admin token shorter than this is accepted with a warning.
+    pub const ADMIN_TOKEN_BYTES_WEAK: usize = 16;
     /// Maintenance in tests ticks this often, so expiries and promotions show up quickly.
     const TEST_MAINTENANCE_INTERVAL_MS: u64 = 10;
 
@@ -178,7 +202,33 @@ impl Config {
             database: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            auth: crate::AuthMode::None,
+            admin_token: None,
         }
+    }
+
+    /// Requires a token on every route, with `secret` as the bootstrap admin token (as if read
+    /// from `--admin-token-file`). For tests and embedding programs.
+    pub fn with_admin_token(mut self, secret: impl Into<String>) -> Config {
+        self.auth = crate::AuthMode::Required;
+        self.admin_token = Some(Secret(secret.into()));
+        self
+    }
+
+    /// Sets the auth mode (without a bootstrap token: only tokens already in the store work).
+    pub fn with_auth(mut self, mode: crate::AuthMode) -> Config {
+        self.auth = mode;
+        self
+    }
+
+    /// Whether requests need a token: `required` or `none`.
+    pub fn auth(&self) -> crate::AuthMode {
+        self.auth
+    }
+
+    /// The bootstrap admin token's secret, if one was given.
+    pub(crate) fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_ref().map(|s| s.0.as_str())
     }
 
     /// [`Config::for_test`] on PostgreSQL: the store in `database` (its time source must be
@@ -324,10 +374,12 @@ struct FileSettings {
     database_leader_ttl_ms: Option<u64>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
+    auth: Option<String>,
+    admin_token_file: Option<PathBuf>,
 }
 
 impl FileSettings {
-    const KEYS: [&str; 17] = [
+    const KEYS: [&str; 19] = [
         "listen",
         "data_dir",
         "durability",
@@ -345,6 +397,8 @@ impl FileSettings {
         "database_leader_ttl_ms",
         "allowed_hosts",
         "allowed_origins",
+        "auth",
+        "admin_token_file",
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
@@ -426,6 +480,8 @@ impl FileSettings {
             database_leader_ttl_ms: number("database_leader_ttl_ms")?,
             allowed_hosts: strings("allowed_hosts")?,
             allowed_origins: strings("allowed_origins")?,
+            auth: string("auth")?,
+            admin_token_file: string("admin_token_file")?.map(PathBuf::from),
         })
     }
 }
@@ -450,6 +506,8 @@ struct Raw {
     database_leader_ttl_ms: Setting<u64>,
     allowed_hosts: Setting<Vec<String>>,
     allowed_origins: Setting<Vec<String>>,
+    auth: Setting<String>,
+    admin_token_file: Setting<PathBuf>,
 }
 
 impl Raw {
@@ -571,7 +629,75 @@ impl Raw {
                 "allowed_origins",
                 path,
             ),
+            auth: Setting::pick(
+                args.auth.map(|a| a.as_str().to_owned()),
+                "--auth",
+                "DRAY_AUTH",
+                file.auth,
+                "auth",
+                path,
+            ),
+            admin_token_file: Setting::pick(
+                args.admin_token_file,
+                "--admin-token-file",
+                "DRAY_ADMIN_TOKEN_FILE",
+                file.admin_token_file,
+                "admin_token_file",
+                path,
+            ),
         }
+    }
+
+    /// The auth mode and the bootstrap admin token. The default mode is `required` when a token
+    /// file is given or the listen address is not loopback; `none` is refused on a non-loopback
+    /// address (anyone who reaches it could do anything), and with a token file (it would never
+    /// be checked).
+    fn auth(&self, listen: SocketAddr) -> anyhow::Result<(crate::AuthMode, Option<Secret>)> {
+        use crate::AuthMode;
+        let admin_token = match &self.admin_token_file.value {
+            None => None,
+            Some(path) => {
+                let origin = &self.admin_token_file.origin;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{origin}: cannot read {}", path.display()))?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    bail!("{origin}: {} is empty; write the admin token (a secret you choose) into it", path.display());
+                }
+                if secret.len() < Config::ADMIN_TOKEN_BYTES_WEAK {
+                    tracing::warn!(
+                        bytes = secret.len(),
+                        "the admin token is short; use at least {} random characters",
+                        Config::ADMIN_TOKEN_BYTES_WEAK
+                    );
+                }
+                Some(Secret(secret.to_owned()))
+            }
+        };
+        let mode = match self.auth.value.as_deref() {
+            None if admin_token.is_some() || !listen.ip().is_loopback() => AuthMode::Required,
+            None => AuthMode::None,
+            Some(text) => AuthMode::parse(text)
+                .ok_or_else(|| anyhow!("{}: {text:?} is not one of required, none", self.auth.origin))?,
+        };
+        if mode == AuthMode::None {
+            if !listen.ip().is_loopback() {
+                bail!(
+                    "{}: auth none is refused on {listen}, which is not a loopback address: anyone who can reach \
+                     it could read and change every job. Use --auth required with --admin-token-file FILE, or \
+                     listen on 127.0.0.1",
+                    self.auth.origin
+                );
+            }
+            if admin_token.is_some() {
+                bail!(
+                    "{}: auth none with {}: the admin token would never be checked; drop one of them",
+                    self.auth.origin,
+                    self.admin_token_file.origin
+                );
+            }
+        }
+        Ok((mode, admin_token))
     }
 
     /// The PostgreSQL settings, validated, when `database` is set. Options that only make sense
@@ -643,6 +769,7 @@ impl Raw {
         let database = self.database()?;
         let listen_text = self.listen.value.as_deref().unwrap_or(Config::LISTEN_DEFAULT);
         let listen = resolve_listen(listen_text).map_err(|e| anyhow!("{}: {e}", self.listen.origin))?;
+        let (auth, admin_token) = self.auth(listen)?;
         let data_dir = self.data_dir.value.unwrap_or_else(|| PathBuf::from(Config::DATA_DIR_DEFAULT));
         if data_dir.as_os_str().is_empty() {
             bail!("{}: must not be empty", self.data_dir.origin);
@@ -700,6 +827,8 @@ impl Raw {
             database,
             allowed_hosts: validate_hosts(&self.allowed_hosts)?,
             allowed_origins: validate_origins(&self.allowed_origins)?,
+            auth,
+            admin_token,
         })
     }
 }
@@ -1011,6 +1140,49 @@ mod tests {
             "",
         );
         assert!(e.starts_with("--database-schema (or DRAY_DATABASE_SCHEMA): schema"), "{e}");
+    }
+
+    #[test]
+    fn auth_defaults_follow_the_listen_address_and_the_token_file() {
+        use crate::AuthMode;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("admin-token");
+        std::fs::write(&token_file, "  s3cret-admin-token-0123456789\n").unwrap();
+        let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
+        assert_eq!((c.auth(), c.admin_token()), (AuthMode::None, None), "loopback without a token: open");
+        let args = ServeArgs { admin_token_file: Some(token_file.clone()), ..ServeArgs::default() };
+        let c = Raw::layer(args, FileSettings::default()).validate().unwrap();
+        assert_eq!(c.auth(), AuthMode::Required);
+        assert_eq!(c.admin_token(), Some("s3cret-admin-token-0123456789"), "trimmed");
+        assert!(!format!("{c:?}").contains("s3cret"), "the secret never shows in Debug");
+        let args = ServeArgs { listen: Some("0.0.0.0:7700".into()), ..ServeArgs::default() };
+        assert_eq!(Raw::layer(args, FileSettings::default()).validate().unwrap().auth(), AuthMode::Required);
+        let args = ServeArgs { listen: Some("[::1]:7700".into()), ..ServeArgs::default() };
+        assert_eq!(Raw::layer(args, FileSettings::default()).validate().unwrap().auth(), AuthMode::None);
+        let e = err(
+            ServeArgs { listen: Some("0.0.0.0:7700".into()), auth: Some(AuthMode::None), ..ServeArgs::default() },
+            "",
+        );
+        assert!(e.starts_with("--auth (or DRAY_AUTH): auth none is refused on 0.0.0.0:7700"), "{e}");
+        let e = err(ServeArgs { listen: Some("10.1.2.3:7700".into()), ..ServeArgs::default() }, "auth = \"none\"");
+        assert!(e.starts_with("auth in dray.toml: auth none is refused"), "{e}");
+        let c = Raw::layer(ServeArgs::default(), file("auth = \"required\"")).validate().unwrap();
+        assert_eq!(c.auth(), AuthMode::Required);
+        let e = err(ServeArgs::default(), "auth = \"maybe\"");
+        assert_eq!(e, "auth in dray.toml: \"maybe\" is not one of required, none");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let e = err(ServeArgs { admin_token_file: Some(empty), ..ServeArgs::default() }, "");
+        assert!(
+            e.starts_with("--admin-token-file (or DRAY_ADMIN_TOKEN_FILE): ")
+                && e.ends_with("is empty; write the admin token (a secret you choose) into it"),
+            "{e}"
+        );
+        let e = err(ServeArgs { admin_token_file: Some(dir.path().join("missing")), ..ServeArgs::default() }, "");
+        assert!(e.starts_with("--admin-token-file (or DRAY_ADMIN_TOKEN_FILE): cannot read"), "{e}");
+        let text = format!("admin_token_file = {:?}", token_file.display().to_string());
+        let c = Raw::layer(ServeArgs::default(), file(&text)).validate().unwrap();
+        assert_eq!(c.auth(), AuthMode::Required);
     }
 
     #[test]

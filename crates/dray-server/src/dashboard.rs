@@ -7,9 +7,9 @@
 //! of their own is `GET /dashboard/events`: the throughput history of the last minutes, then one
 //! snapshot a second of what the overview shows, computed once per second for every open stream.
 //!
-//! The dashboard has no authentication (yet): anyone who can reach the port can redrive, discard
-//! and pause. The server listens on 127.0.0.1 by default; keep it there or behind a proxy that
-//! authenticates (docs/dashboard.md).
+//! With `--auth required` the static files stay open (they hold no data) and everything else
+//! needs a token: the page signs in through `POST /dashboard/login` (`login.rs`, `assets/login.js`),
+//! which keeps the token in an HttpOnly cookie the route layer accepts (docs/security.md).
 //!
 //! This module never changes a job: every action goes through the `/v1` routes.
 
@@ -77,6 +77,7 @@ static ASSETS: &[Asset] = &[
     asset!("job.js", JS),
     asset!("dead.js", JS),
     asset!("workers.js", JS),
+    asset!("login.js", JS),
 ];
 
 /// An entity tag per asset, from its bytes: a browser revalidates (`Cache-Control: no-cache`)

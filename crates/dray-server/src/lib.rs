@@ -16,16 +16,19 @@
 //! ```
 
 mod app;
+mod auth;
 mod config;
 mod dashboard;
 mod due;
 mod extract;
 mod guard;
 mod listen;
+mod login;
 mod observe;
 mod problem;
 mod routes;
 mod store;
+mod tokens;
 mod waiters;
 mod workers;
 
@@ -40,6 +43,7 @@ use dray_store_postgres::{PostgresStore, TimeSource};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use auth::{AuthMode, RouteScope, TOKEN_CACHE_TTL, route_scopes};
 pub use config::{Config, LogFormat, ServeArgs};
 pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
@@ -88,6 +92,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", config.listen()))?;
     let addr = listener.local_addr().context("the listener has no local address")?;
     let store = Arc::new(open_store(&config).await?);
+    if let Err(e) = check_auth(&config, &store).await {
+        drop(listener);
+        close_store(store, Duration::ZERO).await?;
+        return Err(e);
+    }
 
     let clock = SystemClock::new();
     let waiters = Arc::new(Waiters::default());
@@ -103,6 +112,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         body_bytes_max: config.body_bytes_max(),
         lease_wait_ms_max: config.lease_wait_ms_max(),
         guard: Arc::new(guard::Guard::new(config.allowed_hosts(), config.allowed_origins())),
+        auth: Arc::new(auth::Auth::new(config.auth(), config.admin_token())),
+        // Set by the TLS listener when it serves HTTPS: the session cookie is then `Secure`.
+        cookie_secure: false,
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);
@@ -163,6 +175,27 @@ fn durability_text(durability: dray_store_embedded::Durability) -> String {
         Durability::Interval { ms } => format!("interval={ms}"),
         Durability::Never => "never".to_owned(),
     }
+
+}
+
+/// With `--auth required` and no admin token file, someone must already hold a token, or nobody
+/// could ever authenticate: refuse to start unless the store holds a live token.
+async fn check_auth(config: &Config, store: &AnyStore) -> anyhow::Result<()> {
+    use dray_store::TokenStore;
+    tracing::info!(auth = config.auth().as_str(), admin_token = config.admin_token().is_some(), "authentication");
+    if config.auth() == AuthMode::None || config.admin_token().is_some() {
+        return Ok(());
+    }
+    let now = dray_runtime::Clock::now(&SystemClock::new());
+    let tokens = store.token_list().await.context("cannot read the API tokens")?;
+    if !tokens.iter().any(|t| t.is_live(now)) {
+        anyhow::bail!(
+            "--auth required, but there is no --admin-token-file (DRAY_ADMIN_TOKEN_FILE) and the store holds no \
+             live token: nobody could authenticate. Write a secret into a file and pass --admin-token-file FILE \
+             (then create tokens with `dray tokens create`), or listen on 127.0.0.1 with --auth none"
+        );
+    }
+    Ok(())
 }
 
 /// [`start`] was stopped by SIGTERM or SIGINT before the server was up (while it waited for the

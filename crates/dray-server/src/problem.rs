@@ -24,11 +24,22 @@ pub(crate) struct ApiError {
     field: Option<String>,
     job: Option<u64>,
     retry_after: bool,
+    /// A 401: answered with `WWW-Authenticate: Bearer`.
+    www_authenticate: bool,
 }
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, title: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind, title, message: message.into(), field: None, job: None, retry_after: false }
+        ApiError {
+            status,
+            kind,
+            title,
+            message: message.into(),
+            field: None,
+            job: None,
+            retry_after: false,
+            www_authenticate: false,
+        }
     }
 
     fn with_field(mut self, field: Option<String>) -> ApiError {
@@ -138,6 +149,27 @@ impl ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", why);
         e.retry_after = true;
         e
+    }
+
+    /// No usable credential: none, unknown, expired or revoked (401, with `WWW-Authenticate`).
+    pub fn unauthorized(why: &str) -> ApiError {
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", why);
+        e.www_authenticate = true;
+        e
+    }
+
+    /// The credential is good but lacks a scope; `why` names the scope (and the queue).
+    pub fn forbidden(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", why)
+    }
+
+    pub fn token_not_found(id: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "token-not-found", "Token not found", format!("token {id} not found"))
+    }
+
+    /// A failure of the server itself (500); the cause is logged where it happened.
+    pub fn internal(why: &str) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", why)
     }
 
     /// For a single-job request whose checks speak of a batch: `jobs[0].payload` -> `payload`.
@@ -283,6 +315,9 @@ impl IntoResponse for ApiError {
         if self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
+        if self.www_authenticate {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dray\""));
+        }
         // The body of a refused oversized or non-JSON request is not read to its end, so the
         // connection cannot carry another request: say so, or a keep-alive client reuses it and
         // its next, unrelated request fails with "outcome unknown".
@@ -341,6 +376,16 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         let response = ApiError::job_not_found(1).into_response();
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn unauthorized_says_how_to_authenticate() {
+        let response = ApiError::unauthorized("no token").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"dray\"");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let response = ApiError::forbidden("scope").into_response();
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use dray_api::{
     JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
     QueueDeletedResponse, QueueList, State as JobStateBody,
 };
-use dray_core::{JobId, JobState, QueueName};
+use dray_core::{JobId, JobState, QueueName, ScopeKind};
 use dray_runtime::Clock;
 use dray_store::{
     DeadDiscard, DeadRedrive, Error, JobAck, JobCancel, JobInsert, JobPromote, QueueConfig, QueueDelete, Store,
@@ -28,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::App;
+use crate::auth::Principal;
 use crate::extract::{Body, JobIdParam, Query, QueueNameParam, TraceParent};
 use crate::problem::ApiError;
 
@@ -46,6 +47,7 @@ use crate::problem::ApiError;
         (name = "dead letters", description = "The dead-letter queue: list, redrive, discard."),
         (name = "queues", description = "Queue configuration and counts."),
         (name = "health", description = "Liveness and readiness."),
+        (name = "tokens", description = "API tokens and their scopes (admin only)."),
     )
 )]
 struct ApiDoc;
@@ -74,7 +76,22 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(queue_resume))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(crate::tokens::token_create, crate::tokens::token_list))
+        .routes(routes!(crate::tokens::token_revoke))
 }
+
+/// Routes served outside the OpenAPI document (its own route, metrics, the dashboard). With the
+/// document's paths they make up every route; `auth::ROUTES` must name each.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const UNDOCUMENTED_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/dashboard/{file}"),
+    ("GET", "/dashboard/events"),
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
+];
 
 /// The OpenAPI 3.1 document of the API, as served at `GET /v1/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -88,6 +105,7 @@ pub(crate) fn router(app: App) -> axum::Router {
     let (router, openapi) = api().split_for_parts();
     let document = Bytes::from(openapi.to_pretty_json().expect("the OpenAPI document serializes"));
     let router = crate::dashboard::routes(router, &app);
+    let router = crate::login::routes(router);
     let openapi_json =
         get(move || async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document) });
     let router = router
@@ -99,7 +117,10 @@ pub(crate) fn router(app: App) -> axum::Router {
     // Last before the outer layers: the request metrics' layer covers only what the router holds,
     // and must see every route and the fallbacks (counted as route "unmatched").
     let guard = app.guard.clone();
-    crate::observe::routes(router, &app)
+    let router = crate::observe::routes(router, &app);
+    // After every route is in: the route layer wraps exactly the routes present.
+    let router = router.route_layer(axum::middleware::from_fn_with_state(app.clone(), crate::auth::authorize));
+    router
         .layer(DefaultBodyLimit::max(body_bytes_max))
         // Outside the body limit: a refused request is answered before its body is read.
         .layer(axum::middleware::from_fn_with_state(guard, crate::guard::layer))
@@ -135,10 +156,12 @@ fn wake_inserted(app: &App, queues: &[QueueName], inserted: &[dray_store::Insert
 )]
 async fn job_enqueue(
     State(app): State<App>,
+    principal: Principal,
     TraceParent(traceparent): TraceParent,
     Body(body): Body<EnqueueJob>,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let mut job = body.to_core()?;
+    principal.check(ScopeKind::Enqueue, &job.queue)?;
     if job.traceparent.is_none() {
         job.traceparent = traceparent.map(Into::into);
     }
@@ -168,10 +191,12 @@ async fn job_enqueue(
 )]
 async fn job_enqueue_batch(
     State(app): State<App>,
+    principal: Principal,
     TraceParent(traceparent): TraceParent,
     Body(body): Body<EnqueueBatch>,
 ) -> Result<(StatusCode, Json<EnqueuedBatch>), ApiError> {
     let mut jobs = body.to_core()?;
+    principal.check_all(ScopeKind::Enqueue, jobs.iter().map(|j| &j.queue))?;
     if let Some(tp) = &traceparent {
         for job in jobs.iter_mut().filter(|j| j.traceparent.is_none()) {
             job.traceparent = Some(tp.as_str().into());
@@ -193,8 +218,14 @@ async fn job_enqueue_batch(
         (status = 422, description = "Invalid filter; `field` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn job_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Result<Json<JobPage>, ApiError> {
-    let page = app.store.job_list(query.to_list(None)?).await?;
+async fn job_list(
+    State(app): State<App>,
+    principal: Principal,
+    Query(query): Query<JobQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let list = query.to_list(None)?;
+    check_list(&principal, &list.filter)?;
+    let page = app.store.job_list(list).await?;
     Ok(Json((&page).into()))
 }
 
@@ -207,8 +238,13 @@ async fn job_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Resu
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn job_get(State(app): State<App>, JobIdParam(id): JobIdParam) -> Result<Json<Job>, ApiError> {
+async fn job_get(
+    State(app): State<App>,
+    principal: Principal,
+    JobIdParam(id): JobIdParam,
+) -> Result<Json<Job>, ApiError> {
     let job = app.store.job_get(id).await?.ok_or(ApiError::job_not_found(id.0))?;
+    principal.check(ScopeKind::Read, &job.queue)?;
     Ok(Json((&job).into()))
 }
 
@@ -223,7 +259,12 @@ async fn job_get(State(app): State<App>, JobIdParam(id): JobIdParam) -> Result<J
         (status = 409, description = "The job is completed or dead", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn job_cancel(State(app): State<App>, JobIdParam(job): JobIdParam) -> Result<Json<CancelResponse>, ApiError> {
+async fn job_cancel(
+    State(app): State<App>,
+    principal: Principal,
+    JobIdParam(job): JobIdParam,
+) -> Result<Json<CancelResponse>, ApiError> {
+    principal.check_job(&*app.store, ScopeKind::Admin, job).await?;
     let state = app.store.job_cancel(JobCancel { now: app.clock.now(), job }).await?;
     Ok(Json(state.into()))
 }
@@ -258,8 +299,13 @@ async fn job_promote(State(app): State<App>, JobIdParam(job): JobIdParam) -> Res
         (status = 503, description = "Storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn lease(State(app): State<App>, Body(body): Body<LeaseRequest>) -> Result<Json<LeaseResponse>, ApiError> {
+async fn lease(
+    State(app): State<App>,
+    principal: Principal,
+    Body(body): Body<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
     let mut p = body.to_store(app.clock.now())?;
+    principal.check_all(ScopeKind::Work, &p.queues)?;
     let wait = Duration::from_millis(body.wait_ms.unwrap_or(0).min(app.lease_wait_ms_max));
     let _polling = app.workers.poll(&p.worker, &p.queues);
     let leased = |jobs: &[dray_store::LeasedJob], now| {
@@ -305,10 +351,12 @@ async fn lease(State(app): State<App>, Body(body): Body<LeaseRequest>) -> Result
 )]
 async fn heartbeat(
     State(app): State<App>,
+    principal: Principal,
     JobIdParam(job): JobIdParam,
     Body(body): Body<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let p = body.to_store(app.clock.now(), job)?;
+    principal.check_job(&*app.store, ScopeKind::Work, job).await?;
     let (now, lease) = (p.now, p.lease);
     let extended = app.store.lease_extend(p).await?;
     app.workers.extended(job, lease, extended.deadline);
@@ -344,10 +392,13 @@ async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiErro
 )]
 async fn complete(
     State(app): State<App>,
+    principal: Principal,
     JobIdParam(job): JobIdParam,
     Body(body): Body<CompleteRequest>,
 ) -> Result<Json<Acked>, ApiError> {
-    ack_one(&app, body.to_store(job)?).await
+    let ack = body.to_store(job)?;
+    principal.check_job(&*app.store, ScopeKind::Work, job).await?;
+    ack_one(&app, ack).await
 }
 
 /// Fail a leased job: retried with backoff, or dead when it was the last attempt or not retryable.
@@ -364,10 +415,13 @@ async fn complete(
 )]
 async fn fail(
     State(app): State<App>,
+    principal: Principal,
     JobIdParam(job): JobIdParam,
     Body(body): Body<FailRequest>,
 ) -> Result<Json<Acked>, ApiError> {
-    ack_one(&app, body.to_store(job)?).await
+    let ack = body.to_store(job)?;
+    principal.check_job(&*app.store, ScopeKind::Work, job).await?;
+    ack_one(&app, ack).await
 }
 
 /// Complete and fail many leased jobs in one durable write; a result per ack.
@@ -381,8 +435,15 @@ async fn fail(
         (status = 503, description = "Storage unavailable; outcome unknown", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn ack(State(app): State<App>, Body(body): Body<AckBatch>) -> Result<Json<AckBatchResponse>, ApiError> {
+async fn ack(
+    State(app): State<App>,
+    principal: Principal,
+    Body(body): Body<AckBatch>,
+) -> Result<Json<AckBatchResponse>, ApiError> {
     let p = body.to_store(app.clock.now())?;
+    for a in &p.acks {
+        principal.check_job(&*app.store, ScopeKind::Work, a.job).await?;
+    }
     let now = p.now;
     let acks: Vec<(JobId, dray_core::LeaseId)> = p.acks.iter().map(|a| (a.job, a.lease)).collect();
     let results = app.store.job_ack(p).await?;
@@ -413,8 +474,14 @@ async fn ack(State(app): State<App>, Body(body): Body<AckBatch>) -> Result<Json<
         (status = 422, description = "Invalid filter; `field` names it", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn dead_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Result<Json<JobPage>, ApiError> {
-    let page = app.store.job_list(query.to_list(Some(JobStateBody::Dead))?).await?;
+async fn dead_list(
+    State(app): State<App>,
+    principal: Principal,
+    Query(query): Query<JobQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let list = query.to_list(Some(JobStateBody::Dead))?;
+    check_list(&principal, &list.filter)?;
+    let page = app.store.job_list(list).await?;
     Ok(Json((&page).into()))
 }
 
@@ -432,9 +499,12 @@ async fn dead_list(State(app): State<App>, Query(query): Query<JobQuery>) -> Res
 )]
 async fn dead_redrive(
     State(app): State<App>,
+    principal: Principal,
     Body(body): Body<DeadAction>,
 ) -> Result<Json<DeadActionResponse>, ApiError> {
-    let p = DeadRedrive { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
+    let selection = body.to_selection()?;
+    check_selection(&app, &principal, &selection).await?;
+    let p = DeadRedrive { now: app.clock.now(), selection, dry_run: body.dry_run };
     let ids = app.store.dead_redrive(p).await?;
     if !body.dry_run && !ids.is_empty() {
         app.waiters.wake_all();
@@ -456,9 +526,12 @@ async fn dead_redrive(
 )]
 async fn dead_discard(
     State(app): State<App>,
+    principal: Principal,
     Body(body): Body<DeadAction>,
 ) -> Result<Json<DeadActionResponse>, ApiError> {
-    let p = DeadDiscard { now: app.clock.now(), selection: body.to_selection()?, dry_run: body.dry_run };
+    let selection = body.to_selection()?;
+    check_selection(&app, &principal, &selection).await?;
+    let p = DeadDiscard { now: app.clock.now(), selection, dry_run: body.dry_run };
     let ids = app.store.dead_discard(p).await?;
     if !body.dry_run {
         app.observe.discarded(&ids);
@@ -468,8 +541,10 @@ async fn dead_discard(
 
 /// Every known queue with its configuration and counts.
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", responses((status = 200, body = QueueList)))]
-async fn queue_list(State(app): State<App>) -> Result<Json<QueueList>, ApiError> {
-    let queues = app.store.queue_list().await?;
+async fn queue_list(State(app): State<App>, principal: Principal) -> Result<Json<QueueList>, ApiError> {
+    let mut queues = app.store.queue_list().await?;
+    // A token limited to some queues sees those only.
+    queues.retain(|q| principal.allows(ScopeKind::Read, q.config.name.as_str()));
     Ok(Json(queues.as_slice().into()))
 }
 
@@ -483,7 +558,16 @@ async fn queue_list(State(app): State<App>) -> Result<Json<QueueList>, ApiError>
         (status = 422, description = "Invalid queue name", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn queue_get(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+async fn queue_get(
+    State(app): State<App>,
+    principal: Principal,
+    QueueNameParam(name): QueueNameParam,
+) -> Result<Json<Queue>, ApiError> {
+    principal.check(ScopeKind::Read, &name)?;
+    queue_stats(app, name).await
+}
+
+async fn queue_stats(app: App, name: QueueName) -> Result<Json<Queue>, ApiError> {
     let stats = app.store.queue_stats(&name).await?;
     Ok(Json((&stats).into()))
 }
@@ -501,9 +585,11 @@ async fn queue_get(State(app): State<App>, QueueNameParam(name): QueueNameParam)
 )]
 async fn queue_put(
     State(app): State<App>,
+    principal: Principal,
     QueueNameParam(name): QueueNameParam,
     Body(body): Body<QueueConfigure>,
 ) -> Result<Json<Queue>, ApiError> {
+    principal.check(ScopeKind::Admin, &name)?;
     // A new `attempts_max` alone keeps the current backoff, and the other way round.
     let current = match app.store.queue_stats(&name).await {
         Ok(stats) => stats.config.retry,
@@ -514,7 +600,7 @@ async fn queue_put(
     if body.paused == Some(false) {
         app.waiters.wake([&name]);
     }
-    queue_get(State(app), QueueNameParam(name)).await
+    queue_stats(app, name).await
 }
 
 /// Delete a queue that holds no work. Its completed and cancelled jobs go with it (and their
@@ -545,7 +631,7 @@ async fn queue_pause_set(app: App, name: QueueName, paused: bool) -> Result<Json
     if !paused {
         app.waiters.wake([&name]);
     }
-    queue_get(State(app), QueueNameParam(name)).await
+    queue_stats(app, name).await
 }
 
 /// Stop leasing from a queue; it still accepts jobs.
@@ -557,7 +643,12 @@ async fn queue_pause_set(app: App, name: QueueName, paused: bool) -> Result<Json
         (status = 404, description = "Unknown queue (create it with PUT)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn queue_pause(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+async fn queue_pause(
+    State(app): State<App>,
+    principal: Principal,
+    QueueNameParam(name): QueueNameParam,
+) -> Result<Json<Queue>, ApiError> {
+    principal.check(ScopeKind::Admin, &name)?;
     queue_pause_set(app, name, true).await
 }
 
@@ -570,7 +661,12 @@ async fn queue_pause(State(app): State<App>, QueueNameParam(name): QueueNamePara
         (status = 404, description = "Unknown queue", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn queue_resume(State(app): State<App>, QueueNameParam(name): QueueNameParam) -> Result<Json<Queue>, ApiError> {
+async fn queue_resume(
+    State(app): State<App>,
+    principal: Principal,
+    QueueNameParam(name): QueueNameParam,
+) -> Result<Json<Queue>, ApiError> {
+    principal.check(ScopeKind::Admin, &name)?;
     queue_pause_set(app, name, false).await
 }
 
@@ -638,4 +734,36 @@ async fn readyz(State(app): State<App>) -> Result<Json<Health>, ApiError> {
 /// (outcome unknown) rather than a panic.
 fn no_result(call: &str) -> ApiError {
     ApiError::from(Error::Unavailable { context: format!("{call} returned no result"), source: None })
+}
+
+/// A list's filter for a principal: a queue it may read, or any when it may read every queue.
+fn check_list(principal: &Principal, filter: &dray_store::JobFilter) -> Result<(), ApiError> {
+    match &filter.queue {
+        Some(queue) => principal.check(ScopeKind::Read, queue),
+        None => principal.check_unfiltered(ScopeKind::Read),
+    }
+}
+
+/// A dead-letter action for a principal: by filter, the filter's queue; by ids, each job's queue
+/// (read once each, only for a token limited to some queues).
+async fn check_selection(
+    app: &App,
+    principal: &Principal,
+    selection: &dray_store::DeadSelection,
+) -> Result<(), ApiError> {
+    if principal.allows_all(ScopeKind::Admin) {
+        return Ok(());
+    }
+    match selection {
+        dray_store::DeadSelection::Ids(ids) => {
+            for id in ids {
+                principal.check_job(&*app.store, ScopeKind::Admin, *id).await?;
+            }
+            Ok(())
+        }
+        dray_store::DeadSelection::Filter { filter, .. } => match &filter.queue {
+            Some(queue) => principal.check(ScopeKind::Admin, queue),
+            None => principal.check_unfiltered(ScopeKind::Admin),
+        },
+    }
 }

@@ -8,8 +8,7 @@
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
     Acked, DeadDiscard, DeadRedrive, Error, Expired, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList,
-    JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete,
-    QueueDeleted, QueueStats, Store,
+    JobPage, JobPromote, LeasedJob, LeaseExtend, LeaseExtended, Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
 };
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::PostgresStore;
@@ -159,5 +158,23 @@ impl Store for AnyStore {
 
     async fn queue_stats(&self, queue: &QueueName) -> Result<QueueStats, Error> {
         delegate!(self.queue_stats(queue))
+    }
+}
+
+impl TokenStore for AnyStore {
+    async fn token_insert(&self, p: TokenInsert) -> Result<(), Error> {
+        delegate!(self.token_insert(p))
+    }
+
+    async fn token_get(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
+        delegate!(self.token_get(id))
+    }
+
+    async fn token_list(&self) -> Result<Vec<TokenRecord>, Error> {
+        delegate!(self.token_list())
+    }
+
+    async fn token_revoke(&self, p: TokenRevoke) -> Result<Option<TokenRecord>, Error> {
+        delegate!(self.token_revoke(p))
     }
 }

@@ -11,7 +11,7 @@ use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
     Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
 };
-use dray_store::QueueConfig;
+use dray_store::{QueueConfig, TokenRecord};
 
 /// A change as it is logged: the result of a transition, not the request that caused it, so replay
 /// never re-runs policy (and never needs the random numbers the change used).
@@ -46,6 +46,9 @@ pub(crate) enum Record {
         epoch: u64,
         next_job_id: u64,
     },
+    /// An API token, new or changed (revoked): the whole record, in the log and in snapshots
+    /// (after the queues). Replaying it again is harmless.
+    TokenUpsert(Box<TokenRecord>),
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -63,6 +66,7 @@ const TAG_JOB_DELETE: u8 = 5;
 const TAG_SNAPSHOT_HEADER: u8 = 6;
 const TAG_SNAPSHOT_END: u8 = 7;
 const TAG_QUEUE_DELETE: u8 = 8;
+const TAG_TOKEN_UPSERT: u8 = 9;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -177,6 +181,20 @@ pub(crate) fn encode_job_delete(buf: &mut Vec<u8>, id: JobId) {
 pub(crate) fn encode_queue_delete(buf: &mut Vec<u8>, name: &QueueName) {
     buf.push(TAG_QUEUE_DELETE);
     put_str(buf, name.as_str());
+}
+
+pub(crate) fn encode_token_upsert(buf: &mut Vec<u8>, token: &TokenRecord) {
+    buf.push(TAG_TOKEN_UPSERT);
+    put_str(buf, &token.id);
+    put_str(buf, &token.name);
+    put_u32(buf, token.scopes.len() as u32);
+    for scope in &token.scopes {
+        put_str(buf, &scope.to_string());
+    }
+    buf.extend_from_slice(&token.hash);
+    put_i64(buf, token.created_at.0);
+    put_opt_i64(buf, token.expires_at.map(|t| t.0));
+    put_opt_i64(buf, token.revoked_at.map(|t| t.0));
 }
 
 pub(crate) fn encode_snapshot_header(buf: &mut Vec<u8>, seq: u64, epoch: u64, next_job_id: u64) {
@@ -353,6 +371,7 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             epoch: d.u64("epoch")?,
             next_job_id: d.u64("next job id")?,
         },
+        TAG_TOKEN_UPSERT => Record::TokenUpsert(Box::new(d.token()?)),
         TAG_SNAPSHOT_END => Record::SnapshotEnd { jobs: d.u64("jobs")?, queues: d.u64("queues")? },
         _ => return Err(DecodeError { what: "tag", offset: 0 }),
     };
@@ -514,6 +533,26 @@ impl<'a> Dec<'a> {
         let error = self.opt_str("history error")?;
         let run_at = self.opt_i64("history run_at")?.map(Timestamp);
         Ok(HistoryEntry { at, kind, state, attempt, token, worker, error, run_at })
+    }
+
+    fn token(&mut self) -> Result<TokenRecord, DecodeError> {
+        let id = self.str("token id")?.to_owned();
+        let name = self.str("token name")?.to_owned();
+        let count = self.u32("token scope count")? as usize;
+        if count > dray_core::Scope::PER_TOKEN_MAX {
+            return Err(DecodeError { what: "token scope count", offset: self.pos });
+        }
+        let mut scopes = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = self.pos;
+            let text = self.str("token scope")?;
+            scopes.push(dray_core::Scope::parse(text).map_err(|_| DecodeError { what: "token scope", offset: at })?);
+        }
+        let hash = self.array::<32>("token hash")?;
+        let created_at = Timestamp(self.i64("token created_at")?);
+        let expires_at = self.opt_i64("token expires_at")?.map(Timestamp);
+        let revoked_at = self.opt_i64("token revoked_at")?.map(Timestamp);
+        Ok(TokenRecord { id, name, scopes, hash, created_at, expires_at, revoked_at })
     }
 
     fn job(&mut self, names: &mut Names) -> Result<Job, DecodeError> {

@@ -13,6 +13,7 @@ mod codec;
 mod open;
 mod state;
 mod store;
+mod token;
 
 pub use open::{EmbeddedConfig, OpenError};
 pub use store::{EmbeddedStore, Health};

@@ -349,6 +349,10 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
         for q in state.queues.values() {
             wal::frame_into(&mut buf, |b| codec::encode_queue_upsert(b, &q.config));
         }
+        // Tokens are few (bounded by `dray_store::TOKENS_MAX`): copied in the same hold.
+        for token in state.tokens.values() {
+            wal::frame_into(&mut buf, |b| codec::encode_token_upsert(b, token));
+        }
         (seq, buf, state.queues.len() as u64)
     };
     let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
@@ -448,6 +452,9 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
             Record::JobInsert(job) => {
                 jobs += 1;
                 state.job_insert(*job);
+            }
+            Record::TokenUpsert(token) => {
+                state.tokens.insert(token.id.clone(), *token);
             }
             Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
             other => return Err(format!("unexpected frame in a snapshot: {other:?}")),

@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dray_core::{FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Timestamp};
-use dray_store::{JobFilter, JobSummary, QueueConfig, QueueStats};
+use dray_store::{JobFilter, JobSummary, QueueConfig, QueueStats, TokenRecord};
 
 use crate::codec::Record;
 
@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub running: BTreeSet<(Timestamp, JobId)>,
     /// (queue, idempotency key) to the newest job that used it.
     pub idempotency: HashMap<(QueueName, Box<str>), JobId>,
+    /// API tokens by id (hashed secrets; see `dray_store::TokenStore`).
+    pub tokens: BTreeMap<String, TokenRecord>,
     pub next_job_id: u64,
     pub epoch: u64,
     pub token_counter: u64,
@@ -91,6 +93,7 @@ impl State {
             queues: BTreeMap::new(),
             running: BTreeSet::new(),
             idempotency: HashMap::new(),
+            tokens: BTreeMap::new(),
             next_job_id: 1,
             epoch: 0,
             token_counter: 0,
@@ -245,6 +248,9 @@ impl State {
                     return Err(ReplayConflict(format!("queue {name} is deleted in the log while holding jobs")));
                 }
                 self.queue_delete(&name);
+            }
+            Record::TokenUpsert(token) => {
+                self.tokens.insert(token.id.clone(), *token);
             }
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));

@@ -177,7 +177,7 @@ impl EmbeddedStore {
     /// Runs `f` under the lock, then waits until everything it (and everyone before it) logged is
     /// durable. `f` must validate before it appends: an `Err` after an append would leave a
     /// change in the log that the caller was told failed.
-    async fn write<T>(
+    pub(crate) async fn write<T>(
         &self,
         atomic: bool,
         f: impl FnOnce(&mut State, &mut Changes) -> Result<T, Error>,
@@ -203,7 +203,7 @@ impl EmbeddedStore {
     /// Runs `f` under the lock, then waits until everything logged before it is durable, like
     /// a write does. Memory runs ahead of the disk while a commit is in flight: without the wait a
     /// reader could see a completion that a crash then undoes. Free when nothing is pending.
-    async fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, Error>) -> Result<T, Error> {
+    pub(crate) async fn read<T>(&self, f: impl FnOnce(&State) -> Result<T, Error>) -> Result<T, Error> {
         let (value, commit) = {
             let guard = self.lock()?;
             let wal = guard.wal.as_ref().ok_or_else(closed)?;

@@ -40,6 +40,11 @@ impl Harness for OnDisk {
 mod on_disk {
     use super::*;
     dray_store::conformance_suite!(OnDisk::new());
+
+    mod tokens {
+        use super::*;
+        dray_store::token_conformance_suite!(OnDisk::new());
+    }
 }
 
 struct Simulated {
@@ -66,4 +71,9 @@ impl Harness for Simulated {
 mod simulated {
     use super::*;
     dray_store::conformance_suite!(Simulated { fs: SimFs::new() });
+
+    mod tokens {
+        use super::*;
+        dray_store::token_conformance_suite!(Simulated { fs: SimFs::new() });
+    }
 }

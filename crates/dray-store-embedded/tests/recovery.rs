@@ -412,4 +412,26 @@ fn close_snapshots_when_the_log_since_the_last_snapshot_is_worth_it() {
     let store = EmbeddedStore::open_with_fs(Arc::new(sim.clone()), c.clone()).unwrap();
     assert!(store.log_bytes_since_snapshot() < 1_024, "{} bytes left to replay", store.log_bytes_since_snapshot());
     assert_eq!(rt.block_on(all_jobs(&store)), jobs);
+/// Guards that API tokens are part of snapshots: a token filed before a snapshot (whose log
+/// segment the snapshot then deletes) and a revocation logged after it both survive a restart.
+#[tokio::test]
+async fn tokens_survive_a_snapshot_and_the_log_after_it() {
+    use dray_store::conformance::token_record;
+    use dray_store::{TokenInsert, TokenRevoke, TokenStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let kept = token_record("aaaaaaaaaaaaaaaa", &["enqueue:billing.*"]);
+    let revoked = token_record("bbbbbbbbbbbbbbbb", &["admin"]);
+    for token in [kept.clone(), revoked.clone()] {
+        store.token_insert(TokenInsert { now: T0, token }).await.unwrap();
+    }
+    insert(&store, 3, T0).await;
+    store.snapshot().unwrap();
+    store.token_revoke(TokenRevoke { now: Timestamp(T0.0 + 1), id: revoked.id.clone() }).await.unwrap();
+    store.close().unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let revoked = dray_store::TokenRecord { revoked_at: Some(Timestamp(T0.0 + 1)), ..revoked };
+    assert_eq!(store.token_list().await.unwrap(), vec![kept, revoked]);
+    store.close().unwrap();
 }

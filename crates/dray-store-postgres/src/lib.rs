@@ -94,6 +94,7 @@ mod migrate;
 mod row;
 mod sql;
 mod store;
+mod token;
 
 #[cfg(test)]
 mod explain;

@@ -39,7 +39,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: Sql::Text(V1_JOBS) },
     Migration { version: 2, name: "enqueue_function", sql: Sql::Text(V2_ENQUEUE) },
     Migration { version: 3, name: "leader", sql: Sql::Text(V3_LEADER) },
-    Migration { version: 4, name: "enqueue_compares_values", sql: Sql::Derived(v4_enqueue_compares_values) },
+    Migration { version: 4, name: "tokens", sql: Sql::Text(V4_TOKENS) },
+    Migration { version: 5, name: "enqueue_compares_values", sql: Sql::Derived(v5_enqueue_compares_values) },
 ];
 
 /// `enqueue()` as in migration 2, with two changes. An idempotency key repeated with the same
@@ -48,7 +49,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 /// bytes `jsonb` cannot read compare as bytes. And a payload holding a number beyond a double's
 /// range (`1e400`, which `jsonb` keeps exactly but a JavaScript or Python worker reads as
 /// infinity) is refused, as over HTTP.
-fn v4_enqueue_compares_values() -> String {
+fn v5_enqueue_compares_values() -> String {
     let start = V2_ENQUEUE.find("CREATE FUNCTION {s}.enqueue(queue text").expect("migration 2 defines enqueue()");
     let end = V2_ENQUEUE.find("COMMENT ON FUNCTION {s}.enqueue(").expect("migration 2 comments enqueue()");
     let function = &V2_ENQUEUE[start..end];
@@ -65,10 +66,10 @@ fn v4_enqueue_compares_values() -> String {
         assert_eq!(function.matches(from).count(), 1, "migration 2's enqueue() has {from:?} once");
         function = function.replace(from, to);
     }
-    format!("{V4_PAYLOAD_FUNCTIONS}\n{function}")
+    format!("{V5_PAYLOAD_FUNCTIONS}\n{function}")
 }
 
-const V4_PAYLOAD_FUNCTIONS: &str = r#"
+const V5_PAYLOAD_FUNCTIONS: &str = r#"
 -- Whether stored payload bytes hold the same JSON value as a jsonb (jsonb equality: member
 -- order, spacing and number spelling do not matter). Bytes jsonb cannot read (a string holding
 -- \u0000, which jsonb refuses) are the same only when equal to the jsonb's text.
@@ -96,6 +97,21 @@ BEGIN
     END LOOP;
 END
 $$;
+"#;
+
+/// API tokens (`dray_store::TokenStore`): the SHA-256 of each secret, never the secret. Scopes
+/// are their text form (`enqueue:billing.*`), parsed back by the store. Revoked tokens stay
+/// (with `revoked_at`), so the table only grows by what operators create; the store bounds it.
+const V4_TOKENS: &str = r#"
+CREATE TABLE {s}.tokens (
+    id text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[0-9a-f]{16}$'),
+    name text NOT NULL CHECK (octet_length(name) BETWEEN 1 AND 128),
+    scopes text[] NOT NULL CHECK (cardinality(scopes) BETWEEN 1 AND 32),
+    hash bytea NOT NULL CHECK (octet_length(hash) = 32),
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    revoked_at timestamptz
+);
 "#;
 
 /// The first schema. Why each piece is shaped as it is:

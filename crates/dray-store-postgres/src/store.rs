@@ -325,7 +325,7 @@ impl PostgresStore {
         }
     }
 
-    async fn client(&self) -> Result<Object, Error> {
+    pub(crate) async fn client(&self) -> Result<Object, Error> {
         self.pool.get().await.map_err(pool_error)
     }
 

@@ -41,3 +41,8 @@ impl Harness for PgHarness {
 }
 
 dray_store::conformance_suite!(PgHarness::new());
+
+mod tokens {
+    use super::*;
+    dray_store::token_conformance_suite!(PgHarness::new());
+}

@@ -39,6 +39,7 @@ use crate::{
 mod admin;
 mod lifecycle;
 mod model;
+mod token;
 
 /// What an ack did to the job (the parts a test usually checks).
 pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
@@ -48,6 +49,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 pub use admin::*;
 pub use lifecycle::*;
 pub use model::model_random_operations;
+pub use token::*;
 
 /// How the suite gets a store. `open` opens the store (fresh on first call); `restart` closes the
 /// given store and reopens the same data (a clean shutdown and start).

@@ -8,6 +8,7 @@
 mod error;
 mod lease_id;
 mod params;
+mod token;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -17,6 +18,7 @@ use std::future::Future;
 pub use error::Error;
 pub use lease_id::LeaseIds;
 pub use params::*;
+pub use token::*;
 
 use dray_core::{Job, JobId, QueueName};
 

@@ -18,6 +18,7 @@ Exit status (scripts can rely on it):
   4  conflict (HTTP 409): e.g. cancelling a completed job, an idempotency key reused with another payload
   5  invalid input (HTTP 400, 413, 422, or a bad line or file read by the CLI itself)
   6  server unavailable (HTTP 503) or unreachable (connection refused, timeout)
+  7  not authorized (HTTP 401 or 403): no token (--token, DRAY_TOKEN), a bad one, or a missing scope
 
 Errors go to stderr: the problem's title, detail and field, or with --json one JSON object
 {\"type\", \"title\", \"status\", \"detail\", \"field\", \"job\", \"exit_code\"}.";
@@ -57,6 +58,10 @@ pub struct Cli {
     /// Machine output: one JSON document on stdout; errors as JSON on stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The API token, sent as `Authorization: Bearer <token>` on every request (needed when the
+    /// server requires authentication). Prefer the environment variable: flags show in `ps`.
+    #[arg(long, global = true, env = "DRAY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -124,6 +129,36 @@ pub struct ManArgs {
     /// directory instead of printing `dray.1` on stdout.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+}
+
+    /// API tokens: create, list, revoke (needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; prints its secret, which is shown this once.
+    Create(TokenCreateArgs),
+    /// Every token (never a secret), oldest first.
+    List,
+    /// Revoke a token: refused at once by this server, by every node within a second.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A label for people ("billing producer").
+    #[arg(long)]
+    pub name: String,
+    /// A scope (repeatable): read, enqueue, work or admin, optionally limited to queues matching
+    /// a pattern, e.g. `enqueue:billing.*` (`*` matches any run of characters).
+    #[arg(long = "scope", value_name = "SCOPE", required = true)]
+    pub scopes: Vec<String>,
+    /// When the token stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z). Never, by default.
+    #[arg(long, value_name = "RFC3339")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,8 @@ pub enum Exit {
     Conflict = 4,
     Invalid = 5,
     Unavailable = 6,
+    /// 401 or 403: no token, a bad one, or one without the scope needed.
+    Unauthorized = 7,
 }
 
 impl Exit {
@@ -28,6 +30,7 @@ impl Exit {
             409 => Exit::Conflict,
             400 | 413 | 422 => Exit::Invalid,
             503 => Exit::Unavailable,
+            401 | 403 => Exit::Unauthorized,
             _ => Exit::Other,
         }
     }
@@ -278,7 +281,7 @@ mod tests {
 
     #[test]
     fn statuses_map_to_documented_exit_codes() {
-        let cases = [(400, 5), (401, 1), (404, 3), (409, 4), (413, 5), (422, 5), (500, 1), (503, 6)];
+        let cases = [(400, 5), (401, 7), (403, 7), (404, 3), (409, 4), (413, 5), (422, 5), (500, 1), (503, 6)];
         for (status, exit) in cases {
             assert_eq!(Exit::from_status(status) as u8, exit, "HTTP {status}");
         }

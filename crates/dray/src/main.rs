@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cli { server, json, command } = cli;
+    let Cli { server, json, token, command } = cli;
     if let Command::Serve(serve) = command {
         return cmd::serve::run(serve.args).await;
     }
@@ -48,7 +48,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man(args) => return cmd::meta::man(args),
         _ => {}
     }
-    let client = dray_client::Client::new(&server)?;
+    let mut builder = dray_client::Client::builder(&server);
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
     match command {
         Command::Serve(_) | Command::Migrate(_) | Command::Health(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")
@@ -58,5 +62,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => cmd::dlq::run(&client, command, json).await,
         Command::Queues(command) => cmd::queues::run(&client, command, json).await,
         Command::Work(args) => cmd::work::run(client, args, json).await,
+        Command::Tokens(command) => cmd::tokens::run(&client, command, json).await,
     }
 }

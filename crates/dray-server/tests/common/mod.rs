@@ -195,3 +195,10 @@ impl HalfSent {
         parse_response(&buf)
     }
 }
+
+/// POSTs `body` with a bearer token, expects 201, and returns the `id` of the answer.
+pub async fn post_with(addr: SocketAddr, path: &str, body: Value, token: &str) -> u64 {
+    let auth = format!("Bearer {token}");
+    let reply = request(addr, "POST", path, &[("Authorization", &auth)], body.to_string().as_bytes()).await.expect(201);
+    reply.value()["id"].as_u64().unwrap()
+}

@@ -8,4 +8,5 @@ pub mod meta;
 pub mod migrate;
 pub mod queues;
 pub mod serve;
+pub mod tokens;
 pub mod work;
