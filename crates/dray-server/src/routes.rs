@@ -279,7 +279,12 @@ async fn job_cancel(
         (status = 409, description = "The job is not scheduled or retrying (`not-allowed`, `already-finished`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn job_promote(State(app): State<App>, JobIdParam(job): JobIdParam) -> Result<Json<PromoteResponse>, ApiError> {
+async fn job_promote(
+    State(app): State<App>,
+    principal: Principal,
+    JobIdParam(job): JobIdParam,
+) -> Result<Json<PromoteResponse>, ApiError> {
+    principal.check_job(&*app.store, ScopeKind::Admin, job).await?;
     let state = app.store.job_promote(JobPromote { now: app.clock.now(), job }).await?;
     if let Some(found) = app.store.job_get(job).await? {
         app.waiters.wake([&found.queue]);
@@ -616,8 +621,10 @@ async fn queue_put(
 )]
 async fn queue_delete(
     State(app): State<App>,
+    principal: Principal,
     QueueNameParam(name): QueueNameParam,
 ) -> Result<Json<QueueDeletedResponse>, ApiError> {
+    principal.check(ScopeKind::Admin, &name)?;
     let deleted = app.store.queue_delete(QueueDelete { now: app.clock.now(), queue: name.clone() }).await?;
     Ok(Json(QueueDeletedResponse { name: name.to_string(), jobs_deleted: deleted.jobs_deleted }))
 }

@@ -756,6 +756,8 @@ impl Server {
     /// `METHOD PATH` with an optional JSON body; asserts the status, returns the JSON answer.
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>, status: u16) -> Value {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.process.url));
+        // The server refuses a write without a JSON content type, body or not.
+        request = request.header("content-type", "application/json");
         if let Some(body) = body {
             request = request.json(&body);
         }
