@@ -317,6 +317,12 @@ mod tests {
         async fn job_cancel(&self, _: JobCancel) -> Result<JobState, Error> {
             panic!("maintenance must not call this: it never cancels")
         }
+        async fn job_promote(&self, _: dray_store::JobPromote) -> Result<JobState, Error> {
+            panic!("maintenance must not call this: it promotes due jobs with jobs_promote")
+        }
+        async fn queue_delete(&self, _: dray_store::QueueDelete) -> Result<dray_store::QueueDeleted, Error> {
+            panic!("maintenance must not call this: it never deletes queues")
+        }
         async fn job_get(&self, _: JobId) -> Result<Option<Job>, Error> {
             panic!("maintenance must not call this: it never reads jobs")
         }

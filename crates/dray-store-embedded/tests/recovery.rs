@@ -412,6 +412,8 @@ fn close_snapshots_when_the_log_since_the_last_snapshot_is_worth_it() {
     let store = EmbeddedStore::open_with_fs(Arc::new(sim.clone()), c.clone()).unwrap();
     assert!(store.log_bytes_since_snapshot() < 1_024, "{} bytes left to replay", store.log_bytes_since_snapshot());
     assert_eq!(rt.block_on(all_jobs(&store)), jobs);
+}
+
 /// Guards that API tokens are part of snapshots: a token filed before a snapshot (whose log
 /// segment the snapshot then deletes) and a revocation logged after it both survive a restart.
 #[tokio::test]

@@ -95,6 +95,9 @@ pub enum Command {
     /// Print the man page (roff), or write one page per command into a directory with `--dir`.
     #[command(after_long_help = MAN_HELP)]
     Man(ManArgs),
+    /// API tokens: create, list, revoke (needs an admin token).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 const COMPLETIONS_HELP: &str = "\
@@ -129,12 +132,6 @@ pub struct ManArgs {
     /// directory instead of printing `dray.1` on stdout.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-
-}
-
-    /// API tokens: create, list, revoke (needs an admin token).
-    #[command(subcommand)]
-    Tokens(TokensCommand),
 }
 
 #[derive(Debug, Subcommand)]
