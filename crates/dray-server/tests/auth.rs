@@ -137,6 +137,9 @@ fn sample(method: &str, path: &str, job: u64, token_id: &str) -> (String, Option
         ("POST", "/dashboard/login") => Some(json!({ "token": ADMIN })),
         ("POST", "/dashboard/logout") => None,
         ("POST", "/v1/jobs/{id}/cancel" | "/v1/queues/{name}/pause" | "/v1/queues/{name}/resume") => None,
+        // Refused with 409 by the state of the job or the queue (it holds the job): never deleted.
+        ("POST", "/v1/jobs/{id}/promote") => None,
+        ("DELETE", "/v1/queues/{name}") => None,
         ("GET", _) => None,
         _ => panic!("no sample request for {method} {path}: add one to this test"),
     };
