@@ -11,7 +11,8 @@ use std::time::Duration;
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Token, TokenCreate, TokenCreated, TokenList,
+    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
+    QueueDeletedResponse, QueueList, Token, TokenCreate, TokenCreated, TokenList,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;

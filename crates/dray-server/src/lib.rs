@@ -175,7 +175,6 @@ fn durability_text(durability: dray_store_embedded::Durability) -> String {
         Durability::Interval { ms } => format!("interval={ms}"),
         Durability::Never => "never".to_owned(),
     }
-
 }
 
 /// With `--auth required` and no admin token file, someone must already hold a token, or nobody

@@ -8,7 +8,8 @@
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
     Acked, DeadDiscard, DeadRedrive, Error, Expired, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList,
-    JobPage, JobPromote, LeasedJob, LeaseExtend, LeaseExtended, Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
+    JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete,
+    QueueDeleted, QueueStats, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
 };
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::PostgresStore;
