@@ -213,13 +213,14 @@ async fn workers_lists_who_polls_and_the_leases_still_held() {
     let list = get(addr, "/v1/workers").await.expect(200).value();
     assert_eq!((&list["workers"][0]["state"], &list["workers"][0]["leases"]), (&json!("idle"), &json!([])), "{list:#}");
 
-    // A worker long-polling shows as polling, first in the list (seen now).
+    // A worker long-polling shows as polling. (It is listed by when it was last seen, which
+    // can be the same millisecond as w1's last ack, so it is found by its id.)
     let waiting = tokio::spawn(post(addr, "/v1/lease", json!({"queues": ["idle"], "worker": "w2", "wait_ms": 30_000})));
     while server.lease_waiting() != 1 {
         tokio::task::yield_now().await;
     }
     let list = get(addr, "/v1/workers").await.expect(200).value();
-    let w2 = &list["workers"][0];
+    let w2 = list["workers"].as_array().unwrap().iter().find(|w| w["id"] == "w2").expect("w2 is listed");
     assert_eq!((&w2["id"], &w2["queues"], &w2["polling"]), (&json!("w2"), &json!(["idle"]), &json!(1)), "{list:#}");
     assert_eq!((&w2["leases"], &w2["state"]), (&json!([]), &json!("idle")));
     server.shutdown().await.unwrap();
