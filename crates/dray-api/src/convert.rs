@@ -345,6 +345,7 @@ impl From<&dray_store::QueueStats> for Queue {
             lease_ms: c.lease_ms,
             retention_ms: c.retention_ms,
             retention_dead_ms: c.retention_dead_ms,
+            payload_schema: c.payload_schema.as_ref().and_then(|s| serde_json::from_str(s.as_str()).ok()),
             counts: StateCounts {
                 scheduled: q.count(S::Scheduled),
                 available: q.count(S::Available),
@@ -361,12 +362,14 @@ impl From<&dray_store::QueueStats> for Queue {
 
 impl QueueConfigure {
     /// The store's change request. A new `attempts_max` or `backoff` alone keeps the other half of
-    /// the retry policy: `current` supplies it.
+    /// the retry policy: `current` supplies it. `payload_schema` is this request's schema change,
+    /// once the server has checked that the schema applies.
     pub fn to_store(
         &self,
         now: Timestamp,
         name: QueueName,
         current: &dray_core::RetryPolicy,
+        payload_schema: Option<Option<dray_store::PayloadSchema>>,
     ) -> dray_store::QueueConfigure {
         let retry = (self.attempts_max.is_some() || self.backoff.is_some()).then(|| dray_core::RetryPolicy {
             attempts_max: self.attempts_max.unwrap_or(current.attempts_max),
@@ -380,6 +383,7 @@ impl QueueConfigure {
             retention_ms: self.retention_ms,
             retention_dead_ms: self.retention_dead_ms,
             paused: self.paused,
+            payload_schema,
         }
     }
 }
@@ -553,7 +557,15 @@ impl JobQuery {
 
 impl DeadActionResponse {
     pub fn new(ids: &[dray_core::JobId], dry_run: bool) -> DeadActionResponse {
-        DeadActionResponse { ids: ids.iter().map(|id| id.0).collect(), count: ids.len(), dry_run }
+        DeadActionResponse { ids: ids.iter().map(|id| id.0).collect(), count: ids.len(), dry_run, rejected: Vec::new() }
+    }
+
+    /// A redrive's answer: `count` is the jobs moved back; `rejected` those left dead.
+    pub fn redriven(r: &dray_store::Redriven, dry_run: bool) -> DeadActionResponse {
+        DeadActionResponse {
+            rejected: r.rejected.iter().map(|id| id.0).collect(),
+            ..DeadActionResponse::new(&r.ids, dry_run)
+        }
     }
 }
 

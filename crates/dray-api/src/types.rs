@@ -293,7 +293,7 @@ pub struct LeaseView {
 pub struct HistoryEntry {
     pub at: String,
     /// `enqueued`, `promoted`, `leased`, `completed`, `failed`, `expired`, `cancel_requested`,
-    /// `cancelled`, `redriven`.
+    /// `cancelled`, `redriven`, `rejected` (a redrive refused by the queue's payload schema).
     pub event: String,
     /// The state after the event.
     pub state: State,
@@ -458,6 +458,10 @@ pub struct DeadActionResponse {
     pub ids: Vec<u64>,
     pub count: usize,
     pub dry_run: bool,
+    /// Redrive only: jobs left dead with reason `rejected`, their payload no longer matching
+    /// their queue's `payload_schema` (their `last_error` says where).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<u64>,
 }
 
 /// `PUT /v1/queues/{name}`: creates the queue or changes the fields given.
@@ -478,6 +482,16 @@ pub struct QueueConfigure {
     pub retention_dead_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// A JSON Schema every new payload must match (checked at enqueue and at redrive); `null`
+    /// removes it. Self-contained: remote `$ref`s are not fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub payload_schema: Option<Option<serde_json::Value>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value (`Some(Some(v))`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<serde_json::Value>>, D::Error> {
+    Ok(Some(Option::<serde_json::Value>::deserialize(d)?))
 }
 
 /// How many of a queue's jobs are in each state.
@@ -502,6 +516,10 @@ pub struct Queue {
     pub lease_ms: u64,
     pub retention_ms: u64,
     pub retention_dead_ms: u64,
+    /// The JSON Schema payloads must match, when the queue has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload_schema: Option<serde_json::Value>,
     pub counts: StateCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_dead_at: Option<String>,

@@ -160,10 +160,13 @@ pub enum HistoryKind {
     CancelRequested,
     Cancelled,
     Redriven,
+    /// A redrive was refused: the payload no longer matches the queue's schema. The job stays
+    /// dead, now with reason `rejected`.
+    Rejected,
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 9] = [
+    pub const ALL: [HistoryKind; 10] = [
         HistoryKind::Enqueued,
         HistoryKind::Promoted,
         HistoryKind::Leased,
@@ -173,6 +176,7 @@ impl HistoryKind {
         HistoryKind::CancelRequested,
         HistoryKind::Cancelled,
         HistoryKind::Redriven,
+        HistoryKind::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,6 +190,7 @@ impl HistoryKind {
             HistoryKind::CancelRequested => "cancel_requested",
             HistoryKind::Cancelled => "cancelled",
             HistoryKind::Redriven => "redriven",
+            HistoryKind::Rejected => "rejected",
         }
     }
 }

@@ -28,6 +28,8 @@ impl Limits {
     /// The text a job list may search last errors for.
     pub const ERROR_FILTER_BYTES_MAX: usize = 256;
     pub const CHECKPOINT_BYTES_MAX: usize = 64 * 1024;
+    /// A queue's JSON Schema for payloads, as JSON text.
+    pub const PAYLOAD_SCHEMA_BYTES_MAX: usize = 64 * 1024;
     pub const PROGRESS_BYTES_MAX: usize = 4 * 1024;
     /// Longer error messages are truncated (not rejected): refusing a failure report would leave
     /// the job running until its lease expires, which loses more than the tail of a message.

@@ -53,6 +53,11 @@ pub enum Event<'a> {
     /// An operator's "run now": a scheduled or retrying job becomes available at once instead of
     /// at its time (its attempts are not reset).
     PromoteNow,
+    /// A redrive refused before any attempt: the dead job stays dead, with reason `rejected` and
+    /// `error` saying why (its payload no longer matches the queue's schema).
+    Reject {
+        error: &'a str,
+    },
 }
 
 /// The kind of an [`Event`], without its data: for tables, logs and rejections.
@@ -67,6 +72,7 @@ pub enum EventKind {
     Cancel,
     Redrive,
     PromoteNow,
+    Reject,
     /// Not an event of [`transition`]: deleting a dead job. Named here so a refusal to discard a
     /// job that is not dead reads right.
     Discard,
@@ -84,6 +90,7 @@ impl Event<'_> {
             Event::Cancel => EventKind::Cancel,
             Event::Redrive => EventKind::Redrive,
             Event::PromoteNow => EventKind::PromoteNow,
+            Event::Reject { .. } => EventKind::Reject,
         }
     }
 }
@@ -100,6 +107,7 @@ impl fmt::Display for EventKind {
             EventKind::Expire => "expire",
             EventKind::Cancel => "cancel",
             EventKind::Redrive => "redrive",
+            EventKind::Reject => "reject",
             EventKind::Discard => "discard",
         };
         f.write_str(s)
@@ -335,6 +343,21 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
             };
             let history = entry(HistoryKind::Redriven, &status);
             Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
+        }
+
+        Event::Reject { error } => {
+            if state != JobState::Dead {
+                return Err(not_allowed());
+            }
+            let error = truncate_utf8(error, Limits::ERROR_BYTES_MAX);
+            let status = JobStatus {
+                dead_reason: Some(DeadReason::Rejected),
+                last_error: Some(error.into()),
+                ..current.clone()
+            };
+            let history = HistoryEntry { error: Some(error.into()), ..entry(HistoryKind::Rejected, &status) };
+            let effects = vec![Effect::DeadLettered { reason: DeadReason::Rejected }];
+            Ok(Transition { status, history: Some(history), effects })
         }
     }
 }

@@ -171,6 +171,7 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         ("expire", Event::Expire),
         ("cancel", Event::Cancel),
         ("redrive", Event::Redrive),
+        ("reject", Event::Reject { error: "payload at /n: not an integer" }),
     ]
 }
 
@@ -306,6 +307,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when scheduled)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
+        reject                 => rejected NotAllowed(reject when scheduled)
 
         ## scheduled.due_now: scheduled attempt=0/3 run_at=now
         promote                => available attempt=0 | history=promoted | became_available
@@ -320,6 +322,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when scheduled)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
+        reject                 => rejected NotAllowed(reject when scheduled)
 
         ## available: available attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when available)
@@ -334,6 +337,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when available)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when available)
+        reject                 => rejected NotAllowed(reject when available)
 
         ## running: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -348,6 +352,7 @@ fn transition_table() {
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.cancel_requested: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -362,6 +367,7 @@ fn transition_table() {
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.cancel_requested.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -376,6 +382,7 @@ fn transition_table() {
         expire                 => cancelled attempt=1 cancel_requested finished_at=now last_error="lease expired" | history=expired/token=7/worker=worker-1 | finished
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.last_attempt: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -390,6 +397,7 @@ fn transition_table() {
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.last_attempt.deadline_passed: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -404,6 +412,7 @@ fn transition_table() {
         expire                 => dead attempt=3 dead_reason=lease_expired finished_at=now last_error="lease expired" | history=expired/token=7/worker=worker-1 | dead_lettered(lease_expired),finished
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.deadline_now: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now
         promote                => rejected NotAllowed(promote when running)
@@ -418,6 +427,7 @@ fn transition_table() {
         expire                 => retrying attempt=1 run_at=now+500 last_error="lease expired" | history=expired/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## running.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -432,6 +442,7 @@ fn transition_table() {
         expire                 => retrying attempt=1 run_at=now+500 last_error="lease expired" | history=expired/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
 
         ## retrying.early: retrying attempt=1/3 run_at=now+4000
         promote                => rejected NotDue(run_at=now+4000)
@@ -446,6 +457,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when retrying)
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
+        reject                 => rejected NotAllowed(reject when retrying)
 
         ## retrying.due: retrying attempt=1/3 run_at=now-5000
         promote                => available attempt=1 | history=promoted | became_available
@@ -460,6 +472,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when retrying)
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
+        reject                 => rejected NotAllowed(reject when retrying)
 
         ## completed: completed attempt=1/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when completed)
@@ -474,6 +487,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when completed)
         cancel                 => rejected AlreadyFinished(completed)
         redrive                => rejected NotAllowed(redrive when completed)
+        reject                 => rejected NotAllowed(reject when completed)
 
         ## dead: dead attempt=3/3 run_at=now-43000 dead_reason=failed
         promote                => rejected NotAllowed(promote when dead)
@@ -488,6 +502,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when dead)
         cancel                 => rejected AlreadyFinished(dead)
         redrive                => available attempt=0 run_at=now finished_at=- | history=redriven | became_available
+        reject                 => dead attempt=3 dead_reason=rejected last_error="payload at /n: not an integer" | history=rejected | dead_lettered(rejected)
 
         ## cancelled: cancelled attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when cancelled)
@@ -502,6 +517,7 @@ fn transition_table() {
         expire                 => rejected NotAllowed(expire when cancelled)
         cancel                 => cancelled attempt=0 | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when cancelled)
+        reject                 => rejected NotAllowed(reject when cancelled)
 
     "###]].assert_eq(&table());
 }

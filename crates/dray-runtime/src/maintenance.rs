@@ -329,7 +329,8 @@ mod tests {
         async fn job_list(&self, _: JobList) -> Result<JobPage, Error> {
             panic!("maintenance must not call this: it never lists jobs")
         }
-        async fn dead_redrive(&self, _: DeadRedrive) -> Result<Vec<JobId>, Error> {
+        fn payload_check_set(&self, _: std::sync::Arc<dyn dray_store::PayloadCheck>) {}
+        async fn dead_redrive(&self, _: DeadRedrive) -> Result<dray_store::Redriven, Error> {
             panic!("maintenance must not call this: it never redrives")
         }
         async fn dead_discard(&self, _: DeadDiscard) -> Result<Vec<JobId>, Error> {

@@ -27,6 +27,7 @@ mod login;
 mod observe;
 mod problem;
 mod routes;
+mod schema;
 mod store;
 mod tokens;
 mod waiters;
@@ -92,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", config.listen()))?;
     let addr = listener.local_addr().context("the listener has no local address")?;
     let store = Arc::new(open_store(&config).await?);
+    dray_store::Store::payload_check_set(&*store, Arc::new(schema::SchemaCheck::default()));
     if let Err(e) = check_auth(&config, &store).await {
         drop(listener);
         close_store(store, Duration::ZERO).await?;

@@ -510,12 +510,12 @@ async fn dead_redrive(
     let selection = body.to_selection()?;
     check_selection(&app, &principal, &selection).await?;
     let p = DeadRedrive { now: app.clock.now(), selection, dry_run: body.dry_run };
-    let ids = app.store.dead_redrive(p).await?;
-    if !body.dry_run && !ids.is_empty() {
+    let redriven = app.store.dead_redrive(p).await?;
+    if !body.dry_run && !redriven.ids.is_empty() {
         app.waiters.wake_all();
-        app.observe.redriven(&ids);
+        app.observe.redriven(&redriven.ids);
     }
-    Ok(Json(DeadActionResponse::new(&ids, body.dry_run)))
+    Ok(Json(DeadActionResponse::redriven(&redriven, body.dry_run)))
 }
 
 /// Delete dead jobs for good (by `ids`, or by filter up to `limit`). `dry_run` reports only.
@@ -601,7 +601,12 @@ async fn queue_put(
         Err(Error::QueueNotFound(_)) => QueueConfig::new(name.clone()).retry,
         Err(e) => return Err(e.into()),
     };
-    app.store.queue_configure(body.to_store(app.clock.now(), name.clone(), &current)).await?;
+    let schema = match &body.payload_schema {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(schema)) => Some(Some(crate::schema::SchemaCheck::accept(schema)?)),
+    };
+    app.store.queue_configure(body.to_store(app.clock.now(), name.clone(), &current, schema)).await?;
     if body.paused == Some(false) {
         app.waiters.wake([&name]);
     }

@@ -93,6 +93,13 @@ macro_rules! delegate {
 }
 
 impl Store for AnyStore {
+    fn payload_check_set(&self, check: std::sync::Arc<dyn dray_store::PayloadCheck>) {
+        match self {
+            AnyStore::Embedded(s) => s.payload_check_set(check),
+            AnyStore::Postgres(s) => s.payload_check_set(check),
+        }
+    }
+
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
         delegate!(self.job_insert(p))
     }
@@ -121,7 +128,7 @@ impl Store for AnyStore {
         delegate!(self.job_list(p))
     }
 
-    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
+    async fn dead_redrive(&self, p: DeadRedrive) -> Result<dray_store::Redriven, Error> {
         delegate!(self.dead_redrive(p))
     }
 

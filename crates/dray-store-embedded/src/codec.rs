@@ -11,7 +11,7 @@ use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
     Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
 };
-use dray_store::{QueueConfig, TokenRecord};
+use dray_store::{PayloadSchema, QueueConfig, TokenRecord};
 
 /// A change as it is logged: the result of a transition, not the request that caused it, so replay
 /// never re-runs policy (and never needs the random numbers the change used).
@@ -126,6 +126,9 @@ pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
     put_u64(buf, config.retention_ms);
     put_u64(buf, config.retention_dead_ms);
     buf.push(config.paused as u8);
+    // Added after the first release: a record that ends here (written by an older version) has
+    // no schema.
+    put_opt_str(buf, config.payload_schema.as_ref().map(|s| s.as_str()));
 }
 
 pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
@@ -354,6 +357,7 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             retention_ms: d.u64("retention_ms")?,
             retention_dead_ms: d.u64("retention_dead_ms")?,
             paused: d.bool("paused")?,
+            payload_schema: if d.at_end() { None } else { d.opt_str("payload_schema")?.map(|s| PayloadSchema::new(s)) },
         }),
         TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
         TAG_JOB_UPDATE => {
@@ -400,6 +404,11 @@ impl<'a> Dec<'a> {
         let mut out = [0u8; N];
         out.copy_from_slice(s);
         Ok(out)
+    }
+
+    /// Every byte of the record is read: an optional field added later is absent.
+    fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {

@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     stop: (Mutex<bool>, Condvar),
     snapshotter: Mutex<Option<JoinHandle<()>>>,
     _dir_lock: Box<dyn std::any::Any + Send + Sync>,
+    /// Checks payloads against queue schemas, once the server has set it.
+    pub(crate) payload_check: std::sync::OnceLock<Arc<dyn dray_store::PayloadCheck>>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +186,7 @@ impl EmbeddedStore {
             stop: (Mutex::new(false), Condvar::new()),
             snapshotter: Mutex::new(None),
             _dir_lock: dir_lock,
+            payload_check: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&inner);
         let handle = std::thread::Builder::new()

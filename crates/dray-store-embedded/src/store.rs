@@ -14,7 +14,7 @@ use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejec
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
     JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store,
+    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, Store,
 };
 
 use crate::codec;
@@ -309,10 +309,15 @@ enum Planned {
 }
 
 impl Store for EmbeddedStore {
+    fn payload_check_set(&self, check: Arc<dyn dray_store::PayloadCheck>) {
+        let _ = self.inner.payload_check.set(check);
+    }
+
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
         p.validate()?;
         let window = self.inner.config.idempotency_window_ms;
         let budget = self.inner.config.memory_budget_bytes;
+        let check = self.inner.payload_check.get().cloned();
         let JobInsert { now, jobs } = p;
         self.write(true, move |state, changes| {
             // Decide everything before writing anything: the batch is all or nothing.
@@ -348,6 +353,10 @@ impl Store for EmbeddedStore {
                 }
                 match planned {
                     Planned::New => {
+                        if let Some(config) = state.queue_config(&job.queue) {
+                            dray_store::payload_checked(check.as_deref(), config, &job.payload)
+                                .map_err(|e| e.in_batch(i))?;
+                        }
                         ids.push(JobId(next_id));
                         next_id += 1;
                         bytes_new += job.payload.len() as u64 + 600;
@@ -555,18 +564,34 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
+    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Redriven, Error> {
         p.selection.validate()?;
         let DeadRedrive { now, selection, dry_run } = p;
+        let check = self.inner.payload_check.get().cloned();
         self.write(false, move |state, changes| {
-            let ids = dead_ids(state, &selection, dray_core::transition::EventKind::Redrive)?;
-            if !dry_run {
-                for &id in &ids {
-                    let t = transition(&state.jobs[&id], Event::Redrive, now, 0).map_err(|r| rejected(id, r))?;
+            let mut out = Redriven::default();
+            for id in dead_ids(state, &selection, dray_core::transition::EventKind::Redrive)? {
+                let job = &state.jobs[&id];
+                let refusal = match state.queue_config(&job.queue) {
+                    Some(config) => dray_store::payload_checked(check.as_deref(), config, &job.payload).err(),
+                    None => None,
+                };
+                let event = match &refusal {
+                    Some(refused) => {
+                        out.rejected.push(id);
+                        Event::Reject { error: &refused.message }
+                    }
+                    None => {
+                        out.ids.push(id);
+                        Event::Redrive
+                    }
+                };
+                if !dry_run {
+                    let t = transition(job, event, now, 0).map_err(|r| rejected(id, r))?;
                     update(state, changes, id, t)?;
                 }
             }
-            Ok(ids)
+            Ok(out)
         })
         .await
     }

@@ -463,7 +463,7 @@ impl Workload {
     async fn redrive(&mut self) -> Outcome {
         let selection = self.dead_selection(3);
         let dry_run = self.rng.below(5) == 0;
-        let result = self.store().dead_redrive(DeadRedrive { now: self.now, selection, dry_run }).await;
+        let result = self.store().dead_redrive(DeadRedrive { now: self.now, selection, dry_run }).await.map(|r| r.ids);
         if let Ok(ids) = &result
             && !dry_run
         {

@@ -41,7 +41,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "leader", sql: Sql::Text(V3_LEADER) },
     Migration { version: 4, name: "tokens", sql: Sql::Text(V4_TOKENS) },
     Migration { version: 5, name: "enqueue_compares_values", sql: Sql::Derived(v5_enqueue_compares_values) },
+    Migration { version: 6, name: "payload_schema", sql: Sql::Text(V6_PAYLOAD_SCHEMA) },
 ];
+
+/// A queue's JSON Schema for payloads (checked by the server, which holds the validator), and
+/// the history kind `rejected` (a redrive refused because the payload no longer matches it).
+const V6_PAYLOAD_SCHEMA: &str = "
+ALTER TABLE {s}.queues ADD COLUMN payload_schema text
+    CHECK (octet_length(payload_schema) BETWEEN 1 AND __PAYLOAD_SCHEMA_BYTES_MAX__);
+ALTER TABLE {s}.job_history DROP CONSTRAINT job_history_kind_check;
+ALTER TABLE {s}.job_history ADD CONSTRAINT job_history_kind_check CHECK (kind IN (__KINDS__));
+";
 
 /// `enqueue()` as in migration 2, with two changes. An idempotency key repeated with the same
 /// JSON value returns the existing job even when the text differs (spacing, member order,
@@ -630,6 +640,7 @@ pub(crate) fn render(sql: &str, schema: &str) -> String {
         .replace("__STATES__", &list(&mut JobState::ALL.iter().map(|s| s.as_str())))
         .replace("__DEAD_REASONS__", &list(&mut dray_core::DeadReason::ALL.iter().map(|r| r.as_str())))
         .replace("__KINDS__", &list(&mut dray_core::HistoryKind::ALL.iter().map(|k| k.as_str())))
+        .replace("__PAYLOAD_SCHEMA_BYTES_MAX__", &dray_core::Limits::PAYLOAD_SCHEMA_BYTES_MAX.to_string())
 }
 
 /// What [`migrate`] did.

@@ -8,7 +8,7 @@ use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
     Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
 };
-use dray_store::{Error, JobSummary, QueueConfig, QueueStats};
+use dray_store::{Error, JobSummary, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
@@ -219,6 +219,7 @@ pub(crate) fn queue_from_row(row: &Row) -> Result<QueueConfig, Error> {
         retention_ms: u64_of(get(row, "retention_ms")?, "retention_ms")?,
         retention_dead_ms: u64_of(get(row, "retention_dead_ms")?, "retention_dead_ms")?,
         paused: get(row, "paused")?,
+        payload_schema: get::<Option<String>>(row, "payload_schema")?.map(PayloadSchema::new),
     };
     Ok(config)
 }

@@ -20,7 +20,7 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j
      j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
-     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused";
+     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema";
 
 const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
      j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
@@ -302,16 +302,24 @@ SELECT id FROM gone";
 
 const QUEUE_ENSURE_ONE: &str = "
 INSERT INTO {s}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms, retention_ms,
-                        retention_dead_ms, paused)
-VALUES ($1::text, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bool)
+                        retention_dead_ms, paused, payload_schema)
+VALUES ($1::text, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bool,
+        $10::text)
 ON CONFLICT (name) DO NOTHING";
+
+/// The payload schemas of the queues named in `$1` that have one.
+const QUEUE_SCHEMAS: &str =
+    "SELECT name, payload_schema FROM {s}.queues WHERE name = ANY($1::text[]) AND payload_schema IS NOT NULL";
+
+/// The payloads of the jobs `$1`.
+const PAYLOADS_READ: &str = "SELECT id, payload FROM {s}.jobs WHERE id = ANY($1::bigint[])";
 
 const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
 
 const QUEUE_UPDATE: &str = "
 UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
     backoff_cap_ms = $5::bigint, lease_ms = $6::bigint, retention_ms = $7::bigint, retention_dead_ms = $8::bigint,
-    paused = $9::bool
+    paused = $9::bool, payload_schema = $10::text
 WHERE name = $1::text";
 
 /// Configuration and counts per state of one queue (`$1`) or every queue (`$1` NULL), in one
@@ -394,6 +402,8 @@ pub(crate) struct Sql {
     pub queue_delete_lock: String,
     pub queue_delete_check: String,
     pub queue_delete: String,
+    pub queue_schemas: String,
+    pub payloads_read: String,
 }
 
 impl Sql {
@@ -427,6 +437,8 @@ impl Sql {
             queue_delete_lock: r(QUEUE_DELETE_LOCK),
             queue_delete_check: r(QUEUE_DELETE_CHECK),
             queue_delete: r(QUEUE_DELETE),
+            queue_schemas: r(QUEUE_SCHEMAS),
+            payloads_read: r(PAYLOADS_READ),
         }
     }
 

@@ -17,6 +17,7 @@
 
 use dray_core::json::same_value;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -28,8 +29,9 @@ use dray_core::{
 };
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
-    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Store,
+    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
+    PayloadSchema, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, Store,
+    payload_checked,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
@@ -66,6 +68,8 @@ pub struct PostgresStore {
     rng: Rng,
     /// Whether this node leads; once an election runs, maintenance calls act only while it does.
     leadership: Leadership,
+    /// Checks payloads against queue schemas, once the server has set it.
+    payload_check: std::sync::OnceLock<Arc<dyn PayloadCheck>>,
 }
 
 /// Connections enqueues may hold at once out of a pool of `pool_size_max`: all but a quarter (at
@@ -238,6 +242,7 @@ impl PostgresStore {
             leadership: Leadership::new(&config),
             config,
             rng: Rng::from_os(),
+            payload_check: std::sync::OnceLock::new(),
         })
     }
 
@@ -555,6 +560,15 @@ impl PostgresStore {
             plan.push(planned);
         }
 
+        if let Some(check) = self.payload_check.get() {
+            for (i, (job, planned)) in p.jobs.iter().zip(&plan).enumerate() {
+                if matches!(planned, Planned::New) {
+                    payload_checked(Some(check.as_ref()), &configs[job.queue.as_str()], &job.payload)
+                        .map_err(|e| e.in_batch(i))?;
+                }
+            }
+        }
+
         let mut new_jobs: Vec<Job> = Vec::new();
         for (new, planned) in p.jobs.iter().zip(&plan) {
             if matches!(planned, Planned::New) {
@@ -859,24 +873,79 @@ impl PostgresStore {
         Ok(tx.query(&st, &filter_params(after.unwrap_or(0), limit, &extra).refs()).await?)
     }
 
-    async fn redrive_in(&self, tx: &Transaction<'_>, p: &DeadRedrive) -> Result<Vec<JobId>, Fail> {
+    async fn redrive_in(&self, tx: &Transaction<'_>, p: &DeadRedrive) -> Result<Redriven, Fail> {
         let (now, mut jobs) = tokio::try_join!(
             self.now(tx, p.now),
             self.dead_selected(tx, &p.selection, EventKind::Redrive, !p.dry_run)
         )?;
-        let ids: Vec<JobId> = jobs.iter().map(|l| l.job.id).collect();
-        if p.dry_run {
-            return Ok(ids);
-        }
+        let refusals = self.schema_refusals(tx, &jobs).await?;
+        let mut out = Redriven::default();
         for l in &mut jobs {
-            let t = transition(&l.job, Event::Redrive, now, 0).map_err(|r| rejected(l.job.id, r))?;
-            l.apply(t);
+            let id = l.job.id;
+            let event = match refusals.get(&id) {
+                Some(error) => {
+                    out.rejected.push(id);
+                    Event::Reject { error }
+                }
+                None => {
+                    out.ids.push(id);
+                    Event::Redrive
+                }
+            };
+            if !p.dry_run {
+                let t = transition(&l.job, event, now, 0).map_err(|r| rejected(id, r))?;
+                l.apply(t);
+            }
         }
-        let mut notify: Vec<&str> = jobs.iter().map(|l| l.job.queue.as_str()).collect();
+        if p.dry_run {
+            return Ok(out);
+        }
+        let mut notify: Vec<&str> =
+            jobs.iter().filter(|l| !refusals.contains_key(&l.job.id)).map(|l| l.job.queue.as_str()).collect();
         notify.sort_unstable();
         notify.dedup();
         self.write(tx, &jobs, &notify).await?;
-        Ok(ids)
+        Ok(out)
+    }
+
+    /// Why each of `jobs` may not be redriven: its payload does not match its queue's schema.
+    /// Reads payloads only for jobs whose queue has a schema.
+    async fn schema_refusals(&self, tx: &Transaction<'_>, jobs: &[Loaded]) -> Result<HashMap<JobId, String>, Fail> {
+        let mut refusals = HashMap::new();
+        let Some(check) = self.payload_check.get() else { return Ok(refusals) };
+        if jobs.is_empty() {
+            return Ok(refusals);
+        }
+        let mut queues: Vec<&str> = jobs.iter().map(|l| l.job.queue.as_str()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let st = prep(tx, &self.sql.queue_schemas).await?;
+        let mut schemas: HashMap<String, PayloadSchema> = HashMap::new();
+        for row in tx.query(&st, &[&queues]).await? {
+            schemas.insert(get(&row, "name")?, PayloadSchema::new(get::<String>(&row, "payload_schema")?));
+        }
+        let checked: Vec<i64> = jobs
+            .iter()
+            .filter(|l| schemas.contains_key(l.job.queue.as_str()))
+            .filter_map(|l| id_to_sql(l.job.id))
+            .collect();
+        if checked.is_empty() {
+            return Ok(refusals);
+        }
+        let st = prep(tx, &self.sql.payloads_read).await?;
+        let mut payloads: HashMap<JobId, Payload> = HashMap::new();
+        for row in tx.query(&st, &[&checked]).await? {
+            payloads.insert(id_from_sql(get(&row, "id")?)?, Payload::new(get::<Vec<u8>>(&row, "payload")?));
+        }
+        for l in jobs {
+            let (Some(schema), Some(payload)) = (schemas.get(l.job.queue.as_str()), payloads.get(&l.job.id)) else {
+                continue;
+            };
+            if let Err(error) = check.check(schema, payload) {
+                refusals.insert(l.job.id, error);
+            }
+        }
+        Ok(refusals)
     }
 
     async fn discard_in(&self, tx: &Transaction<'_>, p: &DeadDiscard) -> Result<Vec<JobId>, Fail> {
@@ -1382,6 +1451,7 @@ struct QueueColumns {
     retention: i64,
     retention_dead: i64,
     paused: bool,
+    payload_schema: Option<String>,
 }
 
 impl QueueColumns {
@@ -1395,10 +1465,11 @@ impl QueueColumns {
             retention: ms_to_sql(c.retention_ms),
             retention_dead: ms_to_sql(c.retention_dead_ms),
             paused: c.paused,
+            payload_schema: c.payload_schema.as_ref().map(|s| s.as_str().to_owned()),
         }
     }
 
-    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 9] {
+    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 10] {
         [
             name,
             &self.attempts_max,
@@ -1409,6 +1480,7 @@ impl QueueColumns {
             &self.retention,
             &self.retention_dead,
             &self.paused,
+            &self.payload_schema,
         ]
     }
 }
@@ -1440,6 +1512,10 @@ fn filter_params(after: i64, limit: usize, extra: &FilterParams) -> OwnedParams 
 }
 
 impl Store for PostgresStore {
+    fn payload_check_set(&self, check: Arc<dyn PayloadCheck>) {
+        let _ = self.payload_check.set(check);
+    }
+
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
         p.validate()?;
         // Waits like a pool checkout does, and gives up the same way.
@@ -1533,7 +1609,7 @@ impl Store for PostgresStore {
         Ok(JobPage { jobs, next })
     }
 
-    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Vec<JobId>, Error> {
+    async fn dead_redrive(&self, p: DeadRedrive) -> Result<Redriven, Error> {
         p.selection.validate()?;
         in_transaction!(self, "dead_redrive", |tx| self.redrive_in(&tx, &p))
     }

@@ -141,6 +141,7 @@ macro_rules! conformance_suite {
             queue_stats_unknown_queue,
             queue_delete_only_without_work,
             job_promote_runs_now,
+            payload_schema_checked_at_insert_and_redrive,
             // Maintenance.
             promote_moves_due_jobs,
             promote_respects_limit,

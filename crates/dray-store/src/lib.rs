@@ -31,6 +31,10 @@ use dray_core::{Job, JobId, QueueName};
 /// Cancel safety: dropping a returned future before it completes never corrupts the store, but
 /// the change may or may not have been applied (the same as a lost reply).
 pub trait Store: Send + Sync + 'static {
+    /// Sets the checker for queues' payload schemas (the server's JSON Schema validator), once,
+    /// before serving. Without one, schemas are stored but not checked.
+    fn payload_check_set(&self, check: std::sync::Arc<dyn PayloadCheck>);
+
     /// Inserts one job or an atomic batch: either every job is inserted (or matched to an earlier
     /// job by its idempotency key) or none is.
     fn job_insert(&self, p: JobInsert) -> impl Future<Output = Result<Vec<Inserted>, Error>> + Send;
@@ -61,9 +65,10 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs matching a filter, in id (enqueue) order, one bounded page at a time.
     fn job_list(&self, p: JobList) -> impl Future<Output = Result<JobPage, Error>> + Send;
 
-    /// Moves dead jobs back to `available` with a fresh budget of attempts. With `dry_run`, only
-    /// reports which jobs would move.
-    fn dead_redrive(&self, p: DeadRedrive) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;
+    /// Moves dead jobs back to `available` with a fresh budget of attempts. A job whose payload
+    /// no longer matches its queue's schema stays dead, with reason `rejected`. With `dry_run`,
+    /// only reports what would happen.
+    fn dead_redrive(&self, p: DeadRedrive) -> impl Future<Output = Result<Redriven, Error>> + Send;
 
     /// Deletes dead jobs for good. With `dry_run`, only reports which jobs would go.
     fn dead_discard(&self, p: DeadDiscard) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;

@@ -401,6 +401,15 @@ impl DeadSelection {
     }
 }
 
+/// What a redrive did (or, for a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Moved back to `available`.
+    pub ids: Vec<JobId>,
+    /// Left dead with reason `rejected`: the payload no longer matches its queue's schema.
+    pub rejected: Vec<JobId>,
+}
+
 #[derive(Clone, Debug)]
 pub struct DeadRedrive {
     pub now: Timestamp,
@@ -436,6 +445,9 @@ pub struct QueueConfig {
     pub retention_dead_ms: u64,
     /// A paused queue accepts jobs but leases none.
     pub paused: bool,
+    /// Payloads must match this JSON Schema: checked at enqueue and at redrive (see
+    /// [`crate::PayloadCheck`]).
+    pub payload_schema: Option<PayloadSchema>,
 }
 
 impl QueueConfig {
@@ -448,10 +460,20 @@ impl QueueConfig {
             retention_ms: Limits::RETENTION_MS_DEFAULT,
             retention_dead_ms: Limits::RETENTION_DEAD_MS_DEFAULT,
             paused: false,
+            payload_schema: None,
         }
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(schema) = &self.payload_schema {
+            let len = schema.as_str().len();
+            if len > Limits::PAYLOAD_SCHEMA_BYTES_MAX {
+                return Err(Invalid::new(
+                    "payload_schema",
+                    format!("is {len} bytes; the limit is {} bytes", Limits::PAYLOAD_SCHEMA_BYTES_MAX),
+                ));
+            }
+        }
         self.retry.validate()?;
         check_range("lease_ms", self.lease_ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
         check_range("retention_ms", self.retention_ms, 0, Limits::RETENTION_MS_MAX, "")?;
@@ -471,6 +493,8 @@ pub struct QueueConfigure {
     pub retention_ms: Option<u64>,
     pub retention_dead_ms: Option<u64>,
     pub paused: Option<bool>,
+    /// `Some(None)` removes the schema.
+    pub payload_schema: Option<Option<PayloadSchema>>,
 }
 
 impl QueueConfigure {
@@ -483,6 +507,7 @@ impl QueueConfigure {
             retention_ms: None,
             retention_dead_ms: None,
             paused: None,
+            payload_schema: None,
         }
     }
 
@@ -495,6 +520,7 @@ impl QueueConfigure {
             retention_ms: self.retention_ms.unwrap_or(current.retention_ms),
             retention_dead_ms: self.retention_dead_ms.unwrap_or(current.retention_dead_ms),
             paused: self.paused.unwrap_or(current.paused),
+            payload_schema: self.payload_schema.clone().unwrap_or_else(|| current.payload_schema.clone()),
         };
         config.validate()?;
         Ok(config)
@@ -514,5 +540,42 @@ pub struct QueueStats {
 impl QueueStats {
     pub fn count(&self, state: JobState) -> u64 {
         self.counts[state.index()]
+    }
+}
+
+/// A queue's JSON Schema for payloads, as JSON text (the server checks that it is a schema before
+/// a store ever sees it). Cloning shares the text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PayloadSchema(std::sync::Arc<str>);
+
+impl PayloadSchema {
+    pub fn new(json: impl Into<std::sync::Arc<str>>) -> PayloadSchema {
+        PayloadSchema(json.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks payloads against queue schemas. The store knows no JSON Schema: the server gives it a
+/// checker ([`crate::Store::payload_check_set`]), which the store calls where it decides, so the
+/// schema checked is the one the store holds at that moment (on every node alike).
+pub trait PayloadCheck: Send + Sync + std::fmt::Debug + 'static {
+    /// `Ok` when `payload` matches `schema`; `Err` says where it does not, naming the JSON
+    /// pointer of the failing part (`payload at /amount: "x" is not of type "integer"`).
+    fn check(&self, schema: &PayloadSchema, payload: &Payload) -> Result<(), String>;
+}
+
+/// Runs `check` (when there is one) on a new job's payload against its queue's schema (when it
+/// has one); the error names the payload field.
+pub fn payload_checked(
+    check: Option<&dyn PayloadCheck>,
+    config: &QueueConfig,
+    payload: &Payload,
+) -> Result<(), Invalid> {
+    match (check, &config.payload_schema) {
+        (Some(check), Some(schema)) => check.check(schema, payload).map_err(|message| Invalid::new("payload", message)),
+        _ => Ok(()),
     }
 }

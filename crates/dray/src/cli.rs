@@ -371,6 +371,12 @@ pub struct QueueConfigureArgs {
     pub backoff_factor: Option<f64>,
     #[arg(long, value_name = "MS", requires_all = ["backoff_base_ms", "backoff_factor"])]
     pub backoff_cap_ms: Option<u64>,
+    /// A JSON Schema (a file, or - for stdin) every new payload of the queue must match.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_payload_schema")]
+    pub payload_schema_file: Option<std::path::PathBuf>,
+    /// Remove the queue's payload schema.
+    #[arg(long)]
+    pub no_payload_schema: bool,
 }
 
 #[derive(Debug, Args)]

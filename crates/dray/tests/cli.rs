@@ -467,6 +467,46 @@ fn queues_pause_resume_configure_stats() {
     server.stop();
 }
 
+/// `dray queues configure --payload-schema-file` sets a queue's schema, enqueues that do not
+/// match exit 5 naming the pointer, `dray dlq redrive` reports jobs it left dead, and
+/// `--no-payload-schema` removes the schema.
+#[test]
+fn queues_payload_schema() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("invoice.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["amount"]}"#).unwrap();
+    // A job from before the schema, without an amount, goes to the dead-letter queue.
+    let old = id_of(&server.json(&["enqueue", "--queue", "inv", "--payload", "{}", "--attempts-max", "1"]));
+    let worker = server.work(&["--queue", "inv", "--exec", "false"]);
+    server.wait_state(old, "dead");
+    assert!(terminate(worker).success());
+
+    let path = schema.to_str().unwrap();
+    let configured = server.json(&["queues", "configure", "inv", "--payload-schema-file", path]);
+    assert_eq!(configured["payload_schema"], json!({"type": "object", "required": ["amount"]}));
+    let run = server.dray(&["queues", "stats", "inv"]);
+    assert!(run.stdout.contains("payload schema"), "{}", run.stdout);
+    let run = server.dray(&["enqueue", "--queue", "inv", "--payload", r#"{"n": 1}"#]);
+    run.assert_code(5);
+    assert!(run.stderr.contains("payload_schema") && run.stderr.contains("amount"), "{}", run.stderr);
+    server.json(&["enqueue", "--queue", "inv", "--payload", r#"{"amount": 1}"#]);
+
+    let run = server.dray(&["dlq", "redrive", "--queue", "inv"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("left 1 job dead") && run.stdout.contains(&old.to_string()), "{}", run.stdout);
+    assert_eq!(server.json(&["jobs", "show", &old.to_string()])["dead_reason"], "rejected");
+
+    std::fs::write(&schema, "{not json").unwrap();
+    server.dray(&["queues", "configure", "inv", "--payload-schema-file", path]).assert_code(5);
+    server.dray(&["queues", "configure", "inv", "--payload-schema-file", path, "--no-payload-schema"]).assert_code(2);
+    let configured = server.json(&["queues", "configure", "inv", "--no-payload-schema"]);
+    assert!(configured.get("payload_schema").is_none(), "{configured:#}");
+    let redriven = server.json(&["dlq", "redrive", &old.to_string()]);
+    assert_eq!(redriven["ids"], json!([old]));
+    server.stop();
+}
+
 #[test]
 fn exit_codes() {
     let server = Server::start();

@@ -67,6 +67,7 @@ pub fn check_history(job: &Job, retryable_only: bool) -> Result<(), String> {
             K::CancelRequested => state == S::Running && e.state == S::Running && !cancel_requested,
             K::Cancelled => matches!(state, S::Scheduled | S::Available | S::Retrying) && e.state == S::Cancelled,
             K::Redriven => state == S::Dead && e.state == S::Available && e.attempt == 0,
+            K::Rejected => state == S::Dead && e.state == S::Dead && e.attempt == attempt,
         };
         if !follows {
             return Err(format!(

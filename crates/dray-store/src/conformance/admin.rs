@@ -74,8 +74,11 @@ fn dead_filter() -> JobFilter {
     JobFilter { state: Some(JobState::Dead), ..JobFilter::default() }
 }
 
+/// The jobs a redrive moved back (none of these tests' queues has a schema, so none is rejected).
 async fn redrive<H: Harness>(c: &Ctx<H>, selection: DeadSelection, dry_run: bool) -> Result<Vec<JobId>, Error> {
-    c.store().dead_redrive(DeadRedrive { now: c.now, selection, dry_run }).await
+    let r = c.store().dead_redrive(DeadRedrive { now: c.now, selection, dry_run }).await?;
+    assert_eq!(r.rejected, Vec::<JobId>::new());
+    Ok(r.ids)
 }
 
 async fn promote<H: Harness>(c: &Ctx<H>, job: JobId) -> Result<JobState, Error> {
@@ -476,6 +479,7 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
         retention_ms: 10_000,
         retention_dead_ms: 20_000,
         paused: false,
+        payload_schema: None,
     };
     assert_eq!(c.configure(p).await.unwrap(), want);
     let paused =
@@ -583,6 +587,74 @@ pub async fn queue_delete_only_without_work<H: Harness>(h: H) {
     let stats = c.stats("configured").await;
     assert!(!stats.config.paused, "a queue made anew has the defaults");
     assert_eq!(c.lease(&["configured"], 1).await[0].id, again);
+}
+
+/// A stand-in for the server's JSON Schema checker: a payload matches when it contains the
+/// schema's text. The suite checks where a store calls the checker, not JSON Schema.
+#[derive(Debug)]
+struct ContainsCheck;
+
+impl crate::PayloadCheck for ContainsCheck {
+    fn check(&self, schema: &crate::PayloadSchema, payload: &Payload) -> Result<(), String> {
+        let text = std::str::from_utf8(payload.as_bytes()).unwrap_or("");
+        if text.contains(schema.as_str()) { Ok(()) } else { Err(format!("at \"\": lacks {:?}", schema.as_str())) }
+    }
+}
+
+/// A queue's payload schema (issue #10) is kept with its configuration (across a restart) and
+/// checked by the store where it decides: a new job that does not match refuses its whole batch,
+/// naming the job's payload; a duplicate by idempotency key is not checked again; a dead job
+/// that no longer matches is not redriven but stays dead with reason `rejected` (a dry run only
+/// says so); removing the schema lets it go.
+pub async fn payload_schema_checked_at_insert_and_redrive<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    c.store().payload_check_set(std::sync::Arc::new(ContainsCheck));
+    let old = make_dead(&mut c, "s", &[], Death::NonRetryable).await;
+    let keyed = c.insert_one(NewJob { idempotency_key: Some("k".into()), ..new_job("s", "before") }).await;
+    let schema = crate::PayloadSchema::new("ok");
+    let set = QueueConfigure { payload_schema: Some(Some(schema.clone())), ..QueueConfigure::new(c.now, q("s")) };
+    let config = c.configure(set).await.unwrap();
+    assert_eq!(config.payload_schema.as_ref(), Some(&schema));
+
+    let snap = c.snapshot().await;
+    assert_invalid(c.try_insert(vec![new_job("s", "ok 1"), new_job("s", "bad")]).await, "jobs[1].payload");
+    c.assert_unchanged(&snap, "after a batch with a payload that does not match").await;
+    let fine = c.insert_one(new_job("s", "ok 2")).await;
+    let other = c.insert_one(new_job("elsewhere", "bad")).await;
+    let again = c.insert(vec![NewJob { idempotency_key: Some("k".into()), ..new_job("s", "before") }]).await;
+    assert_eq!((again[0].id, again[0].duplicate), (keyed, true), "a duplicate is the job accepted before");
+
+    let dry =
+        c.store().dead_redrive(DeadRedrive { now: c.now, selection: DeadSelection::Ids(vec![old]), dry_run: true });
+    assert_eq!(dry.await.unwrap(), crate::Redriven { ids: vec![], rejected: vec![old] });
+    assert_eq!(c.get(old).await.status.dead_reason, Some(DeadReason::NonRetryable), "a dry run changes nothing");
+    c.advance(10);
+    let r =
+        c.store().dead_redrive(DeadRedrive { now: c.now, selection: DeadSelection::Ids(vec![old]), dry_run: false });
+    assert_eq!(r.await.unwrap(), crate::Redriven { ids: vec![], rejected: vec![old] });
+    let job = c.get(old).await;
+    assert_eq!((job.state(), job.status.dead_reason), (JobState::Dead, Some(DeadReason::Rejected)));
+    let error = job.status.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("lacks"), "the checker's message is the job's last error: {error:?}");
+    let last = job.history.last().unwrap();
+    assert_eq!((last.kind, last.at, last.error.as_deref()), (HistoryKind::Rejected, c.now, Some(error)));
+
+    c.restart().await;
+    c.store().payload_check_set(std::sync::Arc::new(ContainsCheck));
+    assert_eq!(c.stats("s").await.config.payload_schema, Some(schema), "the schema survives a restart");
+    assert_eq!(c.get(old).await.status.dead_reason, Some(DeadReason::Rejected));
+    assert_invalid(c.try_insert(vec![new_job("s", "still bad")]).await, "jobs[0].payload");
+
+    let unset = QueueConfigure { payload_schema: Some(None), ..QueueConfigure::new(c.now, q("s")) };
+    assert_eq!(c.configure(unset).await.unwrap().payload_schema, None);
+    let r =
+        c.store().dead_redrive(DeadRedrive { now: c.now, selection: DeadSelection::Ids(vec![old]), dry_run: false });
+    assert_eq!(r.await.unwrap(), crate::Redriven { ids: vec![old], rejected: vec![] });
+    assert_eq!(c.get(old).await.state(), JobState::Available);
+    let leased: Vec<JobId> = c.lease(&["s", "elsewhere"], 10).await.iter().map(|l| l.id).collect();
+    for id in [fine, other, keyed, old] {
+        assert!(leased.contains(&id), "job {id} is leasable: {leased:?}");
+    }
 }
 
 /// `job_promote` makes a scheduled or retrying job available now (issue #18), keeping its

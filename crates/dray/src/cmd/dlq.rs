@@ -110,6 +110,18 @@ async fn act(client: &dray_client::Client, action: Action, args: DeadActionArgs,
     } else {
         println!("{} {}{ids}", action.past(), output::jobs(response.count));
     }
+    if !response.rejected.is_empty() {
+        let shown: Vec<String> = response.rejected.iter().take(IDS_SHOWN_MAX).map(ToString::to_string).collect();
+        let more = response.rejected.len().saturating_sub(IDS_SHOWN_MAX);
+        let more = if more > 0 { format!(" … ({more} more)") } else { String::new() };
+        println!(
+            "{} {} {}: the payload no longer matches the queue's payload schema (dead reason `rejected`): {}{more}",
+            if dry_run { "would leave" } else { "left" },
+            output::jobs(response.rejected.len()),
+            "dead",
+            shown.join(", ")
+        );
+    }
     if limit_reached {
         println!("the limit was reached: more dead jobs may match (--limit, or --rate to go through all)");
     }
@@ -139,7 +151,7 @@ async fn by_ids(
         Some(_) => output::progress(Some(ids.len() as u64), output::Unit::Jobs),
         None => indicatif::ProgressBar::hidden(),
     };
-    let mut done = DeadActionResponse { ids: Vec::with_capacity(ids.len()), count: 0, dry_run };
+    let mut done = DeadActionResponse { ids: Vec::with_capacity(ids.len()), count: 0, dry_run, rejected: Vec::new() };
     for chunk in ids.chunks(chunk_len) {
         if let Some(pace) = &mut pace {
             pace.tick().await;
@@ -156,6 +168,7 @@ async fn by_ids(
         };
         done.count += response.count;
         done.ids.extend(response.ids);
+        done.rejected.extend(response.rejected);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -28,7 +28,7 @@ pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) ->
             Failure::invalid("Invalid payload", format!("--payload is not JSON: {err}")).field("payload")
         })?,
         (None, Some(path)) => {
-            let text = read_file_or_stdin(path)?;
+            let text = read_file_or_stdin(path, "--payload-file")?;
             parse_payload(text).map_err(|err| {
                 Failure::invalid("Invalid payload", format!("{} is not JSON: {err}", path.display())).field("payload")
             })?
@@ -55,7 +55,7 @@ fn parse_payload(text: String) -> Result<Json, serde_json::Error> {
 
 /// The payload file's text. A file that cannot be read is bad input (exit status 5), like a file
 /// that is not JSON.
-fn read_file_or_stdin(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_file_or_stdin(path: &Path, flag: &str) -> Result<String, Failure> {
     let mut text = String::new();
     let read = if path == Path::new("-") {
         std::io::stdin().read_to_string(&mut text)
@@ -64,7 +64,7 @@ fn read_file_or_stdin(path: &Path) -> Result<String, Failure> {
     };
     match read {
         Ok(_) => Ok(text),
-        Err(err) => Err(unreadable(path, &err).field("--payload-file")),
+        Err(err) => Err(unreadable(path, &err).field(flag)),
     }
 }
 

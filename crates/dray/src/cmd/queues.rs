@@ -3,6 +3,8 @@
 use dray_api::{Backoff, Queue, QueueConfigure};
 
 use crate::cli::{QueueConfigureArgs, QueuesCommand};
+use crate::cmd::enqueue::read_file_or_stdin;
+use crate::exit::Failure;
 use crate::output;
 
 pub async fn run(client: &dray_client::Client, command: QueuesCommand, json: bool) -> anyhow::Result<()> {
@@ -76,26 +78,39 @@ pub async fn run(client: &dray_client::Client, command: QueuesCommand, json: boo
         }
         QueuesCommand::Configure(args) => {
             let name = args.name.clone();
-            let queue = client.queue_configure(&name, configure_body(args)).await?;
+            let queue = client.queue_configure(&name, configure_body(args)?).await?;
             print_queue(&queue, json)
         }
     }
 }
 
-fn configure_body(args: QueueConfigureArgs) -> QueueConfigure {
+fn configure_body(args: QueueConfigureArgs) -> Result<QueueConfigure, Failure> {
+    let payload_schema = match (&args.payload_schema_file, args.no_payload_schema) {
+        (Some(path), _) => {
+            let text = read_file_or_stdin(path, "--payload-schema-file")?;
+            let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                Failure::invalid("The schema is not JSON", format!("{}: {e}", path.display()))
+                    .field("--payload-schema-file")
+            })?;
+            Some(Some(schema))
+        }
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
     let backoff = match (args.backoff_base_ms, args.backoff_factor, args.backoff_cap_ms) {
         (Some(base_ms), Some(factor), Some(cap_ms)) => Some(Backoff { base_ms, factor, cap_ms }),
         // Clap requires all three together.
         _ => None,
     };
-    QueueConfigure {
+    Ok(QueueConfigure {
         attempts_max: args.attempts_max,
         backoff,
         lease_ms: args.lease_ms,
         retention_ms: args.retention_ms,
         retention_dead_ms: args.retention_dead_ms,
         paused: None,
-    }
+        payload_schema,
+    })
 }
 
 fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
@@ -119,6 +134,9 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
     ]);
     fields.add_row(["retention", &output::duration_ms(queue.retention_ms)]);
     fields.add_row(["dead retention", &output::duration_ms(queue.retention_dead_ms)]);
+    if let Some(schema) = &queue.payload_schema {
+        fields.add_row(["payload schema", &schema.to_string()]);
+    }
     fields.add_row(["scheduled", &counts.scheduled.to_string()]);
     fields.add_row(["available", &counts.available.to_string()]);
     fields.add_row(["running", &counts.running.to_string()]);
