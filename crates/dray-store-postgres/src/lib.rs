@@ -94,14 +94,16 @@ mod migrate;
 mod row;
 mod sql;
 mod store;
+mod tls;
 mod token;
 
 #[cfg(test)]
 mod explain;
 
-pub use config::{PostgresConfig, TimeSource};
+pub use config::{Connector, PostgresConfig, TimeSource};
 pub use error::ConnectError;
 pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
 pub use sql::DUE_PREFIX;
 pub use store::{DueNext, PoolStatus, PostgresStore};
+pub use tls::{SslMode, Tls, TlsConnector, TlsError, TlsStream};
