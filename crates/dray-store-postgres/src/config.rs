@@ -9,7 +9,7 @@ use dray_core::limits::check_range;
 use tokio_postgres::Socket;
 
 use crate::error::ConnectError;
-use crate::tls::{SslMode, Tls, TlsParams, TlsStream, split_url};
+use crate::tls::{Tls, TlsParams, TlsStream, split_url};
 
 /// Where the store takes `now` from.
 ///
@@ -139,7 +139,7 @@ impl PostgresConfig {
             context: format!("cannot set up TLS for {}", redact(&self.url)),
             source: Some(Box::new(e)),
         })?;
-        Ok(Connector { pg, tls, mode: params.mode })
+        Ok(Connector { pg, tls })
     }
 
     /// The URL with any password replaced by `***`, for logs and error messages.
@@ -166,8 +166,6 @@ pub struct Connector {
     /// The driver's settings; change them (an application name) before connecting.
     pub pg: tokio_postgres::Config,
     pub tls: Tls,
-    /// The `sslmode` in effect, for messages.
-    pub mode: SslMode,
 }
 
 impl Connector {

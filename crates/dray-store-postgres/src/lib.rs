@@ -114,4 +114,4 @@ pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
 pub use sql::DUE_PREFIX;
 pub use store::{DueNext, PoolStatus, PostgresStore};
-pub use tls::{SslMode, Tls, TlsConnector, TlsError, TlsStream};
+pub use tls::{Tls, TlsConnector, TlsError, TlsStream};
