@@ -318,16 +318,13 @@ async fn open_store(config: &Config) -> anyhow::Result<AnyStore> {
     }
 }
 
-/// The LISTEN connection's settings: the store's URL and connect timeout, its own name.
-fn listen_config(store: &PostgresStore) -> anyhow::Result<tokio_postgres::Config> {
-    let pg = store.config();
-    let mut config: tokio_postgres::Config =
-        pg.url.parse().map_err(|e| anyhow::anyhow!("--database: not a PostgreSQL connection string: {e}"))?;
-    config.connect_timeout(Duration::from_millis(pg.connect_timeout_ms));
-    if config.get_application_name().is_none() {
-        config.application_name("dray-listen");
+/// The LISTEN connection's settings: the store's (URL, TLS, connect timeout), its own name.
+fn listen_config(store: &PostgresStore) -> anyhow::Result<dray_store_postgres::Connector> {
+    let mut connector = store.config().connector().context("--database")?;
+    if connector.pg.get_application_name() == Some("dray") {
+        connector.pg.application_name("dray-listen");
     }
-    Ok(config)
+    Ok(connector)
 }
 
 /// A server serving in the background. Stop it with [`Running::shutdown`], or hand it to

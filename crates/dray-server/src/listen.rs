@@ -26,9 +26,9 @@ const BACKOFF_MS_MAX: u64 = 2_000;
 /// How often an idle LISTEN connection is probed (an empty query), to notice a dead peer.
 const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Runs until `stop` turns true. `pg` is the store's connection settings (URL, timeouts).
+/// Runs until `stop` turns true. `pg` is the store's connection settings (URL, TLS, timeouts).
 pub(crate) async fn run(
-    pg: tokio_postgres::Config,
+    pg: dray_store_postgres::Connector,
     channel: String,
     waiters: Arc<Waiters>,
     mut stop: watch::Receiver<bool>,
@@ -71,11 +71,10 @@ struct Fail {
 
 /// One connection's life: connect, LISTEN, rescan, then wake waiters per notification until the
 /// connection ends.
-async fn listen_once(pg: &tokio_postgres::Config, channel: &str, waiters: &Waiters) -> Result<(), Fail> {
+async fn listen_once(pg: &dray_store_postgres::Connector, channel: &str, waiters: &Waiters) -> Result<(), Fail> {
     let fail = |listening: bool| move |e: tokio_postgres::Error| Fail { listening, error: e.to_string() };
-    let connect_timeout = pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
-    let (client, mut connection) = match tokio::time::timeout(connect_timeout, pg.connect(tokio_postgres::NoTls)).await
-    {
+    let connect_timeout = pg.pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5));
+    let (client, mut connection) = match tokio::time::timeout(connect_timeout, pg.connect()).await {
         Ok(result) => result.map_err(fail(false))?,
         Err(_) => return Err(Fail { listening: false, error: format!("no connection within {connect_timeout:?}") }),
     };

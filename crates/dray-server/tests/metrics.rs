@@ -327,7 +327,7 @@ impl TestDb {
         let admin = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let unique = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
         let name = format!("dray_metrics_{unique:016x}");
-        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+        let (client, connection) = admin_connect(&admin).await.unwrap_or_else(|e| {
             panic!("PostgreSQL is not reachable at {admin}: {e}. Set DATABASE_URL, or start the local server.")
         });
         tokio::spawn(connection);
@@ -337,6 +337,17 @@ impl TestDb {
     }
 }
 
+/// A session on the admin database, opened as the store opens its own (TLS settings included).
+async fn admin_connect(
+    url: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, dray_store_postgres::TlsStream<tokio_postgres::Socket>>,
+)> {
+    let connector = dray_store_postgres::PostgresConfig::new(url).connector()?;
+    Ok(connector.connect().await?)
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin, name) = (self.admin.clone(), self.name.clone());
@@ -344,7 +355,7 @@ impl Drop for TestDb {
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+                if let Ok((client, connection)) = admin_connect(&admin).await {
                     tokio::spawn(connection);
                     let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use dray_core::Invalid;
 use dray_core::limits::check_range;
+use tokio_postgres::Socket;
+
+use crate::error::ConnectError;
+use crate::tls::{Tls, TlsParams, TlsStream, split_url};
 
 /// Where the store takes `now` from.
 ///
@@ -104,8 +108,14 @@ impl PostgresConfig {
     /// `synchronous_commit=on` is set on every connection, whatever the server or database
     /// default: "accepted means durable" must not depend on how someone configured the server.
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, Invalid> {
+        Ok(self.pg_config_tls()?.0)
+    }
+
+    /// [`PostgresConfig::pg_config`] and the TLS settings the driver does not parse itself.
+    fn pg_config_tls(&self) -> Result<(tokio_postgres::Config, TlsParams), Invalid> {
+        let (url, tls) = split_url(&self.url)?;
         let mut pg: tokio_postgres::Config =
-            self.url.parse().map_err(|e| Invalid::new("url", format!("is not a PostgreSQL connection string: {e}")))?;
+            url.parse().map_err(|e| Invalid::new("url", format!("is not a PostgreSQL connection string: {e}")))?;
         let ours =
             format!("-c synchronous_commit=on -c statement_timeout={} -c TimeZone=UTC", self.statement_timeout_ms);
         let options = match pg.get_options() {
@@ -117,7 +127,19 @@ impl PostgresConfig {
             pg.application_name("dray");
         }
         pg.connect_timeout(self.connect_timeout());
-        Ok(pg)
+        Ok((pg, tls))
+    }
+
+    /// How to open a session like the store's own (the URL's settings, `sslmode` and
+    /// `sslrootcert` included, plus the session settings above), for a connection outside the
+    /// pool: the server's LISTEN connection, tests. Reads the CA certificates the URL names.
+    pub fn connector(&self) -> Result<Connector, ConnectError> {
+        let (pg, params) = self.pg_config_tls()?;
+        let tls = Tls::new(&params).map_err(|e| ConnectError::Tls {
+            context: format!("cannot set up TLS for {}", redact(&self.url)),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(Connector { pg, tls })
     }
 
     /// The URL with any password replaced by `***`, for logs and error messages.
@@ -134,6 +156,27 @@ impl PostgresConfig {
     /// server cannot, a database that stops answering altogether.
     pub(crate) fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.statement_timeout_ms.saturating_add(self.connect_timeout_ms))
+    }
+}
+
+/// Opens sessions as the store does: the driver's settings and the TLS connector that goes with
+/// them. From [`PostgresConfig::connector`].
+#[derive(Clone, Debug)]
+pub struct Connector {
+    /// The driver's settings; change them (an application name) before connecting.
+    pub pg: tokio_postgres::Config,
+    pub tls: Tls,
+}
+
+impl Connector {
+    /// Connects once; the caller must poll (spawn) the returned connection.
+    ///
+    /// Cancel safety: dropping the future drops the half-open connection.
+    pub async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio_postgres::Connection<Socket, TlsStream<Socket>>), tokio_postgres::Error>
+    {
+        self.pg.connect(self.tls.clone()).await
     }
 }
 

@@ -10,6 +10,7 @@ use dray_store::Error;
 use tokio_postgres::error::SqlState;
 
 use crate::config::{PostgresConfig, redact};
+use crate::tls::{TlsError, split_url};
 
 /// Why a store could not be opened or its schema migrated.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,15 @@ pub enum ConnectError {
         context: String,
         #[source]
         source: Option<tokio_postgres::Error>,
+    },
+    /// TLS failed: the CA certificates cannot be used, the server's certificate was refused, or
+    /// the server does not offer TLS where `sslmode` requires it. Trying again would not help,
+    /// unlike [`ConnectError::Unavailable`].
+    #[error("TLS with PostgreSQL failed: {context}")]
+    Tls {
+        context: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The schema holds migrations this binary does not know: a newer Dray ran on this database.
     #[error("schema {schema} is at version {found}, newer than this binary knows ({known}); upgrade Dray")]
@@ -38,7 +48,16 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    pub(crate) fn unavailable(config: &PostgresConfig, source: tokio_postgres::Error) -> ConnectError {
+    /// A failed connection attempt: [`ConnectError::Tls`] when TLS was refused (retrying
+    /// cannot help), else [`ConnectError::Unavailable`].
+    pub(crate) fn connecting(config: &PostgresConfig, source: tokio_postgres::Error) -> ConnectError {
+        if is_tls_refusal(&source) {
+            let mode = split_url(&config.url).map_or("?", |(_, params)| params.mode.as_str());
+            return ConnectError::Tls {
+                context: format!("cannot connect to {} with sslmode={mode}", redact(&config.url)),
+                source: Some(Box::new(source)),
+            };
+        }
         ConnectError::Unavailable {
             context: format!("cannot connect to {}", redact(&config.url)),
             source: Some(source),
@@ -55,6 +74,28 @@ impl ConnectError {
             source: None,
         }
     }
+}
+
+/// Whether a connection failed because TLS was refused rather than because the server could not
+/// be reached. tokio-postgres has no public error kinds, so this looks at the cause it keeps: our
+/// own connector's errors, a rustls error inside the handshake's I/O error (a certificate that
+/// does not verify, a TLS alert), or the driver's own messages for a server without TLS under
+/// `sslmode=require` and a TLS connection without a host name. A connection reset or closed
+/// during the handshake is none of these: it stays "unavailable", and is retried.
+pub(crate) fn is_tls_refusal(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    let Some(cause) = e.source() else { return false };
+    if cause.downcast_ref::<TlsError>().is_some() {
+        return true;
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        return io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    }
+    e.as_db_error().is_none()
+        && matches!(
+            cause.to_string().as_str(),
+            "server does not support TLS" | "no hostname provided for TLS handshake"
+        )
 }
 
 /// A store call's view: everything but bad input means "unavailable".

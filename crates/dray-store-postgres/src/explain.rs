@@ -219,7 +219,11 @@ async fn explain_in(admin_url: &str, db: &str) -> Result<String, String> {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+    // As the store connects (TLS settings of the URL included), without its statement timeout.
+    let mut config = crate::PostgresConfig::new(url);
+    config.statement_timeout_ms = crate::PostgresConfig::STATEMENT_TIMEOUT_MS_MAX;
+    let connector = config.connector().unwrap_or_else(|e| panic!("{url}: {e}"));
+    let (client, connection) = connector.connect().await.unwrap_or_else(|e| {
         panic!(
             "PostgreSQL is not reachable at {url}: {e}. Set DATABASE_URL, or start the local server with \
              `pg_ctlcluster 15 main start`."

@@ -394,11 +394,11 @@ struct Session {
 
 impl Session {
     async fn open(config: &PostgresConfig) -> Result<Session, String> {
-        let mut pg = config.pg_config().map_err(|e| e.to_string())?;
-        if pg.get_application_name() == Some("dray") {
-            pg.application_name("dray-leader");
+        let mut connector = config.connector().map_err(|e| e.to_string())?;
+        if connector.pg.get_application_name() == Some("dray") {
+            connector.pg.application_name("dray-leader");
         }
-        let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        let (client, connection) = connector.connect().await.map_err(|e| e.to_string())?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "the leader election's connection ended");

@@ -82,10 +82,18 @@
 //! what `job_insert` writes for one job, with the same limits (`<schema>.enqueue_limits()`,
 //! checked against `dray_core::Limits` in a test).
 //!
+//! **TLS.** Every connection (the pool, migrations, the election, and through
+//! [`PostgresConfig::connector`] the server's LISTEN connection and the tests' own sessions) is
+//! opened by one [`Connector`]: libpq's `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
+//! `verify-full`) and `sslrootcert`, on rustls with the ring provider (`tls.rs`). A TLS refusal
+//! (a certificate that does not verify, a server without TLS under `require`, an unreadable CA
+//! file) is [`ConnectError::Tls`], which start-up reports instead of retrying; only
+//! [`ConnectError::Unavailable`] is worth another attempt.
+//!
 //! # Not here (yet)
 //!
-//! TLS (connections use `NoTls`), and strict FIFO per ordering key (as in the embedded store, the
-//! key is stored).
+//! Client certificates (`sslcert`/`sslkey`) and channel binding, and strict FIFO per ordering key
+//! (as in the embedded store, the key is stored).
 
 mod config;
 mod error;
@@ -94,14 +102,16 @@ mod migrate;
 mod row;
 mod sql;
 mod store;
+mod tls;
 mod token;
 
 #[cfg(test)]
 mod explain;
 
-pub use config::{PostgresConfig, TimeSource};
+pub use config::{Connector, PostgresConfig, TimeSource};
 pub use error::ConnectError;
 pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
 pub use sql::DUE_PREFIX;
 pub use store::{DueNext, PoolStatus, PostgresStore};
+pub use tls::{Tls, TlsConnector, TlsError, TlsStream};

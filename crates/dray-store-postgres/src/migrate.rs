@@ -664,12 +664,11 @@ pub fn schema_version_latest() -> i32 {
 /// applies nothing (or, if the commit was already sent, everything).
 pub async fn migrate(config: &PostgresConfig) -> Result<Migrated, ConnectError> {
     config.validate()?;
-    let pg = config.pg_config()?;
-    let connecting = pg.connect(tokio_postgres::NoTls);
-    let (mut client, connection) = tokio::time::timeout(config.connect_timeout(), connecting)
+    let connector = config.connector()?;
+    let (mut client, connection) = tokio::time::timeout(config.connect_timeout(), connector.connect())
         .await
         .map_err(|_| ConnectError::timeout(config))?
-        .map_err(|e| ConnectError::unavailable(config, e))?;
+        .map_err(|e| ConnectError::connecting(config, e))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "migration connection ended");

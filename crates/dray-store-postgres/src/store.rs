@@ -34,7 +34,7 @@ use dray_store::{
     payload_checked,
 };
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Statement};
+use tokio_postgres::{Row, Statement};
 
 use crate::config::{PostgresConfig, TimeSource};
 use crate::error::{ConnectError, Fail, corrupt, db_error, pool_error};
@@ -209,9 +209,10 @@ impl PostgresStore {
     pub async fn connect(config: PostgresConfig) -> Result<PostgresStore, ConnectError> {
         config.validate()?;
         crate::migrate::migrate(&config).await?;
+        let connector = config.connector()?;
         let manager = Manager::from_config(
-            config.pg_config()?,
-            NoTls,
+            connector.pg,
+            connector.tls,
             // A closed connection is noticed by the driver; a broken one fails its next statement,
             // which reports `Unavailable` (outcome unknown) as it must anyway.
             ManagerConfig { recycling_method: RecyclingMethod::Fast },

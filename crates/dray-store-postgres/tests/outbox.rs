@@ -422,7 +422,7 @@ async fn notification_arrives_only_at_commit() {
     let db = TestDb::create().await;
     let store = store(&db).await;
     assert_eq!(store.notify_channel(), "dray_jobs");
-    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut connection) = common::connect_raw(&db.url).await.unwrap();
     let (send, mut heard) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -341,7 +341,7 @@ async fn available_jobs_are_notified() {
     let db = TestDb::create().await;
     let store = PostgresStore::connect(db.config()).await.unwrap();
     assert_eq!(store.notify_channel(), "dray_jobs");
-    let (listener, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut connection) = common::connect_raw(&db.url).await.unwrap();
     let (sender, mut notified) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

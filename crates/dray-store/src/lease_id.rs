@@ -13,6 +13,9 @@ pub struct LeaseIds {
     source: Source,
 }
 
+// One per store, behind its lock and never moved: boxing the block would only add an allocation
+// and a pointer chase to every lease.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     /// The OS CSPRNG, read a block at a time.
     Os { block: [u64; BLOCK_IDS], next: usize },
@@ -53,6 +56,8 @@ impl LeaseIds {
 
     /// The next id. Panics only if the operating system has no random source at all, which no
     /// platform Dray runs on lacks (Linux's `getrandom(2)` blocks until seeded, then never fails).
+    // Not an `Iterator`: the sequence never ends and callers draw one id at a time.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> LeaseId {
         match &mut self.source {
             Source::Os { block, next } => {

@@ -15,18 +15,38 @@ pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL_DEFAULT.to_owned())
 }
 
-/// A connection for test setup and inspection (not through the store).
+/// A connection for test setup and inspection, with the store's TLS settings (so a
+/// `DATABASE_URL` with `sslmode=verify-full&sslrootcert=...` works here too) but not its
+/// session settings.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    let (client, connection) = match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => no_server(url, &e.to_string()),
-        Err(_) => no_server(url, "no answer within 10 s"),
+    let (client, connection) = match connect_raw(url).await {
+        Ok(pair) => pair,
+        Err(e) => no_server(url, &e),
     };
     tokio::spawn(async move {
         let _ = connection.await;
     });
     client
+}
+
+/// [`connect`] without the panic; the caller polls the connection.
+pub async fn connect_raw(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, dray_store_postgres::TlsStream<tokio_postgres::Socket>>,
+    ),
+    String,
+> {
+    let mut connector = PostgresConfig::new(url).connector().map_err(|e| e.to_string())?;
+    // A plain session: the database's own defaults, not the store's session settings (tests
+    // check those defaults, and setup statements may run longer than a store call).
+    connector.pg.options("");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connector.connect()).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 10 s".to_owned()),
+    }
 }
 
 fn no_server(url: &str, why: &str) -> ! {
@@ -107,12 +127,7 @@ impl Drop for TestDb {
         let dropping = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                let Ok(Ok((client, connection))) = tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    tokio_postgres::connect(&admin, tokio_postgres::NoTls),
-                )
-                .await
-                else {
+                let Ok((client, connection)) = connect_raw(&admin).await else {
                     return;
                 };
                 tokio::spawn(async move {
