@@ -55,7 +55,7 @@ Flags:
   --out FILE              replace the section between `<!-- compare:begin -->` and
                           `<!-- compare:end -->` of FILE with the report (full runs only)
   --database-url URL      the PostgreSQL server to create databases on (default: $DATABASE_URL,
-                          else postgres://postgres@127.0.0.1:5432/test)
+                          else postgres://postgres@127.0.0.1:5432/test?sslmode=disable)
   --dir PATH              parent of data directories (default target/bench-data); not tmpfs
   --no-build              do not build the release `dray` first
   -h, --help              this text
@@ -261,7 +261,9 @@ pub struct CompareOptions {
     pub build: bool,
 }
 
-pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Without TLS: the peers' Node drivers do not use it unless told to, while Dray (like libpq)
+/// prefers it when the server offers it; on one machine encryption would only tax one side.
+pub const DATABASE_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable";
 
 impl CompareOptions {
     pub fn parse(argv: &[&str]) -> anyhow::Result<CompareOptions> {
