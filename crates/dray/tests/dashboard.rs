@@ -96,6 +96,45 @@ async fn dashboard_pages_work_in_a_real_browser() {
     drop(server);
 }
 
+/// The browser defences of issue #10 in a real browser (`tests/browser/defences.mjs`): a page on
+/// another origin tries a `text/plain` fetch, a JSON fetch, a form post and a DNS-rebound host
+/// name against a server with `--auth none`, and writes or reads nothing; the dashboard of a
+/// server with `--auth required` signs in with a token and pauses a queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_defences_hold_in_a_real_browser() {
+    tokio::task::spawn_blocking(|| {
+        ensure_chromium();
+        ensure_node_modules();
+    })
+    .await
+    .expect("the install task");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let token = "dray-browser-test-admin-secret-0123456789";
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (open_dir, guarded_dir) = (dir.path().join("open"), dir.path().join("guarded"));
+    let open = ServeProcess::start(&open_dir);
+    let file = token_file.to_str().unwrap().to_owned();
+    let guarded = ServeProcess::spawn(&guarded_dir, "127.0.0.1:0", &["--admin-token-file", &file]).unwrap();
+
+    let (open_url, guarded_url) = (open.url.clone(), guarded.url.clone());
+    let status = tokio::task::spawn_blocking(move || {
+        let browser = root().join("tests/browser");
+        let mut child = Command::new("node")
+            .arg(browser.join("defences.mjs"))
+            .args([&open_url, &guarded_url, token])
+            .current_dir(&browser)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js 20 or later"));
+        finished_within(&mut child, SCRIPT_WAIT_MAX, "the browser defences script")
+    })
+    .await
+    .expect("script");
+    assert!(status, "the browser defences script failed (its output is above)");
+    drop((open, guarded));
+}
+
 /// Regression (issue #18, defect 1), the scenario as reported: `dray work --concurrency 4` on a
 /// backlog showed "Workers polling 0" while its jobs ran, and the worker as idle. It is one busy
 /// worker holding four leases, in `GET /v1/workers`, the live stream's counts and `/metrics`;
