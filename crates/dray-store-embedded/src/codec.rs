@@ -357,7 +357,7 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             retention_ms: d.u64("retention_ms")?,
             retention_dead_ms: d.u64("retention_dead_ms")?,
             paused: d.bool("paused")?,
-            payload_schema: if d.at_end() { None } else { d.opt_str("payload_schema")?.map(|s| PayloadSchema::new(s)) },
+            payload_schema: if d.at_end() { None } else { d.opt_str("payload_schema")?.map(PayloadSchema::new) },
         }),
         TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
         TAG_JOB_UPDATE => {

@@ -115,10 +115,9 @@ async fn act(client: &dray_client::Client, action: Action, args: DeadActionArgs,
         let more = response.rejected.len().saturating_sub(IDS_SHOWN_MAX);
         let more = if more > 0 { format!(" … ({more} more)") } else { String::new() };
         println!(
-            "{} {} {}: the payload no longer matches the queue's payload schema (dead reason `rejected`): {}{more}",
+            "{} {} dead: the payload no longer matches the queue's payload schema (dead reason `rejected`): {}{more}",
             if dry_run { "would leave" } else { "left" },
             output::jobs(response.rejected.len()),
-            "dead",
             shown.join(", ")
         );
     }
