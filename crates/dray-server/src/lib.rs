@@ -27,7 +27,9 @@ mod login;
 mod observe;
 mod problem;
 mod routes;
+mod serve;
 mod store;
+mod tls;
 mod tokens;
 mod waiters;
 mod workers;
@@ -44,7 +46,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{AuthMode, RouteScope, TOKEN_CACHE_TTL, route_scopes};
-pub use config::{Config, LogFormat, ServeArgs};
+pub use config::{Config, LogFormat, ServeArgs, TlsFiles};
 pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
 
@@ -82,8 +84,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         lease_wait_ms_max = config.lease_wait_ms_max(),
         shutdown_grace_ms = config.shutdown_grace_ms(),
         maintenance_interval_ms = config.maintenance().interval_ms,
+        tls = config.tls().is_some(),
+        header_timeout_ms = config.header_timeout_ms(),
+        body_timeout_ms = config.body_timeout_ms(),
+        idle_timeout_ms = config.idle_timeout_ms(),
         "dray serve starting"
     );
+    // Before anything else: a certificate that cannot be used fails the start with the file named.
+    let tls = match config.tls() {
+        Some(files) => {
+            let tls = tls::Tls::load(files)?;
+            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "serving HTTPS");
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    let transport = transport_settings(&config);
     // Bind first: a port already taken fails the start before the store creates or locks its
     // data directory (issue #18: a port clash used to leave a fresh empty data directory behind).
     // Connections that arrive while the store opens wait in the listen backlog.
@@ -113,8 +129,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         lease_wait_ms_max: config.lease_wait_ms_max(),
         guard: Arc::new(guard::Guard::new(config.allowed_hosts(), config.allowed_origins())),
         auth: Arc::new(auth::Auth::new(config.auth(), config.admin_token())),
-        // Set by the TLS listener when it serves HTTPS: the session cookie is then `Secure`.
-        cookie_secure: false,
+        // Served over HTTPS: the dashboard's session cookie is `Secure`.
+        cookie_secure: tls.is_some(),
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);
@@ -143,18 +159,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
 
     let (stop_serving, serving_stopped) = watch::channel(false);
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::reload_on_hangup(tls.clone(), serving_stopped.clone()));
+    }
     let router = routes::router(app);
-    let server = tokio::spawn(async move {
-        let mut stopped = serving_stopped;
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|&stop| stop).await;
-            })
-            .await
-    });
-    tracing::info!(%addr, "dray serve listening");
+    let server = tokio::spawn(serve::run(listener, router, transport, tls.clone(), serving_stopped));
+    tracing::info!(%addr, tls = tls.is_some(), "dray serve listening");
     Ok(Running {
         addr,
+        tls: tls.is_some(),
         store,
         waiters,
         server: Some(server),
@@ -164,6 +177,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop_maintenance,
         grace: Duration::from_millis(config.shutdown_grace_ms()),
     })
+}
+
+/// The transport's limits: the configured ones, and the connection cap (given, or derived from
+/// the open-file limit once that is raised to its hard limit).
+fn transport_settings(config: &Config) -> serve::Settings {
+    let (soft, hard) = serve::raise_nofile();
+    let room = config.connections_max_default(soft.unwrap_or(u64::MAX));
+    let connections_max = match config.connections_max() {
+        Some(n) => {
+            if soft.is_some() && n > room {
+                tracing::warn!(
+                    connections_max = n,
+                    nofile = soft,
+                    "--connections-max is more than the open-file limit leaves room for ({room}): past that, \
+                     accepting pauses instead of answering 503"
+                );
+            }
+            n
+        }
+        None => room,
+    };
+    tracing::info!(
+        nofile_soft = soft,
+        nofile_hard = hard,
+        connections_max,
+        derived = config.connections_max().is_none(),
+        "open-file limit and connection cap"
+    );
+    serve::Settings {
+        header_timeout: Duration::from_millis(config.header_timeout_ms()),
+        body_timeout: Duration::from_millis(config.body_timeout_ms()),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms()),
+        connections_max,
+        body_bytes_max: config.body_bytes_max(),
+    }
 }
 
 /// A durability policy as written in the configuration (`always`, `interval=50`, `never`), for
@@ -336,6 +384,8 @@ fn listen_config(store: &PostgresStore) -> anyhow::Result<tokio_postgres::Config
 pub struct Running {
     /// Where it listens (the port the OS picked, when configured with port 0).
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    tls: bool,
     store: Arc<AnyStore>,
     waiters: Arc<Waiters>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -348,6 +398,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The server's base URL: `http://ADDR`, or `https://ADDR` when it serves HTTPS.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
     /// Lease requests currently long-polling (waiting for a job). For metrics and tests.
     pub fn lease_waiting(&self) -> usize {
         self.waiters.waiting()

@@ -68,7 +68,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server; prints `dray listening on http://ADDR` once it accepts connections.
+    /// Run the server; prints `dray listening on http://ADDR` (https with --tls-cert) once it accepts connections.
     Serve(Box<ServeCommand>),
     /// Apply the embedded PostgreSQL migrations and print the schema version (safe while nodes run).
     Migrate(MigrateArgs),

@@ -17,7 +17,7 @@ pub async fn run(args: dray_server::ServeArgs) -> anyhow::Result<()> {
     // One line on stdout, so a supervisor or a test that asked for port 0 learns the address.
     // Logs go to stderr.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "dray listening on http://{}", running.addr).context("writing to stdout")?;
+    writeln!(stdout, "dray listening on {}", running.url()).context("writing to stdout")?;
     stdout.flush().context("writing to stdout")?;
     drop(stdout);
     running.wait().await
