@@ -266,9 +266,15 @@ async fn serve_connection<I>(
                 return;
             }
             _ = stop.wait_for(|&s| s), if !stopping => {
-                // hyper closes an idle connection, or one holding part of a head, at once, and
-                // lets a request in flight finish (its answer is then sent with `Connection:
-                // close`).
+                // Before its first request hyper counts a connection as busy, and its graceful
+                // shutdown would wait for the head to arrive: nothing was ever answered on it, so
+                // nothing can be lost by closing it now.
+                if state.before_first_request() {
+                    return;
+                }
+                // hyper closes a kept-alive connection that is idle, or holds part of its next
+                // head, at once (after writing out an answer it may still hold), and lets a
+                // request in flight finish (its answer then says `Connection: close`).
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }
@@ -339,6 +345,10 @@ impl ConnState {
         }
         drop(phase);
         self.changed.notify_one();
+    }
+
+    fn before_first_request(&self) -> bool {
+        self.phase().first
     }
 
     fn bytes_read(&self) {
