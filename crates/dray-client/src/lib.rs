@@ -29,6 +29,8 @@ mod backoff;
 mod client;
 mod context;
 mod error;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(any(feature = "postgres", feature = "sqlx"))]
 pub mod outbox;
 mod trace;
