@@ -29,10 +29,10 @@ mod backoff;
 mod client;
 mod context;
 mod error;
-#[cfg(feature = "tls")]
-mod tls;
 #[cfg(any(feature = "postgres", feature = "sqlx"))]
 pub mod outbox;
+#[cfg(feature = "tls")]
+mod tls;
 mod trace;
 mod worker;
 

@@ -1385,7 +1385,10 @@ mod tests {
             err(ServeArgs { tls_cert: Some("c.pem".into()), ..ServeArgs::default() }, ""),
             "--tls-cert (or DRAY_TLS_CERT): needs --tls-key (DRAY_TLS_KEY) too"
         );
-        assert_eq!(err(ServeArgs::default(), "tls_key = \"k.pem\""), "tls_key in dray.toml: needs --tls-cert (DRAY_TLS_CERT) too");
+        assert_eq!(
+            err(ServeArgs::default(), "tls_key = \"k.pem\""),
+            "tls_key in dray.toml: needs --tls-cert (DRAY_TLS_CERT) too"
+        );
         assert_eq!(
             err(ServeArgs { body_timeout_ms: Some(0), ..ServeArgs::default() }, ""),
             "--body-timeout-ms (or DRAY_BODY_TIMEOUT_MS): is 0 ms; allowed is 1 ms to 3600000 ms"

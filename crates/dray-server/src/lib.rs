@@ -419,11 +419,18 @@ impl Running {
 
     /// Waits for SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. Returns early with an
     /// error if the server stops on its own.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let signals = shutdown_signals()?;
+        self.wait_with(signals).await
+    }
+
+    /// [`Running::wait`] with signals listened for since [`shutdown_signals`] was called: `dray
+    /// serve` starts listening before it prints its address, so a supervisor that signals as soon
+    /// as it reads the address is never missed (nor kills the process by the default action).
+    pub async fn wait_with(mut self, signals: impl Future<Output = &'static str>) -> anyhow::Result<()> {
         let mut server = self.server.take().expect("a running server has its task");
         let ended = tokio::select! {
-            signal = shutdown_signal() => {
-                let name = signal?;
+            name = signals => {
                 tracing::info!(signal = name, "shutting down");
                 None
             }
@@ -590,20 +597,31 @@ async fn maintain(
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    Ok(shutdown_signals()?.await)
+}
+
+/// Listens for SIGTERM and SIGINT from now on (a signal sent before the returned future is first
+/// polled is kept), and resolves with the first one's name. Pass it to [`Running::wait_with`] to
+/// start listening before the server announces itself.
+pub fn shutdown_signals() -> anyhow::Result<impl Future<Output = &'static str> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 

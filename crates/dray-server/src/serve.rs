@@ -665,15 +665,21 @@ mod tests {
 
     #[test]
     fn recognises_hypers_automatic_answers_only() {
-        let auto = |status: &str| format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n");
-        assert_eq!(automatic_answer(auto("431 Request Header Fields Too Large").as_bytes()), Some(StatusCode::from_u16(431).unwrap()));
+        let auto = |status: &str| {
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n")
+        };
+        assert_eq!(
+            automatic_answer(auto("431 Request Header Fields Too Large").as_bytes()),
+            Some(StatusCode::from_u16(431).unwrap())
+        );
         assert_eq!(automatic_answer(auto("414 URI Too Long").as_bytes()), Some(StatusCode::URI_TOO_LONG));
         assert_eq!(automatic_answer(auto("400 Bad Request").as_bytes()), Some(StatusCode::BAD_REQUEST));
         // Other statuses, our own answers (a body, a content type) and partial buffers are left alone.
         assert_eq!(automatic_answer(auto("404 Not Found").as_bytes()), None);
         let ours = ApiError::unparsable(StatusCode::BAD_REQUEST).unwrap().raw_response();
         assert_eq!(automatic_answer(&ours), None);
-        let with_type = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 0\r\n\r\n";
+        let with_type =
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(automatic_answer(with_type.as_bytes()), None);
         let more = format!("{}{{}}", auto("400 Bad Request"));
         assert_eq!(automatic_answer(more.as_bytes()), None);

@@ -43,7 +43,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return cmd::migrate::run(args, json).await;
     }
     match command {
-        Command::Health(args) => return cmd::meta::health(&server, client_builder(&server, None, &ca_cert)?, args, json).await,
+        Command::Health(args) => {
+            return cmd::meta::health(&server, client_builder(&server, None, &ca_cert)?, args, json).await;
+        }
         Command::Completions(args) => return cmd::meta::completions(args),
         Command::Man(args) => return cmd::meta::man(args),
         _ => {}

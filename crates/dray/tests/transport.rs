@@ -41,7 +41,18 @@ fn the_cli_and_the_sdk_speak_https_with_a_private_ca() {
 
     let out = dray(&["--server", &server.url, "--ca-cert", ca, "health"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = dray(&["--server", &server.url, "--ca-cert", ca, "--json", "enqueue", "--queue", "mail", "--payload", "{\"to\":1}"]);
+    let out = dray(&[
+        "--server",
+        &server.url,
+        "--ca-cert",
+        ca,
+        "--json",
+        "enqueue",
+        "--queue",
+        "mail",
+        "--payload",
+        "{\"to\":1}",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let out = Command::new(BIN)
         .args(["--server", &server.url, "--json", "jobs", "list", "--queue", "mail"])
