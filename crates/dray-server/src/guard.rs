@@ -83,12 +83,12 @@ impl Guard {
             return true;
         }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        name == "localhost" || name.ends_with(".localhost") || self.hosts.iter().any(|h| *h == name)
+        name == "localhost" || name.ends_with(".localhost") || self.hosts.contains(&name)
     }
 
     fn origin_allowed(&self, origin: &str, host_header: Option<&str>) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        if self.origins.iter().any(|o| *o == origin) {
+        if self.origins.contains(&origin) {
             return true;
         }
         // The server's own origin: the page was served by this server under the name the request

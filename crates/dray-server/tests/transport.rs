@@ -48,7 +48,7 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
     let length = (100 << 20).to_string();
     for extra in [None, Some(("Expect", "100-continue"))] {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
-        let mut head = format!("POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n");
+        let mut head = "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n".to_string();
         if let Some((name, value)) = extra {
             head.push_str(&format!("{name}: {value}\r\n"));
         }

@@ -281,7 +281,7 @@ impl State {
                     out.extend(self.pick(q.ids[state.index()].range(range.clone()), filter, limit, newest_first));
                 }
                 if newest_first {
-                    out.sort_by(|a, b| b.id.cmp(&a.id));
+                    out.sort_by_key(|j| std::cmp::Reverse(j.id));
                 } else {
                     out.sort_by_key(|job| job.id);
                 }

@@ -13,6 +13,9 @@ pub struct LeaseIds {
     source: Source,
 }
 
+// One per store, held in place behind its lock: boxing the block would add an indirection to
+// every lease for no saving.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     /// The OS CSPRNG, read a block at a time.
     Os { block: [u64; BLOCK_IDS], next: usize },
@@ -53,6 +56,8 @@ impl LeaseIds {
 
     /// The next id. Panics only if the operating system has no random source at all, which no
     /// platform Dray runs on lacks (Linux's `getrandom(2)` blocks until seeded, then never fails).
+    // Not an `Iterator`: the sequence never ends, and callers want an id, not an `Option`.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> LeaseId {
         match &mut self.source {
             Source::Os { block, next } => {
