@@ -189,11 +189,15 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 }
 
 async fn https_get(addr: SocketAddr, path: &str) -> Reply {
+    https_request(addr, "GET", path, b"").await
+}
+
+async fn https_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = tls_connector().connect(name, tcp).await.expect("TLS handshake");
-    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(request_head(method, path, &[], body.len()).as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
     let mut buf = Vec::new();
     let _ = tls.read_to_end(&mut buf).await;
     parse_response(&buf)
@@ -208,6 +212,17 @@ async fn https_serves_the_api_and_tells_plain_http_clients_to_use_it() {
     assert_eq!(reply.value()["status"], "ok");
     let reply = https_get(server.addr, "/v1/nothing").await.expect(404);
     reply.problem();
+
+    server.shutdown().await.unwrap();
+
+    // Over HTTPS the dashboard's session cookie is `Secure`.
+    let secret = "transport-test-admin-token-0123456789";
+    let config = Config::for_test(dir.path()).with_admin_token(secret).with_tls(fixture("a.pem"), fixture("a.key"));
+    let server = start_with(config).await;
+    let body = json!({ "token": secret }).to_string();
+    let reply = https_request(server.addr, "POST", "/dashboard/login", body.as_bytes()).await.expect(204);
+    let cookie = reply.header("set-cookie").expect("a session cookie");
+    assert!(cookie.split(';').any(|part| part.trim() == "Secure"), "{cookie}");
 
     let mut plain = TcpStream::connect(server.addr).await.unwrap();
     plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
