@@ -631,10 +631,19 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_invalid() {
-        for bad in ["not a url", "ftp://x", "https://x", "http://x/?a=b"] {
+        for bad in ["not a url", "ftp://x", "http://x/?a=b"] {
             let err = Client::new(bad).unwrap_err();
             assert!(matches!(&err, Error::Invalid { field, .. } if field == "base_url"), "{bad}: {err}");
         }
+        // https needs the `tls` feature (on by default).
+        assert_eq!(Client::new("https://x").is_ok(), cfg!(feature = "tls"));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn ca_certificates_must_be_pem_certificates() {
+        let err = Client::builder("https://x").ca_certificates_pem("not PEM").build().unwrap_err();
+        assert!(matches!(&err, Error::Invalid { field, .. } if field == "ca_certificates"), "{err}");
     }
 
     #[test]
