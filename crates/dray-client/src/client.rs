@@ -24,8 +24,10 @@ use crate::error::{Error, TransportError};
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// How long a whole request may take. A lease's long-poll wait is added to it.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle pooled connection is kept: less than the server's default idle timeout
+/// (`--idle-timeout-ms`, 60 s), so the client lets a connection go before the server closes it
+/// under a request being sent (whose outcome would then be unknown).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// How much of a non-problem error body goes into the synthesized problem's detail.
 const ERROR_BODY_CHARS_MAX: usize = 512;
 
@@ -45,6 +47,8 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     /// Sent as `Authorization: Bearer <token>` on every request.
     token: Option<String>,
+    /// PEM texts of CA certificates trusted besides the system's roots (feature `tls`).
+    ca_pem: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("ca_certificates", &self.ca_pem.len())
             .finish()
     }
 }
@@ -80,17 +85,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more `BEGIN CERTIFICATE` blocks) for https://
+    /// servers, besides the system's roots: for a server whose certificate comes from a private
+    /// CA. Checked by [`ClientBuilder::build`]. Needs the `tls` feature (on by default).
+    pub fn ca_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> ClientBuilder {
+        self.ca_pem.push(pem.into());
+        self
+    }
+
     pub fn build(self) -> Result<Client, Error> {
         let mut base = Url::parse(&self.base_url)
             .map_err(|e| Error::invalid("base_url", format!("{:?} is not a URL: {e}", self.base_url)))?;
         match base.scheme() {
             "http" => {}
-            // The SDK is built without a TLS stack (it would compile C code for minutes); terminate
-            // TLS in front of the server, or on the same host, until a `tls` feature exists.
+            "https" if cfg!(feature = "tls") => {}
             "https" => {
-                return Err(Error::invalid("base_url", "https is not supported by this build of the SDK; use http://"));
+                return Err(Error::invalid(
+                    "base_url",
+                    "https needs dray-client's `tls` feature, which this build leaves out; use http:// or enable it",
+                ));
             }
-            other => return Err(Error::invalid("base_url", format!("scheme {other:?} is not http"))),
+            other => return Err(Error::invalid("base_url", format!("scheme {other:?} is not http or https"))),
         }
         if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
             return Err(Error::invalid("base_url", "must be like http://host:port or http://host:port/prefix"));
@@ -108,7 +123,16 @@ impl ClientBuilder {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let http = reqwest::Client::builder();
+        // Our own rustls configuration, always: reqwest would otherwise need a process-wide
+        // crypto provider installed (and panic without one), a global an SDK must not set.
+        #[cfg(feature = "tls")]
+        let http = http.tls_backend_preconfigured(crate::tls::client_config(&self.ca_pem)?);
+        #[cfg(not(feature = "tls"))]
+        if !self.ca_pem.is_empty() {
+            return Err(Error::invalid("ca_certificates", "needs dray-client's `tls` feature"));
+        }
+        let http = http
             .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -134,6 +158,7 @@ impl Client {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             token: None,
+            ca_pem: Vec::new(),
         }
     }
 
@@ -606,10 +631,19 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_invalid() {
-        for bad in ["not a url", "ftp://x", "https://x", "http://x/?a=b"] {
+        for bad in ["not a url", "ftp://x", "http://x/?a=b"] {
             let err = Client::new(bad).unwrap_err();
             assert!(matches!(&err, Error::Invalid { field, .. } if field == "base_url"), "{bad}: {err}");
         }
+        // https needs the `tls` feature (on by default).
+        assert_eq!(Client::new("https://x").is_ok(), cfg!(feature = "tls"));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn ca_certificates_must_be_pem_certificates() {
+        let err = Client::builder("https://x").ca_certificates_pem("not PEM").build().unwrap_err();
+        assert!(matches!(&err, Error::Invalid { field, .. } if field == "ca_certificates"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,8 @@ mod context;
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlx"))]
 pub mod outbox;
+#[cfg(feature = "tls")]
+mod tls;
 mod trace;
 mod worker;
 

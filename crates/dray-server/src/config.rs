@@ -110,6 +110,32 @@ pub struct ServeArgs {
     /// trimmed). Dray reads it at start and never writes it; use it to create other tokens.
     #[arg(long, env = "DRAY_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); needs
+    /// --tls-key. Both files are read again on SIGHUP.
+    #[arg(long, env = "DRAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "DRAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// How long a client may take to send a request's head (line and headers), from the
+    /// connection's start or from the first byte of a later request; then the connection is
+    /// closed [default: 10000].
+    #[arg(long, env = "DRAY_HEADER_TIMEOUT_MS", value_name = "MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// How long a client may take to send a request's body, from the end of its head; a body
+    /// still unfinished then gets 408 and the connection is closed. The handler's own time (a
+    /// long-poll's wait) does not count [default: 30000].
+    #[arg(long, env = "DRAY_BODY_TIMEOUT_MS", value_name = "MS")]
+    pub body_timeout_ms: Option<u64>,
+    /// How long a kept-alive connection may sit idle between requests before it is closed
+    /// [default: 60000].
+    #[arg(long, env = "DRAY_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Open client connections at most; more are answered 503 and closed at once [default: the
+    /// open-file limit (raised to its hard limit at start) less 256 descriptors kept for the store,
+    /// less the database pool in PostgreSQL mode; at least 16, at most 65536].
+    #[arg(long, env = "DRAY_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<u64>,
 }
 
 /// A secret that never shows in `Debug` output or logs.
@@ -143,6 +169,20 @@ pub struct Config {
     auth: crate::AuthMode,
     /// The bootstrap admin token, read from `--admin-token-file`.
     admin_token: Option<Secret>,
+    /// `--tls-cert` and `--tls-key`: serve HTTPS.
+    tls: Option<TlsFiles>,
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    /// `None`: derived from the open-file limit at start (see [`Config::connections_max_default`]).
+    connections_max: Option<usize>,
+}
+
+/// The certificate chain and private key files of `--tls-cert` and `--tls-key` (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -169,6 +209,18 @@ impl Config {
     pub const METRICS_QUEUES_MAX_MAX: u64 = 100_000;
     /// An admin token shorter than this is accepted with a warning.
     pub const ADMIN_TOKEN_BYTES_WEAK: usize = 16;
+    pub const HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+    pub const BODY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+    pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+    /// The longest any of the three transport timeouts may be set to: an hour.
+    pub const TRANSPORT_TIMEOUT_MS_MAX: u64 = 3_600_000;
+    pub const CONNECTIONS_MAX_MAX: u64 = 1_000_000;
+    /// Descriptors kept back from the open-file limit for the store (log segments, snapshots, the
+    /// directory lock, the PostgreSQL connections outside the pool) and the process itself.
+    pub const FDS_RESERVED: u64 = 256;
+    /// Bounds of the derived default connection cap.
+    pub const CONNECTIONS_MAX_DEFAULT_MIN: u64 = 16;
+    pub const CONNECTIONS_MAX_DEFAULT_MAX: u64 = 65_536;
     /// Maintenance in tests ticks this often, so expiries and promotions show up quickly.
     const TEST_MAINTENANCE_INTERVAL_MS: u64 = 10;
 
@@ -204,7 +256,62 @@ impl Config {
             allowed_origins: Vec::new(),
             auth: crate::AuthMode::None,
             admin_token: None,
+            tls: None,
+            header_timeout_ms: Self::HEADER_TIMEOUT_MS_DEFAULT,
+            body_timeout_ms: Self::BODY_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: Self::IDLE_TIMEOUT_MS_DEFAULT,
+            connections_max: None,
         }
+    }
+
+    /// Serves HTTPS with this certificate chain and key (as `--tls-cert`, `--tls-key`).
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Config {
+        self.tls = Some(TlsFiles { cert: cert.into(), key: key.into() });
+        self
+    }
+
+    /// Sets the header, body and idle timeouts (as `--header-timeout-ms`, `--body-timeout-ms`,
+    /// `--idle-timeout-ms`).
+    pub fn with_transport_timeouts_ms(mut self, header: u64, body: u64, idle: u64) -> Config {
+        (self.header_timeout_ms, self.body_timeout_ms, self.idle_timeout_ms) = (header, body, idle);
+        self
+    }
+
+    /// Sets the connection cap (as `--connections-max`).
+    pub fn with_connections_max(mut self, n: usize) -> Config {
+        self.connections_max = Some(n);
+        self
+    }
+
+    /// `--tls-cert` and `--tls-key`, when HTTPS is on.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    pub fn header_timeout_ms(&self) -> u64 {
+        self.header_timeout_ms
+    }
+
+    pub fn body_timeout_ms(&self) -> u64 {
+        self.body_timeout_ms
+    }
+
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms
+    }
+
+    /// `--connections-max` as given; `None` when it is to be derived from the open-file limit.
+    pub fn connections_max(&self) -> Option<usize> {
+        self.connections_max
+    }
+
+    /// The default connection cap for an open-file limit of `nofile` descriptors: the limit less
+    /// [`Config::FDS_RESERVED`], less the pool's connections in PostgreSQL mode, within
+    /// [`Config::CONNECTIONS_MAX_DEFAULT_MIN`] and [`Config::CONNECTIONS_MAX_DEFAULT_MAX`].
+    pub fn connections_max_default(&self, nofile: u64) -> usize {
+        let pool = self.database.as_ref().map_or(0, |pg| pg.pool_size_max as u64);
+        let room = nofile.saturating_sub(Self::FDS_RESERVED + pool);
+        room.clamp(Self::CONNECTIONS_MAX_DEFAULT_MIN, Self::CONNECTIONS_MAX_DEFAULT_MAX) as usize
     }
 
     /// Requires a token on every route, with `secret` as the bootstrap admin token (as if read
@@ -376,10 +483,16 @@ struct FileSettings {
     allowed_origins: Option<Vec<String>>,
     auth: Option<String>,
     admin_token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    connections_max: Option<u64>,
 }
 
 impl FileSettings {
-    const KEYS: [&str; 19] = [
+    const KEYS: [&str; 25] = [
         "listen",
         "data_dir",
         "durability",
@@ -399,6 +512,12 @@ impl FileSettings {
         "allowed_origins",
         "auth",
         "admin_token_file",
+        "tls_cert",
+        "tls_key",
+        "header_timeout_ms",
+        "body_timeout_ms",
+        "idle_timeout_ms",
+        "connections_max",
     ];
 
     fn read(path: &Path) -> anyhow::Result<FileSettings> {
@@ -482,6 +601,12 @@ impl FileSettings {
             allowed_origins: strings("allowed_origins")?,
             auth: string("auth")?,
             admin_token_file: string("admin_token_file")?.map(PathBuf::from),
+            tls_cert: string("tls_cert")?.map(PathBuf::from),
+            tls_key: string("tls_key")?.map(PathBuf::from),
+            header_timeout_ms: number("header_timeout_ms")?,
+            body_timeout_ms: number("body_timeout_ms")?,
+            idle_timeout_ms: number("idle_timeout_ms")?,
+            connections_max: number("connections_max")?,
         })
     }
 }
@@ -508,6 +633,12 @@ struct Raw {
     allowed_origins: Setting<Vec<String>>,
     auth: Setting<String>,
     admin_token_file: Setting<PathBuf>,
+    tls_cert: Setting<PathBuf>,
+    tls_key: Setting<PathBuf>,
+    header_timeout_ms: Setting<u64>,
+    body_timeout_ms: Setting<u64>,
+    idle_timeout_ms: Setting<u64>,
+    connections_max: Setting<u64>,
 }
 
 impl Raw {
@@ -643,6 +774,40 @@ impl Raw {
                 "DRAY_ADMIN_TOKEN_FILE",
                 file.admin_token_file,
                 "admin_token_file",
+                path,
+            ),
+            tls_cert: Setting::pick(args.tls_cert, "--tls-cert", "DRAY_TLS_CERT", file.tls_cert, "tls_cert", path),
+            tls_key: Setting::pick(args.tls_key, "--tls-key", "DRAY_TLS_KEY", file.tls_key, "tls_key", path),
+            header_timeout_ms: Setting::pick(
+                args.header_timeout_ms,
+                "--header-timeout-ms",
+                "DRAY_HEADER_TIMEOUT_MS",
+                file.header_timeout_ms,
+                "header_timeout_ms",
+                path,
+            ),
+            body_timeout_ms: Setting::pick(
+                args.body_timeout_ms,
+                "--body-timeout-ms",
+                "DRAY_BODY_TIMEOUT_MS",
+                file.body_timeout_ms,
+                "body_timeout_ms",
+                path,
+            ),
+            idle_timeout_ms: Setting::pick(
+                args.idle_timeout_ms,
+                "--idle-timeout-ms",
+                "DRAY_IDLE_TIMEOUT_MS",
+                file.idle_timeout_ms,
+                "idle_timeout_ms",
+                path,
+            ),
+            connections_max: Setting::pick(
+                args.connections_max,
+                "--connections-max",
+                "DRAY_CONNECTIONS_MAX",
+                file.connections_max,
+                "connections_max",
                 path,
             ),
         }
@@ -812,6 +977,22 @@ impl Raw {
             Config::METRICS_QUEUES_MAX_MAX,
             "",
         )?;
+        let tls = match (self.tls_cert.value, self.tls_key.value) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => bail!("{}: needs --tls-key (DRAY_TLS_KEY) too", self.tls_cert.origin),
+            (None, Some(_)) => bail!("{}: needs --tls-cert (DRAY_TLS_CERT) too", self.tls_key.origin),
+        };
+        let timeout = |setting: &Setting<u64>, default: u64| {
+            in_range(&setting.origin, setting.value.unwrap_or(default), 1, Config::TRANSPORT_TIMEOUT_MS_MAX, " ms")
+        };
+        let header_timeout_ms = timeout(&self.header_timeout_ms, Config::HEADER_TIMEOUT_MS_DEFAULT)?;
+        let body_timeout_ms = timeout(&self.body_timeout_ms, Config::BODY_TIMEOUT_MS_DEFAULT)?;
+        let idle_timeout_ms = timeout(&self.idle_timeout_ms, Config::IDLE_TIMEOUT_MS_DEFAULT)?;
+        let connections_max = match self.connections_max.value {
+            None => None,
+            Some(n) => Some(in_range(&self.connections_max.origin, n, 1, Config::CONNECTIONS_MAX_MAX, "")? as usize),
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -829,6 +1010,11 @@ impl Raw {
             allowed_origins: validate_origins(&self.allowed_origins)?,
             auth,
             admin_token,
+            tls,
+            header_timeout_ms,
+            body_timeout_ms,
+            idle_timeout_ms,
+            connections_max,
         })
     }
 }
@@ -1183,6 +1369,38 @@ mod tests {
         let text = format!("admin_token_file = {:?}", token_file.display().to_string());
         let c = Raw::layer(ServeArgs::default(), file(&text)).validate().unwrap();
         assert_eq!(c.auth(), AuthMode::Required);
+    }
+
+    #[test]
+    fn transport_options() {
+        let c = Raw::layer(ServeArgs::default(), FileSettings::default()).validate().unwrap();
+        assert_eq!((c.header_timeout_ms(), c.body_timeout_ms(), c.idle_timeout_ms()), (10_000, 30_000, 60_000));
+        assert_eq!((c.tls(), c.connections_max()), (None, None));
+        let f = file("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nidle_timeout_ms = 5000\nconnections_max = 10");
+        let args = ServeArgs { header_timeout_ms: Some(250), ..ServeArgs::default() };
+        let c = Raw::layer(args, f).validate().unwrap();
+        assert_eq!(c.tls(), Some(&TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+        assert_eq!((c.header_timeout_ms(), c.idle_timeout_ms(), c.connections_max()), (250, 5_000, Some(10)));
+        assert_eq!(
+            err(ServeArgs { tls_cert: Some("c.pem".into()), ..ServeArgs::default() }, ""),
+            "--tls-cert (or DRAY_TLS_CERT): needs --tls-key (DRAY_TLS_KEY) too"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "tls_key = \"k.pem\""),
+            "tls_key in dray.toml: needs --tls-cert (DRAY_TLS_CERT) too"
+        );
+        assert_eq!(
+            err(ServeArgs { body_timeout_ms: Some(0), ..ServeArgs::default() }, ""),
+            "--body-timeout-ms (or DRAY_BODY_TIMEOUT_MS): is 0 ms; allowed is 1 ms to 3600000 ms"
+        );
+        assert_eq!(
+            err(ServeArgs::default(), "connections_max = 0"),
+            "connections_max in dray.toml: is 0; allowed is 1 to 1000000"
+        );
+        // The derived cap: the limit less 256, within 16..=65536.
+        assert_eq!(c.connections_max_default(1024), 768);
+        assert_eq!(c.connections_max_default(100), 16);
+        assert_eq!(c.connections_max_default(1 << 20), 65_536);
     }
 
     #[test]

@@ -28,7 +28,9 @@ mod observe;
 mod problem;
 mod routes;
 mod schema;
+mod serve;
 mod store;
+mod tls;
 mod tokens;
 mod waiters;
 mod workers;
@@ -45,7 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::{AuthMode, RouteScope, TOKEN_CACHE_TTL, route_scopes};
-pub use config::{Config, LogFormat, ServeArgs};
+pub use config::{Config, LogFormat, ServeArgs, TlsFiles};
 pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
 
@@ -83,8 +85,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         lease_wait_ms_max = config.lease_wait_ms_max(),
         shutdown_grace_ms = config.shutdown_grace_ms(),
         maintenance_interval_ms = config.maintenance().interval_ms,
+        tls = config.tls().is_some(),
+        header_timeout_ms = config.header_timeout_ms(),
+        body_timeout_ms = config.body_timeout_ms(),
+        idle_timeout_ms = config.idle_timeout_ms(),
         "dray serve starting"
     );
+    // Before anything else: a certificate that cannot be used fails the start with the file named.
+    let tls = match config.tls() {
+        Some(files) => {
+            let tls = tls::Tls::load(files)?;
+            tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "serving HTTPS");
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    let transport = transport_settings(&config);
     // Bind first: a port already taken fails the start before the store creates or locks its
     // data directory (issue #18: a port clash used to leave a fresh empty data directory behind).
     // Connections that arrive while the store opens wait in the listen backlog.
@@ -115,8 +131,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         lease_wait_ms_max: config.lease_wait_ms_max(),
         guard: Arc::new(guard::Guard::new(config.allowed_hosts(), config.allowed_origins())),
         auth: Arc::new(auth::Auth::new(config.auth(), config.admin_token())),
-        // Set by the TLS listener when it serves HTTPS: the session cookie is then `Secure`.
-        cookie_secure: false,
+        // Served over HTTPS: the dashboard's session cookie is `Secure`.
+        cookie_secure: tls.is_some(),
     });
 
     let (stop_maintenance, maintenance_stopped) = watch::channel(false);
@@ -145,18 +161,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
 
     let (stop_serving, serving_stopped) = watch::channel(false);
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::reload_on_hangup(tls.clone(), serving_stopped.clone()));
+    }
     let router = routes::router(app);
-    let server = tokio::spawn(async move {
-        let mut stopped = serving_stopped;
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|&stop| stop).await;
-            })
-            .await
-    });
-    tracing::info!(%addr, "dray serve listening");
+    let server = tokio::spawn(serve::run(listener, router, transport, tls.clone(), serving_stopped));
+    tracing::info!(%addr, tls = tls.is_some(), "dray serve listening");
     Ok(Running {
         addr,
+        tls: tls.is_some(),
         store,
         waiters,
         server: Some(server),
@@ -166,6 +179,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop_maintenance,
         grace: Duration::from_millis(config.shutdown_grace_ms()),
     })
+}
+
+/// The transport's limits: the configured ones, and the connection cap (given, or derived from
+/// the open-file limit once that is raised to its hard limit).
+fn transport_settings(config: &Config) -> serve::Settings {
+    let (soft, hard) = serve::raise_nofile();
+    let room = config.connections_max_default(soft.unwrap_or(u64::MAX));
+    let connections_max = match config.connections_max() {
+        Some(n) => {
+            if soft.is_some() && n > room {
+                tracing::warn!(
+                    connections_max = n,
+                    nofile = soft,
+                    "--connections-max is more than the open-file limit leaves room for ({room}): past that, \
+                     accepting pauses instead of answering 503"
+                );
+            }
+            n
+        }
+        None => room,
+    };
+    tracing::info!(
+        nofile_soft = soft,
+        nofile_hard = hard,
+        connections_max,
+        derived = config.connections_max().is_none(),
+        "open-file limit and connection cap"
+    );
+    serve::Settings {
+        header_timeout: Duration::from_millis(config.header_timeout_ms()),
+        body_timeout: Duration::from_millis(config.body_timeout_ms()),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms()),
+        connections_max,
+        body_bytes_max: config.body_bytes_max(),
+    }
 }
 
 /// A durability policy as written in the configuration (`always`, `interval=50`, `never`), for
@@ -335,6 +383,8 @@ fn listen_config(store: &PostgresStore) -> anyhow::Result<dray_store_postgres::C
 pub struct Running {
     /// Where it listens (the port the OS picked, when configured with port 0).
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    tls: bool,
     store: Arc<AnyStore>,
     waiters: Arc<Waiters>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -347,6 +397,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The server's base URL: `http://ADDR`, or `https://ADDR` when it serves HTTPS.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
     /// Lease requests currently long-polling (waiting for a job). For metrics and tests.
     pub fn lease_waiting(&self) -> usize {
         self.waiters.waiting()
@@ -363,11 +418,18 @@ impl Running {
 
     /// Waits for SIGTERM or SIGINT (Ctrl-C), then shuts down gracefully. Returns early with an
     /// error if the server stops on its own.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let signals = shutdown_signals()?;
+        self.wait_with(signals).await
+    }
+
+    /// [`Running::wait`] with signals listened for since [`shutdown_signals`] was called: `dray
+    /// serve` starts listening before it prints its address, so a supervisor that signals as soon
+    /// as it reads the address is never missed (nor kills the process by the default action).
+    pub async fn wait_with(mut self, signals: impl Future<Output = &'static str>) -> anyhow::Result<()> {
         let mut server = self.server.take().expect("a running server has its task");
         let ended = tokio::select! {
-            signal = shutdown_signal() => {
-                let name = signal?;
+            name = signals => {
                 tracing::info!(signal = name, "shutting down");
                 None
             }
@@ -534,20 +596,31 @@ async fn maintain(
 
 /// Resolves with the signal's name on SIGTERM or SIGINT.
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    Ok(shutdown_signals()?.await)
+}
+
+/// Listens for SIGTERM and SIGINT from now on (a signal sent before the returned future is first
+/// polled is kept), and resolves with the first one's name. Pass it to [`Running::wait_with`] to
+/// start listening before the server announces itself.
+pub fn shutdown_signals() -> anyhow::Result<impl Future<Output = &'static str> + Send + 'static> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
     }
 }
 

@@ -172,6 +172,74 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", why)
     }
 
+    /// The request's body did not arrive within `--body-timeout-ms` (408; the connection closes).
+    pub fn body_timeout(ms: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!("the request body did not arrive within {ms} ms (--body-timeout-ms)"),
+        )
+    }
+
+    /// Plain HTTP sent to the port that serves HTTPS (400, sent in clear).
+    pub fn https_required() -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "https-required",
+            "HTTPS required",
+            "this port serves HTTPS (--tls-cert); connect with https://",
+        )
+    }
+
+    /// Every connection slot is taken (503, sent as the connection is closed).
+    pub fn connections_full(max: usize) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connections-full",
+            "Too many connections",
+            format!("the server holds {max} connections, its limit (--connections-max); retry shortly"),
+        );
+        e.retry_after = true;
+        e
+    }
+
+    /// A request the HTTP parser refused before any handler saw it: 431 (head over the limits),
+    /// 414 (request target over 65534 bytes) or 400 (not an HTTP/1 request). `None` for any other
+    /// status.
+    pub fn unparsable(status: StatusCode) -> Option<ApiError> {
+        let (kind, title, message) = match status.as_u16() {
+            431 => (
+                "headers-too-large",
+                "Request headers too large",
+                "the request head is over the limit (100 header fields, about 400 KiB in all)",
+            ),
+            414 => ("uri-too-long", "Request target too long", "the request target is over the limit of 65534 bytes"),
+            400 => ("bad-request", "Bad request", "the request line or a header is not valid HTTP/1.1"),
+            _ => return None,
+        };
+        Some(ApiError::new(status, kind, title, message))
+    }
+
+    /// The whole HTTP/1.1 response as bytes, `Connection: close`: for answers written to a socket
+    /// outside any handler (a full server, a parse error).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.retry_after {
+            head.push_str(&format!("retry-after: {RETRY_AFTER_S}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
     /// For a single-job request whose checks speak of a batch: `jobs[0].payload` -> `payload`.
     pub fn unbatched(mut self) -> ApiError {
         if let Some(field) = &self.field
@@ -321,7 +389,10 @@ impl IntoResponse for ApiError {
         // The body of a refused oversized or non-JSON request is not read to its end, so the
         // connection cannot carry another request: say so, or a keep-alive client reuses it and
         // its next, unrelated request fails with "outcome unknown".
-        if matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) {
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::REQUEST_TIMEOUT
+        ) {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

@@ -62,13 +62,17 @@ pub struct Cli {
     /// server requires authentication). Prefer the environment variable: flags show in `ps`.
     #[arg(long, global = true, env = "DRAY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// --server, besides the system's roots: for
+    /// a server whose certificate comes from a private CA.
+    #[arg(long, global = true, env = "DRAY_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server; prints `dray listening on http://ADDR` once it accepts connections.
+    /// Run the server; prints `dray listening on http://ADDR` (https with --tls-cert) once it accepts connections.
     Serve(Box<ServeCommand>),
     /// Apply the embedded PostgreSQL migrations and print the schema version (safe while nodes run).
     Migrate(MigrateArgs),

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cli { server, json, token, command } = cli;
+    let Cli { server, json, token, ca_cert, command } = cli;
     if let Command::Serve(serve) = command {
         return cmd::serve::run(serve.args).await;
     }
@@ -43,16 +43,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return cmd::migrate::run(args, json).await;
     }
     match command {
-        Command::Health(args) => return cmd::meta::health(&server, args, json).await,
+        Command::Health(args) => {
+            return cmd::meta::health(&server, client_builder(&server, None, &ca_cert)?, args, json).await;
+        }
         Command::Completions(args) => return cmd::meta::completions(args),
         Command::Man(args) => return cmd::meta::man(args),
         _ => {}
     }
-    let mut builder = dray_client::Client::builder(&server);
-    if let Some(token) = token {
-        builder = builder.token(token);
-    }
-    let client = builder.build()?;
+    let client = client_builder(&server, token, &ca_cert)?.build()?;
     match command {
         Command::Serve(_) | Command::Migrate(_) | Command::Health(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")
@@ -64,4 +62,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Work(args) => cmd::work::run(client, args, json).await,
         Command::Tokens(command) => cmd::tokens::run(&client, command, json).await,
     }
+}
+
+/// A client of `server` with the global options: the token, and a CA certificate to trust.
+fn client_builder(
+    server: &str,
+    token: Option<String>,
+    ca_cert: &Option<std::path::PathBuf>,
+) -> anyhow::Result<dray_client::ClientBuilder> {
+    use anyhow::Context;
+    let mut builder = dray_client::Client::builder(server);
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-cert: cannot read {}", path.display()))?;
+        builder = builder.ca_certificates_pem(pem);
+    }
+    Ok(builder)
 }

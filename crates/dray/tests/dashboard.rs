@@ -48,7 +48,7 @@ async fn dashboard_pages_work_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let server = tokio::task::spawn_blocking(move || ServeProcess::start(&data)).await.expect("the start task");
-    let api = Api { http: reqwest::Client::new(), url: server.url.clone() };
+    let api = Api { http: common::http().build().unwrap(), url: server.url.clone() };
 
     let scene = set_scene(&api).await;
     let poller = Poller::start(api.clone());
@@ -144,7 +144,7 @@ async fn a_worker_running_jobs_is_busy_everywhere() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let server = tokio::task::spawn_blocking(move || ServeProcess::start(&data)).await.expect("the start task");
-    let api = Api { http: reqwest::Client::new(), url: server.url.clone() };
+    let api = Api { http: common::http().build().unwrap(), url: server.url.clone() };
     let jobs: Vec<Value> = (0..20).map(|n| json!({"queue": "backlog", "payload": {"n": n}})).collect();
     api.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
     // Each job outlasts the test: the worker stays busy until it is stopped.

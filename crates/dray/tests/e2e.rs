@@ -82,7 +82,7 @@ impl Raw {
 impl Node {
     async fn start(extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("an HTTP client");
+        let http = common::http().timeout(Duration::from_secs(60)).build().expect("an HTTP client");
         let mut node =
             Node { process: None, url: String::new(), extra: extra.iter().map(|s| s.to_string()).collect(), http, dir };
         node.up("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
@@ -1267,7 +1267,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         let answer = if status == 413 {
             // The server closes the connection after a 413 whose body it did not read; it must
             // say so (`Connection: close`) so a keep-alive client does not reuse it.
-            let alone = reqwest::Client::new();
+            let alone = common::http().build().unwrap();
             let answer = node.raw_on(&alone, Method::POST, path, Some(body)).await;
             too_large = Some(answer.connection.clone());
             answer

@@ -242,7 +242,9 @@ fn a_node_started_before_its_database_retries_until_it_exists() {
 
     query(&db.base, &format!("CREATE DATABASE {}", db.name));
     let http = node.listening_url();
-    let ready = rt().block_on(async { reqwest::get(format!("{http}/readyz")).await.expect("readyz").status() });
+    let ready = rt().block_on(async {
+        common::http().build().unwrap().get(format!("{http}/readyz")).send().await.expect("readyz").status()
+    });
     assert_eq!(ready.as_u16(), 200, "ready once the database exists");
     node.wait_log("the database is reachable", 1);
     let status = node.terminate();

@@ -749,7 +749,7 @@ impl Server {
         })
         .await
         .expect("the start does not panic");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
+        let http = common::http().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
         Server { process, http, dir }
     }
 

@@ -378,7 +378,7 @@ fn terminated_connections_give_503_or_success_and_service_resumes() {
     check_history(&db.url, total);
 
     rt.block_on(async {
-        let ready = reqwest::get(format!("{}/readyz", a.url)).await.expect("readyz");
+        let ready = common::http().build().unwrap().get(format!("{}/readyz", a.url)).send().await.expect("readyz");
         assert_eq!(ready.status().as_u16(), 200, "A is ready again");
         // The LISTEN connection came back: B's enqueue wakes a poll on A.
         assert_wakes_across(&a.client(), &b.client(), "after-outage").await;

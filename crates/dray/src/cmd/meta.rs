@@ -13,9 +13,14 @@ use crate::output;
 
 /// `GET /healthz` within the timeout. Errors (unreachable, timeout, a non-2xx) are reported like
 /// any other command's, with exit status 6 for an unreachable or unavailable server.
-pub async fn health(server: &str, args: HealthArgs, json: bool) -> anyhow::Result<()> {
+pub async fn health(
+    server: &str,
+    builder: dray_client::ClientBuilder,
+    args: HealthArgs,
+    json: bool,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let client = dray_client::Client::builder(server).connect_timeout(timeout).request_timeout(timeout).build()?;
+    let client = builder.connect_timeout(timeout).request_timeout(timeout).build()?;
     let health = client.health().await?;
     if json {
         return output::json(&health);

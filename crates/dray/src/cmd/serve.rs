@@ -14,11 +14,13 @@ pub async fn run(args: dray_server::ServeArgs) -> anyhow::Result<()> {
         Err(e) if e.is::<dray_server::Interrupted>() => return Ok(()),
         Err(e) => return Err(e),
     };
+    // Listen for SIGTERM before saying we listen: a signal right after the line is seen.
+    let signals = dray_server::shutdown_signals()?;
     // One line on stdout, so a supervisor or a test that asked for port 0 learns the address.
     // Logs go to stderr.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "dray listening on http://{}", running.addr).context("writing to stdout")?;
+    writeln!(stdout, "dray listening on {}", running.url()).context("writing to stdout")?;
     stdout.flush().context("writing to stdout")?;
     drop(stdout);
-    running.wait().await
+    running.wait_with(signals).await
 }

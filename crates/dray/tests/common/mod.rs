@@ -38,7 +38,26 @@ impl ServeProcess {
     /// `dray serve --listen LISTEN --data-dir DATA_DIR EXTRA...`, once it printed its address. An
     /// `Err` (with the exit status) if it stopped before that, e.g. when the port is taken.
     pub fn spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<ServeProcess, String> {
-        let mut child = Command::new(BIN)
+        ServeProcess::spawn_wrapped(&[], data_dir, listen, extra)
+    }
+
+    /// [`ServeProcess::spawn`] through a program that execs `dray` in the same process, e.g.
+    /// `["prlimit", "--nofile=512:512", "--"]`.
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<ServeProcess, String> {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -77,8 +96,9 @@ impl ServeProcess {
             .to_owned();
         let addr = url
             .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("not http://IP:PORT: {url:?}"));
+            .unwrap_or_else(|| panic!("not http(s)://IP:PORT: {url:?}"));
         Ok(ServeProcess { child: Some(child), addr, url })
     }
 
@@ -135,4 +155,24 @@ fn wait_exit(child: &mut Child, after: &str) -> ExitStatus {
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// A raw reqwest client builder. reqwest is built with rustls (through dray-client's `tls`
+/// feature) and without a crypto provider of its own: a client built without one installed
+/// panics ("no process-level CryptoProvider"), so this installs rustls's ring provider first,
+/// once per test process.
+pub fn http() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        #[allow(deprecated)] // ring: see dray-server's tls.rs
+        let provider = rustls::crypto::ring::default_provider();
+        // Err only when another provider is installed already: that one serves as well.
+        let _ = provider.install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// The test certificates (see `crates/dray-server/tests/fixtures/tls/make.sh`).
+pub fn tls_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dray-server/tests/fixtures/tls").join(name)
 }
