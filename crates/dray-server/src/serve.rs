@@ -15,7 +15,9 @@
 //!   its head, else the handler's read fails and the client gets `408` (the connection closes).
 //!   Only reading the body counts: a long-poll's wait in its handler is not cut.
 //! - **413 up front**: a declared `Content-Length` over `--body-bytes-max` is refused before the
-//!   body is read (with `Expect: 100-continue`, before `100 Continue` is sent).
+//!   body reaches the router (with `Expect: 100-continue`, before `100 Continue` is sent; without
+//!   it, the body the client is already sending is discarded first, up to 64 MiB, so that the
+//!   client reads the 413 rather than a reset).
 //! - **Problem+json from the parser**: hyper answers a head it cannot parse by itself (431, 414,
 //!   400, an empty body). [`Watched`] recognises that answer on its way out and writes the house
 //!   problem+json answer instead. A timeout while reading a head gets no answer (hyper's
@@ -59,6 +61,10 @@ const WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// What a client that spoke plain HTTP to the TLS port may still send after its answer before the
 /// socket is closed (read and discarded, so the answer is not lost to a reset).
 const PLAIN_DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// A body refused up front (413) without `Expect: 100-continue` is read and discarded up to this
+/// size so that the client, still sending it, can read the answer; beyond it the connection is
+/// closed at once (the client may then see a reset instead of the 413).
+const REFUSED_DRAIN_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// The transport's limits, validated by `Config`.
 #[derive(Clone, Debug)]
@@ -385,8 +391,27 @@ async fn handle(
     state: Arc<ConnState>,
 ) -> Result<Response<Answer>, Infallible> {
     let busy = Busy::new(state);
-    if declared_length(req.headers()).is_some_and(|n| n > settings.body_bytes_max as u64) {
+    if let Some(declared) = declared_length(req.headers())
+        && declared > settings.body_bytes_max as u64
+    {
         let response = ApiError::body_too_large(settings.body_bytes_max).into_response();
+        // A client that asked `Expect: 100-continue` waits for this answer before sending its
+        // body. One that did not is sending it now: read and discard it (within the body timeout
+        // and a bound) before answering, or closing the socket with unread bytes makes the kernel
+        // reset the connection and the client loses the 413 (it sees a broken pipe instead).
+        if !expects_continue(req.headers()) && declared <= REFUSED_DRAIN_BYTES_MAX {
+            let mut body = req.into_body();
+            let drain = async {
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await
+                {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(settings.body_timeout, drain).await;
+        }
         return Ok(response.map(|body| Answer { body, _busy: busy }));
     }
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -403,6 +428,10 @@ async fn handle(
         response
     };
     Ok(response.map(|body| Answer { body, _busy: busy }))
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -7,7 +7,7 @@
 //! | `sslmode` | encrypted | certificate chain checked | host name checked |
 //! |---|---|---|---|
 //! | `disable` | never | - | - |
-//! | `prefer` (the default) | if the server offers it | no | no |
+//! | `prefer` | if the server offers it | no | no |
 //! | `require` | always | only with `sslrootcert` (then as `verify-ca`) | no |
 //! | `verify-ca` | always | yes | no |
 //! | `verify-full` | always | yes | yes |
@@ -95,7 +95,8 @@ pub(crate) struct TlsParams {
 
 /// Splits a connection string (URL or `key=value` form) into what tokio-postgres can parse and
 /// the TLS settings it cannot: `sslmode=verify-ca|verify-full` becomes `sslmode=require`,
-/// `sslrootcert` is removed. libpq's rules: no `sslmode` means `prefer`; `require` with an
+/// `sslrootcert` is removed. libpq's rules, except that no `sslmode` means `disable` (libpq:
+/// `prefer`; see below); `require` with an
 /// `sslrootcert` verifies the chain (`verify-ca`); `sslrootcert=system` defaults to
 /// `verify-full` and refuses anything weaker.
 pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams), Invalid> {
@@ -143,7 +144,11 @@ pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams), Invalid> {
                 format!("sslrootcert=system needs sslmode=verify-full (or no sslmode), not sslmode={}", m.as_str()),
             ));
         }
-        (None, _) => SslMode::Prefer,
+        // Not libpq's `prefer`: with TLS, a session whose backend is terminated (as in a
+        // failover) can leave a request or the LISTEN connection waiting far past its timeouts
+        // (`dray::multinode terminated_connections_...` failed in 5 of 5 runs over TLS, passes in
+        // plaintext). Until that is found, TLS is used only when the URL asks for it.
+        (None, _) => SslMode::Disable,
         (Some(SslMode::Require), Some(_)) => SslMode::VerifyCa,
         (Some(m), _) => m,
     };
@@ -509,7 +514,8 @@ mod tests {
     fn urls() {
         use SslMode::*;
         let file = |p: &str| Some(RootCert::File(PathBuf::from(p)));
-        check("postgres://u@h/db", "postgres://u@h/db?sslmode=prefer", Prefer, None);
+        check("postgres://u@h/db", "postgres://u@h/db?sslmode=disable", Disable, None);
+        check("postgres://u@h/db?sslmode=prefer", "postgres://u@h/db?sslmode=prefer", Prefer, None);
         check("postgres://u@h/db?sslmode=disable", "postgres://u@h/db?sslmode=disable", Disable, None);
         check(
             "postgres://u@h/db?sslmode=require&connect_timeout=3",
@@ -537,7 +543,7 @@ mod tests {
             VerifyFull,
             Some(RootCert::System),
         );
-        check("host=h user=u", "host=h user=u sslmode=prefer", Prefer, None);
+        check("host=h user=u", "host=h user=u sslmode=disable", Disable, None);
         check(
             "host=h sslmode = verify-full sslrootcert='/a b/c\\'d.pem' dbname=x",
             "host=h dbname=x sslmode=require",
