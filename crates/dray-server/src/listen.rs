@@ -85,7 +85,13 @@ async fn listen_once(pg: &dray_store_postgres::Connector, channel: &str, waiters
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(message) => {
-                    if tx.send(message).is_err() {
+                    // An error ends the connection. Stop at the first: over TLS the stream keeps
+                    // failing on every later poll (tokio-rustls reports the missing close_notify
+                    // again and again), and polling on would spin this task and fill the channel
+                    // without bound (regression: a node over TLS grew by gigabytes and stopped
+                    // answering after PostgreSQL terminated its sessions).
+                    let failed = message.is_err();
+                    if tx.send(message).is_err() || failed {
                         return;
                     }
                 }
