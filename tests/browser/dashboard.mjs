@@ -6,10 +6,8 @@
 // Exits 0 when every check passed; otherwise prints what failed and exits 1. Never downloads a
 // browser: it launches /usr/bin/chromium with a fresh profile directory.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch, step } from './chromium.mjs';
 
 const [base, shots] = process.argv.slice(2);
 if (!base || !shots) {
@@ -48,23 +46,8 @@ async function shot(page, name) {
   console.log(`  screenshot ${name}.png`);
 }
 
-async function step(name, body) {
-  const started = Date.now();
-  await body();
-  console.log(`ok   ${name} (${Date.now() - started} ms)`);
-}
 
-const profile = await mkdtemp(join(tmpdir(), 'dray-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run',
-  ],
-  viewport: { width: 1440, height: 900 },
-  timezoneId: 'UTC',
-});
+const { context, close } = await launch({ viewport: { width: 1440, height: 900 } });
 const errors = [];
 let failed = false;
 try {
@@ -318,7 +301,6 @@ try {
     // Nothing more to show.
   }
 } finally {
-  await context.close();
-  await rm(profile, { recursive: true, force: true });
+  await close();
 }
 process.exit(failed ? 1 : 0);

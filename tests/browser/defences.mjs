@@ -8,10 +8,7 @@
 // <guarded-url> with `--auth required` and <admin-token>. Exits 0 when every check passed.
 
 import { createServer } from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch, step } from './chromium.mjs';
 
 const [open, guarded, token] = process.argv.slice(2);
 if (!open || !guarded || !token) {
@@ -43,23 +40,12 @@ async function api(base, method, path, body, auth) {
   return { status: response.status, body: text ? JSON.parse(text) : null };
 }
 
-async function step(name, body) {
-  const started = Date.now();
-  await body();
-  console.log(`ok   ${name} (${Date.now() - started} ms)`);
-}
 
-const profile = await mkdtemp(join(tmpdir(), 'dray-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
+const { context, close } = await launch({
   args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run',
     // DNS rebinding, without a DNS server: a name of the attacker's that resolves to loopback.
     '--host-resolver-rules=MAP rebind.test 127.0.0.1',
   ],
-  timezoneId: 'UTC',
 });
 let failed = false;
 try {
@@ -163,8 +149,7 @@ try {
   failed = true;
   console.error(`FAIL ${e.message}`);
 } finally {
-  await context.close();
+  await close();
   attacker.close();
-  await rm(profile, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

@@ -38,12 +38,7 @@ fn root() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_pages_work_in_a_real_browser() {
-    tokio::task::spawn_blocking(|| {
-        ensure_chromium();
-        ensure_node_modules();
-    })
-    .await
-    .expect("the install task");
+    prepare_browser().await;
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
@@ -102,12 +97,7 @@ async fn dashboard_pages_work_in_a_real_browser() {
 /// server with `--auth required` signs in with a token and pauses a queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_defences_hold_in_a_real_browser() {
-    tokio::task::spawn_blocking(|| {
-        ensure_chromium();
-        ensure_node_modules();
-    })
-    .await
-    .expect("the install task");
+    prepare_browser().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let token = "dray-browser-test-admin-secret-0123456789";
     let token_file = dir.path().join("admin-token");
@@ -117,20 +107,8 @@ async fn browser_defences_hold_in_a_real_browser() {
     let file = token_file.to_str().unwrap().to_owned();
     let guarded = ServeProcess::spawn(&guarded_dir, "127.0.0.1:0", &["--admin-token-file", &file]).unwrap();
 
-    let (open_url, guarded_url) = (open.url.clone(), guarded.url.clone());
-    let status = tokio::task::spawn_blocking(move || {
-        let browser = root().join("tests/browser");
-        let mut child = Command::new("node")
-            .arg(browser.join("defences.mjs"))
-            .args([&open_url, &guarded_url, token])
-            .current_dir(&browser)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js 20 or later"));
-        finished_within(&mut child, SCRIPT_WAIT_MAX, "the browser defences script")
-    })
-    .await
-    .expect("script");
+    let args = vec![open.url.clone(), guarded.url.clone(), token.to_owned()];
+    let status = tokio::task::spawn_blocking(move || run_node("defences.mjs", &args, &[])).await.expect("script");
     assert!(status, "the browser defences script failed (its output is above)");
     drop((open, guarded));
 }
@@ -377,17 +355,33 @@ impl Poller {
 /// Runs `node tests/browser/dashboard.mjs URL SHOTS` with the scene in `DRAY_DASHBOARD_FIXTURE`;
 /// true when it exits 0. Its output goes to the test's.
 fn run_script(url: &str, shots: &Path, fixture: &str) -> bool {
+    let args = [url.to_owned(), shots.display().to_string()];
+    run_node("dashboard.mjs", &args, &[("DRAY_DASHBOARD_FIXTURE", fixture)])
+}
+
+/// Runs `node tests/browser/SCRIPT ARGS...` with `env`, bounded by [`SCRIPT_WAIT_MAX`]; `true`
+/// if it succeeded (its output goes to the test's).
+fn run_node(script: &str, args: &[String], env: &[(&str, &str)]) -> bool {
     let browser = root().join("tests/browser");
     let mut child = Command::new("node")
-        .arg(browser.join("dashboard.mjs"))
-        .arg(url)
-        .arg(shots)
-        .env("DRAY_DASHBOARD_FIXTURE", fixture)
+        .arg(browser.join(script))
+        .args(args)
+        .envs(env.iter().copied())
         .current_dir(&browser)
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js 20 or later"));
-    finished_within(&mut child, SCRIPT_WAIT_MAX, "the browser script")
+    finished_within(&mut child, SCRIPT_WAIT_MAX, &format!("the browser script {script}"))
+}
+
+/// Chromium and the npm packages of `tests/browser`, installed when missing.
+async fn prepare_browser() {
+    tokio::task::spawn_blocking(|| {
+        ensure_chromium();
+        ensure_node_modules();
+    })
+    .await
+    .expect("the install task");
 }
 
 /// Runs `sh -c SCRIPT`, bounded by [`INSTALL_WAIT_MAX`]; the output goes to the test's.
