@@ -436,7 +436,8 @@ fn ensure_chromium() {
 }
 
 /// Runs `npm ci` in `tests/browser` when `node_modules` is missing or holds another version of
-/// playwright-core than `package-lock.json` pins.
+/// playwright-core than `package-lock.json` pins; `install.sh` checks again under a lock, since
+/// the browser tests run in processes of their own that start together.
 fn ensure_node_modules() {
     let dir = root().join("tests/browser");
     let read = |p: &Path| -> Option<Value> { serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok() };
@@ -447,7 +448,7 @@ fn ensure_node_modules() {
         return;
     }
     let started = Instant::now();
-    let ok = sh("npm ci --no-audit --no-fund", &dir);
+    let ok = sh("./install.sh", &dir);
     assert!(
         ok,
         "`npm ci` failed in {}: the dashboard test needs Node.js 20 or later with npm, and the npm registry",
