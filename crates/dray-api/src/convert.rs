@@ -162,6 +162,7 @@ impl EnqueueJob {
             ordering_key: self.ordering_key.as_deref().map(Into::into),
             tags: self.tags.iter().map(|t| t.as_str().into()).collect(),
             traceparent: self.traceparent.as_deref().map(Into::into),
+            schedule: None,
         })
     }
 }
@@ -246,6 +247,10 @@ impl From<&dray_core::Job> for Job {
             ordering_key: j.ordering_key.as_deref().map(Into::into),
             tags: j.tags.iter().map(|t| t.to_string()).collect(),
             traceparent: j.traceparent.as_deref().map(Into::into),
+            schedule: j
+                .schedule
+                .as_ref()
+                .map(|t| JobScheduleTick { name: t.name.to_string(), at: timestamp_string(t.at) }),
             history: j.history.iter().map(Into::into).collect(),
             history_dropped: j.history_dropped,
         }

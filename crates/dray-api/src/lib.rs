@@ -9,7 +9,9 @@
 //! This crate does no I/O and holds no business logic.
 
 pub mod convert;
+mod schedule;
 mod types;
 
 pub use convert::{lease_id_parse, lease_id_string, timestamp_parse, timestamp_string};
+pub use schedule::*;
 pub use types::*;

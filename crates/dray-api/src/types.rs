@@ -348,9 +348,19 @@ pub struct Job {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The schedule tick that enqueued the job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<JobScheduleTick>,
     pub history: Vec<HistoryEntry>,
     /// Oldest entries dropped to keep the history bounded (the first entry is always kept).
     pub history_dropped: u32,
+}
+
+/// The schedule and tick instant a job was enqueued for (for a trigger, the trigger's time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobScheduleTick {
+    pub name: String,
+    pub at: String,
 }
 
 /// A job in a list: no payload, no history.

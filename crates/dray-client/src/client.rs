@@ -12,7 +12,8 @@ use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
     JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
-    QueueDeletedResponse, QueueList, Token, TokenCreate, TokenCreated, TokenList,
+    QueueDeletedResponse, QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate,
+    TokenCreated, TokenList, Triggered,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -272,6 +273,48 @@ impl Client {
         self.post_empty(&["v1", "queues", segment("name", name)?, "resume"]).await
     }
 
+    /// `GET /v1/schedules`, each with its next `next` fire times (server default 5). Cancel safe.
+    pub async fn schedules(&self, next: Option<usize>) -> Result<ScheduleList, Error> {
+        self.get(&["v1", "schedules"], Some(&ScheduleQuery { next })).await
+    }
+
+    /// `GET /v1/schedules/{name}` with its next `next` fire times. Cancel safe.
+    pub async fn schedule(&self, name: &str, next: Option<usize>) -> Result<Schedule, Error> {
+        self.get(&["v1", "schedules", segment("name", name)?], Some(&ScheduleQuery { next })).await
+    }
+
+    /// `POST /v1/schedules`: create a schedule named in `body.name`; a taken name is refused
+    /// (409). Retry an unknown outcome with [`Client::schedule_put`], which is idempotent.
+    pub async fn schedule_create(&self, body: &ScheduleBody) -> Result<Schedule, Error> {
+        self.send(Method::POST, &["v1", "schedules"], None, Some(body), None).await
+    }
+
+    /// `PUT /v1/schedules/{name}`: create or replace. Idempotent.
+    pub async fn schedule_put(&self, name: &str, body: &ScheduleBody) -> Result<Schedule, Error> {
+        self.send(Method::PUT, &["v1", "schedules", segment("name", name)?], None, Some(body), None).await
+    }
+
+    /// `DELETE /v1/schedules/{name}`: answers the schedule as it was; the jobs it enqueued stay.
+    pub async fn schedule_delete(&self, name: &str) -> Result<Schedule, Error> {
+        self.send::<(), Schedule>(Method::DELETE, &["v1", "schedules", segment("name", name)?], None, None, None).await
+    }
+
+    /// `POST /v1/schedules/{name}/pause`. Idempotent.
+    pub async fn schedule_pause(&self, name: &str) -> Result<Schedule, Error> {
+        self.post_empty(&["v1", "schedules", segment("name", name)?, "pause"]).await
+    }
+
+    /// `POST /v1/schedules/{name}/resume`. Idempotent.
+    pub async fn schedule_resume(&self, name: &str) -> Result<Schedule, Error> {
+        self.post_empty(&["v1", "schedules", segment("name", name)?, "resume"]).await
+    }
+
+    /// `POST /v1/schedules/{name}/trigger`: enqueue its job now. Not idempotent: each call
+    /// enqueues one job.
+    pub async fn schedule_trigger(&self, name: &str) -> Result<Triggered, Error> {
+        self.post_empty(&["v1", "schedules", segment("name", name)?, "trigger"]).await
+    }
+
     /// `POST /v1/tokens` (admin): a new API token. The answer's `token` is the secret, shown
     /// this once. Cancel safety: dropping the future may leave a token created whose secret
     /// nobody saw; revoke it (it is listed by name).
@@ -356,7 +399,7 @@ impl Client {
 
     // ---- plumbing -----------------------------------------------------------------------------
 
-    async fn get<R: DeserializeOwned>(&self, path: &[&str], query: Option<&JobQuery>) -> Result<R, Error> {
+    async fn get<R: DeserializeOwned>(&self, path: &[&str], query: Option<&dyn QueryParams>) -> Result<R, Error> {
         self.send::<(), R>(Method::GET, path, query, None, None).await
     }
 
@@ -368,7 +411,7 @@ impl Client {
         &self,
         method: Method,
         path: &[&str],
-        query: Option<&JobQuery>,
+        query: Option<&dyn QueryParams>,
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<R, Error> {
@@ -430,8 +473,25 @@ fn segment<'a>(field: &str, s: &'a str) -> Result<&'a str, Error> {
 
 /// The query string of a list request: each field that is set, as the server's query parser
 /// reads it (strings, numbers and the snake_case state names).
-fn query_append(url: &mut Url, query: &JobQuery) -> Result<(), Error> {
-    let value = serde_json::to_value(query).map_err(|e| Error::invalid("query", e))?;
+/// A request body's fields sent as query parameters instead.
+trait QueryParams: Sync {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error>;
+}
+
+impl QueryParams for JobQuery {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+impl QueryParams for ScheduleQuery {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+fn query_append(url: &mut Url, query: &dyn QueryParams) -> Result<(), Error> {
+    let value = query.to_value().map_err(|e| Error::invalid("query", e))?;
     let serde_json::Value::Object(fields) = value else {
         return Err(Error::invalid("query", "is not an object"));
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId, validate_name};
 use crate::limits::{Invalid, Limits, check_bytes, check_range};
 use crate::retry::{Backoff, RetryPolicy};
+use crate::schedule::ScheduleTick;
 use crate::time::Timestamp;
 
 /// Where a job is in its life. `Completed`, `Dead` and `Cancelled` are final until an operator
@@ -248,6 +249,8 @@ pub struct NewJob {
     pub ordering_key: Option<Box<str>>,
     pub tags: Vec<Box<str>>,
     pub traceparent: Option<Box<str>>,
+    /// Set by a schedule's tick, never by a user: the tick this job was enqueued for.
+    pub schedule: Option<ScheduleTick>,
 }
 
 impl NewJob {
@@ -266,6 +269,7 @@ impl NewJob {
             ordering_key: None,
             tags: Vec::new(),
             traceparent: None,
+            schedule: None,
         }
     }
 
@@ -358,6 +362,7 @@ impl NewJob {
             ordering_key: self.ordering_key,
             tags: self.tags.into_boxed_slice(),
             traceparent: self.traceparent,
+            schedule: self.schedule,
             status: JobStatus {
                 state,
                 run_at,
@@ -428,6 +433,8 @@ pub struct Job {
     pub ordering_key: Option<Box<str>>,
     pub tags: Box<[Box<str>]>,
     pub traceparent: Option<Box<str>>,
+    /// The schedule tick that enqueued this job, if one did.
+    pub schedule: Option<ScheduleTick>,
     pub status: JobStatus,
     /// Counts the changes recorded in history (the enqueue is 1). A store logs it with each change
     /// so that replaying a log over a newer snapshot can skip what the snapshot already holds.

@@ -65,6 +65,14 @@ impl Limits {
     /// How far in the future a job may be scheduled.
     pub const RUN_AT_AHEAD_MS_MAX: u64 = 366 * DAY_MS;
 
+    /// A schedule's cron expression, as text.
+    pub const CRON_EXPR_BYTES_MAX: usize = 256;
+    /// An IANA time zone name; the longest in the database is about 30 bytes.
+    pub const TIMEZONE_BYTES_MAX: usize = 64;
+    /// An interval schedule's period: from one second to the longest calendar year.
+    pub const SCHEDULE_EVERY_MS_MIN: u64 = SECOND_MS;
+    pub const SCHEDULE_EVERY_MS_MAX: u64 = 366 * DAY_MS;
+
     /// How long an idempotency key keeps returning the original job (see `docs/semantics.md`).
     pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = DAY_MS;
     pub const IDEMPOTENCY_WINDOW_MS_MAX: u64 = 30 * DAY_MS;
@@ -76,6 +84,18 @@ impl Limits {
     /// History entries kept per job; beyond it the oldest entries after the first are dropped and
     /// counted, so a job redriven forever cannot grow without bound.
     pub const HISTORY_ENTRIES_MAX: usize = 256;
+
+    pub const SCHEDULE_NAME_BYTES_MAX: usize = 128;
+    /// Schedules one store holds.
+    pub const SCHEDULES_MAX: usize = 10_000;
+    pub const SCHEDULE_JITTER_MS_MAX: u64 = DAY_MS;
+    pub const MISFIRE_GRACE_MS_DEFAULT: u64 = 60 * SECOND_MS;
+    pub const MISFIRE_GRACE_MS_MAX: u64 = DAY_MS;
+    /// The most jobs a `run_all` misfire enqueues for one schedule's missed ticks.
+    pub const MISFIRE_CAP_MAX: u32 = 1_000;
+    pub const MISFIRE_CAP_DEFAULT: u32 = 100;
+    /// Fire times `GET /v1/schedules/{name}` and `dray schedules preview` list.
+    pub const SCHEDULE_PREVIEW_MAX: usize = 1_000;
 }
 
 /// A value that breaks a rule: names the field (a path like `jobs[3].payload` in a batch) and says

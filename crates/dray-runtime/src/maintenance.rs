@@ -1,6 +1,6 @@
-//! Maintenance: the loop that makes time pass for jobs at rest. Each tick promotes scheduled and
-//! retrying jobs whose time has come, expires leases whose deadline passed (each a failed
-//! attempt), and prunes finished jobs past their retention.
+//! Maintenance: the loop that makes time pass for jobs at rest. Each tick fires the due ticks of
+//! schedules, promotes scheduled and retrying jobs whose time has come, expires leases whose
+//! deadline passed (each a failed attempt), and prunes finished jobs past their retention.
 //!
 //! It owns only the pacing: how often, how much per pass, when to stop. What a promotion or an
 //! expiry does to a job is the core's `transition`, applied by the store; maintenance never looks
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dray_core::Invalid;
 use dray_core::limits::check_range;
-use dray_store::{Expired, Maintain, Store};
+use dray_store::{Expired, Maintain, SchedulesTick, Store, Ticked};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
@@ -72,6 +72,8 @@ impl Default for MaintenanceConfig {
 /// What one tick did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
+    /// Schedules that fired (or missed) ticks, and what each did.
+    pub ticked: Vec<Ticked>,
     /// Scheduled and retrying jobs made available.
     pub promoted: usize,
     /// Leases expired (each a failed attempt: retried or dead).
@@ -124,6 +126,11 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
     /// dropped tick left undone is still due at the next tick.
     pub async fn tick(&self) -> Result<TickReport, dray_store::Error> {
         let mut report = TickReport::default();
+        // Schedules first: a tick's job due now is then available in this same pass.
+        let limit = self.config.batch_max.min(dray_core::Limits::SCHEDULES_MAX);
+        let p = SchedulesTick { now: self.clock.now(), limit, seed: seed() };
+        report.ticked = self.store.schedules_tick(p).await?;
+        report.backlog |= report.ticked.len() >= limit;
         let (promoted, more) = self.repeat(Operation::Promote, &mut report.expirations).await?;
         report.promoted = promoted;
         report.backlog |= more;
@@ -195,6 +202,7 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
                     on_tick(&report);
                     if report != TickReport::default() {
                         tracing::debug!(
+                            schedules = report.ticked.len(),
                             promoted = report.promoted,
                             expired = report.expired,
                             pruned = report.pruned,
@@ -222,6 +230,13 @@ impl<S: Store, C: Clock> Maintenance<S, C> {
             }
         }
     }
+}
+
+/// A fresh random seed for the jitter of one tick pass (the standard library's per-hasher random
+/// keys: no generator to seed or carry).
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// The loop's mechanics (batching, bounds, errors, shutdown) against a scripted store that only
@@ -342,6 +357,27 @@ mod tests {
         async fn queue_list(&self) -> Result<Vec<QueueStats>, Error> {
             panic!("maintenance must not call this: it never lists queues")
         }
+        async fn schedules_tick(&self, _: dray_store::SchedulesTick) -> Result<Vec<dray_store::Ticked>, Error> {
+            Ok(Vec::new())
+        }
+        async fn schedule_put(&self, _: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
+        async fn schedule_get(&self, _: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
+        async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
+        async fn schedule_delete(&self, _: dray_store::ScheduleDelete) -> Result<(), Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
+        async fn schedule_pause(&self, _: dray_store::SchedulePause) -> Result<dray_core::Schedule, Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
+        async fn schedule_trigger(&self, _: dray_store::ScheduleTrigger) -> Result<dray_store::Ticked, Error> {
+            unimplemented!("maintenance only ticks schedules")
+        }
         async fn queue_stats(&self, _: &QueueName) -> Result<QueueStats, Error> {
             panic!("maintenance must not call this: it never reads queue stats")
         }
@@ -376,7 +412,14 @@ mod tests {
         assert_eq!(report.expirations.len(), 30, "every expiration is reported");
         assert_eq!(
             report,
-            TickReport { promoted: 23, expired: 30, pruned: 0, backlog: true, expirations: report.expirations.clone() }
+            TickReport {
+                ticked: Vec::new(),
+                promoted: 23,
+                expired: 30,
+                pruned: 0,
+                backlog: true,
+                expirations: report.expirations.clone()
+            }
         );
         assert_eq!(store.calls(), [0, 0, 0, 1, 1, 1, 2]);
         // The expire backlog is picked up by the next tick.
@@ -384,7 +427,14 @@ mod tests {
         assert_eq!(report.expirations.len(), 10);
         assert_eq!(
             report,
-            TickReport { promoted: 0, expired: 10, pruned: 0, backlog: false, expirations: report.expirations.clone() }
+            TickReport {
+                ticked: Vec::new(),
+                promoted: 0,
+                expired: 10,
+                pruned: 0,
+                backlog: false,
+                expirations: report.expirations.clone()
+            }
         );
     }
 

@@ -92,7 +92,7 @@ impl Fixture {
 }
 
 fn report(promoted: usize, expired: usize, pruned: usize) -> TickReport {
-    TickReport { promoted, expired, pruned, backlog: false, expirations: Vec::new() }
+    TickReport { ticked: Vec::new(), promoted, expired, pruned, backlog: false, expirations: Vec::new() }
 }
 
 #[tokio::test(start_paused = true)]

@@ -111,6 +111,14 @@ pub(crate) const ROUTES: &[(&str, &str, Need)] = {
         ("POST", "/v1/tokens", ScopeAll(Admin)),
         ("GET", "/v1/tokens", ScopeAll(Admin)),
         ("DELETE", "/v1/tokens/{id}", ScopeAll(Admin)),
+        ("GET", "/v1/schedules", Scope(Read)),
+        ("POST", "/v1/schedules", Scope(Admin)),
+        ("GET", "/v1/schedules/{name}", Scope(Read)),
+        ("PUT", "/v1/schedules/{name}", Scope(Admin)),
+        ("DELETE", "/v1/schedules/{name}", Scope(Admin)),
+        ("POST", "/v1/schedules/{name}/pause", Scope(Admin)),
+        ("POST", "/v1/schedules/{name}/resume", Scope(Admin)),
+        ("POST", "/v1/schedules/{name}/trigger", Scope(Admin)),
     ]
 };
 

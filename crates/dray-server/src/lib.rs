@@ -27,6 +27,7 @@ mod login;
 mod observe;
 mod problem;
 mod routes;
+mod schedules;
 mod schema;
 mod serve;
 mod store;
@@ -555,7 +556,8 @@ async fn maintain(
 ) {
     let mut on_tick = |report: &TickReport| {
         observe.maintained(report);
-        if report.promoted > 0 || report.expired > 0 {
+        let fired = report.ticked.iter().any(|t| t.fired.iter().any(|f| f.job.is_some()));
+        if report.promoted > 0 || report.expired > 0 || fired {
             waiters.wake_all();
         }
     };

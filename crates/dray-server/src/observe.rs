@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use axum::routing::get;
 use dray_core::{JobId, JobState, LeaseId, QueueName, Timestamp, WorkerId};
 use dray_runtime::{Clock, SystemClock, TickReport};
-use dray_store::{Acked, Error, Inserted, LeasedJob};
+use dray_store::{Acked, Error, Inserted, LeasedJob, Ticked};
 use metrics::{Counter, Histogram};
 
 use crate::app::App;
@@ -310,6 +310,7 @@ impl Observer {
 
     /// What a maintenance tick did (expired leases among it).
     pub fn maintained(&self, report: &TickReport) {
+        self.schedules_ticked(&report.ticked);
         if let Some(workers) = self.workers.get() {
             workers.expired(&report.expirations.iter().map(|e| e.id).collect::<Vec<_>>());
         }
@@ -336,6 +337,60 @@ impl Observer {
             QueueMetrics::add(&m.expiries, &m.totals.expired, 1);
             if expired.state == JobState::Dead {
                 m.died();
+            }
+        }
+    }
+
+    /// What tick passes (and triggers) did: counted per schedule, and logged.
+    pub fn schedules_ticked(&self, ticked: &[Ticked]) {
+        for t in ticked {
+            let label = t.name.to_string();
+            let enqueued = t.fired.iter().filter(|f| f.job.is_some()).count() as u64;
+            let overlapped = t.fired.iter().filter(|f| f.job.is_none()).count() as u64;
+            metrics::counter!(SCHEDULE_TICKS_TOTAL, "schedule" => label.clone()).increment(enqueued);
+            if t.missed > 0 {
+                metrics::counter!(SCHEDULE_MISFIRES_TOTAL, "schedule" => label.clone()).increment(t.missed);
+                tracing::warn!(
+                    schedule = %t.name,
+                    missed = t.missed,
+                    dropped = t.dropped,
+                    "schedule ticks were missed (downtime, a pause or a clock step); its misfire policy decided"
+                );
+            }
+            let dropped = |reason: &'static str, n: u64| {
+                if n > 0 {
+                    metrics::counter!(SCHEDULE_TICKS_DROPPED_TOTAL, "schedule" => label.clone(), "reason" => reason)
+                        .increment(n);
+                }
+            };
+            dropped("misfire", t.dropped);
+            if let Some(error) = &t.error {
+                tracing::error!(schedule = %t.name, %error, "a schedule's tick enqueued nothing: its job was refused");
+                dropped("refused", overlapped);
+            } else {
+                dropped("overlap", overlapped);
+            }
+            for f in &t.fired {
+                if f.fire.ticks == 1 {
+                    metrics::histogram!(SCHEDULE_TICK_LATENESS_SECONDS)
+                        .record(t.now.ms_since(f.fire.at) as f64 / 1000.0);
+                }
+                match (f.job, f.cancelled) {
+                    (Some(job), cancelled) => tracing::info!(
+                        schedule = %t.name,
+                        tick = %dray_api::timestamp_string(f.fire.at),
+                        ticks = f.fire.ticks,
+                        job_id = job.0,
+                        cancelled_job_id = cancelled.map(|c| c.0),
+                        "schedule ticked"
+                    ),
+                    (None, _) if t.error.is_none() => tracing::info!(
+                        schedule = %t.name,
+                        tick = %dray_api::timestamp_string(f.fire.at),
+                        "schedule tick skipped: the previous tick's job is still waiting or running"
+                    ),
+                    (None, _) => {}
+                }
             }
         }
     }

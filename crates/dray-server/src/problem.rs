@@ -283,6 +283,27 @@ impl From<Error> for ApiError {
                 "Queue not found",
                 format!("queue {q} not found"),
             ),
+            Error::ScheduleNotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "schedule-not-found",
+                "Schedule not found",
+                format!("schedule {name} not found"),
+            ),
+            Error::ScheduleExists(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "schedule-exists",
+                "Schedule exists",
+                format!("schedule {name} already exists; PUT /v1/schedules/{name} replaces it"),
+            ),
+            Error::TooManySchedules => ApiError::new(
+                StatusCode::CONFLICT,
+                "too-many-schedules",
+                "Too many schedules",
+                format!(
+                    "the server holds {} schedules, the limit; delete some first",
+                    dray_core::Limits::SCHEDULES_MAX
+                ),
+            ),
             Error::QueueNotEmpty { queue, jobs } => ApiError::new(
                 StatusCode::CONFLICT,
                 "queue-not-empty",

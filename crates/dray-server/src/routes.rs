@@ -48,6 +48,7 @@ use crate::problem::ApiError;
         (name = "queues", description = "Queue configuration and counts."),
         (name = "health", description = "Liveness and readiness."),
         (name = "tokens", description = "API tokens and their scopes (admin only)."),
+        (name = "schedules", description = "Cron and interval schedules that enqueue jobs, in any IANA time zone."),
     )
 )]
 struct ApiDoc;
@@ -78,6 +79,15 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(readyz))
         .routes(routes!(crate::tokens::token_create, crate::tokens::token_list))
         .routes(routes!(crate::tokens::token_revoke))
+        .routes(routes!(crate::schedules::schedule_list, crate::schedules::schedule_create))
+        .routes(routes!(
+            crate::schedules::schedule_get,
+            crate::schedules::schedule_put,
+            crate::schedules::schedule_delete
+        ))
+        .routes(routes!(crate::schedules::schedule_pause))
+        .routes(routes!(crate::schedules::schedule_resume))
+        .routes(routes!(crate::schedules::schedule_trigger))
 }
 
 /// Routes served outside the OpenAPI document (its own route, metrics, the dashboard). With the

@@ -167,6 +167,34 @@ impl Store for AnyStore {
     async fn queue_stats(&self, queue: &QueueName) -> Result<QueueStats, Error> {
         delegate!(self.queue_stats(queue))
     }
+
+    async fn schedule_put(&self, p: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
+        delegate!(self.schedule_put(p))
+    }
+
+    async fn schedule_get(&self, name: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
+        delegate!(self.schedule_get(name))
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
+        delegate!(self.schedule_list())
+    }
+
+    async fn schedule_delete(&self, p: dray_store::ScheduleDelete) -> Result<(), Error> {
+        delegate!(self.schedule_delete(p))
+    }
+
+    async fn schedule_pause(&self, p: dray_store::SchedulePause) -> Result<dray_core::Schedule, Error> {
+        delegate!(self.schedule_pause(p))
+    }
+
+    async fn schedule_trigger(&self, p: dray_store::ScheduleTrigger) -> Result<dray_store::Ticked, Error> {
+        delegate!(self.schedule_trigger(p))
+    }
+
+    async fn schedules_tick(&self, p: dray_store::SchedulesTick) -> Result<Vec<dray_store::Ticked>, Error> {
+        delegate!(self.schedules_tick(p))
+    }
 }
 
 impl TokenStore for AnyStore {

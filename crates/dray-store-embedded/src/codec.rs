@@ -7,9 +7,12 @@
 
 use std::collections::HashMap;
 
+use dray_core::cron::{CronRule, IntervalRule, Rule};
+use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
+    Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
+    Timestamp, WorkerId,
 };
 use dray_store::{PayloadSchema, QueueConfig, TokenRecord};
 
@@ -49,6 +52,12 @@ pub(crate) enum Record {
     /// An API token, new or changed (revoked): the whole record, in the log and in snapshots
     /// (after the queues). Replaying it again is harmless.
     TokenUpsert(Box<TokenRecord>),
+    /// A schedule, new or changed (a tick moves its cursor): the whole record, in the log and in
+    /// snapshots. Replaying it again is harmless.
+    ScheduleUpsert(Box<Schedule>),
+    ScheduleDelete {
+        name: ScheduleName,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -67,6 +76,8 @@ const TAG_SNAPSHOT_HEADER: u8 = 6;
 const TAG_SNAPSHOT_END: u8 = 7;
 const TAG_QUEUE_DELETE: u8 = 8;
 const TAG_TOKEN_UPSERT: u8 = 9;
+const TAG_SCHEDULE_UPSERT: u8 = 10;
+const TAG_SCHEDULE_DELETE: u8 = 11;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -154,6 +165,11 @@ pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
     for entry in &job.history {
         put_history(buf, entry);
     }
+    // Added after the first release: a record that ends here has no schedule tick.
+    if let Some(tick) = &job.schedule {
+        put_str(buf, tick.name.as_str());
+        put_i64(buf, tick.at.0);
+    }
 }
 
 pub(crate) fn encode_job_update(
@@ -198,6 +214,74 @@ pub(crate) fn encode_token_upsert(buf: &mut Vec<u8>, token: &TokenRecord) {
     put_i64(buf, token.created_at.0);
     put_opt_i64(buf, token.expires_at.map(|t| t.0));
     put_opt_i64(buf, token.revoked_at.map(|t| t.0));
+}
+
+pub(crate) fn encode_schedule_upsert(buf: &mut Vec<u8>, s: &Schedule) {
+    buf.push(TAG_SCHEDULE_UPSERT);
+    let spec = &s.spec;
+    put_str(buf, spec.name.as_str());
+    let t = &spec.template;
+    put_str(buf, t.queue.as_str());
+    put_bytes(buf, t.payload.as_bytes());
+    buf.extend_from_slice(&t.priority.to_le_bytes());
+    put_opt_i64(buf, t.attempts_max.map(i64::from));
+    match &t.backoff {
+        None => buf.push(0),
+        Some(b) => {
+            buf.push(1);
+            put_u64(buf, b.base_ms);
+            put_u64(buf, b.factor.to_bits());
+            put_u64(buf, b.cap_ms);
+        }
+    }
+    put_opt_i64(buf, t.lease_ms.map(|ms| ms as i64));
+    put_opt_str(buf, t.ordering_key.as_deref());
+    put_u32(buf, t.tags.len() as u32);
+    for tag in &t.tags {
+        put_str(buf, tag);
+    }
+    put_opt_str(buf, t.traceparent.as_deref());
+    match &spec.rule {
+        Rule::Cron(c) => {
+            buf.push(0);
+            put_str(buf, c.expr());
+            put_str(buf, c.zone());
+        }
+        Rule::Interval(i) => {
+            buf.push(1);
+            put_u64(buf, i.every_ms());
+            put_i64(buf, i.anchor().0);
+        }
+    }
+    match spec.misfire {
+        Misfire::RunOnce => buf.push(0),
+        Misfire::Skip => buf.push(1),
+        Misfire::RunAll { cap } => {
+            buf.push(2);
+            put_u32(buf, cap);
+        }
+    }
+    buf.push(Overlap::ALL.iter().position(|o| *o == spec.overlap).unwrap_or(0) as u8);
+    put_u64(buf, spec.jitter_ms);
+    put_u64(buf, spec.misfire_grace_ms);
+    buf.push(spec.paused as u8);
+    put_i64(buf, s.created_at.0);
+    put_i64(buf, s.updated_at.0);
+    put_opt_i64(buf, s.next_at.map(|t| t.0));
+    match &s.last {
+        None => buf.push(0),
+        Some(last) => {
+            buf.push(1);
+            put_i64(buf, last.at.0);
+            put_u64(buf, last.job.0);
+            put_i64(buf, last.fired_at.0);
+        }
+    }
+}
+
+pub(crate) fn encode_schedule_delete(buf: &mut Vec<u8>, name: &ScheduleName) {
+    buf.push(TAG_SCHEDULE_DELETE);
+    put_str(buf, name.as_str());
 }
 
 pub(crate) fn encode_snapshot_header(buf: &mut Vec<u8>, seq: u64, epoch: u64, next_job_id: u64) {
@@ -376,6 +460,8 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             next_job_id: d.u64("next job id")?,
         },
         TAG_TOKEN_UPSERT => Record::TokenUpsert(Box::new(d.token()?)),
+        TAG_SCHEDULE_UPSERT => Record::ScheduleUpsert(Box::new(d.schedule(names)?)),
+        TAG_SCHEDULE_DELETE => Record::ScheduleDelete { name: d.schedule_name()? },
         TAG_SNAPSHOT_END => Record::SnapshotEnd { jobs: d.u64("jobs")?, queues: d.u64("queues")? },
         _ => return Err(DecodeError { what: "tag", offset: 0 }),
     };
@@ -594,6 +680,11 @@ impl<'a> Dec<'a> {
         for _ in 0..history_len {
             history.push(self.history(names)?);
         }
+        let schedule = if self.at_end() {
+            None
+        } else {
+            Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) })
+        };
         Ok(Job {
             id,
             queue,
@@ -606,10 +697,90 @@ impl<'a> Dec<'a> {
             ordering_key,
             tags: tags.into_boxed_slice(),
             traceparent,
+            schedule,
             status,
             version,
             history,
             history_dropped,
         })
+    }
+
+    fn schedule_name(&mut self) -> Result<ScheduleName, DecodeError> {
+        let at = self.pos;
+        ScheduleName::new(self.str("schedule name")?).map_err(|_| DecodeError { what: "schedule name", offset: at })
+    }
+
+    fn schedule(&mut self, names: &mut Names) -> Result<Schedule, DecodeError> {
+        let name = self.schedule_name()?;
+        let queue = self.queue(names)?;
+        let payload = Payload::new(self.bytes("template payload")?);
+        let mut template = NewJob::new(queue, payload);
+        template.priority = i16::from_le_bytes(self.array("template priority")?);
+        let at = self.pos;
+        template.attempts_max = match self.opt_i64("template attempts_max")? {
+            None => None,
+            Some(n) => Some(u32::try_from(n).map_err(|_| DecodeError { what: "template attempts_max", offset: at })?),
+        };
+        template.backoff = if self.bool("template backoff flag")? {
+            Some(Backoff {
+                base_ms: self.u64("template backoff base")?,
+                factor: f64::from_bits(self.u64("template backoff factor")?),
+                cap_ms: self.u64("template backoff cap")?,
+            })
+        } else {
+            None
+        };
+        template.lease_ms = self.opt_i64("template lease_ms")?.map(|ms| ms as u64);
+        template.ordering_key = self.opt_str("template ordering_key")?;
+        let tag_count = self.u32("template tag count")? as usize;
+        if tag_count > dray_core::Limits::TAGS_PER_JOB_MAX {
+            return Err(DecodeError { what: "template tag count", offset: self.pos });
+        }
+        for _ in 0..tag_count {
+            template.tags.push(Box::<str>::from(self.str("template tag")?));
+        }
+        template.traceparent = self.opt_str("template traceparent")?;
+        let at = self.pos;
+        let bad_rule = |_| DecodeError { what: "schedule rule", offset: at };
+        let rule = match self.u8("schedule rule kind")? {
+            0 => {
+                let expr = self.str("cron expression")?;
+                let zone = self.str("time zone")?;
+                Rule::Cron(CronRule::parse(expr, zone).map_err(bad_rule)?)
+            }
+            1 => {
+                let every_ms = self.u64("every_ms")?;
+                let anchor = Timestamp(self.i64("anchor")?);
+                Rule::Interval(IntervalRule::new(every_ms, anchor).map_err(bad_rule)?)
+            }
+            _ => return Err(DecodeError { what: "schedule rule kind", offset: at }),
+        };
+        let at = self.pos;
+        let misfire = match self.u8("misfire")? {
+            0 => Misfire::RunOnce,
+            1 => Misfire::Skip,
+            2 => Misfire::RunAll { cap: self.u32("misfire cap")? },
+            _ => return Err(DecodeError { what: "misfire", offset: at }),
+        };
+        let at = self.pos;
+        let overlap =
+            *Overlap::ALL.get(self.u8("overlap")? as usize).ok_or(DecodeError { what: "overlap", offset: at })?;
+        let jitter_ms = self.u64("jitter_ms")?;
+        let misfire_grace_ms = self.u64("misfire_grace_ms")?;
+        let paused = self.bool("paused")?;
+        let created_at = Timestamp(self.i64("created_at")?);
+        let updated_at = Timestamp(self.i64("updated_at")?);
+        let next_at = self.opt_i64("next_at")?.map(Timestamp);
+        let last = if self.bool("last tick flag")? {
+            Some(LastTick {
+                at: Timestamp(self.i64("last tick")?),
+                job: JobId(self.u64("last tick job")?),
+                fired_at: Timestamp(self.i64("last tick fired_at")?),
+            })
+        } else {
+            None
+        };
+        let spec = ScheduleSpec { name, template, rule, misfire, overlap, jitter_ms, misfire_grace_ms, paused };
+        Ok(Schedule { spec, created_at, updated_at, next_at, last })
     }
 }

@@ -11,6 +11,7 @@ pub mod wal;
 
 mod codec;
 mod open;
+mod schedule;
 mod state;
 mod store;
 mod token;

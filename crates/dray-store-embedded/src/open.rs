@@ -356,6 +356,10 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
         for token in state.tokens.values() {
             wal::frame_into(&mut buf, |b| codec::encode_token_upsert(b, token));
         }
+        // Schedules too (bounded by `Limits::SCHEDULES_MAX`).
+        for schedule in state.schedules.values() {
+            wal::frame_into(&mut buf, |b| codec::encode_schedule_upsert(b, schedule));
+        }
         (seq, buf, state.queues.len() as u64)
     };
     let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
@@ -458,6 +462,9 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
             }
             Record::TokenUpsert(token) => {
                 state.tokens.insert(token.id.clone(), *token);
+            }
+            Record::ScheduleUpsert(schedule) => {
+                state.schedules.insert(schedule.spec.name.clone(), *schedule);
             }
             Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
             other => return Err(format!("unexpected frame in a snapshot: {other:?}")),

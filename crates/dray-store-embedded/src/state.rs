@@ -8,7 +8,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use dray_core::{FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Timestamp};
+use dray_core::{
+    FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
+};
 use dray_store::{JobFilter, JobSummary, QueueConfig, QueueStats, TokenRecord};
 
 use crate::codec::Record;
@@ -71,6 +73,8 @@ pub(crate) struct State {
     pub idempotency: HashMap<(QueueName, Box<str>), JobId>,
     /// API tokens by id (hashed secrets; see `dray_store::TokenStore`).
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Schedules by name (bounded by `Limits::SCHEDULES_MAX`).
+    pub schedules: BTreeMap<ScheduleName, Schedule>,
     pub next_job_id: u64,
     pub epoch: u64,
     pub token_counter: u64,
@@ -94,6 +98,7 @@ impl State {
             running: BTreeSet::new(),
             idempotency: HashMap::new(),
             tokens: BTreeMap::new(),
+            schedules: BTreeMap::new(),
             next_job_id: 1,
             epoch: 0,
             token_counter: 0,
@@ -251,6 +256,12 @@ impl State {
             }
             Record::TokenUpsert(token) => {
                 self.tokens.insert(token.id.clone(), *token);
+            }
+            Record::ScheduleUpsert(schedule) => {
+                self.schedules.insert(schedule.spec.name.clone(), *schedule);
+            }
+            Record::ScheduleDelete { name } => {
+                self.schedules.remove(&name);
             }
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));

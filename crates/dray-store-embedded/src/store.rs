@@ -14,7 +14,8 @@ use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejec
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
     JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, Store,
+    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete, SchedulePause, SchedulePut,
+    ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
 };
 
 use crate::codec;
@@ -97,7 +98,7 @@ fn closed() -> Error {
     Error::Unavailable { context: "the store is closed".into(), source: None }
 }
 
-fn rejected(job: JobId, r: Rejection) -> Error {
+pub(crate) fn rejected(job: JobId, r: Rejection) -> Error {
     Error::rejected(job, r)
 }
 
@@ -236,7 +237,12 @@ fn log_err(e: crate::wal::WalError) -> Error {
 }
 
 /// Logs a job's new status and applies it.
-fn update(state: &mut State, changes: &mut Changes, job: JobId, t: dray_core::Transition) -> Result<(), Error> {
+pub(crate) fn update(
+    state: &mut State,
+    changes: &mut Changes,
+    job: JobId,
+    t: dray_core::Transition,
+) -> Result<(), Error> {
     let version = state.jobs[&job].version + u32::from(t.history.is_some());
     changes.push(|buf| codec::encode_job_update(buf, job, version, &t.status, t.history.as_ref()));
     state.job_update(job, t.status, t.history);
@@ -698,5 +704,33 @@ impl Store for EmbeddedStore {
     async fn queue_stats(&self, queue: &dray_core::QueueName) -> Result<QueueStats, Error> {
         self.read(|state| state.queues.get(queue).map(|q| q.stats()).ok_or_else(|| Error::QueueNotFound(queue.clone())))
             .await
+    }
+
+    async fn schedule_put(&self, p: SchedulePut) -> Result<ScheduleSaved, Error> {
+        self.schedule_put_impl(p).await
+    }
+
+    async fn schedule_get(&self, name: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
+        self.read(|state| Ok(state.schedules.get(name).cloned())).await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
+        self.read(|state| Ok(state.schedules.values().cloned().collect())).await
+    }
+
+    async fn schedule_delete(&self, p: ScheduleDelete) -> Result<(), Error> {
+        self.schedule_delete_impl(p).await
+    }
+
+    async fn schedule_pause(&self, p: SchedulePause) -> Result<dray_core::Schedule, Error> {
+        self.schedule_pause_impl(p).await
+    }
+
+    async fn schedule_trigger(&self, p: ScheduleTrigger) -> Result<Ticked, Error> {
+        self.schedule_trigger_impl(p).await
+    }
+
+    async fn schedules_tick(&self, p: SchedulesTick) -> Result<Vec<Ticked>, Error> {
+        self.schedules_tick_impl(p).await
     }
 }

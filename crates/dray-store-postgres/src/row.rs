@@ -143,6 +143,7 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         finished_at: get::<Option<SystemTime>>(row, "finished_at")?.map(from_time),
     };
     Ok(Job {
+        schedule: None, // TEMPORARY until pgsched merges
         id,
         queue: queue_of(get(row, "queue")?)?,
         payload,

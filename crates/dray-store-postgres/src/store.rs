@@ -1517,6 +1517,29 @@ impl Store for PostgresStore {
         let _ = self.payload_check.set(check);
     }
 
+    // TEMPORARY until the pgsched branch merges.
+    async fn schedule_put(&self, _: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
+        Err(Error::Unavailable { context: "schedules: not yet in PostgreSQL".into(), source: None })
+    }
+    async fn schedule_get(&self, _: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
+        Ok(None)
+    }
+    async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
+        Ok(Vec::new())
+    }
+    async fn schedule_delete(&self, p: dray_store::ScheduleDelete) -> Result<(), Error> {
+        Err(Error::ScheduleNotFound(p.name))
+    }
+    async fn schedule_pause(&self, p: dray_store::SchedulePause) -> Result<dray_core::Schedule, Error> {
+        Err(Error::ScheduleNotFound(p.name))
+    }
+    async fn schedule_trigger(&self, p: dray_store::ScheduleTrigger) -> Result<dray_store::Ticked, Error> {
+        Err(Error::ScheduleNotFound(p.name))
+    }
+    async fn schedules_tick(&self, _: dray_store::SchedulesTick) -> Result<Vec<dray_store::Ticked>, Error> {
+        Ok(Vec::new())
+    }
+
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
         p.validate()?;
         // Waits like a pool checkout does, and gives up the same way.

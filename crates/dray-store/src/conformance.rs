@@ -39,6 +39,7 @@ use crate::{
 mod admin;
 mod lifecycle;
 mod model;
+mod schedule;
 mod token;
 
 /// What an ack did to the job (the parts a test usually checks).
@@ -49,6 +50,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 pub use admin::*;
 pub use lifecycle::*;
 pub use model::model_random_operations;
+pub use schedule::*;
 pub use token::*;
 
 /// How the suite gets a store. `open` opens the store (fresh on first call); `restart` closes the
@@ -156,6 +158,15 @@ macro_rules! conformance_suite {
             lease_extend_validation_changes_nothing,
             ack_validation_changes_nothing,
             list_and_dead_validation_changes_nothing,
+            // Schedules.
+            schedule_put_get_list_delete,
+            schedule_put_validates,
+            schedule_ticks_once_per_instant_across_restarts,
+            schedule_misfire_policies,
+            schedule_overlap_policies,
+            schedule_pause_resume_trigger,
+            schedule_jitter_delays_within_bound,
+            schedule_cron_rule_in_a_zone,
             // Model-based.
             model_random_operations,
         }

@@ -1,6 +1,6 @@
 //! The store's error: what went wrong, with the context a caller needs to answer a user.
 
-use dray_core::{Invalid, JobId, QueueName, Rejection};
+use dray_core::{Invalid, JobId, Limits, QueueName, Rejection, ScheduleName};
 
 /// Why a store operation did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,15 @@ pub enum Error {
     /// The queue still holds work (waiting, running, retrying or dead jobs). Nothing was changed.
     #[error("queue {queue} holds {jobs} jobs that are not finished (or are dead)")]
     QueueNotEmpty { queue: QueueName, jobs: u64 },
+
+    #[error("schedule {0} not found")]
+    ScheduleNotFound(ScheduleName),
+
+    #[error("schedule {0} already exists")]
+    ScheduleExists(ScheduleName),
+
+    #[error("the store holds {} schedules, the limit", Limits::SCHEDULES_MAX)]
+    TooManySchedules,
 
     /// The event does not apply to the job as it is now (a stale lease, a finished job). Nothing
     /// was changed.

@@ -8,6 +8,7 @@
 mod error;
 mod lease_id;
 mod params;
+mod schedule;
 mod token;
 
 #[cfg(feature = "conformance")]
@@ -18,9 +19,10 @@ use std::future::Future;
 pub use error::Error;
 pub use lease_id::LeaseIds;
 pub use params::*;
+pub use schedule::*;
 pub use token::*;
 
-use dray_core::{Job, JobId, QueueName};
+use dray_core::{Job, JobId, QueueName, Schedule, ScheduleName};
 
 /// A durable home for jobs. Implementations: `dray-store-embedded` (default) and
 /// `dray-store-postgres`.
@@ -95,4 +97,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// One queue's configuration and counts.
     fn queue_stats(&self, queue: &QueueName) -> impl Future<Output = Result<QueueStats, Error>> + Send;
+
+    /// Creates or replaces a schedule (see [`Schedule::replaced`] for what a replace keeps).
+    /// Refused with [`Error::ScheduleExists`] for `create_only` on an existing name, and with
+    /// [`Error::TooManySchedules`] past `Limits::SCHEDULES_MAX`.
+    fn schedule_put(&self, p: SchedulePut) -> impl Future<Output = Result<ScheduleSaved, Error>> + Send;
+
+    fn schedule_get(&self, name: &ScheduleName) -> impl Future<Output = Result<Option<Schedule>, Error>> + Send;
+
+    /// Every schedule, by name.
+    fn schedule_list(&self) -> impl Future<Output = Result<Vec<Schedule>, Error>> + Send;
+
+    /// Deletes a schedule ([`Error::ScheduleNotFound`] if there is none); its jobs stay.
+    fn schedule_delete(&self, p: ScheduleDelete) -> impl Future<Output = Result<(), Error>> + Send;
+
+    fn schedule_pause(&self, p: SchedulePause) -> impl Future<Output = Result<Schedule, Error>> + Send;
+
+    /// Enqueues the schedule's job now, whatever its rule, pause and overlap policy say.
+    fn schedule_trigger(&self, p: ScheduleTrigger) -> impl Future<Output = Result<Ticked, Error>> + Send;
+
+    /// Fires the due ticks of due schedules, each schedule's jobs and its new cursor in one
+    /// atomic change, so a tick is enqueued at most once (see `dray_core::schedule::plan`).
+    /// Returns the schedules it acted on.
+    fn schedules_tick(&self, p: SchedulesTick) -> impl Future<Output = Result<Vec<Ticked>, Error>> + Send;
 }

@@ -102,6 +102,128 @@ pub enum Command {
     /// API tokens: create, list, revoke (needs an admin token).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Schedules (cron or interval, in any IANA time zone): create, list, show, pause, resume,
+    /// trigger, delete, and preview a rule's fire times locally.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Create a schedule (refused if the name is taken, unless --replace).
+    Create(ScheduleCreateArgs),
+    /// Every schedule with its next fire time and last tick.
+    List,
+    /// One schedule, with its next fire times in its zone and in UTC.
+    Show {
+        name: String,
+        /// How many coming fire times to list (0 to 1000).
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        next: usize,
+    },
+    /// Stop ticking; ticks due meanwhile meet the misfire policy on resume.
+    Pause { name: String },
+    /// Tick again.
+    Resume { name: String },
+    /// Enqueue the schedule's job now, outside its rule (paused or not).
+    Trigger { name: String },
+    /// Delete a schedule; the jobs it enqueued stay.
+    Delete { name: String },
+    /// Print the next fire instants of a cron rule, strictly after --from, computed here without
+    /// a server: one RFC 3339 UTC timestamp per line, or a JSON array with --json.
+    Preview(SchedulePreviewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulePreviewArgs {
+    /// 5 fields (minute hour day-of-month month day-of-week), 6 with leading seconds, or @hourly,
+    /// @daily, @weekly, @monthly, @yearly.
+    #[arg(long, value_name = "EXPR")]
+    pub cron: String,
+    /// IANA time zone the rule reads its wall-clock times in.
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    pub timezone: String,
+    /// List fire times strictly after this instant (RFC 3339); default now.
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// How many fire times (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub count: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("rule").args(["cron", "every_ms"]).required(true)))]
+#[command(group(ArgGroup::new("source").args(["payload", "payload_file"])))]
+pub struct ScheduleCreateArgs {
+    pub name: String,
+    /// A cron rule: 5 fields, 6 with leading seconds, or a macro (@daily ...).
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+    /// The cron rule's IANA time zone (default UTC).
+    #[arg(long, value_name = "ZONE", requires = "cron")]
+    pub timezone: Option<String>,
+    /// An interval rule: every this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub every_ms: Option<u64>,
+    /// The interval's anchor (RFC 3339): it fires at the anchor plus whole multiples (default the
+    /// Unix epoch).
+    #[arg(long, value_name = "RFC3339", requires = "every_ms")]
+    pub anchor: Option<String>,
+    /// The queue each tick's job goes to.
+    #[arg(long)]
+    pub queue: String,
+    /// The payload of each job, as JSON. Default `{}`.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Read the payload (JSON) from a file; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub payload_file: Option<PathBuf>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i16>,
+    #[arg(long, value_name = "N")]
+    pub attempts_max: Option<u32>,
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// A tag of each job (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// What to do with missed ticks (after downtime or a pause).
+    #[arg(long, value_enum)]
+    pub misfire: Option<MisfireArg>,
+    /// With --misfire run_all: at most this many jobs for missed ticks.
+    #[arg(long, value_name = "N")]
+    pub misfire_cap: Option<u32>,
+    /// A tick due longer ago than this is missed.
+    #[arg(long, value_name = "MS")]
+    pub misfire_grace_ms: Option<u64>,
+    /// What a tick does while the previous tick's job still waits or runs.
+    #[arg(long, value_enum)]
+    pub overlap: Option<OverlapArg>,
+    /// Each job runs a random 0 to this many ms after its tick.
+    #[arg(long, value_name = "MS")]
+    pub jitter_ms: Option<u64>,
+    /// Create it paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Replace a schedule of the same name instead of refusing.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum MisfireArg {
+    RunOnce,
+    Skip,
+    RunAll,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum OverlapArg {
+    Allow,
+    Skip,
+    CancelPrevious,
 }
 
 const COMPLETIONS_HELP: &str = "\

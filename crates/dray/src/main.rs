@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return cmd::meta::health(&server, client_builder(&server, None, &ca_cert)?, args, json).await;
         }
         Command::Completions(args) => return cmd::meta::completions(args),
+        Command::Schedules(cli::SchedulesCommand::Preview(args)) => return cmd::schedules::preview(args, json),
         Command::Man(args) => return cmd::meta::man(args),
         _ => {}
     }
@@ -61,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queues(command) => cmd::queues::run(&client, command, json).await,
         Command::Work(args) => cmd::work::run(client, args, json).await,
         Command::Tokens(command) => cmd::tokens::run(&client, command, json).await,
+        Command::Schedules(command) => cmd::schedules::run(&client, command, json).await,
     }
 }
 

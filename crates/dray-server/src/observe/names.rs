@@ -10,11 +10,15 @@ pub(crate) const JOBS_DEAD_TOTAL: &str = "dray_jobs_dead_total";
 pub(crate) const JOBS_REDRIVEN_TOTAL: &str = "dray_jobs_redriven_total";
 pub(crate) const JOBS_DISCARDED_TOTAL: &str = "dray_jobs_discarded_total";
 pub(crate) const HTTP_REQUESTS_TOTAL: &str = "dray_http_requests_total";
+pub(crate) const SCHEDULE_TICKS_TOTAL: &str = "dray_schedule_ticks_total";
+pub(crate) const SCHEDULE_MISFIRES_TOTAL: &str = "dray_schedule_misfires_total";
+pub(crate) const SCHEDULE_TICKS_DROPPED_TOTAL: &str = "dray_schedule_ticks_dropped_total";
 
 pub(crate) const JOB_WAIT_SECONDS: &str = "dray_job_wait_seconds";
 pub(crate) const JOB_RUN_SECONDS: &str = "dray_job_run_seconds";
 pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "dray_http_request_duration_seconds";
 pub(crate) const STORE_CALL_SECONDS: &str = "dray_store_call_seconds";
+pub(crate) const SCHEDULE_TICK_LATENESS_SECONDS: &str = "dray_schedule_tick_lateness_seconds";
 /// Recorded by the embedded store's log writer (`dray-store-embedded/src/wal.rs`, which spells
 /// them out itself: it knows nothing of the server).
 pub(crate) const STORE_APPEND_SECONDS: &str = "dray_store_append_seconds";
@@ -26,6 +30,7 @@ pub(crate) const QUEUE_DEAD_OLDEST_AGE_SECONDS: &str = "dray_queue_dead_oldest_a
 pub(crate) const QUEUE_PAUSED: &str = "dray_queue_paused";
 pub(crate) const QUEUE_LAST_POLL_TIMESTAMP_SECONDS: &str = "dray_queue_last_poll_timestamp_seconds";
 pub(crate) const WORKERS_POLLING: &str = "dray_workers_polling";
+pub(crate) const SCHEDULE_NEXT_TICK_TIMESTAMP_SECONDS: &str = "dray_schedule_next_tick_timestamp_seconds";
 pub(crate) const STORE_POOL_CONNECTIONS: &str = "dray_store_pool_connections";
 pub(crate) const STORE_POOL_CONNECTIONS_MAX: &str = "dray_store_pool_connections_max";
 pub(crate) const BUILD_INFO: &str = "dray_build_info";

@@ -34,7 +34,11 @@ const GROUP_COMMIT_BUCKETS: [f64; 13] =
 
 /// Every histogram and its buckets. One left out would render as a summary, which cannot be
 /// aggregated across nodes.
-const HISTOGRAMS: [(&str, &[f64]); 7] = [
+/// How late a schedule's tick fired: from a tenth of a second (the maintenance interval) to an
+/// hour (a misfire's grace is at most a day; later ticks are misfires, counted apart).
+const LATENESS_SECONDS_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+const HISTOGRAMS: [(&str, &[f64]); 8] = [
     (JOB_WAIT_SECONDS, &JOB_SECONDS_BUCKETS),
     (JOB_RUN_SECONDS, &JOB_SECONDS_BUCKETS),
     (HTTP_REQUEST_DURATION_SECONDS, &CALL_SECONDS_BUCKETS),
@@ -42,6 +46,7 @@ const HISTOGRAMS: [(&str, &[f64]); 7] = [
     (STORE_APPEND_SECONDS, &DISK_SECONDS_BUCKETS),
     (STORE_FSYNC_SECONDS, &DISK_SECONDS_BUCKETS),
     (STORE_GROUP_COMMIT_OPERATIONS, &GROUP_COMMIT_BUCKETS),
+    (SCHEDULE_TICK_LATENESS_SECONDS, &LATENESS_SECONDS_BUCKETS),
 ];
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.
@@ -103,6 +108,20 @@ fn describe() {
         "Jobs moved to the dead-letter queue by this node, by a failure or a lease expiry."
     );
     describe_counter!(JOBS_REDRIVEN_TOTAL, "Dead jobs redriven through this node.");
+    describe_counter!(SCHEDULE_TICKS_TOTAL, "Jobs enqueued by the schedule's ticks (and triggers) on this node.");
+    describe_counter!(
+        SCHEDULE_MISFIRES_TOTAL,
+        "Ticks of the schedule found missed (due longer ago than its misfire grace) on this node."
+    );
+    describe_counter!(
+        SCHEDULE_TICKS_DROPPED_TOTAL,
+        "Ticks that enqueued no job of their own, by reason: misfire (policy skip, merged by run_once, \
+         past the run_all cap), overlap (the previous job still ran), refused (the job's queue refused it)."
+    );
+    describe_histogram!(
+        SCHEDULE_TICK_LATENESS_SECONDS,
+        "Seconds from a tick's instant to its job being enqueued, for ticks fired within their grace."
+    );
     describe_counter!(JOBS_DISCARDED_TOTAL, "Dead jobs discarded through this node.");
     describe_counter!(
         HTTP_REQUESTS_TOTAL,

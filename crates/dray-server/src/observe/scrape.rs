@@ -156,6 +156,27 @@ async fn gauges(app: &App, out: &mut String) {
         sample(out, STORE_POOL_CONNECTIONS_MAX, &[], pool.size_max);
     }
 
+    match app.store.schedule_list().await {
+        Ok(schedules) => {
+            family(
+                out,
+                SCHEDULE_NEXT_TICK_TIMESTAMP_SECONDS,
+                "Unix time of the schedule's next tick not yet handled; left out while paused or when it fires no more.",
+            );
+            for s in schedules.iter().filter(|s| !s.spec.paused) {
+                if let Some(at) = s.next_at {
+                    sample(
+                        out,
+                        SCHEDULE_NEXT_TICK_TIMESTAMP_SECONDS,
+                        &[("schedule", s.spec.name.as_str())],
+                        at.0 as f64 / 1000.0,
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot list the schedules; leaving out their gauge"),
+    }
+
     let workers = app.workers.count();
     family(out, WORKERS, "Workers this node knows, by state: busy (holding a lease it handed out) or idle.");
     sample(out, WORKERS, &[("state", "busy")], workers.busy);

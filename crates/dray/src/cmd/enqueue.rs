@@ -48,7 +48,7 @@ pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) ->
     Ok(())
 }
 
-fn parse_payload(text: String) -> Result<Json, serde_json::Error> {
+pub(crate) fn parse_payload(text: String) -> Result<Json, serde_json::Error> {
     let trimmed = text.trim();
     if trimmed.len() == text.len() { RawValue::from_string(text) } else { RawValue::from_string(trimmed.to_owned()) }
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod meta;
 pub mod migrate;
 pub mod queues;
+pub mod schedules;
 pub mod serve;
 pub mod tokens;
 pub mod work;
