@@ -167,6 +167,7 @@ macro_rules! conformance_suite {
             schedule_pause_resume_trigger,
             schedule_jitter_delays_within_bound,
             schedule_cron_rule_in_a_zone,
+            schedule_clock_steps_neither_burst_nor_double_fire,
             // Model-based.
             model_random_operations,
         }

@@ -255,3 +255,33 @@ pub async fn schedule_cron_rule_in_a_zone<H: Harness>(h: H) {
     assert_eq!(fired_ats(&c.tick().await), [at]);
     assert_eq!(c.schedule("daily").await.next_at, Some(Timestamp(at.0 + 86_400_000)));
 }
+
+/// The server's clock stepping: forward, the ticks jumped over are missed and meet the misfire
+/// policy (one job for `run_once`, counted, never a burst); backward, nothing fires again until
+/// the clock passes the cursor, so no instant is enqueued twice.
+pub async fn schedule_clock_steps_neither_burst_nor_double_fire<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    c.put(every_minute("s")).await;
+    c.set_now(minute(1));
+    assert_eq!(fired_ats(&c.tick().await), [minute(1)]);
+
+    // Forward two hours in one step.
+    c.set_now(minute(121).add_ms(1_000));
+    let ticked = c.tick().await;
+    assert_eq!(fired_ats(&ticked), [minute(120), minute(121)], "one job for the missed ticks, then the due one");
+    assert_eq!((ticked[0].missed, ticked[0].dropped), (119, 118));
+    assert_eq!(ticked[0].next_at, Some(minute(122)));
+
+    // Back an hour: the cursor stays ahead; nothing fires until the clock is past it again.
+    c.now = minute(61);
+    assert!(c.tick().await.is_empty(), "a backward step fires nothing");
+    c.restart().await;
+    c.set_now(minute(100));
+    assert!(c.tick().await.is_empty(), "nor after a restart on the earlier clock");
+    assert_eq!(c.schedule("s").await.next_at, Some(minute(122)));
+    c.set_now(minute(122));
+    assert_eq!(fired_ats(&c.tick().await), [minute(122)]);
+
+    let ats: Vec<Timestamp> = c.ticks_enqueued().await.into_iter().map(|(at, _)| at).collect();
+    assert_eq!(ats, [minute(1), minute(120), minute(121), minute(122)], "every instant once");
+}
