@@ -140,6 +140,14 @@ fn sample(method: &str, path: &str, job: u64, token_id: &str) -> (String, Option
         // Refused with 409 by the state of the job or the queue (it holds the job): never deleted.
         ("POST", "/v1/jobs/{id}/promote") => None,
         ("DELETE", "/v1/queues/{name}") => None,
+        ("POST", "/v1/schedules") => {
+            Some(json!({ "name": "s", "every_ms": 3_600_000, "job": { "queue": "q", "payload": 3 } }))
+        }
+        ("PUT", "/v1/schedules/{name}") => {
+            Some(json!({ "every_ms": 3_600_000, "job": { "queue": "q", "payload": 4 } }))
+        }
+        ("DELETE", "/v1/schedules/{name}") => None,
+        ("POST", "/v1/schedules/{name}/pause" | "/v1/schedules/{name}/resume" | "/v1/schedules/{name}/trigger") => None,
         ("GET", _) => None,
         _ => panic!("no sample request for {method} {path}: add one to this test"),
     };

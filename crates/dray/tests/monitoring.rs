@@ -56,6 +56,7 @@ const ALERT_NAMES: &[&str] = &[
     "DrayQueueNotPolled",
     "DrayFsyncSlow",
     "DrayMemoryBudgetHigh",
+    "DrayScheduleLate",
     "DrayNodeDown",
 ];
 
@@ -374,7 +375,10 @@ fn dashboard_imports_as_is_with_any_prometheus_datasource() {
             assert!(expr.contains(r#"job=~"$job""#), "panel {title:?} ignores the job variable: {expr}");
         }
     }
-    assert_eq!(rows, ["Overview", "Queues", "Dead letters", "Leases & workers", "Store", "HTTP", "Process"]);
+    assert_eq!(
+        rows,
+        ["Overview", "Queues", "Dead letters", "Leases & workers", "Store", "HTTP", "Process", "Schedules"]
+    );
 }
 
 /// The dashboard's queries, with Grafana's variables replaced, as recording rules: `promtool
@@ -634,6 +638,14 @@ impl Scrape {
 
     /// The value of the one sample of `name` whose labels include `labels`.
     #[track_caller]
+    /// The one sample's value, 0 when there is none.
+    fn value_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let has = |s: &&Sample| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        };
+        if self.samples.iter().any(|s| has(&s)) { self.value(name, labels) } else { 0.0 }
+    }
+
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let matching: Vec<&Sample> = self
             .samples
@@ -836,6 +848,41 @@ impl Server {
         self.call(reqwest::Method::POST, "/v1/queues/mon-paused/pause", None, 200).await;
     }
 
+    /// Two per-second schedules into queue `mon-sched`, which nobody works: `beat` skips a tick
+    /// while its previous job waits (dropped for overlap), `late` has no grace, so every tick is
+    /// missed and skipped (misfires). Returns once the scrape shows both.
+    async fn drive_schedules(&self) {
+        let beat = json!({ "every_ms": 1000, "job": { "queue": "mon-sched", "payload": {} }, "overlap": "skip" });
+        self.call(reqwest::Method::PUT, "/v1/schedules/beat", Some(beat), 201).await;
+        let late = json!({
+            "every_ms": 1000, "job": { "queue": "mon-sched", "payload": {} }, "misfire": "skip", "misfire_grace_ms": 0,
+        });
+        self.call(reqwest::Method::PUT, "/v1/schedules/late", Some(late), 201).await;
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let scrape = self.scrape().await;
+            let dropped = |schedule, reason| {
+                scrape.value_or_zero("dray_schedule_ticks_dropped_total", &[("schedule", schedule), ("reason", reason)])
+                    > 0.0
+            };
+            if dropped("beat", "overlap") && dropped("late", "misfire") {
+                assert_eq!(
+                    scrape.value("dray_schedule_ticks_total", &[("schedule", "beat")]),
+                    1.0,
+                    "one job, then skips"
+                );
+                assert!(scrape.value("dray_schedule_misfires_total", &[("schedule", "late")]) >= 1.0);
+                assert!(scrape.value("dray_schedule_tick_lateness_seconds_count", &[]) >= 1.0);
+                let next = scrape.value("dray_schedule_next_tick_timestamp_seconds", &[("schedule", "beat")]);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+                assert!((now - 5.0..now + 5.0).contains(&next), "next tick at {next}, now {now}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "no overlap and misfire drops within {WAIT_MAX:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn scrape(&self) -> Scrape {
         let url = format!("{}/metrics", self.process.url);
         let response = self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -888,6 +935,7 @@ fn check_driven_counts(scrape: &Scrape) {
 async fn embedded_scrape_has_every_metric_the_monitoring_reads() {
     let server = Server::start(&[]).await;
     server.drive_jobs().await;
+    server.drive_schedules().await;
     let scrape = server.scrape().await;
     scrape.check_with_promtool(server.dir.path());
     scrape.check_against_monitoring(POSTGRES_ONLY);
@@ -922,6 +970,7 @@ async fn postgres_scrape_has_every_metric_the_monitoring_reads() {
     let db = pg::TestDb::create();
     let server = Server::start(&["--database", &db.url, "--database-pool-size-max", "4"]).await;
     server.drive_jobs().await;
+    server.drive_schedules().await;
     let scrape = server.scrape().await;
     scrape.check_with_promtool(server.dir.path());
     scrape.check_against_monitoring(EMBEDDED_ONLY);

@@ -3,6 +3,7 @@
 //! every tick instant of a per-second schedule must be enqueued exactly once.
 
 mod common;
+mod pg;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,11 +21,7 @@ struct Run {
 }
 
 fn dray(args: &[&str]) -> Run {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("dray runs");
+    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("dray runs");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
@@ -90,8 +87,19 @@ fn schedules_from_the_cli() {
     let created = json(
         &url,
         &[
-            "schedules", "create", "beat", "--every-ms", "1000", "--queue", "beats", "--payload", r#"{"k":1}"#,
-            "--misfire", "skip", "--misfire-grace-ms", "500",
+            "schedules",
+            "create",
+            "beat",
+            "--every-ms",
+            "1000",
+            "--queue",
+            "beats",
+            "--payload",
+            r#"{"k":1}"#,
+            "--misfire",
+            "skip",
+            "--misfire-grace-ms",
+            "500",
         ],
     );
     assert_eq!(created["name"], "beat");
@@ -111,8 +119,17 @@ fn schedules_from_the_cli() {
     assert_eq!(bad.code, Some(5), "{}", bad.stderr);
     assert!(bad.stderr.contains("cron"), "{}", bad.stderr);
     let bad = dray(&[
-        "--server", &url, "schedules", "create", "bad", "--cron", "0 9 * * *", "--timezone", "Mars/Base",
-        "--queue", "q",
+        "--server",
+        &url,
+        "schedules",
+        "create",
+        "bad",
+        "--cron",
+        "0 9 * * *",
+        "--timezone",
+        "Mars/Base",
+        "--queue",
+        "q",
     ]);
     assert_eq!(bad.code, Some(5), "{}", bad.stderr);
     assert!(bad.stderr.contains("timezone"), "{}", bad.stderr);
@@ -125,7 +142,8 @@ fn schedules_from_the_cli() {
     assert!(ticks.iter().all(|(_, name, _)| name == "beat"));
 
     let shown = json(&url, &["schedules", "show", "beat", "--next", "3"]);
-    let next: Vec<i64> = shown["next"].as_array().expect("next").iter().map(|f| millis(f["at"].as_str().unwrap())).collect();
+    let next: Vec<i64> =
+        shown["next"].as_array().expect("next").iter().map(|f| millis(f["at"].as_str().unwrap())).collect();
     assert_eq!(next.len(), 3);
     assert!(next.windows(2).all(|w| w[1] - w[0] == 1000), "{next:?}");
     let last = &shown["last_tick"];
@@ -175,13 +193,29 @@ fn preview_needs_no_server_and_follows_dst() {
     let preview = |args: &[&str]| dray(&[&["--server", "http://127.0.0.1:9", "schedules", "preview"], args].concat());
 
     // New York's spring-forward day in 2026 is March 8: 02:30 does not exist and fires at 03:00 EDT.
-    let run = preview(&["--cron", "30 2 * * *", "--timezone", "America/New_York", "--from", "2026-03-07T12:00:00Z", "--count", "3"]);
+    let run = preview(&[
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "America/New_York",
+        "--from",
+        "2026-03-07T12:00:00Z",
+        "--count",
+        "3",
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "2026-03-08T07:00:00Z\n2026-03-09T06:30:00Z\n2026-03-10T06:30:00Z\n");
 
     // The fall-back night: an interval-like rule fires at both 01:20s, a fixed time once.
     let run = preview(&[
-        "--cron", "*/20 1 * * *", "--timezone", "America/New_York", "--from", "2026-11-01T00:00:00Z", "--count", "6",
+        "--cron",
+        "*/20 1 * * *",
+        "--timezone",
+        "America/New_York",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--count",
+        "6",
         "--json",
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -200,8 +234,17 @@ fn preview_needs_no_server_and_follows_dst() {
 
     // A rule that fires every fourth year, with --json before the verb.
     let run = dray(&[
-        "--json", "schedules", "preview", "--cron", "0 12 29 2 *", "--timezone", "UTC", "--from",
-        "2026-12-07T00:00:00Z", "--count", "2",
+        "--json",
+        "schedules",
+        "preview",
+        "--cron",
+        "0 12 29 2 *",
+        "--timezone",
+        "UTC",
+        "--from",
+        "2026-12-07T00:00:00Z",
+        "--count",
+        "2",
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let fires: Vec<String> = serde_json::from_str(&run.stdout).expect("a JSON array");
@@ -232,8 +275,19 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
     let created = json(
         &server.url,
         &[
-            "schedules", "create", "sec", "--every-ms", "1000", "--queue", "ticks", "--payload", "{}", "--misfire",
-            "run_all", "--misfire-cap", "1000",
+            "schedules",
+            "create",
+            "sec",
+            "--every-ms",
+            "1000",
+            "--queue",
+            "ticks",
+            "--payload",
+            "{}",
+            "--misfire",
+            "run_all",
+            "--misfire-cap",
+            "1000",
         ],
     );
     let first = millis(created["next_at"].as_str().expect("next_at"));
@@ -265,8 +319,9 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
     let twice: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
     assert!(twice.is_empty(), "instants enqueued more than once: {twice:?}");
     let last = *seen.keys().next_back().expect("ticks");
-    assert!(last >= until, "the last tick {last} is before {until}");
-    let missing: Vec<i64> = (0..=(last - first) / 1000).map(|i| first + i * 1000).filter(|at| !seen.contains_key(at)).collect();
+    assert!(last + 1000 > until, "the last tick {last} is not the one before the cursor past {until}");
+    let missing: Vec<i64> =
+        (0..=(last - first) / 1000).map(|i| first + i * 1000).filter(|at| !seen.contains_key(at)).collect();
     assert!(missing.is_empty(), "instants never enqueued: {missing:?} (of {} ticks)", ticks.len());
     assert_eq!(seen.len() as i64, (last - first) / 1000 + 1);
     let status = server.terminate();
@@ -275,4 +330,85 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
 
 fn restart(data: &Path, cycle: u64) -> ServeProcess {
     ServeProcess::spawn(data, "127.0.0.1:0", &[]).unwrap_or_else(|e| panic!("restart after kill {cycle}: {e}"))
+}
+
+/// How many leader kills the PostgreSQL loop runs: `DRAY_SCHEDULE_PG_KILL_CYCLES`, default 4.
+fn pg_kill_cycles() -> u64 {
+    std::env::var("DRAY_SCHEDULE_PG_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+}
+
+/// Three PostgreSQL nodes, the maintenance leader SIGKILLed again and again while a per-second
+/// schedule ticks: whichever node leads, every second is enqueued exactly once.
+#[test]
+fn postgres_leader_kill_loop_ticks_every_instant_exactly_once() {
+    let db = pg::TestDb::create();
+    let mut nodes: Vec<pg::Node> =
+        (0..3).map(|_| pg::Node::start_with(&db.url, &["--database-leader-ttl-ms", "1000"])).collect();
+    let created = json(
+        &nodes[0].url,
+        &[
+            "schedules",
+            "create",
+            "sec",
+            "--every-ms",
+            "1000",
+            "--queue",
+            "ticks",
+            "--payload",
+            "{}",
+            "--misfire",
+            "run_all",
+            "--misfire-cap",
+            "1000",
+        ],
+    );
+    let first = millis(created["next_at"].as_str().expect("next_at"));
+    let mut epochs = Vec::new();
+    for cycle in 0..pg_kill_cycles() {
+        let (leader, epoch) = leader_of(&db.url, &nodes);
+        epochs.push(epoch);
+        // Let the leader make a tick or two, then kill it mid-stride.
+        std::thread::sleep(Duration::from_millis(1_200 + 400 * (cycle % 3)));
+        nodes[leader].kill_and_restart();
+    }
+    let (_, epoch) = leader_of(&db.url, &nodes);
+    epochs.push(epoch);
+    assert!(epochs.windows(2).all(|w| w[1] > w[0]), "each kill made a new term: {epochs:?}");
+
+    let url = nodes[1].url.clone();
+    let until = now_ms() + 1_500;
+    wait_until("ticks caught up", || {
+        json(&url, &["schedules", "show", "sec"])["next_at"].as_str().is_some_and(|n| millis(n) > until)
+    });
+    json(&url, &["schedules", "pause", "sec"]);
+    let ticks = ticks_of(&url, "ticks");
+    let mut seen: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+    for (id, _, at) in &ticks {
+        seen.entry(*at).or_default().push(*id);
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "instants enqueued more than once: {twice:?}");
+    let last = *seen.keys().next_back().expect("ticks");
+    assert!(last + 1000 > until, "the last tick {last} is not the one before the cursor past {until}");
+    let missing: Vec<i64> =
+        (0..=(last - first) / 1000).map(|i| first + i * 1000).filter(|at| !seen.contains_key(at)).collect();
+    assert!(missing.is_empty(), "instants never enqueued: {missing:?} (of {} ticks)", ticks.len());
+    for node in nodes.iter_mut() {
+        let status = node.process.take().expect("running").terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+    }
+}
+
+/// The node holding the maintenance lease, and its epoch (waits for an election).
+fn leader_of(db: &str, nodes: &[pg::Node]) -> (usize, u64) {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some((pid, epoch)) = pg::leader(db)
+            && let Some(i) = nodes.iter().position(|n| n.process.is_some() && n.pid() == pid)
+        {
+            return (i, epoch);
+        }
+        assert!(Instant::now() < deadline, "no leader elected within {WAIT_MAX:?}");
+        std::thread::sleep(POLL);
+    }
 }
