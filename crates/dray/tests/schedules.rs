@@ -305,13 +305,20 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
         server = restart(&data, cycle);
     }
     // Let the last life tick past the downtime, then stop the schedule and look.
-    let url = server.url.clone();
+    assert_every_instant_once(&server.url, "sec", "ticks", first);
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+}
+
+/// Lets per-second schedule `name` tick past now, pauses it, and checks that the jobs of `queue`
+/// stand for every second from `first` on exactly once.
+fn assert_every_instant_once(url: &str, name: &str, queue: &str, first: i64) {
     let until = now_ms() + 1_500;
     wait_until("ticks caught up", || {
-        json(&url, &["schedules", "show", "sec"])["next_at"].as_str().is_some_and(|n| millis(n) > until)
+        json(url, &["schedules", "show", name])["next_at"].as_str().is_some_and(|n| millis(n) > until)
     });
-    json(&url, &["schedules", "pause", "sec"]);
-    let ticks = ticks_of(&url, "ticks");
+    json(url, &["schedules", "pause", name]);
+    let ticks = ticks_of(url, queue);
     let mut seen: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
     for (id, _, at) in &ticks {
         seen.entry(*at).or_default().push(*id);
@@ -323,9 +330,7 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
     let missing: Vec<i64> =
         (0..=(last - first) / 1000).map(|i| first + i * 1000).filter(|at| !seen.contains_key(at)).collect();
     assert!(missing.is_empty(), "instants never enqueued: {missing:?} (of {} ticks)", ticks.len());
-    assert_eq!(seen.len() as i64, (last - first) / 1000 + 1);
-    let status = server.terminate();
-    assert!(status.success(), "{status}");
+    eprintln!("{} ticks of {name}, each second once", ticks.len());
 }
 
 fn restart(data: &Path, cycle: u64) -> ServeProcess {
@@ -375,24 +380,7 @@ fn postgres_leader_kill_loop_ticks_every_instant_exactly_once() {
     epochs.push(epoch);
     assert!(epochs.windows(2).all(|w| w[1] > w[0]), "each kill made a new term: {epochs:?}");
 
-    let url = nodes[1].url.clone();
-    let until = now_ms() + 1_500;
-    wait_until("ticks caught up", || {
-        json(&url, &["schedules", "show", "sec"])["next_at"].as_str().is_some_and(|n| millis(n) > until)
-    });
-    json(&url, &["schedules", "pause", "sec"]);
-    let ticks = ticks_of(&url, "ticks");
-    let mut seen: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
-    for (id, _, at) in &ticks {
-        seen.entry(*at).or_default().push(*id);
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
-    assert!(twice.is_empty(), "instants enqueued more than once: {twice:?}");
-    let last = *seen.keys().next_back().expect("ticks");
-    assert!(last + 1000 > until, "the last tick {last} is not the one before the cursor past {until}");
-    let missing: Vec<i64> =
-        (0..=(last - first) / 1000).map(|i| first + i * 1000).filter(|at| !seen.contains_key(at)).collect();
-    assert!(missing.is_empty(), "instants never enqueued: {missing:?} (of {} ticks)", ticks.len());
+    assert_every_instant_once(&nodes[1].url, "sec", "ticks", first);
     for node in nodes.iter_mut() {
         let status = node.process.take().expect("running").terminate();
         assert!(status.success(), "graceful shutdown: {status}");

@@ -19,22 +19,27 @@ const BATCH_JOBS_MAX: usize = 1_000;
 /// Payload bytes per batch request: well under the server's 16 MiB request limit, envelope included.
 const BATCH_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) -> anyhow::Result<()> {
-    if let Some(path) = args.jsonl.clone() {
-        return run_jsonl(client, &args, &path, json).await;
-    }
-    let payload = match (&args.payload, &args.payload_file) {
-        (Some(text), _) => parse_payload(text.clone()).map_err(|err| {
+/// The payload of `--payload TEXT` or `--payload-file PATH` (`-` for stdin); `{}` without either.
+pub fn payload_of(text: Option<&str>, file: Option<&std::path::Path>) -> Result<Json, Failure> {
+    match (text, file) {
+        (Some(text), _) => parse_payload(text.to_owned()).map_err(|err| {
             Failure::invalid("Invalid payload", format!("--payload is not JSON: {err}")).field("payload")
-        })?,
+        }),
         (None, Some(path)) => {
             let text = read_file_or_stdin(path, "--payload-file")?;
             parse_payload(text).map_err(|err| {
                 Failure::invalid("Invalid payload", format!("{} is not JSON: {err}", path.display())).field("payload")
-            })?
+            })
         }
-        (None, None) => RawValue::from_string("{}".to_owned()).expect("valid JSON"),
-    };
+        (None, None) => Ok(RawValue::from_string("{}".to_owned()).expect("valid JSON")),
+    }
+}
+
+pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) -> anyhow::Result<()> {
+    if let Some(path) = args.jsonl.clone() {
+        return run_jsonl(client, &args, &path, json).await;
+    }
+    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
     let job = job(&args, payload);
     let enqueued = client.enqueue(job.into()).await?;
     if json {

@@ -1,13 +1,12 @@
 //! `dray schedules`: create, list, show, pause, resume, trigger, delete, and `preview`, which
 //! computes a rule's fire times here, without a server, with the same code the server ticks with.
 
-use dray_api::{EnqueueJob, Json, Schedule, ScheduleBody};
+use dray_api::{EnqueueJob, Schedule, ScheduleBody};
 use dray_core::cron::{CronRule, Rule};
 use dray_core::{Limits, Timestamp};
-use serde_json::value::RawValue;
 
 use crate::cli::{MisfireArg, OverlapArg, ScheduleCreateArgs, SchedulePreviewArgs, SchedulesCommand};
-use crate::cmd::enqueue::{parse_payload, read_file_or_stdin};
+use crate::cmd::enqueue::payload_of;
 use crate::exit::Failure;
 use crate::output;
 
@@ -152,18 +151,7 @@ pub fn preview(args: SchedulePreviewArgs, json: bool) -> anyhow::Result<()> {
 }
 
 fn body(args: ScheduleCreateArgs) -> Result<ScheduleBody, Failure> {
-    let payload: Json = match (&args.payload, &args.payload_file) {
-        (Some(text), _) => parse_payload(text.clone()).map_err(|err| {
-            Failure::invalid("Invalid payload", format!("--payload is not JSON: {err}")).field("payload")
-        })?,
-        (None, Some(path)) => {
-            let text = read_file_or_stdin(path, "--payload-file")?;
-            parse_payload(text).map_err(|err| {
-                Failure::invalid("Invalid payload", format!("{} is not JSON: {err}", path.display())).field("payload")
-            })?
-        }
-        (None, None) => RawValue::from_string("{}".to_owned()).expect("valid JSON"),
-    };
+    let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
     let job = EnqueueJob {
         queue: args.queue,
         payload,
