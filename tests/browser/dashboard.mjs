@@ -41,6 +41,21 @@ async function api(method, path, body) {
 const text = (page, selector) => page.locator(selector).first().innerText();
 const number = (s) => Number(String(s).replace(/[^0-9]/g, ''));
 
+/** What the schedules page shows for the server's "2026-03-29T09:00:00+02:00[Europe/Berlin]": "2026-03-29 09:00:00 +02:00". */
+const localShown = (local) => local.replace(/^(\S+)T(\d\d:\d\d:\d\d)([+-]\d\d:\d\d)\[.*\]$/, '$1 $2 $3');
+/** ... and for "2026-03-29T07:00:00.000Z": "2026-03-29 07:00:00". */
+const utcShown = (at) => at.replace(/^(\S+)T(\d\d:\d\d:\d\d)(\.000)?Z$/, '$1 $2');
+
+/** Clicks `selector`, checks the confirmation's title, then presses its OK button. */
+async function confirmed(page, selector, title) {
+  await page.click(selector);
+  await page.waitForSelector('dialog#confirm[open]');
+  const shown = await text(page, '#confirm-title');
+  check(shown === title, `the confirmation says "${title}" (${shown})`);
+  await page.click('#confirm-ok');
+  await page.waitForSelector('dialog#confirm:not([open])', { state: 'attached' });
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
   console.log(`  screenshot ${name}.png`);
@@ -286,6 +301,86 @@ try {
     check((await text(page, idle)).includes('idle'), 'the other worker is idle');
     check((await text(page, idle)).includes('none'), 'the other worker holds no lease any more');
     await shot(page, 'workers');
+  });
+
+  await step('schedules: both rows, next fire in New York and in UTC, pause and resume', async () => {
+    const { active, paused, zone, queue } = fixture.schedules;
+    await page.click('header nav a[data-nav="schedules"]');
+    const row = `tr[data-schedule="${active}"]`;
+    const pausedRow = `tr[data-schedule="${paused}"]`;
+    await page.waitForSelector(`${row}[data-state="active"]`);
+    await page.waitForSelector(`${pausedRow}[data-state="paused"] .badge.paused`);
+    check(await page.locator('header nav a.active[data-nav="schedules"]').count() === 1, 'the nav item is active');
+    const rowText = await text(page, row);
+    check(rowText.includes('30 2 * * *') && rowText.includes(zone), `the cron rule with its zone (${rowText})`);
+    check(rowText.includes('run_once') && rowText.includes('allow'), 'misfire and overlap policies');
+    check(await page.locator(`${row} a[href="#/queues/${queue}"]`).count() === 1, 'a link to its queue');
+    check(await page.locator(`${row} a[href="#/schedules/${active}"]`).count() === 1, 'a link to its page');
+    check((await text(page, `${row} td.last`)).includes('never'), 'no tick yet');
+    const pausedText = await text(page, pausedRow);
+    check(pausedText.includes('every 3,600 s') && pausedText.includes('skip'), `the interval rule (${pausedText})`);
+
+    // The next fire, as the API computes it: on New York's wall clock and in UTC, each labelled.
+    const s = await api('GET', `/v1/schedules/${active}`);
+    const local = await text(page, `${row} td.next .fire-local`);
+    const utc = await text(page, `${row} td.next .fire-utc`);
+    check(local.includes(localShown(s.next[0].local)) && local.includes(zone), `next fire in ${zone}: ${local} (API ${s.next[0].local})`);
+    check(/ -0[45]:00 /.test(local), `a New York offset (${local})`);
+    check(utc.includes(utcShown(s.next[0].at)) && utc.includes('UTC'), `next fire in UTC: ${utc} (API ${s.next[0].at})`);
+    check(local.slice(0, 19) !== utc.slice(0, 19), 'the two clocks differ');
+    await shot(page, 'schedules');
+
+    // Resume the paused one from its row and pause it again: the badge follows, the API agrees.
+    await confirmed(page, `${pausedRow} button[data-action="resume"]`, `Resume schedule ${paused}?`);
+    await page.waitForSelector(`${pausedRow}[data-state="active"]`);
+    check((await text(page, '#schedules-message')).includes('active again'), 'the page reports the resume');
+    check((await api('GET', `/v1/schedules/${paused}`)).paused === false, `${paused} resumed via the page`);
+    await confirmed(page, `${pausedRow} button[data-action="pause"]`, `Pause schedule ${paused}?`);
+    await page.waitForSelector(`${pausedRow}[data-state="paused"] .badge.paused`);
+    check((await api('GET', `/v1/schedules/${paused}`)).paused === true, `${paused} paused again via the page`);
+  });
+
+  await step('schedule page: next 10 fire times, payload, run now, pause and resume', async () => {
+    const { active, zone, queue } = fixture.schedules;
+    await page.click(`tr[data-schedule="${active}"] a[href="#/schedules/${active}"]`);
+    await page.waitForSelector(`h1:has-text("${active}")`);
+    await page.waitForSelector('#schedule-next tbody tr');
+    const s = await api('GET', `/v1/schedules/${active}?next=10`);
+    const rows = await page.locator('#schedule-next tbody tr').evaluateAll((trs) => trs.map((tr) => ({
+      local: tr.querySelector('.fire-local').textContent, utc: tr.querySelector('.fire-utc').textContent,
+    })));
+    check(rows.length === 10, `ten fire times (${rows.length})`);
+    rows.forEach((r, i) => {
+      check(r.local === localShown(s.next[i].local), `fire ${i + 1} in ${zone}: ${r.local} (API ${s.next[i].local})`);
+      check(r.utc === utcShown(s.next[i].at), `fire ${i + 1} in UTC: ${r.utc} (API ${s.next[i].at})`);
+    });
+    const heads = await text(page, '#schedule-next thead');
+    check(heads.includes(`Local time (${zone})`) && heads.includes('UTC'), `labelled columns (${heads})`);
+    check((await text(page, '#schedule-payload')).includes('"report": "daily"'), 'the job template payload');
+    check((await text(page, '#schedule-fields')).includes('fixed-time'), 'the DST kind of the rule');
+    check((await text(page, '#schedule-last')).includes('not enqueued'), 'no tick yet');
+
+    await confirmed(page, 'button[data-action="trigger"]', `Run ${active} now?`);
+    const link = await page.waitForSelector('#schedule-message .notice.ok a[href^="#/jobs/"]');
+    const id = (await link.getAttribute('href')).replace('#/jobs/', '');
+    const job = await api('GET', `/v1/jobs/${id}`);
+    check(job.queue === queue && job.payload.report === 'daily', `job ${id} is the schedule's (${JSON.stringify(job)})`);
+    await page.waitForFunction((want) => document.querySelector('#schedule-last')?.textContent.includes(want), `job ${id}`);
+    await shot(page, 'schedule');
+
+    await confirmed(page, 'button[data-action="pause"]', `Pause schedule ${active}?`);
+    await page.waitForSelector('h1 .badge.paused');
+    check((await api('GET', `/v1/schedules/${active}`)).paused === true, `${active} paused via the page`);
+    await confirmed(page, 'button[data-action="resume"]', `Resume schedule ${active}?`);
+    await page.waitForFunction(() => !document.querySelector('h1 .badge.paused'));
+    check((await api('GET', `/v1/schedules/${active}`)).paused === false, `${active} resumed via the page`);
+
+    // The list's last tick links the job it enqueued.
+    await page.goto(`${base}/#/schedules`);
+    await page.waitForSelector(`tr[data-schedule="${active}"] td.last a[href="#/jobs/${id}"]`);
+    await page.click(`tr[data-schedule="${active}"] td.last a[href="#/jobs/${id}"]`);
+    await page.waitForSelector('#job-payload');
+    check((await text(page, '#job-payload')).includes('"report": "daily"'), 'the enqueued job page');
   });
 
   check(errors.length === 0, `no errors in the page:\n  ${errors.join('\n  ')}`);

@@ -59,4 +59,9 @@ export const api = {
   deadRedrive: (action) => call('POST', '/v1/dead/redrive', action),
   deadDiscard: (action) => call('POST', '/v1/dead/discard', action),
   workers: () => call('GET', '/v1/workers'),
+  schedules: (next) => call('GET', `/v1/schedules${query({ next })}`),
+  schedule: (name, next) => call('GET', `/v1/schedules/${seg(name)}${query({ next })}`),
+  schedulePause: (name) => call('POST', `/v1/schedules/${seg(name)}/pause`),
+  scheduleResume: (name) => call('POST', `/v1/schedules/${seg(name)}/resume`),
+  scheduleTrigger: (name) => call('POST', `/v1/schedules/${seg(name)}/trigger`),
 };

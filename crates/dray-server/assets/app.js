@@ -7,6 +7,8 @@
 //   #/jobs/ID               one job (timeline, payload, result, leases)
 //   #/dead?queue=&dead_reason=&tag=    dead letters: redrive, discard
 //   #/workers               who polls what, which leases they hold
+//   #/schedules             every schedule: rule, next fire (its zone and UTC), last tick
+//   #/schedules/NAME        one schedule: settings, next 10 fire times, its job; pause, resume, run now
 //
 // Each page is `render(main, params) -> cleanup`; the cleanup runs when the route changes.
 
@@ -19,6 +21,7 @@ import { renderJobs } from './jobs.js';
 import { renderJob } from './job.js';
 import { renderDead } from './dead.js';
 import { renderWorkers } from './workers.js';
+import { renderSchedule, renderSchedules } from './schedules.js';
 
 const routes = [
   { pattern: /^\/?$/, nav: 'overview', render: renderOverview, title: 'Overview' },
@@ -27,6 +30,8 @@ const routes = [
   { pattern: /^\/jobs$/, nav: 'jobs', render: renderJobs, title: 'Jobs' },
   { pattern: /^\/dead$/, nav: 'dead', render: renderDead, title: 'Dead letters' },
   { pattern: /^\/workers$/, nav: 'workers', render: renderWorkers, title: 'Workers' },
+  { pattern: /^\/schedules\/([^/]+)$/, nav: 'schedules', render: renderSchedule, title: 'Schedule' },
+  { pattern: /^\/schedules$/, nav: 'schedules', render: renderSchedules, title: 'Schedules' },
 ];
 
 let cleanup = null;

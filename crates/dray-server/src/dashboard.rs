@@ -77,6 +77,7 @@ static ASSETS: &[Asset] = &[
     asset!("job.js", JS),
     asset!("dead.js", JS),
     asset!("workers.js", JS),
+    asset!("schedules.js", JS),
     asset!("login.js", JS),
 ];
 

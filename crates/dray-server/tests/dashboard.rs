@@ -29,6 +29,7 @@ async fn assets_are_served_with_their_type_an_etag_and_a_strict_policy() {
         ("/dashboard/app.js", "text/javascript; charset=utf-8"),
         ("/dashboard/style.css", "text/css; charset=utf-8"),
         ("/dashboard/favicon.svg", "image/svg+xml"),
+        ("/dashboard/schedules.js", "text/javascript; charset=utf-8"),
     ] {
         let reply = get(addr, path).await.expect(200);
         assert_eq!(reply.header("content-type"), Some(kind), "{path}");
@@ -42,6 +43,29 @@ async fn assets_are_served_with_their_type_an_etag_and_a_strict_policy() {
 
     let missing = get(addr, "/dashboard/nope.js").await.expect(404);
     assert_eq!(missing.problem().kind, "urn:dray:problem:not-found");
+    server.shutdown().await.unwrap();
+}
+
+/// Every file in `assets/` is embedded and served as it is on disk: a page added without its line
+/// in `dashboard.rs` would be missing from the binary, and the dashboard would fail to load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_in_assets_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&assets).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert!(names.iter().any(|n| n == "schedules.js"), "{names:?}");
+    for name in &names {
+        let reply = get(server.addr, &format!("/dashboard/{name}")).await.expect(200);
+        assert_eq!(reply.body, std::fs::read(assets.join(name)).unwrap(), "{name}");
+    }
+    // The navigation links the schedules page, and the entry point routes to it.
+    let index = String::from_utf8(get(server.addr, "/").await.expect(200).body).unwrap();
+    assert!(index.contains(r##"href="#/schedules""##), "{index}");
+    let app = String::from_utf8(get(server.addr, "/dashboard/app.js").await.expect(200).body).unwrap();
+    assert!(app.contains("./schedules.js"), "app.js imports the schedules page");
     server.shutdown().await.unwrap();
 }
 

@@ -2,10 +2,11 @@
 //! `tests/browser/dashboard.mjs`, against the real `dray serve` holding real jobs.
 //!
 //! This test sets the scene through the public API (queues with completed, dead and running jobs,
-//! a worker that keeps long-polling while it holds a lease), then hands the browser script the
-//! server's address. The script opens every page, checks what it shows against the scene, redrives
-//! a dead job through the confirmation dialog, and watches the overview update live while it
-//! enqueues jobs. Screenshots of every page land in `target/test-artifacts/dashboard/`.
+//! a worker that keeps long-polling while it holds a lease, two schedules), then hands the browser
+//! script the server's address. The script opens every page, checks what it shows against the
+//! scene, redrives a dead job through the confirmation dialog, pauses, resumes and runs a
+//! schedule, and watches the overview update live while it enqueues jobs. Screenshots of every
+//! page land in `target/test-artifacts/dashboard/`.
 //!
 //! What the machine needs, installed here when missing (never skipped): `/usr/bin/chromium` from
 //! Debian (apt-get, serialized by `flock /tmp/dray-apt.lock`), Node 20 or later, and the npm
@@ -26,7 +27,7 @@ use serde_json::{Value, json};
 use common::ServeProcess;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// Bound on the browser script: it opens six pages and waits for live updates.
+/// Bound on the browser script: it opens eight pages and waits for live updates.
 const SCRIPT_WAIT_MAX: Duration = Duration::from_secs(240);
 /// Bound on installing chromium (apt) or the npm packages.
 const INSTALL_WAIT_MAX: Duration = Duration::from_secs(900);
@@ -82,11 +83,22 @@ async fn dashboard_pages_work_in_a_real_browser() {
         "dead-confirm",
         "dead",
         "workers",
+        "schedules",
+        "schedule",
     ] {
         let file = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1_000, "screenshot {} missing or empty ({size} bytes)", file.display());
     }
+    // The schedules the script paused, resumed and ran from the page: as they were, and the job
+    // "Run now" enqueued is on their queue with their payload.
+    let nightly = api.get("/v1/schedules/nightly").await;
+    assert_eq!(nightly["paused"], false, "nightly was paused and resumed from the page: {nightly:#}");
+    let paused = api.get("/v1/schedules/hourly-sync").await;
+    assert_eq!(paused["paused"], true, "hourly-sync was resumed and paused again from the page: {paused:#}");
+    let triggered = nightly["last_tick"]["job_id"].as_u64().expect("nightly ran from the page: a last tick");
+    let job = api.get(&format!("/v1/jobs/{triggered}")).await;
+    assert_eq!((&job["queue"], &job["payload"]), (&json!("digests"), &json!({"report": "daily"})), "{job:#}");
     eprintln!("dashboard screenshots: {}", shots.display());
     drop(server);
 }
@@ -232,6 +244,13 @@ impl Api {
         reply
     }
 
+    /// PUT that creates (201).
+    async fn put_new(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.send(Method::PUT, path, Some(body.to_string())).await;
+        assert_eq!(status, 201, "PUT {path}: {reply:#}");
+        reply
+    }
+
     async fn lease(&self, queue: &str, worker: &str, count: usize, lease_ms: u64) -> Vec<Value> {
         let body = json!({"queues": [queue], "worker": worker, "count": count, "lease_ms": lease_ms});
         let reply = self.post("/v1/lease", body).await;
@@ -239,11 +258,14 @@ impl Api {
     }
 }
 
-/// Three queues and two workers:
+/// Four queues, two workers and two schedules:
 /// - `emails`: 6 jobs; `test-worker-1` completed 2 of them (with results);
 /// - `billing`: 3 jobs with one attempt each; `test-worker-1` failed them all: dead;
 /// - `reports`: 1 job that `test-worker-2` holds (a long lease, progress and a checkpoint saved),
-///   and keeps long-polling for more ([`Poller`]).
+///   and keeps long-polling for more ([`Poller`]);
+/// - `digests`: no jobs; the schedules `nightly` (cron `30 2 * * *` in New York, active) and
+///   `hourly-sync` (every hour, paused) enqueue there. Not on `reports`: the poller there expects
+///   nothing new, and the browser runs `nightly` now.
 ///
 /// Payloads carry markup and a number no JavaScript number can hold: the pages must show both as
 /// text, exactly. Returns what the browser script checks against.
@@ -291,8 +313,26 @@ async fn set_scene(api: &Api) -> Value {
     });
     api.post(&path, heartbeat).await;
 
+    api.put("/v1/queues/digests", json!({"attempts_max": 3})).await;
+    let nightly = json!({
+        "cron": "30 2 * * *",
+        "timezone": "America/New_York",
+        "job": {"queue": "digests", "payload": {"report": "daily"}},
+    });
+    api.put_new("/v1/schedules/nightly", nightly).await;
+    // Skip: resuming it from the page enqueues nothing for the ticks it missed.
+    let hourly = json!({
+        "every_ms": 3_600_000,
+        "job": {"queue": "digests", "payload": {"sync": "ledger"}, "tags": ["sync"]},
+        "misfire": "skip",
+        "overlap": "skip",
+        "paused": true,
+    });
+    api.put_new("/v1/schedules/hourly-sync", hourly).await;
+
     json!({
-        "queues": ["billing", "emails", "reports"],
+        "queues": ["billing", "digests", "emails", "reports"],
+        "schedules": {"active": "nightly", "paused": "hourly-sync", "zone": "America/New_York", "queue": "digests"},
         "emails_jobs": emails,
         "completed_jobs": 2,
         "dead_jobs": dead,
