@@ -1,10 +1,10 @@
 //! Leader election among the nodes sharing one database: a lease in `<schema>.leader`, held by at
 //! most one node at a time, with a fencing token (the term's `epoch`).
 //!
-//! **Why a leader.** Maintenance (promotion, lease expiry, pruning) would be correct on every node
-//! at once (its rows are claimed with `FOR UPDATE SKIP LOCKED`), but N nodes polling it every
-//! interval cost the database N times the work for nothing, and cron ticks (to come) need exactly
-//! one node to fire them. So one node, the leader, runs them.
+//! **Why a leader.** Maintenance (promotion, lease expiry, pruning, schedule ticks) would be
+//! correct on every node at once (its rows are claimed with `FOR UPDATE SKIP LOCKED`, and a tick
+//! moves its schedule's cursor under the row's lock), but N nodes polling it every interval cost
+//! the database N times the work for nothing. So one node, the leader, runs them.
 //!
 //! **The lease lives on the database's clock.** Acquiring and renewing is one statement, an upsert
 //! that takes the row when its lease has run out (`expires_at <= now()`) or is already ours, and
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::config::PostgresConfig;
 
-/// The role maintenance (and, later, cron ticks) is elected for: the row's `name`.
+/// The role maintenance (schedule ticks included) is elected for: the row's `name`.
 pub const MAINTENANCE: &str = "maintenance";
 
 /// Bytes of the host name kept in a holder name (the column allows 256).

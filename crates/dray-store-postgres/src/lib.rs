@@ -73,9 +73,18 @@
 //!
 //! **One leader for maintenance.** Migration 3 adds `<schema>.leader`; [`Leadership`] (from
 //! [`PostgresStore::leadership`]) takes part in the election on a connection of its own. Once it
-//! runs, the maintenance calls (`leases_expire`, `jobs_promote`, `jobs_prune`) act only while this
-//! node leads, and each of their statements checks the term's epoch against the table in SQL
-//! (`leader.rs` says why that fence suffices). Without an election they act unconditionally.
+//! runs, the maintenance calls (`leases_expire`, `jobs_promote`, `jobs_prune`, `schedules_tick`)
+//! act only while this node leads, and each of their statements checks the term's epoch against
+//! the table in SQL (`leader.rs` says why that fence suffices). Without an election they act
+//! unconditionally.
+//!
+//! **Schedules.** Migration 7 adds `<schema>.schedules` (the spec as columns, the cursor
+//! `next_at`, the last tick) and the tick a job stands for on `jobs` (`schedule_name`,
+//! `schedule_at`). Decisions are the core's (`dray_core::schedule::plan`, `Overlap::decide`), as in
+//! the embedded store. A schedule's tick is one transaction: its row locked, its jobs inserted by
+//! `job_insert`'s code, its new cursor written under a guard on the old one and on the leader's
+//! epoch, so a tick instant enqueues at most once whichever nodes tick, fail or lose their term
+//! (`store/schedule.rs`).
 //!
 //! **Transactional enqueue.** Migration 2 installs `<schema>.enqueue(queue, payload, options)`,
 //! which an application calls inside its own transaction (`docs/outbox.md`); it writes exactly

@@ -42,7 +42,71 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "tokens", sql: Sql::Text(V4_TOKENS) },
     Migration { version: 5, name: "enqueue_compares_values", sql: Sql::Derived(v5_enqueue_compares_values) },
     Migration { version: 6, name: "payload_schema", sql: Sql::Text(V6_PAYLOAD_SCHEMA) },
+    Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
 ];
+
+/// Schedules (`dray_core::Schedule`), one row each, and the tick a job was enqueued for.
+///
+/// - The spec is columns, not a document: operators can read and query it, and CHECKs repeat
+///   the core's shape of it (a backoff has all three parts or none, a cron rule has an
+///   expression and a zone, an interval an every and an anchor, `run_all` a cap, a last tick
+///   all three parts). The template's `run_at`, `delay_ms` and `idempotency_key` have no
+///   columns: a valid spec never sets them.
+/// - `anchor_ms` is the core's milliseconds as they are: an anchor may be any instant, also one
+///   `timestamptz` cannot hold.
+/// - `next_at` is the cursor: a tick pass moves it, in the same transaction as the jobs it
+///   enqueues, under the row's lock and the leader's fence (see `PostgresStore::schedules_tick`).
+///   `schedules_due` serves the pass's search for due schedules.
+/// - The jobs' `schedule_name` and `schedule_at` are NULL for a job no tick enqueued (every job
+///   before this migration, and every job `enqueue()` writes). The CHECK is added `NOT VALID`:
+///   the new columns are NULL in every existing row, so there is nothing to check, and a
+///   validating scan would hold the jobs table locked for as long as it reads it.
+const V7_SCHEDULES: &str = r#"
+CREATE TABLE {s}.schedules (
+    name text COLLATE "C" PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 128),
+    queue text COLLATE "C" NOT NULL,
+    payload bytea NOT NULL,
+    priority smallint NOT NULL,
+    attempts_max integer,
+    backoff_base_ms bigint,
+    backoff_factor double precision,
+    backoff_cap_ms bigint,
+    lease_ms bigint,
+    ordering_key text,
+    tags text[] NOT NULL,
+    traceparent text,
+    rule text NOT NULL CHECK (rule IN ('cron', 'interval')),
+    cron_expr text,
+    cron_zone text,
+    every_ms bigint CHECK (every_ms >= 1),
+    anchor_ms bigint,
+    misfire text NOT NULL CHECK (misfire IN ('run_once', 'skip', 'run_all')),
+    misfire_cap integer CHECK (misfire_cap >= 1),
+    overlap text NOT NULL CHECK (overlap IN ('allow', 'skip', 'cancel_previous')),
+    jitter_ms bigint NOT NULL CHECK (jitter_ms >= 0),
+    misfire_grace_ms bigint NOT NULL CHECK (misfire_grace_ms >= 0),
+    paused boolean NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    next_at timestamptz,
+    last_at timestamptz,
+    last_job bigint,
+    last_fired_at timestamptz,
+    CONSTRAINT schedules_backoff_whole CHECK (
+        (backoff_base_ms IS NULL) = (backoff_factor IS NULL) AND (backoff_factor IS NULL) = (backoff_cap_ms IS NULL)),
+    CONSTRAINT schedules_cron_rule CHECK ((rule = 'cron') = (cron_expr IS NOT NULL AND cron_zone IS NOT NULL)),
+    CONSTRAINT schedules_interval_rule CHECK ((rule = 'interval') = (every_ms IS NOT NULL AND anchor_ms IS NOT NULL)),
+    CONSTRAINT schedules_cap_exactly_for_run_all CHECK ((misfire = 'run_all') = (misfire_cap IS NOT NULL)),
+    CONSTRAINT schedules_last_tick_whole CHECK (
+        (last_at IS NULL) = (last_job IS NULL) AND (last_job IS NULL) = (last_fired_at IS NULL))
+);
+-- The tick pass: schedules whose cursor has come, unless paused.
+CREATE INDEX schedules_due ON {s}.schedules (next_at) WHERE NOT paused AND next_at IS NOT NULL;
+
+ALTER TABLE {s}.jobs ADD COLUMN schedule_name text COLLATE "C", ADD COLUMN schedule_at timestamptz;
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_schedule_tick_whole
+    CHECK ((schedule_name IS NULL) = (schedule_at IS NULL)) NOT VALID;
+"#;
 
 /// A queue's JSON Schema for payloads (checked by the server, which holds the validator), and
 /// the history kind `rejected` (a redrive refused because the payload no longer matches it).

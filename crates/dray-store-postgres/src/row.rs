@@ -4,9 +4,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dray_core::cron::{CronRule, IntervalRule, Rule};
+use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Payload, QueueName, RetryPolicy, Timestamp, WorkerId,
+    Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
+    Timestamp, WorkerId,
 };
 use dray_store::{Error, JobSummary, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
@@ -142,8 +145,18 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         dead_reason,
         finished_at: get::<Option<SystemTime>>(row, "finished_at")?.map(from_time),
     };
+    let schedule = match get::<Option<&str>>(row, "schedule_name")? {
+        None => None,
+        Some(name) => Some(ScheduleTick {
+            name: schedule_name_of(name)?,
+            at: from_time(
+                get::<Option<SystemTime>>(row, "schedule_at")?
+                    .ok_or_else(|| corrupt(format!("job {id}: a schedule tick without its instant")))?,
+            ),
+        }),
+    };
     Ok(Job {
-        schedule: None, // TEMPORARY until pgsched merges
+        schedule,
         id,
         queue: queue_of(get(row, "queue")?)?,
         payload,
@@ -166,6 +179,93 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         version: u32_of(get(row, "version")?, "version")?,
         history: Vec::new(),
         history_dropped: 0,
+    })
+}
+
+fn schedule_name_of(s: &str) -> Result<ScheduleName, Error> {
+    ScheduleName::new(s).map_err(|e| corrupt(format!("schedule name: {e}")))
+}
+
+/// A schedule row (the columns of [`crate::sql::SCHEDULE_COLUMNS`]). Rules are parsed again, so
+/// a row holding a rule the core no longer accepts is reported rather than ticked.
+pub(crate) fn schedule_from_row(row: &Row) -> Result<Schedule, Error> {
+    let name = schedule_name_of(get(row, "name")?)?;
+    let bad = |what: &str, e: &dyn std::fmt::Display| corrupt(format!("schedule {name}: {what}: {e}"));
+    let mut template = NewJob::new(queue_of(get(row, "queue")?)?, Payload::new(get::<Vec<u8>>(row, "payload")?));
+    template.priority = get(row, "priority")?;
+    template.attempts_max = get::<Option<i32>>(row, "attempts_max")?.map(|n| u32_of(n, "attempts_max")).transpose()?;
+    template.backoff = match (
+        get::<Option<i64>>(row, "backoff_base_ms")?,
+        get::<Option<f64>>(row, "backoff_factor")?,
+        get::<Option<i64>>(row, "backoff_cap_ms")?,
+    ) {
+        (None, None, None) => None,
+        (Some(base), Some(factor), Some(cap)) => {
+            Some(Backoff { base_ms: u64_of(base, "backoff_base_ms")?, factor, cap_ms: u64_of(cap, "backoff_cap_ms")? })
+        }
+        _ => return Err(bad("backoff", &"only some of its parts")),
+    };
+    template.lease_ms = get::<Option<i64>>(row, "lease_ms")?.map(|ms| u64_of(ms, "lease_ms")).transpose()?;
+    template.ordering_key = get::<Option<String>>(row, "ordering_key")?.map(String::into_boxed_str);
+    template.tags = get::<Vec<String>>(row, "tags")?.into_iter().map(String::into_boxed_str).collect();
+    template.traceparent = get::<Option<String>>(row, "traceparent")?.map(String::into_boxed_str);
+    let rule = match get::<&str>(row, "rule")? {
+        "cron" => {
+            let expr: Option<&str> = get(row, "cron_expr")?;
+            let zone: Option<&str> = get(row, "cron_zone")?;
+            let (Some(expr), Some(zone)) = (expr, zone) else {
+                return Err(bad("rule", &"cron without its expression"));
+            };
+            Rule::Cron(CronRule::parse(expr, zone).map_err(|e| bad("cron rule", &e))?)
+        }
+        "interval" => {
+            let every: Option<i64> = get(row, "every_ms")?;
+            let anchor: Option<i64> = get(row, "anchor_ms")?;
+            let (Some(every), Some(anchor)) = (every, anchor) else {
+                return Err(bad("rule", &"interval without its period"));
+            };
+            Rule::Interval(
+                IntervalRule::new(u64_of(every, "every_ms")?, Timestamp(anchor))
+                    .map_err(|e| bad("interval rule", &e))?,
+            )
+        }
+        other => return Err(bad("rule", &other)),
+    };
+    let misfire = match (get::<&str>(row, "misfire")?, get::<Option<i32>>(row, "misfire_cap")?) {
+        ("run_once", None) => Misfire::RunOnce,
+        ("skip", None) => Misfire::Skip,
+        ("run_all", Some(cap)) => Misfire::RunAll { cap: u32_of(cap, "misfire_cap")? },
+        (other, cap) => return Err(bad("misfire", &format!("{other} with cap {cap:?}"))),
+    };
+    let overlap = get::<&str>(row, "overlap")?;
+    let overlap = Overlap::parse(overlap).ok_or_else(|| bad("overlap", &overlap))?;
+    let last = match (
+        get::<Option<SystemTime>>(row, "last_at")?,
+        get::<Option<i64>>(row, "last_job")?,
+        get::<Option<SystemTime>>(row, "last_fired_at")?,
+    ) {
+        (None, None, None) => None,
+        (Some(at), Some(job), Some(fired_at)) => {
+            Some(LastTick { at: from_time(at), job: id_from_sql(job)?, fired_at: from_time(fired_at) })
+        }
+        _ => return Err(bad("last tick", &"only some of its parts")),
+    };
+    let spec = ScheduleSpec {
+        name,
+        template,
+        rule,
+        misfire,
+        overlap,
+        jitter_ms: u64_of(get(row, "jitter_ms")?, "jitter_ms")?,
+        misfire_grace_ms: u64_of(get(row, "misfire_grace_ms")?, "misfire_grace_ms")?,
+        paused: get(row, "paused")?,
+    };
+    Ok(Schedule {
+        spec,
+        created_at: from_time(get(row, "created_at")?),
+        updated_at: from_time(get(row, "updated_at")?),
+        next_at: get::<Option<SystemTime>>(row, "next_at")?.map(from_time),
+        last,
     })
 }
 

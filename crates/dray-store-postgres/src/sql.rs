@@ -17,7 +17,8 @@ use dray_store::JobFilter;
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j.attempts_max, j.backoff_base_ms, \
      j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.tags, j.traceparent, \
      j.state, j.run_at, j.attempt, j.lease_id, j.token, j.worker, j.leased_at, j.lease_deadline, \
-     j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version";
+     j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version, \
+     j.schedule_name, j.schedule_at";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
      q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema";
@@ -74,27 +75,30 @@ WHERE i.expires_at > coalesce($3::timestamptz, now())";
 /// (decided by the core's `NewJob::into_job`), its idempotency key (claimed only if free or past
 /// its window; a key claimed meanwhile by a concurrent insert shows in `keys_claimed`), and a
 /// notification per queue that got an available job (`<queue>`) or a scheduled one
-/// (`due <queue>`: see [`DUE_PREFIX`]).
+/// (`due <queue>`: see [`DUE_PREFIX`]). The tick a job stands for (`$24`, `$25`) is NULL for a job
+/// no schedule enqueued.
 const INSERT: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::timestamptz[], $5::text[], $6::int[],
                          $7::bigint[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[], $12::text[],
                          $13::text[], $14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::int[],
-                         $19::timestamptz[])
+                         $19::timestamptz[], $24::text[], $25::timestamptz[])
         WITH ORDINALITY AS u(queue, payload, priority, run_at, state, attempts_max, backoff_base_ms,
                              backoff_factor, backoff_cap_ms, lease_ms, idempotency_key, ordering_key, tags,
-                             traceparent, h_at, h_kind, h_state, h_attempt, h_run_at, ord)
+                             traceparent, h_at, h_kind, h_state, h_attempt, h_run_at, schedule_name,
+                             schedule_at, ord)
 ), numbered AS MATERIALIZED (
     SELECT nextval('{s}.jobs_id_seq') AS id, input.* FROM input ORDER BY ord
 ), inserted AS (
     INSERT INTO {s}.jobs (id, queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
                           backoff_cap_ms, lease_ms, idempotency_key, idempotency_expires_at, ordering_key, tags,
-                          traceparent, state, run_at, attempt, cancel_requested, version)
+                          traceparent, state, run_at, attempt, cancel_requested, version, schedule_name, schedule_at)
     OVERRIDING SYSTEM VALUE
     SELECT id, queue, payload, priority, $20::timestamptz, attempts_max, backoff_base_ms, backoff_factor,
            backoff_cap_ms, lease_ms, idempotency_key,
            CASE WHEN idempotency_key IS NOT NULL THEN $20::timestamptz + $21::bigint * interval '1 millisecond' END,
-           ordering_key, string_to_array(tags, ' '), traceparent, state, run_at, 0, false, 1
+           ordering_key, string_to_array(tags, ' '), traceparent, state, run_at, 0, false, 1, schedule_name,
+           schedule_at
     FROM numbered ORDER BY ord
     RETURNING id
 ), history AS (
@@ -372,6 +376,81 @@ WITH doomed AS (
 )
 SELECT count(*) FROM jobs";
 
+/// The columns of `schedules`, in the order [`crate::row::schedule_from_row`] reads them and
+/// [`SCHEDULE_SAVE`] writes them.
+pub(crate) const SCHEDULE_COLUMNS: &str = "s.name, s.queue, s.payload, s.priority, s.attempts_max, \
+     s.backoff_base_ms, s.backoff_factor, s.backoff_cap_ms, s.lease_ms, s.ordering_key, s.tags, s.traceparent, \
+     s.rule, s.cron_expr, s.cron_zone, s.every_ms, s.anchor_ms, s.misfire, s.misfire_cap, s.overlap, s.jitter_ms, \
+     s.misfire_grace_ms, s.paused, s.created_at, s.updated_at, s.next_at, s.last_at, s.last_job, s.last_fired_at";
+
+const SCHEDULE_GET: &str = "SELECT {schedule_columns} FROM {s}.schedules s WHERE s.name = $1::text";
+
+/// Every schedule, by name (byte order, as the embedded store lists them).
+const SCHEDULE_LIST: &str = "SELECT {schedule_columns} FROM {s}.schedules s ORDER BY s.name";
+
+/// The row a change (put, pause, trigger) decides on, locked until the change commits.
+const SCHEDULE_LOCK: &str = "SELECT {schedule_columns} FROM {s}.schedules s WHERE s.name = $1::text FOR UPDATE";
+
+/// Puts (and only they) take this transaction-scoped lock first: they serialize, so the count
+/// checked against `Limits::SCHEDULES_MAX` is the count the insert adds to, and two creates of
+/// one name never race to a unique violation. Ticks never take it.
+const SCHEDULE_PUT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('dray.schedules.{s}', 0))";
+
+const SCHEDULE_COUNT: &str = "SELECT count(*) FROM {s}.schedules";
+
+/// One queue's configuration, if it exists (no lock: a put checks its template's payload against
+/// the schema as it is now, as the embedded store does).
+const QUEUE_GET: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text";
+
+/// Writes a whole schedule, new or replacing the row (locked by the caller when it exists).
+const SCHEDULE_SAVE: &str = "
+INSERT INTO {s}.schedules AS s (name, queue, payload, priority, attempts_max, backoff_base_ms, backoff_factor,
+                                backoff_cap_ms, lease_ms, ordering_key, tags, traceparent, rule, cron_expr, cron_zone,
+                                every_ms, anchor_ms, misfire, misfire_cap, overlap, jitter_ms, misfire_grace_ms,
+                                paused, created_at, updated_at, next_at, last_at, last_job, last_fired_at)
+VALUES ($1::text, $2::text, $3::bytea, $4::smallint, $5::int, $6::bigint, $7::float8, $8::bigint, $9::bigint,
+        $10::text, $11::text[], $12::text, $13::text, $14::text, $15::text, $16::bigint, $17::bigint, $18::text,
+        $19::int, $20::text, $21::bigint, $22::bigint, $23::bool, $24::timestamptz, $25::timestamptz,
+        $26::timestamptz, $27::timestamptz, $28::bigint, $29::timestamptz)
+ON CONFLICT (name) DO UPDATE SET
+    queue = EXCLUDED.queue, payload = EXCLUDED.payload, priority = EXCLUDED.priority,
+    attempts_max = EXCLUDED.attempts_max, backoff_base_ms = EXCLUDED.backoff_base_ms,
+    backoff_factor = EXCLUDED.backoff_factor, backoff_cap_ms = EXCLUDED.backoff_cap_ms,
+    lease_ms = EXCLUDED.lease_ms, ordering_key = EXCLUDED.ordering_key, tags = EXCLUDED.tags,
+    traceparent = EXCLUDED.traceparent, rule = EXCLUDED.rule, cron_expr = EXCLUDED.cron_expr,
+    cron_zone = EXCLUDED.cron_zone, every_ms = EXCLUDED.every_ms, anchor_ms = EXCLUDED.anchor_ms,
+    misfire = EXCLUDED.misfire, misfire_cap = EXCLUDED.misfire_cap, overlap = EXCLUDED.overlap,
+    jitter_ms = EXCLUDED.jitter_ms, misfire_grace_ms = EXCLUDED.misfire_grace_ms, paused = EXCLUDED.paused,
+    created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, next_at = EXCLUDED.next_at,
+    last_at = EXCLUDED.last_at, last_job = EXCLUDED.last_job, last_fired_at = EXCLUDED.last_fired_at";
+
+const SCHEDULE_DELETE: &str = "DELETE FROM {s}.schedules WHERE name = $1::text RETURNING name";
+
+/// The names of the schedules a tick pass at `$1` handles: due and not paused, at most `$2`, by
+/// name (as the embedded store takes them). Fenced like maintenance (`$3`, `$4`).
+const SCHEDULES_DUE: &str = "
+SELECT s.name FROM {s}.schedules s
+WHERE NOT s.paused AND s.next_at <= coalesce($1::timestamptz, now()) AND {leader_guard}
+ORDER BY s.name
+LIMIT $2::bigint";
+
+/// One due schedule, locked for its tick; a row another node is ticking is passed over. Fenced
+/// (`$2`, `$3`): a node whose term is over finds nothing to tick.
+const SCHEDULE_TICK_LOCK: &str = "
+SELECT {schedule_columns} FROM {s}.schedules s
+WHERE s.name = $1::text AND {leader_guard_2}
+FOR UPDATE OF s SKIP LOCKED";
+
+/// A tick's new cursor and last tick, guarded by the cursor read under the lock (`$2`) and by the
+/// leader's fence (`$7`, `$8`) checked again as the last statement before the commit: a node
+/// whose term ended while it ticked updates nothing, and the tick (jobs included) runs again,
+/// to find nothing to do under the fence.
+const SCHEDULE_ADVANCE: &str = "
+UPDATE {s}.schedules s SET next_at = $3::timestamptz, last_at = $4::timestamptz, last_job = $5::bigint,
+    last_fired_at = $6::timestamptz
+WHERE s.name = $1::text AND s.next_at IS NOT DISTINCT FROM $2::timestamptz AND {leader_guard_7}
+RETURNING s.name";
+
 /// The statements of one store, rendered for its schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -404,6 +483,17 @@ pub(crate) struct Sql {
     pub queue_delete: String,
     pub queue_schemas: String,
     pub payloads_read: String,
+    pub schedule_get: String,
+    pub schedule_list: String,
+    pub schedule_lock: String,
+    pub schedule_put_lock: String,
+    pub schedule_count: String,
+    pub queue_get: String,
+    pub schedule_save: String,
+    pub schedule_delete: String,
+    pub schedules_due: String,
+    pub schedule_tick_lock: String,
+    pub schedule_advance: String,
 }
 
 impl Sql {
@@ -439,6 +529,17 @@ impl Sql {
             queue_delete: r(QUEUE_DELETE),
             queue_schemas: r(QUEUE_SCHEMAS),
             payloads_read: r(PAYLOADS_READ),
+            schedule_get: r(SCHEDULE_GET),
+            schedule_list: r(SCHEDULE_LIST),
+            schedule_lock: r(SCHEDULE_LOCK),
+            schedule_put_lock: r(SCHEDULE_PUT_LOCK),
+            schedule_count: r(SCHEDULE_COUNT),
+            queue_get: r(QUEUE_GET),
+            schedule_save: r(SCHEDULE_SAVE),
+            schedule_delete: r(SCHEDULE_DELETE),
+            schedules_due: r(SCHEDULES_DUE),
+            schedule_tick_lock: r(SCHEDULE_TICK_LOCK),
+            schedule_advance: r(SCHEDULE_ADVANCE),
         }
     }
 
@@ -527,8 +628,11 @@ pub(crate) struct FilterParams {
 fn render(sql: &str, schema: &str) -> String {
     sql.replace("{job_columns}", JOB_COLUMNS)
         .replace("{queue_columns}", QUEUE_COLUMNS)
+        .replace("{schedule_columns}", SCHEDULE_COLUMNS)
         .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
         .replace("{leader_guard}", &crate::leader::guard("{s}", 3))
+        .replace("{leader_guard_2}", &crate::leader::guard("{s}", 2))
+        .replace("{leader_guard_7}", &crate::leader::guard("{s}", 7))
         .replace("{due_prefix}", DUE_PREFIX)
         .replace("{s}", schema)
 }
@@ -564,14 +668,32 @@ mod tests {
             &sql.queue_lock,
             &sql.queue_update,
             &sql.queue_stats,
+            &sql.queue_delete_lock,
+            &sql.queue_delete_check,
+            &sql.queue_delete,
+            &sql.queue_schemas,
+            &sql.payloads_read,
+            &sql.schedule_get,
+            &sql.schedule_list,
+            &sql.schedule_lock,
+            &sql.schedule_put_lock,
+            &sql.schedule_count,
+            &sql.queue_get,
+            &sql.schedule_save,
+            &sql.schedule_delete,
+            &sql.schedules_due,
+            &sql.schedule_tick_lock,
+            &sql.schedule_advance,
         ];
         for text in all {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");
         }
         assert!(sql.lease.contains("dray_x.fencing_tokens"));
-        for fenced in [&sql.expire_select, &sql.promote_select, &sql.prune] {
+        for fenced in [&sql.expire_select, &sql.promote_select, &sql.prune, &sql.schedules_due] {
             assert!(fenced.contains("FROM dray_x.leader ldr WHERE ldr.name = $3::text"), "{fenced}");
         }
+        assert!(sql.schedule_tick_lock.contains("FROM dray_x.leader ldr WHERE ldr.name = $2::text"));
+        assert!(sql.schedule_advance.contains("FROM dray_x.leader ldr WHERE ldr.name = $7::text"));
     }
 
     #[test]

@@ -25,13 +25,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use dray_core::transition::EventKind;
 use dray_core::{
     Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
-    Rejection, Transition, transition,
+    Rejection, Schedule, ScheduleName, Transition, transition,
 };
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
     JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
-    PayloadSchema, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, Store,
-    payload_checked,
+    PayloadSchema, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
+    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked, payload_checked,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
@@ -164,6 +164,9 @@ macro_rules! on_client {
         }
     }};
 }
+
+// After the macros: the module uses them.
+mod schedule;
 
 async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
     Ok(tx.prepare_cached(sql).await?)
@@ -476,14 +479,25 @@ impl PostgresStore {
         Ok(end)
     }
 
-    async fn insert_in(&self, tx: &Transaction<'_>, p: &JobInsert) -> Result<Vec<Inserted>, Fail> {
-        let mut queue_names: Vec<&str> = p.jobs.iter().map(|j| j.queue.as_str()).collect();
+    /// Inserts `jobs` (a batch: all or nothing), creating their queues as needed, and notifies
+    /// the queues that got available or scheduled jobs. Refusals of a job name its field in the
+    /// batch (`jobs[3].payload`) when `in_batch`, else the bare field (`payload`), for a caller
+    /// that inserts one job of its own making (a schedule's tick).
+    async fn insert_in(
+        &self,
+        tx: &Transaction<'_>,
+        now_given: dray_core::Timestamp,
+        jobs: &[NewJob],
+        in_batch: bool,
+    ) -> Result<Vec<Inserted>, Fail> {
+        let field = |e: dray_core::Invalid, i: usize| if in_batch { e.in_batch(i) } else { e };
+        let mut queue_names: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
         queue_names.sort_unstable();
         queue_names.dedup();
         let keyed: Vec<(&str, &str)> =
-            p.jobs.iter().filter_map(|j| Some((j.queue.as_str(), j.idempotency_key.as_deref()?))).collect();
-        let defaults = QueueConfig::new(p.jobs[0].queue.clone());
-        let now_param = self.now_param(p.now);
+            jobs.iter().filter_map(|j| Some((j.queue.as_str(), j.idempotency_key.as_deref()?))).collect();
+        let defaults = QueueConfig::new(jobs[0].queue.clone());
+        let now_param = self.now_param(now_given);
 
         let queues = async {
             let st = prep(tx, &self.sql.queues_ensure).await?;
@@ -512,11 +526,11 @@ impl PostgresStore {
             let (qs, ks): (Vec<&str>, Vec<&str>) = keyed.iter().copied().unzip();
             Ok::<Vec<Row>, Fail>(tx.query(&st, &[&qs, &ks, &now_param]).await?)
         };
-        let (now, queue_rows, key_rows) = tokio::try_join!(self.now(tx, p.now), queues, keys)?;
-        if now != p.now {
+        let (now, queue_rows, key_rows) = tokio::try_join!(self.now(tx, now_given), queues, keys)?;
+        if now != now_given {
             // The database's clock decides how far ahead a run-at may be.
-            for (i, job) in p.jobs.iter().enumerate() {
-                job.validate(now).map_err(|e| e.in_batch(i))?;
+            for (i, job) in jobs.iter().enumerate() {
+                job.validate(now).map_err(|e| field(e, i))?;
             }
         }
 
@@ -538,15 +552,15 @@ impl PostgresStore {
         }
 
         // Decide everything before writing anything: the batch is all or nothing.
-        let mut plan = Vec::with_capacity(p.jobs.len());
+        let mut plan = Vec::with_capacity(jobs.len());
         let mut batch_keys: HashMap<(&str, &str), usize> = HashMap::new();
-        for (i, job) in p.jobs.iter().enumerate() {
+        for (i, job) in jobs.iter().enumerate() {
             let mut planned = Planned::New;
             if let Some(key) = job.idempotency_key.as_deref() {
                 let queue = job.queue.as_str();
                 if let Some(&j) = batch_keys.get(&(queue, key)) {
                     // `JobInsert::validate` refused a batch repeating a key with another payload.
-                    debug_assert!(same_value(p.jobs[j].payload.as_bytes(), job.payload.as_bytes()));
+                    debug_assert!(same_value(jobs[j].payload.as_bytes(), job.payload.as_bytes()));
                     planned = Planned::SameAs(j);
                 } else if let Some((id, state, payload)) = existing.get(&(queue.to_owned(), key.to_owned())) {
                     if !same_value(payload, job.payload.as_bytes()) {
@@ -562,16 +576,16 @@ impl PostgresStore {
         }
 
         if let Some(check) = self.payload_check.get() {
-            for (i, (job, planned)) in p.jobs.iter().zip(&plan).enumerate() {
+            for (i, (job, planned)) in jobs.iter().zip(&plan).enumerate() {
                 if matches!(planned, Planned::New) {
                     payload_checked(Some(check.as_ref()), &configs[job.queue.as_str()], &job.payload)
-                        .map_err(|e| e.in_batch(i))?;
+                        .map_err(|e| field(e, i))?;
                 }
             }
         }
 
         let mut new_jobs: Vec<Job> = Vec::new();
-        for (new, planned) in p.jobs.iter().zip(&plan) {
+        for (new, planned) in jobs.iter().zip(&plan) {
             if matches!(planned, Planned::New) {
                 let config = &configs[new.queue.as_str()];
                 new_jobs.push(NewJob::clone(new).into_job(JobId(0), now, config.retry, config.lease_ms));
@@ -586,6 +600,7 @@ impl PostgresStore {
             let st = prep(tx, &self.sql.insert).await?;
             let mut params = columns.params();
             params.extend([&created_at as &(dyn ToSql + Sync), &window, &now_param, &self.channel]);
+            params.extend(columns.schedule_params());
             let row = tx.query_one(&st, &params).await?;
             let raw: Vec<i64> = get(&row, "ids")?;
             let inserted: i64 = get(&row, "inserted")?;
@@ -600,7 +615,7 @@ impl PostgresStore {
             debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase along the batch");
         }
 
-        let mut out: Vec<Inserted> = Vec::with_capacity(p.jobs.len());
+        let mut out: Vec<Inserted> = Vec::with_capacity(jobs.len());
         let mut fresh = ids.into_iter().zip(new_jobs.iter().map(|j| j.status.state));
         for planned in plan {
             out.push(match planned {
@@ -1363,6 +1378,8 @@ struct InsertColumns<'a> {
     h_state: Vec<&'static str>,
     h_attempt: Vec<i32>,
     h_run_at: Vec<Option<SystemTime>>,
+    schedule_name: Vec<Option<&'a str>>,
+    schedule_at: Vec<Option<SystemTime>>,
 }
 
 impl<'a> InsertColumns<'a> {
@@ -1387,6 +1404,8 @@ impl<'a> InsertColumns<'a> {
             h_state: Vec::new(),
             h_attempt: Vec::new(),
             h_run_at: Vec::new(),
+            schedule_name: Vec::new(),
+            schedule_at: Vec::new(),
         };
         for job in jobs {
             let [entry] = job.history.as_slice() else {
@@ -1413,6 +1432,8 @@ impl<'a> InsertColumns<'a> {
             c.h_state.push(entry.state.as_str());
             c.h_attempt.push(i32::try_from(entry.attempt).unwrap_or(i32::MAX));
             c.h_run_at.push(entry.run_at.map(to_time));
+            c.schedule_name.push(job.schedule.as_ref().map(|t| t.name.as_str()));
+            c.schedule_at.push(job.schedule.as_ref().map(|t| to_time(t.at)));
         }
         Ok(c)
     }
@@ -1439,6 +1460,11 @@ impl<'a> InsertColumns<'a> {
             &self.h_attempt,
             &self.h_run_at,
         ]
+    }
+
+    /// `$24` and `$25`, after the four scalars that follow [`Self::params`].
+    fn schedule_params(&self) -> [&(dyn ToSql + Sync); 2] {
+        [&self.schedule_name, &self.schedule_at]
     }
 }
 
@@ -1517,27 +1543,33 @@ impl Store for PostgresStore {
         let _ = self.payload_check.set(check);
     }
 
-    // TEMPORARY until the pgsched branch merges.
-    async fn schedule_put(&self, _: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
-        Err(Error::Unavailable { context: "schedules: not yet in PostgreSQL".into(), source: None })
+    async fn schedule_put(&self, p: SchedulePut) -> Result<ScheduleSaved, Error> {
+        p.spec.validate(p.now)?;
+        in_transaction!(self, "schedule_put", |tx| self.schedule_put_in(&tx, &p))
     }
-    async fn schedule_get(&self, _: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
-        Ok(None)
+
+    async fn schedule_get(&self, name: &ScheduleName) -> Result<Option<Schedule>, Error> {
+        self.schedule_get_one(name.as_str()).await
     }
-    async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
-        Ok(Vec::new())
+
+    async fn schedule_list(&self) -> Result<Vec<Schedule>, Error> {
+        self.schedule_list_all().await
     }
-    async fn schedule_delete(&self, p: dray_store::ScheduleDelete) -> Result<(), Error> {
-        Err(Error::ScheduleNotFound(p.name))
+
+    async fn schedule_delete(&self, p: ScheduleDelete) -> Result<(), Error> {
+        self.schedule_delete_one(&p).await
     }
-    async fn schedule_pause(&self, p: dray_store::SchedulePause) -> Result<dray_core::Schedule, Error> {
-        Err(Error::ScheduleNotFound(p.name))
+
+    async fn schedule_pause(&self, p: SchedulePause) -> Result<Schedule, Error> {
+        in_transaction!(self, "schedule_pause", |tx| self.schedule_pause_in(&tx, &p))
     }
-    async fn schedule_trigger(&self, p: dray_store::ScheduleTrigger) -> Result<dray_store::Ticked, Error> {
-        Err(Error::ScheduleNotFound(p.name))
+
+    async fn schedule_trigger(&self, p: ScheduleTrigger) -> Result<Ticked, Error> {
+        in_transaction!(self, "schedule_trigger", |tx| self.schedule_trigger_in(&tx, &p))
     }
-    async fn schedules_tick(&self, _: dray_store::SchedulesTick) -> Result<Vec<dray_store::Ticked>, Error> {
-        Ok(Vec::new())
+
+    async fn schedules_tick(&self, p: SchedulesTick) -> Result<Vec<Ticked>, Error> {
+        self.schedules_tick_all(p).await
     }
 
     async fn job_insert(&self, p: JobInsert) -> Result<Vec<Inserted>, Error> {
@@ -1550,7 +1582,7 @@ impl Store for PostgresStore {
                 source: None,
             })?
             .map_err(|_| Error::Unavailable { context: "the store is closed".into(), source: None })?;
-        in_transaction!(self, "job_insert", |tx| self.insert_in(&tx, &p))
+        in_transaction!(self, "job_insert", |tx| self.insert_in(&tx, p.now, &p.jobs, true))
     }
 
     async fn job_lease(&self, p: JobLease) -> Result<Vec<LeasedJob>, Error> {
