@@ -287,6 +287,44 @@ async fn queue_patterns_apply_to_every_queue_a_request_touches() {
     server.shutdown().await.unwrap();
 }
 
+/// A schedule belongs to its template's queue: a token limited to some queues sees and changes
+/// only the schedules that enqueue into them, and cannot move one out of (or into) another queue.
+#[tokio::test]
+async fn schedules_follow_the_queue_patterns_of_their_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    let (_, admin) = token(addr, &["admin:billing.*"]).await;
+    let (_, read) = token(addr, &["read:billing.*"]).await;
+    let rule = |queue: &str| json!({ "every_ms": 3_600_000, "job": { "queue": queue, "payload": 1 } });
+
+    call(addr, "PUT", "/v1/schedules/invoices", Some(&admin), Some(rule("billing.invoices"))).await.expect(201);
+    assert_403(
+        &call(addr, "PUT", "/v1/schedules/ops", Some(&admin), Some(rule("ops"))).await,
+        "admin scope for queue \"ops\"",
+    );
+    call(addr, "PUT", "/v1/schedules/ops", Some(ADMIN), Some(rule("ops"))).await.expect(201);
+    // Taking over another queue's schedule, or moving one's jobs out of billing, is refused.
+    assert_403(&call(addr, "PUT", "/v1/schedules/ops", Some(&admin), Some(rule("billing.x"))).await, "\"ops\"");
+    assert_403(&call(addr, "PUT", "/v1/schedules/invoices", Some(&admin), Some(rule("ops"))).await, "\"ops\"");
+    assert_403(&call(addr, "POST", "/v1/schedules/ops/trigger", Some(&admin), None).await, "\"ops\"");
+    assert_403(&call(addr, "DELETE", "/v1/schedules/ops", Some(&admin), None).await, "\"ops\"");
+    call(addr, "POST", "/v1/schedules/invoices/trigger", Some(&admin), None).await.expect(201);
+    call(addr, "POST", "/v1/schedules/invoices/pause", Some(&admin), None).await.expect(200);
+
+    let listed = call(addr, "GET", "/v1/schedules", Some(&read), None).await.expect(200).value();
+    let names: Vec<&str> =
+        listed["schedules"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["invoices"], "only the schedules of readable queues are listed");
+    assert_403(&call(addr, "GET", "/v1/schedules/ops", Some(&read), None).await, "read scope for queue \"ops\"");
+    assert_403(&call(addr, "POST", "/v1/schedules/invoices/resume", Some(&read), None).await, "admin");
+    let all = call(addr, "GET", "/v1/schedules", Some(ADMIN), None).await.expect(200).value();
+    assert_eq!(all["schedules"].as_array().unwrap().len(), 2, "nothing refused changed anything");
+    assert_eq!(all["schedules"][0]["job"]["queue"], "billing.invoices");
+    assert_eq!(all["schedules"][1]["job"]["queue"], "ops");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn tokens_are_created_listed_revoked_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
