@@ -324,7 +324,8 @@ async fn concurrent_leases_keep_one_job_per_ordering_key() {
     a.job_insert(JobInsert { now, jobs }).await.unwrap();
 
     // Per key: the job running now (by what the tasks know) and the last id leased.
-    let seen: Arc<Mutex<HashMap<String, (Option<JobId>, JobId)>>> = Arc::default();
+    type Seen = HashMap<String, (Option<JobId>, JobId)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let mut tasks = Vec::new();
     for store in [a.clone(), b.clone(), a.clone(), b.clone(), a, b] {
         let seen = seen.clone();
