@@ -43,7 +43,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "lease: re-check of picked keyed jobs",
             sql: sql.ordering_recheck.clone(),
-            args: "ARRAY[50001, 50004, 50007]::bigint[]".into(),
+            args: "ARRAY[50000, 50004, 50008]::bigint[]".into(),
             indexes: &["jobs_pkey", "jobs_ordering", "jobs_ordering_running"],
         },
         Hot {
@@ -153,8 +153,9 @@ WHERE id % 7 = 0;
 INSERT INTO {schema}.idempotency (queue, key, job_id, expires_at)
 SELECT queue, idempotency_key, id, idempotency_expires_at FROM {schema}.jobs WHERE idempotency_key IS NOT NULL;
 
--- A third of the jobs carry one of 200 ordering keys: most keyed available jobs are held back.
-UPDATE {schema}.jobs SET ordering_key = 'o' || (id % 200) WHERE id % 3 = 0;
+-- A quarter of the jobs, of every priority, carry one of 200 ordering keys: most keyed available
+-- jobs are held back.
+UPDATE {schema}.jobs SET ordering_key = 'o' || (id % 200) WHERE id % 4 = 0;
 
 "
     )

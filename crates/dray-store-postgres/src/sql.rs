@@ -168,7 +168,9 @@ LEFT JOIN {s}.jobs jp ON jp.id = p.id";
 /// dead unless the queue skips dead jobs) and none of the key's jobs runs (a job redriven, or
 /// blocking again after the queue stopped skipping dead jobs, waits for a later one that runs).
 /// Each `NOT EXISTS` is one probe of a partial index of migration 8 (`jobs_ordering`,
-/// `jobs_ordering_running`): for a blocked job the first earlier entry answers.
+/// `jobs_ordering_running`): for a blocked job the first earlier entry answers. (`e.id <> j.id`
+/// in the running test changes nothing, `j` is not running; it keeps the planner from turning
+/// the test into a hash of every running job of the database, built by each lease.)
 ///
 /// The condition is read in the statement's snapshot, so two lease transactions could still
 /// each see a different job of one key as eligible when the key's jobs change between their
@@ -182,7 +184,8 @@ const ORDERING_ELIGIBLE: &str = "(j.ordering_key IS NULL OR (
           AND (e.state <> 'dead' OR open.ordering_dead = 'block'))
     AND NOT EXISTS (
         SELECT 1 FROM {s}.jobs e
-        WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.state = 'running')))";
+        WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.state = 'running'
+          AND e.id <> j.id)))";
 
 /// Re-checks, under per-key locks, that the keyed jobs a lease picked (`$1`) are still eligible;
 /// returns the ids that are. The lease takes a transaction-level advisory lock per (queue, key)
