@@ -351,6 +351,7 @@ impl From<&dray_store::QueueStats> for Queue {
             retention_ms: c.retention_ms,
             retention_dead_ms: c.retention_dead_ms,
             payload_schema: c.payload_schema.as_ref().and_then(|s| serde_json::from_str(s.as_str()).ok()),
+            ordering_dead: c.ordering_dead.into(),
             counts: StateCounts {
                 scheduled: q.count(S::Scheduled),
                 available: q.count(S::Available),
@@ -389,6 +390,25 @@ impl QueueConfigure {
             retention_dead_ms: self.retention_dead_ms,
             paused: self.paused,
             payload_schema,
+            ordering_dead: self.ordering_dead.map(Into::into),
+        }
+    }
+}
+
+impl From<dray_store::OrderingDead> for OrderingDead {
+    fn from(o: dray_store::OrderingDead) -> OrderingDead {
+        match o {
+            dray_store::OrderingDead::Block => OrderingDead::Block,
+            dray_store::OrderingDead::Skip => OrderingDead::Skip,
+        }
+    }
+}
+
+impl From<OrderingDead> for dray_store::OrderingDead {
+    fn from(o: OrderingDead) -> dray_store::OrderingDead {
+        match o {
+            OrderingDead::Block => dray_store::OrderingDead::Block,
+            OrderingDead::Skip => dray_store::OrderingDead::Skip,
         }
     }
 }

@@ -497,6 +497,20 @@ pub struct QueueConfigure {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     #[schema(value_type = Option<Object>, nullable)]
     pub payload_schema: Option<Option<serde_json::Value>>,
+    /// Whether a dead job holds back the later jobs of its ordering key (`block`, the default)
+    /// or the key moves on past it (`skip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_dead: Option<OrderingDead>,
+}
+
+/// What a dead job does to the later jobs of its ordering key. Jobs of a queue sharing an
+/// `ordering_key` run one at a time in enqueue order; `block` keeps the key waiting until the
+/// dead job is redriven or discarded, `skip` lets the key move on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderingDead {
+    Block,
+    Skip,
 }
 
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value (`Some(Some(v))`).
@@ -530,6 +544,8 @@ pub struct Queue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub payload_schema: Option<serde_json::Value>,
+    /// Whether a dead job holds back the later jobs of its ordering key.
+    pub ordering_dead: OrderingDead,
     pub counts: StateCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_dead_at: Option<String>,

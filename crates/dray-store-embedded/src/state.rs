@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dray_core::{
     FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
 };
-use dray_store::{JobFilter, JobSummary, QueueConfig, QueueStats, TokenRecord};
+use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord};
 
 use crate::codec::Record;
 
@@ -32,8 +32,12 @@ pub(crate) struct QueueState {
     pub config: QueueConfig,
     /// Every job of the queue by state, in id order: for counts and listing.
     pub ids: [BTreeSet<JobId>; 7],
-    /// Available jobs in lease order: higher priority, then earlier run time, then enqueue order.
+    /// Eligible available jobs in lease order: higher priority, then earlier run time, then enqueue
+    /// order. An available job with an ordering key is here only while it is its key's head and
+    /// none of the key's jobs runs (see `keys`), so a lease never walks past blocked jobs.
     pub available: BTreeSet<(Reverse<i16>, Timestamp, JobId)>,
+    /// Per ordering key, the jobs that hold the key back: strict FIFO within a key.
+    pub keys: HashMap<Box<str>, KeyState>,
     /// Scheduled and retrying jobs by the time they become due.
     pub waiting: BTreeSet<(Timestamp, JobId)>,
     /// Completed and cancelled jobs by the time they finished: for pruning.
@@ -42,12 +46,45 @@ pub(crate) struct QueueState {
     pub dead: BTreeSet<(Timestamp, JobId)>,
 }
 
+/// One ordering key's blocking jobs. A key's jobs run one at a time in id order: the job with
+/// the smallest id among the blocking ones (scheduled, available, running, retrying, and dead
+/// unless the queue skips dead jobs) is the head, and it may be leased only when it is available
+/// and no job of the key runs (a job redriven behind a later running one waits for it).
+#[derive(Debug, Default)]
+pub(crate) struct KeyState {
+    /// Blocking jobs by id, with their place in `available` when they are available.
+    pub blocking: BTreeMap<JobId, Option<(Reverse<i16>, Timestamp)>>,
+    /// How many of the key's jobs run.
+    pub running: u32,
+}
+
+impl KeyState {
+    /// The key's job that may be leased now, as its `available` entry.
+    fn eligible(&self) -> Option<(Reverse<i16>, Timestamp, JobId)> {
+        if self.running > 0 {
+            return None;
+        }
+        let (id, place) = self.blocking.first_key_value()?;
+        place.map(|(p, at)| (p, at, *id))
+    }
+}
+
+/// Whether a job in `state` holds back the later jobs of its key.
+fn blocks(state: JobState, ordering_dead: OrderingDead) -> bool {
+    match state {
+        JobState::Scheduled | JobState::Available | JobState::Running | JobState::Retrying => true,
+        JobState::Dead => ordering_dead == OrderingDead::Block,
+        JobState::Completed | JobState::Cancelled => false,
+    }
+}
+
 impl QueueState {
     fn new(config: QueueConfig) -> QueueState {
         QueueState {
             config,
             ids: Default::default(),
             available: BTreeSet::new(),
+            keys: HashMap::new(),
             waiting: BTreeSet::new(),
             finished: BTreeSet::new(),
             dead: BTreeSet::new(),
@@ -149,6 +186,18 @@ impl State {
     /// Creates or replaces a queue's configuration.
     pub fn queue_upsert(&mut self, config: QueueConfig) {
         match self.queues.get_mut(&config.name) {
+            Some(q) if q.config.ordering_dead != config.ordering_dead => {
+                // Dead jobs join or leave their keys' blocking sets: unindex them under the old
+                // policy and index them again under the new one.
+                let dead: Vec<JobId> = q.ids[JobState::Dead.index()].iter().copied().collect();
+                for id in &dead {
+                    unindex(q, &mut self.running, &self.jobs[id]);
+                }
+                q.config = config;
+                for id in &dead {
+                    index(q, &mut self.running, &self.jobs[id]);
+                }
+            }
             Some(q) => q.config = config,
             None => {
                 self.queues.insert(config.name.clone(), QueueState::new(config));
@@ -347,16 +396,58 @@ pub(crate) fn summary(job: &Job) -> JobSummary {
     }
 }
 
+/// Adds (`add`) or removes a job of a key to or from the key's blocking set, keeping the key's
+/// eligible job (at most one) in `available`.
+fn key_index(q: &mut QueueState, job: &Job, key: &str, add: bool) {
+    let s = &job.status;
+    if !blocks(s.state, q.config.ordering_dead) {
+        return;
+    }
+    let k = q.keys.entry(key.into()).or_default();
+    let before = k.eligible();
+    let running = u32::from(s.state == JobState::Running);
+    if add {
+        let place = (s.state == JobState::Available).then_some((Reverse(job.priority), s.run_at));
+        let fresh = k.blocking.insert(job.id, place).is_none();
+        debug_assert!(fresh, "job {} blocks its key twice", job.id);
+        k.running += running;
+    } else {
+        let removed = k.blocking.remove(&job.id).is_some();
+        assert!(removed, "job {} did not block its key", job.id);
+        k.running -= running;
+    }
+    let after = k.eligible();
+    if k.blocking.is_empty() {
+        debug_assert_eq!(k.running, 0);
+        q.keys.remove(key);
+    }
+    if before != after {
+        if let Some(e) = before {
+            let removed = q.available.remove(&e);
+            debug_assert!(removed, "the eligible job {} of a key was not available", e.2);
+        }
+        if let Some(e) = after {
+            q.available.insert(e);
+        }
+    }
+}
+
 fn index(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &Job) {
     let s = &job.status;
     let fresh = q.ids[s.state.index()].insert(job.id);
     debug_assert!(fresh, "job {} indexed twice", job.id);
+    if let Some(key) = &job.ordering_key {
+        key_index(q, job, key, true);
+    }
     match s.state {
         JobState::Scheduled | JobState::Retrying => {
             q.waiting.insert((s.run_at, job.id));
         }
         JobState::Available => {
-            q.available.insert((Reverse(job.priority), s.run_at, job.id));
+            // A keyed job is in `available` only while its key lets it run (`key_index`).
+            if job.ordering_key.is_none() {
+                q.available.insert((Reverse(job.priority), s.run_at, job.id));
+            }
         }
         JobState::Running => {
             let lease = s.lease.as_ref().expect("a running job holds a lease");
@@ -374,8 +465,12 @@ fn index(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &J
 fn unindex(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &Job) {
     let s = &job.status;
     let removed = q.ids[s.state.index()].remove(&job.id);
+    if let Some(key) = &job.ordering_key {
+        key_index(q, job, key, false);
+    }
     let removed_too = match s.state {
         JobState::Scheduled | JobState::Retrying => q.waiting.remove(&(s.run_at, job.id)),
+        JobState::Available if job.ordering_key.is_some() => true,
         JobState::Available => q.available.remove(&(Reverse(job.priority), s.run_at, job.id)),
         JobState::Running => running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id)),
         JobState::Completed | JobState::Cancelled => {

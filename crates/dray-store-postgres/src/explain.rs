@@ -32,13 +32,19 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
             name: "lease, one queue, 10 jobs",
             sql: sql.lease.clone(),
             args: "ARRAY['q1'], '2023-11-14 22:13:30+00', 10, 1000".into(),
-            indexes: &["jobs_available", "jobs_waiting"],
+            indexes: &["jobs_available", "jobs_waiting", "jobs_ordering", "jobs_ordering_running"],
         },
         Hot {
             name: "lease, three queues, 100 jobs",
             sql: sql.lease.clone(),
             args: "ARRAY['q1', 'q2', 'q3'], '2023-11-14 22:13:30+00', 100, 1000".into(),
-            indexes: &["jobs_available", "jobs_waiting"],
+            indexes: &["jobs_available", "jobs_waiting", "jobs_ordering", "jobs_ordering_running"],
+        },
+        Hot {
+            name: "lease: re-check of picked keyed jobs",
+            sql: sql.ordering_recheck.clone(),
+            args: "ARRAY[50000, 50004, 50008]::bigint[]".into(),
+            indexes: &["jobs_pkey", "jobs_ordering", "jobs_ordering_running"],
         },
         Hot {
             name: "expire leases",
@@ -146,6 +152,10 @@ UPDATE {schema}.jobs SET idempotency_key = 'k' || id, idempotency_expires_at = c
 WHERE id % 7 = 0;
 INSERT INTO {schema}.idempotency (queue, key, job_id, expires_at)
 SELECT queue, idempotency_key, id, idempotency_expires_at FROM {schema}.jobs WHERE idempotency_key IS NOT NULL;
+
+-- A quarter of the jobs, of every priority, carry one of 200 ordering keys: most keyed available
+-- jobs are held back.
+UPDATE {schema}.jobs SET ordering_key = 'o' || (id % 200) WHERE id % 4 = 0;
 
 "
     )

@@ -43,7 +43,21 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "enqueue_compares_values", sql: Sql::Derived(v5_enqueue_compares_values) },
     Migration { version: 6, name: "payload_schema", sql: Sql::Text(V6_PAYLOAD_SCHEMA) },
     Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
+    Migration { version: 8, name: "ordering", sql: Sql::Text(V8_ORDERING) },
 ];
+
+/// Strict FIFO per ordering key: a queue's `ordering_dead` (whether a dead job holds its key
+/// back), and the two partial indexes the lease's eligibility test probes (see `sql::LEASE`):
+/// a key's blocking jobs in id order (dead ones included: the lease filters them by the queue's
+/// policy), and its running jobs. Both hold only keyed jobs, so unkeyed queues pay nothing.
+const V8_ORDERING: &str = "
+ALTER TABLE {s}.queues ADD COLUMN ordering_dead text NOT NULL DEFAULT 'block'
+    CHECK (ordering_dead IN ('block', 'skip'));
+CREATE INDEX jobs_ordering ON {s}.jobs (queue, ordering_key, id)
+    WHERE ordering_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retrying', 'dead');
+CREATE INDEX jobs_ordering_running ON {s}.jobs (queue, ordering_key)
+    WHERE ordering_key IS NOT NULL AND state = 'running';
+";
 
 /// Schedules (`dray_core::Schedule`), one row each, and the tick a job was enqueued for.
 ///

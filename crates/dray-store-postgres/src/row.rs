@@ -11,7 +11,7 @@ use dray_core::{
     Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
     Timestamp, WorkerId,
 };
-use dray_store::{Error, JobSummary, PayloadSchema, QueueConfig, QueueStats};
+use dray_store::{Error, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
@@ -321,6 +321,10 @@ pub(crate) fn queue_from_row(row: &Row) -> Result<QueueConfig, Error> {
         retention_dead_ms: u64_of(get(row, "retention_dead_ms")?, "retention_dead_ms")?,
         paused: get(row, "paused")?,
         payload_schema: get::<Option<String>>(row, "payload_schema")?.map(PayloadSchema::new),
+        ordering_dead: {
+            let text: String = get(row, "ordering_dead")?;
+            OrderingDead::parse(&text).ok_or_else(|| corrupt("a queue's ordering_dead is neither block nor skip"))?
+        },
     };
     Ok(config)
 }

@@ -21,7 +21,7 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j
      j.schedule_name, j.schedule_at";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
-     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema";
+     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead";
 
 const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
      j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
@@ -129,7 +129,7 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 /// the same job always draws a larger token). Payloads are read for the picked jobs only.
 const LEASE: &str = "
 WITH open AS (
-    SELECT name FROM {s}.queues WHERE name = ANY($1::text[]) AND NOT paused
+    SELECT name, ordering_dead FROM {s}.queues WHERE name = ANY($1::text[]) AND NOT paused
 ), due AS (
     SELECT d.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
@@ -142,7 +142,7 @@ WITH open AS (
 ), available AS (
     SELECT a.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
-        WHERE j.queue = open.name AND j.state = 'available'
+        WHERE j.queue = open.name AND j.state = 'available' AND {ordering_eligible}
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT $3::bigint
         FOR UPDATE SKIP LOCKED
@@ -151,12 +151,62 @@ WITH open AS (
     SELECT * FROM due UNION ALL SELECT * FROM available
 ), picked AS (
     SELECT id, nextval('{s}.fencing_tokens') AS new_token
-    FROM (SELECT id FROM candidates ORDER BY priority DESC, run_at, id LIMIT $3::bigint) best
+    FROM (
+        SELECT j.id FROM candidates j JOIN open ON open.name = j.queue
+        WHERE j.state = 'available' OR {ordering_eligible}
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT $3::bigint
+    ) best
 )
 SELECT c.*, p.new_token, jp.payload
 FROM candidates c
 LEFT JOIN picked p ON p.id = c.id
 LEFT JOIN {s}.jobs jp ON jp.id = p.id";
+
+/// Strict FIFO per ordering key, as a condition on a job `j` of the queue `open` (which carries
+/// the queue's `ordering_dead`): a job without a key is always eligible; a keyed one only when
+/// no earlier job of its queue and key blocks it (scheduled, available, running, retrying, or
+/// dead unless the queue skips dead jobs) and none of the key's jobs runs (a job redriven, or
+/// blocking again after the queue stopped skipping dead jobs, waits for a later one that runs).
+/// Each `NOT EXISTS` is one probe of a partial index of migration 8 (`jobs_ordering`,
+/// `jobs_ordering_running`): for a blocked job the first earlier entry answers. (`e.id <> j.id`
+/// in the running test changes nothing, `j` is not running; it keeps the planner from turning
+/// the test into a hash of every running job of the database, built by each lease.)
+///
+/// The condition is read in the statement's snapshot, so two lease transactions could still
+/// each see a different job of one key as eligible when the key's jobs change between their
+/// snapshots (a redrive of an earlier dead job, or two concurrent enqueues of the key whose ids
+/// commit out of order). `ORDERING_RECHECK` closes that: see there.
+const ORDERING_ELIGIBLE: &str = "(j.ordering_key IS NULL OR (
+    NOT EXISTS (
+        SELECT 1 FROM {s}.jobs e
+        WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.id < j.id
+          AND e.state IN ('scheduled', 'available', 'running', 'retrying', 'dead')
+          AND (e.state <> 'dead' OR open.ordering_dead = 'block'))
+    AND NOT EXISTS (
+        SELECT 1 FROM {s}.jobs e
+        WHERE e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.state = 'running'
+          AND e.id <> j.id)))";
+
+/// Re-checks, under per-key locks, that the keyed jobs a lease picked (`$1`) are still eligible;
+/// returns the ids that are. The lease takes a transaction-level advisory lock per (queue, key)
+/// of its picked jobs first (`ORDERING_LOCK`, in a fixed order, so lessees never deadlock), and
+/// this statement, run after the locks are granted, reads a new snapshot (READ COMMITTED): every
+/// lease that held a lock of one of these keys before has committed (or rolled back) by now, so
+/// its running job is visible here and blocks ours. Two transactions therefore never both lease
+/// a job of one key: whichever takes the key's lock second sees the other's job running. Jobs
+/// turning eligible needs no lock (a completion only frees a key; a stale snapshot only waits).
+const ORDERING_RECHECK: &str = "
+SELECT j.id FROM {s}.jobs j JOIN {s}.queues open ON open.name = j.queue
+WHERE j.id = ANY($1::bigint[]) AND {ordering_eligible}";
+
+/// One transaction-level advisory lock per (queue, ordering key) of `$1`/`$2`, in hash order. The
+/// hash names the schema too, so stores in other schemas of the database do not contend; a hash
+/// collision only serializes two keys' leases.
+const ORDERING_LOCK: &str = "
+SELECT count(pg_advisory_xact_lock(k.h)) FROM (
+    SELECT DISTINCT hashtextextended('{s}' || chr(31) || q || chr(31) || k, 0) AS h
+    FROM unnest($1::text[], $2::text[]) AS u(q, k) ORDER BY 1
+) k";
 
 /// For each queue of `$1` that is open, the earliest `run_at` of its scheduled and retrying jobs
 /// later than that queue's bound in `$2` (NULL: any), and the milliseconds from now until then
@@ -306,9 +356,9 @@ SELECT id FROM gone";
 
 const QUEUE_ENSURE_ONE: &str = "
 INSERT INTO {s}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms, retention_ms,
-                        retention_dead_ms, paused, payload_schema)
+                        retention_dead_ms, paused, payload_schema, ordering_dead)
 VALUES ($1::text, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bool,
-        $10::text)
+        $10::text, $11::text)
 ON CONFLICT (name) DO NOTHING";
 
 /// The payload schemas of the queues named in `$1` that have one.
@@ -323,7 +373,7 @@ const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name 
 const QUEUE_UPDATE: &str = "
 UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
     backoff_cap_ms = $5::bigint, lease_ms = $6::bigint, retention_ms = $7::bigint, retention_dead_ms = $8::bigint,
-    paused = $9::bool, payload_schema = $10::text
+    paused = $9::bool, payload_schema = $10::text, ordering_dead = $11::text
 WHERE name = $1::text";
 
 /// Configuration and counts per state of one queue (`$1`) or every queue (`$1` NULL), in one
@@ -461,6 +511,8 @@ pub(crate) struct Sql {
     pub keys_lookup: String,
     pub insert: String,
     pub lease: String,
+    pub ordering_lock: String,
+    pub ordering_recheck: String,
     pub due_next: String,
     pub job_lock: String,
     pub jobs_lock: String,
@@ -507,6 +559,8 @@ impl Sql {
             keys_lookup: r(KEYS_LOOKUP),
             insert: r(INSERT),
             lease: r(LEASE),
+            ordering_lock: r(ORDERING_LOCK),
+            ordering_recheck: r(ORDERING_RECHECK),
             due_next: r(DUE_NEXT),
             job_lock: r(JOB_LOCK),
             jobs_lock: r(JOBS_LOCK),
@@ -634,6 +688,7 @@ fn render(sql: &str, schema: &str) -> String {
         .replace("{leader_guard_2}", &crate::leader::guard("{s}", 2))
         .replace("{leader_guard_7}", &crate::leader::guard("{s}", 7))
         .replace("{due_prefix}", DUE_PREFIX)
+        .replace("{ordering_eligible}", ORDERING_ELIGIBLE)
         .replace("{s}", schema)
 }
 
@@ -651,6 +706,8 @@ mod tests {
             &sql.keys_lookup,
             &sql.insert,
             &sql.lease,
+            &sql.ordering_lock,
+            &sql.ordering_recheck,
             &sql.due_next,
             &sql.job_lock,
             &sql.jobs_lock,

@@ -675,6 +675,7 @@ impl PostgresStore {
             }
             loaded.push(l);
         }
+        self.ordering_recheck(tx, &loaded, &mut picked).await?;
         // Best first, and tokens in the same order: each grant's token is larger than the last.
         let mut tokens: Vec<FencingToken> = picked.iter().map(|(_, t, _)| *t).collect();
         tokens.sort_unstable();
@@ -707,6 +708,40 @@ impl PostgresStore {
             job.lease_left_ms = Some(left);
         }
         Ok((out, Some(measured)))
+    }
+
+    /// Drops from `picked` the keyed jobs that are no longer eligible once this transaction holds
+    /// the advisory locks of their keys (see `sql::ORDERING_RECHECK` for why this closes the
+    /// race between concurrent leases). A lease that picked no keyed job takes no lock.
+    async fn ordering_recheck(
+        &self,
+        tx: &Transaction<'_>,
+        loaded: &[Loaded],
+        picked: &mut Vec<(usize, FencingToken, Payload)>,
+    ) -> Result<(), Fail> {
+        let mut queues: Vec<&str> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        let mut ids: Vec<i64> = Vec::new();
+        for (i, _, _) in picked.iter() {
+            let job = &loaded[*i].job;
+            if let (Some(key), Some(id)) = (job.ordering_key.as_deref(), id_to_sql(job.id)) {
+                queues.push(job.queue.as_str());
+                keys.push(key);
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let st = prep(tx, &self.sql.ordering_lock).await?;
+        tx.query_one(&st, &[&queues, &keys]).await?;
+        let st = prep(tx, &self.sql.ordering_recheck).await?;
+        let still: HashSet<i64> = tx.query(&st, &[&ids]).await?.iter().map(|row| row.get(0)).collect();
+        picked.retain(|(i, _, _)| {
+            let job = &loaded[*i].job;
+            job.ordering_key.is_none() || id_to_sql(job.id).is_some_and(|id| still.contains(&id))
+        });
+        Ok(())
     }
 
     /// Locks the listed jobs (in id order), keyed by id. Ids the database cannot hold are absent.
@@ -1479,6 +1514,7 @@ struct QueueColumns {
     retention_dead: i64,
     paused: bool,
     payload_schema: Option<String>,
+    ordering_dead: &'static str,
 }
 
 impl QueueColumns {
@@ -1493,10 +1529,11 @@ impl QueueColumns {
             retention_dead: ms_to_sql(c.retention_dead_ms),
             paused: c.paused,
             payload_schema: c.payload_schema.as_ref().map(|s| s.as_str().to_owned()),
+            ordering_dead: c.ordering_dead.as_str(),
         }
     }
 
-    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 10] {
+    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 11] {
         [
             name,
             &self.attempts_max,
@@ -1508,6 +1545,7 @@ impl QueueColumns {
             &self.retention_dead,
             &self.paused,
             &self.payload_schema,
+            &self.ordering_dead,
         ]
     }
 }

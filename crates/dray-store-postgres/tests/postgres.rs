@@ -303,6 +303,70 @@ async fn concurrent_leases_never_share_a_job() {
     assert_eq!(ids.len(), n, "every job leased once");
 }
 
+/// Two stores leasing keyed jobs concurrently: no two jobs of one ordering key ever run at once,
+/// and each key's jobs are leased in id order (strict FIFO per key holds across nodes; guards the
+/// per-key advisory lock and re-check of the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_keep_one_job_per_ordering_key() {
+    use dray_store::{Ack, AckOutcome, JobAck};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let db = TestDb::create().await;
+    let a = Arc::new(PostgresStore::connect(db.config()).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(db.config()).await.unwrap());
+    let now = Timestamp(1_700_000_000_000);
+    let keys = 4;
+    let n = 120;
+    let jobs = (0..n)
+        .map(|i| NewJob { ordering_key: Some(format!("k{}", i % keys).into()), ..job("q", &i.to_string()) })
+        .collect();
+    a.job_insert(JobInsert { now, jobs }).await.unwrap();
+
+    // Per key: the job running now (by what the tasks know) and the last id leased.
+    type Seen = HashMap<String, (Option<JobId>, JobId)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let mut tasks = Vec::new();
+    for store in [a.clone(), b.clone(), a.clone(), b.clone(), a, b] {
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            let mut idle = 0;
+            while idle < 50 {
+                let leased = store.job_lease(lease_params(now, "q", 3)).await.unwrap();
+                if leased.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                for l in &leased {
+                    let key = store.job_get(l.id).await.unwrap().unwrap().ordering_key.unwrap().to_string();
+                    let mut seen = seen.lock().unwrap();
+                    let entry = seen.entry(key.clone()).or_insert((None, JobId(0)));
+                    assert_eq!(entry.0, None, "job {} of key {key} leased while job {:?} runs", l.id, entry.0);
+                    assert!(l.id > entry.1, "key {key}: job {} leased after the later job {}", l.id, entry.1);
+                    *entry = (Some(l.id), l.id);
+                }
+                for l in leased {
+                    let key = store.job_get(l.id).await.unwrap().unwrap().ordering_key.unwrap().to_string();
+                    // Forget it before completing it: once complete, the next job may be leased.
+                    seen.lock().unwrap().get_mut(&key).unwrap().0 = None;
+                    let ack = Ack { job: l.id, lease: l.lease, outcome: AckOutcome::Complete { result: None } };
+                    store.job_ack(JobAck { now, acks: vec![ack] }).await.unwrap().pop().unwrap().unwrap();
+                    done += 1;
+                }
+            }
+            done
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    assert_eq!(done, n, "every job ran once");
+}
+
 /// Concurrent inserts with one idempotency key, from two stores: exactly one job, and every
 /// caller gets its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,7 @@ use crate::{
 mod admin;
 mod lifecycle;
 mod model;
+mod ordering;
 mod schedule;
 mod token;
 
@@ -50,6 +51,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 pub use admin::*;
 pub use lifecycle::*;
 pub use model::model_random_operations;
+pub use ordering::*;
 pub use schedule::*;
 pub use token::*;
 
@@ -158,6 +160,15 @@ macro_rules! conformance_suite {
             lease_extend_validation_changes_nothing,
             ack_validation_changes_nothing,
             list_and_dead_validation_changes_nothing,
+            // Ordering keys.
+            ordering_fifo_across_priority_and_run_at,
+            ordering_lease_count_past_blocked_key,
+            ordering_moves_on_after_complete_and_cancel,
+            ordering_retrying_blocks,
+            ordering_lease_expiry_keeps_order,
+            ordering_dead_blocks_until_redrive_or_discard,
+            ordering_dead_skip,
+            ordering_survives_restart,
             // Schedules.
             schedule_put_get_list_delete,
             schedule_put_validates,

@@ -448,6 +448,37 @@ pub struct QueueConfig {
     /// Payloads must match this JSON Schema: checked at enqueue and at redrive (see
     /// [`crate::PayloadCheck`]).
     pub payload_schema: Option<PayloadSchema>,
+    /// Whether a dead job holds back the later jobs of its ordering key.
+    pub ordering_dead: OrderingDead,
+}
+
+/// What a dead job does to the later jobs of its ordering key. Within a queue, jobs sharing an
+/// ordering key run one at a time in enqueue order; a dead job is not finished business, so by
+/// default it holds its key until it is redriven or discarded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OrderingDead {
+    /// A dead job blocks its key until it is redriven or discarded (strict order).
+    #[default]
+    Block,
+    /// The key moves on past dead jobs.
+    Skip,
+}
+
+impl OrderingDead {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderingDead::Block => "block",
+            OrderingDead::Skip => "skip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderingDead> {
+        match s {
+            "block" => Some(OrderingDead::Block),
+            "skip" => Some(OrderingDead::Skip),
+            _ => None,
+        }
+    }
 }
 
 impl QueueConfig {
@@ -461,6 +492,7 @@ impl QueueConfig {
             retention_dead_ms: Limits::RETENTION_DEAD_MS_DEFAULT,
             paused: false,
             payload_schema: None,
+            ordering_dead: OrderingDead::Block,
         }
     }
 
@@ -495,6 +527,7 @@ pub struct QueueConfigure {
     pub paused: Option<bool>,
     /// `Some(None)` removes the schema.
     pub payload_schema: Option<Option<PayloadSchema>>,
+    pub ordering_dead: Option<OrderingDead>,
 }
 
 impl QueueConfigure {
@@ -508,6 +541,7 @@ impl QueueConfigure {
             retention_dead_ms: None,
             paused: None,
             payload_schema: None,
+            ordering_dead: None,
         }
     }
 
@@ -521,6 +555,7 @@ impl QueueConfigure {
             retention_dead_ms: self.retention_dead_ms.unwrap_or(current.retention_dead_ms),
             paused: self.paused.unwrap_or(current.paused),
             payload_schema: self.payload_schema.clone().unwrap_or_else(|| current.payload_schema.clone()),
+            ordering_dead: self.ordering_dead.unwrap_or(current.ordering_dead),
         };
         config.validate()?;
         Ok(config)

@@ -503,6 +503,17 @@ pub struct QueueConfigureArgs {
     /// Remove the queue's payload schema.
     #[arg(long)]
     pub no_payload_schema: bool,
+    /// Whether a dead job holds back the later jobs of its ordering key until it is redriven
+    /// or discarded (block, the default) or the key moves on past it (skip).
+    #[arg(long, value_name = "POLICY")]
+    pub ordering_dead: Option<OrderingDeadArg>,
+}
+
+/// `--ordering-dead`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OrderingDeadArg {
+    Block,
+    Skip,
 }
 
 #[derive(Debug, Args)]

@@ -467,6 +467,21 @@ fn queues_pause_resume_configure_stats() {
     server.stop();
 }
 
+/// `dray queues configure --ordering-dead` sets whether dead jobs hold their ordering keys;
+/// `queues stats` shows it and an unknown value is a usage error (exit 2).
+#[test]
+fn queues_ordering_dead() {
+    let server = Server::start();
+    let configured = server.json(&["queues", "configure", "ord", "--ordering-dead", "skip"]);
+    assert_eq!(configured["ordering_dead"], "skip");
+    let run = server.dray(&["queues", "stats", "ord"]);
+    assert!(run.stdout.contains("ordering dead") && run.stdout.contains("skip"), "{}", run.stdout);
+    server.dray(&["queues", "configure", "ord", "--ordering-dead", "later"]).assert_code(2);
+    let configured = server.json(&["queues", "configure", "ord", "--ordering-dead", "block"]);
+    assert_eq!(configured["ordering_dead"], "block");
+    server.stop();
+}
+
 /// `dray queues configure --payload-schema-file` sets a queue's schema, enqueues that do not
 /// match exit 5 naming the pointer, `dray dlq redrive` reports jobs it left dead, and
 /// `--no-payload-schema` removes the schema.

@@ -480,6 +480,7 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
         retention_dead_ms: 20_000,
         paused: false,
         payload_schema: None,
+        ordering_dead: crate::OrderingDead::Block,
     };
     assert_eq!(c.configure(p).await.unwrap(), want);
     let paused =

@@ -9,7 +9,8 @@
 //!
 //! Operations: enqueue (batches; some jobs with an idempotency key from a small set, so duplicates
 //! and conflicts happen), lease, heartbeat, complete and fail (one or two acks per call, with
-//! current, old or made-up leases), clock advance, lease expiry, cancel, redrive and discard (by ids
+//! current, old or made-up leases; some jobs carry one of three ordering keys, so the lease
+//! checks strict FIFO per key), clock advance, lease expiry, cancel, redrive and discard (by ids
 //! or filter, some dry runs), promotion, pause/resume, restart.
 //!
 //! Each case uses two fresh queues and at most `STEPS_MAX` operations, then drains (cancels every
@@ -82,6 +83,7 @@ struct MJob {
     priority: i16,
     attempts_max: u32,
     lease_ms: u64,
+    ordering_key: Option<u8>,
     state: JobState,
     attempt: u32,
     run_at: Timestamp,
@@ -169,6 +171,8 @@ struct Spec {
     delay_ms: Option<u64>,
     attempts_max: u32,
     lease_ms: u64,
+    /// One of three ordering keys, or none.
+    ordering_key: Option<u8>,
 }
 
 /// The failing case's operations, printed if the test panics.
@@ -351,6 +355,7 @@ impl<H: Harness> Sim<H> {
             },
             attempts_max: self.rng.range(1, 4) as u32,
             lease_ms: self.rng.pick(&[1_000u64, 3_000, 6_000]),
+            ordering_key: if self.rng.chance(40) { Some(self.rng.below(3) as u8) } else { None },
         };
         let new = NewJob {
             priority: spec.priority,
@@ -358,6 +363,7 @@ impl<H: Harness> Sim<H> {
             attempts_max: Some(spec.attempts_max),
             lease_ms: Some(spec.lease_ms),
             backoff: Some(MODEL_BACKOFF),
+            ordering_key: spec.ordering_key.map(|k| format!("o{k}").into()),
             ..NewJob::new(self.queues[spec.queue].clone(), payload(&format!("job-{}", self.serial)))
         };
         (new, spec)
@@ -432,6 +438,7 @@ impl<H: Harness> Sim<H> {
             priority: spec.priority,
             attempts_max: spec.attempts_max,
             lease_ms: spec.lease_ms,
+            ordering_key: spec.ordering_key,
             state,
             attempt: 0,
             run_at,
@@ -459,7 +466,7 @@ impl<H: Harness> Sim<H> {
         let mut candidates: Vec<MJob> = self
             .jobs
             .iter()
-            .filter(|m| qs.contains(&m.queue) && !self.paused[m.queue] && m.leasable(now))
+            .filter(|m| qs.contains(&m.queue) && !self.paused[m.queue] && m.leasable(now) && self.key_free(m))
             .cloned()
             .collect();
         candidates.sort_by_key(|m| (Reverse(m.priority), m.run_at, m.id));
@@ -511,6 +518,20 @@ impl<H: Harness> Sim<H> {
             m.lease = Some(MLease { id: l.lease, token: l.token, deadline: l.deadline });
             m.history.push((HistoryKind::Leased, JobState::Running, m.attempt, Some(l.token)));
         }
+    }
+
+    /// Strict FIFO per ordering key (the queues block on dead jobs, the default): a keyed job may
+    /// be leased only when no earlier job of its queue and key is scheduled, available, running,
+    /// retrying or dead, and none of the key's jobs runs.
+    fn key_free(&self, m: &MJob) -> bool {
+        let Some(key) = m.ordering_key else { return true };
+        !self.jobs.iter().any(|e| {
+            e.id != m.id
+                && e.queue == m.queue
+                && e.ordering_key == Some(key)
+                && (e.state == JobState::Running
+                    || (e.id < m.id && !matches!(e.state, JobState::Completed | JobState::Cancelled)))
+        })
     }
 
     /// A lease to present for job `i`: usually its current one, sometimes an old or a made-up one.
@@ -927,6 +948,13 @@ impl<H: Harness> Sim<H> {
         }
         for &id in &self.discarded {
             assert_eq!(self.c.try_get(id).await, None, "discarded job {id} is still there");
+        }
+        // No two jobs of one queue and ordering key run at once.
+        let mut running_keys = std::collections::HashSet::new();
+        for m in self.jobs.iter().filter(|m| m.state == JobState::Running) {
+            if let Some(key) = m.ordering_key {
+                assert!(running_keys.insert((m.queue, key)), "two jobs of queue {} key o{key} run at once", m.queue);
+            }
         }
         for qi in 0..2 {
             let stats = self.c.stats(self.queues[qi].as_str()).await;

@@ -1,8 +1,8 @@
 //! `dray queues`: list, stats, pause, resume, configure.
 
-use dray_api::{Backoff, Queue, QueueConfigure};
+use dray_api::{Backoff, OrderingDead, Queue, QueueConfigure};
 
-use crate::cli::{QueueConfigureArgs, QueuesCommand};
+use crate::cli::{OrderingDeadArg, QueueConfigureArgs, QueuesCommand};
 use crate::cmd::enqueue::read_file_or_stdin;
 use crate::exit::Failure;
 use crate::output;
@@ -110,6 +110,10 @@ fn configure_body(args: QueueConfigureArgs) -> Result<QueueConfigure, Failure> {
         retention_dead_ms: args.retention_dead_ms,
         paused: None,
         payload_schema,
+        ordering_dead: args.ordering_dead.map(|o| match o {
+            OrderingDeadArg::Block => OrderingDead::Block,
+            OrderingDeadArg::Skip => OrderingDead::Skip,
+        }),
     })
 }
 
@@ -137,6 +141,11 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
     if let Some(schema) = &queue.payload_schema {
         fields.add_row(["payload schema", &schema.to_string()]);
     }
+    let ordering_dead = match queue.ordering_dead {
+        OrderingDead::Block => "block (a dead job holds its ordering key)",
+        OrderingDead::Skip => "skip (an ordering key moves on past dead jobs)",
+    };
+    fields.add_row(["ordering dead", ordering_dead]);
     fields.add_row(["scheduled", &counts.scheduled.to_string()]);
     fields.add_row(["available", &counts.available.to_string()]);
     fields.add_row(["running", &counts.running.to_string()]);
