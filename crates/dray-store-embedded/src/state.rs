@@ -403,7 +403,11 @@ fn key_index(q: &mut QueueState, job: &Job, key: &str, add: bool) {
     if !blocks(s.state, q.config.ordering_dead) {
         return;
     }
-    let k = q.keys.entry(key.into()).or_default();
+    // Looked up before inserting: `entry` would allocate the key on every call.
+    if !q.keys.contains_key(key) {
+        q.keys.insert(key.into(), KeyState::default());
+    }
+    let k = q.keys.get_mut(key).expect("inserted above");
     let before = k.eligible();
     let running = u32::from(s.state == JobState::Running);
     if add {
