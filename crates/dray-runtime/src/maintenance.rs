@@ -361,22 +361,22 @@ mod tests {
             Ok(Vec::new())
         }
         async fn schedule_put(&self, _: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn schedule_get(&self, _: &dray_core::ScheduleName) -> Result<Option<dray_core::Schedule>, Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn schedule_list(&self) -> Result<Vec<dray_core::Schedule>, Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn schedule_delete(&self, _: dray_store::ScheduleDelete) -> Result<(), Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn schedule_pause(&self, _: dray_store::SchedulePause) -> Result<dray_core::Schedule, Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn schedule_trigger(&self, _: dray_store::ScheduleTrigger) -> Result<dray_store::Ticked, Error> {
-            unimplemented!("maintenance only ticks schedules")
+            panic!("maintenance must not call this: it only ticks schedules")
         }
         async fn queue_stats(&self, _: &QueueName) -> Result<QueueStats, Error> {
             panic!("maintenance must not call this: it never reads queue stats")

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use dray_core::{NewJob, Payload, QueueName, Timestamp, WorkerId};
 use dray_store::{JobInsert, JobLease, Maintain, Store};
-use dray_store_postgres::{MAINTENANCE, PostgresConfig, PostgresStore, Term};
+use dray_store_postgres::{MAINTENANCE, PostgresConfig, PostgresStore};
 use tokio::sync::watch;
 
-use common::TestDb;
+use common::{TestDb, leads};
 
 /// Bound on any wait for an election outcome (many TTLs of the short test TTL).
 const WAIT_MAX: Duration = Duration::from_secs(30);
@@ -22,16 +22,6 @@ const TTL_MS: u64 = PostgresConfig::LEADER_TTL_MS_MIN;
 
 async fn store(db: &TestDb, ttl_ms: u64) -> PostgresStore {
     PostgresStore::connect(PostgresConfig { leader_ttl_ms: ttl_ms, ..db.config() }).await.unwrap()
-}
-
-/// Waits until `store` leads and returns its epoch.
-async fn leads(store: &PostgresStore) -> u64 {
-    let mut terms = store.leadership().subscribe();
-    let term = tokio::time::timeout(WAIT_MAX, terms.wait_for(Option::is_some))
-        .await
-        .unwrap_or_else(|_| panic!("{} did not become the leader within {WAIT_MAX:?}", store.leadership().holder()))
-        .expect("the election is alive");
-    term.map(|t: Term| t.epoch()).expect("a term")
 }
 
 /// `(holder, epoch, lease still running)` of the maintenance row.

@@ -14,10 +14,10 @@ use std::time::Duration;
 use dray_core::cron::{IntervalRule, Rule};
 use dray_core::{Limits, Misfire, NewJob, Overlap, Payload, QueueName, ScheduleName, ScheduleSpec, Timestamp};
 use dray_store::{SchedulePut, SchedulesTick, Store, Ticked};
-use dray_store_postgres::{MAINTENANCE, PostgresConfig, PostgresStore, Term};
+use dray_store_postgres::{MAINTENANCE, PostgresConfig, PostgresStore};
 use tokio::sync::watch;
 
-use common::TestDb;
+use common::{TestDb, leads};
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const EVERY_MS: u64 = 1_000;
@@ -50,16 +50,6 @@ async fn put(store: &PostgresStore, spec: ScheduleSpec, now: Timestamp) {
 async fn tick(store: &PostgresStore, now: Timestamp) -> Vec<Ticked> {
     let p = SchedulesTick { now, limit: Limits::SCHEDULES_MAX, seed: now.0 as u64 };
     store.schedules_tick(p).await.unwrap_or_else(|e| panic!("schedules_tick at {now}: {e:?}"))
-}
-
-/// Waits until `store` leads and returns its epoch.
-async fn leads(store: &PostgresStore) -> u64 {
-    let mut terms = store.leadership().subscribe();
-    let term = tokio::time::timeout(WAIT_MAX, terms.wait_for(Option::is_some))
-        .await
-        .unwrap_or_else(|_| panic!("{} did not become the leader within {WAIT_MAX:?}", store.leadership().holder()))
-        .expect("the election is alive");
-    term.map(|t: Term| t.epoch()).expect("a term")
 }
 
 /// An election of `store`, running until the returned sender says stop.

@@ -272,25 +272,7 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let mut server = ServeProcess::start(&data);
-    let created = json(
-        &server.url,
-        &[
-            "schedules",
-            "create",
-            "sec",
-            "--every-ms",
-            "1000",
-            "--queue",
-            "ticks",
-            "--payload",
-            "{}",
-            "--misfire",
-            "run_all",
-            "--misfire-cap",
-            "1000",
-        ],
-    );
-    let first = millis(created["next_at"].as_str().expect("next_at"));
+    let first = create_per_second(&server.url);
     let mut seed = u64::try_from(now_ms()).unwrap_or(1) | 1;
     let mut random = move |low: u64, high: u64| {
         seed ^= seed << 13;
@@ -308,6 +290,28 @@ fn kill_9_loop_ticks_every_instant_exactly_once() {
     assert_every_instant_once(&server.url, "sec", "ticks", first);
     let status = server.terminate();
     assert!(status.success(), "{status}");
+}
+
+/// Creates schedule `sec`: every second into queue `ticks`, `run_all` so downtime's ticks are
+/// owed; returns its first tick (ms).
+fn create_per_second(url: &str) -> i64 {
+    let created = json(
+        url,
+        &[
+            "schedules",
+            "create",
+            "sec",
+            "--every-ms",
+            "1000",
+            "--queue",
+            "ticks",
+            "--misfire",
+            "run_all",
+            "--misfire-cap",
+            "1000",
+        ],
+    );
+    millis(created["next_at"].as_str().expect("next_at"))
 }
 
 /// Lets per-second schedule `name` tick past now, pauses it, and checks that the jobs of `queue`
@@ -349,25 +353,7 @@ fn postgres_leader_kill_loop_ticks_every_instant_exactly_once() {
     let db = pg::TestDb::create();
     let mut nodes: Vec<pg::Node> =
         (0..3).map(|_| pg::Node::start_with(&db.url, &["--database-leader-ttl-ms", "1000"])).collect();
-    let created = json(
-        &nodes[0].url,
-        &[
-            "schedules",
-            "create",
-            "sec",
-            "--every-ms",
-            "1000",
-            "--queue",
-            "ticks",
-            "--payload",
-            "{}",
-            "--misfire",
-            "run_all",
-            "--misfire-cap",
-            "1000",
-        ],
-    );
-    let first = millis(created["next_at"].as_str().expect("next_at"));
+    let first = create_per_second(&nodes[0].url);
     let mut epochs = Vec::new();
     for cycle in 0..pg_kill_cycles() {
         let (leader, epoch) = leader_of(&db.url, &nodes);

@@ -139,3 +139,14 @@ impl Drop for TestDb {
         let _ = dropping.join();
     }
 }
+
+/// Waits (at most 30 s) until `store` leads the maintenance election and returns its epoch.
+pub async fn leads(store: &dray_store_postgres::PostgresStore) -> u64 {
+    let wait_max = std::time::Duration::from_secs(30);
+    let mut terms = store.leadership().subscribe();
+    let term = tokio::time::timeout(wait_max, terms.wait_for(Option::is_some))
+        .await
+        .unwrap_or_else(|_| panic!("{} did not become the leader within {wait_max:?}", store.leadership().holder()))
+        .expect("the election is alive");
+    term.map(|t: dray_store_postgres::Term| t.epoch()).expect("a term")
+}
