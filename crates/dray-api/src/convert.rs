@@ -160,6 +160,7 @@ impl EnqueueJob {
             lease_ms: self.lease_ms,
             idempotency_key: self.idempotency_key.as_deref().map(Into::into),
             ordering_key: self.ordering_key.as_deref().map(Into::into),
+            group_key: self.group_key.as_deref().map(Into::into),
             tags: self.tags.iter().map(|t| t.as_str().into()).collect(),
             traceparent: self.traceparent.as_deref().map(Into::into),
             schedule: None,
@@ -245,6 +246,7 @@ impl From<&dray_core::Job> for Job {
             dead_reason: s.dead_reason.map(Into::into),
             idempotency_key: j.idempotency_key.as_deref().map(Into::into),
             ordering_key: j.ordering_key.as_deref().map(Into::into),
+            group_key: j.group_key.as_deref().map(Into::into),
             tags: j.tags.iter().map(|t| t.to_string()).collect(),
             traceparent: j.traceparent.as_deref().map(Into::into),
             schedule: j
@@ -352,6 +354,10 @@ impl From<&dray_store::QueueStats> for Queue {
             retention_dead_ms: c.retention_dead_ms,
             payload_schema: c.payload_schema.as_ref().and_then(|s| serde_json::from_str(s.as_str()).ok()),
             ordering_dead: c.ordering_dead.into(),
+            concurrency_max: c.limits.concurrency_max,
+            group_concurrency_max: c.limits.group_concurrency_max,
+            rate: c.limits.rate.map(Into::into),
+            group_rate: c.limits.group_rate.map(Into::into),
             counts: StateCounts {
                 scheduled: q.count(S::Scheduled),
                 available: q.count(S::Available),
@@ -391,7 +397,25 @@ impl QueueConfigure {
             paused: self.paused,
             payload_schema,
             ordering_dead: self.ordering_dead.map(Into::into),
+            limits: dray_store::FlowLimitsChange {
+                concurrency_max: self.concurrency_max,
+                group_concurrency_max: self.group_concurrency_max,
+                rate: self.rate.map(|r| r.map(Into::into)),
+                group_rate: self.group_rate.map(|r| r.map(Into::into)),
+            },
         }
+    }
+}
+
+impl From<Rate> for dray_core::Rate {
+    fn from(r: Rate) -> dray_core::Rate {
+        dray_core::Rate { limit: r.limit, per_ms: r.per_ms, burst: r.burst.unwrap_or(r.limit) }
+    }
+}
+
+impl From<dray_core::Rate> for Rate {
+    fn from(r: dray_core::Rate) -> Rate {
+        Rate { limit: r.limit, per_ms: r.per_ms, burst: Some(r.burst) }
     }
 }
 

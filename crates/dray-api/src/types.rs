@@ -68,8 +68,15 @@ pub struct EnqueueJob {
     /// Within its window, the same key and payload return the original job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Jobs sharing an ordering key run one at a time, in enqueue order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
     pub ordering_key: Option<String>,
+    /// The job's group for the queue's `group_concurrency_max` and `group_rate`, and for fair
+    /// turns: leases rotate across groups so a flooded group cannot starve the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub group_key: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// W3C trace context, also accepted as the `traceparent` header.
@@ -345,6 +352,8 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
@@ -501,6 +510,37 @@ pub struct QueueConfigure {
     /// or the key moves on past it (`skip`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_dead: Option<OrderingDead>,
+    /// Jobs of the queue running at once, across every worker and node (1 to 1000000); `null`
+    /// removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_as")]
+    #[schema(value_type = Option<u32>, nullable, minimum = 1, maximum = 1_000_000)]
+    pub concurrency_max: Option<Option<u32>>,
+    /// Jobs of one `group_key` running at once (1 to 1000000); `null` removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_as")]
+    #[schema(value_type = Option<u32>, nullable, minimum = 1, maximum = 1_000_000)]
+    pub group_concurrency_max: Option<Option<u32>>,
+    /// Leases per time for the whole queue, on the server's clock; `null` removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_as")]
+    #[schema(value_type = Option<Rate>, nullable)]
+    pub rate: Option<Option<Rate>>,
+    /// Leases per time for each `group_key`; `null` removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_as")]
+    #[schema(value_type = Option<Rate>, nullable)]
+    pub group_rate: Option<Option<Rate>>,
+}
+
+/// A token bucket: `limit` leases per `per_ms` milliseconds, and up to `burst` at once after a
+/// quiet spell (default: `limit`). A job held back stays available and is charged no attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub limit: u32,
+    #[schema(minimum = 1, maximum = 86_400_000)]
+    pub per_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub burst: Option<u32>,
 }
 
 /// What a dead job does to the later jobs of its ordering key. Jobs of a queue sharing an
@@ -511,6 +551,11 @@ pub struct QueueConfigure {
 pub enum OrderingDead {
     Block,
     Skip,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value (`Some(Some(v))`).
+fn present_as<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?))
 }
 
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value (`Some(Some(v))`).
@@ -546,6 +591,14 @@ pub struct Queue {
     pub payload_schema: Option<serde_json::Value>,
     /// Whether a dead job holds back the later jobs of its ordering key.
     pub ordering_dead: OrderingDead,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_concurrency_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_rate: Option<Rate>,
     pub counts: StateCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_dead_at: Option<String>,

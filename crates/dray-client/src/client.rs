@@ -568,6 +568,7 @@ impl Enqueue {
                 lease_ms: None,
                 idempotency_key: None,
                 ordering_key: None,
+                group_key: None,
                 tags: Vec::new(),
                 traceparent: None,
             },
@@ -621,8 +622,16 @@ impl Enqueue {
         self
     }
 
+    /// Jobs of a queue sharing an ordering key run one at a time, in enqueue order.
     pub fn ordering_key(mut self, key: impl Into<String>) -> Enqueue {
         self.job.ordering_key = Some(key.into());
+        self
+    }
+
+    /// The job's group, for the queue's `group_concurrency_max` and `group_rate` and for fair
+    /// turns across groups.
+    pub fn group_key(mut self, key: impl Into<String>) -> Enqueue {
+        self.job.group_key = Some(key.into());
         self
     }
 

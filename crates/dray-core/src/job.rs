@@ -247,6 +247,9 @@ pub struct NewJob {
     pub lease_ms: Option<u64>,
     pub idempotency_key: Option<Box<str>>,
     pub ordering_key: Option<Box<str>>,
+    /// The job's group for per-group concurrency, rate and fair turns (`group_concurrency_max`,
+    /// `group_rate` on the queue).
+    pub group_key: Option<Box<str>>,
     pub tags: Vec<Box<str>>,
     pub traceparent: Option<Box<str>>,
     /// Set by a schedule's tick, never by a user: the tick this job was enqueued for.
@@ -267,6 +270,7 @@ impl NewJob {
             lease_ms: None,
             idempotency_key: None,
             ordering_key: None,
+            group_key: None,
             tags: Vec::new(),
             traceparent: None,
             schedule: None,
@@ -306,6 +310,9 @@ impl NewJob {
         }
         if let Some(key) = &self.ordering_key {
             check_key("ordering_key", key, Limits::ORDERING_KEY_BYTES_MAX)?;
+        }
+        if let Some(key) = &self.group_key {
+            check_key("group_key", key, Limits::GROUP_KEY_BYTES_MAX)?;
         }
         if self.tags.len() > Limits::TAGS_PER_JOB_MAX {
             return Err(Invalid::new(
@@ -360,6 +367,7 @@ impl NewJob {
             lease_ms: self.lease_ms.unwrap_or(lease_ms),
             idempotency_key: self.idempotency_key,
             ordering_key: self.ordering_key,
+            group_key: self.group_key,
             tags: self.tags.into_boxed_slice(),
             traceparent: self.traceparent,
             schedule: self.schedule,
@@ -431,6 +439,7 @@ pub struct Job {
     pub lease_ms: u64,
     pub idempotency_key: Option<Box<str>>,
     pub ordering_key: Option<Box<str>>,
+    pub group_key: Option<Box<str>>,
     pub tags: Box<[Box<str>]>,
     pub traceparent: Option<Box<str>>,
     /// The schedule tick that enqueued this job, if one did.

@@ -8,6 +8,7 @@
 //! worker could read back, in [`json`]): the wire format belongs to the API crate, the storage format to each store.
 
 pub mod cron;
+pub mod flow;
 pub mod ids;
 pub mod job;
 pub mod json;
@@ -18,6 +19,7 @@ pub mod scope;
 pub mod time;
 pub mod transition;
 
+pub use flow::Rate;
 pub use ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId};
 pub use job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload};
 pub use limits::{Invalid, Limits};

@@ -18,6 +18,7 @@ impl Limits {
     pub const WORKER_ID_BYTES_MAX: usize = 128;
     pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
     pub const ORDERING_KEY_BYTES_MAX: usize = 256;
+    pub const GROUP_KEY_BYTES_MAX: usize = 256;
     pub const TAG_BYTES_MAX: usize = 64;
     pub const TAGS_PER_JOB_MAX: usize = 16;
     /// A W3C `traceparent` is exactly 55 bytes in version 00; later versions may append fields.
@@ -96,6 +97,12 @@ impl Limits {
     pub const MISFIRE_CAP_DEFAULT: u32 = 100;
     /// Fire times `GET /v1/schedules/{name}` and `dray schedules preview` list.
     pub const SCHEDULE_PREVIEW_MAX: usize = 1_000;
+    /// A queue's `concurrency_max` and `group_concurrency_max`.
+    pub const CONCURRENCY_MAX_MAX: u32 = 1_000_000;
+    /// A rate's `limit` and `burst`.
+    pub const RATE_LIMIT_MAX: u32 = 1_000_000;
+    /// A rate's `per_ms`: at most a day.
+    pub const RATE_PER_MS_MAX: u64 = DAY_MS;
 }
 
 /// A value that breaks a rule: names the field (a path like `jobs[3].payload` in a batch) and says

@@ -155,6 +155,9 @@ impl ScheduleSpec {
                 "cannot be set: each tick's job is identified by the tick",
             ));
         }
+        if self.template.group_key.is_some() {
+            return Err(Invalid::new("job.group_key", "cannot be set on a schedule's job (not supported yet)"));
+        }
         self.template.validate(now).map_err(in_template)?;
         check_range("jitter_ms", self.jitter_ms, 0, Limits::SCHEDULE_JITTER_MS_MAX, "")?;
         check_range("misfire_grace_ms", self.misfire_grace_ms, 0, Limits::MISFIRE_GRACE_MS_MAX, "")?;

@@ -14,7 +14,7 @@ use dray_core::{
     Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
     Timestamp, WorkerId,
 };
-use dray_store::{OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
+use dray_store::{FlowLimits, OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
 /// A change as it is logged: the result of a transition, not the request that caused it, so replay
 /// never re-runs policy (and never needs the random numbers the change used).
@@ -145,6 +145,34 @@ pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
         OrderingDead::Block => 0,
         OrderingDead::Skip => 1,
     });
+    // Added with flow limits: a record that ends before them has none.
+    let l = &config.limits;
+    put_opt_u32(buf, l.concurrency_max);
+    put_opt_u32(buf, l.group_concurrency_max);
+    put_opt_rate(buf, l.rate);
+    put_opt_rate(buf, l.group_rate);
+}
+
+fn put_opt_u32(buf: &mut Vec<u8>, v: Option<u32>) {
+    match v {
+        None => buf.push(0),
+        Some(n) => {
+            buf.push(1);
+            put_u32(buf, n);
+        }
+    }
+}
+
+fn put_opt_rate(buf: &mut Vec<u8>, v: Option<dray_core::Rate>) {
+    match v {
+        None => buf.push(0),
+        Some(r) => {
+            buf.push(1);
+            put_u32(buf, r.limit);
+            put_u64(buf, r.per_ms);
+            put_u32(buf, r.burst);
+        }
+    }
 }
 
 pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
@@ -170,12 +198,32 @@ pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
     for entry in &job.history {
         put_history(buf, entry);
     }
-    // Added after the first release: a record that ends here has no schedule tick.
-    if let Some(tick) = &job.schedule {
-        put_str(buf, tick.name.as_str());
-        put_i64(buf, tick.at.0);
+    // Added after the first release: a record that ends here has no schedule tick, and one that
+    // goes on with a name's length holds just the tick.
+    if job.group_key.is_none() {
+        if let Some(tick) = &job.schedule {
+            put_str(buf, tick.name.as_str());
+            put_i64(buf, tick.at.0);
+        }
+        return;
     }
+    // Added later: EXTENSION_MARK (never a schedule name's length), then the optional tick and
+    // the group key.
+    put_u32(buf, EXTENSION_MARK);
+    match &job.schedule {
+        None => buf.push(0),
+        Some(tick) => {
+            buf.push(1);
+            put_str(buf, tick.name.as_str());
+            put_i64(buf, tick.at.0);
+        }
+    }
+    put_opt_str(buf, job.group_key.as_deref());
 }
+
+/// Where a job record's optional tail starts with this instead of a schedule name's length, the
+/// tail holds the later optional fields too.
+const EXTENSION_MARK: u32 = u32::MAX;
 
 pub(crate) fn encode_job_update(
     buf: &mut Vec<u8>,
@@ -455,6 +503,16 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
                     true => OrderingDead::Skip,
                 }
             },
+            limits: if d.at_end() {
+                FlowLimits::default()
+            } else {
+                FlowLimits {
+                    concurrency_max: d.opt_u32("concurrency_max")?,
+                    group_concurrency_max: d.opt_u32("group_concurrency_max")?,
+                    rate: d.opt_rate("rate")?,
+                    group_rate: d.opt_rate("group_rate")?,
+                }
+            },
         }),
         TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
         TAG_JOB_UPDATE => {
@@ -546,6 +604,17 @@ impl<'a> Dec<'a> {
 
     fn opt_str(&mut self, what: &'static str) -> Result<Option<Box<str>>, DecodeError> {
         Ok(if self.bool(what)? { Some(self.str(what)?.into()) } else { None })
+    }
+
+    fn opt_u32(&mut self, what: &'static str) -> Result<Option<u32>, DecodeError> {
+        Ok(if self.bool(what)? { Some(self.u32(what)?) } else { None })
+    }
+
+    fn opt_rate(&mut self, what: &'static str) -> Result<Option<dray_core::Rate>, DecodeError> {
+        if !self.bool(what)? {
+            return Ok(None);
+        }
+        Ok(Some(dray_core::Rate { limit: self.u32(what)?, per_ms: self.u64(what)?, burst: self.u32(what)? }))
     }
 
     fn opt_payload(&mut self, what: &'static str) -> Result<Option<Payload>, DecodeError> {
@@ -693,11 +762,20 @@ impl<'a> Dec<'a> {
         for _ in 0..history_len {
             history.push(self.history(names)?);
         }
-        let schedule = if self.at_end() {
-            None
-        } else {
-            Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) })
-        };
+        let (mut schedule, mut group_key) = (None, None);
+        if !self.at_end() {
+            if self.buf[self.pos..].starts_with(&EXTENSION_MARK.to_le_bytes()) {
+                self.u32("extension mark")?;
+                if self.bool("schedule tick flag")? {
+                    schedule =
+                        Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) });
+                }
+                group_key = self.opt_str("group_key")?;
+            } else {
+                schedule =
+                    Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) });
+            }
+        }
         Ok(Job {
             id,
             queue,
@@ -708,6 +786,7 @@ impl<'a> Dec<'a> {
             lease_ms,
             idempotency_key,
             ordering_key,
+            group_key,
             tags: tags.into_boxed_slice(),
             traceparent,
             schedule,

@@ -44,7 +44,73 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "payload_schema", sql: Sql::Text(V6_PAYLOAD_SCHEMA) },
     Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
     Migration { version: 8, name: "ordering", sql: Sql::Text(V8_ORDERING) },
+    Migration { version: 9, name: "flow_limits", sql: Sql::Derived(v9_flow_limits) },
 ];
+
+/// Flow limits (`dray_store::FlowLimits`): a job's `group_key`; a queue's concurrency limits and
+/// rates (a rate's three columns are NULL together); the token buckets of rated queues and groups
+/// (`rate_buckets`, the queue's own bucket under the group `''`, each one number: the generic
+/// cell rate algorithm's theoretical arrival time in nanoseconds, `dray_core::flow`); and the
+/// partial indexes the lease probes: a group's running jobs and its available jobs in lease order.
+/// `enqueue()` accepts `group_key`.
+const V9_FLOW_LIMITS: &str = "
+ALTER TABLE {s}.jobs ADD COLUMN group_key text CHECK (octet_length(group_key) BETWEEN 1 AND __GROUP_KEY_BYTES_MAX__);
+ALTER TABLE {s}.queues
+    ADD COLUMN concurrency_max integer CHECK (concurrency_max >= 1),
+    ADD COLUMN group_concurrency_max integer CHECK (group_concurrency_max >= 1),
+    ADD COLUMN rate_limit bigint,
+    ADD COLUMN rate_per_ms bigint,
+    ADD COLUMN rate_burst bigint,
+    ADD COLUMN group_rate_limit bigint,
+    ADD COLUMN group_rate_per_ms bigint,
+    ADD COLUMN group_rate_burst bigint,
+    ADD CONSTRAINT queues_rate_whole CHECK (num_nulls(rate_limit, rate_per_ms, rate_burst) IN (0, 3)),
+    ADD CONSTRAINT queues_group_rate_whole
+        CHECK (num_nulls(group_rate_limit, group_rate_per_ms, group_rate_burst) IN (0, 3));
+CREATE TABLE {s}.rate_buckets (
+    queue text NOT NULL REFERENCES {s}.queues (name) ON DELETE CASCADE,
+    group_key text NOT NULL,
+    tat bigint NOT NULL,
+    PRIMARY KEY (queue, group_key)
+);
+CREATE INDEX jobs_group_running ON {s}.jobs (queue, group_key) WHERE group_key IS NOT NULL AND state = 'running';
+CREATE INDEX jobs_group_available ON {s}.jobs (queue, group_key, priority DESC, run_at, id)
+    WHERE group_key IS NOT NULL AND state = 'available';
+";
+
+fn v9_flow_limits() -> String {
+    let function = v5_enqueue_compares_values();
+    let start = function.find("CREATE OR REPLACE FUNCTION {s}.enqueue(").expect("migration 5 redefines enqueue()");
+    let mut function = function[start..].to_owned();
+    let edits = [
+        ("    v_ordering_key text;\n", "    v_ordering_key text;\n    v_group_key text;\n"),
+        (
+            "'idempotency_key', 'ordering_key', 'tags', 'traceparent']",
+            "'idempotency_key', 'ordering_key', 'group_key', 'tags', 'traceparent']",
+        ),
+        (
+            "idempotency_key, ordering_key, tags, traceparent');",
+            "idempotency_key, ordering_key, group_key, tags, traceparent');",
+        ),
+        (
+            "        (l->>'ordering_key_bytes_max')::integer);\n",
+            "        (l->>'ordering_key_bytes_max')::integer);\n    v_group_key := {s}.enqueue_key({s}.enqueue_text(o->'group_key', 'group_key'), 'group_key',\n        __GROUP_KEY_BYTES_MAX__);\n",
+        ),
+        (
+            "traceparent, state, run_at, attempt, cancel_requested, version)\n",
+            "traceparent, state, run_at, attempt, cancel_requested, version, group_key)\n",
+        ),
+        (
+            "v_ordering_key, v_tags, v_traceparent, v_state, v_run_at, 0, false, 1);",
+            "v_ordering_key, v_tags, v_traceparent, v_state, v_run_at, 0, false, 1, v_group_key);",
+        ),
+    ];
+    for (from, to) in edits {
+        assert_eq!(function.matches(from).count(), 1, "migration 5's enqueue() has {from:?} once");
+        function = function.replace(from, to);
+    }
+    format!("{V9_FLOW_LIMITS}\n{function}")
+}
 
 /// Strict FIFO per ordering key: a queue's `ordering_dead` (whether a dead job holds its key
 /// back), and the two partial indexes the lease's eligibility test probes (see `sql::LEASE`):
@@ -719,6 +785,7 @@ pub(crate) fn render(sql: &str, schema: &str) -> String {
         .replace("__DEAD_REASONS__", &list(&mut dray_core::DeadReason::ALL.iter().map(|r| r.as_str())))
         .replace("__KINDS__", &list(&mut dray_core::HistoryKind::ALL.iter().map(|k| k.as_str())))
         .replace("__PAYLOAD_SCHEMA_BYTES_MAX__", &dray_core::Limits::PAYLOAD_SCHEMA_BYTES_MAX.to_string())
+        .replace("__GROUP_KEY_BYTES_MAX__", &dray_core::Limits::GROUP_KEY_BYTES_MAX.to_string())
 }
 
 /// What [`migrate`] did.

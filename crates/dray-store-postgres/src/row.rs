@@ -11,7 +11,7 @@ use dray_core::{
     Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
     Timestamp, WorkerId,
 };
-use dray_store::{Error, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
+use dray_store::{Error, FlowLimits, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
@@ -173,6 +173,7 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         lease_ms: u64_of(get(row, "lease_ms")?, "lease_ms")?,
         idempotency_key: get::<Option<String>>(row, "idempotency_key")?.map(String::into_boxed_str),
         ordering_key: get::<Option<String>>(row, "ordering_key")?.map(String::into_boxed_str),
+        group_key: get::<Option<String>>(row, "group_key")?.map(String::into_boxed_str),
         tags: tags.into_iter().map(String::into_boxed_str).collect(),
         traceparent: get::<Option<String>>(row, "traceparent")?.map(String::into_boxed_str),
         status,
@@ -325,8 +326,32 @@ pub(crate) fn queue_from_row(row: &Row) -> Result<QueueConfig, Error> {
             let text: String = get(row, "ordering_dead")?;
             OrderingDead::parse(&text).ok_or_else(|| corrupt("a queue's ordering_dead is neither block nor skip"))?
         },
+        limits: FlowLimits {
+            concurrency_max: get::<Option<i32>>(row, "concurrency_max")?
+                .map(|n| u32_of(n, "concurrency_max"))
+                .transpose()?,
+            group_concurrency_max: get::<Option<i32>>(row, "group_concurrency_max")?
+                .map(|n| u32_of(n, "group_concurrency_max"))
+                .transpose()?,
+            rate: rate_of(row, "rate")?,
+            group_rate: rate_of(row, "group_rate")?,
+        },
     };
     Ok(config)
+}
+
+/// A rate from its three columns `<prefix>_limit`, `_per_ms` and `_burst`, NULL together.
+fn rate_of(row: &Row, prefix: &str) -> Result<Option<dray_core::Rate>, Error> {
+    let column = |suffix: &str| get::<Option<i64>>(row, &format!("{prefix}_{suffix}"));
+    match (column("limit")?, column("per_ms")?, column("burst")?) {
+        (Some(limit), Some(per_ms), Some(burst)) => Ok(Some(dray_core::Rate {
+            limit: u32::try_from(limit).map_err(|_| corrupt(format!("a queue's {prefix}_limit is {limit}")))?,
+            per_ms: u64::try_from(per_ms).map_err(|_| corrupt(format!("a queue's {prefix}_per_ms is {per_ms}")))?,
+            burst: u32::try_from(burst).map_err(|_| corrupt(format!("a queue's {prefix}_burst is {burst}")))?,
+        })),
+        (None, None, None) => Ok(None),
+        _ => Err(corrupt(format!("a queue's {prefix} columns are partly NULL"))),
+    }
 }
 
 /// A row of the queue statistics statement.

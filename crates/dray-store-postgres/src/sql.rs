@@ -15,13 +15,15 @@ use dray_store::JobFilter;
 /// The columns of `jobs` a transition needs: everything but the payload, which only a lease
 /// hands out (it is read separately, and only for the jobs leased).
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j.attempts_max, j.backoff_base_ms, \
-     j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.tags, j.traceparent, \
+     j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.group_key, j.tags, j.traceparent, \
      j.state, j.run_at, j.attempt, j.lease_id, j.token, j.worker, j.leased_at, j.lease_deadline, \
      j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version, \
      j.schedule_name, j.schedule_at";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
-     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead";
+     q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead, \
+     q.concurrency_max, q.group_concurrency_max, q.rate_limit, q.rate_per_ms, q.rate_burst, q.group_rate_limit, \
+     q.group_rate_per_ms, q.group_rate_burst";
 
 const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
      j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
@@ -82,23 +84,24 @@ WITH input AS (
     SELECT * FROM unnest($1::text[], $2::bytea[], $3::smallint[], $4::timestamptz[], $5::text[], $6::int[],
                          $7::bigint[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[], $12::text[],
                          $13::text[], $14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::int[],
-                         $19::timestamptz[], $24::text[], $25::timestamptz[])
+                         $19::timestamptz[], $24::text[], $25::timestamptz[], $26::text[])
         WITH ORDINALITY AS u(queue, payload, priority, run_at, state, attempts_max, backoff_base_ms,
                              backoff_factor, backoff_cap_ms, lease_ms, idempotency_key, ordering_key, tags,
                              traceparent, h_at, h_kind, h_state, h_attempt, h_run_at, schedule_name,
-                             schedule_at, ord)
+                             schedule_at, group_key, ord)
 ), numbered AS MATERIALIZED (
     SELECT nextval('{s}.jobs_id_seq') AS id, input.* FROM input ORDER BY ord
 ), inserted AS (
     INSERT INTO {s}.jobs (id, queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
                           backoff_cap_ms, lease_ms, idempotency_key, idempotency_expires_at, ordering_key, tags,
-                          traceparent, state, run_at, attempt, cancel_requested, version, schedule_name, schedule_at)
+                          traceparent, state, run_at, attempt, cancel_requested, version, schedule_name, schedule_at,
+                          group_key)
     OVERRIDING SYSTEM VALUE
     SELECT id, queue, payload, priority, $20::timestamptz, attempts_max, backoff_base_ms, backoff_factor,
            backoff_cap_ms, lease_ms, idempotency_key,
            CASE WHEN idempotency_key IS NOT NULL THEN $20::timestamptz + $21::bigint * interval '1 millisecond' END,
            ordering_key, string_to_array(tags, ' '), traceparent, state, run_at, 0, false, 1, schedule_name,
-           schedule_at
+           schedule_at, group_key
     FROM numbered ORDER BY ord
     RETURNING id
 ), history AS (
@@ -356,9 +359,12 @@ SELECT id FROM gone";
 
 const QUEUE_ENSURE_ONE: &str = "
 INSERT INTO {s}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms, retention_ms,
-                        retention_dead_ms, paused, payload_schema, ordering_dead)
+                        retention_dead_ms, paused, payload_schema, ordering_dead, concurrency_max,
+                        group_concurrency_max, rate_limit, rate_per_ms, rate_burst, group_rate_limit,
+                        group_rate_per_ms, group_rate_burst)
 VALUES ($1::text, $2::int, $3::bigint, $4::float8, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $9::bool,
-        $10::text, $11::text)
+        $10::text, $11::text, $12::int, $13::int, $14::bigint, $15::bigint, $16::bigint, $17::bigint, $18::bigint,
+        $19::bigint)
 ON CONFLICT (name) DO NOTHING";
 
 /// The payload schemas of the queues named in `$1` that have one.
@@ -373,7 +379,9 @@ const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name 
 const QUEUE_UPDATE: &str = "
 UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
     backoff_cap_ms = $5::bigint, lease_ms = $6::bigint, retention_ms = $7::bigint, retention_dead_ms = $8::bigint,
-    paused = $9::bool, payload_schema = $10::text, ordering_dead = $11::text
+    paused = $9::bool, payload_schema = $10::text, ordering_dead = $11::text, concurrency_max = $12::int,
+    group_concurrency_max = $13::int, rate_limit = $14::bigint, rate_per_ms = $15::bigint, rate_burst = $16::bigint,
+    group_rate_limit = $17::bigint, group_rate_per_ms = $18::bigint, group_rate_burst = $19::bigint
 WHERE name = $1::text";
 
 /// Configuration and counts per state of one queue (`$1`) or every queue (`$1` NULL), in one

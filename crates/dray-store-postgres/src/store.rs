@@ -1405,6 +1405,7 @@ struct InsertColumns<'a> {
     lease_ms: Vec<i64>,
     idempotency_key: Vec<Option<&'a str>>,
     ordering_key: Vec<Option<&'a str>>,
+    group_key: Vec<Option<&'a str>>,
     /// Space-separated: tags are validated names, which never contain a space.
     tags: Vec<String>,
     traceparent: Vec<Option<&'a str>>,
@@ -1432,6 +1433,7 @@ impl<'a> InsertColumns<'a> {
             lease_ms: Vec::new(),
             idempotency_key: Vec::new(),
             ordering_key: Vec::new(),
+            group_key: Vec::new(),
             tags: Vec::new(),
             traceparent: Vec::new(),
             h_at: Vec::new(),
@@ -1460,6 +1462,7 @@ impl<'a> InsertColumns<'a> {
             c.lease_ms.push(ms_to_sql(job.lease_ms));
             c.idempotency_key.push(job.idempotency_key.as_deref());
             c.ordering_key.push(job.ordering_key.as_deref());
+            c.group_key.push(job.group_key.as_deref());
             c.tags.push(job.tags.join(" "));
             c.traceparent.push(job.traceparent.as_deref());
             c.h_at.push(to_time(entry.at));
@@ -1497,9 +1500,9 @@ impl<'a> InsertColumns<'a> {
         ]
     }
 
-    /// `$24` and `$25`, after the four scalars that follow [`Self::params`].
-    fn schedule_params(&self) -> [&(dyn ToSql + Sync); 2] {
-        [&self.schedule_name, &self.schedule_at]
+    /// `$24` to `$26`, after the four scalars that follow [`Self::params`].
+    fn schedule_params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.schedule_name, &self.schedule_at, &self.group_key]
     }
 }
 
@@ -1515,6 +1518,18 @@ struct QueueColumns {
     paused: bool,
     payload_schema: Option<String>,
     ordering_dead: &'static str,
+    concurrency_max: Option<i32>,
+    group_concurrency_max: Option<i32>,
+    rate: [Option<i64>; 3],
+    group_rate: [Option<i64>; 3],
+}
+
+/// A rate as its three columns (`limit`, `per_ms`, `burst`), all NULL when there is none.
+fn rate_columns(rate: Option<dray_core::Rate>) -> [Option<i64>; 3] {
+    match rate {
+        Some(r) => [Some(i64::from(r.limit)), Some(ms_to_sql(r.per_ms)), Some(i64::from(r.burst))],
+        None => [None; 3],
+    }
 }
 
 impl QueueColumns {
@@ -1530,10 +1545,14 @@ impl QueueColumns {
             paused: c.paused,
             payload_schema: c.payload_schema.as_ref().map(|s| s.as_str().to_owned()),
             ordering_dead: c.ordering_dead.as_str(),
+            concurrency_max: c.limits.concurrency_max.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            group_concurrency_max: c.limits.group_concurrency_max.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            rate: rate_columns(c.limits.rate),
+            group_rate: rate_columns(c.limits.group_rate),
         }
     }
 
-    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 11] {
+    fn params<'a>(&'a self, name: &'a &'a str) -> [&'a (dyn ToSql + Sync); 19] {
         [
             name,
             &self.attempts_max,
@@ -1546,6 +1565,14 @@ impl QueueColumns {
             &self.paused,
             &self.payload_schema,
             &self.ordering_dead,
+            &self.concurrency_max,
+            &self.group_concurrency_max,
+            &self.rate[0],
+            &self.rate[1],
+            &self.rate[2],
+            &self.group_rate[0],
+            &self.group_rate[1],
+            &self.group_rate[2],
         ]
     }
 }

@@ -38,6 +38,7 @@ use crate::{
 
 mod admin;
 mod lifecycle;
+mod limits;
 mod model;
 mod ordering;
 mod schedule;
@@ -50,6 +51,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 
 pub use admin::*;
 pub use lifecycle::*;
+pub use limits::*;
 pub use model::model_random_operations;
 pub use ordering::*;
 pub use schedule::*;
@@ -169,6 +171,14 @@ macro_rules! conformance_suite {
             ordering_dead_blocks_until_redrive_or_discard,
             ordering_dead_skip,
             ordering_survives_restart,
+            // Flow limits.
+            limits_queue_concurrency_max,
+            limits_group_concurrency_max,
+            limits_fair_turns_across_groups,
+            limits_queue_rate,
+            limits_group_rate,
+            limits_configure_validate_and_restart,
+            limits_with_ordering_keys,
             // Schedules.
             schedule_put_get_list_delete,
             schedule_put_validates,

@@ -5,8 +5,8 @@ use dray_core::json::same_value;
 use std::collections::HashMap;
 
 use dray_core::{
-    DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, RetryPolicy,
-    Timestamp, WorkerId, limits::check_range,
+    DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, Rate,
+    RetryPolicy, Timestamp, WorkerId, limits::check_range,
 };
 
 /// Insert one job or an atomic batch.
@@ -450,6 +450,64 @@ pub struct QueueConfig {
     pub payload_schema: Option<PayloadSchema>,
     /// Whether a dead job holds back the later jobs of its ordering key.
     pub ordering_dead: OrderingDead,
+    /// Flow control, decided at lease time across every worker and node: `None` is unlimited.
+    pub limits: FlowLimits,
+}
+
+/// A queue's flow limits. A job held back by one stays available and is charged no attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowLimits {
+    /// Jobs of the queue running at once.
+    pub concurrency_max: Option<u32>,
+    /// Jobs of one `group_key` running at once.
+    pub group_concurrency_max: Option<u32>,
+    /// Leases per time for the whole queue.
+    pub rate: Option<Rate>,
+    /// Leases per time for each `group_key`.
+    pub group_rate: Option<Rate>,
+}
+
+impl FlowLimits {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let max = Limits::CONCURRENCY_MAX_MAX;
+        if let Some(n) = self.concurrency_max {
+            check_range("concurrency_max", n, 1, max, "")?;
+        }
+        if let Some(n) = self.group_concurrency_max {
+            check_range("group_concurrency_max", n, 1, max, "")?;
+        }
+        if let Some(r) = &self.rate {
+            r.validate("rate")?;
+        }
+        if let Some(r) = &self.group_rate {
+            r.validate("group_rate")?;
+        }
+        Ok(())
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        *self == FlowLimits::default()
+    }
+}
+
+/// Changes to a queue's flow limits: `None` keeps a limit, `Some(None)` removes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FlowLimitsChange {
+    pub concurrency_max: Option<Option<u32>>,
+    pub group_concurrency_max: Option<Option<u32>>,
+    pub rate: Option<Option<Rate>>,
+    pub group_rate: Option<Option<Rate>>,
+}
+
+impl FlowLimitsChange {
+    pub fn apply_to(&self, current: FlowLimits) -> FlowLimits {
+        FlowLimits {
+            concurrency_max: self.concurrency_max.unwrap_or(current.concurrency_max),
+            group_concurrency_max: self.group_concurrency_max.unwrap_or(current.group_concurrency_max),
+            rate: self.rate.unwrap_or(current.rate),
+            group_rate: self.group_rate.unwrap_or(current.group_rate),
+        }
+    }
 }
 
 /// What a dead job does to the later jobs of its ordering key. Within a queue, jobs sharing an
@@ -493,10 +551,12 @@ impl QueueConfig {
             paused: false,
             payload_schema: None,
             ordering_dead: OrderingDead::Block,
+            limits: FlowLimits::default(),
         }
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
+        self.limits.validate()?;
         if let Some(schema) = &self.payload_schema {
             let len = schema.as_str().len();
             if len > Limits::PAYLOAD_SCHEMA_BYTES_MAX {
@@ -528,6 +588,7 @@ pub struct QueueConfigure {
     /// `Some(None)` removes the schema.
     pub payload_schema: Option<Option<PayloadSchema>>,
     pub ordering_dead: Option<OrderingDead>,
+    pub limits: FlowLimitsChange,
 }
 
 impl QueueConfigure {
@@ -542,6 +603,7 @@ impl QueueConfigure {
             paused: None,
             payload_schema: None,
             ordering_dead: None,
+            limits: FlowLimitsChange::default(),
         }
     }
 
@@ -556,6 +618,7 @@ impl QueueConfigure {
             paused: self.paused.unwrap_or(current.paused),
             payload_schema: self.payload_schema.clone().unwrap_or_else(|| current.payload_schema.clone()),
             ordering_dead: self.ordering_dead.unwrap_or(current.ordering_dead),
+            limits: self.limits.apply_to(current.limits),
         };
         config.validate()?;
         Ok(config)

@@ -336,10 +336,13 @@ pub struct EnqueueArgs {
     /// The same key and payload again return the original job instead of a new one.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-    /// A partition of the queue (customer, order) for ordering; stored with the job (strict FIFO
-    /// per key is not enforced by the server yet).
+    /// Jobs of the queue sharing this key (customer, order) run one at a time, in enqueue order.
     #[arg(long, value_name = "KEY")]
     pub ordering_key: Option<String>,
+    /// The job's group (customer, tenant, SKU) for the queue's per-group concurrency and rate
+    /// limits and fair turns across groups.
+    #[arg(long, value_name = "KEY")]
+    pub group_key: Option<String>,
     /// A tag (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -507,6 +510,19 @@ pub struct QueueConfigureArgs {
     /// or discarded (block, the default) or the key moves on past it (skip).
     #[arg(long, value_name = "POLICY")]
     pub ordering_dead: Option<OrderingDeadArg>,
+    /// Jobs of the queue running at once across every worker and node, or `none`.
+    #[arg(long, value_name = "N|none")]
+    pub concurrency_max: Option<String>,
+    /// Jobs of one group key running at once, or `none`.
+    #[arg(long, value_name = "N|none")]
+    pub group_concurrency_max: Option<String>,
+    /// Leases per time for the whole queue: `LIMIT/DURATION` (`100/1s`, `5/250ms`, `1000/1m`),
+    /// optionally `,burst=N` (default: the limit), or `none`.
+    #[arg(long, value_name = "RATE|none")]
+    pub rate: Option<String>,
+    /// Leases per time for each group key, as `--rate`.
+    #[arg(long, value_name = "RATE|none")]
+    pub group_rate: Option<String>,
 }
 
 /// `--ordering-dead`.

@@ -92,6 +92,7 @@ fn job(args: &EnqueueArgs, payload: Json) -> EnqueueJob {
         lease_ms: args.lease_ms,
         idempotency_key: args.idempotency_key.clone(),
         ordering_key: args.ordering_key.clone(),
+        group_key: args.group_key.clone(),
         tags: args.tags.clone(),
         traceparent: args.traceparent.clone(),
     }

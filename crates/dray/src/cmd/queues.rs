@@ -1,6 +1,6 @@
 //! `dray queues`: list, stats, pause, resume, configure.
 
-use dray_api::{Backoff, OrderingDead, Queue, QueueConfigure};
+use dray_api::{Backoff, OrderingDead, Queue, QueueConfigure, Rate};
 
 use crate::cli::{OrderingDeadArg, QueueConfigureArgs, QueuesCommand};
 use crate::cmd::enqueue::read_file_or_stdin;
@@ -114,7 +114,66 @@ fn configure_body(args: QueueConfigureArgs) -> Result<QueueConfigure, Failure> {
             OrderingDeadArg::Block => OrderingDead::Block,
             OrderingDeadArg::Skip => OrderingDead::Skip,
         }),
+        concurrency_max: args.concurrency_max.as_deref().map(|v| count_arg(v, "--concurrency-max")).transpose()?,
+        group_concurrency_max: args
+            .group_concurrency_max
+            .as_deref()
+            .map(|v| count_arg(v, "--group-concurrency-max"))
+            .transpose()?,
+        rate: args.rate.as_deref().map(|v| rate_arg(v, "--rate")).transpose()?,
+        group_rate: args.group_rate.as_deref().map(|v| rate_arg(v, "--group-rate")).transpose()?,
     })
+}
+
+/// `N` or `none` (removes the limit). The server checks the range.
+fn count_arg(value: &str, flag: &'static str) -> Result<Option<u32>, Failure> {
+    if value == "none" {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        Failure::invalid("Not a count", format!("{flag} takes a whole number or `none`, not {value:?}")).field(flag)
+    })
+}
+
+/// `LIMIT/DURATION[,burst=N]` or `none`.
+fn rate_arg(value: &str, flag: &'static str) -> Result<Option<Rate>, Failure> {
+    if value == "none" {
+        return Ok(None);
+    }
+    let bad = || {
+        Failure::invalid(
+            "Not a rate",
+            format!("{flag} takes LIMIT/DURATION with an optional ,burst=N (100/1s, 5/250ms,burst=10) or `none`, not {value:?}"),
+        )
+        .field(flag)
+    };
+    let (main, burst) = match value.split_once(',') {
+        Some((main, rest)) => {
+            let n = rest.strip_prefix("burst=").and_then(|n| n.parse::<u32>().ok()).ok_or_else(bad)?;
+            (main, Some(n))
+        }
+        None => (value, None),
+    };
+    let (limit, per) = main.split_once('/').ok_or_else(bad)?;
+    let limit = limit.trim().parse::<u32>().map_err(|_| bad())?;
+    let per_ms = duration_ms_arg(per.trim()).ok_or_else(bad)?;
+    Ok(Some(Rate { limit, per_ms, burst }))
+}
+
+/// `250ms`, `1s`, `5m`, `1h`, `1d`, or bare milliseconds.
+fn duration_ms_arg(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
@@ -146,6 +205,17 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
         OrderingDead::Skip => "skip (an ordering key moves on past dead jobs)",
     };
     fields.add_row(["ordering dead", ordering_dead]);
+    let limit = |n: Option<u32>| n.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let rate = |r: &Option<Rate>| {
+        r.as_ref().map_or_else(
+            || "none".to_owned(),
+            |r| format!("{} per {} (burst {})", r.limit, output::duration_ms(r.per_ms), r.burst.unwrap_or(r.limit)),
+        )
+    };
+    fields.add_row(["concurrency max", &limit(queue.concurrency_max)]);
+    fields.add_row(["group concurrency max", &limit(queue.group_concurrency_max)]);
+    fields.add_row(["rate", &rate(&queue.rate)]);
+    fields.add_row(["group rate", &rate(&queue.group_rate)]);
     fields.add_row(["scheduled", &counts.scheduled.to_string()]);
     fields.add_row(["available", &counts.available.to_string()]);
     fields.add_row(["running", &counts.running.to_string()]);

@@ -163,6 +163,7 @@ fn body(args: ScheduleCreateArgs) -> Result<ScheduleBody, Failure> {
         lease_ms: args.lease_ms,
         idempotency_key: None,
         ordering_key: None,
+        group_key: None,
         tags: args.tags,
         traceparent: None,
     };

@@ -1,0 +1,274 @@
+//! Flow limits, decided by the store at lease time: a queue's `concurrency_max`, its
+//! `group_concurrency_max` per `group_key`, token-bucket rates for the queue and per group, and
+//! fair turns across groups. A job held back by a limit stays available with no attempt charged.
+
+use dray_core::{JobId, JobState, Limits, NewJob, Rate};
+
+use super::{BACKOFF_1MS, Ctx, Harness, assert_invalid, ids_of, new_job};
+use crate::{FlowLimits, FlowLimitsChange, QueueConfigure, Store};
+
+fn grouped(queue: &str, group: &str, body: &str) -> NewJob {
+    NewJob { group_key: Some(group.into()), ..new_job(queue, body) }
+}
+
+async fn set_limits<H: Harness>(c: &Ctx<H>, queue: &str, change: FlowLimitsChange) -> FlowLimits {
+    let p = QueueConfigure { limits: change, ..QueueConfigure::new(c.now, super::q(queue)) };
+    let config = c.configure(p).await.unwrap();
+    assert_eq!(c.stats(queue).await.config.limits, config.limits, "the queue reads back what was set");
+    config.limits
+}
+
+async fn lease_ids<H: Harness>(c: &Ctx<H>, queue: &str, count: usize) -> Vec<JobId> {
+    ids_of(&c.lease(&[queue], count).await)
+}
+
+/// Every held-back job is still available and has been charged no attempt.
+async fn assert_waiting_uncharged<H: Harness>(c: &Ctx<H>, ids: &[JobId]) {
+    for id in ids {
+        let job = c.get(*id).await;
+        assert_eq!(job.state(), JobState::Available, "job {id} held back by a limit stays available");
+        assert_eq!(job.status.attempt, 0, "job {id} held back by a limit is charged no attempt");
+    }
+}
+
+/// `concurrency_max` bounds the queue's running jobs; completion, failure and lease expiry each
+/// give the permit back.
+pub async fn limits_queue_concurrency_max<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    set_limits(&c, "q", FlowLimitsChange { concurrency_max: Some(Some(2)), ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(c.insert_one(NewJob { backoff: Some(BACKOFF_1MS), ..new_job("q", &i.to_string()) }).await);
+    }
+    let first = c.lease(&["q"], 10).await;
+    assert_eq!(ids_of(&first), ids[..2].to_vec(), "two run at once, in lease order");
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new(), "the queue is at its limit");
+    assert_waiting_uncharged(&c, &ids[2..]).await;
+
+    c.complete(first[0].id, first[0].lease).await.unwrap();
+    assert_eq!(lease_ids(&c, "q", 10).await, vec![ids[2]], "a completion gives one permit back");
+    c.fail(first[1].id, first[1].lease, "boom", true, None).await.unwrap();
+    c.advance(2);
+    let after_fail = lease_ids(&c, "q", 10).await;
+    assert_eq!(after_fail.len(), 1, "a failure gives one permit back");
+
+    // A vanished worker: its leases expire and the permits come back.
+    c.advance(Limits::LEASE_MS_DEFAULT + 1);
+    assert_eq!(c.expire().await, 2);
+    c.advance(2);
+    assert_eq!(c.lease(&["q"], 10).await.len(), 2, "lease expiry gives the permits back");
+
+    // Lifting the limit lets everything run.
+    set_limits(&c, "q", FlowLimitsChange { concurrency_max: Some(None), ..Default::default() }).await;
+    assert!(!c.lease(&["q"], 10).await.is_empty(), "without a limit the rest runs");
+    assert_eq!(c.stats("q").await.count(JobState::Available), 0);
+}
+
+/// `group_concurrency_max` bounds each group's running jobs; other groups and jobs without a
+/// group are not held back, and every way out of `running` gives the permit back.
+pub async fn limits_group_concurrency_max<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    set_limits(&c, "q", FlowLimitsChange { group_concurrency_max: Some(Some(1)), ..Default::default() }).await;
+    let a1 = c.insert_one(grouped("q", "a", "a1")).await;
+    let a2 = c.insert_one(grouped("q", "a", "a2")).await;
+    let a3 = c.insert_one(NewJob { backoff: Some(BACKOFF_1MS), ..grouped("q", "a", "a3") }).await;
+    let b1 = c.insert_one(grouped("q", "b", "b1")).await;
+    let plain = c.insert_one(new_job("q", "plain")).await;
+    let plain2 = c.insert_one(new_job("q", "plain2")).await;
+
+    let leased = c.lease(&["q"], 10).await;
+    let mut got = ids_of(&leased);
+    got.sort();
+    assert_eq!(got, vec![a1, b1, plain, plain2], "one job per group; ungrouped jobs are not limited");
+    assert_waiting_uncharged(&c, &[a2, a3]).await;
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new());
+
+    let l_a1 = leased.iter().find(|l| l.id == a1).unwrap();
+    c.complete(a1, l_a1.lease).await.unwrap();
+    let l_a2 = c.lease_one("q", a2).await;
+    c.fail(a2, l_a2.lease, "boom", false, None).await.unwrap();
+    assert_eq!(c.get(a2).await.state(), JobState::Dead);
+    let l_a3 = c.lease_one("q", a3).await;
+
+    // A vanished worker holding the group's permit: expiry frees it, and the retry runs.
+    c.advance(Limits::LEASE_MS_DEFAULT + 1);
+    c.expire().await;
+    assert_eq!(c.get(a3).await.state(), JobState::Retrying);
+    c.lease_when_due("q", a3, 10).await;
+    drop(l_a3);
+}
+
+/// Leases take turns across groups: a group with many waiting jobs cannot starve one with a
+/// few, within one lease call and across calls. Jobs without a group take their turn as one
+/// more group.
+pub async fn limits_fair_turns_across_groups<H: Harness>(h: H) {
+    let c = Ctx::open(h).await;
+    let mut big = Vec::new();
+    for i in 0..40 {
+        big.push(c.insert_one(grouped("q", "big", &format!("big{i}"))).await);
+    }
+    let small: Vec<JobId> =
+        vec![c.insert_one(grouped("q", "small", "s1")).await, c.insert_one(grouped("q", "small", "s2")).await];
+
+    let four = lease_ids(&c, "q", 4).await;
+    assert_eq!(four.len(), 4);
+    assert_eq!(
+        four.iter().filter(|id| small.contains(id)).count(),
+        2,
+        "a lease of 4 over two groups takes turns: {four:?} (small = {small:?})"
+    );
+    let small_first: Vec<JobId> = four.iter().copied().filter(|id| small.contains(id)).collect();
+    assert_eq!(small_first, small, "within a group, jobs keep their lease order");
+
+    // Across single leases, a newly arrived small group's job waits at most one turn.
+    let s3 = c.insert_one(grouped("q", "small", "s3")).await;
+    let next: Vec<JobId> = [lease_ids(&c, "q", 1).await, lease_ids(&c, "q", 1).await].concat();
+    assert!(next.contains(&s3), "the small group's new job runs within two single leases: {next:?}");
+}
+
+/// A queue's `rate` is a token bucket on the store's clock: a burst, then the steady rate; held
+/// back jobs stay available and uncharged.
+pub async fn limits_queue_rate<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    let rate = Rate { limit: 2, per_ms: 1_000, burst: 2 };
+    set_limits(&c, "q", FlowLimitsChange { rate: Some(Some(rate)), ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(c.insert_one(new_job("q", &i.to_string())).await);
+    }
+    assert_eq!(lease_ids(&c, "q", 10).await, ids[..2].to_vec(), "the burst");
+    c.advance(100);
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new(), "the bucket is empty");
+    assert_waiting_uncharged(&c, &ids[2..]).await;
+    c.advance(400);
+    assert_eq!(lease_ids(&c, "q", 10).await, vec![ids[2]], "one token every 500 ms");
+    c.advance(499);
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new());
+    c.advance(1);
+    assert_eq!(lease_ids(&c, "q", 10).await, vec![ids[3]]);
+    // A quiet spell refills the bucket to its burst, no further.
+    c.advance(60_000);
+    assert_eq!(lease_ids(&c, "q", 10).await, ids[4..6].to_vec());
+}
+
+/// `group_rate` gives each group its own bucket: one group's flood does not spend another's.
+pub async fn limits_group_rate<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    let rate = Rate { limit: 1, per_ms: 1_000, burst: 1 };
+    set_limits(&c, "q", FlowLimitsChange { group_rate: Some(Some(rate)), ..Default::default() }).await;
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for i in 0..3 {
+        a.push(c.insert_one(grouped("q", "a", &format!("a{i}"))).await);
+        b.push(c.insert_one(grouped("q", "b", &format!("b{i}"))).await);
+    }
+    let plain = c.insert_one(new_job("q", "plain")).await;
+    let mut first = lease_ids(&c, "q", 10).await;
+    first.sort();
+    assert_eq!(first, vec![a[0], b[0], plain], "one per group bucket; ungrouped jobs have no group rate");
+    c.advance(999);
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new());
+    assert_waiting_uncharged(&c, &[a[1], b[1]]).await;
+    c.advance(1);
+    let mut second = lease_ids(&c, "q", 10).await;
+    second.sort();
+    assert_eq!(second, vec![a[1], b[1]]);
+}
+
+/// Limits are queue options: set, read back, cleared with `null`, validated with the field and
+/// the limit named, and kept across a restart together with the running jobs they count.
+pub async fn limits_configure_validate_and_restart<H: Harness>(h: H) {
+    let mut c = Ctx::open(h).await;
+    let rate = Rate { limit: 5, per_ms: 60_000, burst: 10 };
+    let all = FlowLimitsChange {
+        concurrency_max: Some(Some(3)),
+        group_concurrency_max: Some(Some(1)),
+        rate: Some(Some(rate)),
+        group_rate: Some(Some(Rate { limit: 1, per_ms: 1_000, burst: 1 })),
+    };
+    let limits = set_limits(&c, "q", all).await;
+    assert_eq!(limits.concurrency_max, Some(3));
+    assert_eq!(limits.rate, Some(rate));
+    // Other options leave the limits alone.
+    let p = QueueConfigure { lease_ms: Some(10_000), ..QueueConfigure::new(c.now, super::q("q")) };
+    assert_eq!(c.configure(p).await.unwrap().limits, limits);
+
+    for (change, field) in [
+        (FlowLimitsChange { concurrency_max: Some(Some(0)), ..Default::default() }, "concurrency_max"),
+        (
+            FlowLimitsChange {
+                group_concurrency_max: Some(Some(Limits::CONCURRENCY_MAX_MAX + 1)),
+                ..Default::default()
+            },
+            "group_concurrency_max",
+        ),
+        (
+            FlowLimitsChange { rate: Some(Some(Rate { limit: 0, per_ms: 1, burst: 1 })), ..Default::default() },
+            "rate.limit",
+        ),
+        (
+            FlowLimitsChange {
+                group_rate: Some(Some(Rate { limit: 1, per_ms: Limits::RATE_PER_MS_MAX + 1, burst: 1 })),
+                ..Default::default()
+            },
+            "group_rate.per_ms",
+        ),
+    ] {
+        let p = QueueConfigure { limits: change, ..QueueConfigure::new(c.now, super::q("q")) };
+        assert_invalid(c.store().queue_configure(p).await, field);
+        assert_eq!(c.stats("q").await.config.limits, limits, "a refused change changes nothing");
+    }
+
+    // The running jobs a limit counts are recounted after a restart.
+    set_limits(&c, "q", FlowLimitsChange { concurrency_max: Some(Some(1)), rate: Some(None), ..Default::default() })
+        .await;
+    let j1 = c.insert_one(grouped("q", "g", "1")).await;
+    let j2 = c.insert_one(grouped("q", "h", "2")).await;
+    c.lease_one("q", j1).await;
+    c.restart().await;
+    let limits = c.stats("q").await.config.limits;
+    assert_eq!(limits.concurrency_max, Some(1));
+    assert_eq!(limits.rate, None);
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new(), "the running job still holds the permit");
+    c.advance(Limits::LEASE_MS_DEFAULT + 1);
+    c.expire().await;
+    c.advance(60_000);
+    let got = lease_ids(&c, "q", 10).await;
+    assert_eq!(got.len(), 1, "one runs again: {got:?}");
+    assert!(got == vec![j1] || got == vec![j2]);
+
+    // Clearing every limit.
+    let none = FlowLimitsChange {
+        concurrency_max: Some(None),
+        group_concurrency_max: Some(None),
+        rate: Some(None),
+        group_rate: Some(None),
+    };
+    assert!(set_limits(&c, "q", none).await.is_unlimited());
+}
+
+/// Limits compose with ordering keys: a key still runs one job at a time inside its group, and a
+/// group at its limit holds back its keyed jobs too.
+pub async fn limits_with_ordering_keys<H: Harness>(h: H) {
+    let c = Ctx::open(h).await;
+    set_limits(&c, "q", FlowLimitsChange { group_concurrency_max: Some(Some(2)), ..Default::default() }).await;
+    let keyed = |key: &str, group: &str, body: &str| NewJob {
+        ordering_key: Some(key.into()),
+        group_key: Some(group.into()),
+        ..new_job("q", body)
+    };
+    let k1 = c.insert_one(keyed("k", "g", "k1")).await;
+    let k2 = c.insert_one(keyed("k", "g", "k2")).await;
+    let m1 = c.insert_one(keyed("m", "g", "m1")).await;
+    let n1 = c.insert_one(keyed("n", "g", "n1")).await;
+    let leased = c.lease(&["q"], 10).await;
+    let mut got = ids_of(&leased);
+    got.sort();
+    assert_eq!(got, vec![k1, m1], "k2 waits for k1; n1 waits for the group's permit");
+    assert_waiting_uncharged(&c, &[k2, n1]).await;
+    let l_k1 = leased.iter().find(|l| l.id == k1).unwrap();
+    c.complete(k1, l_k1.lease).await.unwrap();
+    let next = lease_ids(&c, "q", 10).await;
+    assert_eq!(next.len(), 1);
+    assert!(next == vec![k2] || next == vec![n1], "{next:?}");
+}
