@@ -255,6 +255,62 @@ impl From<&dray_core::Job> for Job {
                 .map(|t| JobScheduleTick { name: t.name.to_string(), at: timestamp_string(t.at) }),
             history: j.history.iter().map(Into::into).collect(),
             history_dropped: j.history_dropped,
+            waiting: None,
+        }
+    }
+}
+
+impl From<&dray_store::Waiting> for JobWaiting {
+    fn from(w: &dray_store::Waiting) -> JobWaiting {
+        use dray_store::Waiting as W;
+        let none = JobWaiting {
+            reason: WaitingReason::Paused,
+            detail: String::new(),
+            key: None,
+            behind: None,
+            running: None,
+            limit: None,
+            until: None,
+        };
+        match w {
+            W::Paused => JobWaiting { detail: "the queue is paused".into(), ..none },
+            W::OrderingKey { key, behind } => JobWaiting {
+                reason: WaitingReason::OrderingKey,
+                detail: format!("waiting for job {behind} of ordering key {key}"),
+                key: Some(key.to_string()),
+                behind: Some(behind.0),
+                ..none
+            },
+            W::Concurrency { running, max } => JobWaiting {
+                reason: WaitingReason::Concurrency,
+                detail: format!("the queue is at its concurrency limit ({running} running, concurrency_max {max})"),
+                running: Some(*running),
+                limit: Some(*max),
+                ..none
+            },
+            W::GroupConcurrency { group, running, max } => JobWaiting {
+                reason: WaitingReason::GroupConcurrency,
+                detail: format!(
+                    "group {group} is at its concurrency limit ({running} running, group_concurrency_max {max})"
+                ),
+                key: Some(group.to_string()),
+                running: Some(*running),
+                limit: Some(*max),
+                ..none
+            },
+            W::Rate { until } => JobWaiting {
+                reason: WaitingReason::Rate,
+                detail: format!("rate limited until {}", timestamp_string(*until)),
+                until: Some(timestamp_string(*until)),
+                ..none
+            },
+            W::GroupRate { group, until } => JobWaiting {
+                reason: WaitingReason::GroupRate,
+                detail: format!("group {group} is rate limited until {}", timestamp_string(*until)),
+                key: Some(group.to_string()),
+                until: Some(timestamp_string(*until)),
+                ..none
+            },
         }
     }
 }

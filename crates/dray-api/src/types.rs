@@ -363,6 +363,42 @@ pub struct Job {
     pub history: Vec<HistoryEntry>,
     /// Oldest entries dropped to keep the history bounded (the first entry is always kept).
     pub history_dropped: u32,
+    /// Why an available job is not running yet, beyond waiting its turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<JobWaiting>,
+}
+
+/// What holds an available job back: the first reason the next lease would give.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobWaiting {
+    pub reason: WaitingReason,
+    /// The same, for people: "waiting for job 41 of ordering key order-7".
+    pub detail: String,
+    /// The ordering key or group key concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The job of the ordering key it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
+    /// Running jobs and the limit, for a concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// When the rate allows the next lease, for a rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingReason {
+    Paused,
+    OrderingKey,
+    Concurrency,
+    GroupConcurrency,
+    Rate,
+    GroupRate,
 }
 
 /// The schedule and tick instant a job was enqueued for (for a trigger, the trigger's time).

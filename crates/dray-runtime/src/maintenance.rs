@@ -341,6 +341,9 @@ mod tests {
         async fn job_get(&self, _: JobId) -> Result<Option<Job>, Error> {
             panic!("maintenance must not call this: it never reads jobs")
         }
+        async fn job_waiting(&self, _: JobId, _: Timestamp) -> Result<Option<dray_store::Waiting>, Error> {
+            panic!("maintenance must not call this: it never reads jobs")
+        }
         async fn job_list(&self, _: JobList) -> Result<JobPage, Error> {
             panic!("maintenance must not call this: it never lists jobs")
         }

@@ -53,6 +53,7 @@ export async function renderJob(main, params, id) {
     const summary = h('div', { class: 'panel' }, h('h2', {}, 'Job'), h('dl', { class: 'fields', id: 'job-fields' },
       field('queue', h('a', { href: `#/queues/${encodeURIComponent(job.queue)}` }, job.queue)),
       field('state', [badge(job.state), job.dead_reason ? ` ${job.dead_reason}` : '', job.cancel_requested ? ' (cancel requested)' : '']),
+      ...(job.waiting ? field('waiting', h('span', { id: 'job-waiting', class: 'warn' }, job.waiting.detail)) : []),
       field('attempt', `${job.attempt} of ${job.attempts_max}`),
       field('priority', String(job.priority)),
       field('created', time(job.created_at)),
@@ -64,6 +65,7 @@ export async function renderJob(main, params, id) {
       field('tags', job.tags.length ? job.tags.map((t) => [badge(t, 'tag'), ' ']) : h('span', { class: 'muted' }, '—')),
       field('idempotency key', job.idempotency_key ?? '—'),
       field('ordering key', job.ordering_key ?? '—'),
+      field('group key', job.group_key ?? '—'),
       field('traceparent', job.traceparent ? h('code', {}, job.traceparent) : '—')));
 
     const l = job.lease;

@@ -71,7 +71,22 @@ export async function renderQueue(main, params, name) {
       h('dt', {}, 'lease_ms'), h('dd', {}, duration(queue.lease_ms)),
       h('dt', {}, 'retention_ms'), h('dd', {}, duration(queue.retention_ms)),
       h('dt', {}, 'retention_dead_ms'), h('dd', {}, duration(queue.retention_dead_ms)),
+      h('dt', {}, 'ordering_dead'), h('dd', {}, queue.ordering_dead),
+      h('dt', {}, 'concurrency_max'), h('dd', { id: 'queue-concurrency-max' }, limit(queue.concurrency_max, queue.counts.running)),
+      h('dt', {}, 'group_concurrency_max'), h('dd', {}, limit(queue.group_concurrency_max)),
+      h('dt', {}, 'rate'), h('dd', { id: 'queue-rate' }, rateText(queue.rate)),
+      h('dt', {}, 'group_rate'), h('dd', {}, rateText(queue.group_rate)),
       h('dt', {}, 'oldest dead'), h('dd', {}, time(queue.oldest_dead_at))));
+  }
+
+  function limit(max, running) {
+    if (max == null) return h('span', { class: 'muted' }, 'none');
+    return running == null ? count(max) : `${count(running)} running of ${count(max)}`;
+  }
+
+  function rateText(r) {
+    if (!r) return h('span', { class: 'muted' }, 'none');
+    return `${count(r.limit)} per ${duration(r.per_ms)}, burst ${count(r.burst ?? r.limit)}`;
   }
 
   function drawActivity(a, r) {

@@ -255,7 +255,11 @@ async fn job_get(
 ) -> Result<Json<Job>, ApiError> {
     let job = app.store.job_get(id).await?.ok_or(ApiError::job_not_found(id.0))?;
     principal.check(ScopeKind::Read, &job.queue)?;
-    Ok(Json((&job).into()))
+    let mut view: Job = (&job).into();
+    if job.state() == dray_core::JobState::Available {
+        view.waiting = app.store.job_waiting(id, app.clock.now()).await?.as_ref().map(Into::into);
+    }
+    Ok(Json(view))
 }
 
 /// Cancel a job: a waiting job at once; a running job's worker is asked to stop (its next

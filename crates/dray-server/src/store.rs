@@ -124,6 +124,10 @@ impl Store for AnyStore {
         delegate!(self.job_get(id))
     }
 
+    async fn job_waiting(&self, id: JobId, now: dray_core::Timestamp) -> Result<Option<dray_store::Waiting>, Error> {
+        delegate!(self.job_waiting(id, now))
+    }
+
     async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
         delegate!(self.job_list(p))
     }

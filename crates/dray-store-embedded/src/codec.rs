@@ -894,12 +894,61 @@ mod tests {
             Record::QueueUpsert(read) => assert_eq!(read, config),
             other => panic!("decoded {other:?}"),
         }
-        buf.pop();
+        // The four flow-limit fields, absent, are one byte each.
+        buf.truncate(buf.len() - 5);
         match decode(&buf, &mut Names::default()).unwrap() {
             Record::QueueUpsert(read) => {
                 assert_eq!(read, QueueConfig { ordering_dead: OrderingDead::Block, ..config })
             }
             other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// Flow limits round-trip; a queue record written before them has none.
+    #[test]
+    fn queue_record_flow_limits_are_optional_trailing_fields() {
+        let mut config = QueueConfig::new(QueueName::new("q").unwrap());
+        config.limits = FlowLimits {
+            concurrency_max: Some(7),
+            group_concurrency_max: Some(1),
+            rate: Some(dray_core::Rate { limit: 10, per_ms: 1_000, burst: 20 }),
+            group_rate: None,
+        };
+        let mut buf = Vec::new();
+        encode_queue_upsert(&mut buf, &config);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert_eq!(read, config),
+            other => panic!("decoded {other:?}"),
+        }
+        let mut old = Vec::new();
+        encode_queue_upsert(&mut old, &QueueConfig::new(QueueName::new("q").unwrap()));
+        old.truncate(old.len() - 4);
+        match decode(&old, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert!(read.limits.is_unlimited()),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// A job record keeps its group key, with or without a schedule tick, and a record written
+    /// before group keys (ending after the history, or with the tick alone) still reads.
+    #[test]
+    fn job_record_group_key_follows_the_extension_mark() {
+        let base = dray_core::NewJob::new(QueueName::new("q").unwrap(), dray_core::Payload::new(b"{}".to_vec()))
+            .into_job(JobId(9), Timestamp(5), dray_core::RetryPolicy::default(), 30_000);
+        let tick = ScheduleTick { name: ScheduleName::new("nightly").unwrap(), at: Timestamp(3) };
+        for (group, schedule) in [
+            (None, None),
+            (None, Some(tick.clone())),
+            (Some("customer-1"), None),
+            (Some("customer-1"), Some(tick.clone())),
+        ] {
+            let job = Job { group_key: group.map(Into::into), schedule, ..base.clone() };
+            let mut buf = Vec::new();
+            encode_job_insert(&mut buf, &job);
+            match decode(&buf, &mut Names::default()).unwrap() {
+                Record::JobInsert(read) => assert_eq!(*read, job),
+                other => panic!("decoded {other:?}"),
+            }
         }
     }
 }

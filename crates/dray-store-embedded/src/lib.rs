@@ -10,6 +10,7 @@ pub mod fs;
 pub mod wal;
 
 mod codec;
+mod lanes;
 mod open;
 mod schedule;
 mod state;

@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dray_core::{
     FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
 };
-use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord};
+use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord, WaitFacts};
 
 use crate::codec::Record;
+use crate::lanes::{Entry, Lanes};
 
 /// Fencing tokens are `epoch << EPOCH_SHIFT | counter`. Every open of the store starts a new epoch
 /// (logged durably before the store serves), so tokens stay strictly increasing across restarts
@@ -32,10 +33,11 @@ pub(crate) struct QueueState {
     pub config: QueueConfig,
     /// Every job of the queue by state, in id order: for counts and listing.
     pub ids: [BTreeSet<JobId>; 7],
-    /// Eligible available jobs in lease order: higher priority, then earlier run time, then enqueue
-    /// order. An available job with an ordering key is here only while it is its key's head and
-    /// none of the key's jobs runs (see `keys`), so a lease never walks past blocked jobs.
-    pub available: BTreeSet<(Reverse<i16>, Timestamp, JobId)>,
+    /// Eligible available jobs in lanes per group key that take turns (`lanes.rs`), each in
+    /// lease order: higher priority, then earlier run time, then enqueue order. An available job
+    /// with an ordering key is here only while it is its key's head and none of the key's jobs
+    /// runs (see `keys`), so a lease never walks past blocked jobs.
+    pub lanes: Lanes,
     /// Per ordering key, the jobs that hold the key back: strict FIFO within a key.
     pub keys: HashMap<Box<str>, KeyState>,
     /// Scheduled and retrying jobs by the time they become due.
@@ -46,26 +48,29 @@ pub(crate) struct QueueState {
     pub dead: BTreeSet<(Timestamp, JobId)>,
 }
 
+/// A blocking job's place in `lanes` when it is available, and its group.
+pub(crate) type KeyPlace = (Option<(Reverse<i16>, Timestamp)>, Option<Box<str>>);
+
 /// One ordering key's blocking jobs. A key's jobs run one at a time in id order: the job with
 /// the smallest id among the blocking ones (scheduled, available, running, retrying, and dead
 /// unless the queue skips dead jobs) is the head, and it may be leased only when it is available
 /// and no job of the key runs (a job redriven behind a later running one waits for it).
 #[derive(Debug, Default)]
 pub(crate) struct KeyState {
-    /// Blocking jobs by id, with their place in `available` when they are available.
-    pub blocking: BTreeMap<JobId, Option<(Reverse<i16>, Timestamp)>>,
+    /// Blocking jobs by id, with their place in `lanes` when they are available, and their group.
+    pub blocking: BTreeMap<JobId, KeyPlace>,
     /// How many of the key's jobs run.
     pub running: u32,
 }
 
 impl KeyState {
-    /// The key's job that may be leased now, as its `available` entry.
-    fn eligible(&self) -> Option<(Reverse<i16>, Timestamp, JobId)> {
+    /// The key's job that may be leased now, as its `lanes` entry and group.
+    fn eligible(&self) -> Option<(Entry, Option<Box<str>>)> {
         if self.running > 0 {
             return None;
         }
-        let (id, place) = self.blocking.first_key_value()?;
-        place.map(|(p, at)| (p, at, *id))
+        let (id, (place, group)) = self.blocking.first_key_value()?;
+        place.map(|(p, at)| ((p, at, *id), group.clone()))
     }
 }
 
@@ -81,9 +86,9 @@ fn blocks(state: JobState, ordering_dead: OrderingDead) -> bool {
 impl QueueState {
     fn new(config: QueueConfig) -> QueueState {
         QueueState {
+            lanes: Lanes::new(config.limits),
             config,
             ids: Default::default(),
-            available: BTreeSet::new(),
             keys: HashMap::new(),
             waiting: BTreeSet::new(),
             finished: BTreeSet::new(),
@@ -198,7 +203,12 @@ impl State {
                     index(q, &mut self.running, &self.jobs[id]);
                 }
             }
-            Some(q) => q.config = config,
+            Some(q) => {
+                if q.config.limits != config.limits {
+                    q.lanes.limits_set(config.limits);
+                }
+                q.config = config;
+            }
             None => {
                 self.queues.insert(config.name.clone(), QueueState::new(config));
             }
@@ -319,6 +329,27 @@ impl State {
         Ok(())
     }
 
+    /// What holds `job` of `q` back at `now`, for `dray_store::WaitFacts::waiting`.
+    pub fn wait_facts(&self, q: &QueueState, job: &Job, now: Timestamp) -> WaitFacts {
+        let key_blocker = job.ordering_key.as_ref().and_then(|key| {
+            let k = q.keys.get(key)?;
+            let head = *k.blocking.keys().next()?;
+            if head != job.id {
+                return Some(head);
+            }
+            // The head itself waits while a later job of its key (redriven behind it) runs.
+            k.blocking.keys().copied().find(|id| self.jobs.get(id).is_some_and(|j| j.state() == JobState::Running))
+        });
+        let group = job.group_key.as_deref();
+        WaitFacts {
+            key_blocker,
+            queue_running: q.ids[JobState::Running.index()].len() as u64,
+            group_running: group.map_or(0, |g| u64::from(q.lanes.group_running(g))),
+            queue_rate_until: q.lanes.queue_rate_ready(now).err(),
+            group_rate_until: group.and_then(|g| q.lanes.group_rate_until(g, now)),
+        }
+    }
+
     /// Jobs matching `filter` with an id above `after`, in id order, at most `limit`.
     /// Jobs matching `filter`, at most `limit`: in id order after `after`, or (`newest_first`)
     /// in reverse id order before `after`.
@@ -412,7 +443,7 @@ fn key_index(q: &mut QueueState, job: &Job, key: &str, add: bool) {
     let running = u32::from(s.state == JobState::Running);
     if add {
         let place = (s.state == JobState::Available).then_some((Reverse(job.priority), s.run_at));
-        let fresh = k.blocking.insert(job.id, place).is_none();
+        let fresh = k.blocking.insert(job.id, (place, job.group_key.clone())).is_none();
         debug_assert!(fresh, "job {} blocks its key twice", job.id);
         k.running += running;
     } else {
@@ -426,12 +457,12 @@ fn key_index(q: &mut QueueState, job: &Job, key: &str, add: bool) {
         q.keys.remove(key);
     }
     if before != after {
-        if let Some(e) = before {
-            let removed = q.available.remove(&e);
+        if let Some((e, group)) = before {
+            let removed = q.lanes.remove(group.as_deref(), &e);
             debug_assert!(removed, "the eligible job {} of a key was not available", e.2);
         }
-        if let Some(e) = after {
-            q.available.insert(e);
+        if let Some((e, group)) = after {
+            q.lanes.insert(group.as_deref(), e);
         }
     }
 }
@@ -450,12 +481,15 @@ fn index(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &J
         JobState::Available => {
             // A keyed job is in `available` only while its key lets it run (`key_index`).
             if job.ordering_key.is_none() {
-                q.available.insert((Reverse(job.priority), s.run_at, job.id));
+                q.lanes.insert(job.group_key.as_deref(), (Reverse(job.priority), s.run_at, job.id));
             }
         }
         JobState::Running => {
             let lease = s.lease.as_ref().expect("a running job holds a lease");
             running.insert((lease.deadline, job.id));
+            if let Some(group) = &job.group_key {
+                q.lanes.running_changed(group, true);
+            }
         }
         JobState::Completed | JobState::Cancelled => {
             q.finished.insert((s.finished_at.expect("a finished job has a finish time"), job.id));
@@ -475,8 +509,13 @@ fn unindex(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: 
     let removed_too = match s.state {
         JobState::Scheduled | JobState::Retrying => q.waiting.remove(&(s.run_at, job.id)),
         JobState::Available if job.ordering_key.is_some() => true,
-        JobState::Available => q.available.remove(&(Reverse(job.priority), s.run_at, job.id)),
-        JobState::Running => running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id)),
+        JobState::Available => q.lanes.remove(job.group_key.as_deref(), &(Reverse(job.priority), s.run_at, job.id)),
+        JobState::Running => {
+            if let Some(group) = &job.group_key {
+                q.lanes.running_changed(group, false);
+            }
+            running.remove(&(s.lease.as_ref().expect("a running job holds a lease").deadline, job.id))
+        }
         JobState::Completed | JobState::Cancelled => {
             q.finished.remove(&(s.finished_at.expect("a finished job has a finish time"), job.id))
         }
@@ -493,6 +532,7 @@ pub(crate) fn job_bytes(job: &Job) -> u64 {
         + job.payload.len() as u64
         + job.idempotency_key.as_ref().map_or(0, |k| k.len() as u64)
         + job.ordering_key.as_ref().map_or(0, |k| k.len() as u64)
+        + job.group_key.as_ref().map_or(0, |k| k.len() as u64)
         + job.tags.iter().map(|t| t.len() as u64 + 16).sum::<u64>()
         + job.traceparent.as_ref().map_or(0, |t| t.len() as u64)
         + opt(&s.checkpoint)

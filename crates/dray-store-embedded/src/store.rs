@@ -19,6 +19,7 @@ use dray_store::{
 };
 
 use crate::codec;
+use crate::lanes::Entry;
 use crate::open::Inner;
 use crate::state::{State, job_bytes, summary};
 use crate::wal::Wal;
@@ -422,11 +423,31 @@ impl Store for EmbeddedStore {
                 }
                 promote_queue(state, changes, queue, now, Limits::LEASE_JOBS_MAX)?;
             }
+            for queue in &open {
+                state.queues.get_mut(*queue).expect("an open queue exists").lanes.tick(now);
+            }
             let mut out = Vec::with_capacity(count_max.min(64));
             while out.len() < count_max {
-                // The best head across the queues asked for.
-                let best = open.iter().filter_map(|q| state.queues[*q].available.first().copied()).min();
-                let Some((_, _, id)) = best else { break };
+                // The best job whose turn it is across the queues asked for, within each queue's
+                // concurrency limit and rate.
+                let mut best: Option<(Entry, &dray_core::QueueName)> = None;
+                for queue in &open {
+                    let q = state.queues.get_mut(*queue).expect("an open queue exists");
+                    let limits = q.config.limits;
+                    let running = q.ids[JobState::Running.index()].len() as u64;
+                    if limits.concurrency_max.is_some_and(|max| running >= u64::from(max))
+                        || q.lanes.queue_rate_ready(now).is_err()
+                    {
+                        continue;
+                    }
+                    if let Some(e) = q.lanes.next(now)
+                        && best.is_none_or(|(b, _)| e < b)
+                    {
+                        best = Some((e, queue));
+                    }
+                }
+                let Some(((_, _, id), queue)) = best else { break };
+                state.queues.get_mut(queue).expect("an open queue exists").lanes.taken(now);
                 let token = token_next(state, changes)?;
                 let lease_id = state.lease_ids.next();
                 let event = Event::Lease { id: lease_id, token, worker: &worker, lease_ms };
@@ -554,6 +575,15 @@ impl Store for EmbeddedStore {
 
     async fn job_get(&self, id: JobId) -> Result<Option<Job>, Error> {
         self.read(|state| Ok(state.jobs.get(&id).cloned())).await
+    }
+
+    async fn job_waiting(&self, id: JobId, now: Timestamp) -> Result<Option<dray_store::Waiting>, Error> {
+        self.read(move |state| {
+            let Some(job) = state.jobs.get(&id) else { return Ok(None) };
+            let Some(q) = state.queues.get(&job.queue) else { return Ok(None) };
+            Ok(state.wait_facts(q, job, now).waiting(job, &q.config, now))
+        })
+        .await
     }
 
     async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {

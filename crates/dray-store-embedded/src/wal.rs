@@ -2040,8 +2040,12 @@ mod tests {
         fs.set_files_exhausted(true);
         // The first two records end segment 1; these go to segment 2, which cannot be created.
         let before = wal.commit();
-        append(&wal, &record(2));
-        let err = wal.commit().wait().expect_err("no descriptors");
+        // The writer may meet the failed rotation before this append (it rotates as soon as
+        // the segment is full): then the append itself reports it.
+        let err = match wal.append(|b| b.extend_from_slice(&record(2))) {
+            Err(e) => e,
+            Ok(()) => wal.commit().wait().expect_err("no descriptors"),
+        };
         assert_eq!(err.io_error().raw_os_error(), Some(libc::EMFILE), "{err}");
         assert!(err.is_recoverable(), "{err}");
         // The commit covering only the old segment's records was durable before the failure.

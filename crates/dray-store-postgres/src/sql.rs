@@ -275,6 +275,27 @@ WHERE h.job_id = u.id AND h.seq > 1 AND h.seq <= u.version - {history_newest_kep
 const NOTIFY: &str = "SELECT pg_notify($1::text, q) FROM unnest($2::text[]) AS q";
 
 /// A job with its kept history, in one statement (one snapshot).
+/// What holds an available job `$1` back at `$2` (`dray_store::WaitFacts`): its queue, the
+/// earliest job of its ordering key in its way, the running jobs its limits count, and the
+/// rate buckets (see `rate_buckets`: the queue's own under the group `''`).
+const JOB_WAITING: &str = "
+SELECT {job_columns}, {queue_columns},
+    (floor(extract(epoch FROM coalesce($2::timestamptz, now())) * 1000))::bigint AS now_ms,
+    (SELECT min(e.id) FROM {s}.jobs e
+     WHERE j.ordering_key IS NOT NULL AND e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.id <> j.id
+       AND (e.state = 'running'
+            OR (e.id < j.id AND (e.state IN ('scheduled', 'available', 'retrying')
+                                 OR (e.state = 'dead' AND q.ordering_dead = 'block'))))) AS key_blocker,
+    CASE WHEN q.concurrency_max IS NOT NULL THEN
+        (SELECT count(*) FROM {s}.jobs r WHERE r.queue = j.queue AND r.state = 'running') ELSE 0 END AS queue_running,
+    CASE WHEN q.group_concurrency_max IS NOT NULL AND j.group_key IS NOT NULL THEN
+        (SELECT count(*) FROM {s}.jobs r WHERE r.queue = j.queue AND r.group_key = j.group_key AND r.state = 'running')
+    ELSE 0 END AS group_running,
+    (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = j.queue AND b.group_key = '') AS queue_tat,
+    (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = j.queue AND b.group_key = j.group_key) AS group_tat
+FROM {s}.jobs j JOIN {s}.queues q ON q.name = j.queue
+WHERE j.id = $1::bigint";
+
 const JOB_GET: &str = "
 SELECT {job_columns}, j.payload, h.seqs, h.ats, h.kinds, h.states, h.attempts, h.tokens, h.workers, h.errors,
        h.run_ats
@@ -530,6 +551,7 @@ pub(crate) struct Sql {
     pub history_trim: String,
     pub notify: String,
     pub job_get: String,
+    pub job_waiting: String,
     pub expire_select: String,
     pub promote_select: String,
     pub prune: String,
@@ -578,6 +600,7 @@ impl Sql {
             history_trim: r(HISTORY_TRIM),
             notify: r(NOTIFY),
             job_get: r(JOB_GET),
+            job_waiting: r(JOB_WAITING),
             expire_select: r(EXPIRE_SELECT),
             promote_select: r(PROMOTE_SELECT),
             prune: r(PRUNE),

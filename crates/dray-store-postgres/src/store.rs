@@ -1705,6 +1705,32 @@ impl Store for PostgresStore {
         Ok(Some(job))
     }
 
+    async fn job_waiting(&self, id: JobId, now: dray_core::Timestamp) -> Result<Option<dray_store::Waiting>, Error> {
+        let Some(sql_id) = id_to_sql(id) else { return Ok(None) };
+        let now = self.now_param(now);
+        let row = on_client!(self, |client| async {
+            let st = prep_client(&client, &self.sql.job_waiting).await?;
+            client.query_opt(&st, &[&sql_id, &now]).await.map_err(db_error)
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let job = job_from_row(&row, Payload::new(Vec::new()))?;
+        let config = crate::row::queue_from_row(&row)?;
+        let now = dray_core::Timestamp(get(&row, "now_ms")?);
+        let count = |column: &str| -> Result<u64, Error> {
+            let n: i64 = get(&row, column)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        let until = |rate: Option<dray_core::Rate>, tat: Option<i64>| rate.and_then(|r| r.ready(tat, now).err());
+        let facts = dray_store::WaitFacts {
+            key_blocker: get::<Option<i64>>(&row, "key_blocker")?.map(|id| JobId(id as u64)),
+            queue_running: count("queue_running")?,
+            group_running: count("group_running")?,
+            queue_rate_until: until(config.limits.rate, get(&row, "queue_tat")?),
+            group_rate_until: until(config.limits.group_rate, get(&row, "group_tat")?),
+        };
+        Ok(facts.waiting(&job, &config, now))
+    }
+
     async fn job_list(&self, p: JobList) -> Result<JobPage, Error> {
         p.validate()?;
         let after = match (p.after, p.newest_first) {

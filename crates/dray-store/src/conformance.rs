@@ -179,6 +179,7 @@ macro_rules! conformance_suite {
             limits_group_rate,
             limits_configure_validate_and_restart,
             limits_with_ordering_keys,
+            limits_waiting_reasons,
             // Schedules.
             schedule_put_get_list_delete,
             schedule_put_validates,

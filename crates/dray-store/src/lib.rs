@@ -22,7 +22,7 @@ pub use params::*;
 pub use schedule::*;
 pub use token::*;
 
-use dray_core::{Job, JobId, QueueName, Schedule, ScheduleName};
+use dray_core::{Job, JobId, QueueName, Schedule, ScheduleName, Timestamp};
 
 /// A durable home for jobs. Implementations: `dray-store-embedded` (default) and
 /// `dray-store-postgres`.
@@ -63,6 +63,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job with its whole history, or `None`.
     fn job_get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, Error>> + Send;
+
+    /// Why an available job is held back at `now` (see [`Waiting`]); `None` when it is not
+    /// available, unknown, or only waits its turn.
+    fn job_waiting(&self, id: JobId, now: Timestamp) -> impl Future<Output = Result<Option<Waiting>, Error>> + Send;
 
     /// Jobs matching a filter, in id (enqueue) order, one bounded page at a time.
     fn job_list(&self, p: JobList) -> impl Future<Output = Result<JobPage, Error>> + Send;

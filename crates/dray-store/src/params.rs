@@ -677,3 +677,71 @@ pub fn payload_checked(
         _ => Ok(()),
     }
 }
+
+/// Why an available job is not running yet, beyond waiting its turn: what the store's lease
+/// would hold it back for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The queue is paused.
+    Paused,
+    /// An earlier job of its ordering key (`behind`) has not finished, or one of the key's jobs runs.
+    OrderingKey { key: Box<str>, behind: JobId },
+    /// The queue runs `running` jobs, at its `concurrency_max`.
+    Concurrency { running: u64, max: u32 },
+    /// The job's group runs `running` jobs, at the queue's `group_concurrency_max`.
+    GroupConcurrency { group: Box<str>, running: u64, max: u32 },
+    /// The queue's rate bucket is empty until `until`.
+    Rate { until: Timestamp },
+    /// The group's rate bucket is empty until `until`.
+    GroupRate { group: Box<str>, until: Timestamp },
+}
+
+/// What a store knows about an available job's surroundings, for [`WaitFacts::waiting`].
+#[derive(Clone, Debug, Default)]
+pub struct WaitFacts {
+    /// The earliest job of the job's ordering key that holds it back, if any.
+    pub key_blocker: Option<JobId>,
+    /// Running jobs of the queue and of the job's group (counted only where a limit applies).
+    pub queue_running: u64,
+    pub group_running: u64,
+    /// When the queue's and the group's rate buckets next allow a lease, if they are empty now
+    /// (from `dray_core::Rate::ready`).
+    pub queue_rate_until: Option<Timestamp>,
+    pub group_rate_until: Option<Timestamp>,
+}
+
+impl WaitFacts {
+    /// The first reason that holds `job` back under `config` at `now`, in the order the lease
+    /// checks them; `None` for a job that is not available or only waits its turn.
+    pub fn waiting(&self, job: &Job, config: &QueueConfig, now: Timestamp) -> Option<Waiting> {
+        if job.state() != JobState::Available {
+            return None;
+        }
+        let l = &config.limits;
+        if config.paused {
+            return Some(Waiting::Paused);
+        }
+        if let (Some(key), Some(behind)) = (&job.ordering_key, self.key_blocker) {
+            return Some(Waiting::OrderingKey { key: key.clone(), behind });
+        }
+        if let Some(max) = l.concurrency_max
+            && self.queue_running >= u64::from(max)
+        {
+            return Some(Waiting::Concurrency { running: self.queue_running, max });
+        }
+        if let (Some(group), Some(max)) = (&job.group_key, l.group_concurrency_max)
+            && self.group_running >= u64::from(max)
+        {
+            return Some(Waiting::GroupConcurrency { group: group.clone(), running: self.group_running, max });
+        }
+        if let Some(until) = self.queue_rate_until.filter(|until| l.rate.is_some() && *until > now) {
+            return Some(Waiting::Rate { until });
+        }
+        if let (Some(group), Some(until)) =
+            (&job.group_key, self.group_rate_until.filter(|until| l.group_rate.is_some() && *until > now))
+        {
+            return Some(Waiting::GroupRate { group: group.clone(), until });
+        }
+        None
+    }
+}

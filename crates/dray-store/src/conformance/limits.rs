@@ -272,3 +272,59 @@ pub async fn limits_with_ordering_keys<H: Harness>(h: H) {
     assert_eq!(next.len(), 1);
     assert!(next == vec![k2] || next == vec![n1], "{next:?}");
 }
+
+/// A held-back job says why: the store reports the first reason its lease would give.
+pub async fn limits_waiting_reasons<H: Harness>(h: H) {
+    use crate::Waiting;
+    let mut c = Ctx::open(h).await;
+    let why = async |c: &Ctx<H>, id: JobId| c.store().job_waiting(id, c.now).await.unwrap();
+
+    // Ordering key: the later job waits behind the earlier one.
+    let k1 = c.insert_one(NewJob { ordering_key: Some("k".into()), ..new_job("o", "k1") }).await;
+    let k2 = c.insert_one(NewJob { ordering_key: Some("k".into()), ..new_job("o", "k2") }).await;
+    assert_eq!(why(&c, k1).await, None, "the key's head only waits its turn");
+    assert_eq!(why(&c, k2).await, Some(Waiting::OrderingKey { key: "k".into(), behind: k1 }));
+    let l1 = c.lease_one("o", k1).await;
+    assert_eq!(why(&c, k1).await, None, "a running job is not waiting");
+    assert_eq!(why(&c, k2).await, Some(Waiting::OrderingKey { key: "k".into(), behind: k1 }));
+    c.complete(k1, l1.lease).await.unwrap();
+    assert_eq!(why(&c, k2).await, None);
+
+    // Concurrency, then group concurrency.
+    set_limits(
+        &c,
+        "q",
+        FlowLimitsChange { concurrency_max: Some(Some(2)), group_concurrency_max: Some(Some(1)), ..Default::default() },
+    )
+    .await;
+    let g1 = c.insert_one(grouped("q", "g", "g1")).await;
+    let g2 = c.insert_one(grouped("q", "g", "g2")).await;
+    c.lease_one("q", g1).await;
+    assert_eq!(why(&c, g2).await, Some(Waiting::GroupConcurrency { group: "g".into(), running: 1, max: 1 }));
+    let p1 = c.insert_one(new_job("q", "p1")).await;
+    let p2 = c.insert_one(new_job("q", "p2")).await;
+    c.lease_one("q", p1).await;
+    assert_eq!(why(&c, p2).await, Some(Waiting::Concurrency { running: 2, max: 2 }));
+
+    // Rates.
+    let rate = Rate { limit: 1, per_ms: 1_000, burst: 1 };
+    set_limits(&c, "r", FlowLimitsChange { rate: Some(Some(rate)), ..Default::default() }).await;
+    let r1 = c.insert_one(new_job("r", "r1")).await;
+    let r2 = c.insert_one(new_job("r", "r2")).await;
+    c.lease_one("r", r1).await;
+    assert_eq!(why(&c, r2).await, Some(Waiting::Rate { until: c.now.add_ms(1_000) }));
+    c.advance(1_000);
+    assert_eq!(why(&c, r2).await, None);
+
+    set_limits(&c, "gr", FlowLimitsChange { group_rate: Some(Some(rate)), ..Default::default() }).await;
+    let a1 = c.insert_one(grouped("gr", "a", "a1")).await;
+    let a2 = c.insert_one(grouped("gr", "a", "a2")).await;
+    c.lease_one("gr", a1).await;
+    assert_eq!(why(&c, a2).await, Some(Waiting::GroupRate { group: "a".into(), until: c.now.add_ms(1_000) }));
+
+    // A paused queue says so first.
+    let p = QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, super::q("gr")) };
+    c.configure(p).await.unwrap();
+    assert_eq!(why(&c, a2).await, Some(Waiting::Paused));
+    assert_eq!(why(&c, JobId(999_999)).await, None, "an unknown job waits for nothing");
+}

@@ -141,6 +141,12 @@ fn print_job(job: &Job) {
     if let Some(key) = &job.ordering_key {
         fields.add_row(["ordering key", key]);
     }
+    if let Some(key) = &job.group_key {
+        fields.add_row(["group key", key]);
+    }
+    if let Some(waiting) = &job.waiting {
+        fields.add_row(["waiting", &waiting.detail]);
+    }
     if let Some(traceparent) = &job.traceparent {
         fields.add_row(["traceparent", traceparent]);
     }
