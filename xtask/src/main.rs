@@ -10,6 +10,7 @@
 mod args;
 mod bench_driver;
 mod bench_http;
+mod bench_limits;
 mod bench_store;
 mod compare;
 mod counting_fs;
@@ -28,6 +29,7 @@ cargo xtask <command>
 Commands:
   bench store [WORKLOAD...] [FLAGS]   benchmark the embedded store in-process
   bench http [WORKLOAD...] [FLAGS]    benchmark `dray serve` end to end over HTTP
+  bench limits [FLAGS]                flow limiters' cost on the lease, and fairness across groups
   bench compare [FLAGS]               Dray against BullMQ, graphile-worker and pg-boss
   bench driver [FLAGS]                Dray's driver for `bench compare` (one measured run)
   help                                this text
@@ -59,6 +61,15 @@ fn main() -> anyhow::Result<()> {
             let opts =
                 http_args::HttpOptions::parse(rest).context("bad arguments (see `cargo xtask bench http --help`)")?;
             bench_http::run(&opts)
+        }
+        ["bench", "limits", rest @ ..] => {
+            if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {
+                print!("{}", bench_limits::BENCH_LIMITS_HELP);
+                return Ok(());
+            }
+            let opts = bench_limits::LimitsOptions::parse(rest)
+                .context("bad arguments (see `cargo xtask bench limits --help`)")?;
+            bench_limits::run(&opts)
         }
         ["bench", "compare", rest @ ..] => {
             if rest.iter().any(|a| matches!(*a, "--help" | "-h")) {

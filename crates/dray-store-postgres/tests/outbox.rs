@@ -125,7 +125,7 @@ async fn plain_sql_commit_makes_the_job_visible() {
         "BEGIN;
          INSERT INTO app_orders (id, total) VALUES (42, 990);
          SELECT dray.enqueue('emails', '{{\"order\": 42}}', '{{\"priority\": 5, \"tags\": [\"receipt\", \"eu\"],
-             \"traceparent\": \"{TRACEPARENT}\", \"ordering_key\": \"customer-7\", \"lease_ms\": 60000,
+             \"traceparent\": \"{TRACEPARENT}\", \"ordering_key\": \"customer-7\", \"group_key\": \"tenant-3\", \"lease_ms\": 60000,
              \"attempts_max\": 3, \"backoff\": {{\"base_ms\": 500, \"factor\": 3, \"cap_ms\": 10000}}}}');
          COMMIT;"
     );
@@ -145,6 +145,7 @@ async fn plain_sql_commit_makes_the_job_visible() {
     assert_eq!(job.tags.iter().map(|t| &**t).collect::<Vec<_>>(), ["receipt", "eu"]);
     assert_eq!(job.traceparent.as_deref(), Some(TRACEPARENT));
     assert_eq!(job.ordering_key.as_deref(), Some("customer-7"));
+    assert_eq!(job.group_key.as_deref(), Some("tenant-3"));
     assert!(before <= job.created_at && job.created_at <= after);
     assert_eq!(job.status.run_at, job.created_at);
     assert_eq!(job.history.len(), 1);
@@ -363,7 +364,7 @@ async fn invalid_options_name_the_field_and_the_limit() {
         (
             "q",
             r#"{"colour": "red", "priority": 1}"#,
-            "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, tags, traceparent",
+            "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, group_key, tags, traceparent",
         ),
         ("q", "[1]", "dray.enqueue: options must be a JSON object; got [1]"),
         ("bad queue", "{}", "dray.enqueue: queue contains ' '; allowed are ASCII letters, digits and _ - . :"),

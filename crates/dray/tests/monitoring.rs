@@ -57,6 +57,7 @@ const ALERT_NAMES: &[&str] = &[
     "DrayFsyncSlow",
     "DrayMemoryBudgetHigh",
     "DrayScheduleLate",
+    "DrayQueueAtConcurrencyLimit",
     "DrayNodeDown",
 ];
 
@@ -377,7 +378,17 @@ fn dashboard_imports_as_is_with_any_prometheus_datasource() {
     }
     assert_eq!(
         rows,
-        ["Overview", "Queues", "Dead letters", "Leases & workers", "Store", "HTTP", "Process", "Schedules"]
+        [
+            "Overview",
+            "Queues",
+            "Dead letters",
+            "Leases & workers",
+            "Store",
+            "HTTP",
+            "Process",
+            "Schedules",
+            "Flow control"
+        ]
     );
 }
 
@@ -846,6 +857,10 @@ impl Server {
 
         self.enqueue(json!({ "queue": "mon-paused", "payload": {} })).await;
         self.call(reqwest::Method::POST, "/v1/queues/mon-paused/pause", None, 200).await;
+
+        // Flow limits: a queue with a concurrency limit and a rate exports both.
+        let limits = json!({ "concurrency_max": 3, "rate": { "limit": 120, "per_ms": 60000 } });
+        self.call(reqwest::Method::PUT, "/v1/queues/mon-limited", Some(limits), 200).await;
     }
 
     /// Two per-second schedules into queue `mon-sched`, which nobody works: `beat` skips a tick
@@ -941,6 +956,12 @@ async fn embedded_scrape_has_every_metric_the_monitoring_reads() {
     scrape.check_against_monitoring(POSTGRES_ONLY);
     check_driven_counts(&scrape);
     assert_eq!(scrape.value("dray_build_info", &[("store", "embedded")]), 1.0);
+    assert_eq!(scrape.value("dray_queue_concurrency_max", &[("queue", "mon-limited")]), 3.0);
+    assert_eq!(scrape.value("dray_queue_rate_limit_per_second", &[("queue", "mon-limited")]), 2.0);
+    assert!(
+        !scrape.text.contains(r#"dray_queue_concurrency_max{queue="mon""#),
+        "no limit gauge for a queue without one"
+    );
     assert!(scrape.value("dray_store_group_commit_operations_count", &[]) >= 1.0);
     assert!(scrape.value("dray_store_fsync_seconds_count", &[]) >= 1.0);
     // Issue #18: the memory budget and the process metrics.

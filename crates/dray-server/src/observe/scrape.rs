@@ -82,6 +82,9 @@ struct QueueGauges {
     counts: [u64; JobState::ALL.len()],
     dead_oldest_age_s: f64,
     paused: bool,
+    /// Summed over folded queues; `None` when no queue of the label has the limit.
+    concurrency_max: Option<u64>,
+    rate_per_s: Option<f64>,
     polling: usize,
     last_poll_unix_s: f64,
 }
@@ -103,6 +106,14 @@ async fn gauges(app: &App, out: &mut String) {
                     g.dead_oldest_age_s = g.dead_oldest_age_s.max(now.ms_since(at) as f64 / 1000.0);
                 }
                 g.paused |= stats.config.paused;
+                let limits = &stats.config.limits;
+                if let Some(max) = limits.concurrency_max {
+                    g.concurrency_max = Some(g.concurrency_max.unwrap_or(0) + u64::from(max));
+                }
+                if let Some(rate) = limits.rate {
+                    let per_s = f64::from(rate.limit) * 1000.0 / rate.per_ms as f64;
+                    g.rate_per_s = Some(g.rate_per_s.unwrap_or(0.0) + per_s);
+                }
             }
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot list the queues; leaving out the per-queue gauges"),
@@ -131,6 +142,26 @@ async fn gauges(app: &App, out: &mut String) {
         family(out, QUEUE_PAUSED, "1 when the queue is paused (for _other: when any folded queue is).");
         for (queue, g) in &queues {
             sample(out, QUEUE_PAUSED, &[("queue", queue)], u8::from(g.paused));
+        }
+        family(
+            out,
+            QUEUE_CONCURRENCY_MAX,
+            "The queue's concurrency_max (for _other: the sum); left out for queues without one.",
+        );
+        for (queue, g) in &queues {
+            if let Some(max) = g.concurrency_max {
+                sample(out, QUEUE_CONCURRENCY_MAX, &[("queue", queue)], max);
+            }
+        }
+        family(
+            out,
+            QUEUE_RATE_LIMIT_PER_SECOND,
+            "The queue's rate in leases per second (for _other: the sum); left out for queues without one.",
+        );
+        for (queue, g) in &queues {
+            if let Some(per_s) = g.rate_per_s {
+                sample(out, QUEUE_RATE_LIMIT_PER_SECOND, &[("queue", queue)], per_s);
+            }
         }
     }
     if !queues.is_empty() {

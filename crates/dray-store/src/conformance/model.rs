@@ -10,7 +10,9 @@
 //! Operations: enqueue (batches; some jobs with an idempotency key from a small set, so duplicates
 //! and conflicts happen), lease, heartbeat, complete and fail (one or two acks per call, with
 //! current, old or made-up leases; some jobs carry one of three ordering keys, so the lease
-//! checks strict FIFO per key), clock advance, lease expiry, cancel, redrive and discard (by ids
+//! checks strict FIFO per key; some carry one of two group keys, and in half the cases the second
+//! queue has a `concurrency_max` and a `group_concurrency_max` of 1, so the lease checks limits and
+//! turns), clock advance, lease expiry, cancel, redrive and discard (by ids
 //! or filter, some dry runs), promotion, pause/resume, restart.
 //!
 //! Each case uses two fresh queues and at most `STEPS_MAX` operations, then drains (cancels every
@@ -28,8 +30,8 @@ use dray_core::{
 
 use super::{Ctx, Harness, assert_job_eq, assert_not_found, assert_rejected, ids_of, other_lease, outcome, payload, q};
 use crate::{
-    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, Inserted, JobFilter, LeaseExtended,
-    QueueConfigure, Store,
+    Ack, AckOutcome, DeadDiscard, DeadRedrive, DeadSelection, Error, FlowLimits, FlowLimitsChange, Inserted, JobFilter,
+    LeaseExtended, QueueConfigure, Store,
 };
 
 const CASES_DEFAULT: u64 = 64;
@@ -84,6 +86,8 @@ struct MJob {
     attempts_max: u32,
     lease_ms: u64,
     ordering_key: Option<u8>,
+    /// One of two group keys, or none.
+    group_key: Option<u8>,
     state: JobState,
     attempt: u32,
     run_at: Timestamp,
@@ -173,6 +177,8 @@ struct Spec {
     lease_ms: u64,
     /// One of three ordering keys, or none.
     ordering_key: Option<u8>,
+    /// One of two group keys, or none.
+    group_key: Option<u8>,
 }
 
 /// The failing case's operations, printed if the test panics.
@@ -208,6 +214,8 @@ struct Sim<H: Harness> {
     trace: Trace,
     queues: [QueueName; 2],
     paused: [bool; 2],
+    /// The flow limits of each queue in this case.
+    limits: [FlowLimits; 2],
     /// This case's jobs, in id order.
     jobs: Vec<MJob>,
     token_max: Option<FencingToken>,
@@ -245,6 +253,7 @@ pub async fn model_random_operations<H: Harness>(h: H) {
         trace: Trace { seed, case: 0, ops: Vec::new() },
         queues: [q("m0-a"), q("m0-b")],
         paused: [false, false],
+        limits: [FlowLimits::default(), FlowLimits::default()],
         jobs: Vec::new(),
         token_max: None,
         id_max: None,
@@ -308,11 +317,28 @@ impl<H: Harness> Sim<H> {
         self.discarded.clear();
         self.queues = [q(&format!("m{case}-a")), q(&format!("m{case}-b"))];
         self.paused = [false, false];
+        // The second queue has concurrency limits in half the cases.
+        self.limits = [FlowLimits::default(), FlowLimits::default()];
+        if self.rng.chance(50) {
+            self.limits[1] = FlowLimits {
+                concurrency_max: Some(self.rng.range(2, 3) as u32),
+                group_concurrency_max: Some(1),
+                ..FlowLimits::default()
+            };
+        }
         // Configure both queues so their stats exist before their first job.
         for qi in 0..2 {
             let name = self.queues[qi].clone();
-            let config = self.c.configure(QueueConfigure::new(self.c.now, name)).await.unwrap();
+            let l = self.limits[qi];
+            let limits = FlowLimitsChange {
+                concurrency_max: Some(l.concurrency_max),
+                group_concurrency_max: Some(l.group_concurrency_max),
+                ..FlowLimitsChange::default()
+            };
+            let config =
+                self.c.configure(QueueConfigure { limits, ..QueueConfigure::new(self.c.now, name) }).await.unwrap();
             assert!(!config.paused);
+            assert_eq!(config.limits, l);
         }
         self.op(format!("start case {case}"));
     }
@@ -356,6 +382,7 @@ impl<H: Harness> Sim<H> {
             attempts_max: self.rng.range(1, 4) as u32,
             lease_ms: self.rng.pick(&[1_000u64, 3_000, 6_000]),
             ordering_key: if self.rng.chance(40) { Some(self.rng.below(3) as u8) } else { None },
+            group_key: if self.rng.chance(35) { Some(self.rng.below(2) as u8) } else { None },
         };
         let new = NewJob {
             priority: spec.priority,
@@ -364,6 +391,7 @@ impl<H: Harness> Sim<H> {
             lease_ms: Some(spec.lease_ms),
             backoff: Some(MODEL_BACKOFF),
             ordering_key: spec.ordering_key.map(|k| format!("o{k}").into()),
+            group_key: spec.group_key.map(|g| format!("g{g}").into()),
             ..NewJob::new(self.queues[spec.queue].clone(), payload(&format!("job-{}", self.serial)))
         };
         (new, spec)
@@ -439,6 +467,7 @@ impl<H: Harness> Sim<H> {
             attempts_max: spec.attempts_max,
             lease_ms: spec.lease_ms,
             ordering_key: spec.ordering_key,
+            group_key: spec.group_key,
             state,
             attempt: 0,
             run_at,
@@ -470,7 +499,35 @@ impl<H: Harness> Sim<H> {
             .cloned()
             .collect();
         candidates.sort_by_key(|m| (Reverse(m.priority), m.run_at, m.id));
-        let expected: Vec<JobId> = candidates.iter().take(count_max).map(|m| m.id).collect();
+        // Concurrency limits: the permits each queue and group has left.
+        let running = |pred: &dyn Fn(&MJob) -> bool| {
+            self.jobs.iter().filter(|m| m.state == JobState::Running && pred(m)).count() as u32
+        };
+        let mut queue_left = [u32::MAX; 2];
+        let mut group_left: HashMap<(usize, u8), u32> = HashMap::new();
+        for qi in 0..2 {
+            if let Some(max) = self.limits[qi].concurrency_max {
+                queue_left[qi] = max.saturating_sub(running(&|m| m.queue == qi));
+            }
+            if let Some(max) = self.limits[qi].group_concurrency_max {
+                for g in 0..2u8 {
+                    let left = max.saturating_sub(running(&|m| m.queue == qi && m.group_key == Some(g)));
+                    group_left.insert((qi, g), left);
+                }
+            }
+        }
+        let grouped = candidates.iter().any(|m| m.group_key.is_some());
+        // Without groups the lease is exact: the best jobs, within each queue's permits.
+        let mut expected = Vec::new();
+        if !grouped {
+            let mut left = queue_left;
+            for m in &candidates {
+                if expected.len() < count_max && left[m.queue] > 0 {
+                    left[m.queue] -= 1;
+                    expected.push(m.id);
+                }
+            }
+        }
 
         self.op(format!("lease queues {qs:?} count_max {count_max} lease_ms {lease_ms:?} by {worker}"));
         let p = crate::JobLease {
@@ -483,7 +540,10 @@ impl<H: Harness> Sim<H> {
         let leased = self.c.lease_with(p).await;
         let got = ids_of(&leased);
         self.note(format!("{:?}", got.iter().map(|i| i.0).collect::<Vec<_>>()));
-        if got != expected {
+        if grouped {
+            // With groups, turns decide which group goes first; the rest is checked exactly.
+            self.check_grouped_lease(&candidates, &got, count_max, queue_left, group_left);
+        } else if got != expected {
             let line = candidates
                 .iter()
                 .map(|m| format!("{}(prio {}, run_at t+{})", m.id, m.priority, m.run_at.ms_since(super::T0)))
@@ -517,6 +577,55 @@ impl<H: Harness> Sim<H> {
             m.attempt += 1;
             m.lease = Some(MLease { id: l.lease, token: l.token, deadline: l.deadline });
             m.history.push((HistoryKind::Leased, JobState::Running, m.attempt, Some(l.token)));
+        }
+    }
+
+    /// A lease from queues holding grouped jobs: every job leased was leasable, no limit is
+    /// exceeded, each (queue, group) lane gave its best jobs in order, and the lease took as many
+    /// jobs as the limits allowed (turns across groups never leave a leasable job behind).
+    fn check_grouped_lease(
+        &self,
+        candidates: &[MJob],
+        got: &[JobId],
+        count_max: usize,
+        mut queue_left: [u32; 2],
+        mut group_left: HashMap<(usize, u8), u32>,
+    ) {
+        // How many the limits allow at most.
+        let mut possible = 0;
+        {
+            let (mut ql, mut gl) = (queue_left, group_left.clone());
+            for m in candidates {
+                let group_ok = m.group_key.is_none_or(|g| gl.get(&(m.queue, g)).is_none_or(|n| *n > 0));
+                if ql[m.queue] > 0 && group_ok {
+                    ql[m.queue] -= 1;
+                    if let Some(g) = m.group_key
+                        && let Some(n) = gl.get_mut(&(m.queue, g))
+                    {
+                        *n -= 1;
+                    }
+                    possible += 1;
+                }
+            }
+        }
+        assert_eq!(got.len(), possible.min(count_max), "lease of {count_max} took {got:?}; {possible} were allowed");
+        let mut taken_per_lane: HashMap<(usize, Option<u8>), usize> = HashMap::new();
+        for id in got {
+            let m = candidates.iter().find(|m| m.id == *id).unwrap_or_else(|| panic!("job {id} was not leasable"));
+            assert!(queue_left[m.queue] > 0, "job {id} leased past queue {}'s concurrency_max", m.queue);
+            queue_left[m.queue] -= 1;
+            if let Some(g) = m.group_key
+                && let Some(n) = group_left.get_mut(&(m.queue, g))
+            {
+                assert!(*n > 0, "job {id} leased past group g{g}'s group_concurrency_max");
+                *n -= 1;
+            }
+            let lane = (m.queue, m.group_key);
+            let nth = taken_per_lane.entry(lane).or_default();
+            let lane_best: Vec<JobId> =
+                candidates.iter().filter(|c| (c.queue, c.group_key) == lane).map(|c| c.id).collect();
+            assert_eq!(lane_best.get(*nth), Some(id), "lane {lane:?} gave {id} out of its order {lane_best:?}");
+            *nth += 1;
         }
     }
 
@@ -954,6 +1063,24 @@ impl<H: Harness> Sim<H> {
         for m in self.jobs.iter().filter(|m| m.state == JobState::Running) {
             if let Some(key) = m.ordering_key {
                 assert!(running_keys.insert((m.queue, key)), "two jobs of queue {} key o{key} run at once", m.queue);
+            }
+        }
+        // No limit is ever exceeded, whatever expired, failed or was redriven.
+        for qi in 0..2 {
+            let running: Vec<&MJob> =
+                self.jobs.iter().filter(|m| m.queue == qi && m.state == JobState::Running).collect();
+            if let Some(max) = self.limits[qi].concurrency_max {
+                assert!(
+                    running.len() as u32 <= max,
+                    "queue {qi} runs {} jobs, over its concurrency_max {max}",
+                    running.len()
+                );
+            }
+            if let Some(max) = self.limits[qi].group_concurrency_max {
+                for g in 0..2u8 {
+                    let n = running.iter().filter(|m| m.group_key == Some(g)).count() as u32;
+                    assert!(n <= max, "group g{g} of queue {qi} runs {n} jobs, over its group_concurrency_max {max}");
+                }
             }
         }
         for qi in 0..2 {

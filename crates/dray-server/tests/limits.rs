@@ -1,0 +1,94 @@
+//! Flow limits over HTTP (issue #11): queue options set with `PUT /v1/queues/{name}` (out of
+//! range is a 422 naming the field; `null` removes a limit), `group_key` on jobs, limits held at
+//! lease time, and `waiting` on a held-back job's view.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+async fn enqueue(addr: std::net::SocketAddr, queue: &str, group: Option<&str>) -> u64 {
+    let mut body = json!({"queue": queue, "payload": {}});
+    if let Some(group) = group {
+        body["group_key"] = json!(group);
+    }
+    post(addr, "/v1/jobs", body).await.expect(201).value()["id"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_queue_options_held_at_lease_and_explained_on_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+
+    let body = json!({"concurrency_max": 2, "group_concurrency_max": 1, "rate": {"limit": 100, "per_ms": 1000}});
+    let queue = put(addr, "/v1/queues/partner", body).await.expect(200).value();
+    assert_eq!(queue["concurrency_max"], 2);
+    assert_eq!(queue["group_concurrency_max"], 1);
+    assert_eq!(queue["rate"], json!({"limit": 100, "per_ms": 1000, "burst": 100}), "burst defaults to the limit");
+    assert!(queue.get("group_rate").is_none(), "an unset limit is left out");
+
+    let a1 = enqueue(addr, "partner", Some("a")).await;
+    let a2 = enqueue(addr, "partner", Some("a")).await;
+    let b1 = enqueue(addr, "partner", Some("b")).await;
+    let plain = enqueue(addr, "partner", None).await;
+    let job = get(addr, &format!("/v1/jobs/{a1}")).await.expect(200).value();
+    assert_eq!(job["group_key"], "a");
+    assert!(job.get("waiting").is_none(), "nothing holds a1 back: {job}");
+
+    let leased = lease(addr, "partner", 10).await;
+    let mut ids: Vec<u64> = leased.iter().map(|j| j["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec![a1, b1], "one per group, two in all");
+
+    let job = get(addr, &format!("/v1/jobs/{a2}")).await.expect(200).value();
+    assert_eq!(job["state"], "available");
+    assert_eq!(job["attempt"], 0, "held back, not charged");
+    assert_eq!(job["waiting"]["reason"], "concurrency", "{job}");
+    assert_eq!(job["waiting"]["running"], 2);
+    assert_eq!(job["waiting"]["limit"], 2);
+    let job = get(addr, &format!("/v1/jobs/{plain}")).await.expect(200).value();
+    assert_eq!(job["waiting"]["reason"], "concurrency");
+
+    // Lifting the queue limit leaves the group limit: a2 now waits for its group.
+    put(addr, "/v1/queues/partner", json!({"concurrency_max": null})).await.expect(200);
+    let job = get(addr, &format!("/v1/jobs/{a2}")).await.expect(200).value();
+    assert_eq!(job["waiting"]["reason"], "group_concurrency", "{job}");
+    assert_eq!(job["waiting"]["key"], "a");
+    assert!(job["waiting"]["detail"].as_str().unwrap().contains("group a"), "{job}");
+    let leased = lease(addr, "partner", 10).await;
+    assert_eq!(leased.iter().map(|j| j["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![plain]);
+    let queue = get(addr, "/v1/queues/partner").await.expect(200).value();
+    assert!(queue.get("concurrency_max").is_none(), "null removed it: {queue}");
+    assert_eq!(queue["group_concurrency_max"], 1, "other limits stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_limits_are_refused_naming_the_field_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    put(addr, "/v1/queues/q", json!({"concurrency_max": 3})).await.expect(200);
+
+    for (body, field) in [
+        (json!({"concurrency_max": 0}), "concurrency_max"),
+        (json!({"group_concurrency_max": 1_000_001}), "group_concurrency_max"),
+        (json!({"rate": {"limit": 0, "per_ms": 1000}}), "rate.limit"),
+        (json!({"group_rate": {"limit": 1, "per_ms": 86_400_001}}), "group_rate.per_ms"),
+        (json!({"rate": {"limit": 5, "per_ms": 1000, "burst": 0}}), "rate.burst"),
+    ] {
+        let p = put(addr, "/v1/queues/q", body.clone()).await.expect(422).problem();
+        assert_eq!(p.field.as_deref(), Some(field), "{body}: {}", p.detail);
+    }
+    let p = put(addr, "/v1/queues/q", json!({"rate": {"limit": 5}})).await.problem();
+    assert!(p.detail.contains("per_ms"), "a rate without per_ms: {}", p.detail);
+    let queue = get(addr, "/v1/queues/q").await.expect(200).value();
+    assert_eq!(queue["concurrency_max"], 3, "refused changes change nothing");
+    assert!(queue.get("rate").is_none());
+
+    let long = "k".repeat(257);
+    let p = post(addr, "/v1/jobs", json!({"queue": "q", "payload": {}, "group_key": long})).await.expect(422).problem();
+    assert_eq!(p.field.as_deref(), Some("group_key"), "{}", p.detail);
+    let p = post(addr, "/v1/jobs", json!({"queue": "q", "payload": {}, "group_key": ""})).await.expect(422).problem();
+    assert_eq!(p.field.as_deref(), Some("group_key"), "{}", p.detail);
+}
