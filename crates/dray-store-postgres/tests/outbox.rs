@@ -363,7 +363,7 @@ async fn invalid_options_name_the_field_and_the_limit() {
         (
             "q",
             r#"{"colour": "red", "priority": 1}"#,
-            "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, tags, traceparent",
+            "dray.enqueue: options has unknown keys 'colour'; allowed are priority, run_at, delay_ms, attempts_max, backoff, lease_ms, idempotency_key, ordering_key, group_key, tags, traceparent",
         ),
         ("q", "[1]", "dray.enqueue: options must be a JSON object; got [1]"),
         ("bad queue", "{}", "dray.enqueue: queue contains ' '; allowed are ASCII letters, digits and _ - . :"),
