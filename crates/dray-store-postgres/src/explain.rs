@@ -55,7 +55,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "flow lease: the queue's state",
             sql: sql.flow_state.clone(),
-            args: "'qg'".into(),
+            args: "'qg', 1000".into(),
             indexes: &["jobs_queue_state", "jobs_available"],
         },
         Hot {
@@ -74,7 +74,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
             name: "flow lease: the state of 32 groups",
             sql: sql.groups_state.clone(),
             args: format!(
-                "'qg', ARRAY['big', {}]",
+                "'qg', ARRAY['big', {}], 1",
                 (1..32).map(|g| format!("'g{:05}'", g * 300)).collect::<Vec<_>>().join(", ")
             ),
             indexes: &["jobs_group_running", "rate_buckets_pkey"],

@@ -173,11 +173,15 @@ LEFT JOIN {s}.jobs jp ON jp.id = p.id";
 
 /// Whether the queue `q` (a row of `queues`) leases through the flow path: it has a limit, or
 /// grouped jobs are available (they take turns). A queue without either costs the lease one probe
-/// of `jobs_group_available`, which holds nothing of it.
+/// of `jobs_group_available`, which holds nothing of it. The probe is ordered like that index
+/// rather than an `EXISTS`: for an `EXISTS` the planner may expect a matching row early in a
+/// sequential scan of `jobs` (it did, once most jobs had no group), which reads the whole table
+/// when there is none.
 const FLOW_QUEUE: &str = "(q.concurrency_max IS NOT NULL OR q.group_concurrency_max IS NOT NULL
         OR q.rate_limit IS NOT NULL OR q.group_rate_limit IS NOT NULL
-        OR EXISTS (SELECT 1 FROM {s}.jobs g
-                   WHERE g.queue = q.name AND g.group_key IS NOT NULL AND g.state = 'available'))";
+        OR (SELECT g.group_key FROM {s}.jobs g
+            WHERE g.queue = q.name AND g.group_key IS NOT NULL AND g.state = 'available'
+            ORDER BY g.group_key LIMIT 1) IS NOT NULL)";
 
 /// The open queues of `$1` under flow control, in name order: the ones `LEASE` leaves out.
 const FLOW_QUEUES: &str = "
@@ -210,14 +214,20 @@ LIMIT $3::bigint
 FOR UPDATE SKIP LOCKED";
 
 /// What a lease of a queue under flow control (`$1`) decides on, read under its `FLOW_LOCK`: its
-/// running jobs (`jobs_queue_state`), its own bucket, the group served last, and whether any
-/// ungrouped job is available (one probe of `jobs_available`, which holds only those).
+/// running jobs (`jobs_queue_state`) counted up to its `concurrency_max` (`$2`; NULL: not counted,
+/// nothing reads them: a count costs a heap check per running job, so it stops where the answer
+/// is known), its own bucket, the group served last, and whether any ungrouped job is available
+/// (one probe of `jobs_available`, which holds only those; ordered like it, see `FLOW_QUEUE`).
 const FLOW_STATE: &str = "
-SELECT (SELECT count(*) FROM {s}.jobs j WHERE j.queue = $1::text AND j.state = 'running') AS running,
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM {s}.jobs j
+            WHERE $2::bigint IS NOT NULL AND j.queue = $1::text AND j.state = 'running' LIMIT $2::bigint
+        ) r) AS running,
        (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = $1::text AND b.group_key = '') AS tat,
        (SELECT t.last_group FROM {s}.group_turns t WHERE t.queue = $1::text) AS last_group,
-       EXISTS (SELECT 1 FROM {s}.jobs j
-               WHERE j.queue = $1::text AND j.state = 'available' AND j.group_key IS NULL) AS ungrouped";
+       (SELECT j.id FROM {s}.jobs j
+        WHERE j.queue = $1::text AND j.state = 'available' AND j.group_key IS NULL
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1) IS NOT NULL AS ungrouped";
 
 /// The next groups of queue `$1` with an available job, in key order after `$2` and up to `$3`
 /// (inclusive; NULL: no bound), at most `$4`: a skip scan of `jobs_group_available`, one index
@@ -236,12 +246,15 @@ WITH RECURSIVE g(k, n) AS (
 )
 SELECT g.k FROM g WHERE g.k IS NOT NULL AND ($3::text IS NULL OR g.k <= $3::text) ORDER BY g.n";
 
-/// For the groups `$2` of queue `$1`: their running jobs (a probe of `jobs_group_running`) and
-/// their buckets.
+/// For the groups `$2` of queue `$1`: their running jobs (a probe of `jobs_group_running`),
+/// counted up to the queue's `group_concurrency_max` (`$3`; NULL: not counted), and their buckets.
 const GROUPS_STATE: &str = "
 SELECT k.key,
-       (SELECT count(*) FROM {s}.jobs r WHERE r.queue = $1::text AND r.group_key = k.key AND r.state = 'running')
-           AS running,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {s}.jobs r
+            WHERE $3::bigint IS NOT NULL AND r.queue = $1::text AND r.group_key = k.key AND r.state = 'running'
+            LIMIT $3::bigint
+        ) c) AS running,
        (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = $1::text AND b.group_key = k.key) AS tat
 FROM unnest($2::text[]) AS k(key)";
 

@@ -185,7 +185,8 @@ impl PostgresStore {
         let promote_max = Limits::LEASE_JOBS_MAX as i64;
         let (due_st, state_st) = tokio::try_join!(prep(tx, &self.sql.flow_due), prep(tx, &self.sql.flow_state))?;
         let due_params: [&(dyn ToSql + Sync); 3] = [&queue, &at, &promote_max];
-        let state_params: [&(dyn ToSql + Sync); 1] = [&queue];
+        let concurrency_max = limits.concurrency_max.map(i64::from);
+        let state_params: [&(dyn ToSql + Sync); 2] = [&queue, &concurrency_max];
         let (due, state) = tokio::try_join!(tx.query(&due_st, &due_params), tx.query_one(&state_st, &state_params))?;
 
         // Due jobs become available first, written now so that the statements below see them.
@@ -226,6 +227,7 @@ impl PostgresStore {
         }
 
         let group_limited = limits.group_concurrency_max.is_some() || limits.group_rate.is_some();
+        let group_concurrency_max = limits.group_concurrency_max.map(i64::from);
         let after = last_group.unwrap_or_default();
         let mut rotation = Rotation { pos: after.clone(), after, phase: Phase::After, ungrouped };
         let (next_st, groups_st, take_st) = tokio::try_join!(
@@ -253,7 +255,7 @@ impl PostgresStore {
                 let mut states: HashMap<String, (i64, Option<i64>)> = HashMap::new();
                 if group_limited {
                     let grouped: Vec<&str> = keys.iter().map(String::as_str).filter(|k| !k.is_empty()).collect();
-                    let params: [&(dyn ToSql + Sync); 2] = [&queue, &grouped];
+                    let params: [&(dyn ToSql + Sync); 3] = [&queue, &grouped, &group_concurrency_max];
                     for row in tx.query(&groups_st, &params).await? {
                         states.insert(get(&row, "key")?, (get(&row, "running")?, get(&row, "tat")?));
                     }
