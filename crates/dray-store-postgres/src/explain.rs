@@ -32,13 +32,58 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
             name: "lease, one queue, 10 jobs",
             sql: sql.lease.clone(),
             args: "ARRAY['q1'], '2023-11-14 22:13:30+00', 10, 1000".into(),
-            indexes: &["jobs_available", "jobs_waiting", "jobs_ordering", "jobs_ordering_running"],
+            indexes: &[
+                "jobs_available",
+                "jobs_waiting",
+                "jobs_ordering",
+                "jobs_ordering_running",
+                "jobs_group_available",
+            ],
         },
         Hot {
             name: "lease, three queues, 100 jobs",
             sql: sql.lease.clone(),
             args: "ARRAY['q1', 'q2', 'q3'], '2023-11-14 22:13:30+00', 100, 1000".into(),
             indexes: &["jobs_available", "jobs_waiting", "jobs_ordering", "jobs_ordering_running"],
+        },
+        Hot {
+            name: "lease: the queues under flow control",
+            sql: sql.flow_queues.clone(),
+            args: "ARRAY['q1', 'qg']".into(),
+            indexes: &["jobs_group_available"],
+        },
+        Hot {
+            name: "flow lease: the queue's state",
+            sql: sql.flow_state.clone(),
+            args: "'qg', 1000".into(),
+            indexes: &["jobs_queue_state", "jobs_available"],
+        },
+        Hot {
+            name: "flow lease: the next 10 groups of 10,000, from the middle",
+            sql: sql.groups_next.clone(),
+            args: "'qg', 'g05000', NULL, 10".into(),
+            indexes: &["jobs_group_available"],
+        },
+        Hot {
+            name: "flow lease: the next 10 groups of 10,000, wrapping around",
+            sql: sql.groups_next.clone(),
+            args: "'qg', '', 'g00005', 10".into(),
+            indexes: &["jobs_group_available"],
+        },
+        Hot {
+            name: "flow lease: the state of 32 groups",
+            sql: sql.groups_state.clone(),
+            args: format!(
+                "'qg', ARRAY['big', {}], 1",
+                (1..32).map(|g| format!("'g{:05}'", g * 300)).collect::<Vec<_>>().join(", ")
+            ),
+            indexes: &["jobs_group_running", "rate_buckets_pkey"],
+        },
+        Hot {
+            name: "flow lease: take 5 of the big group, 1 of another, 5 ungrouped",
+            sql: sql.flow_take.clone(),
+            args: "'qg', ARRAY['big', 'g05001'], ARRAY[5, 1]::bigint[], '{}'::bigint[], 5".into(),
+            indexes: &["jobs_group_available", "jobs_available", "jobs_pkey"],
         },
         Hot {
             name: "lease: re-check of picked keyed jobs",
@@ -157,6 +202,27 @@ SELECT queue, idempotency_key, id, idempotency_expires_at FROM {schema}.jobs WHE
 -- jobs are held back.
 UPDATE {schema}.jobs SET ordering_key = 'o' || (id % 200) WHERE id % 4 = 0;
 
+-- A queue under flow control with 10,000 groups: one big group of 20,000 available jobs, the
+-- others with one available job each and one running in every tenth; 100 ungrouped jobs.
+INSERT INTO {schema}.queues (name, attempts_max, backoff_base_ms, backoff_factor, backoff_cap_ms, lease_ms,
+                             retention_ms, retention_dead_ms, paused, group_concurrency_max)
+VALUES ('qg', 25, 1000, 2, 3600000, 30000, 86400000, 2592000000, false, 1);
+INSERT INTO {schema}.jobs (queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
+                      backoff_cap_ms, lease_ms, tags, state, run_at, attempt, cancel_requested, version, group_key)
+SELECT 'qg', '\\x7b7d'::bytea, 0, {T0} - interval '1 day', 25, 1000, 2, 3600000, 30000, '{{}}', 'available',
+       {T0} - interval '1 day' + g * interval '1 millisecond', 0, false, 1,
+       CASE WHEN g <= 20000 THEN 'big' WHEN g <= 29999 THEN 'g' || lpad((g - 20000)::text, 5, '0') END
+FROM generate_series(1, 30099) g;
+INSERT INTO {schema}.jobs (queue, payload, priority, created_at, attempts_max, backoff_base_ms, backoff_factor,
+                      backoff_cap_ms, lease_ms, tags, state, run_at, attempt, lease_id, token, worker, leased_at,
+                      lease_deadline, cancel_requested, version, group_key)
+SELECT 'qg', '\\x7b7d'::bytea, 0, {T0} - interval '1 day', 25, 1000, 2, 3600000, 30000, '{{}}', 'running', {T0}, 1,
+       g, g, 'w', {T0}, {T0} + interval '30 seconds', false, 2, 'g' || lpad(g::text, 5, '0')
+FROM generate_series(10, 9999, 10) g;
+-- Every group of it rated lately.
+INSERT INTO {schema}.rate_buckets (queue, group_key, tat)
+SELECT 'qg', 'g' || lpad(g::text, 5, '0'), 1700000000000000000 FROM generate_series(1, 9999) g;
+
 "
     )
 }
@@ -186,7 +252,7 @@ async fn explain_in(admin_url: &str, db: &str) -> Result<String, String> {
     let client = connect(&url).await;
     client.batch_execute(&populate("dray")).await.map_err(|e| format!("populate: {e:?}"))?;
     // VACUUM cannot run in the implicit transaction of a multi-statement query.
-    for table in ["jobs", "job_history", "idempotency", "queues"] {
+    for table in ["jobs", "job_history", "idempotency", "queues", "rate_buckets", "group_turns"] {
         client.batch_execute(&format!("VACUUM ANALYZE dray.{table}")).await.map_err(|e| format!("vacuum: {e:?}"))?;
     }
     let sql = Sql::new("dray");

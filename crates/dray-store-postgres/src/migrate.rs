@@ -52,7 +52,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 /// (`rate_buckets`, the queue's own bucket under the group `''`, each one number: the generic
 /// cell rate algorithm's theoretical arrival time in nanoseconds, `dray_core::flow`); and the
 /// partial indexes the lease probes: a group's running jobs and its available jobs in lease order.
-/// `enqueue()` accepts `group_key`.
+/// `group_turns` holds, per queue with groups, the group served last (`''`: the jobs without a
+/// group), where the next lease's turn starts (`sql::GROUPS_NEXT`). `jobs_available` is rebuilt
+/// for ungrouped jobs only: grouped jobs are in `jobs_group_available`, so the lease of a queue
+/// with groups reaches its ungrouped jobs without walking past its grouped ones, and no job is in
+/// both indexes. `enqueue()` accepts `group_key`.
 const V9_FLOW_LIMITS: &str = "
 ALTER TABLE {s}.jobs ADD COLUMN group_key text CHECK (octet_length(group_key) BETWEEN 1 AND __GROUP_KEY_BYTES_MAX__);
 ALTER TABLE {s}.queues
@@ -76,6 +80,13 @@ CREATE TABLE {s}.rate_buckets (
 CREATE INDEX jobs_group_running ON {s}.jobs (queue, group_key) WHERE group_key IS NOT NULL AND state = 'running';
 CREATE INDEX jobs_group_available ON {s}.jobs (queue, group_key, priority DESC, run_at, id)
     WHERE group_key IS NOT NULL AND state = 'available';
+DROP INDEX {s}.jobs_available;
+CREATE INDEX jobs_available ON {s}.jobs (queue, priority DESC, run_at, id)
+    WHERE state = 'available' AND group_key IS NULL;
+CREATE TABLE {s}.group_turns (
+    queue text PRIMARY KEY REFERENCES {s}.queues (name) ON DELETE CASCADE,
+    last_group text NOT NULL
+);
 ";
 
 fn v9_flow_limits() -> String {

@@ -130,9 +130,15 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 /// and the best `$3` available jobs per queue; then picks the best `$3` of all those in lease
 /// order and draws a fencing token for each, after the row locks are held (so a later grant on
 /// the same job always draws a larger token). Payloads are read for the picked jobs only.
+///
+/// Queues under flow control (`FLOW_QUEUE`) are left out: `FLOW_QUEUES`, pipelined with this
+/// statement, names them, and the store leases from them through the flow path (see
+/// `FLOW_TAKE`). In a queue that is not under flow control no grouped job is available, so the
+/// available jobs are the ungrouped ones, all of them in `jobs_available`.
 const LEASE: &str = "
 WITH open AS (
-    SELECT name, ordering_dead FROM {s}.queues WHERE name = ANY($1::text[]) AND NOT paused
+    SELECT q.name, q.ordering_dead FROM {s}.queues q
+    WHERE q.name = ANY($1::text[]) AND NOT q.paused AND NOT {flow_queue}
 ), due AS (
     SELECT d.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
@@ -145,7 +151,7 @@ WITH open AS (
 ), available AS (
     SELECT a.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
-        WHERE j.queue = open.name AND j.state = 'available' AND {ordering_eligible}
+        WHERE j.queue = open.name AND j.state = 'available' AND j.group_key IS NULL AND {ordering_eligible}
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT $3::bigint
         FOR UPDATE SKIP LOCKED
@@ -164,6 +170,138 @@ SELECT c.*, p.new_token, jp.payload
 FROM candidates c
 LEFT JOIN picked p ON p.id = c.id
 LEFT JOIN {s}.jobs jp ON jp.id = p.id";
+
+/// Whether the queue `q` (a row of `queues`) leases through the flow path: it has a limit, or
+/// grouped jobs are available (they take turns). A queue without either costs the lease one probe
+/// of `jobs_group_available`, which holds nothing of it. The probe is ordered like that index
+/// rather than an `EXISTS`: for an `EXISTS` the planner may expect a matching row early in a
+/// sequential scan of `jobs` (it did, once most jobs had no group), which reads the whole table
+/// when there is none.
+const FLOW_QUEUE: &str = "(q.concurrency_max IS NOT NULL OR q.group_concurrency_max IS NOT NULL
+        OR q.rate_limit IS NOT NULL OR q.group_rate_limit IS NOT NULL
+        OR (SELECT g.group_key FROM {s}.jobs g
+            WHERE g.queue = q.name AND g.group_key IS NOT NULL AND g.state = 'available'
+            ORDER BY g.group_key LIMIT 1) IS NOT NULL)";
+
+/// The open queues of `$1` under flow control, in name order: the ones `LEASE` leaves out.
+const FLOW_QUEUES: &str = "
+SELECT {queue_columns} FROM {s}.queues q
+WHERE q.name = ANY($1::text[]) AND NOT q.paused AND {flow_queue}
+ORDER BY q.name";
+
+/// The flow path's serialization: one transaction-level advisory lock per queue of `$1`, in hash
+/// order (so lessees never deadlock), taken before any lock that waits (the ordering keys' come
+/// after). Every lease of a queue under flow control holds it from before it counts the queue's
+/// running jobs and reads its buckets until it commits, so the next lessee's statements, whose
+/// snapshots are taken after the lock is granted, see every grant before theirs: concurrency
+/// limits and rates hold across nodes. One lock per queue rather than one per group: choosing
+/// whose turn it is reads and moves the queue's one turn (`group_turns`), and a queue's leases
+/// are short statements, so they queue up briefly rather than contend per group. Completions,
+/// failures and expiries take no lock: they only give permits back, and a lessee that misses one
+/// only leases less. The hash's separator (chr(30)) differs from the ordering keys' lock.
+const FLOW_LOCK: &str = "
+SELECT count(pg_advisory_xact_lock(k.h)) FROM (
+    SELECT DISTINCT hashtextextended('{s}' || chr(30) || q, 0) AS h FROM unnest($1::text[]) AS u(q) ORDER BY 1
+) k";
+
+/// The due waiting jobs of a queue under flow control (`$1`), to promote before it leases: at
+/// most `$3`, earliest first, skipping rows other transactions hold.
+const FLOW_DUE: &str = "
+SELECT {job_columns} FROM {s}.jobs j
+WHERE j.queue = $1::text AND j.state IN ('scheduled', 'retrying') AND j.run_at <= coalesce($2::timestamptz, now())
+ORDER BY j.run_at, j.id
+LIMIT $3::bigint
+FOR UPDATE SKIP LOCKED";
+
+/// What a lease of a queue under flow control (`$1`) decides on, read under its `FLOW_LOCK`: its
+/// running jobs (`jobs_queue_state`) counted up to its `concurrency_max` (`$2`; NULL: not counted,
+/// nothing reads them: a count costs a heap check per running job, so it stops where the answer
+/// is known), its own bucket, the group served last, and whether any ungrouped job is available
+/// (one probe of `jobs_available`, which holds only those; ordered like it, see `FLOW_QUEUE`).
+const FLOW_STATE: &str = "
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM {s}.jobs j
+            WHERE $2::bigint IS NOT NULL AND j.queue = $1::text AND j.state = 'running' LIMIT $2::bigint
+        ) r) AS running,
+       (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = $1::text AND b.group_key = '') AS tat,
+       (SELECT t.last_group FROM {s}.group_turns t WHERE t.queue = $1::text) AS last_group,
+       (SELECT j.id FROM {s}.jobs j
+        WHERE j.queue = $1::text AND j.state = 'available' AND j.group_key IS NULL
+        ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1) IS NOT NULL AS ungrouped";
+
+/// The next groups of queue `$1` with an available job, in key order after `$2` and up to `$3`
+/// (inclusive; NULL: no bound), at most `$4`: a skip scan of `jobs_group_available`, one index
+/// descent per group found, so a lease reads as many groups as it serves whatever the number of
+/// groups or of jobs in one.
+const GROUPS_NEXT: &str = "
+WITH RECURSIVE g(k, n) AS (
+    (SELECT j.group_key, 1 FROM {s}.jobs j
+     WHERE j.queue = $1::text AND j.group_key IS NOT NULL AND j.state = 'available' AND j.group_key > $2::text
+     ORDER BY j.group_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.group_key FROM {s}.jobs j
+            WHERE j.queue = $1::text AND j.group_key IS NOT NULL AND j.state = 'available' AND j.group_key > g.k
+            ORDER BY j.group_key LIMIT 1), g.n + 1
+    FROM g WHERE g.k IS NOT NULL AND g.n < $4::bigint AND ($3::text IS NULL OR g.k < $3::text)
+)
+SELECT g.k FROM g WHERE g.k IS NOT NULL AND ($3::text IS NULL OR g.k <= $3::text) ORDER BY g.n";
+
+/// For the groups `$2` of queue `$1`: their running jobs (a probe of `jobs_group_running`),
+/// counted up to the queue's `group_concurrency_max` (`$3`; NULL: not counted), and their buckets.
+const GROUPS_STATE: &str = "
+SELECT k.key,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM {s}.jobs r
+            WHERE $3::bigint IS NOT NULL AND r.queue = $1::text AND r.group_key = k.key AND r.state = 'running'
+            LIMIT $3::bigint
+        ) c) AS running,
+       (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = $1::text AND b.group_key = k.key) AS tat
+FROM unnest($2::text[]) AS k(key)";
+
+/// The flow path's lease of queue `$1`: the best `$3[i]` eligible available jobs of each group
+/// `$2[i]` and the best `$5` ungrouped ones, in lease order, not those of `$4` (taken by an
+/// earlier pass of this transaction, whose own locks it does not skip), locked skipping rows
+/// other transactions hold; a fencing token for each, drawn after its row lock is held; the
+/// payloads. The store decided the counts (limits, turns); this statement only finds the jobs.
+const FLOW_TAKE: &str = "
+WITH open AS (
+    SELECT name, ordering_dead FROM {s}.queues WHERE name = $1::text
+), grouped AS MATERIALIZED (
+    SELECT t.* FROM unnest($2::text[], $3::bigint[]) AS w(key, quota) CROSS JOIN open CROSS JOIN LATERAL (
+        SELECT {job_columns} FROM {s}.jobs j
+        WHERE j.queue = open.name AND j.group_key = w.key AND j.state = 'available'
+          AND j.id <> ALL($4::bigint[]) AND {ordering_eligible}
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT w.quota
+        FOR UPDATE SKIP LOCKED
+    ) t
+), ungrouped AS MATERIALIZED (
+    SELECT u.* FROM open CROSS JOIN LATERAL (
+        SELECT {job_columns} FROM {s}.jobs j
+        WHERE j.queue = open.name AND j.group_key IS NULL AND j.state = 'available'
+          AND j.id <> ALL($4::bigint[]) AND {ordering_eligible}
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT $5::bigint
+        FOR UPDATE SKIP LOCKED
+    ) u
+), taken AS (
+    SELECT * FROM grouped UNION ALL SELECT * FROM ungrouped
+)
+SELECT c.*, nextval('{s}.fencing_tokens') AS new_token, jp.payload
+FROM taken c JOIN {s}.jobs jp ON jp.id = c.id";
+
+/// Saves the buckets a lease spent from: queue `$1[i]`, group `$2[i]` (`''`: the queue's own),
+/// state `$3[i]`, in key order.
+const BUCKETS_SAVE: &str = "
+INSERT INTO {s}.rate_buckets AS b (queue, group_key, tat)
+SELECT q, k, t FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(q, k, t) ORDER BY q, k
+ON CONFLICT (queue, group_key) DO UPDATE SET tat = EXCLUDED.tat";
+
+/// Saves the group served last per queue: queue `$1[i]`, group `$2[i]`.
+const TURNS_SAVE: &str = "
+INSERT INTO {s}.group_turns AS t (queue, last_group)
+SELECT q, k FROM unnest($1::text[], $2::text[]) AS u(q, k) ORDER BY q
+ON CONFLICT (queue) DO UPDATE SET last_group = EXCLUDED.last_group";
 
 /// Strict FIFO per ordering key, as a condition on a job `j` of the queue `open` (which carries
 /// the queue's `ordering_dead`): a job without a key is always eligible; a keyed one only when
@@ -542,6 +680,15 @@ pub(crate) struct Sql {
     pub lease: String,
     pub ordering_lock: String,
     pub ordering_recheck: String,
+    pub flow_queues: String,
+    pub flow_lock: String,
+    pub flow_due: String,
+    pub flow_state: String,
+    pub groups_next: String,
+    pub groups_state: String,
+    pub flow_take: String,
+    pub buckets_save: String,
+    pub turns_save: String,
     pub due_next: String,
     pub job_lock: String,
     pub jobs_lock: String,
@@ -591,6 +738,15 @@ impl Sql {
             lease: r(LEASE),
             ordering_lock: r(ORDERING_LOCK),
             ordering_recheck: r(ORDERING_RECHECK),
+            flow_queues: r(FLOW_QUEUES),
+            flow_lock: r(FLOW_LOCK),
+            flow_due: r(FLOW_DUE),
+            flow_state: r(FLOW_STATE),
+            groups_next: r(GROUPS_NEXT),
+            groups_state: r(GROUPS_STATE),
+            flow_take: r(FLOW_TAKE),
+            buckets_save: r(BUCKETS_SAVE),
+            turns_save: r(TURNS_SAVE),
             due_next: r(DUE_NEXT),
             job_lock: r(JOB_LOCK),
             jobs_lock: r(JOBS_LOCK),
@@ -720,6 +876,7 @@ fn render(sql: &str, schema: &str) -> String {
         .replace("{leader_guard_7}", &crate::leader::guard("{s}", 7))
         .replace("{due_prefix}", DUE_PREFIX)
         .replace("{ordering_eligible}", ORDERING_ELIGIBLE)
+        .replace("{flow_queue}", FLOW_QUEUE)
         .replace("{s}", schema)
 }
 
@@ -739,6 +896,15 @@ mod tests {
             &sql.lease,
             &sql.ordering_lock,
             &sql.ordering_recheck,
+            &sql.flow_queues,
+            &sql.flow_lock,
+            &sql.flow_due,
+            &sql.flow_state,
+            &sql.groups_next,
+            &sql.groups_state,
+            &sql.flow_take,
+            &sql.buckets_save,
+            &sql.turns_save,
             &sql.due_next,
             &sql.job_lock,
             &sql.jobs_lock,

@@ -166,6 +166,7 @@ macro_rules! on_client {
 }
 
 // After the macros: the module uses them.
+mod flow;
 mod schedule;
 
 async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
@@ -647,17 +648,63 @@ impl PostgresStore {
         let count = p.count_max as i64;
         let promote_max = Limits::LEASE_JOBS_MAX as i64;
         let now_param = self.now_param(p.now);
-        let (lease_st, clock_st) = tokio::try_join!(prep(tx, &self.sql.lease), self.clock_statement(tx))?;
+        let (lease_st, flow_st, clock_st) =
+            tokio::try_join!(prep(tx, &self.sql.lease), prep(tx, &self.sql.flow_queues), self.clock_statement(tx))?;
         let params: [&(dyn ToSql + Sync); 4] = [&queues, &now_param, &count, &promote_max];
-        let (rows, now) = match &clock_st {
-            None => (tx.query(&lease_st, &params).await?, p.now),
+        let flow_params: [&(dyn ToSql + Sync); 1] = [&queues];
+        let (mut rows, flow_rows, mut now) = match &clock_st {
+            None => {
+                let (rows, flow) = tokio::try_join!(tx.query(&lease_st, &params), tx.query(&flow_st, &flow_params))?;
+                (rows, flow, p.now)
+            }
             Some(clock) => {
                 // Pipelined in this order: the clock is read once the lease statement is done.
-                let (rows, t) = tokio::try_join!(tx.query(&lease_st, &params), tx.query_one(clock, &[]))?;
-                (rows, ms_floor(clock_us(&t)?))
+                let (rows, flow, t) = tokio::try_join!(
+                    tx.query(&lease_st, &params),
+                    tx.query(&flow_st, &flow_params),
+                    tx.query_one(clock, &[])
+                )?;
+                (rows, flow, ms_floor(clock_us(&t)?))
             }
         };
+        // Queues under flow control: `LEASE` left them out. One that `LEASE` leased from after all
+        // (it came under flow control between the two statements' snapshots) waits for the next
+        // call, so no job is taken twice.
+        let mut flows = Vec::new();
+        if !flow_rows.is_empty() {
+            let mut plain: HashSet<String> = HashSet::new();
+            for row in &rows {
+                plain.insert(get(row, "queue")?);
+            }
+            let mut configs = Vec::with_capacity(flow_rows.len());
+            for row in &flow_rows {
+                let config = queue_from_row(row)?;
+                if !plain.contains(config.name.as_str()) {
+                    configs.push(config);
+                }
+            }
+            if !configs.is_empty() {
+                let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+                now = self.flow_lock(tx, &names, now, clock_st.as_ref()).await?;
+                // What `LEASE` picked counts against `count_max`; what it only promoted does not.
+                let mut picked_plain = 0usize;
+                for row in &rows {
+                    picked_plain += usize::from(get::<Option<i64>>(row, "new_token")?.is_some());
+                }
+                let mut left = u32::try_from(p.count_max.saturating_sub(picked_plain)).unwrap_or(u32::MAX);
+                for config in &configs {
+                    if left == 0 {
+                        break;
+                    }
+                    let (taken, flow) = self.flow_lease(tx, config, now, left).await?;
+                    left -= taken.len() as u32;
+                    rows.extend(taken);
+                    flows.push(flow);
+                }
+            }
+        }
         if rows.is_empty() {
+            self.flow_charge(tx, &flows, &HashMap::new(), now).await?;
             return Ok((Vec::new(), None));
         }
         let mut loaded = Vec::with_capacity(rows.len());
@@ -676,6 +723,14 @@ impl PostgresStore {
             loaded.push(l);
         }
         self.ordering_recheck(tx, &loaded, &mut picked).await?;
+        if !flows.is_empty() {
+            let mut leased: HashMap<(&str, &str), u32> = HashMap::new();
+            for (i, _, _) in &picked {
+                let job = &loaded[*i].job;
+                *leased.entry((job.queue.as_str(), job.group_key.as_deref().unwrap_or(""))).or_default() += 1;
+            }
+            self.flow_charge(tx, &flows, &leased, now).await?;
+        }
         // Best first, and tokens in the same order: each grant's token is larger than the last.
         let mut tokens: Vec<FencingToken> = picked.iter().map(|(_, t, _)| *t).collect();
         tokens.sort_unstable();

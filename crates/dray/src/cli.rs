@@ -460,6 +460,8 @@ pub struct DeadActionArgs {
     pub rate: Option<NonZeroU32>,
 }
 
+// Parsed once per run: `Configure`'s size (the flow limits' flags made it 256 bytes) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum QueuesCommand {
     /// All queues with their job counts.
