@@ -22,6 +22,7 @@ mod dashboard;
 mod due;
 mod extract;
 mod guard;
+mod limited;
 mod listen;
 mod login;
 mod observe;
@@ -126,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         clock,
         waiters: waiters.clone(),
+        limited: Default::default(),
         observe: observe.clone(),
         workers,
         body_bytes_max: config.body_bytes_max(),

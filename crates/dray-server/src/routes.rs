@@ -349,10 +349,22 @@ async fn lease(
         if !jobs.is_empty() || app.waiters.is_closing() {
             return Ok(Json(LeaseResponse::from_store(&jobs, p.now)));
         }
+        // A limited queue's jobs may become leasable without any wake-up (see `limited`).
+        let recheck = if app.limited.any(&app.store, &p.queues).await { crate::limited::RECHECK } else { wait };
         tokio::select! {
             () = armed => {}
+            () = tokio::time::sleep(recheck) => {}
             () = &mut deadline => return Ok(Json(LeaseResponse { jobs: Vec::new() })),
         }
+    }
+}
+
+/// Wakes the long-polls of the limited queues among `queues`: a job of theirs stopped running,
+/// so a permit may be free.
+fn wake_limited<'q>(app: &App, queues: impl IntoIterator<Item = &'q QueueName>) {
+    let limited: Vec<&QueueName> = queues.into_iter().filter(|q| app.limited.known(q)).collect();
+    if !limited.is_empty() {
+        app.waiters.wake(limited);
     }
 }
 
@@ -394,6 +406,7 @@ async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiErro
     if acked.state == JobState::Available {
         app.waiters.wake_all();
     }
+    wake_limited(app, [&acked.queue]);
     Ok(Json(acked.into()))
 }
 
@@ -473,6 +486,7 @@ async fn ack(
     if results.iter().any(|r| matches!(r, Ok(a) if a.state == JobState::Available)) {
         app.waiters.wake_all();
     }
+    wake_limited(&app, results.iter().filter_map(|r| r.as_ref().ok()).map(|a| &a.queue));
     let results = jobs
         .into_iter()
         .zip(results)
@@ -620,10 +634,10 @@ async fn queue_put(
         Some(None) => Some(None),
         Some(Some(schema)) => Some(Some(crate::schema::SchemaCheck::accept(schema)?)),
     };
-    app.store.queue_configure(body.to_store(app.clock.now(), name.clone(), &current, schema)).await?;
-    if body.paused == Some(false) {
-        app.waiters.wake([&name]);
-    }
+    let config = app.store.queue_configure(body.to_store(app.clock.now(), name.clone(), &current, schema)).await?;
+    app.limited.learned(&config);
+    // Resumed, or limits raised or lifted: waiting workers may lease now.
+    app.waiters.wake([&name]);
     queue_stats(app, name).await
 }
 

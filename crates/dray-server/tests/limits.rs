@@ -92,3 +92,40 @@ async fn bad_limits_are_refused_naming_the_field_and_change_nothing() {
     let p = post(addr, "/v1/jobs", json!({"queue": "q", "payload": {}, "group_key": ""})).await.expect(422).problem();
     assert_eq!(p.field.as_deref(), Some("group_key"), "{}", p.detail);
 }
+
+/// A long-poll on a limited queue does not sleep through its chance: it gets the job when a
+/// running one completes (a permit comes back) or when a rate token comes due, well before its
+/// wait ends, though neither enqueues anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_gets_a_job_when_a_permit_frees_or_a_token_comes_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    let long_poll = |queue: &'static str| async move {
+        let t = std::time::Instant::now();
+        let body = json!({"queues": [queue], "worker": "w2", "count": 1, "wait_ms": 30_000});
+        let jobs = post(addr, "/v1/lease", body).await.expect(200).value()["jobs"].as_array().unwrap().clone();
+        (jobs, t.elapsed())
+    };
+
+    put(addr, "/v1/queues/one", json!({"concurrency_max": 1})).await.expect(200);
+    let first = enqueue(addr, "one", None).await;
+    let second = enqueue(addr, "one", None).await;
+    let held = lease(addr, "one", 1).await;
+    assert_eq!(held[0]["id"].as_u64(), Some(first));
+    let waiting = tokio::spawn(long_poll("one"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    post(addr, &format!("/v1/jobs/{first}/complete"), json!({"lease_id": held[0]["lease_id"]})).await.expect(200);
+    let (jobs, took) = waiting.await.unwrap();
+    assert_eq!(jobs.len(), 1, "the long-poll got the freed permit's job");
+    assert_eq!(jobs[0]["id"].as_u64(), Some(second));
+    assert!(took < std::time::Duration::from_secs(20), "woken, not timed out: {took:?}");
+
+    put(addr, "/v1/queues/slow", json!({"rate": {"limit": 1, "per_ms": 1000}})).await.expect(200);
+    let a = enqueue(addr, "slow", None).await;
+    let b = enqueue(addr, "slow", None).await;
+    assert_eq!(lease(addr, "slow", 5).await[0]["id"].as_u64(), Some(a));
+    let (jobs, took) = long_poll("slow").await;
+    assert_eq!(jobs[0]["id"].as_u64(), Some(b), "the next token's job");
+    assert!(took < std::time::Duration::from_secs(20), "woken when the token came due: {took:?}");
+}
