@@ -38,6 +38,7 @@ use crate::{
 
 mod admin;
 mod lifecycle;
+mod lock;
 mod model;
 mod ordering;
 mod schedule;
@@ -50,6 +51,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 
 pub use admin::*;
 pub use lifecycle::*;
+pub use lock::*;
 pub use model::model_random_operations;
 pub use ordering::*;
 pub use schedule::*;
