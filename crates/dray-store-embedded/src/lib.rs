@@ -10,6 +10,7 @@ pub mod fs;
 pub mod wal;
 
 mod codec;
+mod lock;
 mod open;
 mod schedule;
 mod state;
