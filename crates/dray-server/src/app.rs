@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     /// The server's one clock: every `now` passed to the store comes from it.
     pub clock: SystemClock,
     pub waiters: Arc<Waiters>,
+    /// Acquires waiting for held locks on this node.
+    pub lock_waiters: crate::locks::LockWaiters,
     /// Metrics and log events about jobs.
     pub observe: Arc<Observer>,
     /// The workers polling this node.

@@ -23,6 +23,7 @@ mod due;
 mod extract;
 mod guard;
 mod listen;
+mod locks;
 mod login;
 mod observe;
 mod problem;
@@ -126,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store: store.clone(),
         clock,
         waiters: waiters.clone(),
+        lock_waiters: Default::default(),
         observe: observe.clone(),
         workers,
         body_bytes_max: config.body_bytes_max(),

@@ -167,6 +167,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "token-not-found", "Token not found", format!("token {id} not found"))
     }
 
+    /// `GET /v1/locks/{name}` of a lock nobody holds (404).
+    pub fn lock_not_held(name: &dray_core::LockName, waiters: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "lock-not-held",
+            "Lock not held",
+            format!("nobody holds lock {name} ({waiters} acquires wait for it on this node)"),
+        )
+    }
+
     /// A failure of the server itself (500); the cause is logged where it happened.
     pub fn internal(why: &str) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", why)
