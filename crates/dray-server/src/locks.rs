@@ -79,8 +79,11 @@ impl LockWaiters {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut names = self.waiters.names.lock().unwrap_or_else(|e| e.into_inner());
-        // This one and the map's: nobody else waits.
-        if Arc::strong_count(&self.notify) == 2 {
+        // Our reference goes first, under the map's lock: two waiters leaving at once cannot
+        // both see the other still there and leave the entry behind.
+        let ours = std::mem::replace(&mut self.notify, Arc::new(Notify::new()));
+        drop(ours);
+        if names.get(&self.name).is_some_and(|n| Arc::strong_count(n) == 1) {
             names.remove(&self.name);
         }
     }
@@ -312,4 +315,27 @@ pub(crate) async fn lock_list(
         .map(|s| LockInfo::of(s, app.lock_waiters.count(&s.lock.name)))
         .collect();
     Ok(Json(LockList { locks, next }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiters are counted per name while they wait, and a name's entry goes with its last
+    /// waiter, whatever order they leave in (the map stays bounded by the waits in progress).
+    #[test]
+    fn waiters_are_counted_and_forgotten() {
+        let waiters = LockWaiters::default();
+        let a = LockName::new("a").unwrap();
+        let first = waiters.wait(&a);
+        let second = waiters.wait(&a);
+        let other = waiters.wait(&LockName::new("b").unwrap());
+        assert_eq!((waiters.count(&a), waiters.count(&LockName::new("b").unwrap())), (2, 1));
+        drop(first);
+        assert_eq!(waiters.count(&a), 1);
+        drop(other);
+        drop(second);
+        assert_eq!(waiters.count(&a), 0);
+        assert!(waiters.names.lock().unwrap().is_empty());
+    }
 }
