@@ -54,6 +54,10 @@ async fn fence_refuses_tokens_older_than_the_newest_seen() {
     // Bad input is the caller's mistake, not a fence refusal.
     let empty = fence(&app, "", 1).await.unwrap_err();
     assert_eq!(empty.0, "22023", "{empty:?}");
+    // The SQL bound is the core's (`Limits::FENCE_RESOURCE_BYTES_MAX`).
+    let longest = "r".repeat(dray_core::Limits::FENCE_RESOURCE_BYTES_MAX);
+    assert_eq!(fence(&app, &longest, 1).await, Ok(1));
+    assert_eq!(fence(&app, &format!("{longest}r"), 1).await.unwrap_err().0, "22023");
     let null = app.query_one("SELECT dray.fence(NULL, 1)", &[]).await.unwrap_err();
     assert_eq!(null.code().unwrap().code(), "22004", "null_value_not_allowed");
 }
