@@ -9,9 +9,11 @@
 //! This crate does no I/O and holds no business logic.
 
 pub mod convert;
+mod lock;
 mod schedule;
 mod types;
 
 pub use convert::{lease_id_parse, lease_id_string, timestamp_parse, timestamp_string};
+pub use lock::*;
 pub use schedule::*;
 pub use types::*;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
-    QueueDeletedResponse, QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate,
-    TokenCreated, TokenList, Triggered,
+    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest, LockForceQuery, LockForceReleased,
+    LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased, LockRenewRequest, Problem,
+    PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Schedule, ScheduleBody, ScheduleList,
+    ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList, Triggered,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -332,6 +333,60 @@ impl Client {
         self.send::<(), Token>(Method::DELETE, &["v1", "tokens", segment("id", id)?], None, None, None).await
     }
 
+    // ---- locks (see docs/locks.md) -------------------------------------------------------------
+
+    /// `POST /v1/locks/{name}/acquire`: hold the lock (or one of its `permits`) for `ttl_ms`,
+    /// waiting up to `wait_ms` while others hold it (the request timeout is extended by the
+    /// wait). A 409 `lock-held` names the holders when the wait ends. Hand the answer's
+    /// `fencing_token` to the resource you protect ([`crate::outbox::fence`] in PostgreSQL mode):
+    /// a lock alone does not stop a holder that was paused past its TTL from writing.
+    ///
+    /// Cancel safety: dropping the future may leave the lock granted to `owner` until its TTL;
+    /// acquiring again with the same owner gets that same hold back, so retry rather than wait.
+    pub async fn lock_acquire(&self, name: &str, request: &LockAcquireRequest) -> Result<LockGrant, Error> {
+        let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
+        let timeout = self.request_timeout.saturating_add(wait);
+        self.send(Method::POST, &["v1", "locks", segment("name", name)?, "acquire"], None, Some(request), Some(timeout))
+            .await
+    }
+
+    /// `POST /v1/locks/{name}/renew`: extend the hold by `ttl_ms` from now (default: its last
+    /// TTL). A 409 `lock-lost` means the hold is gone: stop writing. Idempotent.
+    pub async fn lock_renew(&self, name: &str, request: &LockRenewRequest) -> Result<LockGrant, Error> {
+        self.send(Method::POST, &["v1", "locks", segment("name", name)?, "renew"], None, Some(request), None).await
+    }
+
+    /// `POST /v1/locks/{name}/release`: end the hold. `released: false` when it had already
+    /// ended (a retry, or the TTL passed). Idempotent.
+    pub async fn lock_release(&self, name: &str, request: &LockReleaseRequest) -> Result<LockReleased, Error> {
+        self.send(Method::POST, &["v1", "locks", segment("name", name)?, "release"], None, Some(request), None).await
+    }
+
+    /// `GET /v1/locks/{name}`: holders, tokens, deadlines, waiters (404 `lock-not-held` when
+    /// nobody holds it). Cancel safe.
+    pub async fn lock(&self, name: &str) -> Result<LockInfo, Error> {
+        self.get(&["v1", "locks", segment("name", name)?], None).await
+    }
+
+    /// `GET /v1/locks`: held locks by name, one page. Cancel safe.
+    pub async fn locks(&self, query: LockQuery) -> Result<LockList, Error> {
+        self.get(&["v1", "locks"], Some(&query)).await
+    }
+
+    /// `DELETE /v1/locks/{name}` (admin): end the hold with `fencing_token`, or every hold.
+    /// Idempotent.
+    pub async fn lock_force_release(&self, name: &str, fencing_token: Option<u64>) -> Result<LockForceReleased, Error> {
+        let query = LockForceQuery { fencing_token };
+        self.send::<(), LockForceReleased>(
+            Method::DELETE,
+            &["v1", "locks", segment("name", name)?],
+            Some(&query),
+            None,
+            None,
+        )
+        .await
+    }
+
     /// `GET /healthz`. Cancel safe.
     pub async fn health(&self) -> Result<Health, Error> {
         self.get(&["healthz"], None).await
@@ -479,6 +534,18 @@ trait QueryParams: Sync {
 }
 
 impl QueryParams for JobQuery {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+impl QueryParams for LockQuery {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+impl QueryParams for LockForceQuery {
     fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
         serde_json::to_value(self)
     }

@@ -28,6 +28,20 @@
 //! let id = outbox::enqueue_sqlx(&mut *tx, "dray", &job).await?;
 //! tx.commit().await?;
 //! ```
+//!
+//! The same module holds the other half of Dray's locks: [`fence`] (and [`fence_sqlx`]) call
+//! `<schema>.fence(resource, token)` in your transaction before you write, so a lock holder whose
+//! lock expired while it was paused cannot write over a newer holder's work (`docs/locks.md`):
+//!
+//! ```no_run
+//! # async fn f(client: &mut tokio_postgres::Client, token: u64) -> Result<(), Box<dyn std::error::Error>> {
+//! use dray_client::outbox;
+//! let tx = client.transaction().await?;
+//! outbox::fence(&tx, "dray", "report:2026-12", token).await?; // Err(is_fenced) for a stale token
+//! tx.execute("UPDATE reports SET body = $1 WHERE month = '2026-12'", &[&"..."]).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 
@@ -37,6 +51,9 @@ use crate::client::Enqueue;
 const SQLSTATE_INVALID: &str = "22023";
 /// SQLSTATE of an idempotency key used with another payload (`unique_violation`).
 const SQLSTATE_CONFLICT: &str = "23505";
+/// SQLSTATE `<schema>.fence()` raises for a token older than the newest the resource has seen
+/// (Dray's own class `DR`; the store's `FENCE_SQLSTATE`).
+pub const SQLSTATE_FENCED: &str = "DR001";
 
 /// The schema the store uses unless configured otherwise.
 pub const SCHEMA_DEFAULT: &str = "dray";
@@ -82,6 +99,12 @@ impl Error {
     /// 23505).
     pub fn is_conflict(&self) -> bool {
         self.sqlstate().as_deref() == Some(SQLSTATE_CONFLICT)
+    }
+
+    /// [`fence`] refused the token: a newer lock holder has written to the resource (SQLSTATE
+    /// `DR001`). Roll back; this holder's lock is lost.
+    pub fn is_fenced(&self) -> bool {
+        self.sqlstate().as_deref() == Some(SQLSTATE_FENCED)
     }
 
     /// The database's message (`dray.enqueue: priority is 5000; allowed is -1000 to 1000`), or
@@ -160,6 +183,49 @@ pub async fn enqueue_sqlx(conn: &mut sqlx::PgConnection, schema: &str, job: &Enq
     let id: i64 =
         sqlx::query_scalar(&call.sql).bind(call.queue).bind(call.payload).bind(&call.options).fetch_one(conn).await?;
     EnqueueCall::job_id(id)
+}
+
+/// The statement [`fence`] and [`fence_sqlx`] run: `SELECT <schema>.fence($1::text, $2::bigint)`.
+pub fn fence_sql(schema: &str) -> Result<String, Error> {
+    schema_check(schema)?;
+    Ok(format!("SELECT {schema}.fence($1::text, $2::bigint)"))
+}
+
+fn fence_token(token: u64) -> Result<i64, Error> {
+    i64::try_from(token)
+        .map_err(|_| Error::Invalid { field: "token".into(), message: format!("{token} is not a fencing token") })
+}
+
+/// Checks `token` (a lock's fencing token) against the newest token `resource` has seen, inside
+/// the caller's transaction, and makes it the newest: call it before writing to the resource.
+/// Refused ([`Error::is_fenced`]) when a newer token has been seen: a newer holder of the lock
+/// has written, so this holder lost the lock (its TTL passed while it was paused, say) and must
+/// not write. The same token again passes. Returns the newest token, now `token`.
+///
+/// The check holds a row lock on the resource's fence until your transaction ends, so fenced
+/// writers of one resource commit one at a time; a rollback undoes the fence's change too.
+///
+/// Cancel safety: as for the statement itself, inside your transaction.
+#[cfg(feature = "postgres")]
+pub async fn fence(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    resource: &str,
+    token: u64,
+) -> Result<u64, Error> {
+    let sql = fence_sql(schema)?;
+    let row = client.query_one(&sql, &[&resource, &fence_token(token)?]).await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}
+
+/// [`fence`] on an sqlx PostgreSQL connection (`&mut *tx` for a transaction).
+///
+/// Cancel safety: as for [`fence`].
+#[cfg(feature = "sqlx")]
+pub async fn fence_sqlx(conn: &mut sqlx::PgConnection, schema: &str, resource: &str, token: u64) -> Result<u64, Error> {
+    let sql = fence_sql(schema)?;
+    let newest: i64 = sqlx::query_scalar(&sql).bind(resource).bind(fence_token(token)?).fetch_one(conn).await?;
+    Ok(u64::try_from(newest).unwrap_or(0))
 }
 
 /// The options object of `<schema>.enqueue()` for `job`: its wire body without queue and payload.

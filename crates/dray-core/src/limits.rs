@@ -103,6 +103,24 @@ impl Limits {
     pub const RATE_LIMIT_MAX: u32 = 1_000_000;
     /// A rate's `per_ms`: at most a day.
     pub const RATE_PER_MS_MAX: u64 = DAY_MS;
+
+    /// Bytes of a lock's name (ASCII letters, digits and `_ - . :`).
+    pub const LOCK_NAME_BYTES_MAX: usize = 128;
+    /// Bytes of a lock owner (any text without control characters).
+    pub const LOCK_OWNER_BYTES_MAX: usize = 128;
+    /// A lock's TTL: short enough to test pauses, long enough for any sane critical section.
+    pub const LOCK_TTL_MS_MIN: u64 = 100;
+    pub const LOCK_TTL_MS_MAX: u64 = 12 * HOUR_MS;
+    /// How long an acquire may wait for the lock (long-poll).
+    pub const LOCK_WAIT_MS_MAX: u64 = 60 * SECOND_MS;
+    /// A semaphore's size: holders of one lock at once.
+    pub const LOCK_PERMITS_MAX: u32 = 1_000;
+    /// Locks held at once (names with a live holder); an acquire past it is refused.
+    pub const LOCKS_MAX: usize = 100_000;
+    /// Locks one page of `GET /v1/locks` lists at most.
+    pub const PAGE_LOCKS_MAX: usize = 1_000;
+    /// Bytes of a fenced resource's name (`<schema>.fence(resource, token)`).
+    pub const FENCE_RESOURCE_BYTES_MAX: usize = 256;
 }
 
 /// A value that breaks a rule: names the field (a path like `jobs[3].payload` in a batch) and says

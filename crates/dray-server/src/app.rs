@@ -22,6 +22,8 @@ pub(crate) struct Shared {
     pub waiters: Arc<Waiters>,
     /// Which queues have flow limits, for long-polls (`limited.rs`).
     pub limited: crate::limited::LimitedQueues,
+    /// Acquires waiting for held locks on this node.
+    pub lock_waiters: crate::locks::LockWaiters,
     /// Metrics and log events about jobs.
     pub observe: Arc<Observer>,
     /// The workers polling this node.

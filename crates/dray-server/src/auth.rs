@@ -119,6 +119,13 @@ pub(crate) const ROUTES: &[(&str, &str, Need)] = {
         ("POST", "/v1/schedules/{name}/pause", Scope(Admin)),
         ("POST", "/v1/schedules/{name}/resume", Scope(Admin)),
         ("POST", "/v1/schedules/{name}/trigger", Scope(Admin)),
+        // Locks: a token limited to queue-name patterns may use the locks whose names match.
+        ("GET", "/v1/locks", Scope(Read)),
+        ("GET", "/v1/locks/{name}", Scope(Read)),
+        ("DELETE", "/v1/locks/{name}", Scope(Admin)),
+        ("POST", "/v1/locks/{name}/acquire", Scope(Work)),
+        ("POST", "/v1/locks/{name}/renew", Scope(Work)),
+        ("POST", "/v1/locks/{name}/release", Scope(Work)),
     ]
 };
 

@@ -24,6 +24,7 @@ mod extract;
 mod guard;
 mod limited;
 mod listen;
+mod locks;
 mod login;
 mod observe;
 mod problem;
@@ -128,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         clock,
         waiters: waiters.clone(),
         limited: Default::default(),
+        lock_waiters: Default::default(),
         observe: observe.clone(),
         workers,
         body_bytes_max: config.body_bytes_max(),

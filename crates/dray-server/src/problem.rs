@@ -167,6 +167,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "token-not-found", "Token not found", format!("token {id} not found"))
     }
 
+    /// `GET /v1/locks/{name}` of a lock nobody holds (404).
+    pub fn lock_not_held(name: &dray_core::LockName, waiters: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "lock-not-held",
+            "Lock not held",
+            format!("nobody holds lock {name} ({waiters} acquires wait for it on this node)"),
+        )
+    }
+
     /// A failure of the server itself (500); the cause is logged where it happened.
     pub fn internal(why: &str) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", why)
@@ -313,6 +323,13 @@ impl From<Error> for ApiError {
                      them first (completed and cancelled jobs are deleted with the queue)"
                 ),
             ),
+            Error::Lock { name, refusal } => lock_refused(&name, refusal),
+            Error::TooManyLocks => ApiError::new(
+                StatusCode::CONFLICT,
+                "too-many-locks",
+                "Too many locks",
+                format!("the server holds {} locks, the limit; release some first", dray_core::Limits::LOCKS_MAX),
+            ),
             Error::Rejected { job, rejection } => {
                 let mut e = rejected(rejection);
                 e.job = Some(job.0);
@@ -382,6 +399,46 @@ fn rejected(rejection: Rejection) -> ApiError {
         Rejection::NotAllowed { state, event } => {
             conflict("not-allowed", "Not allowed", format!("cannot {event} a job that is {state}"))
         }
+    }
+}
+
+/// A refused lock operation (409). Deadlines are on the store's clock, shown in RFC 3339.
+fn lock_refused(name: &dray_core::LockName, refusal: dray_core::lock::Refusal) -> ApiError {
+    use dray_core::lock::Refusal;
+    let conflict = |kind, title, message: String| ApiError::new(StatusCode::CONFLICT, kind, title, message);
+    match refusal {
+        Refusal::Held { permits, holders } => {
+            let held: Vec<String> = holders
+                .iter()
+                .map(|h| {
+                    format!(
+                        "owner {:?} (fencing token {}, until {})",
+                        h.owner.as_str(),
+                        h.token.0,
+                        timestamp_string(h.deadline)
+                    )
+                })
+                .collect();
+            conflict(
+                "lock-held",
+                "Lock held",
+                format!("lock {name} is held by {}; {} of {permits} permits taken", held.join(", "), holders.len()),
+            )
+        }
+        Refusal::PermitsMismatch { permits, asked } => conflict(
+            "lock-permits-mismatch",
+            "Lock held with other permits",
+            format!(
+                "lock {name} is held with permits {permits}, not {asked}; ask with the same permits or wait until \
+                 it is free"
+            ),
+        )
+        .with_field(Some("permits".into())),
+        Refusal::Lost { token, why } => conflict(
+            "lock-lost",
+            "Lock lost",
+            format!("lock {name}: fencing token {} {why}; nothing was changed", token.0),
+        ),
     }
 }
 

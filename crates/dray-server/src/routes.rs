@@ -49,6 +49,7 @@ use crate::problem::ApiError;
         (name = "health", description = "Liveness and readiness."),
         (name = "tokens", description = "API tokens and their scopes (admin only)."),
         (name = "schedules", description = "Cron and interval schedules that enqueue jobs, in any IANA time zone."),
+        (name = "locks", description = "Locks and semaphores with fencing tokens (see docs/locks.md)."),
     )
 )]
 struct ApiDoc;
@@ -88,6 +89,11 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(crate::schedules::schedule_pause))
         .routes(routes!(crate::schedules::schedule_resume))
         .routes(routes!(crate::schedules::schedule_trigger))
+        .routes(routes!(crate::locks::lock_list))
+        .routes(routes!(crate::locks::lock_get, crate::locks::lock_force_release))
+        .routes(routes!(crate::locks::lock_acquire))
+        .routes(routes!(crate::locks::lock_renew))
+        .routes(routes!(crate::locks::lock_release))
 }
 
 /// Routes served outside the OpenAPI document (its own route, metrics, the dashboard). With the

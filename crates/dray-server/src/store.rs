@@ -11,6 +11,7 @@ use dray_store::{
     JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete,
     QueueDeleted, QueueStats, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
 };
+use dray_store::{LockAcquire, LockForceRelease, LockGranted, LockList, LockRelease, LockRenew, LockState, LockStore};
 use dray_store_embedded::EmbeddedStore;
 use dray_store_postgres::PostgresStore;
 
@@ -216,5 +217,35 @@ impl TokenStore for AnyStore {
 
     async fn token_revoke(&self, p: TokenRevoke) -> Result<Option<TokenRecord>, Error> {
         delegate!(self.token_revoke(p))
+    }
+}
+
+impl LockStore for AnyStore {
+    async fn lock_acquire(&self, p: LockAcquire) -> Result<LockGranted, Error> {
+        delegate!(self.lock_acquire(p))
+    }
+
+    async fn lock_renew(&self, p: LockRenew) -> Result<LockGranted, Error> {
+        delegate!(self.lock_renew(p))
+    }
+
+    async fn lock_release(&self, p: LockRelease) -> Result<bool, Error> {
+        delegate!(self.lock_release(p))
+    }
+
+    async fn lock_force_release(&self, p: LockForceRelease) -> Result<Vec<dray_core::lock::Holder>, Error> {
+        delegate!(self.lock_force_release(p))
+    }
+
+    async fn lock_get(
+        &self,
+        name: &dray_core::LockName,
+        now: dray_core::Timestamp,
+    ) -> Result<Option<LockState>, Error> {
+        delegate!(self.lock_get(name, now))
+    }
+
+    async fn lock_list(&self, p: LockList) -> Result<Vec<LockState>, Error> {
+        delegate!(self.lock_list(p))
     }
 }

@@ -148,6 +148,12 @@ fn sample(method: &str, path: &str, job: u64, token_id: &str) -> (String, Option
         }
         ("DELETE", "/v1/schedules/{name}") => None,
         ("POST", "/v1/schedules/{name}/pause" | "/v1/schedules/{name}/resume" | "/v1/schedules/{name}/trigger") => None,
+        ("POST", "/v1/locks/{name}/acquire") => Some(json!({ "owner": "o", "ttl_ms": 1_000 })),
+        // 409 lock-lost or `released: false`: the token is no hold.
+        ("POST", "/v1/locks/{name}/renew" | "/v1/locks/{name}/release") => {
+            Some(json!({ "owner": "o", "fencing_token": 1 }))
+        }
+        ("DELETE", "/v1/locks/{name}") => None,
         ("GET", _) => None,
         _ => panic!("no sample request for {method} {path}: add one to this test"),
     };

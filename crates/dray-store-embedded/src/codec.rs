@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 
 use dray_core::cron::{CronRule, IntervalRule, Rule};
+use dray_core::lock::{Holder, Lock};
 use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
-    Timestamp, WorkerId,
+    LockName, LockOwner, Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
+    ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
 };
 use dray_store::{FlowLimits, OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
@@ -58,6 +59,13 @@ pub(crate) enum Record {
     ScheduleDelete {
         name: ScheduleName,
     },
+    /// A lock someone holds: its whole state (size and holders), in the log and in snapshots.
+    /// Replaying it again is harmless.
+    LockUpsert(Box<Lock>),
+    /// Nobody holds the lock any more: forgotten.
+    LockDelete {
+        name: LockName,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -78,6 +86,9 @@ const TAG_QUEUE_DELETE: u8 = 8;
 const TAG_TOKEN_UPSERT: u8 = 9;
 const TAG_SCHEDULE_UPSERT: u8 = 10;
 const TAG_SCHEDULE_DELETE: u8 = 11;
+// Locks use tags 20..=29.
+const TAG_LOCK_UPSERT: u8 = 20;
+const TAG_LOCK_DELETE: u8 = 21;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -337,6 +348,25 @@ pub(crate) fn encode_schedule_delete(buf: &mut Vec<u8>, name: &ScheduleName) {
     put_str(buf, name.as_str());
 }
 
+pub(crate) fn encode_lock_upsert(buf: &mut Vec<u8>, lock: &Lock) {
+    buf.push(TAG_LOCK_UPSERT);
+    put_str(buf, lock.name.as_str());
+    put_u32(buf, lock.permits);
+    put_u32(buf, lock.holders.len() as u32);
+    for h in &lock.holders {
+        put_str(buf, h.owner.as_str());
+        put_u64(buf, h.token.0);
+        put_i64(buf, h.acquired_at.0);
+        put_i64(buf, h.deadline.0);
+        put_u64(buf, h.ttl_ms);
+    }
+}
+
+pub(crate) fn encode_lock_delete(buf: &mut Vec<u8>, name: &LockName) {
+    buf.push(TAG_LOCK_DELETE);
+    put_str(buf, name.as_str());
+}
+
 pub(crate) fn encode_snapshot_header(buf: &mut Vec<u8>, seq: u64, epoch: u64, next_job_id: u64) {
     buf.push(TAG_SNAPSHOT_HEADER);
     put_u32(buf, SNAPSHOT_FORMAT);
@@ -533,6 +563,8 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
         TAG_TOKEN_UPSERT => Record::TokenUpsert(Box::new(d.token()?)),
         TAG_SCHEDULE_UPSERT => Record::ScheduleUpsert(Box::new(d.schedule(names)?)),
         TAG_SCHEDULE_DELETE => Record::ScheduleDelete { name: d.schedule_name()? },
+        TAG_LOCK_UPSERT => Record::LockUpsert(Box::new(d.lock()?)),
+        TAG_LOCK_DELETE => Record::LockDelete { name: d.lock_name()? },
         TAG_SNAPSHOT_END => Record::SnapshotEnd { jobs: d.u64("jobs")?, queues: d.u64("queues")? },
         _ => return Err(DecodeError { what: "tag", offset: 0 }),
     };
@@ -712,6 +744,37 @@ impl<'a> Dec<'a> {
         Ok(HistoryEntry { at, kind, state, attempt, token, worker, error, run_at })
     }
 
+    fn lock_name(&mut self) -> Result<LockName, DecodeError> {
+        let at = self.pos;
+        LockName::new(self.str("lock name")?).map_err(|_| DecodeError { what: "lock name", offset: at })
+    }
+
+    fn lock(&mut self) -> Result<Lock, DecodeError> {
+        let name = self.lock_name()?;
+        let permits = self.u32("lock permits")?;
+        if permits == 0 || permits > dray_core::Limits::LOCK_PERMITS_MAX {
+            return Err(DecodeError { what: "lock permits", offset: self.pos - 4 });
+        }
+        let count = self.u32("lock holder count")?;
+        if count > permits {
+            return Err(DecodeError { what: "lock holder count", offset: self.pos - 4 });
+        }
+        let mut holders = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let at = self.pos;
+            let owner =
+                LockOwner::new(self.str("lock owner")?).map_err(|_| DecodeError { what: "lock owner", offset: at })?;
+            holders.push(Holder {
+                owner,
+                token: FencingToken(self.u64("lock token")?),
+                acquired_at: Timestamp(self.i64("lock acquired_at")?),
+                deadline: Timestamp(self.i64("lock deadline")?),
+                ttl_ms: self.u64("lock ttl_ms")?,
+            });
+        }
+        Ok(Lock { name, permits, holders })
+    }
+
     fn token(&mut self) -> Result<TokenRecord, DecodeError> {
         let id = self.str("token id")?.to_owned();
         let name = self.str("token name")?.to_owned();
@@ -880,6 +943,38 @@ impl<'a> Dec<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock record round-trips every field; a lock with more holders than permits is refused.
+    #[test]
+    fn lock_records_round_trip() {
+        let holder = |owner: &str, token: u64| Holder {
+            owner: LockOwner::new(owner).unwrap(),
+            token: FencingToken(token),
+            acquired_at: Timestamp(5),
+            deadline: Timestamp(1_005),
+            ttl_ms: 1_000,
+        };
+        let lock = Lock {
+            name: LockName::new("orders.42").unwrap(),
+            permits: 2,
+            holders: vec![holder("a ü", 7), holder("b", 9)],
+        };
+        let mut buf = Vec::new();
+        encode_lock_upsert(&mut buf, &lock);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::LockUpsert(read) => assert_eq!(*read, lock),
+            other => panic!("decoded {other:?}"),
+        }
+        let mut buf = Vec::new();
+        encode_lock_upsert(&mut buf, &Lock { permits: 1, ..lock.clone() });
+        assert_eq!(decode(&buf, &mut Names::default()).unwrap_err().what, "lock holder count");
+        let mut buf = Vec::new();
+        encode_lock_delete(&mut buf, &lock.name);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::LockDelete { name } => assert_eq!(name, lock.name),
+            other => panic!("decoded {other:?}"),
+        }
+    }
 
     /// A queue record round-trips its `ordering_dead`, and one written before the field existed
     /// (ending after the payload schema) reads as `block`, the default. Guards old logs and

@@ -11,6 +11,7 @@ pub mod wal;
 
 mod codec;
 mod lanes;
+mod lock;
 mod open;
 mod schedule;
 mod state;

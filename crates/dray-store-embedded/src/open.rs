@@ -360,6 +360,10 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
         for schedule in state.schedules.values() {
             wal::frame_into(&mut buf, |b| codec::encode_schedule_upsert(b, schedule));
         }
+        // And locks (bounded by `Limits::LOCKS_MAX`).
+        for lock in state.locks.values() {
+            wal::frame_into(&mut buf, |b| codec::encode_lock_upsert(b, lock));
+        }
         (seq, buf, state.queues.len() as u64)
     };
     let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
@@ -465,6 +469,9 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
             }
             Record::ScheduleUpsert(schedule) => {
                 state.schedules.insert(schedule.spec.name.clone(), *schedule);
+            }
+            Record::LockUpsert(lock) => {
+                state.locks.insert(lock.name.clone(), *lock);
             }
             Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
             other => return Err(format!("unexpected frame in a snapshot: {other:?}")),

@@ -8,8 +8,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use dray_core::lock::Lock;
 use dray_core::{
-    FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
+    FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, LockName, QueueName, Schedule, ScheduleName, Timestamp,
 };
 use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord, WaitFacts};
 
@@ -117,6 +118,9 @@ pub(crate) struct State {
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Schedules by name (bounded by `Limits::SCHEDULES_MAX`).
     pub schedules: BTreeMap<ScheduleName, Schedule>,
+    /// Locks someone held at their last change, by name (bounded by `Limits::LOCKS_MAX`); a
+    /// hold past its deadline stays here until the lock next changes, but is never live.
+    pub locks: BTreeMap<LockName, Lock>,
     pub next_job_id: u64,
     pub epoch: u64,
     pub token_counter: u64,
@@ -141,6 +145,7 @@ impl State {
             idempotency: HashMap::new(),
             tokens: BTreeMap::new(),
             schedules: BTreeMap::new(),
+            locks: BTreeMap::new(),
             next_job_id: 1,
             epoch: 0,
             token_counter: 0,
@@ -321,6 +326,12 @@ impl State {
             }
             Record::ScheduleDelete { name } => {
                 self.schedules.remove(&name);
+            }
+            Record::LockUpsert(lock) => {
+                self.locks.insert(lock.name.clone(), *lock);
+            }
+            Record::LockDelete { name } => {
+                self.locks.remove(&name);
             }
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));

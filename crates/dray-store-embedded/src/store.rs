@@ -251,7 +251,7 @@ pub(crate) fn update(
 }
 
 /// A fresh fencing token, starting a new logged epoch when this one's counter is spent.
-fn token_next(state: &mut State, changes: &mut Changes) -> Result<FencingToken, Error> {
+pub(crate) fn token_next(state: &mut State, changes: &mut Changes) -> Result<FencingToken, Error> {
     if let Some(t) = state.token_next() {
         return Ok(t);
     }

@@ -45,6 +45,11 @@ mod on_disk {
         use super::*;
         dray_store::token_conformance_suite!(OnDisk::new());
     }
+
+    mod locks {
+        use super::*;
+        dray_store::lock_conformance_suite!(OnDisk::new());
+    }
 }
 
 struct Simulated {
@@ -75,5 +80,10 @@ mod simulated {
     mod tokens {
         use super::*;
         dray_store::token_conformance_suite!(Simulated { fs: SimFs::new() });
+    }
+
+    mod locks {
+        use super::*;
+        dray_store::lock_conformance_suite!(Simulated { fs: SimFs::new() });
     }
 }

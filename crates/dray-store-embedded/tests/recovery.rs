@@ -107,6 +107,54 @@ async fn snapshot_then_log_replays_to_the_same_state() {
     assert_eq!(all_jobs(&store).await, before);
 }
 
+/// Locks go into snapshots, and the log after a snapshot replays over them: held locks come back
+/// with their holders and tokens, released ones stay gone, and the next token is larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_survive_snapshot_and_log_replay() {
+    use dray_core::{LockName, LockOwner};
+    use dray_store::{LockAcquire, LockList, LockRelease, LockStore};
+
+    let acquire = |name: &str, owner: &str| LockAcquire {
+        now: T0,
+        name: LockName::new(name).unwrap(),
+        owner: LockOwner::new(owner).unwrap(),
+        ttl_ms: 60_000,
+        permits: 2,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    let kept = store.lock_acquire(acquire("kept", "a")).await.unwrap();
+    let gone = store.lock_acquire(acquire("gone", "a")).await.unwrap();
+    store.snapshot().unwrap();
+    // After the snapshot: one lock gains a holder, the other is released.
+    store.lock_acquire(acquire("kept", "b")).await.unwrap();
+    let release = LockRelease {
+        now: T0,
+        name: LockName::new("gone").unwrap(),
+        owner: LockOwner::new("a").unwrap(),
+        token: gone.holder.token,
+    };
+    assert!(store.lock_release(release).await.unwrap());
+    let list = LockList { now: T0, after: None, limit: 10 };
+    let before = store.lock_list(list.clone()).await.unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].lock.holders.len(), 2);
+    store.close().unwrap();
+
+    for snapshot_again in [false, true] {
+        let store = EmbeddedStore::open(config(dir.path())).unwrap();
+        assert_eq!(store.lock_list(list.clone()).await.unwrap(), before);
+        assert_eq!(store.lock_list(list.clone()).await.unwrap()[0].lock.holders[0], kept.holder);
+        if snapshot_again {
+            let next = store.lock_acquire(acquire("new", "c")).await.unwrap();
+            assert!(next.holder.token > before[0].lock.holders[1].token);
+        } else {
+            store.snapshot().unwrap();
+        }
+        store.close().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_taken_while_writes_go_on_recovers_exactly() {
     let dir = tempfile::tempdir().unwrap();

@@ -122,5 +122,6 @@ pub use error::ConnectError;
 pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
 pub use sql::DUE_PREFIX;
+pub use store::lock::FENCE_SQLSTATE;
 pub use store::{DueNext, PoolStatus, PostgresStore};
 pub use tls::{Tls, TlsConnector, TlsError, TlsStream};

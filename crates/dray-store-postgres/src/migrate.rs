@@ -45,6 +45,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
     Migration { version: 8, name: "ordering", sql: Sql::Text(V8_ORDERING) },
     Migration { version: 9, name: "flow_limits", sql: Sql::Derived(v9_flow_limits) },
+    Migration { version: 10, name: "locks", sql: Sql::Text(V9_LOCKS) },
 ];
 
 /// Flow limits (`dray_store::FlowLimits`): a job's `group_key`; a queue's concurrency limits and
@@ -122,6 +123,77 @@ fn v9_flow_limits() -> String {
     }
     format!("{V9_FLOW_LIMITS}\n{function}")
 }
+
+/// Locks with fencing tokens (`dray_core::lock`), and the fence that makes them safe.
+///
+/// - `locks` holds one row per lock someone held at its last change (a row whose holds all
+///   expired stays until the lock next changes or a sweep at the bound); every operation locks
+///   the row first, so operations on one lock run one at a time, and a new hold's token, drawn
+///   from the jobs' `fencing_tokens` sequence after that row lock, is above every earlier hold's.
+/// - `lock_holders` holds the holds, at most `permits` per lock (the core checks it; the bound is
+///   `Limits::LOCK_PERMITS_MAX`). A holder's `token` is unique per lock, and so is its `owner`.
+/// - `fences` is the newest token each fenced resource has seen, written only by `fence()`,
+///   inside the caller's transaction: a rolled-back write leaves no trace, and the row lock it
+///   takes serializes concurrent fenced writers of one resource until they commit.
+/// - `fence()` raises SQLSTATE `DR001` (class `DR`, Dray's own) for a token older than the
+///   newest seen, naming the resource, the token and the newest token; an equal token passes (a
+///   holder writing twice). It returns the newest token, which is then its own.
+const V9_LOCKS: &str = r#"
+CREATE TABLE {s}.locks (
+    name text COLLATE "C" PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 128),
+    permits integer NOT NULL CHECK (permits BETWEEN 1 AND 1000)
+);
+CREATE TABLE {s}.lock_holders (
+    name text COLLATE "C" NOT NULL,
+    owner text NOT NULL CHECK (octet_length(owner) BETWEEN 1 AND 128),
+    token bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    deadline timestamptz NOT NULL,
+    ttl_ms bigint NOT NULL CHECK (ttl_ms >= 1),
+    PRIMARY KEY (name, token),
+    UNIQUE (name, owner)
+);
+CREATE TABLE {s}.fences (
+    resource text COLLATE "C" PRIMARY KEY CHECK (octet_length(resource) BETWEEN 1 AND 256),
+    token bigint NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
+CREATE FUNCTION {s}.fence(resource text, token bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    newest bigint;
+BEGIN
+    IF fence.resource IS NULL OR fence.token IS NULL THEN
+        RAISE EXCEPTION USING MESSAGE = '{s}.fence: resource and token must not be null',
+            ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF octet_length(fence.resource) NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('{s}.fence: resource is %s bytes; allowed is 1 to 256', octet_length(fence.resource)),
+            ERRCODE = 'invalid_parameter_value', COLUMN = 'resource';
+    END IF;
+    -- Locks the resource's row whether or not the token moves it forward.
+    INSERT INTO {s}.fences AS f (resource, token, updated_at)
+    VALUES (fence.resource, fence.token, now())
+    ON CONFLICT ON CONSTRAINT fences_pkey DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at
+        WHERE f.token < excluded.token
+    RETURNING f.token INTO newest;
+    IF newest IS NULL THEN
+        SELECT f.token INTO newest FROM {s}.fences AS f WHERE f.resource = fence.resource;
+    END IF;
+    IF newest > fence.token THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('{s}.fence: resource %L refused fencing token %s: it has seen the newer token %s',
+                             fence.resource, fence.token, newest),
+            DETAIL = 'A newer holder of the lock has written to this resource; this holder''s lock was lost.',
+            HINT = 'Roll back. Acquire the lock again before writing.',
+            ERRCODE = 'DR001';
+    END IF;
+    RETURN newest;
+END
+$$;
+"#;
 
 /// Strict FIFO per ordering key: a queue's `ordering_dead` (whether a dead job holds its key
 /// back), and the two partial indexes the lease's eligibility test probes (see `sql::LEASE`):

@@ -165,8 +165,9 @@ macro_rules! on_client {
     }};
 }
 
-// After the macros: the module uses them.
+// After the macros: the modules use them.
 mod flow;
+pub(crate) mod lock;
 mod schedule;
 
 async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {

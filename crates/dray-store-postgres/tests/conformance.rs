@@ -46,3 +46,8 @@ mod tokens {
     use super::*;
     dray_store::token_conformance_suite!(PgHarness::new());
 }
+
+mod locks {
+    use super::*;
+    dray_store::lock_conformance_suite!(PgHarness::new());
+}

@@ -39,6 +39,7 @@ use crate::{
 mod admin;
 mod lifecycle;
 mod limits;
+mod lock;
 mod model;
 mod ordering;
 mod schedule;
@@ -52,6 +53,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 pub use admin::*;
 pub use lifecycle::*;
 pub use limits::*;
+pub use lock::*;
 pub use model::model_random_operations;
 pub use ordering::*;
 pub use schedule::*;

@@ -1,6 +1,6 @@
 //! The store's error: what went wrong, with the context a caller needs to answer a user.
 
-use dray_core::{Invalid, JobId, Limits, QueueName, Rejection, ScheduleName};
+use dray_core::{Invalid, JobId, Limits, LockName, QueueName, Rejection, ScheduleName};
 
 /// Why a store operation did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,13 @@ pub enum Error {
     /// was changed.
     #[error("job {job}: {rejection}")]
     Rejected { job: JobId, rejection: Rejection },
+
+    /// A lock operation was refused (held, lost, another size). Nothing was changed.
+    #[error("lock {name}: {refusal}")]
+    Lock { name: LockName, refusal: dray_core::lock::Refusal },
+
+    #[error("the store holds {} locks, the limit", Limits::LOCKS_MAX)]
+    TooManyLocks,
 
     /// The idempotency key is already used, within its window, by a job with another payload.
     #[error(

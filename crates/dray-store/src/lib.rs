@@ -7,6 +7,7 @@
 
 mod error;
 mod lease_id;
+mod lock;
 mod params;
 mod schedule;
 mod token;
@@ -18,6 +19,7 @@ use std::future::Future;
 
 pub use error::Error;
 pub use lease_id::LeaseIds;
+pub use lock::*;
 pub use params::*;
 pub use schedule::*;
 pub use token::*;

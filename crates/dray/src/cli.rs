@@ -15,7 +15,8 @@ Exit status (scripts can rely on it):
   1  any other error
   2  usage error (unknown command, bad flag or argument)
   3  not found (HTTP 404): no such job or queue
-  4  conflict (HTTP 409): e.g. cancelling a completed job, an idempotency key reused with another payload
+  4  conflict (HTTP 409): e.g. cancelling a completed job, an idempotency key reused with another payload,
+     a lock held by others (`locks acquire`) or lost (`locks renew`)
   5  invalid input (HTTP 400, 413, 422, or a bad line or file read by the CLI itself)
   6  server unavailable (HTTP 503) or unreachable (connection refused, timeout)
   7  not authorized (HTTP 401 or 403): no token (--token, DRAY_TOKEN), a bad one, or a missing scope
@@ -106,6 +107,67 @@ pub enum Command {
     /// trigger, delete, and preview a rule's fire times locally.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Locks with fencing tokens: list, show, release (an operator's), acquire and renew.
+    #[command(subcommand)]
+    Locks(LocksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocksCommand {
+    /// Held locks by name, with their holders.
+    List {
+        /// Names after this one (the previous page's last).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+        /// Locks per page, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One lock: permits, holders (owner, fencing token, deadline) and this node's waiters.
+    Show { name: String },
+    /// End holds as an operator (admin scope): the one with --fencing-token, or all with --all.
+    /// The holders are not told; their next renew gets `lock-lost`.
+    #[command(group(ArgGroup::new("which").required(true).args(["fencing_token", "all"])))]
+    Release {
+        name: String,
+        #[arg(long, value_name = "TOKEN")]
+        fencing_token: Option<u64>,
+        /// Every hold of the lock.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Acquire a lock for OWNER and print its fencing token (with --json, the whole grant).
+    Acquire(LockAcquireArgs),
+    /// Extend a hold; exit 4 (`lock-lost`) when the hold is gone.
+    Renew {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long, value_name = "TOKEN")]
+        fencing_token: u64,
+        /// The new length from now; default the hold's last TTL.
+        #[arg(long, value_name = "MS")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LockAcquireArgs {
+    pub name: String,
+    /// Who holds it (a host and process id, say); acquiring again with the same owner gets the
+    /// same hold back.
+    #[arg(long)]
+    pub owner: String,
+    /// How long the hold lasts unless renewed (100 to 43200000).
+    #[arg(long, value_name = "MS")]
+    pub ttl_ms: u64,
+    /// Wait up to this long while others hold it (at most 60000); exit 4 (`lock-held`) if they
+    /// still do.
+    #[arg(long, value_name = "MS")]
+    pub wait_ms: Option<u64>,
+    /// A semaphore's size: how many owners may hold it at once.
+    #[arg(long)]
+    pub permits: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Work(args) => cmd::work::run(client, args, json).await,
         Command::Tokens(command) => cmd::tokens::run(&client, command, json).await,
         Command::Schedules(command) => cmd::schedules::run(&client, command, json).await,
+        Command::Locks(command) => cmd::locks::run(&client, command, json).await,
     }
 }
 

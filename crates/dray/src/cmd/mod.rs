@@ -4,6 +4,7 @@
 pub mod dlq;
 pub mod enqueue;
 pub mod jobs;
+pub mod locks;
 pub mod meta;
 pub mod migrate;
 pub mod queues;
