@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use dray_core::cron::{CronRule, IntervalRule, Rule};
 use dray_core::schedule::LastTick;
 use dray_core::{
-    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
-    Timestamp, WorkerId,
+    Backoff, Breaker, BreakerPolicy, BreakerState, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId,
+    JobState, JobStatus, Lease, LeaseId, Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule,
+    ScheduleName, ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
 };
 use dray_store::{OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
@@ -58,6 +58,13 @@ pub(crate) enum Record {
     ScheduleDelete {
         name: ScheduleName,
     },
+    /// A queue's circuit breaker after a change of state (a transition, a probe granted or
+    /// succeeded, an operator's order): the whole state but its window, which is never logged.
+    /// In the log and in snapshots (after the queues); replaying it again is harmless.
+    BreakerUpdate {
+        queue: QueueName,
+        breaker: Box<Breaker>,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -78,6 +85,7 @@ const TAG_QUEUE_DELETE: u8 = 8;
 const TAG_TOKEN_UPSERT: u8 = 9;
 const TAG_SCHEDULE_UPSERT: u8 = 10;
 const TAG_SCHEDULE_DELETE: u8 = 11;
+const TAG_BREAKER_UPDATE: u8 = 30;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -145,6 +153,36 @@ pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
         OrderingDead::Block => 0,
         OrderingDead::Skip => 1,
     });
+    // Added with circuit breakers: a record that ends before it has no breaker.
+    match &config.breaker {
+        None => buf.push(0),
+        Some(b) => {
+            buf.push(1);
+            put_u64(buf, b.failure_ratio.to_bits());
+            put_u64(buf, b.window_ms);
+            put_u32(buf, b.min_attempts);
+            put_u64(buf, b.open_ms);
+            put_u32(buf, b.probes);
+        }
+    }
+}
+
+pub(crate) fn encode_breaker_update(buf: &mut Vec<u8>, queue: &QueueName, b: &Breaker) {
+    buf.push(TAG_BREAKER_UPDATE);
+    put_str(buf, queue.as_str());
+    buf.push(match b.state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    });
+    buf.push(b.forced as u8);
+    put_opt_i64(buf, b.changed_at.map(|t| t.0));
+    put_opt_i64(buf, b.half_open_at.map(|t| t.0));
+    put_u32(buf, b.probes_granted);
+    put_u32(buf, b.probes_succeeded);
+    for n in b.transitions {
+        put_u64(buf, n);
+    }
 }
 
 pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
@@ -455,7 +493,38 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
                     true => OrderingDead::Skip,
                 }
             },
+            breaker: if d.at_end() || !d.bool("breaker")? {
+                None
+            } else {
+                Some(BreakerPolicy {
+                    failure_ratio: f64::from_bits(d.u64("breaker failure_ratio")?),
+                    window_ms: d.u64("breaker window_ms")?,
+                    min_attempts: d.u32("breaker min_attempts")?,
+                    open_ms: d.u64("breaker open_ms")?,
+                    probes: d.u32("breaker probes")?,
+                })
+            },
         }),
+        TAG_BREAKER_UPDATE => {
+            let queue = d.queue(names)?;
+            let state = match d.u8("breaker state")? {
+                0 => BreakerState::Closed,
+                1 => BreakerState::Open,
+                2 => BreakerState::HalfOpen,
+                _ => return Err(DecodeError { what: "breaker state", offset: d.pos - 1 }),
+            };
+            let mut breaker = Breaker::new();
+            breaker.state = state;
+            breaker.forced = d.bool("breaker forced")?;
+            breaker.changed_at = d.opt_i64("breaker changed_at")?.map(Timestamp);
+            breaker.half_open_at = d.opt_i64("breaker half_open_at")?.map(Timestamp);
+            breaker.probes_granted = d.u32("breaker probes_granted")?;
+            breaker.probes_succeeded = d.u32("breaker probes_succeeded")?;
+            for n in &mut breaker.transitions {
+                *n = d.u64("breaker transitions")?;
+            }
+            Record::BreakerUpdate { queue, breaker: Box::new(breaker) }
+        }
         TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
         TAG_JOB_UPDATE => {
             let id = JobId(d.u64("job id")?);
@@ -815,10 +884,54 @@ mod tests {
             Record::QueueUpsert(read) => assert_eq!(read, config),
             other => panic!("decoded {other:?}"),
         }
-        buf.pop();
+        // The breaker's flag (no breaker), then `ordering_dead`.
+        buf.truncate(buf.len() - 2);
         match decode(&buf, &mut Names::default()).unwrap() {
             Record::QueueUpsert(read) => {
                 assert_eq!(read, QueueConfig { ordering_dead: OrderingDead::Block, ..config })
+            }
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// A queue record round-trips its breaker, and one written before the field existed (ending
+    /// after `ordering_dead`) reads as no breaker. Guards old logs and snapshots.
+    #[test]
+    fn queue_record_breaker_is_an_optional_trailing_field() {
+        let mut config = QueueConfig::new(QueueName::new("q").unwrap());
+        config.breaker =
+            Some(BreakerPolicy { failure_ratio: 0.25, window_ms: 60_000, min_attempts: 7, open_ms: 9_000, probes: 3 });
+        let mut buf = Vec::new();
+        encode_queue_upsert(&mut buf, &config);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert_eq!(read, config),
+            other => panic!("decoded {other:?}"),
+        }
+        buf.truncate(buf.len() - (1 + 8 + 8 + 4 + 8 + 4));
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert_eq!(read, QueueConfig { breaker: None, ..config }),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// A breaker record round-trips everything but the window.
+    #[test]
+    fn breaker_record_round_trips() {
+        let mut b = Breaker::new();
+        b.state = BreakerState::HalfOpen;
+        b.forced = false;
+        b.changed_at = Some(Timestamp(5));
+        b.half_open_at = None;
+        b.probes_granted = 2;
+        b.probes_succeeded = 1;
+        b.transitions = [1, 2, 3];
+        let q = QueueName::new("q").unwrap();
+        let mut buf = Vec::new();
+        encode_breaker_update(&mut buf, &q, &b);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::BreakerUpdate { queue, breaker } => {
+                assert_eq!(queue, q);
+                assert_eq!(*breaker, b);
             }
             other => panic!("decoded {other:?}"),
         }

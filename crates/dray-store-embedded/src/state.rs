@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dray_core::{
-    FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
+    Breaker, FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, QueueName, Schedule, ScheduleName, Timestamp,
 };
 use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord};
 
@@ -44,6 +44,10 @@ pub(crate) struct QueueState {
     pub finished: BTreeSet<(Timestamp, JobId)>,
     /// Dead jobs by the time they died: for pruning and the oldest-dead age.
     pub dead: BTreeSet<(Timestamp, JobId)>,
+    /// The circuit breaker's state, while `config.breaker` is set. Its state is logged on every
+    /// change (`Record::BreakerUpdate`); its window is memory only and starts empty after a
+    /// restart.
+    pub breaker: Option<Breaker>,
 }
 
 /// One ordering key's blocking jobs. A key's jobs run one at a time in id order: the job with
@@ -81,6 +85,7 @@ fn blocks(state: JobState, ordering_dead: OrderingDead) -> bool {
 impl QueueState {
     fn new(config: QueueConfig) -> QueueState {
         QueueState {
+            breaker: config.breaker.as_ref().map(|_| Breaker::new()),
             config,
             ids: Default::default(),
             available: BTreeSet::new(),
@@ -96,7 +101,12 @@ impl QueueState {
         for (i, set) in self.ids.iter().enumerate() {
             counts[i] = set.len() as u64;
         }
-        QueueStats { config: self.config.clone(), counts, oldest_dead_at: self.dead.first().map(|(at, _)| *at) }
+        QueueStats {
+            config: self.config.clone(),
+            counts,
+            oldest_dead_at: self.dead.first().map(|(at, _)| *at),
+            breaker: self.breaker.clone(),
+        }
     }
 }
 
@@ -183,8 +193,21 @@ impl State {
         self.queues.get(name).map(|q| &q.config)
     }
 
+    /// Sets a queue's breaker state (from the log: its window starts empty). Ignored for a queue
+    /// that has no breaker at this point of a replay: a later record of the log settles it.
+    pub fn breaker_set(&mut self, queue: &QueueName, mut breaker: Breaker) {
+        if let Some(q) = self.queues.get_mut(queue).filter(|q| q.config.breaker.is_some()) {
+            breaker.window_reset();
+            q.breaker = Some(breaker);
+        }
+    }
+
     /// Creates or replaces a queue's configuration.
     pub fn queue_upsert(&mut self, config: QueueConfig) {
+        if let Some(q) = self.queues.get_mut(&config.name) {
+            q.breaker =
+                dray_store::breaker_reconfigured(q.config.breaker.as_ref(), config.breaker.as_ref(), q.breaker.take());
+        }
         match self.queues.get_mut(&config.name) {
             Some(q) if q.config.ordering_dead != config.ordering_dead => {
                 // Dead jobs join or leave their keys' blocking sets: unindex them under the old
@@ -312,6 +335,7 @@ impl State {
             Record::ScheduleDelete { name } => {
                 self.schedules.remove(&name);
             }
+            Record::BreakerUpdate { queue, breaker } => self.breaker_set(&queue, *breaker),
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));
             }

@@ -44,7 +44,36 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "payload_schema", sql: Sql::Text(V6_PAYLOAD_SCHEMA) },
     Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
     Migration { version: 8, name: "ordering", sql: Sql::Text(V8_ORDERING) },
+    Migration { version: 9, name: "breaker", sql: Sql::Text(V9_BREAKER) },
 ];
+
+/// Circuit breakers (`dray_core::breaker`): one row per queue that has one, holding its policy,
+/// its state and its sliding window (`BUCKETS` bucket numbers with their attempt and failure
+/// counts, parallel arrays; empty until the first outcome). A queue without a breaker has no
+/// row, so its leases and acks find nothing to lock. Acks, expiries and leases change a row only
+/// under its lock (`store/breaker.rs`); deleting the queue deletes it.
+const V9_BREAKER: &str = r#"
+CREATE TABLE {s}.breakers (
+    queue text COLLATE "C" PRIMARY KEY REFERENCES {s}.queues (name) ON DELETE CASCADE,
+    failure_ratio double precision NOT NULL CHECK (failure_ratio > 0 AND failure_ratio <= 1),
+    window_ms bigint NOT NULL CHECK (window_ms >= 1),
+    min_attempts integer NOT NULL CHECK (min_attempts >= 1),
+    open_ms bigint NOT NULL CHECK (open_ms >= 1),
+    probes integer NOT NULL CHECK (probes >= 1),
+    state text NOT NULL DEFAULT 'closed' CHECK (state IN ('closed', 'open', 'half_open')),
+    forced boolean NOT NULL DEFAULT false,
+    changed_at timestamptz,
+    half_open_at timestamptz,
+    probes_granted integer NOT NULL DEFAULT 0,
+    probes_succeeded integer NOT NULL DEFAULT 0,
+    to_closed bigint NOT NULL DEFAULT 0,
+    to_open bigint NOT NULL DEFAULT 0,
+    to_half_open bigint NOT NULL DEFAULT 0,
+    bucket_starts bigint[] NOT NULL DEFAULT '{}',
+    bucket_attempts integer[] NOT NULL DEFAULT '{}',
+    bucket_failures integer[] NOT NULL DEFAULT '{}'
+);
+"#;
 
 /// Strict FIFO per ordering key: a queue's `ordering_dead` (whether a dead job holds its key
 /// back), and the two partial indexes the lease's eligibility test probes (see `sql::LEASE`):

@@ -127,9 +127,14 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 /// and the best `$3` available jobs per queue; then picks the best `$3` of all those in lease
 /// order and draws a fencing token for each, after the row locks are held (so a later grant on
 /// the same job always draws a larger token). Payloads are read for the picked jobs only.
+///
+/// A queue whose circuit breaker is not closed is passed over unless `$5` is true: the caller then
+/// holds that breaker's row lock and asks for the one queue whose probes it counts
+/// (`store/breaker.rs`).
 const LEASE: &str = "
 WITH open AS (
-    SELECT name, ordering_dead FROM {s}.queues WHERE name = ANY($1::text[]) AND NOT paused
+    SELECT name, ordering_dead FROM {s}.queues qq WHERE name = ANY($1::text[]) AND NOT paused
+      AND ($5::bool OR NOT EXISTS (SELECT 1 FROM {s}.breakers b WHERE b.queue = qq.name AND b.state <> 'closed'))
 ), due AS (
     SELECT d.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
@@ -368,7 +373,10 @@ const QUEUE_SCHEMAS: &str =
 /// The payloads of the jobs `$1`.
 const PAYLOADS_READ: &str = "SELECT id, payload FROM {s}.jobs WHERE id = ANY($1::bigint[])";
 
-const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
+/// The queue's row, locked, with its breaker's policy and state (not locked: a configure writes
+/// only the policy).
+const QUEUE_LOCK: &str = "SELECT {queue_columns}, {breaker_columns} FROM {s}.queues q \
+     LEFT JOIN {s}.breakers b ON b.queue = q.name WHERE q.name = $1::text FOR UPDATE OF q";
 
 const QUEUE_UPDATE: &str = "
 UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
@@ -381,8 +389,9 @@ WHERE name = $1::text";
 /// entry of `jobs_dead`.
 const QUEUE_STATS: &str = "
 SELECT {queue_columns}, c.n_scheduled, c.n_available, c.n_running, c.n_retrying, c.n_completed, c.n_dead,
-       c.n_cancelled, d.oldest_dead_at
+       c.n_cancelled, d.oldest_dead_at, {breaker_columns}
 FROM {s}.queues q
+LEFT JOIN {s}.breakers b ON b.queue = q.name
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE j.state = 'scheduled') AS n_scheduled,
            count(*) FILTER (WHERE j.state = 'available') AS n_available,
@@ -450,7 +459,8 @@ const SCHEDULE_COUNT: &str = "SELECT count(*) FROM {s}.schedules";
 
 /// One queue's configuration, if it exists (no lock: a put checks its template's payload against
 /// the schema as it is now, as the embedded store does).
-const QUEUE_GET: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text";
+const QUEUE_GET: &str = "SELECT {queue_columns}, {breaker_columns} FROM {s}.queues q \
+     LEFT JOIN {s}.breakers b ON b.queue = q.name WHERE q.name = $1::text";
 
 /// Writes a whole schedule, new or replacing the row (locked by the caller when it exists).
 const SCHEDULE_SAVE: &str = "
@@ -546,6 +556,7 @@ pub(crate) struct Sql {
     pub schedules_due: String,
     pub schedule_tick_lock: String,
     pub schedule_advance: String,
+    pub breaker: crate::store::BreakerSql,
 }
 
 impl Sql {
@@ -594,6 +605,7 @@ impl Sql {
             schedules_due: r(SCHEDULES_DUE),
             schedule_tick_lock: r(SCHEDULE_TICK_LOCK),
             schedule_advance: r(SCHEDULE_ADVANCE),
+            breaker: crate::store::BreakerSql::new(schema),
         }
     }
 
@@ -682,6 +694,7 @@ pub(crate) struct FilterParams {
 fn render(sql: &str, schema: &str) -> String {
     sql.replace("{job_columns}", JOB_COLUMNS)
         .replace("{queue_columns}", QUEUE_COLUMNS)
+        .replace("{breaker_columns}", crate::store::BREAKER_COLUMNS)
         .replace("{schedule_columns}", SCHEDULE_COLUMNS)
         .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
         .replace("{leader_guard}", &crate::leader::guard("{s}", 3))
@@ -741,6 +754,13 @@ mod tests {
             &sql.schedules_due,
             &sql.schedule_tick_lock,
             &sql.schedule_advance,
+            &sql.breaker.blocked,
+            &sql.breaker.lock,
+            &sql.breaker.lock_for_jobs,
+            &sql.breaker.save,
+            &sql.breaker.put,
+            &sql.breaker.delete,
+            &sql.breaker.queue_exists,
         ];
         for text in all {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");

@@ -165,8 +165,11 @@ macro_rules! on_client {
     }};
 }
 
-// After the macros: the module uses them.
+// After the macros: the modules use them.
+mod breaker;
 mod schedule;
+
+pub(crate) use breaker::{BREAKER_COLUMNS, BreakerSql, breaker_from_row, policy_from_row};
 
 async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
     Ok(tx.prepare_cached(sql).await?)
@@ -648,16 +651,35 @@ impl PostgresStore {
         let promote_max = Limits::LEASE_JOBS_MAX as i64;
         let now_param = self.now_param(p.now);
         let (lease_st, clock_st) = tokio::try_join!(prep(tx, &self.sql.lease), self.clock_statement(tx))?;
-        let params: [&(dyn ToSql + Sync); 4] = [&queues, &now_param, &count, &promote_max];
-        let (rows, now) = match &clock_st {
-            None => (tx.query(&lease_st, &params).await?, p.now),
+        let params: [&(dyn ToSql + Sync); 5] = [&queues, &now_param, &count, &promote_max, &false];
+        // Pipelined after the lease statement, which passes over queues whose breaker is not
+        // closed: those queues, if any, go through the probe path below.
+        let (mut rows, now, blocked) = match &clock_st {
+            None => {
+                let (rows, blocked) = tokio::try_join!(
+                    async { Ok(tx.query(&lease_st, &params).await?) },
+                    self.breakers_blocked(tx, queues)
+                )?;
+                (rows, p.now, blocked)
+            }
             Some(clock) => {
                 // Pipelined in this order: the clock is read once the lease statement is done.
-                let (rows, t) = tokio::try_join!(tx.query(&lease_st, &params), tx.query_one(clock, &[]))?;
-                (rows, ms_floor(clock_us(&t)?))
+                let (rows, t, blocked) = tokio::try_join!(
+                    async { Ok(tx.query(&lease_st, &params).await?) },
+                    async { Ok(tx.query_one(clock, &[]).await?) },
+                    self.breakers_blocked(tx, queues)
+                )?;
+                (rows, ms_floor(clock_us(&t)?), blocked)
             }
         };
+        let mut breakers = breaker::HeldBreakers::new();
+        if !blocked.is_empty() {
+            let picked = rows.iter().filter(|r| r.get::<_, Option<i64>>("new_token").is_some()).count();
+            let left = p.count_max.saturating_sub(picked);
+            breakers = self.breaker_probes(tx, &lease_st, &blocked, left, now, now_param, &mut rows).await?;
+        }
         if rows.is_empty() {
+            self.breakers_save(tx, &breakers).await?;
             return Ok((Vec::new(), None));
         }
         let mut loaded = Vec::with_capacity(rows.len());
@@ -676,6 +698,14 @@ impl PostgresStore {
             loaded.push(l);
         }
         self.ordering_recheck(tx, &loaded, &mut picked).await?;
+        if !breakers.is_empty() {
+            for (i, _, _) in &picked {
+                if let Some(h) = breakers.get_mut(loaded[*i].job.queue.as_str()) {
+                    h.breaker.granted(1);
+                }
+            }
+            self.breakers_save(tx, &breakers).await?;
+        }
         // Best first, and tokens in the same order: each grant's token is larger than the last.
         let mut tokens: Vec<FencingToken> = picked.iter().map(|(_, t, _)| *t).collect();
         tokens.sort_unstable();
@@ -708,6 +738,41 @@ impl PostgresStore {
             job.lease_left_ms = Some(left);
         }
         Ok((out, Some(measured)))
+    }
+
+    /// The probe path of a lease: locks the breakers of `blocked` (queues asked for whose breaker
+    /// was not closed), turns those whose open period is over half-open, and leases from each
+    /// half-open one at most its probes left (and at most `left` in all), appending the rows to
+    /// `rows`. Returns the locked breakers; the caller counts the probes actually granted (after
+    /// the ordering re-check) and writes them back.
+    #[allow(clippy::too_many_arguments)]
+    async fn breaker_probes(
+        &self,
+        tx: &Transaction<'_>,
+        lease_st: &Statement,
+        blocked: &[String],
+        mut left: usize,
+        now: dray_core::Timestamp,
+        now_param: Option<SystemTime>,
+        rows: &mut Vec<Row>,
+    ) -> Result<breaker::HeldBreakers, Fail> {
+        let names: Vec<&str> = blocked.iter().map(String::as_str).collect();
+        let mut held = self.breakers_lock(tx, &names).await?;
+        let promote_max = Limits::LEASE_JOBS_MAX as i64;
+        for name in &names {
+            let Some(h) = held.get_mut(*name) else { continue };
+            let allowed = h.breaker.allowance(&h.policy, now).of(left);
+            if allowed == 0 {
+                continue;
+            }
+            let count = allowed as i64;
+            let one = [*name];
+            let params: [&(dyn ToSql + Sync); 5] = [&one.as_slice(), &now_param, &count, &promote_max, &true];
+            let got = tx.query(lease_st, &params).await?;
+            left -= got.iter().filter(|r| r.get::<_, Option<i64>>("new_token").is_some()).count().min(left);
+            rows.extend(got);
+        }
+        Ok(held)
     }
 
     /// Drops from `picked` the keyed jobs that are no longer eligible once this transaction holds
@@ -824,7 +889,14 @@ impl PostgresStore {
 
     async fn ack_in(&self, tx: &Transaction<'_>, p: &JobAck) -> Result<Vec<Result<Acked, Error>>, Fail> {
         let ids: Vec<JobId> = p.acks.iter().map(|a| a.job).collect();
-        let (now, mut jobs) = tokio::try_join!(self.now(tx, p.now), self.lock_jobs(tx, &ids, true))?;
+        let sql_ids: Vec<i64> = ids.iter().filter_map(|&id| id_to_sql(id)).collect();
+        // The breakers of the jobs' queues, locked after the jobs (pipelined: none costs nothing).
+        let (now, mut jobs, breakers) = tokio::try_join!(
+            self.now(tx, p.now),
+            self.lock_jobs(tx, &ids, true),
+            self.breakers_lock_for_jobs(tx, &sql_ids)
+        )?;
+        let mut outcomes = Vec::new();
         let mut out = Vec::with_capacity(p.acks.len());
         // Items apply in order: a second ack of one job in the same call sees the first's result.
         for ack in &p.acks {
@@ -850,6 +922,10 @@ impl PostgresStore {
                     // it the job is no longer running, so no later ack of it is accepted.
                     l.guard.get_or_insert(ack.lease);
                     l.apply(t);
+                    if breakers.contains_key(queue.as_str()) {
+                        let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
+                        outcomes.push((queue.clone(), leased_at, breaker::verdict(state, failed)));
+                    }
                     out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
                 }
             }
@@ -857,6 +933,7 @@ impl PostgresStore {
         let jobs: Vec<Loaded> = jobs.into_values().collect();
         let due = due_notifications(&jobs);
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        self.breakers_record(tx, breakers, now, &outcomes).await?;
         Ok(out)
     }
 
@@ -1025,9 +1102,13 @@ impl PostgresStore {
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut expired = Vec::with_capacity(rows.len());
+        let mut outcomes = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
             let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
+            // A lease that runs out is a failed attempt: a crashed worker is a failure.
+            let leased_at = l.job.status.lease.as_ref().map_or(now, |l| l.leased_at);
+            outcomes.push((l.job.queue.clone(), leased_at, breaker::verdict(t.status.state, true)));
             expired.push(Expired {
                 id: l.job.id,
                 queue: l.job.queue.clone(),
@@ -1039,6 +1120,13 @@ impl PostgresStore {
         }
         let due = due_notifications(&jobs);
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        if !outcomes.is_empty() {
+            let mut queues: Vec<&str> = outcomes.iter().map(|(q, _, _)| q.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            let breakers = self.breakers_lock(tx, &queues).await?;
+            self.breakers_record(tx, breakers, now, &outcomes).await?;
+        }
         Ok(expired)
     }
 
@@ -1105,9 +1193,11 @@ impl PostgresStore {
         };
         let (_, row) = tokio::try_join!(ensure, lock)?;
         let Some(row) = row else { return Err(Fail::Retry("a queue vanished while being configured")) };
-        let config = p.apply_to(&queue_from_row(&row)?)?;
+        let current = queue_from_row(&row)?;
+        let config = p.apply_to(&current)?;
         let st = prep(tx, &self.sql.queue_update).await?;
         tx.execute(&st, &QueueColumns::of(&config).params(&name)).await?;
+        self.breaker_configure(tx, name, current.breaker.as_ref(), config.breaker.as_ref()).await?;
         Ok(config)
     }
 
@@ -1646,6 +1736,10 @@ impl Store for PostgresStore {
     async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
         p.validate()?;
         in_transaction!(self, "job_ack", |tx| self.ack_in(&tx, &p))
+    }
+
+    async fn breaker_force(&self, p: dray_store::BreakerForce) -> Result<dray_core::Breaker, Error> {
+        in_transaction!(self, "breaker_force", |tx| self.breaker_force_in(&tx, &p))
     }
 
     async fn job_cancel(&self, p: JobCancel) -> Result<JobState, Error> {

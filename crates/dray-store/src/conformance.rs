@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod admin;
+mod breaker;
 mod lifecycle;
 mod model;
 mod ordering;
@@ -49,6 +50,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 }
 
 pub use admin::*;
+pub use breaker::*;
 pub use lifecycle::*;
 pub use model::model_random_operations;
 pub use ordering::*;
@@ -169,6 +171,15 @@ macro_rules! conformance_suite {
             ordering_dead_blocks_until_redrive_or_discard,
             ordering_dead_skip,
             ordering_survives_restart,
+            // Circuit breaker.
+            breaker_opens_at_ratio_across_workers,
+            breaker_open_leases_nothing,
+            breaker_half_open_probes_then_closes,
+            breaker_probe_failure_reopens,
+            breaker_counts_expiry_not_cancel,
+            breaker_force_open_and_close,
+            breaker_configure_validates_and_removes,
+            breaker_state_survives_restart,
             // Schedules.
             schedule_put_get_list_delete,
             schedule_put_validates,

@@ -5,8 +5,8 @@ use dray_core::json::same_value;
 use std::collections::HashMap;
 
 use dray_core::{
-    DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, RetryPolicy,
-    Timestamp, WorkerId, limits::check_range,
+    Breaker, BreakerPolicy, DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
+    QueueName, RetryPolicy, Timestamp, WorkerId, limits::check_range,
 };
 
 /// Insert one job or an atomic batch.
@@ -450,6 +450,8 @@ pub struct QueueConfig {
     pub payload_schema: Option<PayloadSchema>,
     /// Whether a dead job holds back the later jobs of its ordering key.
     pub ordering_dead: OrderingDead,
+    /// The queue's circuit breaker (`None`: none). See `dray_core::breaker`.
+    pub breaker: Option<BreakerPolicy>,
 }
 
 /// What a dead job does to the later jobs of its ordering key. Within a queue, jobs sharing an
@@ -493,6 +495,7 @@ impl QueueConfig {
             paused: false,
             payload_schema: None,
             ordering_dead: OrderingDead::Block,
+            breaker: None,
         }
     }
 
@@ -510,6 +513,9 @@ impl QueueConfig {
         check_range("lease_ms", self.lease_ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
         check_range("retention_ms", self.retention_ms, 0, Limits::RETENTION_MS_MAX, "")?;
         check_range("retention_dead_ms", self.retention_dead_ms, 0, Limits::RETENTION_MS_MAX, "")?;
+        if let Some(breaker) = &self.breaker {
+            breaker.validate()?;
+        }
         Ok(())
     }
 }
@@ -528,6 +534,8 @@ pub struct QueueConfigure {
     /// `Some(None)` removes the schema.
     pub payload_schema: Option<Option<PayloadSchema>>,
     pub ordering_dead: Option<OrderingDead>,
+    /// `Some(None)` removes the breaker (and its state).
+    pub breaker: Option<Option<BreakerPolicy>>,
 }
 
 impl QueueConfigure {
@@ -542,6 +550,7 @@ impl QueueConfigure {
             paused: None,
             payload_schema: None,
             ordering_dead: None,
+            breaker: None,
         }
     }
 
@@ -556,6 +565,7 @@ impl QueueConfigure {
             paused: self.paused.unwrap_or(current.paused),
             payload_schema: self.payload_schema.clone().unwrap_or_else(|| current.payload_schema.clone()),
             ordering_dead: self.ordering_dead.unwrap_or(current.ordering_dead),
+            breaker: self.breaker.unwrap_or(current.breaker),
         };
         config.validate()?;
         Ok(config)
@@ -570,11 +580,43 @@ pub struct QueueStats {
     pub counts: [u64; 7],
     /// When the longest-dead job died.
     pub oldest_dead_at: Option<Timestamp>,
+    /// The breaker's state, when the queue has a breaker (`config.breaker`): what it was when last
+    /// changed; `Breaker::view` says what it is at a given moment.
+    pub breaker: Option<Breaker>,
 }
 
 impl QueueStats {
     pub fn count(&self, state: JobState) -> u64 {
         self.counts[state.index()]
+    }
+}
+
+/// An operator's order to a queue's circuit breaker.
+#[derive(Clone, Debug)]
+pub struct BreakerForce {
+    pub now: Timestamp,
+    pub queue: QueueName,
+    /// `true`: open it, and keep it open until closed by hand; `false`: close it (its window
+    /// starts empty).
+    pub open: bool,
+}
+
+/// A queue's breaker config changing from `before` to `after`: the state it keeps. A new breaker
+/// starts closed; a changed policy keeps the state but empties the window (its buckets may have
+/// changed width); no breaker keeps no state.
+pub fn breaker_reconfigured(
+    before: Option<&BreakerPolicy>,
+    after: Option<&BreakerPolicy>,
+    state: Option<Breaker>,
+) -> Option<Breaker> {
+    let after = after?;
+    match (before, state) {
+        (Some(b), Some(state)) if b == after => Some(state),
+        (_, Some(mut state)) => {
+            state.window_reset();
+            Some(state)
+        }
+        (_, None) => Some(Breaker::new()),
     }
 }
 

@@ -481,6 +481,7 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
         paused: false,
         payload_schema: None,
         ordering_dead: crate::OrderingDead::Block,
+        breaker: None,
     };
     assert_eq!(c.configure(p).await.unwrap(), want);
     let paused =
