@@ -72,5 +72,6 @@ async fn breaker_opens_on_failures_from_several_workers_and_operators_force_it()
 
     let queue = put(addr, "/v1/queues/pay", json!({ "breaker": null })).await.expect(200).value();
     assert!(queue.get("breaker").is_none(), "{queue:#}");
+    enqueue(addr, "pay", json!({ "n": "after" })).await;
     assert!(!lease_as(addr, "pay", "w3", 10).await.is_empty(), "without a breaker the queue leases");
 }

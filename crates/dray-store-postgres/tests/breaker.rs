@@ -24,6 +24,9 @@ async fn lease(store: &PostgresStore, now: Timestamp, worker: &str, count_max: u
 }
 
 async fn ack(store: &PostgresStore, now: Timestamp, leased: &[LeasedJob], fail: bool) {
+    if leased.is_empty() {
+        return;
+    }
     let outcome = || match fail {
         true => AckOutcome::Fail { error: "gateway down".into(), retryable: true, retry_after_ms: None },
         false => AckOutcome::Complete { result: None },
