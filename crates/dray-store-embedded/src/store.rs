@@ -476,11 +476,11 @@ impl Store for EmbeddedStore {
                     .min();
                 let Some(((_, _, id), i)) = best else { break };
                 open[i].1 -= 1;
-                if let Some(breaker) = state.queues.get_mut(open[i].0).and_then(|q| q.breaker.as_mut()) {
-                    if breaker.state != dray_core::BreakerState::Closed {
-                        breaker.granted(1);
-                        changes.push(|buf| codec::encode_breaker_update(buf, open[i].0, breaker));
-                    }
+                let breaker = state.queues.get_mut(open[i].0).and_then(|q| q.breaker.as_mut());
+                if let Some(breaker) = breaker.filter(|b| b.state != dray_core::BreakerState::Closed) {
+                    // A probe: counted, and logged (a half-open breaker grants only a few).
+                    breaker.granted(1);
+                    changes.push(|buf| codec::encode_breaker_update(buf, open[i].0, breaker));
                 }
                 let token = token_next(state, changes)?;
                 let lease_id = state.lease_ids.next();

@@ -262,7 +262,7 @@ pub async fn breaker_state_survives_restart<H: Harness>(h: H) {
     let opened = breaker(&c).await;
     c.restart().await;
     let b = breaker(&c).await;
-    assert_eq!(b.same_but_window(&opened), true, "{b:?} after restart, {opened:?} before");
+    assert!(b.same_but_window(&opened), "{b:?} after restart, {opened:?} before");
     assert_eq!(c.stats("q").await.config.breaker, Some(POLICY));
     assert!(c.lease(&["q"], 10).await.is_empty());
     force(&c, "q", true).await.unwrap();
