@@ -194,6 +194,22 @@ try {
     await page.click('#queue-pause');
     await page.waitForFunction(() => !document.querySelector('h1 .badge.paused'));
     check((await api('GET', '/v1/queues/billing')).paused === false, 'billing resumed via the page');
+    // The circuit breaker: shown once configured, forced open and closed from the page.
+    check((await text(page, '#queue-breaker')).includes('None'), 'no breaker yet');
+    const breaker = { failure_ratio: 0.5, window_ms: 60000, min_attempts: 10, open_ms: 30000, probes: 2 };
+    await api('PUT', '/v1/queues/billing', { breaker });
+    await page.reload();
+    await page.waitForSelector('#queue-breaker [data-breaker-state="closed"]');
+    await page.click('#breaker-open');
+    await page.waitForSelector('dialog#confirm[open]');
+    check((await text(page, '#confirm-title')).includes('breaker of billing'), 'force-open confirmation');
+    await page.click('#confirm-ok');
+    await page.waitForSelector('#queue-breaker [data-breaker-state="open"]');
+    const forced = (await api('GET', '/v1/queues/billing')).breaker;
+    check(forced.state === 'open' && forced.forced === true, `breaker forced open via the page (${JSON.stringify(forced)})`);
+    await page.click('#breaker-close');
+    await page.waitForSelector('#queue-breaker [data-breaker-state="closed"]');
+    check((await api('GET', '/v1/queues/billing')).breaker.state === 'closed', 'breaker closed via the page');
     await page.goto(`${base}/#/queues/emails`);
     await page.waitForSelector('h1:has-text("emails")');
     await page.waitForSelector('#queue-jobs tr[data-job]');

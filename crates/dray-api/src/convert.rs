@@ -274,6 +274,22 @@ impl From<&dray_store::Waiting> for JobWaiting {
         };
         match w {
             W::Paused => JobWaiting { detail: "the queue is paused".into(), ..none },
+            W::Breaker { half_open: true, .. } => JobWaiting {
+                reason: WaitingReason::Breaker,
+                detail: "the queue's circuit breaker is half-open and every probe is out".into(),
+                ..none
+            },
+            W::Breaker { half_open: false, until: Some(at) } => JobWaiting {
+                reason: WaitingReason::Breaker,
+                detail: format!("the queue's circuit breaker is open until {}", timestamp_string(*at)),
+                until: Some(timestamp_string(*at)),
+                ..none
+            },
+            W::Breaker { half_open: false, until: None } => JobWaiting {
+                reason: WaitingReason::Breaker,
+                detail: "the queue's circuit breaker is forced open, until an operator closes it".into(),
+                ..none
+            },
             W::OrderingKey { key, behind } => JobWaiting {
                 reason: WaitingReason::OrderingKey,
                 detail: format!("waiting for job {behind} of ordering key {key}"),
@@ -396,8 +412,9 @@ impl DeadAction {
     }
 }
 
-impl From<&dray_store::QueueStats> for Queue {
-    fn from(q: &dray_store::QueueStats) -> Queue {
+impl Queue {
+    /// The queue as it stands at `now` (its breaker's state depends on the time).
+    pub fn of(q: &dray_store::QueueStats, now: Timestamp) -> Queue {
         use dray_core::JobState as S;
         let c = &q.config;
         Queue {
@@ -424,6 +441,70 @@ impl From<&dray_store::QueueStats> for Queue {
                 cancelled: q.count(S::Cancelled),
             },
             oldest_dead_at: q.oldest_dead_at.map(timestamp_string),
+            breaker: match (&c.breaker, &q.breaker) {
+                (Some(policy), Some(state)) => Some(BreakerStatus::of(policy, &state.view(policy, now))),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl BreakerStatus {
+    pub fn of(p: &dray_core::BreakerPolicy, v: &dray_core::BreakerView) -> BreakerStatus {
+        use dray_core::BreakerState as S;
+        BreakerStatus {
+            failure_ratio: p.failure_ratio,
+            window_ms: p.window_ms,
+            min_attempts: p.min_attempts,
+            open_ms: p.open_ms,
+            probes: p.probes,
+            state: v.state.into(),
+            forced: v.forced,
+            changed_at: v.changed_at.map(timestamp_string),
+            half_open_at: v.half_open_at.map(timestamp_string),
+            probes_granted: v.probes_granted,
+            probes_succeeded: v.probes_succeeded,
+            window_attempts: v.window_attempts,
+            window_failures: v.window_failures,
+            transitions: BreakerTransitions {
+                closed: v.transitions[S::Closed.index()],
+                open: v.transitions[S::Open.index()],
+                half_open: v.transitions[S::HalfOpen.index()],
+            },
+        }
+    }
+}
+
+impl From<dray_core::BreakerState> for BreakerStateName {
+    fn from(s: dray_core::BreakerState) -> BreakerStateName {
+        match s {
+            dray_core::BreakerState::Closed => BreakerStateName::Closed,
+            dray_core::BreakerState::Open => BreakerStateName::Open,
+            dray_core::BreakerState::HalfOpen => BreakerStateName::HalfOpen,
+        }
+    }
+}
+
+impl From<BreakerConfig> for dray_core::BreakerPolicy {
+    fn from(b: BreakerConfig) -> dray_core::BreakerPolicy {
+        dray_core::BreakerPolicy {
+            failure_ratio: b.failure_ratio,
+            window_ms: b.window_ms,
+            min_attempts: b.min_attempts,
+            open_ms: b.open_ms,
+            probes: b.probes,
+        }
+    }
+}
+
+impl From<dray_core::BreakerPolicy> for BreakerConfig {
+    fn from(b: dray_core::BreakerPolicy) -> BreakerConfig {
+        BreakerConfig {
+            failure_ratio: b.failure_ratio,
+            window_ms: b.window_ms,
+            min_attempts: b.min_attempts,
+            open_ms: b.open_ms,
+            probes: b.probes,
         }
     }
 }
@@ -459,6 +540,7 @@ impl QueueConfigure {
                 rate: self.rate.map(|r| r.map(Into::into)),
                 group_rate: self.group_rate.map(|r| r.map(Into::into)),
             },
+            breaker: self.breaker.map(|b| b.map(Into::into)),
         }
     }
 }
@@ -680,9 +762,10 @@ impl From<dray_core::JobState> for CancelResponse {
     }
 }
 
-impl From<&[dray_store::QueueStats]> for QueueList {
-    fn from(queues: &[dray_store::QueueStats]) -> QueueList {
-        QueueList { queues: queues.iter().map(Into::into).collect() }
+impl QueueList {
+    /// The queues as they stand at `now`.
+    pub fn of(queues: &[dray_store::QueueStats], now: Timestamp) -> QueueList {
+        QueueList { queues: queues.iter().map(|q| Queue::of(q, now)).collect() }
     }
 }
 

@@ -394,6 +394,7 @@ pub struct JobWaiting {
 #[serde(rename_all = "snake_case")]
 pub enum WaitingReason {
     Paused,
+    Breaker,
     OrderingKey,
     Concurrency,
     GroupConcurrency,
@@ -563,6 +564,11 @@ pub struct QueueConfigure {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_as")]
     #[schema(value_type = Option<Rate>, nullable)]
     pub group_rate: Option<Option<Rate>>,
+    /// The queue's circuit breaker; `null` removes it (and its state). See
+    /// `docs/flow-control.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_breaker")]
+    #[schema(nullable)]
+    pub breaker: Option<Option<BreakerConfig>>,
 }
 
 /// A token bucket: `limit` leases per `per_ms` milliseconds, and up to `burst` at once after a
@@ -577,6 +583,87 @@ pub struct Rate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: Option<u32>,
+}
+
+/// A queue's circuit breaker: it opens when, among the attempts that ended within `window_ms`
+/// (at least `min_attempts` of them), the failed share reaches `failure_ratio` (failures and lease
+/// expiries count, cancellations do not); the queue then leases nothing for `open_ms`, then grants
+/// `probes` trial leases: all succeeding close it, any failing opens it again.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Greater than 0, at most 1.
+    pub failure_ratio: f64,
+    /// The sliding window, 1000 to 86400000 ms (ten buckets of a tenth each).
+    pub window_ms: u64,
+    /// 1 to 100000.
+    pub min_attempts: u32,
+    /// 1000 to 86400000 ms.
+    pub open_ms: u64,
+    /// 1 to 100.
+    pub probes: u32,
+}
+
+/// `closed`: leases flow; `open`: the queue leases nothing; `half_open`: a few trial leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerStateName {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// A queue's circuit breaker: its configuration and its state at the time of the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerStatus {
+    pub failure_ratio: f64,
+    pub window_ms: u64,
+    pub min_attempts: u32,
+    pub open_ms: u64,
+    pub probes: u32,
+    pub state: BreakerStateName,
+    /// Opened by an operator: it stays open until closed by hand.
+    pub forced: bool,
+    /// When it entered its state (absent: closed since it was configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+    /// Open and not forced: when it turns half-open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_at: Option<String>,
+    /// Half-open: trial leases granted, and how many succeeded.
+    pub probes_granted: u32,
+    pub probes_succeeded: u32,
+    /// Closed: the attempts that ended within the window, and how many failed.
+    pub window_attempts: u64,
+    pub window_failures: u64,
+    /// Transitions into each state so far.
+    pub transitions: BreakerTransitions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerTransitions {
+    pub closed: u64,
+    pub open: u64,
+    pub half_open: u64,
+}
+
+/// `POST /v1/queues/{name}/breaker`: an operator's order to the queue's breaker. `open` keeps it
+/// open until a `close`; `close` closes it with an empty window.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerAction {
+    pub action: BreakerActionKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerActionKind {
+    Open,
+    Close,
+}
+
+fn present_breaker<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<BreakerConfig>>, D::Error> {
+    Ok(Some(Option::<BreakerConfig>::deserialize(d)?))
 }
 
 /// What a dead job does to the later jobs of its ordering key. Jobs of a queue sharing an
@@ -638,6 +725,9 @@ pub struct Queue {
     pub counts: StateCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_dead_at: Option<String>,
+    /// The circuit breaker, when the queue has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -274,6 +274,14 @@ impl Client {
         self.post_empty(&["v1", "queues", segment("name", name)?, "resume"]).await
     }
 
+    /// `POST /v1/queues/{name}/breaker`: force the queue's circuit breaker open (it stays open
+    /// until closed by hand) or closed. Not idempotent in what it records (each order that changes
+    /// the state counts a transition), safe to retry.
+    pub async fn queue_breaker(&self, name: &str, action: dray_api::BreakerActionKind) -> Result<Queue, Error> {
+        let body = dray_api::BreakerAction { action };
+        self.send(Method::POST, &["v1", "queues", segment("name", name)?, "breaker"], None, Some(&body), None).await
+    }
+
     /// `GET /v1/schedules`, each with its next `next` fire times (server default 5). Cancel safe.
     pub async fn schedules(&self, next: Option<usize>) -> Result<ScheduleList, Error> {
         self.get(&["v1", "schedules"], Some(&ScheduleQuery { next })).await

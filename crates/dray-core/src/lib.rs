@@ -7,6 +7,7 @@
 //! serialize anything (it reads JSON only to compare payloads by value and to refuse text no
 //! worker could read back, in [`json`]): the wire format belongs to the API crate, the storage format to each store.
 
+pub mod breaker;
 pub mod cron;
 pub mod flow;
 pub mod ids;
@@ -20,6 +21,7 @@ pub mod scope;
 pub mod time;
 pub mod transition;
 
+pub use breaker::{Breaker, BreakerOutcome, BreakerPolicy, BreakerState, BreakerView};
 pub use flow::Rate;
 pub use ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId};
 pub use job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload};

@@ -121,6 +121,17 @@ impl Limits {
     pub const PAGE_LOCKS_MAX: usize = 1_000;
     /// Bytes of a fenced resource's name (`<schema>.fence(resource, token)`).
     pub const FENCE_RESOURCE_BYTES_MAX: usize = 256;
+
+    /// A circuit breaker's sliding window (`breaker.window_ms`).
+    pub const BREAKER_WINDOW_MS_MIN: u64 = SECOND_MS;
+    pub const BREAKER_WINDOW_MS_MAX: u64 = DAY_MS;
+    /// Attempts a breaker's window must hold before its failure ratio can open it.
+    pub const BREAKER_MIN_ATTEMPTS_MAX: u32 = 100_000;
+    /// How long an opened breaker stays open before it probes (`breaker.open_ms`).
+    pub const BREAKER_OPEN_MS_MIN: u64 = SECOND_MS;
+    pub const BREAKER_OPEN_MS_MAX: u64 = DAY_MS;
+    /// Trial leases a half-open breaker grants (`breaker.probes`).
+    pub const BREAKER_PROBES_MAX: u32 = 100;
 }
 
 /// A value that breaks a rule: names the field (a path like `jobs[3].payload` in a batch) and says

@@ -384,6 +384,9 @@ mod tests {
         async fn queue_stats(&self, _: &QueueName) -> Result<QueueStats, Error> {
             panic!("maintenance must not call this: it never reads queue stats")
         }
+        async fn breaker_force(&self, _: dray_store::BreakerForce) -> Result<dray_core::Breaker, Error> {
+            panic!("maintenance must not call this: it never forces breakers")
+        }
     }
 
     fn config(batch_max: usize, batches_per_tick_max: usize) -> MaintenanceConfig {

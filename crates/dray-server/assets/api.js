@@ -52,6 +52,7 @@ export const api = {
   queue: (name) => call('GET', `/v1/queues/${seg(name)}`),
   queuePause: (name) => call('POST', `/v1/queues/${seg(name)}/pause`),
   queueResume: (name) => call('POST', `/v1/queues/${seg(name)}/resume`),
+  queueBreaker: (name, action) => call('POST', `/v1/queues/${seg(name)}/breaker`, { action }),
   jobs: (filter) => call('GET', `/v1/jobs${query(filter)}`),
   job: (id) => call('GET', `/v1/jobs/${seg(id)}`),
   jobCancel: (id) => call('POST', `/v1/jobs/${seg(id)}/cancel`),

@@ -1,5 +1,6 @@
-// One queue: live counts and activity, its configuration, pause and resume, the workers polling
-// it, and its jobs (a page at a time, by state).
+// One queue: live counts and activity, its configuration, pause and resume, its circuit breaker
+// (state, window, force open and close), the workers polling it, and its jobs (a page at a time,
+// by state).
 
 import { api } from './api.js';
 import { STATES, ago, badge, confirmDialog, count, duration, h, notice, rate, replace, time, workerBadge } from './dom.js';
@@ -16,8 +17,9 @@ export async function renderQueue(main, params, name) {
   const config = h('div', { class: 'panel' });
   const activity = h('div', { class: 'panel', id: 'queue-activity' });
   const pollers = h('div', { class: 'panel', id: 'queue-workers' });
+  const breaker = h('div', { class: 'panel', id: 'queue-breaker' });
   const jobs = h('div', { class: 'panel flush', id: 'queue-jobs' });
-  replace(main, head, message, cards, h('div', { class: 'grid' }, config, activity, pollers), jobs);
+  replace(main, head, message, cards, h('div', { class: 'grid' }, config, breaker, activity, pollers), jobs);
 
   const state = params.get('state') || '';
   let after = null;
@@ -89,6 +91,56 @@ export async function renderQueue(main, params, name) {
     return `${count(r.limit)} per ${duration(r.per_ms)}, burst ${count(r.burst ?? r.limit)}`;
   }
 
+  function drawBreaker() {
+    const b = queue.breaker;
+    if (!b) {
+      replace(breaker, h('h2', {}, 'Circuit breaker'),
+        h('p', { class: 'muted' }, 'None. Set one with PUT /v1/queues/{name} or dray queues configure --breaker-failure-ratio …'));
+      return;
+    }
+    const force = (action) => async () => {
+      if (action === 'open') {
+        const ok = await confirmDialog({
+          title: `Force the breaker of ${queue.name} open?`,
+          text: `Workers get no jobs from ${queue.name} until you close the breaker again; it does not close by itself. ${count(queue.counts.running)} running jobs finish as usual.`,
+          ok: 'Force open',
+          danger: true,
+        });
+        if (!ok) return;
+      }
+      try {
+        queue = await api.queueBreaker(queue.name, action);
+        replace(message, notice(action === 'open'
+          ? `The breaker of ${queue.name} is forced open.`
+          : `The breaker of ${queue.name} is closed: ${queue.name} is leasing again.`, 'ok'));
+        drawBreaker();
+      } catch (e) {
+        replace(message, notice(e.message, 'bad'));
+      }
+    };
+    const row = (label, value) => [h('dt', {}, label), h('dd', {}, value)];
+    let detail;
+    if (b.state === 'open') {
+      detail = b.forced ? 'forced open: stays open until closed by hand' : `half-open at ${time(b.half_open_at)}`;
+    } else if (b.state === 'half_open') {
+      detail = `${count(b.probes_granted)} of ${count(b.probes)} probes granted, ${count(b.probes_succeeded)} succeeded`;
+    } else {
+      detail = `${count(b.window_failures)} failed of ${count(b.window_attempts)} attempts in the window`;
+    }
+    replace(breaker, h('h2', {}, 'Circuit breaker'),
+      h('p', { dataset: { breakerState: b.state } }, badge(b.state.replace('_', '-'), `breaker-${b.state}`), ' ', detail),
+      h('dl', { class: 'fields' },
+        row('failure_ratio', `${b.failure_ratio} of at least ${count(b.min_attempts)} attempts`),
+        row('window_ms', duration(b.window_ms)),
+        row('open_ms', duration(b.open_ms)),
+        row('probes', count(b.probes)),
+        row('since', time(b.changed_at)),
+        row('opened', `${count(b.transitions.open)} times`)),
+      h('div', { class: 'toolbar' },
+        b.state === 'open' && b.forced ? null : h('button', { id: 'breaker-open', onclick: force('open') }, 'Force open'),
+        b.state === 'closed' ? null : h('button', { id: 'breaker-close', class: 'primary', onclick: force('close') }, 'Close')));
+  }
+
   function drawActivity(a, r) {
     const row = (label, value) => [h('dt', {}, label), h('dd', {}, value)];
     replace(activity, h('h2', {}, 'Activity on this node'), a ? h('dl', { class: 'fields' },
@@ -137,6 +189,7 @@ export async function renderQueue(main, params, name) {
   drawHead();
   drawCounts(queue.counts);
   drawConfig();
+  drawBreaker();
   drawActivity(null, null);
   drawPollers([], Date.now());
   await drawJobs();
@@ -145,7 +198,9 @@ export async function renderQueue(main, params, name) {
     const q = (snapshot.queues || []).find((x) => x.name === queue.name);
     if (q) {
       if (q.paused !== queue.paused) { queue = q; drawHead(); drawConfig(); }
+      const changed = JSON.stringify(q.breaker) !== JSON.stringify(queue.breaker);
       queue = q;
+      if (changed) drawBreaker();
       drawCounts(q.counts);
     }
     const a = (snapshot.activity || []).find((x) => x.queue === queue.name);

@@ -108,6 +108,7 @@ pub(crate) const ROUTES: &[(&str, &str, Need)] = {
         ("DELETE", "/v1/queues/{name}", Scope(Admin)),
         ("POST", "/v1/queues/{name}/pause", Scope(Admin)),
         ("POST", "/v1/queues/{name}/resume", Scope(Admin)),
+        ("POST", "/v1/queues/{name}/breaker", Scope(Admin)),
         ("POST", "/v1/tokens", ScopeAll(Admin)),
         ("GET", "/v1/tokens", ScopeAll(Admin)),
         ("DELETE", "/v1/tokens/{id}", ScopeAll(Admin)),

@@ -347,11 +347,7 @@ async fn snapshot(app: &App) -> (serde_json::Value, serde_json::Value) {
                     (q.config.name.to_string(), n)
                 })
                 .collect();
-            (
-                serde_json::to_value(QueueList::from(stats.as_slice())).unwrap_or_default()["queues"].take(),
-                None,
-                Some(waiting),
-            )
+            (serde_json::to_value(QueueList::of(&stats, now)).unwrap_or_default()["queues"].take(), None, Some(waiting))
         }
         Err(e) => {
             tracing::warn!(error = %e, "dashboard snapshot: cannot list queues");

@@ -13,10 +13,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::routing::get;
 use dray_api::{
-    AckBatch, AckBatchResponse, AckResult, Acked, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
-    EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, PromoteResponse, Queue, QueueConfigure,
-    QueueDeletedResponse, QueueList, State as JobStateBody,
+    AckBatch, AckBatchResponse, AckResult, Acked, BreakerAction, BreakerActionKind, CancelResponse, CompleteRequest,
+    DeadAction, DeadActionResponse, EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health,
+    HeartbeatRequest, HeartbeatResponse, Job, JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, PromoteResponse,
+    Queue, QueueConfigure, QueueDeletedResponse, QueueList, State as JobStateBody,
 };
 use dray_core::{JobId, JobState, QueueName, ScopeKind};
 use dray_runtime::Clock;
@@ -76,6 +76,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(queue_get, queue_put, queue_delete))
         .routes(routes!(queue_pause))
         .routes(routes!(queue_resume))
+        .routes(routes!(queue_breaker))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(crate::tokens::token_create, crate::tokens::token_list))
@@ -584,7 +585,7 @@ async fn queue_list(State(app): State<App>, principal: Principal) -> Result<Json
     let mut queues = app.store.queue_list().await?;
     // A token limited to some queues sees those only.
     queues.retain(|q| principal.allows(ScopeKind::Read, q.config.name.as_str()));
-    Ok(Json(queues.as_slice().into()))
+    Ok(Json(QueueList::of(&queues, app.clock.now())))
 }
 
 /// One queue's configuration and counts.
@@ -608,7 +609,7 @@ async fn queue_get(
 
 async fn queue_stats(app: App, name: QueueName) -> Result<Json<Queue>, ApiError> {
     let stats = app.store.queue_stats(&name).await?;
-    Ok(Json((&stats).into()))
+    Ok(Json(Queue::of(&stats, app.clock.now())))
 }
 
 /// Create a queue or change the fields given; the others keep their value (or the default).
@@ -714,6 +715,34 @@ async fn queue_resume(
 ) -> Result<Json<Queue>, ApiError> {
     principal.check(ScopeKind::Admin, &name)?;
     queue_pause_set(app, name, false).await
+}
+
+/// An operator's order to the queue's circuit breaker: `open` (it then stays open, leasing
+/// nothing, until closed by hand) or `close` (leases flow again; its window starts empty).
+#[utoipa::path(
+    post, path = "/v1/queues/{name}/breaker", tag = "queues",
+    params(("name" = String, Path, description = "Queue name")),
+    request_body = BreakerAction,
+    responses(
+        (status = 200, body = Queue),
+        (status = 404, description = "Unknown queue", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The queue has no breaker (`field` is `breaker`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn queue_breaker(
+    State(app): State<App>,
+    principal: Principal,
+    QueueNameParam(name): QueueNameParam,
+    Body(body): Body<BreakerAction>,
+) -> Result<Json<Queue>, ApiError> {
+    principal.check(ScopeKind::Admin, &name)?;
+    let open = body.action == BreakerActionKind::Open;
+    let p = dray_store::BreakerForce { now: app.clock.now(), queue: name.clone(), open };
+    app.store.breaker_force(p).await?;
+    if !open {
+        app.waiters.wake([&name]);
+    }
+    queue_stats(app, name).await
 }
 
 /// The process is up and its store has not stopped for good.

@@ -173,6 +173,10 @@ impl Store for AnyStore {
         delegate!(self.queue_stats(queue))
     }
 
+    async fn breaker_force(&self, p: dray_store::BreakerForce) -> Result<dray_core::Breaker, Error> {
+        delegate!(self.breaker_force(p))
+    }
+
     async fn schedule_put(&self, p: dray_store::SchedulePut) -> Result<dray_store::ScheduleSaved, Error> {
         delegate!(self.schedule_put(p))
     }

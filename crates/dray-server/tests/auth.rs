@@ -133,6 +133,8 @@ fn sample(method: &str, path: &str, job: u64, token_id: &str) -> (String, Option
         ("POST", "/v1/ack") => Some(json!({ "acks": [] })),
         ("POST", "/v1/dead/redrive" | "/v1/dead/discard") => Some(json!({ "queue": "q", "dry_run": true })),
         ("PUT", "/v1/queues/{name}") => Some(json!({})),
+        // Refused with 422 (queue q has no breaker) once allowed.
+        ("POST", "/v1/queues/{name}/breaker") => Some(json!({ "action": "close" })),
         ("POST", "/v1/tokens") => Some(json!({ "name": "n", "scopes": ["read"] })),
         ("POST", "/dashboard/login") => Some(json!({ "token": ADMIN })),
         ("POST", "/dashboard/logout") => None,

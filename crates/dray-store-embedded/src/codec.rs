@@ -11,9 +11,9 @@ use dray_core::cron::{CronRule, IntervalRule, Rule};
 use dray_core::lock::{Holder, Lock};
 use dray_core::schedule::LastTick;
 use dray_core::{
-    Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    LockName, LockOwner, Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
-    ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
+    Backoff, Breaker, BreakerPolicy, BreakerState, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId,
+    JobState, JobStatus, Lease, LeaseId, LockName, LockOwner, Misfire, NewJob, Overlap, Payload, QueueName,
+    RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
 };
 use dray_store::{FlowLimits, OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
@@ -66,6 +66,13 @@ pub(crate) enum Record {
     LockDelete {
         name: LockName,
     },
+    /// A queue's circuit breaker after a change of state (a transition, a probe granted or
+    /// succeeded, an operator's order): the whole state but its window, which is never logged.
+    /// In the log and in snapshots (after the queues); replaying it again is harmless.
+    BreakerUpdate {
+        queue: QueueName,
+        breaker: Box<Breaker>,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -89,6 +96,8 @@ const TAG_SCHEDULE_DELETE: u8 = 11;
 // Locks use tags 20..=29.
 const TAG_LOCK_UPSERT: u8 = 20;
 const TAG_LOCK_DELETE: u8 = 21;
+// Circuit breakers use tags 30..=39.
+const TAG_BREAKER_UPDATE: u8 = 30;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -162,6 +171,37 @@ pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
     put_opt_u32(buf, l.group_concurrency_max);
     put_opt_rate(buf, l.rate);
     put_opt_rate(buf, l.group_rate);
+    // Added with circuit breakers, after the flow limits: a record that ends before it has no
+    // breaker.
+    match &config.breaker {
+        None => buf.push(0),
+        Some(b) => {
+            buf.push(1);
+            put_u64(buf, b.failure_ratio.to_bits());
+            put_u64(buf, b.window_ms);
+            put_u32(buf, b.min_attempts);
+            put_u64(buf, b.open_ms);
+            put_u32(buf, b.probes);
+        }
+    }
+}
+
+pub(crate) fn encode_breaker_update(buf: &mut Vec<u8>, queue: &QueueName, b: &Breaker) {
+    buf.push(TAG_BREAKER_UPDATE);
+    put_str(buf, queue.as_str());
+    buf.push(match b.state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    });
+    buf.push(b.forced as u8);
+    put_opt_i64(buf, b.changed_at.map(|t| t.0));
+    put_opt_i64(buf, b.half_open_at.map(|t| t.0));
+    put_u32(buf, b.probes_granted);
+    put_u32(buf, b.probes_succeeded);
+    for n in b.transitions {
+        put_u64(buf, n);
+    }
 }
 
 fn put_opt_u32(buf: &mut Vec<u8>, v: Option<u32>) {
@@ -543,7 +583,38 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
                     group_rate: d.opt_rate("group_rate")?,
                 }
             },
+            breaker: if d.at_end() || !d.bool("breaker")? {
+                None
+            } else {
+                Some(BreakerPolicy {
+                    failure_ratio: f64::from_bits(d.u64("breaker failure_ratio")?),
+                    window_ms: d.u64("breaker window_ms")?,
+                    min_attempts: d.u32("breaker min_attempts")?,
+                    open_ms: d.u64("breaker open_ms")?,
+                    probes: d.u32("breaker probes")?,
+                })
+            },
         }),
+        TAG_BREAKER_UPDATE => {
+            let queue = d.queue(names)?;
+            let state = match d.u8("breaker state")? {
+                0 => BreakerState::Closed,
+                1 => BreakerState::Open,
+                2 => BreakerState::HalfOpen,
+                _ => return Err(DecodeError { what: "breaker state", offset: d.pos - 1 }),
+            };
+            let mut breaker = Breaker::new();
+            breaker.state = state;
+            breaker.forced = d.bool("breaker forced")?;
+            breaker.changed_at = d.opt_i64("breaker changed_at")?.map(Timestamp);
+            breaker.half_open_at = d.opt_i64("breaker half_open_at")?.map(Timestamp);
+            breaker.probes_granted = d.u32("breaker probes_granted")?;
+            breaker.probes_succeeded = d.u32("breaker probes_succeeded")?;
+            for n in &mut breaker.transitions {
+                *n = d.u64("breaker transitions")?;
+            }
+            Record::BreakerUpdate { queue, breaker: Box::new(breaker) }
+        }
         TAG_JOB_INSERT => Record::JobInsert(Box::new(d.job(names)?)),
         TAG_JOB_UPDATE => {
             let id = JobId(d.u64("job id")?);
@@ -989,8 +1060,8 @@ mod tests {
             Record::QueueUpsert(read) => assert_eq!(read, config),
             other => panic!("decoded {other:?}"),
         }
-        // The four flow-limit fields, absent, are one byte each.
-        buf.truncate(buf.len() - 5);
+        // The breaker's flag and the four flow-limit fields, absent, are one byte each.
+        buf.truncate(buf.len() - 6);
         match decode(&buf, &mut Names::default()).unwrap() {
             Record::QueueUpsert(read) => {
                 assert_eq!(read, QueueConfig { ordering_dead: OrderingDead::Block, ..config })
@@ -1017,7 +1088,8 @@ mod tests {
         }
         let mut old = Vec::new();
         encode_queue_upsert(&mut old, &QueueConfig::new(QueueName::new("q").unwrap()));
-        old.truncate(old.len() - 4);
+        // The breaker's flag and the four flow-limit flags.
+        old.truncate(old.len() - 5);
         match decode(&old, &mut Names::default()).unwrap() {
             Record::QueueUpsert(read) => assert!(read.limits.is_unlimited()),
             other => panic!("decoded {other:?}"),
@@ -1044,6 +1116,49 @@ mod tests {
                 Record::JobInsert(read) => assert_eq!(*read, job),
                 other => panic!("decoded {other:?}"),
             }
+        }
+    }
+
+    /// A queue record round-trips its breaker, and one written before the field existed (ending
+    /// after the flow limits) reads as no breaker. Guards old logs and snapshots.
+    #[test]
+    fn queue_record_breaker_is_an_optional_trailing_field() {
+        let mut config = QueueConfig::new(QueueName::new("q").unwrap());
+        config.breaker =
+            Some(BreakerPolicy { failure_ratio: 0.25, window_ms: 60_000, min_attempts: 7, open_ms: 9_000, probes: 3 });
+        let mut buf = Vec::new();
+        encode_queue_upsert(&mut buf, &config);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert_eq!(read, config),
+            other => panic!("decoded {other:?}"),
+        }
+        buf.truncate(buf.len() - (1 + 8 + 8 + 4 + 8 + 4));
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::QueueUpsert(read) => assert_eq!(read, QueueConfig { breaker: None, ..config }),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    /// A breaker record round-trips everything but the window.
+    #[test]
+    fn breaker_record_round_trips() {
+        let mut b = Breaker::new();
+        b.state = BreakerState::HalfOpen;
+        b.forced = false;
+        b.changed_at = Some(Timestamp(5));
+        b.half_open_at = None;
+        b.probes_granted = 2;
+        b.probes_succeeded = 1;
+        b.transitions = [1, 2, 3];
+        let q = QueueName::new("q").unwrap();
+        let mut buf = Vec::new();
+        encode_breaker_update(&mut buf, &q, &b);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::BreakerUpdate { queue, breaker } => {
+                assert_eq!(queue, q);
+                assert_eq!(*breaker, b);
+            }
+            other => panic!("decoded {other:?}"),
         }
     }
 }

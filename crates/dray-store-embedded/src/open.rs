@@ -351,6 +351,9 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
         wal::frame_into(&mut buf, |b| codec::encode_snapshot_header(b, seq, state.epoch, state.next_job_id));
         for q in state.queues.values() {
             wal::frame_into(&mut buf, |b| codec::encode_queue_upsert(b, &q.config));
+            if let Some(breaker) = &q.breaker {
+                wal::frame_into(&mut buf, |b| codec::encode_breaker_update(b, &q.config.name, breaker));
+            }
         }
         // Tokens are few (bounded by `dray_store::TOKENS_MAX`): copied in the same hold.
         for token in state.tokens.values() {
@@ -473,6 +476,7 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
             Record::LockUpsert(lock) => {
                 state.locks.insert(lock.name.clone(), *lock);
             }
+            Record::BreakerUpdate { queue, breaker } => state.breaker_set(&queue, *breaker),
             Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
             other => return Err(format!("unexpected frame in a snapshot: {other:?}")),
         }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dray_core::lock::Lock;
 use dray_core::{
-    FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, LockName, QueueName, Schedule, ScheduleName, Timestamp,
+    Breaker, FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, LockName, QueueName, Schedule, ScheduleName,
+    Timestamp,
 };
 use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord, WaitFacts};
 
@@ -47,6 +48,10 @@ pub(crate) struct QueueState {
     pub finished: BTreeSet<(Timestamp, JobId)>,
     /// Dead jobs by the time they died: for pruning and the oldest-dead age.
     pub dead: BTreeSet<(Timestamp, JobId)>,
+    /// The circuit breaker's state, while `config.breaker` is set. Its state is logged on every
+    /// change (`Record::BreakerUpdate`); its window is memory only and starts empty after a
+    /// restart.
+    pub breaker: Option<Breaker>,
 }
 
 /// A blocking job's place in `lanes` when it is available, and its group.
@@ -88,6 +93,7 @@ impl QueueState {
     fn new(config: QueueConfig) -> QueueState {
         QueueState {
             lanes: Lanes::new(config.limits),
+            breaker: config.breaker.as_ref().map(|_| Breaker::new()),
             config,
             ids: Default::default(),
             keys: HashMap::new(),
@@ -102,7 +108,12 @@ impl QueueState {
         for (i, set) in self.ids.iter().enumerate() {
             counts[i] = set.len() as u64;
         }
-        QueueStats { config: self.config.clone(), counts, oldest_dead_at: self.dead.first().map(|(at, _)| *at) }
+        QueueStats {
+            config: self.config.clone(),
+            counts,
+            oldest_dead_at: self.dead.first().map(|(at, _)| *at),
+            breaker: self.breaker.clone(),
+        }
     }
 }
 
@@ -193,8 +204,21 @@ impl State {
         self.queues.get(name).map(|q| &q.config)
     }
 
+    /// Sets a queue's breaker state (from the log: its window starts empty). Ignored for a queue
+    /// that has no breaker at this point of a replay: a later record of the log settles it.
+    pub fn breaker_set(&mut self, queue: &QueueName, mut breaker: Breaker) {
+        if let Some(q) = self.queues.get_mut(queue).filter(|q| q.config.breaker.is_some()) {
+            breaker.window_reset();
+            q.breaker = Some(breaker);
+        }
+    }
+
     /// Creates or replaces a queue's configuration.
     pub fn queue_upsert(&mut self, config: QueueConfig) {
+        if let Some(q) = self.queues.get_mut(&config.name) {
+            q.breaker =
+                dray_store::breaker_reconfigured(q.config.breaker.as_ref(), config.breaker.as_ref(), q.breaker.take());
+        }
         match self.queues.get_mut(&config.name) {
             Some(q) if q.config.ordering_dead != config.ordering_dead => {
                 // Dead jobs join or leave their keys' blocking sets: unindex them under the old
@@ -333,6 +357,7 @@ impl State {
             Record::LockDelete { name } => {
                 self.locks.remove(&name);
             }
+            Record::BreakerUpdate { queue, breaker } => self.breaker_set(&queue, *breaker),
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));
             }
@@ -358,6 +383,7 @@ impl State {
             group_running: group.map_or(0, |g| u64::from(q.lanes.group_running(g))),
             queue_rate_until: q.lanes.queue_rate_ready(now).err(),
             group_rate_until: group.and_then(|g| q.lanes.group_rate_until(g, now)),
+            breaker: q.breaker.clone(),
         }
     }
 

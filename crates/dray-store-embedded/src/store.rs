@@ -10,12 +10,15 @@ use dray_core::json::same_value;
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
-use dray_core::{Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejection, Timestamp, transition};
+use dray_core::{
+    Breaker, BreakerOutcome, Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejection, Timestamp,
+    transition,
+};
 use dray_store::{
-    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
-    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig,
-    QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete, SchedulePause, SchedulePut,
-    ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
+    AckOutcome, Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck,
+    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob,
+    Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
+    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
 };
 
 use crate::codec;
@@ -278,6 +281,35 @@ fn promote_queue(
     Ok(due.len())
 }
 
+/// Counts an attempt's outcome towards its queue's breaker (if it has one), logging the breaker
+/// when its state (not only its window) changed.
+fn breaker_outcome(
+    state: &mut State,
+    changes: &mut Changes,
+    queue: &dray_core::QueueName,
+    now: Timestamp,
+    leased_at: Timestamp,
+    outcome: BreakerOutcome,
+) {
+    let Some(q) = state.queues.get_mut(queue) else { return };
+    let (Some(policy), Some(breaker)) = (q.config.breaker.as_ref(), q.breaker.as_mut()) else { return };
+    let before = breaker.clone();
+    breaker.record(policy, now, leased_at, outcome);
+    if !before.same_but_window(breaker) {
+        changes.push(|buf| codec::encode_breaker_update(buf, queue, breaker));
+    }
+}
+
+/// What an attempt that ended in `after` means to its queue's breaker: `failed` for a failure or
+/// an expiry, else a success; an attempt whose job ended cancelled counts for nothing.
+fn breaker_verdict(after: JobState, failed: bool) -> BreakerOutcome {
+    match (after, failed) {
+        (JobState::Cancelled, _) => BreakerOutcome::Void,
+        (_, true) => BreakerOutcome::Failure,
+        (_, false) => BreakerOutcome::Success,
+    }
+}
+
 /// Resolves a dead-job selection to ids, checking every listed job is dead.
 fn dead_ids(
     state: &State,
@@ -415,23 +447,37 @@ impl Store for EmbeddedStore {
         queues.sort();
         queues.dedup();
         self.write(false, move |state, changes| {
-            let mut open = Vec::with_capacity(queues.len());
+            // Each open queue with the jobs its breaker lets this lease take.
+            let mut open: Vec<(&dray_core::QueueName, usize)> = Vec::with_capacity(queues.len());
             for queue in &queues {
-                match state.queue_config(queue) {
-                    Some(c) if !c.paused => open.push(queue),
-                    _ => continue,
+                let Some(q) = state.queues.get_mut(queue).filter(|q| !q.config.paused) else { continue };
+                let allowed = match (q.config.breaker.as_ref(), q.breaker.as_mut()) {
+                    (Some(policy), Some(breaker)) => {
+                        if breaker.tick(now) {
+                            changes.push(|buf| codec::encode_breaker_update(buf, queue, breaker));
+                        }
+                        breaker.allowance(policy, now).of(count_max)
+                    }
+                    _ => count_max,
+                };
+                if allowed == 0 {
+                    continue;
                 }
+                open.push((queue, allowed));
                 promote_queue(state, changes, queue, now, Limits::LEASE_JOBS_MAX)?;
             }
-            for queue in &open {
+            for (queue, _) in &open {
                 state.queues.get_mut(*queue).expect("an open queue exists").lanes.tick(now);
             }
             let mut out = Vec::with_capacity(count_max.min(64));
             while out.len() < count_max {
                 // The best job whose turn it is across the queues asked for, within each queue's
-                // concurrency limit and rate.
-                let mut best: Option<(Entry, &dray_core::QueueName)> = None;
-                for queue in &open {
+                // breaker allowance, concurrency limit and rate.
+                let mut best: Option<(Entry, usize)> = None;
+                for (i, (queue, allowed)) in open.iter().enumerate() {
+                    if *allowed == 0 {
+                        continue;
+                    }
                     let q = state.queues.get_mut(*queue).expect("an open queue exists");
                     let limits = q.config.limits;
                     let running = q.ids[JobState::Running.index()].len() as u64;
@@ -443,11 +489,18 @@ impl Store for EmbeddedStore {
                     if let Some(e) = q.lanes.next(now)
                         && best.is_none_or(|(b, _)| e < b)
                     {
-                        best = Some((e, queue));
+                        best = Some((e, i));
                     }
                 }
-                let Some(((_, _, id), queue)) = best else { break };
-                state.queues.get_mut(queue).expect("an open queue exists").lanes.taken(now);
+                let Some(((_, _, id), i)) = best else { break };
+                open[i].1 -= 1;
+                let q = state.queues.get_mut(open[i].0).expect("an open queue exists");
+                q.lanes.taken(now);
+                if let Some(breaker) = q.breaker.as_mut().filter(|b| b.state != dray_core::BreakerState::Closed) {
+                    // A probe: counted, and logged (a half-open breaker grants only a few).
+                    breaker.granted(1);
+                    changes.push(|buf| codec::encode_breaker_update(buf, open[i].0, breaker));
+                }
                 let token = token_next(state, changes)?;
                 let lease_id = state.lease_ids.next();
                 let event = Event::Lease { id: lease_id, token, worker: &worker, lease_ms };
@@ -507,6 +560,9 @@ impl Store for EmbeddedStore {
                         let state_after = t.status.state;
                         let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
                         update(state, changes, ack.job, t)?;
+                        let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
+                        let verdict = breaker_verdict(state_after, failed);
+                        breaker_outcome(state, changes, &queue, now, leased_at, verdict);
                         out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at }));
                     }
                 }
@@ -658,9 +714,12 @@ impl Store for EmbeddedStore {
                 let random = state.random();
                 let job = &state.jobs[&id];
                 let (queue, attempt) = (job.queue.clone(), job.status.attempt);
+                let leased_at = job.status.lease.as_ref().map_or(now, |l| l.leased_at);
                 let t = transition(job, Event::Expire, now, random).map_err(|r| rejected(id, r))?;
                 let state_after = t.status.state;
                 update(state, changes, id, t)?;
+                // A lease that runs out is a failed attempt: a crashed worker is a failure.
+                breaker_outcome(state, changes, &queue, now, leased_at, breaker_verdict(state_after, true));
                 out.push(Expired { id, queue, attempt, state: state_after });
             }
             Ok(out)
@@ -723,6 +782,22 @@ impl Store for EmbeddedStore {
             changes.push(|buf| codec::encode_queue_upsert(buf, &config));
             state.queue_upsert(config.clone());
             Ok(config)
+        })
+        .await
+    }
+
+    async fn breaker_force(&self, p: BreakerForce) -> Result<Breaker, Error> {
+        let BreakerForce { now, queue, open } = p;
+        self.write(false, move |state, changes| {
+            let q = state.queues.get_mut(&queue).ok_or_else(|| Error::QueueNotFound(queue.clone()))?;
+            let Some(breaker) = q.breaker.as_mut() else {
+                return Err(
+                    dray_core::Invalid::new("breaker", format!("queue {queue} has no breaker configured")).into()
+                );
+            };
+            breaker.force(open, now);
+            changes.push(|buf| codec::encode_breaker_update(buf, &queue, breaker));
+            Ok(breaker.clone())
         })
         .await
     }

@@ -31,7 +31,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "lease, one queue, 10 jobs",
             sql: sql.lease.clone(),
-            args: "ARRAY['q1'], '2023-11-14 22:13:30+00', 10, 1000".into(),
+            args: "ARRAY['q1'], '2023-11-14 22:13:30+00', 10, 1000, false".into(),
             indexes: &[
                 "jobs_available",
                 "jobs_waiting",
@@ -43,7 +43,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "lease, three queues, 100 jobs",
             sql: sql.lease.clone(),
-            args: "ARRAY['q1', 'q2', 'q3'], '2023-11-14 22:13:30+00', 100, 1000".into(),
+            args: "ARRAY['q1', 'q2', 'q3'], '2023-11-14 22:13:30+00', 100, 1000, false".into(),
             indexes: &["jobs_available", "jobs_waiting", "jobs_ordering", "jobs_ordering_running"],
         },
         Hot {

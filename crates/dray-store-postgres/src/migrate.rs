@@ -45,8 +45,37 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 7, name: "schedules", sql: Sql::Text(V7_SCHEDULES) },
     Migration { version: 8, name: "ordering", sql: Sql::Text(V8_ORDERING) },
     Migration { version: 9, name: "flow_limits", sql: Sql::Derived(v9_flow_limits) },
-    Migration { version: 10, name: "locks", sql: Sql::Text(V9_LOCKS) },
+    Migration { version: 10, name: "locks", sql: Sql::Text(V10_LOCKS) },
+    Migration { version: 11, name: "breaker", sql: Sql::Text(V11_BREAKER) },
 ];
+
+/// Circuit breakers (`dray_core::breaker`): one row per queue that has one, holding its policy,
+/// its state and its sliding window (`BUCKETS` bucket numbers with their attempt and failure
+/// counts, parallel arrays; empty until the first outcome). A queue without a breaker has no
+/// row, so its leases and acks find nothing to lock. Acks, expiries and leases change a row only
+/// under its lock (`store/breaker.rs`); deleting the queue deletes it.
+const V11_BREAKER: &str = r#"
+CREATE TABLE {s}.breakers (
+    queue text COLLATE "C" PRIMARY KEY REFERENCES {s}.queues (name) ON DELETE CASCADE,
+    failure_ratio double precision NOT NULL CHECK (failure_ratio > 0 AND failure_ratio <= 1),
+    window_ms bigint NOT NULL CHECK (window_ms >= 1),
+    min_attempts integer NOT NULL CHECK (min_attempts >= 1),
+    open_ms bigint NOT NULL CHECK (open_ms >= 1),
+    probes integer NOT NULL CHECK (probes >= 1),
+    state text NOT NULL DEFAULT 'closed' CHECK (state IN ('closed', 'open', 'half_open')),
+    forced boolean NOT NULL DEFAULT false,
+    changed_at timestamptz,
+    half_open_at timestamptz,
+    probes_granted integer NOT NULL DEFAULT 0,
+    probes_succeeded integer NOT NULL DEFAULT 0,
+    to_closed bigint NOT NULL DEFAULT 0,
+    to_open bigint NOT NULL DEFAULT 0,
+    to_half_open bigint NOT NULL DEFAULT 0,
+    bucket_starts bigint[] NOT NULL DEFAULT '{}',
+    bucket_attempts integer[] NOT NULL DEFAULT '{}',
+    bucket_failures integer[] NOT NULL DEFAULT '{}'
+);
+"#;
 
 /// Flow limits (`dray_store::FlowLimits`): a job's `group_key`; a queue's concurrency limits and
 /// rates (a rate's three columns are NULL together); the token buckets of rated queues and groups
@@ -138,7 +167,7 @@ fn v9_flow_limits() -> String {
 /// - `fence()` raises SQLSTATE `DR001` (class `DR`, Dray's own) for a token older than the
 ///   newest seen, naming the resource, the token and the newest token; an equal token passes (a
 ///   holder writing twice). It returns the newest token, which is then its own.
-const V9_LOCKS: &str = r#"
+const V10_LOCKS: &str = r#"
 CREATE TABLE {s}.locks (
     name text COLLATE "C" PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 128),
     permits integer NOT NULL CHECK (permits BETWEEN 1 AND 1000)

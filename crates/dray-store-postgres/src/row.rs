@@ -336,6 +336,13 @@ pub(crate) fn queue_from_row(row: &Row) -> Result<QueueConfig, Error> {
             rate: rate_of(row, "rate")?,
             group_rate: rate_of(row, "group_rate")?,
         },
+        // Only statements that join the queue's breaker (`BREAKER_COLUMNS`) read its policy; the
+        // insert path's queue rows (`QUEUES_ENSURE`) do without: an insert needs no breaker.
+        breaker: if row.columns().iter().any(|c| c.name() == "b_failure_ratio") {
+            crate::store::policy_from_row(row)?
+        } else {
+            None
+        },
     };
     Ok(config)
 }
@@ -365,6 +372,7 @@ pub(crate) fn stats_from_row(row: &Row) -> Result<QueueStats, Error> {
         config: queue_from_row(row)?,
         counts,
         oldest_dead_at: get::<Option<SystemTime>>(row, "oldest_dead_at")?.map(from_time),
+        breaker: crate::store::breaker_from_row(row)?,
     })
 }
 

@@ -135,10 +135,14 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 /// statement, names them, and the store leases from them through the flow path (see
 /// `FLOW_TAKE`). In a queue that is not under flow control no grouped job is available, so the
 /// available jobs are the ungrouped ones, all of them in `jobs_available`.
+/// A queue whose circuit breaker is not closed is passed over unless `$5` is true: the caller then
+/// holds that breaker's row lock and asks for the one queue whose probes it counts
+/// (`store/breaker.rs`).
 const LEASE: &str = "
 WITH open AS (
     SELECT q.name, q.ordering_dead FROM {s}.queues q
     WHERE q.name = ANY($1::text[]) AND NOT q.paused AND NOT {flow_queue}
+      AND ($5::bool OR NOT EXISTS (SELECT 1 FROM {s}.breakers b WHERE b.queue = q.name AND b.state <> 'closed'))
 ), due AS (
     SELECT d.* FROM open CROSS JOIN LATERAL (
         SELECT {job_columns} FROM {s}.jobs j
@@ -533,7 +537,10 @@ const QUEUE_SCHEMAS: &str =
 /// The payloads of the jobs `$1`.
 const PAYLOADS_READ: &str = "SELECT id, payload FROM {s}.jobs WHERE id = ANY($1::bigint[])";
 
-const QUEUE_LOCK: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
+/// The queue's row, locked, with its breaker's policy and state (not locked: a configure writes
+/// only the policy).
+const QUEUE_LOCK: &str = "SELECT {queue_columns}, {breaker_columns} FROM {s}.queues q \
+     LEFT JOIN {s}.breakers b ON b.queue = q.name WHERE q.name = $1::text FOR UPDATE OF q";
 
 const QUEUE_UPDATE: &str = "
 UPDATE {s}.queues SET attempts_max = $2::int, backoff_base_ms = $3::bigint, backoff_factor = $4::float8,
@@ -548,8 +555,9 @@ WHERE name = $1::text";
 /// entry of `jobs_dead`.
 const QUEUE_STATS: &str = "
 SELECT {queue_columns}, c.n_scheduled, c.n_available, c.n_running, c.n_retrying, c.n_completed, c.n_dead,
-       c.n_cancelled, d.oldest_dead_at
+       c.n_cancelled, d.oldest_dead_at, {breaker_columns}
 FROM {s}.queues q
+LEFT JOIN {s}.breakers b ON b.queue = q.name
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE j.state = 'scheduled') AS n_scheduled,
            count(*) FILTER (WHERE j.state = 'available') AS n_available,
@@ -617,7 +625,8 @@ const SCHEDULE_COUNT: &str = "SELECT count(*) FROM {s}.schedules";
 
 /// One queue's configuration, if it exists (no lock: a put checks its template's payload against
 /// the schema as it is now, as the embedded store does).
-const QUEUE_GET: &str = "SELECT {queue_columns} FROM {s}.queues q WHERE q.name = $1::text";
+const QUEUE_GET: &str = "SELECT {queue_columns}, {breaker_columns} FROM {s}.queues q \
+     LEFT JOIN {s}.breakers b ON b.queue = q.name WHERE q.name = $1::text";
 
 /// Writes a whole schedule, new or replacing the row (locked by the caller when it exists).
 const SCHEDULE_SAVE: &str = "
@@ -723,6 +732,7 @@ pub(crate) struct Sql {
     pub schedules_due: String,
     pub schedule_tick_lock: String,
     pub schedule_advance: String,
+    pub breaker: crate::store::BreakerSql,
 }
 
 impl Sql {
@@ -781,6 +791,7 @@ impl Sql {
             schedules_due: r(SCHEDULES_DUE),
             schedule_tick_lock: r(SCHEDULE_TICK_LOCK),
             schedule_advance: r(SCHEDULE_ADVANCE),
+            breaker: crate::store::BreakerSql::new(schema),
         }
     }
 
@@ -869,6 +880,7 @@ pub(crate) struct FilterParams {
 fn render(sql: &str, schema: &str) -> String {
     sql.replace("{job_columns}", JOB_COLUMNS)
         .replace("{queue_columns}", QUEUE_COLUMNS)
+        .replace("{breaker_columns}", crate::store::BREAKER_COLUMNS)
         .replace("{schedule_columns}", SCHEDULE_COLUMNS)
         .replace("{history_newest_kept}", &HISTORY_NEWEST_KEPT.to_string())
         .replace("{leader_guard}", &crate::leader::guard("{s}", 3))
@@ -938,6 +950,13 @@ mod tests {
             &sql.schedules_due,
             &sql.schedule_tick_lock,
             &sql.schedule_advance,
+            &sql.breaker.blocked,
+            &sql.breaker.lock,
+            &sql.breaker.lock_for_jobs,
+            &sql.breaker.save,
+            &sql.breaker.put,
+            &sql.breaker.delete,
+            &sql.breaker.queue_exists,
         ];
         for text in all {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");

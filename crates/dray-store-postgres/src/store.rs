@@ -166,9 +166,12 @@ macro_rules! on_client {
 }
 
 // After the macros: the modules use them.
+mod breaker;
 mod flow;
 pub(crate) mod lock;
 mod schedule;
+
+pub(crate) use breaker::{BREAKER_COLUMNS, BreakerSql, breaker_from_row, policy_from_row};
 
 async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
     Ok(tx.prepare_cached(sql).await?)
@@ -176,6 +179,14 @@ async fn prep(tx: &Transaction<'_>, sql: &str) -> Result<Statement, Fail> {
 
 async fn prep_client(client: &Object, sql: &str) -> Result<Statement, Error> {
     client.prepare_cached(sql).await.map_err(db_error)
+}
+
+/// What the probe path of a lease needs from the lease: its statement, the flow queues asked for
+/// (whose locks it holds) and `$now`.
+struct Probes<'a> {
+    lease_st: &'a Statement,
+    flow_configs: &'a [QueueConfig],
+    now_param: Option<SystemTime>,
 }
 
 fn rejected(job: JobId, r: Rejection) -> Fail {
@@ -651,61 +662,74 @@ impl PostgresStore {
         let now_param = self.now_param(p.now);
         let (lease_st, flow_st, clock_st) =
             tokio::try_join!(prep(tx, &self.sql.lease), prep(tx, &self.sql.flow_queues), self.clock_statement(tx))?;
-        let params: [&(dyn ToSql + Sync); 4] = [&queues, &now_param, &count, &promote_max];
+        let params: [&(dyn ToSql + Sync); 5] = [&queues, &now_param, &count, &promote_max, &false];
         let flow_params: [&(dyn ToSql + Sync); 1] = [&queues];
-        let (mut rows, flow_rows, mut now) = match &clock_st {
+        // Pipelined after the lease statement, which passes over queues under flow control and
+        // queues whose breaker is not closed: those go through the paths below.
+        let (mut rows, flow_rows, mut now, blocked) = match &clock_st {
             None => {
-                let (rows, flow) = tokio::try_join!(tx.query(&lease_st, &params), tx.query(&flow_st, &flow_params))?;
-                (rows, flow, p.now)
+                let (rows, flow, blocked) = tokio::try_join!(
+                    async { Ok(tx.query(&lease_st, &params).await?) },
+                    async { Ok(tx.query(&flow_st, &flow_params).await?) },
+                    self.breakers_blocked(tx, queues)
+                )?;
+                (rows, flow, p.now, blocked)
             }
             Some(clock) => {
                 // Pipelined in this order: the clock is read once the lease statement is done.
-                let (rows, flow, t) = tokio::try_join!(
-                    tx.query(&lease_st, &params),
-                    tx.query(&flow_st, &flow_params),
-                    tx.query_one(clock, &[])
+                let (rows, flow, t, blocked) = tokio::try_join!(
+                    async { Ok(tx.query(&lease_st, &params).await?) },
+                    async { Ok(tx.query(&flow_st, &flow_params).await?) },
+                    async { Ok(tx.query_one(clock, &[]).await?) },
+                    self.breakers_blocked(tx, queues)
                 )?;
-                (rows, flow, ms_floor(clock_us(&t)?))
+                (rows, flow, ms_floor(clock_us(&t)?), blocked)
             }
         };
         // Queues under flow control: `LEASE` left them out. One that `LEASE` leased from after all
         // (it came under flow control between the two statements' snapshots) waits for the next
         // call, so no job is taken twice.
         let mut flows = Vec::new();
+        let mut flow_configs: Vec<QueueConfig> = Vec::new();
         if !flow_rows.is_empty() {
             let mut plain: HashSet<String> = HashSet::new();
             for row in &rows {
                 plain.insert(get(row, "queue")?);
             }
-            let mut configs = Vec::with_capacity(flow_rows.len());
             for row in &flow_rows {
                 let config = queue_from_row(row)?;
                 if !plain.contains(config.name.as_str()) {
-                    configs.push(config);
-                }
-            }
-            if !configs.is_empty() {
-                let names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
-                now = self.flow_lock(tx, &names, now, clock_st.as_ref()).await?;
-                // What `LEASE` picked counts against `count_max`; what it only promoted does not.
-                let mut picked_plain = 0usize;
-                for row in &rows {
-                    picked_plain += usize::from(get::<Option<i64>>(row, "new_token")?.is_some());
-                }
-                let mut left = u32::try_from(p.count_max.saturating_sub(picked_plain)).unwrap_or(u32::MAX);
-                for config in &configs {
-                    if left == 0 {
-                        break;
-                    }
-                    let (taken, flow) = self.flow_lease(tx, config, now, left).await?;
-                    left -= taken.len() as u32;
-                    rows.extend(taken);
-                    flows.push(flow);
+                    flow_configs.push(config);
                 }
             }
         }
+        let mut picked_plain = 0usize;
+        for row in &rows {
+            picked_plain += usize::from(get::<Option<i64>>(row, "new_token")?.is_some());
+        }
+        let mut left = p.count_max.saturating_sub(picked_plain);
+        if !flow_configs.is_empty() {
+            let names: Vec<&str> = flow_configs.iter().map(|c| c.name.as_str()).collect();
+            now = self.flow_lock(tx, &names, now, clock_st.as_ref()).await?;
+            // A flow queue whose breaker is not closed leases only its probes, below.
+            for config in flow_configs.iter().filter(|c| !blocked.iter().any(|b| b == c.name.as_str())) {
+                if left == 0 {
+                    break;
+                }
+                let (taken, flow) = self.flow_lease(tx, config, now, u32::try_from(left).unwrap_or(u32::MAX)).await?;
+                left -= taken.len().min(left);
+                rows.extend(taken);
+                flows.push(flow);
+            }
+        }
+        let mut breakers = breaker::HeldBreakers::new();
+        if !blocked.is_empty() {
+            let probes = Probes { lease_st: &lease_st, flow_configs: &flow_configs, now_param };
+            breakers = self.breaker_probes(tx, &probes, &blocked, left, now, &mut rows, &mut flows).await?;
+        }
         if rows.is_empty() {
             self.flow_charge(tx, &flows, &HashMap::new(), now).await?;
+            self.breakers_save(tx, &breakers).await?;
             return Ok((Vec::new(), None));
         }
         let mut loaded = Vec::with_capacity(rows.len());
@@ -731,6 +755,14 @@ impl PostgresStore {
                 *leased.entry((job.queue.as_str(), job.group_key.as_deref().unwrap_or(""))).or_default() += 1;
             }
             self.flow_charge(tx, &flows, &leased, now).await?;
+        }
+        if !breakers.is_empty() {
+            for (i, _, _) in &picked {
+                if let Some(h) = breakers.get_mut(loaded[*i].job.queue.as_str()) {
+                    h.breaker.granted(1);
+                }
+            }
+            self.breakers_save(tx, &breakers).await?;
         }
         // Best first, and tokens in the same order: each grant's token is larger than the last.
         let mut tokens: Vec<FencingToken> = picked.iter().map(|(_, t, _)| *t).collect();
@@ -764,6 +796,50 @@ impl PostgresStore {
             job.lease_left_ms = Some(left);
         }
         Ok((out, Some(measured)))
+    }
+
+    /// The probe path of a lease: locks the breakers of `blocked` (queues asked for whose breaker
+    /// was not closed), turns those whose open period is over half-open, and leases from each
+    /// half-open one at most its probes left (and at most `left` in all), appending the rows to
+    /// `rows` (a queue under flow control through the flow path, its lock already held, adding
+    /// to `flows`). Returns the locked breakers; the caller counts the probes actually granted
+    /// (after the ordering re-check) and writes them back.
+    #[allow(clippy::too_many_arguments)]
+    async fn breaker_probes(
+        &self,
+        tx: &Transaction<'_>,
+        probes: &Probes<'_>,
+        blocked: &[String],
+        mut left: usize,
+        now: dray_core::Timestamp,
+        rows: &mut Vec<Row>,
+        flows: &mut Vec<flow::FlowLease>,
+    ) -> Result<breaker::HeldBreakers, Fail> {
+        let names: Vec<&str> = blocked.iter().map(String::as_str).collect();
+        let mut held = self.breakers_lock(tx, &names).await?;
+        let promote_max = Limits::LEASE_JOBS_MAX as i64;
+        for name in &names {
+            let Some(h) = held.get_mut(*name) else { continue };
+            let allowed = h.breaker.allowance(&h.policy, now).of(left);
+            if allowed == 0 {
+                continue;
+            }
+            if let Some(config) = probes.flow_configs.iter().find(|c| c.name.as_str() == *name) {
+                let (taken, flow) =
+                    self.flow_lease(tx, config, now, u32::try_from(allowed).unwrap_or(u32::MAX)).await?;
+                left -= taken.len().min(left);
+                rows.extend(taken);
+                flows.push(flow);
+                continue;
+            }
+            let count = allowed as i64;
+            let one = [*name];
+            let params: [&(dyn ToSql + Sync); 5] = [&one.as_slice(), &probes.now_param, &count, &promote_max, &true];
+            let got = tx.query(probes.lease_st, &params).await?;
+            left -= got.iter().filter(|r| r.get::<_, Option<i64>>("new_token").is_some()).count().min(left);
+            rows.extend(got);
+        }
+        Ok(held)
     }
 
     /// Drops from `picked` the keyed jobs that are no longer eligible once this transaction holds
@@ -880,7 +956,14 @@ impl PostgresStore {
 
     async fn ack_in(&self, tx: &Transaction<'_>, p: &JobAck) -> Result<Vec<Result<Acked, Error>>, Fail> {
         let ids: Vec<JobId> = p.acks.iter().map(|a| a.job).collect();
-        let (now, mut jobs) = tokio::try_join!(self.now(tx, p.now), self.lock_jobs(tx, &ids, true))?;
+        let sql_ids: Vec<i64> = ids.iter().filter_map(|&id| id_to_sql(id)).collect();
+        // The breakers of the jobs' queues, locked after the jobs (pipelined: none costs nothing).
+        let (now, mut jobs, breakers) = tokio::try_join!(
+            self.now(tx, p.now),
+            self.lock_jobs(tx, &ids, true),
+            self.breakers_lock_for_jobs(tx, &sql_ids)
+        )?;
+        let mut outcomes = Vec::new();
         let mut out = Vec::with_capacity(p.acks.len());
         // Items apply in order: a second ack of one job in the same call sees the first's result.
         for ack in &p.acks {
@@ -906,6 +989,10 @@ impl PostgresStore {
                     // it the job is no longer running, so no later ack of it is accepted.
                     l.guard.get_or_insert(ack.lease);
                     l.apply(t);
+                    if breakers.contains_key(queue.as_str()) {
+                        let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
+                        outcomes.push((queue.clone(), leased_at, breaker::verdict(state, failed)));
+                    }
                     out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
                 }
             }
@@ -913,6 +1000,7 @@ impl PostgresStore {
         let jobs: Vec<Loaded> = jobs.into_values().collect();
         let due = due_notifications(&jobs);
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        self.breakers_record(tx, breakers, now, &outcomes).await?;
         Ok(out)
     }
 
@@ -1081,9 +1169,13 @@ impl PostgresStore {
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut expired = Vec::with_capacity(rows.len());
+        let mut outcomes = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
             let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
+            // A lease that runs out is a failed attempt: a crashed worker is a failure.
+            let leased_at = l.job.status.lease.as_ref().map_or(now, |l| l.leased_at);
+            outcomes.push((l.job.queue.clone(), leased_at, breaker::verdict(t.status.state, true)));
             expired.push(Expired {
                 id: l.job.id,
                 queue: l.job.queue.clone(),
@@ -1095,6 +1187,13 @@ impl PostgresStore {
         }
         let due = due_notifications(&jobs);
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        if !outcomes.is_empty() {
+            let mut queues: Vec<&str> = outcomes.iter().map(|(q, _, _)| q.as_str()).collect();
+            queues.sort_unstable();
+            queues.dedup();
+            let breakers = self.breakers_lock(tx, &queues).await?;
+            self.breakers_record(tx, breakers, now, &outcomes).await?;
+        }
         Ok(expired)
     }
 
@@ -1161,9 +1260,11 @@ impl PostgresStore {
         };
         let (_, row) = tokio::try_join!(ensure, lock)?;
         let Some(row) = row else { return Err(Fail::Retry("a queue vanished while being configured")) };
-        let config = p.apply_to(&queue_from_row(&row)?)?;
+        let current = queue_from_row(&row)?;
+        let config = p.apply_to(&current)?;
         let st = prep(tx, &self.sql.queue_update).await?;
         tx.execute(&st, &QueueColumns::of(&config).params(&name)).await?;
+        self.breaker_configure(tx, name, current.breaker.as_ref(), config.breaker.as_ref()).await?;
         Ok(config)
     }
 
@@ -1731,6 +1832,10 @@ impl Store for PostgresStore {
         in_transaction!(self, "job_ack", |tx| self.ack_in(&tx, &p))
     }
 
+    async fn breaker_force(&self, p: dray_store::BreakerForce) -> Result<dray_core::Breaker, Error> {
+        in_transaction!(self, "breaker_force", |tx| self.breaker_force_in(&tx, &p))
+    }
+
     async fn job_cancel(&self, p: JobCancel) -> Result<JobState, Error> {
         in_transaction!(self, "job_cancel", |tx| self.cancel_in(&tx, &p))
     }
@@ -1783,7 +1888,15 @@ impl Store for PostgresStore {
             group_running: count("group_running")?,
             queue_rate_until: until(config.limits.rate, get(&row, "queue_tat")?),
             group_rate_until: until(config.limits.group_rate, get(&row, "group_tat")?),
+            breaker: None,
         };
+        // The breaker, when the queue has one: read as the queue's view reads it.
+        let mut facts = facts;
+        let mut config = config;
+        if let Ok(stats) = self.queue_stats(&job.queue).await {
+            config.breaker = stats.config.breaker;
+            facts.breaker = stats.breaker;
+        }
         Ok(facts.waiting(&job, &config, now))
     }
 

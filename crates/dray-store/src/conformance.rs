@@ -37,6 +37,7 @@ use crate::{
 };
 
 mod admin;
+mod breaker;
 mod lifecycle;
 mod limits;
 mod lock;
@@ -51,6 +52,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 }
 
 pub use admin::*;
+pub use breaker::*;
 pub use lifecycle::*;
 pub use limits::*;
 pub use lock::*;
@@ -182,6 +184,15 @@ macro_rules! conformance_suite {
             limits_configure_validate_and_restart,
             limits_with_ordering_keys,
             limits_waiting_reasons,
+            // Circuit breaker.
+            breaker_opens_at_ratio_across_workers,
+            breaker_open_leases_nothing,
+            breaker_half_open_probes_then_closes,
+            breaker_probe_failure_reopens,
+            breaker_counts_expiry_not_cancel,
+            breaker_force_open_and_close,
+            breaker_configure_validates_and_removes,
+            breaker_state_survives_restart,
             // Schedules.
             schedule_put_get_list_delete,
             schedule_put_validates,

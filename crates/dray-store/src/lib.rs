@@ -45,13 +45,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Leases up to `count_max` available jobs from `queues`, best first: higher priority, then
     /// earlier run time, then enqueue order. Jobs whose run time has come are promoted first, so a
-    /// due job is leasable without waiting for maintenance. Paused queues give nothing.
+    /// due job is leasable without waiting for maintenance. Paused queues give nothing, and neither
+    /// do queues whose circuit breaker is open; a half-open one gives at most its probes left.
     fn job_lease(&self, p: JobLease) -> impl Future<Output = Result<Vec<LeasedJob>, Error>> + Send;
 
     /// Extends a live lease, recording progress and a checkpoint.
     fn lease_extend(&self, p: LeaseExtend) -> impl Future<Output = Result<LeaseExtended, Error>> + Send;
 
-    /// Completes or fails leased jobs. The outer `Err` means nothing was applied; each inner result
+    /// Completes or fails leased jobs; each outcome counts towards its queue's circuit breaker,
+    /// if it has one (see `dray_core::breaker`). The outer `Err` means nothing was applied; each inner result
     /// says whether that ack was accepted (a stale lease is rejected and changes nothing).
     fn job_ack(&self, p: JobAck) -> impl Future<Output = Result<Vec<Result<Acked, Error>>, Error>> + Send;
 
@@ -81,7 +83,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes dead jobs for good. With `dry_run`, only reports which jobs would go.
     fn dead_discard(&self, p: DeadDiscard) -> impl Future<Output = Result<Vec<JobId>, Error>> + Send;
 
-    /// Expires leases whose deadline has passed: each is a failed attempt (retried or dead).
+    /// Expires leases whose deadline has passed: each is a failed attempt (retried or dead), and a
+    /// failure for its queue's circuit breaker.
     fn leases_expire(&self, p: Maintain) -> impl Future<Output = Result<Vec<Expired>, Error>> + Send;
 
     /// Moves scheduled and retrying jobs whose time has come to `available`.
@@ -103,6 +106,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// One queue's configuration and counts.
     fn queue_stats(&self, queue: &QueueName) -> impl Future<Output = Result<QueueStats, Error>> + Send;
+
+    /// An operator's order to a queue's circuit breaker: open it (it then stays open until closed
+    /// by hand) or close it. Returns its new state. Refused with [`Error::QueueNotFound`] for an
+    /// unknown queue and with [`Error::Invalid`] (field `breaker`) for a queue without a breaker.
+    fn breaker_force(&self, p: BreakerForce) -> impl Future<Output = Result<dray_core::Breaker, Error>> + Send;
 
     /// Creates or replaces a schedule (see [`Schedule::replaced`] for what a replace keeps).
     /// Refused with [`Error::ScheduleExists`] for `create_only` on an existing name, and with

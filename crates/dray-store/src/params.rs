@@ -5,8 +5,8 @@ use dray_core::json::same_value;
 use std::collections::HashMap;
 
 use dray_core::{
-    DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, Rate,
-    RetryPolicy, Timestamp, WorkerId, limits::check_range,
+    Breaker, BreakerPolicy, DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
+    QueueName, Rate, RetryPolicy, Timestamp, WorkerId, limits::check_range,
 };
 
 /// Insert one job or an atomic batch.
@@ -452,6 +452,8 @@ pub struct QueueConfig {
     pub ordering_dead: OrderingDead,
     /// Flow control, decided at lease time across every worker and node: `None` is unlimited.
     pub limits: FlowLimits,
+    /// The queue's circuit breaker (`None`: none). See `dray_core::breaker`.
+    pub breaker: Option<BreakerPolicy>,
 }
 
 /// A queue's flow limits. A job held back by one stays available and is charged no attempt.
@@ -552,6 +554,7 @@ impl QueueConfig {
             payload_schema: None,
             ordering_dead: OrderingDead::Block,
             limits: FlowLimits::default(),
+            breaker: None,
         }
     }
 
@@ -570,6 +573,9 @@ impl QueueConfig {
         check_range("lease_ms", self.lease_ms, Limits::LEASE_MS_MIN, Limits::LEASE_MS_MAX, "")?;
         check_range("retention_ms", self.retention_ms, 0, Limits::RETENTION_MS_MAX, "")?;
         check_range("retention_dead_ms", self.retention_dead_ms, 0, Limits::RETENTION_MS_MAX, "")?;
+        if let Some(breaker) = &self.breaker {
+            breaker.validate()?;
+        }
         Ok(())
     }
 }
@@ -589,6 +595,8 @@ pub struct QueueConfigure {
     pub payload_schema: Option<Option<PayloadSchema>>,
     pub ordering_dead: Option<OrderingDead>,
     pub limits: FlowLimitsChange,
+    /// `Some(None)` removes the breaker (and its state).
+    pub breaker: Option<Option<BreakerPolicy>>,
 }
 
 impl QueueConfigure {
@@ -604,6 +612,7 @@ impl QueueConfigure {
             payload_schema: None,
             ordering_dead: None,
             limits: FlowLimitsChange::default(),
+            breaker: None,
         }
     }
 
@@ -619,6 +628,7 @@ impl QueueConfigure {
             payload_schema: self.payload_schema.clone().unwrap_or_else(|| current.payload_schema.clone()),
             ordering_dead: self.ordering_dead.unwrap_or(current.ordering_dead),
             limits: self.limits.apply_to(current.limits),
+            breaker: self.breaker.unwrap_or(current.breaker),
         };
         config.validate()?;
         Ok(config)
@@ -633,11 +643,43 @@ pub struct QueueStats {
     pub counts: [u64; 7],
     /// When the longest-dead job died.
     pub oldest_dead_at: Option<Timestamp>,
+    /// The breaker's state, when the queue has a breaker (`config.breaker`): what it was when last
+    /// changed; `Breaker::view` says what it is at a given moment.
+    pub breaker: Option<Breaker>,
 }
 
 impl QueueStats {
     pub fn count(&self, state: JobState) -> u64 {
         self.counts[state.index()]
+    }
+}
+
+/// An operator's order to a queue's circuit breaker.
+#[derive(Clone, Debug)]
+pub struct BreakerForce {
+    pub now: Timestamp,
+    pub queue: QueueName,
+    /// `true`: open it, and keep it open until closed by hand; `false`: close it (its window
+    /// starts empty).
+    pub open: bool,
+}
+
+/// A queue's breaker config changing from `before` to `after`: the state it keeps. A new breaker
+/// starts closed; a changed policy keeps the state but empties the window (its buckets may have
+/// changed width); no breaker keeps no state.
+pub fn breaker_reconfigured(
+    before: Option<&BreakerPolicy>,
+    after: Option<&BreakerPolicy>,
+    state: Option<Breaker>,
+) -> Option<Breaker> {
+    let after = after?;
+    match (before, state) {
+        (Some(b), Some(state)) if b == after => Some(state),
+        (_, Some(mut state)) => {
+            state.window_reset();
+            Some(state)
+        }
+        (_, None) => Some(Breaker::new()),
     }
 }
 
@@ -684,6 +726,9 @@ pub fn payload_checked(
 pub enum Waiting {
     /// The queue is paused.
     Paused,
+    /// The queue's circuit breaker is open (until `until` when it opened by itself; a breaker
+    /// forced open has no end), or half-open with every probe granted.
+    Breaker { half_open: bool, until: Option<Timestamp> },
     /// An earlier job of its ordering key (`behind`) has not finished, or one of the key's jobs runs.
     OrderingKey { key: Box<str>, behind: JobId },
     /// The queue runs `running` jobs, at its `concurrency_max`.
@@ -708,6 +753,8 @@ pub struct WaitFacts {
     /// (from `dray_core::Rate::ready`).
     pub queue_rate_until: Option<Timestamp>,
     pub group_rate_until: Option<Timestamp>,
+    /// The queue's circuit breaker, when it has one.
+    pub breaker: Option<Breaker>,
 }
 
 impl WaitFacts {
@@ -720,6 +767,18 @@ impl WaitFacts {
         let l = &config.limits;
         if config.paused {
             return Some(Waiting::Paused);
+        }
+        if let (Some(policy), Some(breaker)) = (&config.breaker, &self.breaker) {
+            let view = breaker.view(policy, now);
+            match view.state {
+                dray_core::BreakerState::Open => {
+                    return Some(Waiting::Breaker { half_open: false, until: view.half_open_at });
+                }
+                dray_core::BreakerState::HalfOpen if view.probes_granted >= policy.probes => {
+                    return Some(Waiting::Breaker { half_open: true, until: None });
+                }
+                _ => {}
+            }
         }
         if let (Some(key), Some(behind)) = (&job.ordering_key, self.key_blocker) {
             return Some(Waiting::OrderingKey { key: key.clone(), behind });

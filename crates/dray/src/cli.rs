@@ -539,6 +539,16 @@ pub enum QueuesCommand {
     Delete { name: String },
     /// Create a queue or change its policy; flags not given stay as they are.
     Configure(QueueConfigureArgs),
+    /// Force a queue's circuit breaker open (it stays open, leasing nothing, until closed by
+    /// hand) or closed (leases flow again, its window starts empty).
+    Breaker { action: BreakerActionArg, name: String },
+}
+
+/// `dray queues breaker <ACTION>`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BreakerActionArg {
+    Open,
+    Close,
 }
 
 #[derive(Debug, Args)]
@@ -587,6 +597,30 @@ pub struct QueueConfigureArgs {
     /// Leases per time for each group key, as `--rate`.
     #[arg(long, value_name = "RATE|none")]
     pub group_rate: Option<String>,
+    /// Circuit breaker: open when the failed share of the attempts that ended within the window
+    /// reaches this ratio (0 < R <= 1). Give all five breaker flags together.
+    #[arg(
+        long,
+        value_name = "R",
+        requires_all = ["breaker_window_ms", "breaker_min_attempts", "breaker_open_ms", "breaker_probes"],
+        conflicts_with = "no_breaker"
+    )]
+    pub breaker_failure_ratio: Option<f64>,
+    /// Circuit breaker: the sliding window the ratio is counted over.
+    #[arg(long, value_name = "MS", requires = "breaker_failure_ratio")]
+    pub breaker_window_ms: Option<u64>,
+    /// Circuit breaker: never open on fewer attempts in the window than this.
+    #[arg(long, value_name = "N", requires = "breaker_failure_ratio")]
+    pub breaker_min_attempts: Option<u32>,
+    /// Circuit breaker: how long it stays open before trial leases.
+    #[arg(long, value_name = "MS", requires = "breaker_failure_ratio")]
+    pub breaker_open_ms: Option<u64>,
+    /// Circuit breaker: trial leases while half-open; all succeeding close it.
+    #[arg(long, value_name = "N", requires = "breaker_failure_ratio")]
+    pub breaker_probes: Option<u32>,
+    /// Remove the queue's circuit breaker.
+    #[arg(long)]
+    pub no_breaker: bool,
 }
 
 /// `--ordering-dead`.

@@ -482,6 +482,49 @@ fn queues_ordering_dead() {
     server.stop();
 }
 
+/// `dray queues configure --breaker-*` sets a queue's circuit breaker (all five flags together;
+/// a value out of range exits 5 naming the field), `dray queues breaker open|close` forces it,
+/// `queues stats` shows its state, and `--no-breaker` removes it.
+#[test]
+fn queues_breaker() {
+    let server = Server::start();
+    let flags = [
+        "--breaker-failure-ratio",
+        "0.5",
+        "--breaker-window-ms",
+        "60000",
+        "--breaker-min-attempts",
+        "10",
+        "--breaker-open-ms",
+        "30000",
+        "--breaker-probes",
+        "2",
+    ];
+    let args: Vec<&str> = ["queues", "configure", "pay"].into_iter().chain(flags).collect();
+    let configured = server.json(&args);
+    assert_eq!(configured["breaker"]["state"], "closed", "{configured:#}");
+    assert_eq!(configured["breaker"]["min_attempts"], 10);
+    server.dray(&["queues", "configure", "pay", "--breaker-failure-ratio", "0.5"]).assert_code(2);
+    let mut bad = args.clone();
+    bad[4] = "1.5";
+    let run = server.dray(&bad);
+    run.assert_code(5);
+    assert!(run.stderr.contains("breaker.failure_ratio"), "{}", run.stderr);
+
+    let run = server.dray(&["queues", "breaker", "open", "pay"]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("forced open"), "{}", run.stdout);
+    let run = server.dray(&["queues", "stats", "pay"]);
+    assert!(run.stdout.contains("breaker state") && run.stdout.contains("forced"), "{}", run.stdout);
+    let closed = server.json(&["queues", "breaker", "close", "pay"]);
+    assert_eq!(closed["breaker"]["state"], "closed", "{closed:#}");
+    server.dray(&["queues", "breaker", "open", "nowhere"]).assert_code(3);
+
+    let removed = server.json(&["queues", "configure", "pay", "--no-breaker"]);
+    assert!(removed.get("breaker").is_none(), "{removed:#}");
+    server.stop();
+}
+
 /// `dray queues configure --payload-schema-file` sets a queue's schema, enqueues that do not
 /// match exit 5 naming the pointer, `dray dlq redrive` reports jobs it left dead, and
 /// `--no-payload-schema` removes the schema.

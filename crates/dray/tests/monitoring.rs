@@ -59,6 +59,7 @@ const ALERT_NAMES: &[&str] = &[
     "DrayScheduleLate",
     "DrayQueueAtConcurrencyLimit",
     "DrayNodeDown",
+    "DrayQueueBreakerOpen",
 ];
 
 /// The dashboard's template variable every query runs on.
@@ -387,7 +388,8 @@ fn dashboard_imports_as_is_with_any_prometheus_datasource() {
             "HTTP",
             "Process",
             "Schedules",
-            "Flow control"
+            "Flow control",
+            "Circuit breakers"
         ]
     );
 }
@@ -861,6 +863,17 @@ impl Server {
         // Flow limits: a queue with a concurrency limit and a rate exports both.
         let limits = json!({ "concurrency_max": 3, "rate": { "limit": 120, "per_ms": 60000 } });
         self.call(reqwest::Method::PUT, "/v1/queues/mon-limited", Some(limits), 200).await;
+
+        // A circuit breaker, forced open by hand.
+        let breaker = json!({ "breaker": {
+            "failure_ratio": 0.5, "window_ms": 60000, "min_attempts": 10, "open_ms": 30000, "probes": 2,
+        } });
+        self.call(reqwest::Method::PUT, "/v1/queues/mon-breaker", Some(breaker), 200).await;
+        let forced = self
+            .call(reqwest::Method::POST, "/v1/queues/mon-breaker/breaker", Some(json!({ "action": "open" })), 200)
+            .await;
+        assert_eq!(forced["breaker"]["state"], "open", "{forced:#}");
+        assert_eq!(forced["breaker"]["forced"], true, "{forced:#}");
     }
 
     /// Two per-second schedules into queue `mon-sched`, which nobody works: `beat` skips a tick
@@ -941,6 +954,14 @@ fn check_driven_counts(scrape: &Scrape) {
     assert!(scrape.value("dray_queue_last_poll_timestamp_seconds", &mon) > 1.6e9);
     assert_eq!(scrape.value("dray_queue_last_poll_timestamp_seconds", &[("queue", "mon-paused")]), 0.0);
     assert_eq!(scrape.value("dray_workers_polling", &mon), 0.0);
+    // Open is 2; a queue without a breaker has no breaker series.
+    assert_eq!(scrape.value("dray_queue_breaker_state", &[("queue", "mon-breaker")]), 2.0);
+    let no_breaker =
+        |s: &Sample| s.name == "dray_queue_breaker_state" && s.labels.get("queue").is_some_and(|q| q == "mon");
+    assert!(!scrape.samples.iter().any(no_breaker), "queue mon has no breaker");
+    let to_open = [("queue", "mon-breaker"), ("to", "open")];
+    assert_eq!(scrape.value("dray_queue_breaker_transitions_total", &to_open), 1.0);
+    assert_eq!(scrape.types.get("dray_queue_breaker_transitions_total").map(String::as_str), Some("counter"));
     let enqueues = [("route", "/v1/jobs"), ("method", "POST"), ("status", "201")];
     assert_eq!(scrape.value("dray_http_requests_total", &enqueues), 6.0);
     assert!(scrape.value("dray_store_call_seconds_count", &[("call", "job_insert")]) >= 6.0);

@@ -2,7 +2,8 @@
 //!
 //! A scrape renders the process's counters and histograms (the recorder), then the gauges it
 //! computes now from this server's store and worker registry: jobs by state, the oldest dead
-//! job's age, paused queues, polling, workers by state, the PostgreSQL pool or the embedded
+//! job's age, paused queues, circuit breakers (their state and the store's count of their
+//! transitions), polling, workers by state, the PostgreSQL pool or the embedded
 //! store's memory against its budget, the `process_*` metrics and the build. Those gauges are written
 //! here rather than kept in the recorder, so they describe this server only (even with several
 //! servers in one process), and a queue that is gone simply stops being exported instead of
@@ -87,6 +88,10 @@ struct QueueGauges {
     rate_per_s: Option<f64>,
     polling: usize,
     last_poll_unix_s: f64,
+    /// The breaker's gauge value (for _other: the highest), when a queue has a breaker.
+    breaker_state: Option<u8>,
+    /// Transitions into each breaker state, by `BreakerState::index` (for _other: summed).
+    breaker_transitions: [u64; 3],
 }
 
 /// Appends the gauges computed at scrape time.
@@ -113,6 +118,13 @@ async fn gauges(app: &App, out: &mut String) {
                 if let Some(rate) = limits.rate {
                     let per_s = f64::from(rate.limit) * 1000.0 / rate.per_ms as f64;
                     g.rate_per_s = Some(g.rate_per_s.unwrap_or(0.0) + per_s);
+                }
+                if let (Some(policy), Some(breaker)) = (&stats.config.breaker, &stats.breaker) {
+                    let view = breaker.view(policy, now);
+                    g.breaker_state = g.breaker_state.max(Some(view.state.gauge()));
+                    for (sum, n) in g.breaker_transitions.iter_mut().zip(view.transitions) {
+                        *sum += n;
+                    }
                 }
             }
         }
@@ -161,6 +173,28 @@ async fn gauges(app: &App, out: &mut String) {
         for (queue, g) in &queues {
             if let Some(per_s) = g.rate_per_s {
                 sample(out, QUEUE_RATE_LIMIT_PER_SECOND, &[("queue", queue)], per_s);
+            }
+        }
+        family(
+            out,
+            QUEUE_BREAKER_STATE,
+            "The queue's circuit breaker: 0 closed, 1 half-open, 2 open (for _other: the highest); only queues with one.",
+        );
+        for (queue, g) in &queues {
+            if let Some(state) = g.breaker_state {
+                sample(out, QUEUE_BREAKER_STATE, &[("queue", queue)], state);
+            }
+        }
+        family_of(
+            out,
+            QUEUE_BREAKER_TRANSITIONS_TOTAL,
+            "Transitions of the queue's circuit breaker into the state `to`, as the store counts them (every node reports the same).",
+            "counter",
+        );
+        for (queue, g) in queues.iter().filter(|(_, g)| g.breaker_state.is_some()) {
+            for to in dray_core::BreakerState::ALL {
+                let n = g.breaker_transitions[to.index()];
+                sample(out, QUEUE_BREAKER_TRANSITIONS_TOTAL, &[("queue", queue), ("to", to.as_str())], n);
             }
         }
     }
@@ -230,8 +264,13 @@ async fn gauges(app: &App, out: &mut String) {
 
 /// The `# HELP` and `# TYPE` lines of a gauge.
 fn family(out: &mut String, name: &str, help: &str) {
+    family_of(out, name, help, "gauge");
+}
+
+/// The `# HELP` and `# TYPE` lines of a family of type `kind`.
+fn family_of(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// One sample line: `name{k="v",...} value`.

@@ -482,6 +482,7 @@ pub async fn queue_configure_defaults_and_overrides<H: Harness>(h: H) {
         payload_schema: None,
         ordering_dead: crate::OrderingDead::Block,
         limits: crate::FlowLimits::default(),
+        breaker: None,
     };
     assert_eq!(c.configure(p).await.unwrap(), want);
     let paused =

@@ -322,6 +322,18 @@ pub async fn limits_waiting_reasons<H: Harness>(h: H) {
     c.lease_one("gr", a1).await;
     assert_eq!(why(&c, a2).await, Some(Waiting::GroupRate { group: "a".into(), until: c.now.add_ms(1_000) }));
 
+    // A breaker forced open holds the queue's jobs until an operator closes it.
+    let policy =
+        dray_core::BreakerPolicy { failure_ratio: 0.5, window_ms: 60_000, min_attempts: 5, open_ms: 30_000, probes: 1 };
+    let p = QueueConfigure { breaker: Some(Some(policy)), ..QueueConfigure::new(c.now, super::q("b")) };
+    c.configure(p).await.unwrap();
+    let b1 = c.insert_one(new_job("b", "b1")).await;
+    assert_eq!(why(&c, b1).await, None);
+    let force = crate::BreakerForce { now: c.now, queue: super::q("b"), open: true };
+    c.store().breaker_force(force).await.unwrap();
+    assert_eq!(why(&c, b1).await, Some(Waiting::Breaker { half_open: false, until: None }));
+    assert_eq!(lease_ids(&c, "b", 1).await, Vec::<JobId>::new());
+
     // A paused queue says so first.
     let p = QueueConfigure { paused: Some(true), ..QueueConfigure::new(c.now, super::q("gr")) };
     c.configure(p).await.unwrap();

@@ -1,8 +1,10 @@
-//! `dray queues`: list, stats, pause, resume, configure.
+//! `dray queues`: list, stats, pause, resume, configure, breaker.
 
-use dray_api::{Backoff, OrderingDead, Queue, QueueConfigure, Rate};
+use dray_api::{
+    Backoff, BreakerActionKind, BreakerConfig, BreakerStateName, OrderingDead, Queue, QueueConfigure, Rate,
+};
 
-use crate::cli::{OrderingDeadArg, QueueConfigureArgs, QueuesCommand};
+use crate::cli::{BreakerActionArg, OrderingDeadArg, QueueConfigureArgs, QueuesCommand};
 use crate::cmd::enqueue::read_file_or_stdin;
 use crate::exit::Failure;
 use crate::output;
@@ -76,6 +78,23 @@ pub async fn run(client: &dray_client::Client, command: QueuesCommand, json: boo
             println!("queue {name} deleted (with {} finished jobs)", deleted.jobs_deleted);
             Ok(())
         }
+        QueuesCommand::Breaker { action, name } => {
+            let kind = match action {
+                BreakerActionArg::Open => BreakerActionKind::Open,
+                BreakerActionArg::Close => BreakerActionKind::Close,
+            };
+            let queue = client.queue_breaker(&name, kind).await?;
+            if json {
+                return output::json(&queue);
+            }
+            match action {
+                BreakerActionArg::Open => println!(
+                    "queue {name}: breaker forced open; its jobs are not handed out until `dray queues breaker close {name}`"
+                ),
+                BreakerActionArg::Close => println!("queue {name}: breaker closed"),
+            }
+            Ok(())
+        }
         QueuesCommand::Configure(args) => {
             let name = args.name.clone();
             let queue = client.queue_configure(&name, configure_body(args)?).await?;
@@ -102,6 +121,20 @@ fn configure_body(args: QueueConfigureArgs) -> Result<QueueConfigure, Failure> {
         // Clap requires all three together.
         _ => None,
     };
+    let breaker = match (
+        args.breaker_failure_ratio,
+        args.breaker_window_ms,
+        args.breaker_min_attempts,
+        args.breaker_open_ms,
+        args.breaker_probes,
+    ) {
+        (Some(failure_ratio), Some(window_ms), Some(min_attempts), Some(open_ms), Some(probes)) => {
+            Some(Some(BreakerConfig { failure_ratio, window_ms, min_attempts, open_ms, probes }))
+        }
+        // Clap requires all five together.
+        _ if args.no_breaker => Some(None),
+        _ => None,
+    };
     Ok(QueueConfigure {
         attempts_max: args.attempts_max,
         backoff,
@@ -122,6 +155,7 @@ fn configure_body(args: QueueConfigureArgs) -> Result<QueueConfigure, Failure> {
             .transpose()?,
         rate: args.rate.as_deref().map(|v| rate_arg(v, "--rate")).transpose()?,
         group_rate: args.group_rate.as_deref().map(|v| rate_arg(v, "--group-rate")).transpose()?,
+        breaker,
     })
 }
 
@@ -216,6 +250,36 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
     fields.add_row(["group concurrency max", &limit(queue.group_concurrency_max)]);
     fields.add_row(["rate", &rate(&queue.rate)]);
     fields.add_row(["group rate", &rate(&queue.group_rate)]);
+    if let Some(b) = &queue.breaker {
+        fields.add_row([
+            "breaker",
+            &format!(
+                "opens at {} failed of at least {} attempts within {}; open {}, then {} probes",
+                b.failure_ratio,
+                b.min_attempts,
+                output::duration_ms(b.window_ms),
+                output::duration_ms(b.open_ms),
+                b.probes
+            ),
+        ]);
+        let state = match (b.state, b.forced) {
+            (BreakerStateName::Open, true) => "open (forced: until closed by hand)".to_owned(),
+            (BreakerStateName::Open, false) => match &b.half_open_at {
+                Some(at) => format!("open (half-open at {})", output::time(at)),
+                None => "open".to_owned(),
+            },
+            (BreakerStateName::HalfOpen, _) => {
+                format!(
+                    "half-open ({} of {} probes granted, {} succeeded)",
+                    b.probes_granted, b.probes, b.probes_succeeded
+                )
+            }
+            (BreakerStateName::Closed, _) => {
+                format!("closed ({} failed of {} attempts in the window)", b.window_failures, b.window_attempts)
+            }
+        };
+        fields.add_row(["breaker state", &state]);
+    }
     fields.add_row(["scheduled", &counts.scheduled.to_string()]);
     fields.add_row(["available", &counts.available.to_string()]);
     fields.add_row(["running", &counts.running.to_string()]);
