@@ -502,3 +502,229 @@ fn a_heartbeat_or_lease_stalled_behind_a_table_lock_never_answers_a_dead_lease_a
         assert!(status.success(), "graceful shutdown: {status}");
     }
 }
+
+/// Jobs in the flow-limits run; `DRAY_MULTINODE_FLOW_JOBS` overrides.
+const FLOW_JOBS_DEFAULT: u64 = 1_500;
+const FLOW_QUEUE: &str = "mn-flow";
+const FLOW_QUEUE_MAX: usize = 5;
+const FLOW_GROUPS: u64 = 12;
+const FLOW_KEYS: u64 = 40;
+
+/// Issue #11's multi-node evidence: 3 nodes, 8 workers, a queue with `concurrency_max` 5 and
+/// `group_concurrency_max` 1, jobs with group keys and ordering keys, a node SIGKILLed mid-run and
+/// restarted. A checker over the whole history in the database proves that no more than 5 jobs
+/// ever ran at once, never 2 of one group, and that the jobs of each ordering key ran one at a
+/// time in enqueue order.
+#[test]
+fn three_nodes_eight_workers_hold_flow_limits_and_order_through_a_killed_node() {
+    let db = TestDb::create();
+    let jobs: u64 =
+        std::env::var("DRAY_MULTINODE_FLOW_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(FLOW_JOBS_DEFAULT);
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&db.url)).collect();
+    let rt = rt();
+    let limits = dray_api::QueueConfigure {
+        concurrency_max: Some(Some(FLOW_QUEUE_MAX as u32)),
+        group_concurrency_max: Some(Some(1)),
+        ..Default::default()
+    };
+    rt.block_on(nodes[0].client().queue_configure(FLOW_QUEUE, limits)).expect("configure the queue");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let worker = Worker::builder(nodes[i % 3].client())
+                .worker_id(format!("fw{i}"))
+                .queue(FLOW_QUEUE, |_ctx: dray_client::JobContext| async move {
+                    // Long enough that limits, not speed, decide what runs together, and much
+                    // longer than the checker's slack.
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    Ok(None)
+                })
+                .concurrency(4)
+                .lease_wait(Duration::from_secs(1))
+                .lease_duration(WORKER_LEASE)
+                .build()
+                .expect("a worker");
+            let mut stop = stop_rx.clone();
+            rt.spawn(async move {
+                worker
+                    .run(async move {
+                        let _ = stop.wait_for(|&s| s).await;
+                    })
+                    .await
+                    .expect("the worker ran")
+            })
+        })
+        .collect();
+
+    // Enqueue through every node in batches, keyed so a retried batch does not enqueue twice.
+    let clients: Vec<Client> = nodes.iter().map(Node::client).collect();
+    let enqueuer = rt.spawn(async move {
+        for batch in 0..jobs.div_ceil(100) {
+            let range = batch * 100..((batch + 1) * 100).min(jobs);
+            let mut attempt = 0usize;
+            loop {
+                let client = &clients[(batch as usize + attempt) % clients.len()];
+                let body: Vec<Enqueue> = range
+                    .clone()
+                    .map(|n| {
+                        Enqueue::new(FLOW_QUEUE, &n)
+                            .unwrap()
+                            .idempotency_key(format!("flow-{n}"))
+                            .group_key(format!("g{}", n % FLOW_GROUPS))
+                            .ordering_key(format!("o{}", n % FLOW_KEYS))
+                    })
+                    .collect();
+                match client.enqueue_batch(body).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        attempt += 1;
+                        assert!(attempt < 100, "batch {batch} kept failing: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    });
+
+    let completed = |db: &str| {
+        count(db, &format!("SELECT count(*) FROM dray.jobs WHERE queue = '{FLOW_QUEUE}' AND state = 'completed'"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while completed(&db.url) < jobs * 2 / 5 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[1].kill_and_restart();
+    rt.block_on(enqueuer).expect("the enqueuer finished");
+    while completed(&db.url) < jobs {
+        assert!(Instant::now() < deadline, "only {} of {jobs} completed", completed(&db.url));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = stop_tx.send(true);
+    for w in workers {
+        rt.block_on(w).expect("worker task");
+    }
+
+    // The history: every attempt as [leased, ended] on the database's clock, in milliseconds.
+    let rows = query(
+        &db.url,
+        &format!(
+            "SELECT h.job_id, h.seq, h.kind, (extract(epoch FROM h.at) * 1000)::bigint, j.group_key, j.ordering_key \
+             FROM dray.job_history h JOIN dray.jobs j ON j.id = h.job_id \
+             WHERE j.queue = '{FLOW_QUEUE}' AND h.kind IN ('leased', 'completed', 'failed', 'expired', 'cancelled') \
+             ORDER BY h.job_id, h.seq"
+        ),
+    );
+    struct Attempt {
+        job: u64,
+        group: String,
+        key: String,
+        start: i64,
+        end: i64,
+        completed: bool,
+    }
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut open: Option<Attempt> = None;
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        let (job, kind, at) = (f[0].parse::<u64>().unwrap(), f[2], f[3].parse::<i64>().unwrap());
+        match kind {
+            "leased" => {
+                assert!(open.is_none(), "job {job} leased while an attempt was open");
+                open = Some(Attempt {
+                    job,
+                    group: f[4].to_owned(),
+                    key: f[5].to_owned(),
+                    start: at,
+                    end: i64::MAX,
+                    completed: false,
+                });
+            }
+            _ => {
+                let mut a = open.take().unwrap_or_else(|| panic!("job {job}: {kind} without a lease"));
+                assert_eq!(a.job, job);
+                a.end = at;
+                a.completed = kind == "completed";
+                attempts.push(a);
+            }
+        }
+    }
+    assert!(open.is_none(), "an attempt never ended");
+    assert_eq!(attempts.iter().filter(|a| a.completed).count() as u64, jobs, "each job completed once");
+
+    // Sweep: ends before starts at the same millisecond (the clock's resolution). An attempt's
+    // end counts `SLACK_MS` early: a lease reads its clock before it counts the running jobs,
+    // and an ack reads its clock before it commits, so an ack that committed just before a
+    // lease counted may carry a later time than the lease (seen: 1 ms). Jobs take 25 ms, so a
+    // real excess still overlaps by far more.
+    const SLACK_MS: i64 = 8;
+    let mut events: Vec<(i64, bool, usize)> = Vec::new();
+    for (i, a) in attempts.iter().enumerate() {
+        events.push((a.start, true, i));
+        events.push((a.end - SLACK_MS, false, i));
+    }
+    events.sort_by_key(|&(at, start, i)| (at, start, i));
+    let mut live: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+    let mut peak = 0usize;
+    let show = |live: &std::collections::BTreeSet<usize>| {
+        live.iter()
+            .map(|&j| {
+                let a = &attempts[j];
+                format!(
+                    "job {} ({}) {}..{}{}",
+                    a.job,
+                    a.group,
+                    a.start,
+                    a.end,
+                    if a.completed { "" } else { " (not completed)" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for (at, start, i) in events {
+        if !start {
+            live.remove(&i);
+            continue;
+        }
+        live.insert(i);
+        peak = peak.max(live.len());
+        assert!(
+            live.len() <= FLOW_QUEUE_MAX,
+            "{} jobs ran at once at {at}, over concurrency_max: {}",
+            live.len(),
+            show(&live)
+        );
+        let group = &attempts[i].group;
+        let same = live.iter().filter(|&&j| attempts[j].group == *group).count();
+        assert!(same <= 1, "group {group} ran {same} jobs at once at {at}: {}", show(&live));
+    }
+    // Strict FIFO per ordering key: a job's first lease comes after the previous job's completion.
+    let mut by_key: std::collections::BTreeMap<&str, Vec<&Attempt>> = std::collections::BTreeMap::new();
+    for a in &attempts {
+        by_key.entry(a.key.as_str()).or_default().push(a);
+    }
+    for (key, list) in &mut by_key {
+        list.sort_by_key(|a| (a.job, a.start));
+        for pair in list.windows(2) {
+            let (prev, next) = (pair[0], pair[1]);
+            if prev.job != next.job {
+                let done = list.iter().filter(|a| a.job == prev.job && a.completed).map(|a| a.end).max().unwrap();
+                assert!(
+                    next.start + SLACK_MS >= done,
+                    "key {key}: job {} started at {} before job {} completed at {done}",
+                    next.job,
+                    next.start,
+                    prev.job
+                );
+            }
+        }
+    }
+    assert!(peak >= 2, "the run had concurrency to limit (peak {peak})");
+    eprintln!("{} attempts of {jobs} jobs checked; peak {peak} running", attempts.len());
+    for node in nodes {
+        let status = node.process.expect("running").terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+    }
+}
