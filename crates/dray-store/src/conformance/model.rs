@@ -517,10 +517,17 @@ impl<H: Harness> Sim<H> {
             }
         }
         // With groups, turns decide which group goes first. Across two queues of which one has
-        // limits, PostgreSQL serves the queue without limits first (documented): the order
+        // limits or grouped jobs, PostgreSQL serves the other first (documented): the order
         // across the queues is then not checked exactly either.
-        let grouped = candidates.iter().any(|m| m.group_key.is_some())
-            || (qs.len() > 1 && qs.iter().any(|&q| !self.limits[q].is_unlimited()));
+        let flow = |q: usize| {
+            !self.limits[q].is_unlimited()
+                || self.jobs.iter().any(|m| {
+                    m.queue == q
+                        && m.group_key.is_some()
+                        && !matches!(m.state, JobState::Completed | JobState::Cancelled | JobState::Dead)
+                })
+        };
+        let grouped = candidates.iter().any(|m| m.group_key.is_some()) || (qs.len() > 1 && qs.iter().any(|&q| flow(q)));
         // Without groups the lease is exact: the best jobs, within each queue's permits.
         let mut expected = Vec::new();
         if !grouped {
