@@ -505,9 +505,9 @@ impl<H: Harness> Sim<H> {
         };
         let mut queue_left = [u32::MAX; 2];
         let mut group_left: HashMap<(usize, u8), u32> = HashMap::new();
-        for qi in 0..2 {
+        for (qi, left) in queue_left.iter_mut().enumerate() {
             if let Some(max) = self.limits[qi].concurrency_max {
-                queue_left[qi] = max.saturating_sub(running(&|m| m.queue == qi));
+                *left = max.saturating_sub(running(&|m| m.queue == qi));
             }
             if let Some(max) = self.limits[qi].group_concurrency_max {
                 for g in 0..2u8 {
