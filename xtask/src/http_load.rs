@@ -244,6 +244,7 @@ async fn raw_worker(client: Client, lane: usize, c: Arc<BatchCounters>, stop: Ar
                 error: None,
                 retryable: None,
                 retry_after_ms: None,
+                rate_limited: false,
             })
             .collect();
         let n = acks.len() as u64;

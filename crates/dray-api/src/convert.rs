@@ -314,6 +314,15 @@ impl From<&dray_store::Waiting> for JobWaiting {
                 limit: Some(*max),
                 ..none
             },
+            W::QueueBackoff { until } => JobWaiting {
+                reason: WaitingReason::QueueBackoff,
+                detail: format!(
+                    "a worker reported a downstream rate limit: the queue backs off until {}",
+                    timestamp_string(*until)
+                ),
+                until: Some(timestamp_string(*until)),
+                ..none
+            },
             W::Rate { until } => JobWaiting {
                 reason: WaitingReason::Rate,
                 detail: format!("rate limited until {}", timestamp_string(*until)),
@@ -445,6 +454,7 @@ impl Queue {
                 (Some(policy), Some(state)) => Some(BreakerStatus::of(policy, &state.view(policy, now))),
                 _ => None,
             },
+            backoff_until: q.backoff_until.filter(|until| *until > now).map(timestamp_string),
         }
     }
 }
@@ -668,6 +678,7 @@ impl FailRequest {
                 error: self.error.clone(),
                 retryable: self.retryable.unwrap_or(true),
                 retry_after_ms: self.retry_after_ms,
+                rate_limited: self.rate_limited,
             },
         })
     }
@@ -685,6 +696,7 @@ impl AckItem {
                     ("error", self.error.is_some()),
                     ("retryable", self.retryable.is_some()),
                     ("retry_after_ms", self.retry_after_ms.is_some()),
+                    ("rate_limited", self.rate_limited),
                 ] {
                     if set {
                         return Err(Invalid::new(field, "is only for outcome `fail`"));
@@ -705,6 +717,7 @@ impl AckItem {
                     error: error.clone(),
                     retryable: self.retryable.unwrap_or(true),
                     retry_after_ms: self.retry_after_ms,
+                    rate_limited: self.rate_limited,
                 }
             }
         };

@@ -203,6 +203,12 @@ pub struct FailRequest {
     /// Replaces the backoff for this retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// A downstream rate limit turned the attempt away (an HTTP 429, a quota): the attempt is
+    /// handed back (it does not count towards `attempts_max`), the job is retried after
+    /// `retry_after_ms` (or its backoff), and its whole queue leases nothing until then.
+    /// Cannot be combined with `retryable: false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_limited: bool,
 }
 
 /// What a completion or failure did.
@@ -240,6 +246,9 @@ pub struct AckItem {
     pub retryable: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `fail`: a downstream rate limit turned the attempt away; see `FailRequest`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_limited: bool,
 }
 
 /// `POST /v1/ack`: completions and failures in one durable write.
@@ -396,6 +405,7 @@ pub enum WaitingReason {
     Paused,
     Breaker,
     OrderingKey,
+    QueueBackoff,
     Concurrency,
     GroupConcurrency,
     Rate,
@@ -728,6 +738,10 @@ pub struct Queue {
     /// The circuit breaker, when the queue has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerStatus>,
+    /// While a worker's report of a downstream rate limit (`rate_limited` on a failure) holds
+    /// the queue: it leases nothing until then (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_until: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

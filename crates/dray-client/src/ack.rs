@@ -157,6 +157,7 @@ mod tests {
             error: None,
             retryable: None,
             retry_after_ms: None,
+            rate_limited: false,
         }
     }
 

@@ -89,18 +89,27 @@ pub struct JobError {
     message: String,
     retryable: bool,
     retry_after: Option<Duration>,
+    rate_limited: bool,
 }
 
 impl JobError {
     /// A failure worth retrying: the job is delivered again after the backoff (or
     /// [`JobError::retry_after`]), unless this was its last attempt.
     pub fn retryable(message: impl fmt::Display) -> JobError {
-        JobError { message: message.to_string(), retryable: true, retry_after: None }
+        JobError { message: message.to_string(), retryable: true, retry_after: None, rate_limited: false }
     }
 
     /// A failure no retry can fix: the job goes to the dead-letter queue now.
     pub fn fatal(message: impl fmt::Display) -> JobError {
-        JobError { message: message.to_string(), retryable: false, retry_after: None }
+        JobError { message: message.to_string(), retryable: false, retry_after: None, rate_limited: false }
+    }
+
+    /// A downstream rate limit turned the job away (an HTTP 429, a quota): the attempt is handed
+    /// back (it does not count towards the job's attempts), and the whole queue stops leasing,
+    /// for every worker, until the job's retry: [`JobError::retry_after`] (pass the
+    /// downstream's `Retry-After`) or the job's backoff.
+    pub fn rate_limited(message: impl fmt::Display) -> JobError {
+        JobError { message: message.to_string(), retryable: true, retry_after: None, rate_limited: true }
     }
 
     /// Retry after this long instead of the backoff (server clock; the server clamps it to 30
@@ -116,6 +125,11 @@ impl JobError {
 
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether this is a [`JobError::rate_limited`].
+    pub fn is_rate_limited(&self) -> bool {
+        self.rate_limited
     }
 
     /// What [`JobError::retry_after`] set.
@@ -143,6 +157,7 @@ impl fmt::Debug for JobError {
             .field("message", &self.message)
             .field("retryable", &self.retryable)
             .field("retry_after", &self.retry_after)
+            .field("rate_limited", &self.rate_limited)
             .finish()
     }
 }
@@ -794,6 +809,7 @@ fn ack_item(job: &LeasedJob, outcome: AckOutcome, result: Option<dray_api::Json>
         result,
         retryable: error.as_ref().map(|e| e.retryable),
         retry_after_ms: error.as_ref().and_then(|e| e.retry_after).map(millis_ceil),
+        rate_limited: error.as_ref().is_some_and(|e| e.rate_limited),
         error: error.map(|e| e.message),
     }
 }
@@ -858,5 +874,11 @@ mod tests {
         assert_eq!(item.error.as_deref(), Some(SHUTDOWN_ERROR));
         assert_eq!(item.retryable, Some(true));
         assert_eq!(item.retry_after_ms, Some(0));
+        assert!(!item.rate_limited);
+        let limited = JobError::rate_limited("429").retry_after(Duration::from_millis(1_500));
+        assert!(limited.is_rate_limited() && limited.is_retryable());
+        let item = ack_item(&job, AckOutcome::Fail, None, Some(limited));
+        assert!(item.rate_limited);
+        assert_eq!(item.retry_after_ms, Some(1_500));
     }
 }

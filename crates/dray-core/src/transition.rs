@@ -38,11 +38,17 @@ pub enum Event<'a> {
     },
     /// The attempt failed. `retry_after_ms` replaces the backoff delay (clamped to
     /// `Limits::RETRY_AFTER_MS_MAX`).
+    ///
+    /// `rate_limited`: the worker was turned away by a rate limit downstream. The attempt is
+    /// handed back (it does not count towards `attempts_max`, so it never dead-letters the job),
+    /// the job waits `retry_after_ms` (or its next backoff delay) and its whole queue backs off
+    /// until then ([`Effect::QueueBackoff`]).
     Fail {
         lease: LeaseId,
         error: &'a str,
         retryable: bool,
         retry_after_ms: Option<u64>,
+        rate_limited: bool,
     },
     /// The lease's deadline passed without a completion or failure: a failed attempt.
     Expire,
@@ -148,6 +154,9 @@ pub enum Effect {
     LeaseExtended { deadline: Timestamp, cancel_requested: bool },
     /// The job will be delivered again at `at`.
     RetryScheduled { at: Timestamp },
+    /// A downstream rate limit turned the attempt away: the job's queue leases nothing until
+    /// `until`.
+    QueueBackoff { until: Timestamp },
     /// The job is in the dead-letter queue.
     DeadLettered { reason: DeadReason },
     /// The job reached a final state (completed, dead or cancelled) at this time.
@@ -273,7 +282,38 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
             Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
         }
 
-        Event::Fail { lease, error, retryable, retry_after_ms } => {
+        Event::Fail { lease, error, retryable: _, retry_after_ms, rate_limited: true } if !current.cancel_requested => {
+            let held = check_lease(job, lease, now)?;
+            let (token, worker) = (held.token, held.worker.clone());
+            let error = truncate_utf8(error, Limits::ERROR_BYTES_MAX);
+            let delay = retry_after_ms
+                .map(|ms| ms.min(Limits::RETRY_AFTER_MS_MAX))
+                .unwrap_or_else(|| job.retry.backoff.delay_ms(current.attempt, random));
+            let at = now.add_ms(delay);
+            let status = JobStatus {
+                state: JobState::Retrying,
+                run_at: at,
+                attempt: current.attempt.saturating_sub(1),
+                lease: None,
+                last_error: Some(error.into()),
+                ..current.clone()
+            };
+            // The entry names the attempt that ran, though the job's count went back.
+            let history = HistoryEntry {
+                at: now,
+                kind: HistoryKind::Failed,
+                state: JobState::Retrying,
+                attempt: current.attempt,
+                token: Some(token),
+                worker: Some(worker),
+                error: Some(error.into()),
+                run_at: Some(at),
+            };
+            let effects = vec![Effect::RetryScheduled { at }, Effect::QueueBackoff { until: at }];
+            Ok(Transition { status, history: Some(history), effects })
+        }
+
+        Event::Fail { lease, error, retryable, retry_after_ms, rate_limited: _ } => {
             let held = check_lease(job, lease, now)?;
             let token = held.token;
             let error = truncate_utf8(error, Limits::ERROR_BYTES_MAX);

@@ -39,7 +39,7 @@ enum Op {
     Lease(usize),
     Heartbeat(usize, LeaseChoice),
     Complete(usize, LeaseChoice),
-    Fail { job: usize, lease: LeaseChoice, retryable: bool, retry_after_ms: Option<u64> },
+    Fail { job: usize, lease: LeaseChoice, retryable: bool, retry_after_ms: Option<u64>, rate_limited: bool },
     Expire(usize),
     Cancel(usize),
     Redrive(usize),
@@ -68,12 +68,14 @@ fn op() -> impl Strategy<Value = Op> {
             lease_choice(),
             prop::bool::weighted(0.8),
             prop::option::weighted(0.3, prop_oneof![0..2_000u64, Just(u64::MAX)]),
+            prop::bool::weighted(0.15),
         )
-            .prop_map(|(job, lease, retryable, retry_after_ms)| Op::Fail {
+            .prop_map(|(job, lease, retryable, retry_after_ms, rate_limited)| Op::Fail {
                 job,
                 lease,
                 retryable,
-                retry_after_ms
+                retry_after_ms,
+                rate_limited
             }),
         2 => job.clone().prop_map(Op::Expire),
         1 => job.clone().prop_map(Op::Cancel),
@@ -142,10 +144,11 @@ impl Model {
     }
 
     /// A failed attempt (a reported failure or an expired lease).
-    fn after_failure(&self, now: i64, retryable: bool, retry_after_ms: Option<u64>) -> Expect {
+    /// A rate-limited failure hands the attempt back: it is retried whatever the budget says.
+    fn after_failure(&self, now: i64, retryable: bool, retry_after_ms: Option<u64>, rate_limited: bool) -> Expect {
         if self.cancel_requested {
             Expect::Accept(JobState::Cancelled)
-        } else if !retryable || self.attempt >= self.attempts_max {
+        } else if !rate_limited && (!retryable || self.attempt >= self.attempts_max) {
             Expect::Accept(JobState::Dead)
         } else if let Some(ms) = retry_after_ms {
             let at = now.saturating_add(ms.min(Limits::RETRY_AFTER_MS_MAX) as i64);
@@ -168,12 +171,14 @@ impl Model {
             },
             Op::Heartbeat(..) if self.holds(lease, now) => Expect::Accept(Running),
             Op::Complete(..) if self.holds(lease, now) => Expect::Accept(Completed),
-            Op::Fail { retryable, retry_after_ms, .. } if self.holds(lease, now) => {
-                self.after_failure(now, retryable, retry_after_ms)
+            Op::Fail { retryable, retry_after_ms, rate_limited, .. } if self.holds(lease, now) => {
+                self.after_failure(now, retryable, retry_after_ms, rate_limited)
             }
             Op::Heartbeat(..) | Op::Complete(..) | Op::Fail { .. } => Expect::Reject,
             Op::Expire(_) => match self.lease {
-                Some((_, deadline)) if self.state == Running && now >= deadline => self.after_failure(now, true, None),
+                Some((_, deadline)) if self.state == Running && now >= deadline => {
+                    self.after_failure(now, true, None, false)
+                }
                 _ => Expect::Reject,
             },
             Op::Cancel(_) => match self.state {
@@ -208,6 +213,7 @@ impl Model {
                 self.lease = Some((id, now + LEASE_MS as i64));
             }
             Op::Cancel(_) if self.state == JobState::Running => self.cancel_requested = true,
+            Op::Fail { rate_limited: true, .. } if state == JobState::Retrying => self.attempt -= 1,
             Op::Redrive(_) => {
                 self.attempt = 0;
                 self.cancel_requested = false;
@@ -309,8 +315,8 @@ impl Harness {
                 Event::Heartbeat { lease: LeaseId(lease), extend_ms: None, progress: None, checkpoint: None }
             }
             Op::Complete(..) => Event::Complete { lease: LeaseId(lease), result: None },
-            Op::Fail { retryable, retry_after_ms, .. } => {
-                Event::Fail { lease: LeaseId(lease), error: "model failure", retryable, retry_after_ms }
+            Op::Fail { retryable, retry_after_ms, rate_limited, .. } => {
+                Event::Fail { lease: LeaseId(lease), error: "model failure", retryable, retry_after_ms, rate_limited }
             }
             Op::Expire(_) => Event::Expire,
             Op::Cancel(_) => Event::Cancel,
@@ -453,9 +459,9 @@ fn poison_job_dies_after_exactly_attempts_max_deliveries() {
         Op::Advance(BACKOFF_CAP_MS),
         Op::Promote(0),
         Op::Lease(0),
-        Op::Fail { job: 0, lease: LeaseChoice::Earlier, retryable: true, retry_after_ms: None },
+        Op::Fail { job: 0, lease: LeaseChoice::Earlier, retryable: true, retry_after_ms: None, rate_limited: false },
         Op::Complete(0, LeaseChoice::Earlier),
-        Op::Fail { job: 0, lease: LeaseChoice::Latest, retryable: true, retry_after_ms: Some(0) },
+        Op::Fail { job: 0, lease: LeaseChoice::Latest, retryable: true, retry_after_ms: Some(0), rate_limited: false },
         Op::Promote(0),
         Op::Lease(0),
         Op::Advance(LEASE_MS),

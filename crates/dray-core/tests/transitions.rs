@@ -75,7 +75,7 @@ fn lease_event(worker: &WorkerId, id: LeaseId, token: u64) -> Event<'_> {
 }
 
 fn fail_event(lease: LeaseId) -> Event<'static> {
-    Event::Fail { lease, error: "boom", retryable: true, retry_after_ms: None }
+    Event::Fail { lease, error: "boom", retryable: true, retry_after_ms: None, rate_limited: false }
 }
 
 /// One representative job per state (and the interesting variants of `running`, `scheduled` and
@@ -94,7 +94,13 @@ fn cases() -> Vec<(&'static str, Job)> {
     // Failed at attempt 1, `ms` before NOW, asking for a retry 5 s after the failure.
     let retrying_since = |ms: u64| {
         let mut job = running_since(ms + 1_000);
-        let fail = Event::Fail { lease: LEASE_HELD, error: "boom", retryable: true, retry_after_ms: Some(5_000) };
+        let fail = Event::Fail {
+            lease: LEASE_HELD,
+            error: "boom",
+            retryable: true,
+            retry_after_ms: Some(5_000),
+            rate_limited: false,
+        };
         step(&mut job, fail, ago(ms));
         job
     };
@@ -157,7 +163,20 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         progress: Some(Payload::new(&b"50%"[..])),
         checkpoint: Some(Payload::new(&b"c1"[..])),
     };
-    let fail = |retryable, retry_after_ms| Event::Fail { lease: LEASE_HELD, error: "boom", retryable, retry_after_ms };
+    let fail = |retryable, retry_after_ms| Event::Fail {
+        lease: LEASE_HELD,
+        error: "boom",
+        retryable,
+        retry_after_ms,
+        rate_limited: false,
+    };
+    let rate_limited = |retry_after_ms| Event::Fail {
+        lease: LEASE_HELD,
+        error: "429",
+        retryable: true,
+        retry_after_ms,
+        rate_limited: true,
+    };
     vec![
         ("promote", Event::Promote),
         ("lease", lease_event(w, LEASE_NEW, 8)),
@@ -168,6 +187,8 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         ("fail", fail(true, None)),
         ("fail.non_retryable", fail(false, None)),
         ("fail.retry_after_2s", fail(true, Some(2_000))),
+        ("fail.rate_limited", rate_limited(None)),
+        ("fail.rate_limited_after_2s", rate_limited(Some(2_000))),
         ("expire", Event::Expire),
         ("cancel", Event::Cancel),
         ("redrive", Event::Redrive),
@@ -240,6 +261,7 @@ fn render_effect(e: &Effect) -> String {
             format!("lease_extended(deadline={}, cancel_requested={cancel_requested})", t(*deadline))
         }
         Effect::RetryScheduled { at } => format!("retry_scheduled({})", t(*at)),
+        Effect::QueueBackoff { until } => format!("queue_backoff({})", t(*until)),
         Effect::DeadLettered { reason } => format!("dead_lettered({})", reason.as_str()),
         Effect::Finished => "finished".to_string(),
         Effect::BecameAvailable => "became_available".to_string(),
@@ -304,6 +326,8 @@ fn transition_table() {
         fail                   => rejected StaleLease(scheduled)
         fail.non_retryable     => rejected StaleLease(scheduled)
         fail.retry_after_2s    => rejected StaleLease(scheduled)
+        fail.rate_limited      => rejected StaleLease(scheduled)
+        fail.rate_limited_after_2s => rejected StaleLease(scheduled)
         expire                 => rejected NotAllowed(expire when scheduled)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
@@ -319,6 +343,8 @@ fn transition_table() {
         fail                   => rejected StaleLease(scheduled)
         fail.non_retryable     => rejected StaleLease(scheduled)
         fail.retry_after_2s    => rejected StaleLease(scheduled)
+        fail.rate_limited      => rejected StaleLease(scheduled)
+        fail.rate_limited_after_2s => rejected StaleLease(scheduled)
         expire                 => rejected NotAllowed(expire when scheduled)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
@@ -334,6 +360,8 @@ fn transition_table() {
         fail                   => rejected StaleLease(available)
         fail.non_retryable     => rejected StaleLease(available)
         fail.retry_after_2s    => rejected StaleLease(available)
+        fail.rate_limited      => rejected StaleLease(available)
+        fail.rate_limited_after_2s => rejected StaleLease(available)
         expire                 => rejected NotAllowed(expire when available)
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when available)
@@ -349,6 +377,8 @@ fn transition_table() {
         fail                   => retrying attempt=1 run_at=now+500 last_error="boom" | history=failed/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
         fail.non_retryable     => dead attempt=1 dead_reason=non_retryable finished_at=now last_error="boom" | history=failed/token=7/worker=worker-1 | dead_lettered(non_retryable),finished
         fail.retry_after_2s    => retrying attempt=1 run_at=now+2000 last_error="boom" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000)
+        fail.rate_limited      => retrying attempt=0 run_at=now+500 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500),queue_backoff(now+500)
+        fail.rate_limited_after_2s => retrying attempt=0 run_at=now+2000 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000),queue_backoff(now+2000)
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
@@ -364,6 +394,8 @@ fn transition_table() {
         fail                   => cancelled attempt=1 cancel_requested finished_at=now last_error="boom" | history=failed/token=7/worker=worker-1 | finished
         fail.non_retryable     => cancelled attempt=1 cancel_requested finished_at=now last_error="boom" | history=failed/token=7/worker=worker-1 | finished
         fail.retry_after_2s    => cancelled attempt=1 cancel_requested finished_at=now last_error="boom" | history=failed/token=7/worker=worker-1 | finished
+        fail.rate_limited      => cancelled attempt=1 cancel_requested finished_at=now last_error="429" | history=failed/token=7/worker=worker-1 | finished
+        fail.rate_limited_after_2s => cancelled attempt=1 cancel_requested finished_at=now last_error="429" | history=failed/token=7/worker=worker-1 | finished
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
@@ -379,6 +411,8 @@ fn transition_table() {
         fail                   => rejected LeaseExpired(deadline=now-1)
         fail.non_retryable     => rejected LeaseExpired(deadline=now-1)
         fail.retry_after_2s    => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited      => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited_after_2s => rejected LeaseExpired(deadline=now-1)
         expire                 => cancelled attempt=1 cancel_requested finished_at=now last_error="lease expired" | history=expired/token=7/worker=worker-1 | finished
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
@@ -394,6 +428,8 @@ fn transition_table() {
         fail                   => dead attempt=3 dead_reason=failed finished_at=now | history=failed/token=7/worker=worker-1 | dead_lettered(failed),finished
         fail.non_retryable     => dead attempt=3 dead_reason=non_retryable finished_at=now | history=failed/token=7/worker=worker-1 | dead_lettered(non_retryable),finished
         fail.retry_after_2s    => dead attempt=3 dead_reason=failed finished_at=now | history=failed/token=7/worker=worker-1 | dead_lettered(failed),finished
+        fail.rate_limited      => retrying attempt=2 run_at=now+2000 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000),queue_backoff(now+2000)
+        fail.rate_limited_after_2s => retrying attempt=2 run_at=now+2000 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000),queue_backoff(now+2000)
         expire                 => rejected LeaseLive(deadline=now+20000)
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
@@ -409,6 +445,8 @@ fn transition_table() {
         fail                   => rejected LeaseExpired(deadline=now-1)
         fail.non_retryable     => rejected LeaseExpired(deadline=now-1)
         fail.retry_after_2s    => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited      => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited_after_2s => rejected LeaseExpired(deadline=now-1)
         expire                 => dead attempt=3 dead_reason=lease_expired finished_at=now last_error="lease expired" | history=expired/token=7/worker=worker-1 | dead_lettered(lease_expired),finished
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
@@ -424,6 +462,8 @@ fn transition_table() {
         fail                   => rejected LeaseExpired(deadline=now)
         fail.non_retryable     => rejected LeaseExpired(deadline=now)
         fail.retry_after_2s    => rejected LeaseExpired(deadline=now)
+        fail.rate_limited      => rejected LeaseExpired(deadline=now)
+        fail.rate_limited_after_2s => rejected LeaseExpired(deadline=now)
         expire                 => retrying attempt=1 run_at=now+500 last_error="lease expired" | history=expired/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
@@ -439,6 +479,8 @@ fn transition_table() {
         fail                   => rejected LeaseExpired(deadline=now-1)
         fail.non_retryable     => rejected LeaseExpired(deadline=now-1)
         fail.retry_after_2s    => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited      => rejected LeaseExpired(deadline=now-1)
+        fail.rate_limited_after_2s => rejected LeaseExpired(deadline=now-1)
         expire                 => retrying attempt=1 run_at=now+500 last_error="lease expired" | history=expired/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
@@ -454,6 +496,8 @@ fn transition_table() {
         fail                   => rejected StaleLease(retrying)
         fail.non_retryable     => rejected StaleLease(retrying)
         fail.retry_after_2s    => rejected StaleLease(retrying)
+        fail.rate_limited      => rejected StaleLease(retrying)
+        fail.rate_limited_after_2s => rejected StaleLease(retrying)
         expire                 => rejected NotAllowed(expire when retrying)
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
@@ -469,6 +513,8 @@ fn transition_table() {
         fail                   => rejected StaleLease(retrying)
         fail.non_retryable     => rejected StaleLease(retrying)
         fail.retry_after_2s    => rejected StaleLease(retrying)
+        fail.rate_limited      => rejected StaleLease(retrying)
+        fail.rate_limited_after_2s => rejected StaleLease(retrying)
         expire                 => rejected NotAllowed(expire when retrying)
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
@@ -484,6 +530,8 @@ fn transition_table() {
         fail                   => rejected AlreadyFinished(completed)
         fail.non_retryable     => rejected AlreadyFinished(completed)
         fail.retry_after_2s    => rejected AlreadyFinished(completed)
+        fail.rate_limited      => rejected AlreadyFinished(completed)
+        fail.rate_limited_after_2s => rejected AlreadyFinished(completed)
         expire                 => rejected NotAllowed(expire when completed)
         cancel                 => rejected AlreadyFinished(completed)
         redrive                => rejected NotAllowed(redrive when completed)
@@ -499,6 +547,8 @@ fn transition_table() {
         fail                   => rejected AlreadyFinished(dead)
         fail.non_retryable     => rejected AlreadyFinished(dead)
         fail.retry_after_2s    => rejected AlreadyFinished(dead)
+        fail.rate_limited      => rejected AlreadyFinished(dead)
+        fail.rate_limited_after_2s => rejected AlreadyFinished(dead)
         expire                 => rejected NotAllowed(expire when dead)
         cancel                 => rejected AlreadyFinished(dead)
         redrive                => available attempt=0 run_at=now finished_at=- | history=redriven | became_available
@@ -514,6 +564,8 @@ fn transition_table() {
         fail                   => rejected AlreadyFinished(cancelled)
         fail.non_retryable     => rejected AlreadyFinished(cancelled)
         fail.retry_after_2s    => rejected AlreadyFinished(cancelled)
+        fail.rate_limited      => rejected AlreadyFinished(cancelled)
+        fail.rate_limited_after_2s => rejected AlreadyFinished(cancelled)
         expire                 => rejected NotAllowed(expire when cancelled)
         cancel                 => cancelled attempt=0 | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when cancelled)
@@ -599,7 +651,13 @@ fn backoff_window_per_attempt_with_full_jitter() {
 #[test]
 fn retry_after_is_clamped_and_never_grants_an_attempt() {
     let backoff = Backoff { base_ms: 1_000, factor: 2.0, cap_ms: 60_000 };
-    let fail = |retryable, ms| Event::Fail { lease: LEASE_HELD, error: "boom", retryable, retry_after_ms: ms };
+    let fail = |retryable, ms| Event::Fail {
+        lease: LEASE_HELD,
+        error: "boom",
+        retryable,
+        retry_after_ms: ms,
+        rate_limited: false,
+    };
     let running = running_at(1, backoff);
     let mut last = running_at(1, backoff);
     last.retry.attempts_max = 1;
@@ -644,7 +702,13 @@ fn error_is_truncated_on_a_char_boundary() {
         ("four-byte char across the limit", format!("{}😀tail", "e".repeat(max - 2))),
     ];
     let lines = cases.into_iter().map(|(name, error)| {
-        let event = Event::Fail { lease: LEASE_HELD, error: &error, retryable: true, retry_after_ms: None };
+        let event = Event::Fail {
+            lease: LEASE_HELD,
+            error: &error,
+            retryable: true,
+            retry_after_ms: None,
+            rate_limited: false,
+        };
         let t = transition(&job, event, NOW, RANDOM).unwrap();
         let last = t.status.last_error.as_deref().unwrap();
         let in_history = t.history.as_ref().unwrap().error.as_deref().unwrap();
@@ -681,7 +745,13 @@ fn history_is_capped_keeping_the_first_entry() {
         at = at.add_ms(1);
         step(&mut job, lease_event(&w, LeaseId(token), token), at);
         at = at.add_ms(1);
-        let fail = Event::Fail { lease: LeaseId(token), error: "poison", retryable: false, retry_after_ms: None };
+        let fail = Event::Fail {
+            lease: LeaseId(token),
+            error: "poison",
+            retryable: false,
+            retry_after_ms: None,
+            rate_limited: false,
+        };
         step(&mut job, fail, at);
         at = at.add_ms(1);
         step(&mut job, Event::Redrive, at);

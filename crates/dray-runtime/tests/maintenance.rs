@@ -175,7 +175,8 @@ async fn tick_prunes_finished_jobs_past_retention_only() {
     f.ack(completed, leased[0].lease, AckOutcome::Complete { result: None }).await.unwrap();
     let dead = f.insert(f.new_job()).await;
     let leased = f.lease().await;
-    let poison = AckOutcome::Fail { error: "poison".into(), retryable: false, retry_after_ms: None };
+    let poison =
+        AckOutcome::Fail { error: "poison".into(), retryable: false, retry_after_ms: None, rate_limited: false };
     f.ack(dead, leased[0].lease, poison).await.unwrap();
     let waiting = f.insert(f.new_job()).await;
 

@@ -66,6 +66,7 @@ export function renderOverview(main) {
         .filter((n) => n !== null && n !== undefined);
       return h('tr', { dataset: { queue: q.name } },
         h('td', {}, h('a', { href: `#/queues/${encodeURIComponent(q.name)}` }, q.name), ' ', q.paused ? badge('paused') : null,
+          q.backoff_until ? badge('backing off', 'backoff') : null,
           q.breaker && q.breaker.state !== 'closed' ? badge(`breaker ${q.breaker.state.replace('_', '-')}`, `breaker-${q.breaker.state}`) : null),
         ...STATES.map((s) => h('td', { class: `num${q.counts[s] ? '' : ' zero'}`, dataset: { state: s } }, count(q.counts[s]))),
         h('td', {}, depthBar(q.counts, max)),

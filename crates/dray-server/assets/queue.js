@@ -51,7 +51,8 @@ export async function renderQueue(main, params, name) {
     replace(head,
       h('div', {},
         h('div', { class: 'muted small' }, h('a', { href: '#/' }, 'Overview'), ' / queue'),
-        h('h1', {}, queue.name, queue.paused ? badge('paused') : null)),
+        h('h1', {}, queue.name, queue.paused ? badge('paused') : null,
+          queue.backoff_until ? badge('backing off', 'backoff') : null)),
       h('div', { class: 'toolbar' },
         h('a', { href: `#/jobs?queue=${encodeURIComponent(queue.name)}` }, 'Search its jobs'),
         h('a', { href: `#/dead?queue=${encodeURIComponent(queue.name)}` }, 'Its dead letters'),
@@ -78,6 +79,8 @@ export async function renderQueue(main, params, name) {
       h('dt', {}, 'group_concurrency_max'), h('dd', {}, limit(queue.group_concurrency_max)),
       h('dt', {}, 'rate'), h('dd', { id: 'queue-rate' }, rateText(queue.rate)),
       h('dt', {}, 'group_rate'), h('dd', {}, rateText(queue.group_rate)),
+      h('dt', { title: 'A worker reported a downstream rate limit: the queue leases nothing until then' }, 'backing off until'),
+      h('dd', { id: 'queue-backoff' }, queue.backoff_until ? time(queue.backoff_until) : h('span', { class: 'muted' }, 'not backing off')),
       h('dt', {}, 'oldest dead'), h('dd', {}, time(queue.oldest_dead_at))));
   }
 

@@ -129,3 +129,40 @@ async fn a_long_poll_gets_a_job_when_a_permit_frees_or_a_token_comes_due() {
     assert_eq!(jobs[0]["id"].as_u64(), Some(b), "the next token's job");
     assert!(took < std::time::Duration::from_secs(20), "woken when the token came due: {took:?}");
 }
+
+/// A worker reporting a downstream rate limit (`rate_limited` on a failure, alone or in a batch
+/// ack) hands its attempt back and makes the whole queue back off: the queue view shows
+/// `backoff_until`, the waiting jobs say `queue_backoff`, and nothing is leased until then.
+/// `rate_limited` with `retryable: false`, or on a completion, is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_failure_backs_the_queue_off_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.addr;
+    let first = enqueue(addr, "gateway", None).await;
+    let second = enqueue(addr, "gateway", None).await;
+    let leased = lease(addr, "gateway", 1).await;
+    assert_eq!(leased[0]["id"], first);
+    let lease_id = leased[0]["lease_id"].as_str().unwrap().to_owned();
+
+    let refused = json!({"lease_id": lease_id, "error": "429", "rate_limited": true, "retryable": false});
+    let problem = post(addr, &format!("/v1/jobs/{first}/fail"), refused).await.expect(422).value();
+    assert_eq!(problem["field"], "rate_limited", "{problem}");
+    let complete = json!({"acks": [{"job": first, "lease_id": lease_id, "outcome": "complete", "rate_limited": true}]});
+    let problem = post(addr, "/v1/ack", complete).await.expect(422).value();
+    assert_eq!(problem["field"], "acks[0].rate_limited", "a completion cannot be rate limited: {problem}");
+
+    let body = json!({"acks": [{"job": first, "lease_id": lease_id, "outcome": "fail", "error": "partner: 429",
+                                "rate_limited": true, "retry_after_ms": 600_000}]});
+    let acked = post(addr, "/v1/ack", body).await.expect(200).value();
+    assert_eq!(acked["results"][0]["acked"]["state"], "retrying", "{acked}");
+    let job = get(addr, &format!("/v1/jobs/{first}")).await.expect(200).value();
+    assert_eq!(job["attempt"], 0, "the attempt is handed back: {job}");
+    let queue = get(addr, "/v1/queues/gateway").await.expect(200).value();
+    let until = queue["backoff_until"].as_str().expect("the queue view shows the back-off").to_owned();
+    assert_eq!(Some(until.as_str()), acked["results"][0]["acked"]["retry_at"].as_str(), "until the job's retry");
+    let job = get(addr, &format!("/v1/jobs/{second}")).await.expect(200).value();
+    assert_eq!(job["waiting"]["reason"], "queue_backoff", "{job}");
+    assert_eq!(job["waiting"]["until"], until.as_str());
+    assert!(lease(addr, "gateway", 10).await.is_empty(), "the queue leases nothing while it backs off");
+}

@@ -73,6 +73,13 @@ pub(crate) enum Record {
         queue: QueueName,
         breaker: Box<Breaker>,
     },
+    /// A queue backs off until `until`: a worker reported a downstream rate limit. In the log
+    /// and in snapshots (after the queues); the later of two ends wins, so replaying it again is
+    /// harmless.
+    QueueBackoff {
+        queue: QueueName,
+        until: Timestamp,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -98,6 +105,8 @@ const TAG_LOCK_UPSERT: u8 = 20;
 const TAG_LOCK_DELETE: u8 = 21;
 // Circuit breakers use tags 30..=39.
 const TAG_BREAKER_UPDATE: u8 = 30;
+// Queue back-offs (downstream rate limits) use tags 40..=49.
+const TAG_QUEUE_BACKOFF: u8 = 40;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -184,6 +193,12 @@ pub(crate) fn encode_queue_upsert(buf: &mut Vec<u8>, config: &QueueConfig) {
             put_u32(buf, b.probes);
         }
     }
+}
+
+pub(crate) fn encode_queue_backoff(buf: &mut Vec<u8>, queue: &QueueName, until: Timestamp) {
+    buf.push(TAG_QUEUE_BACKOFF);
+    put_str(buf, queue.as_str());
+    put_i64(buf, until.0);
 }
 
 pub(crate) fn encode_breaker_update(buf: &mut Vec<u8>, queue: &QueueName, b: &Breaker) {
@@ -595,6 +610,7 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
                 })
             },
         }),
+        TAG_QUEUE_BACKOFF => Record::QueueBackoff { queue: d.queue(names)?, until: Timestamp(d.i64("backoff until")?) },
         TAG_BREAKER_UPDATE => {
             let queue = d.queue(names)?;
             let state = match d.u8("breaker state")? {

@@ -354,6 +354,9 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
             if let Some(breaker) = &q.breaker {
                 wal::frame_into(&mut buf, |b| codec::encode_breaker_update(b, &q.config.name, breaker));
             }
+            if let Some(until) = q.backoff_until {
+                wal::frame_into(&mut buf, |b| codec::encode_queue_backoff(b, &q.config.name, until));
+            }
         }
         // Tokens are few (bounded by `dray_store::TOKENS_MAX`): copied in the same hold.
         for token in state.tokens.values() {
@@ -477,6 +480,9 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
                 state.locks.insert(lock.name.clone(), *lock);
             }
             Record::BreakerUpdate { queue, breaker } => state.breaker_set(&queue, *breaker),
+            Record::QueueBackoff { queue, until } => {
+                state.backoff_set(&queue, until);
+            }
             Record::SnapshotEnd { jobs, queues } => end = Some((jobs, queues)),
             other => return Err(format!("unexpected frame in a snapshot: {other:?}")),
         }

@@ -52,6 +52,9 @@ pub(crate) struct QueueState {
     /// change (`Record::BreakerUpdate`); its window is memory only and starts empty after a
     /// restart.
     pub breaker: Option<Breaker>,
+    /// Until when the queue leases nothing: a worker reported a downstream rate limit
+    /// (`Record::QueueBackoff`, logged).
+    pub backoff_until: Option<Timestamp>,
 }
 
 /// A blocking job's place in `lanes` when it is available, and its group.
@@ -94,6 +97,7 @@ impl QueueState {
         QueueState {
             lanes: Lanes::new(config.limits),
             breaker: config.breaker.as_ref().map(|_| Breaker::new()),
+            backoff_until: None,
             config,
             ids: Default::default(),
             keys: HashMap::new(),
@@ -113,7 +117,13 @@ impl QueueState {
             counts,
             oldest_dead_at: self.dead.first().map(|(at, _)| *at),
             breaker: self.breaker.clone(),
+            backoff_until: self.backoff_until,
         }
+    }
+
+    /// Whether the queue backs off at `now` after a reported downstream rate limit.
+    pub fn backing_off(&self, now: Timestamp) -> bool {
+        self.backoff_until.is_some_and(|until| until > now)
     }
 }
 
@@ -210,6 +220,18 @@ impl State {
         if let Some(q) = self.queues.get_mut(queue).filter(|q| q.config.breaker.is_some()) {
             breaker.window_reset();
             q.breaker = Some(breaker);
+        }
+    }
+
+    /// Makes a queue back off until `until`, unless it already does for longer. Ignored for an
+    /// unknown queue. Returns whether anything changed (for the log).
+    pub fn backoff_set(&mut self, queue: &QueueName, until: Timestamp) -> bool {
+        match self.queues.get_mut(queue) {
+            Some(q) if q.backoff_until.is_none_or(|t| t < until) => {
+                q.backoff_until = Some(until);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -358,6 +380,9 @@ impl State {
                 self.locks.remove(&name);
             }
             Record::BreakerUpdate { queue, breaker } => self.breaker_set(&queue, *breaker),
+            Record::QueueBackoff { queue, until } => {
+                self.backoff_set(&queue, until);
+            }
             Record::SnapshotHeader { .. } | Record::SnapshotEnd { .. } => {
                 return Err(ReplayConflict("a snapshot frame inside the log".into()));
             }
@@ -384,6 +409,7 @@ impl State {
             queue_rate_until: q.lanes.queue_rate_ready(now).err(),
             group_rate_until: group.and_then(|g| q.lanes.group_rate_until(g, now)),
             breaker: q.breaker.clone(),
+            backoff_until: q.backoff_until,
         }
     }
 

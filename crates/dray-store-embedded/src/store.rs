@@ -450,7 +450,9 @@ impl Store for EmbeddedStore {
             // Each open queue with the jobs its breaker lets this lease take.
             let mut open: Vec<(&dray_core::QueueName, usize)> = Vec::with_capacity(queues.len());
             for queue in &queues {
-                let Some(q) = state.queues.get_mut(queue).filter(|q| !q.config.paused) else { continue };
+                let Some(q) = state.queues.get_mut(queue).filter(|q| !q.config.paused && !q.backing_off(now)) else {
+                    continue;
+                };
                 let allowed = match (q.config.breaker.as_ref(), q.breaker.as_mut()) {
                     (Some(policy), Some(breaker)) => {
                         if breaker.tick(now) {
@@ -548,9 +550,13 @@ impl Store for EmbeddedStore {
                 };
                 let event = match &ack.outcome {
                     AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                    AckOutcome::Fail { error, retryable, retry_after_ms } => {
-                        Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
-                    }
+                    AckOutcome::Fail { error, retryable, retry_after_ms, rate_limited } => Event::Fail {
+                        lease: ack.lease,
+                        error,
+                        retryable: *retryable,
+                        retry_after_ms: *retry_after_ms,
+                        rate_limited: *rate_limited,
+                    },
                 };
                 let queue = job.queue.clone();
                 let (attempt, leased_at) = (job.status.attempt, job.status.lease.as_ref().map_or(now, |l| l.leased_at));
@@ -559,9 +565,20 @@ impl Store for EmbeddedStore {
                     Ok(t) => {
                         let state_after = t.status.state;
                         let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
+                        let backoff = t.effects.iter().find_map(|e| match e {
+                            Effect::QueueBackoff { until } => Some(*until),
+                            _ => None,
+                        });
                         update(state, changes, ack.job, t)?;
                         let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
-                        let verdict = breaker_verdict(state_after, failed);
+                        let mut verdict = breaker_verdict(state_after, failed);
+                        if let Some(until) = backoff {
+                            // A downstream rate limit says nothing of the queue's health.
+                            verdict = BreakerOutcome::Void;
+                            if state.backoff_set(&queue, until) {
+                                changes.push(|buf| codec::encode_queue_backoff(buf, &queue, until));
+                            }
+                        }
                         breaker_outcome(state, changes, &queue, now, leased_at, verdict);
                         out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at }));
                     }

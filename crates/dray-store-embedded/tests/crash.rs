@@ -336,6 +336,7 @@ async fn work(w: Arc<Workload>, worker_no: u64) {
                     error: "crash test failure".into(),
                     retryable: true,
                     retry_after_ms: Some(rng.below(100)),
+                    rate_limited: false,
                 }
             };
             acks.push(Ack { job: job.id, lease: job.lease, outcome });

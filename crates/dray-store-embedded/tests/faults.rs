@@ -415,8 +415,14 @@ impl Workload {
                     error: "failed".into(),
                     retryable: true,
                     retry_after_ms: (self.rng.below(2) == 0).then(|| self.rng.below(50)),
+                    rate_limited: false,
                 },
-                _ => AckOutcome::Fail { error: "poison".into(), retryable: false, retry_after_ms: None },
+                _ => AckOutcome::Fail {
+                    error: "poison".into(),
+                    retryable: false,
+                    retry_after_ms: None,
+                    rate_limited: false,
+                },
             };
             acks.push(Ack { job: job.id, lease: job.lease, outcome });
             sent.push((job.id, job.token, roll < 6));

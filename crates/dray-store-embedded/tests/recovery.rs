@@ -46,7 +46,7 @@ async fn churn(store: &EmbeddedStore, n: usize, now: Timestamp) {
             outcome: if i % 2 == 0 {
                 AckOutcome::Complete { result: Some(Payload::new(&b"\"ok\""[..])) }
             } else {
-                AckOutcome::Fail { error: "boom".into(), retryable: true, retry_after_ms: None }
+                AckOutcome::Fail { error: "boom".into(), retryable: true, retry_after_ms: None, rate_limited: false }
             },
         })
         .collect();

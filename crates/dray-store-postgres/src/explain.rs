@@ -49,7 +49,7 @@ fn hot_statements(sql: &Sql) -> Vec<Hot> {
         Hot {
             name: "lease: the queues under flow control",
             sql: sql.flow_queues.clone(),
-            args: "ARRAY['q1', 'qg']".into(),
+            args: "ARRAY['q1', 'qg'], '2023-11-14 22:13:30+00'".into(),
             indexes: &["jobs_group_available"],
         },
         Hot {

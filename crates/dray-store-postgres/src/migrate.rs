@@ -47,7 +47,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 9, name: "flow_limits", sql: Sql::Derived(v9_flow_limits) },
     Migration { version: 10, name: "locks", sql: Sql::Text(V10_LOCKS) },
     Migration { version: 11, name: "breaker", sql: Sql::Text(V11_BREAKER) },
+    Migration { version: 12, name: "queue_backoff", sql: Sql::Text(V12_QUEUE_BACKOFF) },
 ];
+
+/// Until when a queue leases nothing because a worker reported a downstream rate limit (a
+/// failure with `rate_limited`): set by the ack, raised only (`greatest`), read by every lease.
+const V12_QUEUE_BACKOFF: &str = "
+ALTER TABLE {s}.queues ADD COLUMN backoff_until timestamptz;
+";
 
 /// Circuit breakers (`dray_core::breaker`): one row per queue that has one, holding its policy,
 /// its state and its sliding window (`BUCKETS` bucket numbers with their attempt and failure

@@ -373,7 +373,13 @@ pub(crate) fn stats_from_row(row: &Row) -> Result<QueueStats, Error> {
         counts,
         oldest_dead_at: get::<Option<SystemTime>>(row, "oldest_dead_at")?.map(from_time),
         breaker: crate::store::breaker_from_row(row)?,
+        backoff_until: backoff_from_row(row)?,
     })
+}
+
+/// A queue row's `backoff_until` ([`crate::sql::QUEUE_COLUMNS`]).
+pub(crate) fn backoff_from_row(row: &Row) -> Result<Option<Timestamp>, Error> {
+    Ok(get::<Option<SystemTime>>(row, "backoff_until")?.map(from_time))
 }
 
 pub(crate) fn summary_from_row(row: &Row) -> Result<JobSummary, Error> {

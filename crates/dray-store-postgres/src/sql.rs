@@ -23,7 +23,7 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
      q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead, \
      q.concurrency_max, q.group_concurrency_max, q.rate_limit, q.rate_per_ms, q.rate_burst, q.group_rate_limit, \
-     q.group_rate_per_ms, q.group_rate_burst";
+     q.group_rate_per_ms, q.group_rate_burst, q.backoff_until";
 
 const SUMMARY_COLUMNS: &str = "j.id, j.queue, j.state, j.priority, j.attempt, j.attempts_max, j.created_at, \
      j.run_at, j.finished_at, j.dead_reason, j.last_error, j.tags";
@@ -137,11 +137,13 @@ SELECT (SELECT array_agg(id ORDER BY ord) FROM numbered) AS ids,
 /// available jobs are the ungrouped ones, all of them in `jobs_available`.
 /// A queue whose circuit breaker is not closed is passed over unless `$5` is true: the caller then
 /// holds that breaker's row lock and asks for the one queue whose probes it counts
-/// (`store/breaker.rs`).
+/// (`store/breaker.rs`). A queue backing off after a reported downstream rate limit
+/// (`backoff_until`) is passed over until then.
 const LEASE: &str = "
 WITH open AS (
     SELECT q.name, q.ordering_dead FROM {s}.queues q
     WHERE q.name = ANY($1::text[]) AND NOT q.paused AND NOT {flow_queue}
+      AND (q.backoff_until IS NULL OR q.backoff_until <= coalesce($2::timestamptz, now()))
       AND ($5::bool OR NOT EXISTS (SELECT 1 FROM {s}.breakers b WHERE b.queue = q.name AND b.state <> 'closed'))
 ), due AS (
     SELECT d.* FROM open CROSS JOIN LATERAL (
@@ -187,11 +189,20 @@ const FLOW_QUEUE: &str = "(q.concurrency_max IS NOT NULL OR q.group_concurrency_
             WHERE g.queue = q.name AND g.group_key IS NOT NULL AND g.state = 'available'
             ORDER BY g.group_key LIMIT 1) IS NOT NULL)";
 
-/// The open queues of `$1` under flow control, in name order: the ones `LEASE` leaves out.
+/// The open queues of `$1` under flow control, in name order: the ones `LEASE` leaves out (not
+/// backing off at `$2`, or now).
 const FLOW_QUEUES: &str = "
 SELECT {queue_columns} FROM {s}.queues q
 WHERE q.name = ANY($1::text[]) AND NOT q.paused AND {flow_queue}
+  AND (q.backoff_until IS NULL OR q.backoff_until <= coalesce($2::timestamptz, now()))
 ORDER BY q.name";
+
+/// Makes the queues `$1` back off until `$2` (parallel arrays), unless they already do for
+/// longer: a worker reported a downstream rate limit.
+const BACKOFF_RAISE: &str = "
+UPDATE {s}.queues q SET backoff_until = greatest(q.backoff_until, b.until)
+FROM unnest($1::text[], $2::timestamptz[]) AS b(name, until)
+WHERE q.name = b.name";
 
 /// The flow path's serialization: one transaction-level advisory lock per queue of `$1`, in hash
 /// order (so lessees never deadlock), taken before any lock that waits (the ordering keys' come
@@ -417,11 +428,11 @@ WHERE h.job_id = u.id AND h.seq > 1 AND h.seq <= u.version - {history_newest_kep
 const NOTIFY: &str = "SELECT pg_notify($1::text, q) FROM unnest($2::text[]) AS q";
 
 /// A job with its kept history, in one statement (one snapshot).
-/// What holds an available job `$1` back at `$2` (`dray_store::WaitFacts`): its queue, the
-/// earliest job of its ordering key in its way, the running jobs its limits count, and the
-/// rate buckets (see `rate_buckets`: the queue's own under the group `''`).
+/// What holds an available job `$1` back at `$2` (`dray_store::WaitFacts`): its queue and
+/// breaker, the earliest job of its ordering key in its way, the running jobs its limits count,
+/// and the rate buckets (see `rate_buckets`: the queue's own under the group `''`).
 const JOB_WAITING: &str = "
-SELECT {job_columns}, {queue_columns},
+SELECT {job_columns}, {queue_columns}, {breaker_columns},
     (floor(extract(epoch FROM coalesce($2::timestamptz, now())) * 1000))::bigint AS now_ms,
     (SELECT min(e.id) FROM {s}.jobs e
      WHERE j.ordering_key IS NOT NULL AND e.queue = j.queue AND e.ordering_key = j.ordering_key AND e.id <> j.id
@@ -435,7 +446,7 @@ SELECT {job_columns}, {queue_columns},
     ELSE 0 END AS group_running,
     (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = j.queue AND b.group_key = '') AS queue_tat,
     (SELECT b.tat FROM {s}.rate_buckets b WHERE b.queue = j.queue AND b.group_key = j.group_key) AS group_tat
-FROM {s}.jobs j JOIN {s}.queues q ON q.name = j.queue
+FROM {s}.jobs j JOIN {s}.queues q ON q.name = j.queue LEFT JOIN {s}.breakers b ON b.queue = q.name
 WHERE j.id = $1::bigint";
 
 const JOB_GET: &str = "
@@ -690,6 +701,7 @@ pub(crate) struct Sql {
     pub ordering_lock: String,
     pub ordering_recheck: String,
     pub flow_queues: String,
+    pub backoff_raise: String,
     pub flow_lock: String,
     pub flow_due: String,
     pub flow_state: String,
@@ -749,6 +761,7 @@ impl Sql {
             ordering_lock: r(ORDERING_LOCK),
             ordering_recheck: r(ORDERING_RECHECK),
             flow_queues: r(FLOW_QUEUES),
+            backoff_raise: r(BACKOFF_RAISE),
             flow_lock: r(FLOW_LOCK),
             flow_due: r(FLOW_DUE),
             flow_state: r(FLOW_STATE),

@@ -24,8 +24,8 @@ use std::time::{Instant, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
 use dray_core::transition::EventKind;
 use dray_core::{
-    Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
-    Rejection, Schedule, ScheduleName, Transition, transition,
+    BreakerOutcome, Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
+    QueueName, Rejection, Schedule, ScheduleName, Transition, transition,
 };
 use dray_store::{
     AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
@@ -663,7 +663,7 @@ impl PostgresStore {
         let (lease_st, flow_st, clock_st) =
             tokio::try_join!(prep(tx, &self.sql.lease), prep(tx, &self.sql.flow_queues), self.clock_statement(tx))?;
         let params: [&(dyn ToSql + Sync); 5] = [&queues, &now_param, &count, &promote_max, &false];
-        let flow_params: [&(dyn ToSql + Sync); 1] = [&queues];
+        let flow_params: [&(dyn ToSql + Sync); 2] = [&queues, &now_param];
         // Pipelined after the lease statement, which passes over queues under flow control and
         // queues whose breaker is not closed: those go through the paths below.
         let (mut rows, flow_rows, mut now, blocked) = match &clock_st {
@@ -964,6 +964,7 @@ impl PostgresStore {
             self.breakers_lock_for_jobs(tx, &sql_ids)
         )?;
         let mut outcomes = Vec::new();
+        let mut backoffs: Vec<(String, SystemTime)> = Vec::new();
         let mut out = Vec::with_capacity(p.acks.len());
         // Items apply in order: a second ack of one job in the same call sees the first's result.
         for ack in &p.acks {
@@ -974,9 +975,13 @@ impl PostgresStore {
             };
             let event = match &ack.outcome {
                 AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                AckOutcome::Fail { error, retryable, retry_after_ms } => {
-                    Event::Fail { lease: ack.lease, error, retryable: *retryable, retry_after_ms: *retry_after_ms }
-                }
+                AckOutcome::Fail { error, retryable, retry_after_ms, rate_limited } => Event::Fail {
+                    lease: ack.lease,
+                    error,
+                    retryable: *retryable,
+                    retry_after_ms: *retry_after_ms,
+                    rate_limited: *rate_limited,
+                },
             };
             let queue = l.job.queue.clone();
             let (attempt, leased_at) = (l.job.status.attempt, l.job.status.lease.as_ref().map_or(now, |l| l.leased_at));
@@ -985,13 +990,25 @@ impl PostgresStore {
                 Ok(t) => {
                     let state = t.status.state;
                     let retry_at = (state == JobState::Retrying).then_some(t.status.run_at);
+                    let backoff = t.effects.iter().find_map(|e| match e {
+                        Effect::QueueBackoff { until } => Some(*until),
+                        _ => None,
+                    });
+                    if let Some(until) = backoff {
+                        backoffs.push((queue.to_string(), to_time(until)));
+                    }
                     // The first accepted ack of a job is the one its lease guards in SQL; after
                     // it the job is no longer running, so no later ack of it is accepted.
                     l.guard.get_or_insert(ack.lease);
                     l.apply(t);
                     if breakers.contains_key(queue.as_str()) {
                         let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
-                        outcomes.push((queue.clone(), leased_at, breaker::verdict(state, failed)));
+                        // A downstream rate limit says nothing of the queue's health.
+                        let verdict = match backoff {
+                            Some(_) => BreakerOutcome::Void,
+                            None => breaker::verdict(state, failed),
+                        };
+                        outcomes.push((queue.clone(), leased_at, verdict));
                     }
                     out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
                 }
@@ -1001,6 +1018,11 @@ impl PostgresStore {
         let due = due_notifications(&jobs);
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         self.breakers_record(tx, breakers, now, &outcomes).await?;
+        if !backoffs.is_empty() {
+            let (names, untils): (Vec<String>, Vec<SystemTime>) = backoffs.into_iter().unzip();
+            let st = prep(tx, &self.sql.backoff_raise).await?;
+            tx.execute(&st, &[&names, &untils]).await?;
+        }
         Ok(out)
     }
 
@@ -1888,15 +1910,9 @@ impl Store for PostgresStore {
             group_running: count("group_running")?,
             queue_rate_until: until(config.limits.rate, get(&row, "queue_tat")?),
             group_rate_until: until(config.limits.group_rate, get(&row, "group_tat")?),
-            breaker: None,
+            breaker: breaker_from_row(&row)?,
+            backoff_until: crate::row::backoff_from_row(&row)?,
         };
-        // The breaker, when the queue has one: read as the queue's view reads it.
-        let mut facts = facts;
-        let mut config = config;
-        if let Ok(stats) = self.queue_stats(&job.queue).await {
-            config.breaker = stats.config.breaker;
-            facts.breaker = stats.breaker;
-        }
         Ok(facts.waiting(&job, &config, now))
     }
 

@@ -28,7 +28,12 @@ async fn ack(store: &PostgresStore, now: Timestamp, leased: &[LeasedJob], fail: 
         return;
     }
     let outcome = || match fail {
-        true => AckOutcome::Fail { error: "gateway down".into(), retryable: true, retry_after_ms: None },
+        true => AckOutcome::Fail {
+            error: "gateway down".into(),
+            retryable: true,
+            retry_after_ms: None,
+            rate_limited: false,
+        },
         false => AckOutcome::Complete { result: None },
     };
     let acks: Vec<Ack> =

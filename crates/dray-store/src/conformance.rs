@@ -184,6 +184,7 @@ macro_rules! conformance_suite {
             limits_configure_validate_and_restart,
             limits_with_ordering_keys,
             limits_waiting_reasons,
+            limits_rate_limited_failure_backs_off_the_queue,
             // Circuit breaker.
             breaker_opens_at_ratio_across_workers,
             breaker_open_leases_nothing,
@@ -390,7 +391,12 @@ impl<H: Harness> Ctx<H> {
         retryable: bool,
         retry_after_ms: Option<u64>,
     ) -> Result<Acked, Error> {
-        self.ack_one(job, lease, AckOutcome::Fail { error: error.to_owned(), retryable, retry_after_ms }).await
+        self.ack_one(
+            job,
+            lease,
+            AckOutcome::Fail { error: error.to_owned(), retryable, retry_after_ms, rate_limited: false },
+        )
+        .await
     }
 
     pub async fn cancel(&self, job: JobId) -> Result<JobState, Error> {

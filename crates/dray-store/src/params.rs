@@ -216,6 +216,12 @@ impl JobAck {
                     dray_core::limits::check_bytes("result", r.len(), Limits::RESULT_BYTES_MAX).map_err(at)?
                 }
                 AckOutcome::Complete { result: None } => {}
+                AckOutcome::Fail { retryable: false, rate_limited: true, .. } => {
+                    return Err(at(Invalid::new(
+                        "rate_limited",
+                        "a rate-limited attempt is always retried, so it cannot also set retryable to false",
+                    )));
+                }
                 AckOutcome::Fail { retry_after_ms: Some(ms), .. } => {
                     check_range("retry_after_ms", *ms, 0, Limits::RETRY_AFTER_MS_MAX, "").map_err(at)?
                 }
@@ -238,11 +244,14 @@ pub enum AckOutcome {
     Complete {
         result: Option<Payload>,
     },
-    /// `error` longer than `Limits::ERROR_BYTES_MAX` is truncated.
+    /// `error` longer than `Limits::ERROR_BYTES_MAX` is truncated. `rate_limited`: a downstream
+    /// rate limit turned the attempt away; the attempt is handed back and the whole queue backs
+    /// off until the job's retry (see `dray_core::Event::Fail`).
     Fail {
         error: String,
         retryable: bool,
         retry_after_ms: Option<u64>,
+        rate_limited: bool,
     },
 }
 
@@ -646,6 +655,9 @@ pub struct QueueStats {
     /// The breaker's state, when the queue has a breaker (`config.breaker`): what it was when last
     /// changed; `Breaker::view` says what it is at a given moment.
     pub breaker: Option<Breaker>,
+    /// Until when the queue leases nothing because a worker reported a downstream rate limit
+    /// (`AckOutcome::Fail::rate_limited`); possibly in the past.
+    pub backoff_until: Option<Timestamp>,
 }
 
 impl QueueStats {
@@ -735,6 +747,8 @@ pub enum Waiting {
     Concurrency { running: u64, max: u32 },
     /// The job's group runs `running` jobs, at the queue's `group_concurrency_max`.
     GroupConcurrency { group: Box<str>, running: u64, max: u32 },
+    /// A worker reported a downstream rate limit: the queue leases nothing until `until`.
+    QueueBackoff { until: Timestamp },
     /// The queue's rate bucket is empty until `until`.
     Rate { until: Timestamp },
     /// The group's rate bucket is empty until `until`.
@@ -755,6 +769,8 @@ pub struct WaitFacts {
     pub group_rate_until: Option<Timestamp>,
     /// The queue's circuit breaker, when it has one.
     pub breaker: Option<Breaker>,
+    /// Until when the queue backs off after a worker reported a downstream rate limit.
+    pub backoff_until: Option<Timestamp>,
 }
 
 impl WaitFacts {
@@ -779,6 +795,9 @@ impl WaitFacts {
                 }
                 _ => {}
             }
+        }
+        if let Some(until) = self.backoff_until.filter(|until| *until > now) {
+            return Some(Waiting::QueueBackoff { until });
         }
         if let (Some(key), Some(behind)) = (&job.ordering_key, self.key_blocker) {
             return Some(Waiting::OrderingKey { key: key.clone(), behind });

@@ -1005,6 +1005,7 @@ async fn complete_raw(mut current: Current, ledger: Arc<Ledger>) {
                         error: None,
                         retryable: None,
                         retry_after_ms: None,
+                        rate_limited: false,
                     })
                     .collect();
                 client.ack(AckBatch { acks }).await.map(|answer| (answer, tokens))

@@ -874,6 +874,13 @@ impl Server {
             .await;
         assert_eq!(forced["breaker"]["state"], "open", "{forced:#}");
         assert_eq!(forced["breaker"]["forced"], true, "{forced:#}");
+
+        // A worker reports a downstream rate limit: the queue backs off for an hour.
+        let id = self.enqueue(json!({ "queue": "mon-backoff", "payload": {} })).await;
+        let lease = self.lease("mon-backoff", id).await;
+        let body = json!({ "lease_id": lease, "error": "429", "rate_limited": true, "retry_after_ms": 3_600_000 });
+        let acked = self.call(reqwest::Method::POST, &format!("/v1/jobs/{id}/fail"), Some(body), 200).await;
+        assert_eq!(acked["state"], "retrying", "{acked:#}");
     }
 
     /// Two per-second schedules into queue `mon-sched`, which nobody works: `beat` skips a tick
@@ -962,9 +969,12 @@ fn check_driven_counts(scrape: &Scrape) {
     let to_open = [("queue", "mon-breaker"), ("to", "open")];
     assert_eq!(scrape.value("dray_queue_breaker_transitions_total", &to_open), 1.0);
     assert_eq!(scrape.types.get("dray_queue_breaker_transitions_total").map(String::as_str), Some("counter"));
+    let backoff = scrape.value("dray_queue_backoff_seconds", &[("queue", "mon-backoff")]);
+    assert!(backoff > 3_500.0 && backoff <= 3_600.0, "the back-off has about an hour left: {backoff}");
+    assert_eq!(scrape.value("dray_queue_backoff_seconds", &mon), 0.0);
     let enqueues = [("route", "/v1/jobs"), ("method", "POST"), ("status", "201")];
-    assert_eq!(scrape.value("dray_http_requests_total", &enqueues), 6.0);
-    assert!(scrape.value("dray_store_call_seconds_count", &[("call", "job_insert")]) >= 6.0);
+    assert_eq!(scrape.value("dray_http_requests_total", &enqueues), 7.0);
+    assert!(scrape.value("dray_store_call_seconds_count", &[("call", "job_insert")]) >= 7.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

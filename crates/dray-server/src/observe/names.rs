@@ -34,6 +34,7 @@ pub(crate) const QUEUE_BREAKER_STATE: &str = "dray_queue_breaker_state";
 /// A counter kept by the store (the breaker's own count of its transitions), rendered at scrape
 /// time like the gauges: the same value from every node in PostgreSQL mode.
 pub(crate) const QUEUE_BREAKER_TRANSITIONS_TOTAL: &str = "dray_queue_breaker_transitions_total";
+pub(crate) const QUEUE_BACKOFF_SECONDS: &str = "dray_queue_backoff_seconds";
 pub(crate) const QUEUE_LAST_POLL_TIMESTAMP_SECONDS: &str = "dray_queue_last_poll_timestamp_seconds";
 pub(crate) const WORKERS_POLLING: &str = "dray_workers_polling";
 pub(crate) const SCHEDULE_NEXT_TICK_TIMESTAMP_SECONDS: &str = "dray_schedule_next_tick_timestamp_seconds";

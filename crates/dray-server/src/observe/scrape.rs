@@ -92,6 +92,8 @@ struct QueueGauges {
     breaker_state: Option<u8>,
     /// Transitions into each breaker state, by `BreakerState::index` (for _other: summed).
     breaker_transitions: [u64; 3],
+    /// Seconds left of a back-off after a reported downstream rate limit (for _other: the most).
+    backoff_s: f64,
 }
 
 /// Appends the gauges computed at scrape time.
@@ -111,6 +113,9 @@ async fn gauges(app: &App, out: &mut String) {
                     g.dead_oldest_age_s = g.dead_oldest_age_s.max(now.ms_since(at) as f64 / 1000.0);
                 }
                 g.paused |= stats.config.paused;
+                if let Some(until) = stats.backoff_until.filter(|until| *until > now) {
+                    g.backoff_s = g.backoff_s.max(until.ms_since(now) as f64 / 1000.0);
+                }
                 let limits = &stats.config.limits;
                 if let Some(max) = limits.concurrency_max {
                     g.concurrency_max = Some(g.concurrency_max.unwrap_or(0) + u64::from(max));
@@ -196,6 +201,14 @@ async fn gauges(app: &App, out: &mut String) {
                 let n = g.breaker_transitions[to.index()];
                 sample(out, QUEUE_BREAKER_TRANSITIONS_TOTAL, &[("queue", queue), ("to", to.as_str())], n);
             }
+        }
+        family(
+            out,
+            QUEUE_BACKOFF_SECONDS,
+            "Seconds until the queue leases again after a worker reported a downstream rate limit (0: not backing off; for _other: the most).",
+        );
+        for (queue, g) in &queues {
+            sample(out, QUEUE_BACKOFF_SECONDS, &[("queue", queue)], g.backoff_s);
         }
     }
     if !queues.is_empty() {

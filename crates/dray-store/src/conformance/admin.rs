@@ -1172,7 +1172,12 @@ pub async fn ack_validation_changes_nothing<H: Harness>(h: H) {
             error: "x".into(),
             retryable: true,
             retry_after_ms: Some(Limits::RETRY_AFTER_MS_MAX + 1),
+            rate_limited: false,
         },
+        ..complete(0)
+    };
+    let limited_final = Ack {
+        outcome: AckOutcome::Fail { error: "x".into(), retryable: false, retry_after_ms: None, rate_limited: true },
         ..complete(0)
     };
     let store = c.store();
@@ -1181,6 +1186,7 @@ pub async fn ack_validation_changes_nothing<H: Harness>(h: H) {
     assert_invalid(call((0..=Limits::BATCH_JOBS_MAX).map(|_| complete(0)).collect()).await, "acks");
     assert_invalid(call(vec![complete(0), big_result]).await, "acks[1].result");
     assert_invalid(call(vec![long_retry, complete(1)]).await, "acks[0].retry_after_ms");
+    assert_invalid(call(vec![complete(1), limited_final]).await, "acks[1].rate_limited");
     c.assert_unchanged(&snap, "after invalid acks").await;
 
     let edge = Ack {

@@ -880,7 +880,12 @@ pub async fn ack_batch_mixed<H: Harness>(h: H) {
             Ack {
                 job: d.id,
                 lease: d.lease,
-                outcome: AckOutcome::Fail { error: "boom".into(), retryable: true, retry_after_ms: Some(0) },
+                outcome: AckOutcome::Fail {
+                    error: "boom".into(),
+                    retryable: true,
+                    retry_after_ms: Some(0),
+                    rate_limited: false,
+                },
             },
             Ack { job: unknown, lease: a.lease, outcome: complete.clone() },
             Ack { job: a.id, lease: a.lease, outcome: complete.clone() },

@@ -340,3 +340,67 @@ pub async fn limits_waiting_reasons<H: Harness>(h: H) {
     assert_eq!(why(&c, a2).await, Some(Waiting::Paused));
     assert_eq!(why(&c, JobId(999_999)).await, None, "an unknown job waits for nothing");
 }
+
+/// A worker reporting a downstream rate limit (`rate_limited` on a failure) hands its attempt
+/// back and stops the whole queue until the job's retry: no job of the queue is leased before
+/// then, other queues are not held, the attempt budget is not spent (a job on its last attempt
+/// is retried, not dead-lettered), and the back-off survives a restart.
+pub async fn limits_rate_limited_failure_backs_off_the_queue<H: Harness>(h: H) {
+    use crate::{AckOutcome, Waiting};
+    let mut c = Ctx::open(h).await;
+    let limited = |retry_after_ms| AckOutcome::Fail {
+        error: "429 from the gateway".into(),
+        retryable: true,
+        retry_after_ms,
+        rate_limited: true,
+    };
+    let last = c.insert_one(NewJob { attempts_max: Some(1), ..new_job("q", "last") }).await;
+    let b = c.insert_one(new_job("q", "b")).await;
+    let waiting = c.insert_one(new_job("q", "c")).await;
+    let other = c.insert_one(new_job("other", "o")).await;
+    let leased = c.lease(&["q"], 2).await;
+    assert_eq!(ids_of(&leased), vec![last, b]);
+
+    let acked = c.ack_one(last, leased[0].lease, limited(Some(5_000))).await.unwrap();
+    let until = c.now.add_ms(5_000);
+    assert_eq!((acked.state, acked.retry_at), (JobState::Retrying, Some(until)), "retried, not dead-lettered");
+    let job = c.get(last).await;
+    assert_eq!(job.status.attempt, 0, "the attempt is handed back");
+    assert_eq!(job.status.last_error.as_deref(), Some("429 from the gateway"));
+    assert_eq!(c.stats("q").await.backoff_until, Some(until));
+    assert_eq!(c.store().job_waiting(waiting, c.now).await.unwrap(), Some(Waiting::QueueBackoff { until }));
+
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new(), "the queue backs off as a whole");
+    assert_waiting_uncharged(&c, &[waiting]).await;
+    assert_eq!(lease_ids(&c, "other", 10).await, vec![other], "other queues are not held back");
+    c.complete(b, leased[1].lease).await.unwrap();
+
+    c.restart().await;
+    assert_eq!(c.stats("q").await.backoff_until, Some(until), "the back-off survives a restart");
+    c.advance(4_999);
+    assert_eq!(lease_ids(&c, "q", 10).await, Vec::<JobId>::new(), "still backing off");
+    c.advance(1);
+    assert_eq!(c.store().job_waiting(waiting, c.now).await.unwrap(), None);
+    let again = c.lease(&["q"], 10).await;
+    let mut got = ids_of(&again);
+    got.sort();
+    assert_eq!(got, vec![last, waiting], "the back-off ends with the reporting job's retry");
+    let relisted = again.iter().find(|l| l.id == last).unwrap();
+    assert_eq!(relisted.attempt, 1, "the handed-back attempt is its first again");
+
+    // Without `retry_after_ms` the job's own backoff sets the pause; an earlier report never
+    // shortens a later one.
+    let fast = c.insert_one(NewJob { backoff: Some(BACKOFF_1MS), ..new_job("q", "fast") }).await;
+    let lf = c.lease_one("q", fast).await;
+    let acked = c.ack_one(fast, lf.lease, limited(None)).await.unwrap();
+    let retry_at = acked.retry_at.expect("retried");
+    assert!(retry_at <= c.now.add_ms(1), "the job's backoff (0-1 ms) sets the pause: {retry_at}");
+    assert_eq!(c.stats("q").await.backoff_until, Some(retry_at));
+    let w = c.get(waiting).await;
+    assert_eq!(w.state(), JobState::Running);
+    let lw = again.iter().find(|l| l.id == waiting).unwrap();
+    c.ack_one(waiting, lw.lease, limited(Some(60_000))).await.unwrap();
+    let l_last = again.iter().find(|l| l.id == last).unwrap();
+    c.ack_one(last, l_last.lease, limited(Some(10))).await.unwrap();
+    assert_eq!(c.stats("q").await.backoff_until, Some(c.now.add_ms(60_000)), "the later end wins");
+}

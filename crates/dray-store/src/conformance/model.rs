@@ -140,9 +140,17 @@ impl MJob {
         exhausted: DeadReason,
         retryable: bool,
         retry_after_ms: Option<u64>,
+        rate_limited: bool,
     ) -> (JobState, Option<DeadReason>, Option<(Timestamp, Timestamp)>) {
         if self.cancel_requested {
             (JobState::Cancelled, None, None)
+        } else if rate_limited {
+            // The attempt is handed back: retried whatever the budget says.
+            let window = match retry_after_ms {
+                Some(ms) => (now.add_ms(ms), now.add_ms(ms)),
+                None => (now, now.add_ms(MODEL_BACKOFF.window_ms(self.attempt))),
+            };
+            (JobState::Retrying, None, Some(window))
         } else if !retryable {
             (JobState::Dead, Some(DeadReason::NonRetryable), None)
         } else if self.attempt >= self.attempts_max {
@@ -214,6 +222,8 @@ struct Sim<H: Harness> {
     trace: Trace,
     queues: [QueueName; 2],
     paused: [bool; 2],
+    /// Until when each queue backs off after a rate-limited failure.
+    backoff_until: [Option<Timestamp>; 2],
     /// The flow limits of each queue in this case.
     limits: [FlowLimits; 2],
     /// This case's jobs, in id order.
@@ -253,6 +263,7 @@ pub async fn model_random_operations<H: Harness>(h: H) {
         trace: Trace { seed, case: 0, ops: Vec::new() },
         queues: [q("m0-a"), q("m0-b")],
         paused: [false, false],
+        backoff_until: [None, None],
         limits: [FlowLimits::default(), FlowLimits::default()],
         jobs: Vec::new(),
         token_max: None,
@@ -317,6 +328,7 @@ impl<H: Harness> Sim<H> {
         self.discarded.clear();
         self.queues = [q(&format!("m{case}-a")), q(&format!("m{case}-b"))];
         self.paused = [false, false];
+        self.backoff_until = [None, None];
         // The second queue has concurrency limits in half the cases.
         self.limits = [FlowLimits::default(), FlowLimits::default()];
         if self.rng.chance(50) {
@@ -495,7 +507,13 @@ impl<H: Harness> Sim<H> {
         let mut candidates: Vec<MJob> = self
             .jobs
             .iter()
-            .filter(|m| qs.contains(&m.queue) && !self.paused[m.queue] && m.leasable(now) && self.key_free(m))
+            .filter(|m| {
+                qs.contains(&m.queue)
+                    && !self.paused[m.queue]
+                    && self.backoff_until[m.queue].is_none_or(|t| t <= now)
+                    && m.leasable(now)
+                    && self.key_free(m)
+            })
             .cloned()
             .collect();
         candidates.sort_by_key(|m| (Reverse(m.priority), m.run_at, m.id));
@@ -739,10 +757,12 @@ impl<H: Harness> Sim<H> {
             let outcome = if self.rng.chance(50) {
                 AckOutcome::Complete { result: self.rng.chance(50).then(|| payload("result")) }
             } else {
+                let rate_limited = self.rng.chance(10);
                 AckOutcome::Fail {
                     error: format!("error-{}", self.serial),
-                    retryable: self.rng.chance(75),
+                    retryable: rate_limited || self.rng.chance(75),
                     retry_after_ms: self.rng.chance(30).then(|| self.rng.range(0, 500)),
+                    rate_limited,
                 }
             };
             acks.push(Ack { job: self.jobs[i].id, lease, outcome });
@@ -774,8 +794,9 @@ impl<H: Harness> Sim<H> {
                     *self.tally.entry("completions accepted").or_default() += 1;
                     self.completed.push(m.id);
                 }
-                AckOutcome::Fail { retryable, retry_after_ms, .. } => {
-                    let (state, reason, window) = m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms);
+                AckOutcome::Fail { retryable, retry_after_ms, rate_limited, .. } => {
+                    let (state, reason, window) =
+                        m.after_failure(now, DeadReason::Failed, retryable, retry_after_ms, rate_limited);
                     assert_eq!(acked.state, state, "state of job {} after failure", m.id);
                     match window {
                         Some((lo, hi)) => {
@@ -786,6 +807,12 @@ impl<H: Harness> Sim<H> {
                         None => assert_eq!(acked.retry_at, None),
                     }
                     m.end_attempt(now, HistoryKind::Failed, state, reason);
+                    if rate_limited && state == JobState::Retrying {
+                        m.attempt -= 1;
+                        let until = &mut self.backoff_until[m.queue];
+                        *until = Some(until.map_or(m.run_at, |t| t.max(m.run_at)));
+                        *self.tally.entry("failures rate limited").or_default() += 1;
+                    }
                     *self
                         .tally
                         .entry(match state {
@@ -827,7 +854,7 @@ impl<H: Harness> Sim<H> {
         );
         for i in due {
             let m = &self.jobs[i];
-            let (state, reason, window) = m.after_failure(now, DeadReason::LeaseExpired, true, None);
+            let (state, reason, window) = m.after_failure(now, DeadReason::LeaseExpired, true, None, false);
             if let Some((lo, hi)) = window {
                 let job = self.c.get(m.id).await;
                 let at = job.status.run_at;
@@ -1099,6 +1126,7 @@ impl<H: Harness> Sim<H> {
             assert_eq!(stats.counts, counts[qi], "counts of queue {} (by state index)", self.queues[qi]);
             assert_eq!(stats.oldest_dead_at, oldest_dead[qi], "oldest_dead_at of queue {}", self.queues[qi]);
             assert_eq!(stats.config.paused, self.paused[qi], "paused flag of queue {}", self.queues[qi]);
+            assert_eq!(stats.backoff_until, self.backoff_until[qi], "backoff of queue {}", self.queues[qi]);
         }
     }
 }

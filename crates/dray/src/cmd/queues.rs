@@ -250,6 +250,12 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
     fields.add_row(["group concurrency max", &limit(queue.group_concurrency_max)]);
     fields.add_row(["rate", &rate(&queue.rate)]);
     fields.add_row(["group rate", &rate(&queue.group_rate)]);
+    if let Some(until) = &queue.backoff_until {
+        fields.add_row([
+            "backing off until",
+            &format!("{} (a worker reported a downstream rate limit)", output::time(until)),
+        ]);
+    }
     if let Some(b) = &queue.breaker {
         fields.add_row([
             "breaker",
