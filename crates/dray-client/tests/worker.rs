@@ -200,7 +200,8 @@ async fn a_job_acked_in_the_handlers_transaction_gets_no_ack_and_no_heartbeat() 
     let worker = spawn(server.worker().queue("tx", handler).build().unwrap());
     let job = wait_state(c, id, State::Completed).await;
     assert_eq!(job.attempt, 2);
-    let events: Vec<&str> = job.history.iter().map(|h| h.event.as_str()).collect();
+    // Whether maintenance or the lease promotes the retry depends on timing: not the point here.
+    let events: Vec<&str> = job.history.iter().map(|h| h.event.as_str()).filter(|e| *e != "promoted").collect();
     assert_eq!(events, ["enqueued", "leased", "expired", "leased", "completed"], "{:#?}", job.history);
     let report = worker.stop().await;
     assert_eq!((report.jobs_acked_in_transaction, report.jobs_completed, report.acks_refused), (1, 1, 0), "{report:?}");
