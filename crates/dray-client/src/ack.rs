@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) jobs_handed_back: AtomicU64,
     pub(crate) acks_refused: AtomicU64,
     pub(crate) ack_requests: AtomicU64,
+    pub(crate) jobs_acked_in_transaction: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {

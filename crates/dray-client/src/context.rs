@@ -181,6 +181,17 @@ impl JobContext {
         }
     }
 
+    /// Says that the handler ended this attempt itself, inside its own database transaction
+    /// (`outbox::complete` or `outbox::fail`, PostgreSQL mode), and that transaction committed:
+    /// the worker then sends no ack for it, whatever the handler returns, and stops heartbeating
+    /// it at once. Call it after your `COMMIT` succeeded, never before: if the commit fails or
+    /// its outcome is unknown, return an error instead and the worker fails the attempt over
+    /// HTTP (refused harmlessly as stale if the commit did happen).
+    pub fn acked_in_transaction(&self) {
+        self.shared.acked_in_transaction.store(true, std::sync::atomic::Ordering::Release);
+        self.shared.state().beat_at = None;
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancel.borrow().is_some()
     }
@@ -201,6 +212,8 @@ pub(crate) struct Attempt {
     /// One heartbeat at a time, so that an older checkpoint can never land after a newer one.
     beating: tokio::sync::Mutex<()>,
     cancel: watch::Sender<Option<CancelReason>>,
+    /// Set by [`JobContext::acked_in_transaction`]: the worker must not ack this attempt.
+    acked_in_transaction: std::sync::atomic::AtomicBool,
 }
 
 struct AttemptState {
@@ -243,6 +256,7 @@ impl Attempt {
             state: Mutex::new(state),
             beating: tokio::sync::Mutex::new(()),
             cancel: watch::Sender::new(None),
+            acked_in_transaction: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -265,6 +279,11 @@ impl Attempt {
         self.state().checkpoint_dirty
     }
 
+    /// Whether the handler ended the attempt in its own transaction ([`JobContext::acked_in_transaction`]).
+    pub(crate) fn acked_in_transaction(&self) -> bool {
+        self.acked_in_transaction.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn lease_lost(&self) -> bool {
         *self.cancel.borrow() == Some(CancelReason::LeaseLost)
     }
@@ -284,6 +303,9 @@ impl Attempt {
     /// The periodic heartbeat. Errors are handled here (logged, retried, or turned into lease
     /// loss); the caller only waits for the next `beat_at`.
     pub(crate) async fn beat_periodic(&self) {
+        if self.acked_in_transaction() {
+            return;
+        }
         {
             let mut state = self.state();
             if Instant::now() >= state.deadline {
@@ -335,6 +357,12 @@ impl Attempt {
             _ => owed.settled = true,
         }
         drop(owed);
+        if self.acked_in_transaction() {
+            // The handler ended the attempt meanwhile: no more heartbeats, and a refusal of this
+            // one (the job is finished) is no news.
+            self.state().beat_at = None;
+            return result.map(|_| ());
+        }
         let mut state = self.state();
         match result {
             Ok(response) => {

@@ -42,10 +42,29 @@
 //! tx.commit().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! And the consumer's half of exactly-once effects: [`complete`] and [`fail`] (and their sqlx
+//! forms) end a leased job's attempt inside your transaction, through `<schema>.complete()` and
+//! `<schema>.fail()`, so the job's effect (a row you write) and its completion commit together or
+//! not at all (`docs/outbox.md`, "Exactly-once effects"). Tell the [`crate::Worker`] with
+//! [`crate::JobContext::acked_in_transaction`] once you committed, so it does not ack again:
+//!
+//! ```no_run
+//! # async fn f(client: &mut tokio_postgres::Client, ctx: dray_client::JobContext) -> dray_client::HandlerResult {
+//! use dray_client::outbox;
+//! let tx = client.transaction().await?;
+//! tx.execute("INSERT INTO receipts (order_id) VALUES ($1)", &[&42i64]).await?;
+//! outbox::complete(&tx, "dray", ctx.id(), ctx.lease_id(), None).await?; // Err(is_lease_lost): roll back
+//! tx.commit().await?;
+//! ctx.acked_in_transaction();
+//! Ok(None)
+//! # }
+//! ```
 
 use std::fmt;
 
 use crate::client::Enqueue;
+use crate::worker::JobError;
 
 /// SQLSTATE of the function's refusals of an option (`invalid_parameter_value`).
 const SQLSTATE_INVALID: &str = "22023";
@@ -54,6 +73,16 @@ const SQLSTATE_CONFLICT: &str = "23505";
 /// SQLSTATE `<schema>.fence()` raises for a token older than the newest the resource has seen
 /// (Dray's own class `DR`; the store's `FENCE_SQLSTATE`).
 pub const SQLSTATE_FENCED: &str = "DR001";
+
+/// SQLSTATE `<schema>.complete()` and `<schema>.fail()` raise for a lease that is not the job's
+/// current one (never granted, or the job moved on or finished).
+pub const SQLSTATE_STALE_LEASE: &str = "DR002";
+/// SQLSTATE `<schema>.complete()` and `<schema>.fail()` raise for the job's current lease when its
+/// deadline has passed on the database's clock.
+pub const SQLSTATE_LEASE_EXPIRED: &str = "DR003";
+/// SQLSTATE of `<schema>.complete()` and `<schema>.fail()` for a job that does not exist
+/// (`no_data_found`).
+pub const SQLSTATE_NO_JOB: &str = "P0002";
 
 /// The schema the store uses unless configured otherwise.
 pub const SCHEMA_DEFAULT: &str = "dray";
@@ -105,6 +134,29 @@ impl Error {
     /// `DR001`). Roll back; this holder's lock is lost.
     pub fn is_fenced(&self) -> bool {
         self.sqlstate().as_deref() == Some(SQLSTATE_FENCED)
+    }
+
+    /// [`complete`] or [`fail`] refused the lease: it is not the job's current one (SQLSTATE
+    /// `DR002`: the job moved on, or finished). Roll back: your effect must not commit.
+    pub fn is_stale_lease(&self) -> bool {
+        self.sqlstate().as_deref() == Some(SQLSTATE_STALE_LEASE)
+    }
+
+    /// [`complete`] or [`fail`] found the lease's deadline passed on the database's clock
+    /// (SQLSTATE `DR003`): the job will be delivered again. Roll back.
+    pub fn is_lease_expired(&self) -> bool {
+        self.sqlstate().as_deref() == Some(SQLSTATE_LEASE_EXPIRED)
+    }
+
+    /// Either of [`Error::is_stale_lease`] and [`Error::is_lease_expired`]: this attempt's outcome
+    /// no longer counts.
+    pub fn is_lease_lost(&self) -> bool {
+        self.is_stale_lease() || self.is_lease_expired()
+    }
+
+    /// The job does not exist (SQLSTATE `P0002`): pruned, or a wrong id.
+    pub fn is_no_job(&self) -> bool {
+        self.sqlstate().as_deref() == Some(SQLSTATE_NO_JOB)
     }
 
     /// The database's message (`dray.enqueue: priority is 5000; allowed is -1000 to 1000`), or
@@ -228,6 +280,182 @@ pub async fn fence_sqlx(conn: &mut sqlx::PgConnection, schema: &str, resource: &
     Ok(u64::try_from(newest).unwrap_or(0))
 }
 
+/// Where a job went when [`complete`] or [`fail`] ended its attempt (once your transaction
+/// commits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Completed,
+    /// Failed; delivered again after its backoff (or the error's `retry_after`).
+    Retrying,
+    /// Failed for good: in the dead-letter queue.
+    Dead,
+    /// Failed while a cancel was requested: cancelled.
+    Cancelled,
+}
+
+impl Ended {
+    fn parse(state: &str) -> Result<Ended, Error> {
+        match state {
+            "completed" => Ok(Ended::Completed),
+            "retrying" => Ok(Ended::Retrying),
+            "dead" => Ok(Ended::Dead),
+            "cancelled" => Ok(Ended::Cancelled),
+            other => Err(Error::Invalid {
+                field: "state".into(),
+                message: format!("{other:?} is not a state an ack ends in"),
+            }),
+        }
+    }
+}
+
+/// One call of `<schema>.complete()` or `<schema>.fail()`, checked and built for any driver, like
+/// [`EnqueueCall`]: the statement and its parameters.
+#[derive(Debug)]
+pub struct AckCall<'a> {
+    /// `SELECT <schema>.complete($1::bigint, $2::text, $3::text::jsonb)`, or
+    /// `SELECT <schema>.fail($1::bigint, $2::text, $3::text, $4::bool, $5::bigint)`.
+    pub sql: String,
+    pub job: i64,
+    pub lease_id: &'a str,
+    /// The result's JSON text (complete), or the error's message (fail).
+    pub text: Option<String>,
+    pub retryable: bool,
+    pub retry_after_ms: Option<i64>,
+}
+
+/// `JobError::retry_after` is documented as clamped to 30 days (`Limits::RETRY_AFTER_MS_MAX`).
+const RETRY_AFTER_MS_MAX: u64 = 30 * 24 * 3_600 * 1_000;
+
+impl<'a> AckCall<'a> {
+    pub fn complete(
+        schema: &str,
+        job: u64,
+        lease_id: &'a str,
+        result: Option<&serde_json::Value>,
+    ) -> Result<AckCall<'a>, Error> {
+        schema_check(schema)?;
+        Ok(AckCall {
+            sql: format!("SELECT {schema}.complete($1::bigint, $2::text, $3::text::jsonb)"),
+            job: job_param(job)?,
+            lease_id,
+            text: result.map(serde_json::Value::to_string),
+            retryable: false,
+            retry_after_ms: None,
+        })
+    }
+
+    pub fn fail(schema: &str, job: u64, lease_id: &'a str, error: &JobError) -> Result<AckCall<'a>, Error> {
+        schema_check(schema)?;
+        let retry_after_ms = error
+            .retry_delay()
+            .map(|d| i64::try_from(crate::client::millis_ceil(d).min(RETRY_AFTER_MS_MAX)).unwrap_or(i64::MAX));
+        Ok(AckCall {
+            sql: format!("SELECT {schema}.fail($1::bigint, $2::text, $3::text, $4::bool, $5::bigint)"),
+            job: job_param(job)?,
+            lease_id,
+            text: Some(error.message().to_owned()),
+            retryable: error.is_retryable(),
+            retry_after_ms,
+        })
+    }
+
+    fn is_fail(&self) -> bool {
+        self.sql.contains(".fail(")
+    }
+}
+
+fn job_param(job: u64) -> Result<i64, Error> {
+    i64::try_from(job).map_err(|_| Error::Invalid { field: "job".into(), message: format!("{job} is not a job id") })
+}
+
+/// Completes the leased job `job` under `lease_id` inside the caller's transaction, through
+/// `<schema>.complete()`: exactly what the HTTP completion does, applied at your `COMMIT` (a
+/// rollback leaves the job running under the same lease). Write the job's effect in the same
+/// transaction. `result` is stored as PostgreSQL's `jsonb` text of it.
+///
+/// Refused with [`Error::is_stale_lease`] or [`Error::is_lease_expired`] when the lease is no
+/// longer the job's: roll back, so the effect does not commit either. From the call until your
+/// transaction ends the job's row is locked: nobody else can expire, lease or ack it meanwhile.
+///
+/// Cancel safety: as for the statement itself, inside your transaction.
+#[cfg(feature = "postgres")]
+pub async fn complete(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    job: u64,
+    lease_id: &str,
+    result: Option<&serde_json::Value>,
+) -> Result<Ended, Error> {
+    ack_postgres(client, AckCall::complete(schema, job, lease_id, result)?).await
+}
+
+/// Fails the attempt of the leased job `job` under `lease_id` inside the caller's transaction,
+/// through `<schema>.fail()`, with `error`'s message, retryability and `retry_after`: retried
+/// after its backoff, or dead (not retryable, or its last attempt). As [`complete`] otherwise.
+///
+/// Cancel safety: as for the statement itself, inside your transaction.
+#[cfg(feature = "postgres")]
+pub async fn fail(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+    job: u64,
+    lease_id: &str,
+    error: &JobError,
+) -> Result<Ended, Error> {
+    ack_postgres(client, AckCall::fail(schema, job, lease_id, error)?).await
+}
+
+#[cfg(feature = "postgres")]
+async fn ack_postgres(client: &impl tokio_postgres::GenericClient, call: AckCall<'_>) -> Result<Ended, Error> {
+    let row = if call.is_fail() {
+        client
+            .query_one(&call.sql, &[&call.job, &call.lease_id, &call.text, &call.retryable, &call.retry_after_ms])
+            .await?
+    } else {
+        client.query_one(&call.sql, &[&call.job, &call.lease_id, &call.text]).await?
+    };
+    Ended::parse(row.try_get(0)?)
+}
+
+/// [`complete`] on an sqlx PostgreSQL connection (`&mut *tx` for a transaction).
+///
+/// Cancel safety: as for [`complete`].
+#[cfg(feature = "sqlx")]
+pub async fn complete_sqlx(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    job: u64,
+    lease_id: &str,
+    result: Option<&serde_json::Value>,
+) -> Result<Ended, Error> {
+    ack_sqlx(conn, AckCall::complete(schema, job, lease_id, result)?).await
+}
+
+/// [`fail`] on an sqlx PostgreSQL connection (`&mut *tx` for a transaction).
+///
+/// Cancel safety: as for [`fail`].
+#[cfg(feature = "sqlx")]
+pub async fn fail_sqlx(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    job: u64,
+    lease_id: &str,
+    error: &JobError,
+) -> Result<Ended, Error> {
+    ack_sqlx(conn, AckCall::fail(schema, job, lease_id, error)?).await
+}
+
+#[cfg(feature = "sqlx")]
+async fn ack_sqlx(conn: &mut sqlx::PgConnection, call: AckCall<'_>) -> Result<Ended, Error> {
+    let query = sqlx::query_scalar::<_, String>(&call.sql).bind(call.job).bind(call.lease_id).bind(&call.text);
+    let state = if call.is_fail() {
+        query.bind(call.retryable).bind(call.retry_after_ms).fetch_one(conn).await?
+    } else {
+        query.fetch_one(conn).await?
+    };
+    Ended::parse(&state)
+}
+
 /// The options object of `<schema>.enqueue()` for `job`: its wire body without queue and payload.
 pub fn options_json(job: &Enqueue) -> Result<String, Error> {
     let mut value = serde_json::to_value(job.as_wire())
@@ -278,6 +506,24 @@ mod tests {
         );
         let bare = Enqueue::new("q", &1).unwrap();
         assert_eq!(options_json(&bare).unwrap(), "{}");
+    }
+
+    #[test]
+    fn ack_calls_carry_the_outcome() {
+        let call = AckCall::complete("dray", 7, "00000000000000ff", Some(&serde_json::json!({"ok": true}))).unwrap();
+        assert_eq!(call.sql, "SELECT dray.complete($1::bigint, $2::text, $3::text::jsonb)");
+        assert_eq!((call.job, call.lease_id, call.text.as_deref()), (7, "00000000000000ff", Some(r#"{"ok":true}"#)));
+        assert!(!call.is_fail());
+        let e = JobError::fatal("no such customer").retry_after(Duration::from_secs(40 * 24 * 3600));
+        let call = AckCall::fail("app", 8, "x", &e).unwrap();
+        assert_eq!(call.sql, "SELECT app.fail($1::bigint, $2::text, $3::text, $4::bool, $5::bigint)");
+        assert!(call.is_fail() && !call.retryable);
+        assert_eq!(call.retry_after_ms, Some(RETRY_AFTER_MS_MAX as i64), "clamped to 30 days");
+        assert!(matches!(AckCall::complete("Bad", 1, "x", None), Err(Error::Invalid { .. })));
+        let Err(Error::Invalid { field, .. }) = AckCall::complete("dray", u64::MAX, "x", None) else { panic!() };
+        assert_eq!(field, "job");
+        assert_eq!(Ended::parse("retrying").unwrap(), Ended::Retrying);
+        assert!(Ended::parse("running").is_err());
     }
 
     #[test]

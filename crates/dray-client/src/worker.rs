@@ -185,6 +185,9 @@ pub struct WorkerReport {
     pub acks_refused: u64,
     /// `POST /v1/ack` calls, retries included.
     pub ack_requests: u64,
+    /// Jobs whose handler ended the attempt in its own transaction
+    /// ([`JobContext::acked_in_transaction`]): no ack sent for them.
+    pub jobs_acked_in_transaction: u64,
 }
 
 /// Configures a [`Worker`]; from [`Worker::builder`].
@@ -513,6 +516,7 @@ impl Worker {
             jobs_handed_back: counters.jobs_handed_back.load(Ordering::Relaxed),
             acks_refused: counters.acks_refused.load(Ordering::Relaxed),
             ack_requests: counters.ack_requests.load(Ordering::Relaxed),
+            jobs_acked_in_transaction: counters.jobs_acked_in_transaction.load(Ordering::Relaxed),
         };
         // Each count a field of its own: JSON logs get numbers, not `WorkerReport { .. }` text.
         tracing::info!(
@@ -524,6 +528,7 @@ impl Worker {
             jobs_handed_back = report.jobs_handed_back,
             acks_refused = report.acks_refused,
             ack_requests = report.ack_requests,
+            jobs_acked_in_transaction = report.jobs_acked_in_transaction,
             "worker stopped"
         );
         match refused {
@@ -676,6 +681,27 @@ async fn run_job(
                 .retry_after(Duration::ZERO),
         ),
     };
+    if attempt.acked_in_transaction() {
+        // The handler completed or failed the job in its own committed transaction: an ack
+        // now would only be refused as stale.
+        bump(&shared.counters.jobs_acked_in_transaction);
+        let ended = match &outcome {
+            Outcome::Completed(_) => AttemptOutcome::Completed,
+            Outcome::Failed(_) => AttemptOutcome::Failed,
+            Outcome::Panicked(_) => AttemptOutcome::Panicked,
+            Outcome::HandedBack => AttemptOutcome::HandedBack,
+        };
+        if let Outcome::Failed(e) = &outcome {
+            tracing::warn!(job = id, queue, error = %e, "the handler acked the job in its transaction, then failed; no ack sent");
+        } else {
+            tracing::debug!(job = id, queue, "job acked in the handler's transaction");
+        }
+        trace::record_outcome(&span, ended, None);
+        drop(span);
+        shared.running.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
+        return;
+    }
     let (item, ended) = match outcome {
         Outcome::Completed(result) => {
             tracing::debug!(job = id, queue, "job completed");

@@ -181,6 +181,33 @@ async fn a_checkpoint_saved_by_one_attempt_is_handed_to_the_next() {
     server.stop().await;
 }
 
+/// A handler that ended the attempt in its own transaction (`acked_in_transaction`): the worker
+/// sends no ack and no more heartbeats. Here no transaction completed it (the embedded server has
+/// none), so the silence shows: the 1 s lease expires and the job comes back for attempt 2.
+#[tokio::test]
+async fn a_job_acked_in_the_handlers_transaction_gets_no_ack_and_no_heartbeat() {
+    let server = server().await;
+    let c = &server.client;
+    let id = c.enqueue(Enqueue::new("tx", &"x").unwrap().lease(Duration::from_secs(1))).await.unwrap().id;
+    let handler = |ctx: JobContext| async move {
+        if ctx.attempt() == 1 {
+            ctx.acked_in_transaction();
+            // Longer than the lease: a heartbeat now would keep the job.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        Ok(None)
+    };
+    let worker = spawn(server.worker().queue("tx", handler).build().unwrap());
+    let job = wait_state(c, id, State::Completed).await;
+    assert_eq!(job.attempt, 2);
+    // Whether maintenance or the lease promotes the retry depends on timing: not the point here.
+    let events: Vec<&str> = job.history.iter().map(|h| h.event.as_str()).filter(|e| *e != "promoted").collect();
+    assert_eq!(events, ["enqueued", "leased", "expired", "leased", "completed"], "{:#?}", job.history);
+    let report = worker.stop().await;
+    assert_eq!((report.jobs_acked_in_transaction, report.jobs_completed, report.acks_refused), (1, 1, 0), "{report:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn heartbeats_keep_a_job_longer_than_its_lease_and_carry_progress() {
     let server = server().await;

@@ -32,6 +32,7 @@ mod routes;
 mod schedules;
 mod schema;
 mod serve;
+mod sql_acks;
 mod store;
 mod tls;
 mod tokens;
@@ -150,8 +151,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let listening = listen::run(connection, channel, waiters.clone(), stop_maintenance.subscribe());
             // Delayed and retrying jobs wake this node's long-polls when due, leader or not.
             let due = due::run(store.clone(), clock, waiters.clone(), stop_maintenance.subscribe());
+            // Acks made in SQL reach the metrics through the node that drains them.
+            let sql_acks = sql_acks::run(app.clone(), stop_maintenance.subscribe());
             Some(tokio::spawn(async move {
-                tokio::join!(listening, due);
+                tokio::join!(listening, due, sql_acks);
             }))
         }
         AnyStore::Embedded(_) => None,

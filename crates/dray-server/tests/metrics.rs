@@ -315,6 +315,44 @@ async fn postgres_mode_exports_the_pool_and_the_same_queue_gauges() {
     server.shutdown().await.unwrap();
 }
 
+/// Acks made in SQL (`dray.complete()`/`dray.fail()` in an application's transaction) reach no
+/// server, yet count in the metrics as HTTP acks do: the node drains them from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_made_in_sql_count_in_the_metrics() {
+    let db = TestDb::create().await;
+    let server =
+        dray_server::start(dray_server::Config::for_test_postgres(dray_server::PostgresConfig::new(db.url.clone())))
+            .await
+            .unwrap();
+    let addr = server.addr;
+    let (app, connection) = admin_connect(&db.url).await.unwrap();
+    tokio::spawn(connection);
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        let id = enqueue(addr, "sqlm", json!({})).await;
+        leases.push((id as i64, lease_one(addr, "sqlm", id, None).await));
+    }
+    app.query_one("SELECT dray.complete($1, $2)", &[&leases[0].0, &leases[0].1]).await.unwrap();
+    app.query_one("SELECT dray.fail($1, $2, 'down')", &[&leases[1].0, &leases[1].1]).await.unwrap();
+    app.query_one("SELECT dray.fail($1, $2, 'bad', false)", &[&leases[2].0, &leases[2].1]).await.unwrap();
+
+    let want = [("dray_jobs_completed_total", 1.0), ("dray_jobs_failed_total", 2.0), ("dray_jobs_dead_total", 1.0)];
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let s = Scrape::get(addr).await;
+        let got: Vec<f64> = want.iter().map(|(name, _)| s.value(name, &[("queue", "sqlm")])).collect();
+        if got == want.map(|(_, v)| v) {
+            assert_eq!(s.value("dray_job_run_seconds_count", &[("queue", "sqlm")]), 3.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "SQL acks not counted within {WAIT_MAX:?}: {got:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    let left: i64 = app.query_one("SELECT count(*) FROM dray.sql_acks", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "drained");
+    server.shutdown().await.unwrap();
+}
+
 /// A database of its own for one test, dropped when the test ends.
 struct TestDb {
     name: String,

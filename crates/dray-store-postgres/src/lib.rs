@@ -123,5 +123,6 @@ pub use leader::{Leadership, MAINTENANCE, Term};
 pub use migrate::{Migrated, migrate, schema_version_latest};
 pub use sql::DUE_PREFIX;
 pub use store::lock::FENCE_SQLSTATE;
+pub use store::sql_ack::{LEASE_EXPIRED_SQLSTATE, STALE_LEASE_SQLSTATE, SqlAck};
 pub use store::{DueNext, PoolStatus, PostgresStore};
 pub use tls::{Tls, TlsConnector, TlsError, TlsStream};

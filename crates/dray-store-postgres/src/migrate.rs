@@ -48,6 +48,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 10, name: "locks", sql: Sql::Text(V10_LOCKS) },
     Migration { version: 11, name: "breaker", sql: Sql::Text(V11_BREAKER) },
     Migration { version: 12, name: "queue_backoff", sql: Sql::Text(V12_QUEUE_BACKOFF) },
+    Migration { version: 13, name: "complete_fail_functions", sql: Sql::Text(V13_COMPLETE_FAIL) },
 ];
 
 /// Until when a queue leases nothing because a worker reported a downstream rate limit (a
@@ -55,6 +56,354 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 const V12_QUEUE_BACKOFF: &str = "
 ALTER TABLE {s}.queues ADD COLUMN backoff_until timestamptz;
 ";
+
+/// Exactly-once effects: `<schema>.complete(job, lease_id, result)` and `<schema>.fail(job,
+/// lease_id, error, retryable, retry_after_ms)`, which an application calls inside its own
+/// transaction, next to the write of the job's effect, so that the effect and the end of the
+/// attempt commit together or not at all (`docs/outbox.md`, "Exactly-once effects").
+///
+/// They apply the transition `PostgresStore::job_ack` applies (the core's `transition` for
+/// `Event::Complete` and `Event::Fail`, written here a second time in SQL; the differential test
+/// in `tests/exactly_once.rs` keeps the two equal): the same guards (the job's current lease, its
+/// deadline not passed on the database's clock read after the row lock is held), the same limits
+/// (`ack_limits()`, checked against `dray_core::Limits` by a test), the same row, history entry,
+/// history trimming and `due <queue>` notification, and the same outcome counted by the queue's
+/// circuit breaker (`breaker_record`, `dray_core::Breaker::record` in SQL).
+///
+/// - A lease that is not the job's current one (never granted, the job moved on or finished)
+///   raises SQLSTATE `DR002`; the current lease past its deadline raises `DR003`; a job that does
+///   not exist `P0002` (`no_data_found`); a refused argument `22023` with the field in `COLUMN`,
+///   a NULL one `22004`. Nothing is written by a refused call.
+/// - Lock order as `job_ack`: the job's row, then its queue's breaker row.
+/// - `sql_acks` gets one row per accepted call, in the same transaction: the servers drain it
+///   (`DELETE ... RETURNING`, each row by one node) and count it in their metrics and logs as an
+///   HTTP ack, since no server saw the call.
+///
+/// Self-contained (it only reads tables of migrations 1 to 11), so it can be renumbered.
+const V13_COMPLETE_FAIL: &str = r#"
+CREATE TABLE {s}.sql_acks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id bigint NOT NULL,
+    lease_id bigint NOT NULL,
+    queue text COLLATE "C" NOT NULL,
+    state text NOT NULL CHECK (state IN (__STATES__)),
+    attempt integer NOT NULL,
+    leased_at timestamptz NOT NULL,
+    at timestamptz NOT NULL,
+    retry_at timestamptz
+);
+
+CREATE FUNCTION {s}.ack_limits() RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT jsonb_build_object(
+    'result_bytes_max', 262144,
+    'error_bytes_max', 8192,
+    'retry_after_ms_max', 2592000000,
+    'history_entries_max', 256
+)
+$$;
+
+-- Counts an attempt's outcome ('success', 'failure' or 'void') towards its queue's circuit
+-- breaker, as `dray_core::Breaker::record` does; a queue without a breaker has no row.
+CREATE FUNCTION {s}.breaker_record(p_queue text, p_now timestamptz, p_leased_at timestamptz, p_outcome text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b record;
+    v_bucket_ms bigint;
+    v_n bigint;
+    v_slot integer;
+    v_starts bigint[];
+    v_attempts integer[];
+    v_failures integer[];
+    v_total bigint := 0;
+    v_failed bigint := 0;
+    v_enter text;
+    i integer;
+BEGIN
+    SELECT * INTO b FROM {s}.breakers bb WHERE bb.queue = p_queue FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF b.changed_at IS NOT NULL AND p_leased_at < b.changed_at THEN
+        -- Leased under an earlier state: not this state's business.
+        RETURN;
+    END IF;
+    IF b.state = 'open' OR (b.state = 'closed' AND p_outcome = 'void') THEN
+        RETURN;
+    END IF;
+    IF b.state = 'closed' THEN
+        v_bucket_ms := greatest((b.window_ms + 9) / 10, 1);
+        v_n := floor((extract(epoch FROM p_now) * 1000) / v_bucket_ms)::bigint;
+        v_slot := mod(mod(v_n, 10) + 10, 10)::integer + 1;
+        IF cardinality(b.bucket_starts) = 10 AND cardinality(b.bucket_attempts) = 10
+           AND cardinality(b.bucket_failures) = 10 THEN
+            v_starts := b.bucket_starts;
+            v_attempts := b.bucket_attempts;
+            v_failures := b.bucket_failures;
+        ELSE
+            v_starts := array_fill(0::bigint, ARRAY[10]);
+            v_attempts := array_fill(0, ARRAY[10]);
+            v_failures := array_fill(0, ARRAY[10]);
+        END IF;
+        IF v_starts[v_slot] <> v_n OR (v_attempts[v_slot] = 0 AND v_failures[v_slot] = 0) THEN
+            v_starts[v_slot] := v_n;
+            v_attempts[v_slot] := 0;
+            v_failures[v_slot] := 0;
+        END IF;
+        v_attempts[v_slot] := v_attempts[v_slot] + 1;
+        IF p_outcome = 'failure' THEN
+            v_failures[v_slot] := v_failures[v_slot] + 1;
+        END IF;
+        FOR i IN 1..10 LOOP
+            IF v_starts[i] >= v_n - 9 AND v_starts[i] <= v_n THEN
+                v_total := v_total + v_attempts[i];
+                v_failed := v_failed + v_failures[i];
+            END IF;
+        END LOOP;
+        IF v_total >= b.min_attempts AND v_failed::double precision >= b.failure_ratio * v_total::double precision THEN
+            v_enter := 'open';
+        ELSE
+            UPDATE {s}.breakers SET bucket_starts = v_starts, bucket_attempts = v_attempts, bucket_failures = v_failures
+            WHERE queue = p_queue;
+            RETURN;
+        END IF;
+    ELSIF p_outcome = 'void' THEN
+        -- A cancelled probe gives its slot back.
+        UPDATE {s}.breakers SET probes_granted = greatest(probes_granted - 1, 0) WHERE queue = p_queue;
+        RETURN;
+    ELSIF p_outcome = 'failure' THEN
+        v_enter := 'open';
+    ELSIF b.probes_succeeded + 1 >= b.probes THEN
+        v_enter := 'closed';
+    ELSE
+        UPDATE {s}.breakers SET probes_succeeded = probes_succeeded + 1 WHERE queue = p_queue;
+        RETURN;
+    END IF;
+    -- Entering a state (`Breaker::enter`): its window emptied, its probes reset, counted.
+    UPDATE {s}.breakers SET
+        state = v_enter,
+        forced = CASE WHEN v_enter = 'open' THEN false ELSE forced END,
+        changed_at = p_now,
+        half_open_at = CASE WHEN v_enter = 'open' THEN p_now + open_ms * interval '1 millisecond' END,
+        probes_granted = 0,
+        probes_succeeded = 0,
+        to_open = to_open + (v_enter = 'open')::integer,
+        to_closed = to_closed + (v_enter = 'closed')::integer,
+        bucket_starts = array_fill(0::bigint, ARRAY[10]),
+        bucket_attempts = array_fill(0, ARRAY[10]),
+        bucket_failures = array_fill(0, ARRAY[10])
+    WHERE queue = p_queue;
+END
+$$;
+
+-- Raises the error every refused argument gets: SQLSTATE 22023, the field in COLUMN.
+CREATE FUNCTION {s}.ack_invalid(caller text, field text, message text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE = '{s}.' || caller || ': ' || field || ' ' || message,
+        ERRCODE = 'invalid_parameter_value', COLUMN = field;
+END
+$$;
+
+-- The one body of complete() and fail(): `caller` names the function in messages.
+CREATE FUNCTION {s}.ack_apply(caller text, p_job bigint, p_lease text, p_complete boolean, p_result jsonb,
+                              p_error text, p_retryable boolean, p_retry_after_ms bigint)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    l jsonb := {s}.ack_limits();
+    j record;
+    v_lease bigint;
+    v_lease_text text;
+    v_now timestamptz;
+    v_result bytea;
+    v_number jsonb;
+    v_error text;
+    v_bytes bytea;
+    v_end integer;
+    v_state text;
+    v_run_at timestamptz;
+    v_retry_at timestamptz;
+    v_dead_reason text;
+    v_finished_at timestamptz;
+    v_exponent integer;
+    v_window bigint;
+    v_window_f double precision;
+    v_delay bigint;
+    v_version integer;
+    v_updated integer;
+BEGIN
+    IF p_job IS NULL OR p_lease IS NULL THEN
+        RAISE EXCEPTION USING MESSAGE = '{s}.' || caller || ': job and lease_id must not be null',
+            ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_lease !~ '^[0-9A-Fa-f]{16}$' THEN
+        PERFORM {s}.ack_invalid(caller, 'lease_id', 'must be the 16 hex digits the lease was granted with');
+    END IF;
+    v_lease := ('x' || p_lease)::bit(64)::bigint;
+    v_lease_text := lower(p_lease);
+    IF p_complete THEN
+        IF p_result IS NOT NULL THEN
+            v_result := convert_to(p_result::text, 'UTF8');
+            IF octet_length(v_result) > (l->>'result_bytes_max')::integer THEN
+                PERFORM {s}.ack_invalid(caller, 'result', format('is %s bytes; the limit is %s',
+                    octet_length(v_result), l->>'result_bytes_max'));
+            END IF;
+            -- As the HTTP API: no number a worker reading JSON as doubles would see as infinity.
+            FOR v_number IN SELECT x FROM jsonb_path_query(p_result, 'lax $.**') AS x
+                            WHERE jsonb_typeof(x) = 'number' LOOP
+                IF abs(v_number::text::numeric) > 1.7976931348623157e308 THEN
+                    PERFORM {s}.ack_invalid(caller, 'result', format(
+                        'holds the number %s, beyond the range of a 64-bit floating-point number (about 1.8e308)',
+                        left(v_number::text, 40)));
+                END IF;
+            END LOOP;
+        END IF;
+    ELSE
+        IF p_error IS NULL OR p_retryable IS NULL THEN
+            RAISE EXCEPTION USING MESSAGE = '{s}.' || caller || ': error and retryable must not be null',
+                ERRCODE = 'null_value_not_allowed';
+        END IF;
+        IF p_retry_after_ms IS NOT NULL AND (p_retry_after_ms < 0
+                                             OR p_retry_after_ms > (l->>'retry_after_ms_max')::bigint) THEN
+            PERFORM {s}.ack_invalid(caller, 'retry_after_ms', format('is %s; allowed is 0 to %s',
+                p_retry_after_ms, l->>'retry_after_ms_max'));
+        END IF;
+        -- Truncated, not refused, to the limit's bytes on a character boundary (`truncate_utf8`).
+        v_error := p_error;
+        v_bytes := convert_to(p_error, 'UTF8');
+        IF octet_length(v_bytes) > (l->>'error_bytes_max')::integer THEN
+            v_end := (l->>'error_bytes_max')::integer;
+            -- get_byte counts from 0: the byte after the kept ones must start a character.
+            WHILE v_end > 0 AND (get_byte(v_bytes, v_end) & 192) = 128 LOOP
+                v_end := v_end - 1;
+            END LOOP;
+            v_error := convert_from(substring(v_bytes FROM 1 FOR v_end), 'UTF8');
+        END IF;
+    END IF;
+
+    SELECT * INTO j FROM {s}.jobs jj WHERE jj.id = p_job FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING MESSAGE = format('{s}.%s: no job %s', caller, p_job),
+            ERRCODE = 'no_data_found';
+    END IF;
+    -- The database's clock once the row is ours: the deadline is checked and the change dated
+    -- at the same instant, whole milliseconds like every time the store writes.
+    v_now := date_trunc('milliseconds', clock_timestamp());
+    IF j.state IN ('completed', 'dead', 'cancelled') THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('{s}.%s: stale lease %s: job %s is already %s', caller, v_lease_text, p_job, j.state),
+            DETAIL = 'The job has finished; this attempt''s outcome no longer counts.',
+            HINT = 'Roll back: the effect must not commit without the job''s completion.',
+            ERRCODE = 'DR002';
+    END IF;
+    IF j.state <> 'running' OR j.lease_id <> v_lease THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('{s}.%s: stale lease %s: job %s is %s and this lease is not its current one',
+                             caller, v_lease_text, p_job, j.state),
+            DETAIL = 'The lease ran out or was never granted; the job is (or will be) delivered again.',
+            HINT = 'Roll back: the effect must not commit without the job''s completion.',
+            ERRCODE = 'DR002';
+    END IF;
+    IF j.lease_deadline <= v_now THEN
+        RAISE EXCEPTION USING
+            MESSAGE = format('{s}.%s: lease %s of job %s expired at %s (database clock)', caller, v_lease_text, p_job,
+                             to_char(j.lease_deadline AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+            DETAIL = 'The lease''s deadline passed before this call; the job will be delivered again.',
+            HINT = 'Roll back: the effect must not commit without the job''s completion. Heartbeat more often or lease for longer.',
+            ERRCODE = 'DR003';
+    END IF;
+
+    v_run_at := j.run_at;
+    v_dead_reason := NULL;
+    v_finished_at := NULL;
+    IF p_complete THEN
+        v_state := 'completed';
+        v_finished_at := v_now;
+    ELSIF j.cancel_requested THEN
+        v_state := 'cancelled';
+        v_finished_at := v_now;
+    ELSIF NOT p_retryable THEN
+        v_state := 'dead';
+        v_dead_reason := 'non_retryable';
+        v_finished_at := v_now;
+    ELSIF j.attempt >= j.attempts_max THEN
+        v_state := 'dead';
+        v_dead_reason := 'failed';
+        v_finished_at := v_now;
+    ELSE
+        v_state := 'retrying';
+        IF p_retry_after_ms IS NOT NULL THEN
+            v_delay := p_retry_after_ms;
+        ELSE
+            -- `Backoff::delay_ms`: full jitter over min(cap, base * factor^(attempt - 1)).
+            v_exponent := least(greatest(j.attempt - 1, 0), 1000);
+            IF ln(j.backoff_base_ms::double precision) + v_exponent * ln(j.backoff_factor)
+               > ln(j.backoff_cap_ms::double precision) + 1 THEN
+                v_window := j.backoff_cap_ms;
+            ELSE
+                v_window_f := j.backoff_base_ms::double precision * power(j.backoff_factor, v_exponent);
+                v_window := CASE WHEN v_window_f < j.backoff_cap_ms THEN floor(v_window_f)::bigint
+                                 ELSE j.backoff_cap_ms END;
+            END IF;
+            v_delay := least(floor(random() * (v_window + 1))::bigint, v_window);
+        END IF;
+        v_retry_at := v_now + v_delay * interval '1 millisecond';
+        v_run_at := v_retry_at;
+    END IF;
+    v_version := j.version + 1;
+
+    UPDATE {s}.jobs AS jj SET
+        state = v_state, run_at = v_run_at, lease_id = NULL, token = NULL, worker = NULL, leased_at = NULL,
+        lease_deadline = NULL,
+        result = CASE WHEN p_complete THEN v_result ELSE jj.result END,
+        last_error = CASE WHEN p_complete THEN jj.last_error ELSE v_error END,
+        dead_reason = v_dead_reason, finished_at = v_finished_at, version = v_version
+    WHERE jj.id = p_job AND jj.version = j.version AND jj.state = 'running' AND jj.lease_id = v_lease;
+    GET DIAGNOSTICS v_updated = ROW_COUNT;
+    IF v_updated <> 1 THEN
+        -- The row is locked: only a writer outside Dray's rules gets here.
+        RAISE EXCEPTION USING MESSAGE = format('{s}.%s: job %s changed under its row lock', caller, p_job),
+            ERRCODE = 'serialization_failure';
+    END IF;
+    INSERT INTO {s}.job_history (job_id, seq, at, kind, state, attempt, token, worker, error, run_at)
+    VALUES (p_job, v_version, v_now, CASE WHEN p_complete THEN 'completed' ELSE 'failed' END, v_state, j.attempt,
+            j.token, j.worker, CASE WHEN p_complete THEN NULL ELSE v_error END, v_retry_at);
+    IF v_version > (l->>'history_entries_max')::integer THEN
+        -- The first entry and the newest `history_entries_max - 1` stay (`Job::push_history`).
+        DELETE FROM {s}.job_history h
+        WHERE h.job_id = p_job AND h.seq > 1 AND h.seq <= v_version - ((l->>'history_entries_max')::integer - 1);
+    END IF;
+    IF v_state = 'retrying' THEN
+        -- Delivered at commit: nodes time their waiters' wake-ups by it.
+        PERFORM pg_notify('{s}_jobs', 'due ' || j.queue);
+    END IF;
+    PERFORM {s}.breaker_record(j.queue, v_now, j.leased_at,
+        CASE WHEN v_state = 'cancelled' THEN 'void' WHEN p_complete THEN 'success' ELSE 'failure' END);
+    INSERT INTO {s}.sql_acks (job_id, lease_id, queue, state, attempt, leased_at, at, retry_at)
+    VALUES (p_job, v_lease, j.queue, v_state, j.attempt, j.leased_at, v_now, v_retry_at);
+    RETURN v_state;
+END
+$$;
+
+CREATE FUNCTION {s}.complete(job bigint, lease_id text, result jsonb DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN {s}.ack_apply('complete', job, lease_id, true, result, NULL, NULL, NULL);
+END
+$$;
+
+CREATE FUNCTION {s}.fail(job bigint, lease_id text, error text, retryable boolean DEFAULT true,
+                         retry_after_ms bigint DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN {s}.ack_apply('fail', job, lease_id, false, NULL, error, retryable, retry_after_ms);
+END
+$$;
+
+COMMENT ON FUNCTION {s}.complete(bigint, text, jsonb) IS
+    'Completes a leased Dray job inside the caller''s transaction; returns its state. See docs/outbox.md.';
+COMMENT ON FUNCTION {s}.fail(bigint, text, text, boolean, bigint) IS
+    'Fails a leased Dray job''s attempt inside the caller''s transaction; returns its state. See docs/outbox.md.';
+"#;
 
 /// Circuit breakers (`dray_core::breaker`): one row per queue that has one, holding its policy,
 /// its state and its sliding window (`BUCKETS` bucket numbers with their attempt and failure

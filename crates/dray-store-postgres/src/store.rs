@@ -170,6 +170,7 @@ mod breaker;
 mod flow;
 pub(crate) mod lock;
 mod schedule;
+pub(crate) mod sql_ack;
 
 pub(crate) use breaker::{BREAKER_COLUMNS, BreakerSql, breaker_from_row, policy_from_row};
 
