@@ -10,6 +10,11 @@
 //! empty is parked until its next token is due. Each step is O(log n) in the jobs of a lane and
 //! O(1) amortized in the number of groups.
 //!
+//! Groups are interned: a group's name is hashed once per job operation (insert, remove, start,
+//! stop) to find its slot, and the ring, the parked set and the buckets refer to slots by number,
+//! so taking a turn allocates nothing and hashes nothing. A slot is freed (and reused) once its
+//! group has no job, no turn, no parked token and a full bucket.
+//!
 //! Rate buckets live in memory only: after a restart every bucket is full (at most one burst
 //! more than the rate, once per restart).
 
@@ -23,21 +28,31 @@ use dray_store::FlowLimits;
 /// A job's place in lease order: higher priority, then earlier run time, then enqueue order.
 pub(crate) type Entry = (Reverse<i16>, Timestamp, JobId);
 
+/// A lane in the ring: a group's slot, or [`PLAIN`].
+type Lane = u32;
+
+/// The lane of the jobs without a group.
+const PLAIN: Lane = u32::MAX;
+
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
     /// Eligible jobs without a group key.
     plain: BTreeSet<Entry>,
     plain_in_ring: bool,
-    groups: HashMap<Box<str>, Group>,
-    /// Lanes whose turn may come, front first (`None` is the plain lane). A group is here at
-    /// most once: `Group::in_ring` says whether it is.
-    ring: VecDeque<Option<Box<str>>>,
+    /// Group names to their slot in `slots`.
+    ids: HashMap<Box<str>, Lane>,
+    slots: Vec<Group>,
+    /// Slots free for the next new group.
+    free: Vec<Lane>,
+    /// Lanes whose turn may come, front first. A lane is here at most once: `Group::in_ring`
+    /// (and `plain_in_ring`) say whether it is.
+    ring: VecDeque<Lane>,
     /// Groups waiting for a rate token, by when it is due.
-    parked: BTreeSet<(Timestamp, Box<str>)>,
-    /// Group buckets that are not full (`dray_core::flow`), and the same by state for forgetting
-    /// them once full again.
-    tats: HashMap<Box<str>, i64>,
-    tats_by_time: BTreeSet<(i64, Box<str>)>,
+    parked: BTreeSet<(Timestamp, Lane)>,
+    /// Groups kept only for a bucket that is not full yet, by the bucket's state: forgotten once
+    /// it is full. An entry whose group has moved on since (its bucket changed, or it has work
+    /// again) is skipped.
+    fading: BTreeSet<(i64, Lane)>,
     /// The queue's own bucket.
     queue_tat: Option<i64>,
     limits: FlowLimits,
@@ -45,10 +60,13 @@ pub(crate) struct Lanes {
 
 #[derive(Debug, Default)]
 struct Group {
+    name: Box<str>,
     available: BTreeSet<Entry>,
     running: u32,
     in_ring: bool,
     parked: Option<Timestamp>,
+    /// The group's rate bucket, while it is not full (`dray_core::flow`).
+    tat: Option<i64>,
 }
 
 impl Group {
@@ -60,7 +78,8 @@ impl Group {
         !self.in_ring && self.parked.is_none() && !self.available.is_empty() && self.under_limit(max)
     }
 
-    fn idle(&self) -> bool {
+    /// Nothing but (perhaps) its bucket keeps the group.
+    fn quiet(&self) -> bool {
         self.available.is_empty() && self.running == 0 && !self.in_ring && self.parked.is_none()
     }
 }
@@ -72,24 +91,83 @@ impl Lanes {
 
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.groups.values().all(|g| g.available.is_empty())
+        self.plain.is_empty() && self.ids.values().all(|&id| self.slots[id as usize].available.is_empty())
+    }
+
+    #[cfg(test)]
+    fn knows(&self, group: &str) -> bool {
+        self.ids.contains_key(group)
+    }
+
+    fn group(&self, name: &str) -> Option<&Group> {
+        self.ids.get(name).map(|&id| &self.slots[id as usize])
+    }
+
+    /// The slot of `name`, made if the group is new.
+    fn slot(&mut self, name: &str) -> Lane {
+        // Looked up before inserting: `entry` would allocate the name on every call.
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let group = Group { name: name.into(), ..Group::default() };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = group;
+                id
+            }
+            None => {
+                self.slots.push(group);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 - 1 groups in a queue")
+            }
+        };
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    /// Puts the group in the ring if its turn may come.
+    fn ring_join(&mut self, id: Lane) {
+        let g = &mut self.slots[id as usize];
+        if g.may_enter_ring(self.limits.group_concurrency_max) {
+            g.in_ring = true;
+            self.ring.push_back(id);
+        }
+    }
+
+    /// Forgets the group if nothing keeps it; one kept only for its bucket starts fading.
+    fn settle(&mut self, id: Lane) {
+        let g = &self.slots[id as usize];
+        if !g.quiet() {
+            return;
+        }
+        match g.tat {
+            Some(tat) => {
+                self.fading.insert((tat, id));
+            }
+            None => self.forget(id),
+        }
+    }
+
+    fn forget(&mut self, id: Lane) {
+        let g = std::mem::take(&mut self.slots[id as usize]);
+        self.ids.remove(&g.name);
+        self.free.push(id);
     }
 
     /// How many jobs of `group` run (for "why is this job waiting").
     pub fn group_running(&self, group: &str) -> u32 {
-        self.groups.get(group).map_or(0, |g| g.running)
+        self.group(group).map_or(0, |g| g.running)
     }
 
     /// When `group`'s rate lets it lease again, if its bucket is empty at `now`.
     pub fn group_rate_until(&self, group: &str, now: Timestamp) -> Option<Timestamp> {
         let rate = self.limits.group_rate?;
-        rate.ready(self.tats.get(group).copied(), now).err()
+        rate.ready(self.group(group).and_then(|g| g.tat), now).err()
     }
 
     /// When `group` comes back from waiting for a rate token, if it is parked.
     #[cfg(test)]
     fn group_parked_until(&self, group: &str) -> Option<Timestamp> {
-        self.groups.get(group).and_then(|g| g.parked)
+        self.group(group).and_then(|g| g.parked)
     }
 
     /// When the queue's rate lets it lease again, if its bucket is empty at `now`.
@@ -106,20 +184,13 @@ impl Lanes {
                 self.plain.insert(e);
                 if !self.plain_in_ring {
                     self.plain_in_ring = true;
-                    self.ring.push_back(None);
+                    self.ring.push_back(PLAIN);
                 }
             }
             Some(name) => {
-                // Looked up before inserting: `entry` would allocate the name on every call.
-                if !self.groups.contains_key(name) {
-                    self.groups.insert(name.into(), Group::default());
-                }
-                let g = self.groups.get_mut(name).expect("inserted above");
-                g.available.insert(e);
-                if g.may_enter_ring(self.limits.group_concurrency_max) {
-                    g.in_ring = true;
-                    self.ring.push_back(Some(name.into()));
-                }
+                let id = self.slot(name);
+                self.slots[id as usize].available.insert(e);
+                self.ring_join(id);
             }
         }
     }
@@ -128,9 +199,9 @@ impl Lanes {
         match group {
             None => self.plain.remove(e),
             Some(name) => {
-                let Some(g) = self.groups.get_mut(name) else { return false };
-                let removed = g.available.remove(e);
-                self.forget_if_idle(name);
+                let Some(&id) = self.ids.get(name) else { return false };
+                let removed = self.slots[id as usize].available.remove(e);
+                self.settle(id);
                 removed
             }
         }
@@ -138,76 +209,60 @@ impl Lanes {
 
     /// A job of `group` started (`true`) or stopped running.
     pub fn running_changed(&mut self, group: &str, started: bool) {
-        if !self.groups.contains_key(group) {
-            self.groups.insert(group.into(), Group::default());
-        }
-        let max = self.limits.group_concurrency_max;
-        let g = self.groups.get_mut(group).expect("inserted above");
+        let id = self.slot(group);
+        let g = &mut self.slots[id as usize];
         if started {
             g.running += 1;
         } else {
             g.running -= 1;
-            if g.may_enter_ring(max) {
-                g.in_ring = true;
-                self.ring.push_back(Some(group.into()));
-            }
+            self.ring_join(id);
         }
-        self.forget_if_idle(group);
-    }
-
-    fn forget_if_idle(&mut self, group: &str) {
-        if self.groups.get(group).is_some_and(Group::idle) {
-            self.groups.remove(group);
-        }
+        self.settle(id);
     }
 
     /// New limits: groups a lower limit held back, or a removed rate parked, may take turns again.
     pub fn limits_set(&mut self, limits: FlowLimits) {
         let old = std::mem::replace(&mut self.limits, limits);
         if old.group_rate != limits.group_rate {
-            for (_, name) in std::mem::take(&mut self.parked) {
-                if let Some(g) = self.groups.get_mut(&name) {
-                    g.parked = None;
-                }
+            for (_, id) in std::mem::take(&mut self.parked) {
+                self.slots[id as usize].parked = None;
             }
-            self.tats.clear();
-            self.tats_by_time.clear();
+            self.fading.clear();
+            for &id in self.ids.values() {
+                self.slots[id as usize].tat = None;
+            }
         }
         if old.rate != limits.rate {
             self.queue_tat = None;
         }
-        let max = limits.group_concurrency_max;
-        for (name, g) in &mut self.groups {
-            if g.may_enter_ring(max) {
-                g.in_ring = true;
-                self.ring.push_back(Some(name.clone()));
-            }
+        let ids: Vec<Lane> = self.ids.values().copied().collect();
+        for id in ids {
+            self.ring_join(id);
+            self.settle(id);
         }
     }
 
     /// Brings back the groups whose rate token is due at `now`, and forgets full buckets.
     pub fn tick(&mut self, now: Timestamp) {
-        while let Some((at, _)) = self.parked.first() {
-            if *at > now {
+        while let Some(&(at, id)) = self.parked.first() {
+            if at > now {
                 break;
             }
-            let (_, name) = self.parked.pop_first().expect("checked above");
-            let max = self.limits.group_concurrency_max;
-            if let Some(g) = self.groups.get_mut(&name) {
-                g.parked = None;
-                if g.may_enter_ring(max) {
-                    g.in_ring = true;
-                    self.ring.push_back(Some(name.clone()));
-                }
-            }
-            self.forget_if_idle(&name);
+            self.parked.pop_first();
+            self.slots[id as usize].parked = None;
+            self.ring_join(id);
+            self.settle(id);
         }
-        while let Some((tat, _)) = self.tats_by_time.first() {
-            if !Rate::idle(*tat, now) {
+        while let Some(&(tat, id)) = self.fading.first() {
+            if !Rate::idle(tat, now) {
                 break;
             }
-            let (_, name) = self.tats_by_time.pop_first().expect("checked above");
-            self.tats.remove(&name);
+            self.fading.pop_first();
+            let g = &mut self.slots[id as usize];
+            // Skipped when the group moved on: it took a token since, or has work again.
+            if g.tat == Some(tat) && g.quiet() {
+                self.forget(id);
+            }
         }
     }
 
@@ -217,18 +272,18 @@ impl Lanes {
     pub fn next(&mut self, now: Timestamp) -> Option<Entry> {
         let max = self.limits.group_concurrency_max;
         loop {
-            let front = self.ring.front()?;
-            let Some(name) = front else {
+            let id = *self.ring.front()?;
+            if id == PLAIN {
                 if let Some(e) = self.plain.first() {
                     return Some(*e);
                 }
                 self.ring.pop_front();
                 self.plain_in_ring = false;
                 continue;
-            };
-            let g = self.groups.get_mut(name).expect("a group in the ring is known");
+            }
+            let g = &mut self.slots[id as usize];
             let ready = match &self.limits.group_rate {
-                Some(rate) => rate.ready(self.tats.get(name).copied(), now),
+                Some(rate) => rate.ready(g.tat, now),
                 None => Ok(()),
             };
             match (g.available.first(), g.under_limit(max), ready) {
@@ -236,13 +291,13 @@ impl Lanes {
                 (Some(_), true, Err(at)) => {
                     g.parked = Some(at);
                     g.in_ring = false;
-                    let name = self.ring.pop_front().flatten().expect("the front is this group");
-                    self.parked.insert((at, name));
+                    self.ring.pop_front();
+                    self.parked.insert((at, id));
                 }
                 _ => {
                     g.in_ring = false;
-                    let name = self.ring.pop_front().flatten().expect("the front is this group");
-                    self.forget_if_idle(&name);
+                    self.ring.pop_front();
+                    self.settle(id);
                 }
             }
         }
@@ -255,14 +310,9 @@ impl Lanes {
             self.queue_tat = Some(rate.take(self.queue_tat, now, 1).1);
         }
         let Some(lane) = self.ring.pop_front() else { return };
-        if let (Some(name), Some(rate)) = (&lane, &self.limits.group_rate) {
-            let old = self.tats.get(name).copied();
-            let (_, tat) = rate.take(old, now, 1);
-            if let Some(old) = old {
-                self.tats_by_time.remove(&(old, name.clone()));
-            }
-            self.tats.insert(name.clone(), tat);
-            self.tats_by_time.insert((tat, name.clone()));
+        if let (true, Some(rate)) = (lane != PLAIN, &self.limits.group_rate) {
+            let g = &mut self.slots[lane as usize];
+            g.tat = Some(rate.take(g.tat, now, 1).1);
         }
         self.ring.push_back(lane);
     }
@@ -312,7 +362,7 @@ mod tests {
         }
         assert_eq!(take(&mut l, Timestamp(0), 100, &groups).len(), 8);
         assert!(l.is_empty());
-        assert!(!l.groups.contains_key("small"), "an idle group leaves no state behind once passed over");
+        assert!(!l.knows("small"), "an idle group leaves no state behind once passed over");
     }
 
     #[test]
@@ -343,7 +393,15 @@ mod tests {
         assert_eq!(take(&mut l, Timestamp(99), 10, &groups), Vec::<u64>::new());
         l.tick(Timestamp(100));
         assert_eq!(take(&mut l, Timestamp(100), 10, &groups), vec![2]);
-        l.tick(Timestamp(10_000));
-        assert!(l.tats.is_empty(), "a bucket full again is forgotten");
+        for _ in 0..2 {
+            l.tick(Timestamp(10_000));
+            let _ = take(&mut l, Timestamp(10_000), 10, &groups);
+            l.running_changed("g", false);
+        }
+        l.running_changed("g", false);
+        assert!(l.knows("g"), "a quiet group is kept while its bucket is not full");
+        l.tick(Timestamp(20_000));
+        assert!(!l.knows("g"), "a bucket full again is forgotten, with its group");
+        assert!(l.slots.len() <= 1 && l.fading.is_empty());
     }
 }
