@@ -53,8 +53,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
 
 /// Until when a queue leases nothing because a worker reported a downstream rate limit (a
 /// failure with `rate_limited`): set by the ack, raised only (`greatest`), read by every lease.
+/// And the index the prune pass finds full rate buckets by (a full bucket is the same as none,
+/// so its row is deleted: one row per group ever rate limited would otherwise stay forever).
 const V12_QUEUE_BACKOFF: &str = "
 ALTER TABLE {s}.queues ADD COLUMN backoff_until timestamptz;
+CREATE INDEX rate_buckets_tat ON {s}.rate_buckets (tat);
 ";
 
 /// Exactly-once effects: `<schema>.complete(job, lease_id, result)` and `<schema>.fail(job,

@@ -487,6 +487,9 @@ LIMIT $2::bigint";
 /// Deletes finished jobs past their queue's retention, at most `$2`; a job whose idempotency key
 /// is still within its window stays (and so does the key). Every job found is past retention, so
 /// no order is asked for: the index range is read as far as the limit needs, never sorted.
+/// Also deletes up to `$2` rate buckets that are full (`rate_buckets_tat`): a full bucket and no
+/// row mean the same to a lease, and a lease that races the deletion writes its row back (an
+/// upsert). The count returned is of jobs only.
 const PRUNE: &str = "
 WITH finished AS (
     SELECT d.id FROM (SELECT name, retention_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
@@ -516,6 +519,14 @@ WITH finished AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
+), buckets AS (
+    DELETE FROM {s}.rate_buckets WHERE ctid = ANY(ARRAY(
+        SELECT b.ctid FROM {s}.rate_buckets b
+        WHERE b.tat <= floor(extract(epoch FROM coalesce($1::timestamptz, now())) * 1000)::bigint * 1000000
+          AND {leader_guard}
+        ORDER BY b.tat
+        LIMIT $2::bigint
+        FOR UPDATE SKIP LOCKED))
 )
 DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM doomed) RETURNING id";
 

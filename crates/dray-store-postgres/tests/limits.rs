@@ -179,3 +179,37 @@ async fn rate_holds_across_two_nodes() {
     assert!(granted <= allowed, "{granted} leases in {elapsed} ms, the rate allows {allowed}");
     assert!(granted >= u64::from(rate.burst), "{granted} leases in {elapsed} ms: the burst was not granted");
 }
+
+/// A group's rate bucket is a row while it is not full; the prune pass deletes the rows of full
+/// buckets (at most its limit per pass), so a queue whose jobs used a million group keys does
+/// not keep a million rows. A bucket not yet full is kept, and a deleted one behaves as full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_rate_buckets_are_pruned() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(db.config()).await.unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let election = store.leadership().clone();
+    tokio::spawn(async move { election.run(stop_rx).await });
+    common::leads(&store).await;
+    let rate = Rate { limit: 1, per_ms: 60_000, burst: 1 };
+    limit(&store, FlowLimitsChange { group_rate: Some(Some(rate)), ..FlowLimitsChange::default() }).await;
+    insert(&store, 30, 2).await;
+    let leased = store.job_lease(lease(100)).await.unwrap();
+    assert_eq!(leased.len(), 30, "one job per group: the second waits a minute for its token");
+    let client = db.client().await;
+    let rows =
+        async || -> i64 { client.query_one("SELECT count(*) FROM dray.rate_buckets", &[]).await.unwrap().get(0) };
+    assert_eq!(rows().await, 30, "one bucket row per group that leased");
+
+    let sweep = |now: Timestamp, limit| dray_store::Maintain { now, limit };
+    store.jobs_prune(sweep(T0.add_ms(59_999), 100)).await.unwrap();
+    assert_eq!(rows().await, 30, "buckets not full yet are kept");
+    store.jobs_prune(sweep(T0.add_ms(60_000), 20)).await.unwrap();
+    assert_eq!(rows().await, 10, "at most the pass's limit");
+    store.jobs_prune(sweep(T0.add_ms(60_000), 20)).await.unwrap();
+    assert_eq!(rows().await, 0, "every full bucket is gone");
+
+    let later = JobLease { now: T0.add_ms(60_000), ..lease(100) };
+    assert_eq!(store.job_lease(later).await.unwrap().len(), 30, "a deleted bucket is a full one");
+    assert_eq!(rows().await, 30);
+}
