@@ -1020,6 +1020,10 @@ impl PostgresStore {
         self.write(tx, &jobs, &due.iter().map(String::as_str).collect::<Vec<_>>()).await?;
         self.breakers_record(tx, breakers, now, &outcomes).await?;
         if !backoffs.is_empty() {
+            // One row per queue, its latest end: an UPDATE ... FROM joining a queue twice would
+            // apply only one of them, not necessarily the later.
+            backoffs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            backoffs.dedup_by(|later, kept| later.0 == kept.0);
             let (names, untils): (Vec<String>, Vec<SystemTime>) = backoffs.into_iter().unzip();
             let st = prep(tx, &self.sql.backoff_raise).await?;
             tx.execute(&st, &[&names, &untils]).await?;

@@ -398,9 +398,16 @@ pub async fn limits_rate_limited_failure_backs_off_the_queue<H: Harness>(h: H) {
     assert_eq!(c.stats("q").await.backoff_until, Some(retry_at));
     let w = c.get(waiting).await;
     assert_eq!(w.state(), JobState::Running);
+    // Two reports in one batch: the later end wins, whatever their order.
     let lw = again.iter().find(|l| l.id == waiting).unwrap();
-    c.ack_one(waiting, lw.lease, limited(Some(60_000))).await.unwrap();
     let l_last = again.iter().find(|l| l.id == last).unwrap();
-    c.ack_one(last, l_last.lease, limited(Some(10))).await.unwrap();
+    let acks = vec![
+        crate::Ack { job: last, lease: l_last.lease, outcome: limited(Some(10)) },
+        crate::Ack { job: waiting, lease: lw.lease, outcome: limited(Some(60_000)) },
+        crate::Ack { job: fast, lease: lf.lease, outcome: limited(Some(20)) },
+    ];
+    let results = c.ack(acks).await;
+    assert!(results[..2].iter().all(|r| r.as_ref().is_ok_and(|a| a.state == JobState::Retrying)), "{results:?}");
+    assert!(results[2].is_err(), "fast's lease ended with its first report: {results:?}");
     assert_eq!(c.stats("q").await.backoff_until, Some(c.now.add_ms(60_000)), "the later end wins");
 }
