@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use crate::breaker::BreakerOutcome;
 use crate::ids::{FencingToken, LeaseId, WorkerId};
 use crate::job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, Payload};
 use crate::limits::{Limits, truncate_utf8};
@@ -176,6 +177,30 @@ pub struct Transition {
     pub status: JobStatus,
     pub history: Option<HistoryEntry>,
     pub effects: Vec<Effect>,
+}
+
+impl Transition {
+    /// Until when the job's queue backs off: a downstream rate limit turned the attempt away.
+    pub fn queue_backoff(&self) -> Option<Timestamp> {
+        self.effects.iter().find_map(|e| match e {
+            Effect::QueueBackoff { until } => Some(*until),
+            _ => None,
+        })
+    }
+
+    /// What the attempt this transition ended (a completion, a failure or an expiry) means to its
+    /// queue's circuit breaker: a completion is a success, a failure or an expiry a failure; an
+    /// attempt whose job ended cancelled, or that a downstream rate limit turned away, counts for
+    /// nothing (a rate limit says nothing of the downstream's health).
+    pub fn breaker_outcome(&self) -> BreakerOutcome {
+        if self.status.state == JobState::Cancelled || self.queue_backoff().is_some() {
+            BreakerOutcome::Void
+        } else if self.status.state == JobState::Completed {
+            BreakerOutcome::Success
+        } else {
+            BreakerOutcome::Failure
+        }
+    }
 }
 
 /// Computes what `event` does to `job` at `now`. `random` is a uniformly random number used for

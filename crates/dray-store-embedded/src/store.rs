@@ -15,10 +15,10 @@ use dray_core::{
     transition,
 };
 use dray_store::{
-    AckOutcome, Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck,
-    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob,
-    Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
-    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
+    Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel,
+    JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain,
+    QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete, SchedulePause,
+    SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
 };
 
 use crate::codec;
@@ -300,16 +300,6 @@ fn breaker_outcome(
     }
 }
 
-/// What an attempt that ended in `after` means to its queue's breaker: `failed` for a failure or
-/// an expiry, else a success; an attempt whose job ended cancelled counts for nothing.
-fn breaker_verdict(after: JobState, failed: bool) -> BreakerOutcome {
-    match (after, failed) {
-        (JobState::Cancelled, _) => BreakerOutcome::Void,
-        (_, true) => BreakerOutcome::Failure,
-        (_, false) => BreakerOutcome::Success,
-    }
-}
-
 /// Resolves a dead-job selection to ids, checking every listed job is dead.
 fn dead_ids(
     state: &State,
@@ -548,36 +538,19 @@ impl Store for EmbeddedStore {
                     out.push(Err(Error::JobNotFound(ack.job)));
                     continue;
                 };
-                let event = match &ack.outcome {
-                    AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                    AckOutcome::Fail { error, retryable, retry_after_ms, rate_limited } => Event::Fail {
-                        lease: ack.lease,
-                        error,
-                        retryable: *retryable,
-                        retry_after_ms: *retry_after_ms,
-                        rate_limited: *rate_limited,
-                    },
-                };
                 let queue = job.queue.clone();
                 let (attempt, leased_at) = (job.status.attempt, job.status.lease.as_ref().map_or(now, |l| l.leased_at));
-                match transition(job, event, now, random) {
+                match transition(job, ack.event(), now, random) {
                     Err(r) => out.push(Err(rejected(ack.job, r))),
                     Ok(t) => {
                         let state_after = t.status.state;
                         let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
-                        let backoff = t.effects.iter().find_map(|e| match e {
-                            Effect::QueueBackoff { until } => Some(*until),
-                            _ => None,
-                        });
+                        let (backoff, verdict) = (t.queue_backoff(), t.breaker_outcome());
                         update(state, changes, ack.job, t)?;
-                        let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
-                        let mut verdict = breaker_verdict(state_after, failed);
-                        if let Some(until) = backoff {
-                            // A downstream rate limit says nothing of the queue's health.
-                            verdict = BreakerOutcome::Void;
-                            if state.backoff_set(&queue, until) {
-                                changes.push(|buf| codec::encode_queue_backoff(buf, &queue, until));
-                            }
+                        if let Some(until) = backoff
+                            && state.backoff_set(&queue, until)
+                        {
+                            changes.push(|buf| codec::encode_queue_backoff(buf, &queue, until));
                         }
                         breaker_outcome(state, changes, &queue, now, leased_at, verdict);
                         out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at }));
@@ -733,10 +706,10 @@ impl Store for EmbeddedStore {
                 let (queue, attempt) = (job.queue.clone(), job.status.attempt);
                 let leased_at = job.status.lease.as_ref().map_or(now, |l| l.leased_at);
                 let t = transition(job, Event::Expire, now, random).map_err(|r| rejected(id, r))?;
-                let state_after = t.status.state;
+                let (state_after, verdict) = (t.status.state, t.breaker_outcome());
                 update(state, changes, id, t)?;
                 // A lease that runs out is a failed attempt: a crashed worker is a failure.
-                breaker_outcome(state, changes, &queue, now, leased_at, breaker_verdict(state_after, true));
+                breaker_outcome(state, changes, &queue, now, leased_at, verdict);
                 out.push(Expired { id, queue, attempt, state: state_after });
             }
             Ok(out)

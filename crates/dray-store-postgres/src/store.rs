@@ -24,12 +24,12 @@ use std::time::{Instant, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
 use dray_core::transition::EventKind;
 use dray_core::{
-    BreakerOutcome, Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
-    QueueName, Rejection, Schedule, ScheduleName, Transition, transition,
+    Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
+    Rejection, Schedule, ScheduleName, Transition, transition,
 };
 use dray_store::{
-    AckOutcome, Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter,
-    JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
+    Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter, JobInsert,
+    JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
     PayloadSchema, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
     SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked, payload_checked,
 };
@@ -974,28 +974,15 @@ impl PostgresStore {
                 out.push(Err(Error::JobNotFound(ack.job)));
                 continue;
             };
-            let event = match &ack.outcome {
-                AckOutcome::Complete { result } => Event::Complete { lease: ack.lease, result: result.clone() },
-                AckOutcome::Fail { error, retryable, retry_after_ms, rate_limited } => Event::Fail {
-                    lease: ack.lease,
-                    error,
-                    retryable: *retryable,
-                    retry_after_ms: *retry_after_ms,
-                    rate_limited: *rate_limited,
-                },
-            };
             let queue = l.job.queue.clone();
             let (attempt, leased_at) = (l.job.status.attempt, l.job.status.lease.as_ref().map_or(now, |l| l.leased_at));
-            match transition(&l.job, event, now, random) {
+            match transition(&l.job, ack.event(), now, random) {
                 Err(r) => out.push(Err(Error::rejected(ack.job, r))),
                 Ok(t) => {
                     let state = t.status.state;
                     let retry_at = (state == JobState::Retrying).then_some(t.status.run_at);
-                    let backoff = t.effects.iter().find_map(|e| match e {
-                        Effect::QueueBackoff { until } => Some(*until),
-                        _ => None,
-                    });
-                    if let Some(until) = backoff {
+                    let verdict = t.breaker_outcome();
+                    if let Some(until) = t.queue_backoff() {
                         backoffs.push((queue.to_string(), to_time(until)));
                     }
                     // The first accepted ack of a job is the one its lease guards in SQL; after
@@ -1003,12 +990,6 @@ impl PostgresStore {
                     l.guard.get_or_insert(ack.lease);
                     l.apply(t);
                     if breakers.contains_key(queue.as_str()) {
-                        let failed = matches!(ack.outcome, AckOutcome::Fail { .. });
-                        // A downstream rate limit says nothing of the queue's health.
-                        let verdict = match backoff {
-                            Some(_) => BreakerOutcome::Void,
-                            None => breaker::verdict(state, failed),
-                        };
                         outcomes.push((queue.clone(), leased_at, verdict));
                     }
                     out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
@@ -1202,7 +1183,7 @@ impl PostgresStore {
             let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
             // A lease that runs out is a failed attempt: a crashed worker is a failure.
             let leased_at = l.job.status.lease.as_ref().map_or(now, |l| l.leased_at);
-            outcomes.push((l.job.queue.clone(), leased_at, breaker::verdict(t.status.state, true)));
+            outcomes.push((l.job.queue.clone(), leased_at, t.breaker_outcome()));
             expired.push(Expired {
                 id: l.job.id,
                 queue: l.job.queue.clone(),

@@ -239,6 +239,22 @@ pub struct Ack {
     pub outcome: AckOutcome,
 }
 
+impl Ack {
+    /// The core's event for this ack.
+    pub fn event(&self) -> dray_core::Event<'_> {
+        match &self.outcome {
+            AckOutcome::Complete { result } => dray_core::Event::Complete { lease: self.lease, result: result.clone() },
+            AckOutcome::Fail { error, retryable, retry_after_ms, rate_limited } => dray_core::Event::Fail {
+                lease: self.lease,
+                error,
+                retryable: *retryable,
+                retry_after_ms: *retry_after_ms,
+                rate_limited: *rate_limited,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum AckOutcome {
     Complete {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use dray_core::breaker::{BUCKETS, Bucket};
-use dray_core::{Breaker, BreakerOutcome, BreakerPolicy, BreakerState, Invalid, JobState, QueueName, Timestamp};
+use dray_core::{Breaker, BreakerOutcome, BreakerPolicy, BreakerState, Invalid, QueueName, Timestamp};
 use dray_store::{BreakerForce, Error};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -165,16 +165,6 @@ fn held_from_rows(rows: &[Row]) -> Result<HeldBreakers, Error> {
         out.insert(queue, Held { policy, read: breaker.clone(), breaker });
     }
     Ok(out)
-}
-
-/// What an attempt that ended in `after` means to its queue's breaker: `failed` for a failure or
-/// an expiry, else a success; an attempt whose job ended cancelled counts for nothing.
-pub(crate) fn verdict(after: JobState, failed: bool) -> BreakerOutcome {
-    match (after, failed) {
-        (JobState::Cancelled, _) => BreakerOutcome::Void,
-        (_, true) => BreakerOutcome::Failure,
-        (_, false) => BreakerOutcome::Success,
-    }
 }
 
 /// Owned parameters of [`SAVE`].
