@@ -7,6 +7,20 @@ mod common;
 use common::*;
 use serde_json::json;
 
+/// Returns once a long-poll on `queue` is waiting on the server (its `dray_workers_polling`).
+async fn polling(addr: std::net::SocketAddr, queue: &str) {
+    let line = format!("dray_workers_polling{{queue=\"{queue}\"}} 1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = String::from_utf8(get(addr, "/metrics").await.expect(200).body).unwrap();
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no long-poll on {queue} started within 10 s");
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn enqueue(addr: std::net::SocketAddr, queue: &str, group: Option<&str>) -> u64 {
     let mut body = json!({"queue": queue, "payload": {}});
     if let Some(group) = group {
@@ -114,7 +128,7 @@ async fn a_long_poll_gets_a_job_when_a_permit_frees_or_a_token_comes_due() {
     let held = lease(addr, "one", 1).await;
     assert_eq!(held[0]["id"].as_u64(), Some(first));
     let waiting = tokio::spawn(long_poll("one"));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    polling(addr, "one").await;
     post(addr, &format!("/v1/jobs/{first}/complete"), json!({"lease_id": held[0]["lease_id"]})).await.expect(200);
     let (jobs, took) = waiting.await.unwrap();
     assert_eq!(jobs.len(), 1, "the long-poll got the freed permit's job");
