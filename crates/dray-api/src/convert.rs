@@ -2,7 +2,7 @@
 //! can stay stable while the core changes. From the wire, every conversion checks its input and
 //! names the field it refuses.
 
-use dray_core::{Invalid, LeaseId, NewJob, Payload, QueueName, Timestamp};
+use dray_core::{Invalid, LeaseId, Limits, NewJob, Payload, QueueName, Timestamp};
 use serde_json::value::RawValue;
 
 use crate::types::*;
@@ -88,6 +88,7 @@ impl From<dray_core::JobState> for State {
             S::Completed => State::Completed,
             S::Dead => State::Dead,
             S::Cancelled => State::Cancelled,
+            S::Blocked => State::Blocked,
         }
     }
 }
@@ -103,6 +104,7 @@ impl From<State> for dray_core::JobState {
             State::Completed => S::Completed,
             State::Dead => S::Dead,
             State::Cancelled => S::Cancelled,
+            State::Blocked => S::Blocked,
         }
     }
 }
@@ -143,11 +145,68 @@ impl From<Backoff> for dray_core::Backoff {
     }
 }
 
+impl From<OnDependencyFailure> for dray_core::OnDependencyFailure {
+    fn from(p: OnDependencyFailure) -> dray_core::OnDependencyFailure {
+        match p {
+            OnDependencyFailure::Cancel => dray_core::OnDependencyFailure::Cancel,
+            OnDependencyFailure::Run => dray_core::OnDependencyFailure::Run,
+        }
+    }
+}
+
+impl From<dray_core::OnDependencyFailure> for OnDependencyFailure {
+    fn from(p: dray_core::OnDependencyFailure) -> OnDependencyFailure {
+        match p {
+            dray_core::OnDependencyFailure::Cancel => OnDependencyFailure::Cancel,
+            dray_core::OnDependencyFailure::Run => OnDependencyFailure::Run,
+        }
+    }
+}
+
 impl EnqueueJob {
-    /// The core's insert request. Field checks that need the server's clock (how far ahead
-    /// `run_at` may be) happen later, in `NewJob::validate`.
+    /// The core's insert request, alone: a `depends_on` key (naming another job of a batch) is
+    /// refused. Field checks that need the server's clock (how far ahead `run_at` may be) happen
+    /// later, in `NewJob::validate`.
     pub fn to_core(&self) -> Result<NewJob, Invalid> {
+        self.to_core_in(&std::collections::HashMap::new())
+    }
+
+    /// The core's insert request within a batch whose `key`s are at the given positions.
+    fn to_core_in(&self, keys: &std::collections::HashMap<&str, usize>) -> Result<NewJob, Invalid> {
         let queue = QueueName::new(&self.queue)?;
+        if let Some(key) = &self.key {
+            dray_core::limits::check_bytes("key", key.len(), Limits::JOB_KEY_BYTES_MAX)?;
+            if key.is_empty() || key.chars().any(char::is_control) {
+                return Err(Invalid::new("key", "must be 1 or more characters without control characters"));
+            }
+        }
+        if self.depends_on.len() > Limits::DEPENDS_ON_MAX {
+            return Err(Invalid::new(
+                "depends_on",
+                format!("names {} jobs; the limit is {}", self.depends_on.len(), Limits::DEPENDS_ON_MAX),
+            ));
+        }
+        let mut depends_on = Vec::with_capacity(self.depends_on.len());
+        for (j, dep) in self.depends_on.iter().enumerate() {
+            depends_on.push(match dep {
+                DependencyRef::Id(id) => dray_core::Dependency::Job(dray_core::JobId(*id)),
+                DependencyRef::Key(key) => match keys.get(key.as_str()) {
+                    Some(&k) => dray_core::Dependency::Batch(k),
+                    None if keys.is_empty() => {
+                        return Err(Invalid::new(
+                            format!("depends_on[{j}]"),
+                            format!("names the key {key:?}: keys name jobs of the same batch (POST /v1/jobs/batch)"),
+                        ));
+                    }
+                    None => {
+                        return Err(Invalid::new(
+                            format!("depends_on[{j}]"),
+                            format!("names the key {key:?}, which no job of this batch has"),
+                        ));
+                    }
+                },
+            });
+        }
         let run_at = self.run_at.as_deref().map(run_at_parse).transpose()?;
         Ok(NewJob {
             queue,
@@ -164,6 +223,8 @@ impl EnqueueJob {
             tags: self.tags.iter().map(|t| t.as_str().into()).collect(),
             traceparent: self.traceparent.as_deref().map(Into::into),
             schedule: None,
+            depends_on,
+            on_dependency_failure: self.on_dependency_failure.unwrap_or_default().into(),
         })
     }
 }
@@ -190,6 +251,15 @@ impl LeasedJob {
             checkpoint: j.checkpoint.as_ref().map(payload_to_json),
             traceparent: j.traceparent.as_deref().map(Into::into),
             created_at: timestamp_string(j.created_at),
+            dependencies: j
+                .dependencies
+                .iter()
+                .map(|d| DependencyResult {
+                    id: d.id.0,
+                    state: d.state.map(Into::into),
+                    result: d.result.as_ref().map(payload_to_json),
+                })
+                .collect(),
         }
     }
 }
@@ -253,6 +323,8 @@ impl From<&dray_core::Job> for Job {
                 .schedule
                 .as_ref()
                 .map(|t| JobScheduleTick { name: t.name.to_string(), at: timestamp_string(t.at) }),
+            depends_on: j.depends_on.iter().map(|id| id.0).collect(),
+            on_dependency_failure: (!j.depends_on.is_empty()).then(|| j.on_dependency_failure.into()),
             history: j.history.iter().map(Into::into).collect(),
             history_dropped: j.history_dropped,
             waiting: None,
@@ -595,9 +667,18 @@ fn at_index(list: &str, index: usize) -> impl Fn(Invalid) -> Invalid + '_ {
 }
 
 impl EnqueueBatch {
-    /// The core's insert requests; an error names the job's index (`jobs[3].queue`).
+    /// The core's insert requests, `depends_on` keys turned into positions in the batch; an
+    /// error names the job's index (`jobs[3].queue`).
     pub fn to_core(&self) -> Result<Vec<NewJob>, Invalid> {
-        self.jobs.iter().enumerate().map(|(i, job)| job.to_core().map_err(|e| e.in_batch(i))).collect()
+        let mut keys = std::collections::HashMap::new();
+        for (i, job) in self.jobs.iter().enumerate() {
+            if let Some(key) = job.key.as_deref()
+                && let Some(first) = keys.insert(key, i)
+            {
+                return Err(Invalid::new("key", format!("{key:?} is also the key of jobs[{first}]")).in_batch(i));
+            }
+        }
+        self.jobs.iter().enumerate().map(|(i, job)| job.to_core_in(&keys).map_err(|e| e.in_batch(i))).collect()
     }
 }
 

@@ -82,6 +82,10 @@ impl ScheduleBody {
         let in_job = |e: Invalid| Invalid { field: format!("job.{}", e.field), ..e };
         let rule = self.rule()?;
         let template = self.job.to_core().map_err(in_job)?;
+        if !template.depends_on.is_empty() || self.job.key.is_some() || self.job.on_dependency_failure.is_some() {
+            let field = if self.job.key.is_some() { "job.key" } else { "job.depends_on" };
+            return Err(Invalid::new(field, "a schedule's jobs cannot depend on other jobs"));
+        }
         let misfire = match (self.misfire.as_deref(), self.misfire_cap) {
             (None | Some("run_once"), None) => Misfire::RunOnce,
             (Some("skip"), None) => Misfire::Skip,

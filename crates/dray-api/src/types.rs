@@ -18,6 +18,39 @@ pub enum State {
     Completed,
     Dead,
     Cancelled,
+    /// Waiting for the jobs it depends on (`depends_on`) to finish.
+    Blocked,
+}
+
+/// What a job waiting for others does when one of them ends dead or cancelled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDependencyFailure {
+    /// The job ends cancelled, naming the dependency; the jobs depending on it follow.
+    #[default]
+    Cancel,
+    /// The job runs once every dependency finished, and sees how each ended.
+    Run,
+}
+
+/// A job another job depends on: an id, or the `key` of another job of the same batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DependencyRef {
+    Id(u64),
+    Key(String),
+}
+
+/// A dependency of a leased job as it ended.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DependencyResult {
+    pub id: u64,
+    /// `null` when the dependency no longer exists (discarded by an operator).
+    pub state: Option<State>,
+    /// Its result, when it completed with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    pub result: Option<Json>,
 }
 
 /// Why a job is in the dead-letter queue.
@@ -82,6 +115,19 @@ pub struct EnqueueJob {
     /// W3C trace context, also accepted as the `traceparent` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// A name for this job within one batch, so that other jobs of the batch can name it in
+    /// `depends_on` (1 to 128 bytes, unique in the batch). Not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub key: Option<String>,
+    /// The jobs that must finish before this one runs: ids of existing jobs, or `key`s of other
+    /// jobs of the same batch. Until then the job is `blocked`. At most 1000.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 1000)]
+    pub depends_on: Vec<DependencyRef>,
+    /// When a dependency ends dead or cancelled: `cancel` (default) or `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_dependency_failure: Option<OnDependencyFailure>,
 }
 
 /// `POST /v1/jobs/batch`: all jobs are enqueued, or none.
@@ -149,6 +195,10 @@ pub struct LeasedJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     pub created_at: String,
+    /// The jobs this one depended on, in the order it named them, with how each ended and its
+    /// result. Absent for a job without dependencies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<DependencyResult>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -369,6 +419,12 @@ pub struct Job {
     /// The schedule tick that enqueued the job, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<JobScheduleTick>,
+    /// The jobs it waits for (or waited for), in the order it named them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<u64>,
+    /// For a job with dependencies: what it does when one ends dead or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_dependency_failure: Option<OnDependencyFailure>,
     pub history: Vec<HistoryEntry>,
     /// Oldest entries dropped to keep the history bounded (the first entry is always kept).
     pub history_dropped: u32,

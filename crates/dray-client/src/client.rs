@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
-    EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest, HeartbeatResponse, Job,
-    JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest, LockForceQuery, LockForceReleased,
-    LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased, LockRenewRequest, Problem,
-    PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Schedule, ScheduleBody, ScheduleList,
-    ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList, Triggered,
+    DependencyRef, EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest,
+    HeartbeatResponse, Job, JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest, LockForceQuery,
+    LockForceReleased, LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased, LockRenewRequest,
+    OnDependencyFailure, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Schedule,
+    ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList, Triggered,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -646,8 +646,40 @@ impl Enqueue {
                 group_key: None,
                 tags: Vec::new(),
                 traceparent: None,
+                key: None,
+                depends_on: Vec::new(),
+                on_dependency_failure: None,
             },
         }
+    }
+
+    /// Names this job within one [`Client::enqueue_batch`] call, so that other jobs of the
+    /// batch can depend on it with [`Enqueue::after_key`]. 1 to 128 bytes, unique in the batch.
+    pub fn key(mut self, key: impl Into<String>) -> Enqueue {
+        self.job.key = Some(key.into());
+        self
+    }
+
+    /// Runs only once the existing job `id` finished (completed, by default: see
+    /// [`Enqueue::run_if_dependency_fails`]); until then the job is `blocked`. Call once per
+    /// dependency; the lease carries each dependency's state and result in this order.
+    pub fn after(mut self, id: u64) -> Enqueue {
+        self.job.depends_on.push(DependencyRef::Id(id));
+        self
+    }
+
+    /// Like [`Enqueue::after`], naming another job of the same batch by its [`Enqueue::key`]:
+    /// a whole graph goes in one request.
+    pub fn after_key(mut self, key: impl Into<String>) -> Enqueue {
+        self.job.depends_on.push(DependencyRef::Key(key.into()));
+        self
+    }
+
+    /// Runs once every dependency finished even if one ended dead or cancelled (the default is
+    /// to end cancelled, naming the dependency, and to cancel the jobs depending on this one).
+    pub fn run_if_dependency_fails(mut self) -> Enqueue {
+        self.job.on_dependency_failure = Some(OnDependencyFailure::Run);
+        self
     }
 
     /// Higher runs first; -1000 to 1000, default 0.

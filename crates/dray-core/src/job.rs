@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::dependency::{Dependency, OnDependencyFailure};
 use crate::ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId, validate_name};
 use crate::limits::{Invalid, Limits, check_bytes, check_range};
 use crate::retry::{Backoff, RetryPolicy};
@@ -25,10 +26,13 @@ pub enum JobState {
     /// In the dead-letter queue.
     Dead,
     Cancelled,
+    /// Waiting for the jobs it depends on to finish (`depends_on`). Last in the list so that the
+    /// storage numbers of the other states stay what they were.
+    Blocked,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Scheduled,
         JobState::Available,
         JobState::Running,
@@ -36,6 +40,7 @@ impl JobState {
         JobState::Completed,
         JobState::Dead,
         JobState::Cancelled,
+        JobState::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +52,7 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Blocked => "blocked",
         }
     }
 
@@ -164,10 +170,12 @@ pub enum HistoryKind {
     /// A redrive was refused: the payload no longer matches the queue's schema. The job stays
     /// dead, now with reason `rejected`.
     Rejected,
+    /// Every dependency finished as the job's policy requires: a blocked job may run.
+    Released,
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 10] = [
+    pub const ALL: [HistoryKind; 11] = [
         HistoryKind::Enqueued,
         HistoryKind::Promoted,
         HistoryKind::Leased,
@@ -178,6 +186,7 @@ impl HistoryKind {
         HistoryKind::Cancelled,
         HistoryKind::Redriven,
         HistoryKind::Rejected,
+        HistoryKind::Released,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +201,7 @@ impl HistoryKind {
             HistoryKind::Cancelled => "cancelled",
             HistoryKind::Redriven => "redriven",
             HistoryKind::Rejected => "rejected",
+            HistoryKind::Released => "released",
         }
     }
 }
@@ -254,6 +264,10 @@ pub struct NewJob {
     pub traceparent: Option<Box<str>>,
     /// Set by a schedule's tick, never by a user: the tick this job was enqueued for.
     pub schedule: Option<ScheduleTick>,
+    /// The jobs that must finish before this one may run; while any has not, the job is
+    /// `blocked`. Checked per batch by `dependency::check_batch`.
+    pub depends_on: Vec<Dependency>,
+    pub on_dependency_failure: OnDependencyFailure,
 }
 
 impl NewJob {
@@ -274,6 +288,8 @@ impl NewJob {
             tags: Vec::new(),
             traceparent: None,
             schedule: None,
+            depends_on: Vec::new(),
+            on_dependency_failure: OnDependencyFailure::Cancel,
         }
     }
 
@@ -371,6 +387,8 @@ impl NewJob {
             tags: self.tags.into_boxed_slice(),
             traceparent: self.traceparent,
             schedule: self.schedule,
+            depends_on: Box::default(),
+            on_dependency_failure: self.on_dependency_failure,
             status: JobStatus {
                 state,
                 run_at,
@@ -444,6 +462,9 @@ pub struct Job {
     pub traceparent: Option<Box<str>>,
     /// The schedule tick that enqueued this job, if one did.
     pub schedule: Option<ScheduleTick>,
+    /// The jobs this one waited for (resolved ids, in the order the request named them).
+    pub depends_on: Box<[JobId]>,
+    pub on_dependency_failure: OnDependencyFailure,
     pub status: JobStatus,
     /// Counts the changes recorded in history (the enqueue is 1). A store logs it with each change
     /// so that replaying a log over a newer snapshot can skip what the snapshot already holds.
@@ -456,6 +477,21 @@ pub struct Job {
 impl Job {
     pub fn state(&self) -> JobState {
         self.status.state
+    }
+
+    /// A job just made by [`NewJob::into_job`], given the ids its `depends_on` resolved to and
+    /// whether it must wait for them (`dependency::verdict` said so, or it will end cancelled
+    /// because one failed): then it starts `blocked`, keeping its run time for when it is
+    /// released.
+    pub fn with_dependencies(mut self, depends_on: Box<[JobId]>, blocked: bool) -> Job {
+        assert_eq!(self.version, 1, "dependencies are set on a new job");
+        self.depends_on = depends_on;
+        if blocked {
+            self.status.state = JobState::Blocked;
+            self.history[0].state = JobState::Blocked;
+            self.history[0].run_at = None;
+        }
+        self
     }
 
     /// Appends a history entry, keeping the first entry (the enqueue) and the most recent ones

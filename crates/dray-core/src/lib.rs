@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod cron;
+pub mod dependency;
 pub mod flow;
 pub mod ids;
 pub mod job;
@@ -22,6 +23,7 @@ pub mod time;
 pub mod transition;
 
 pub use breaker::{Breaker, BreakerOutcome, BreakerPolicy, BreakerState, BreakerView};
+pub use dependency::{Dependency, OnDependencyFailure};
 pub use flow::Rate;
 pub use ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId};
 pub use job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, NewJob, Payload};

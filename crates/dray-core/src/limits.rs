@@ -37,6 +37,11 @@ impl Limits {
     pub const ERROR_BYTES_MAX: usize = 8 * 1024;
 
     pub const BATCH_JOBS_MAX: usize = 10_000;
+    /// The jobs one job may depend on. Their results travel with each of its leases; a larger
+    /// fan-in is a batch with a callback.
+    pub const DEPENDS_ON_MAX: usize = 1_000;
+    /// Bytes of a client key naming a job within one insert batch (for `depends_on`).
+    pub const JOB_KEY_BYTES_MAX: usize = 128;
     /// The payload bytes of one insert batch together. A batch is logged as one record, so this
     /// also bounds the largest write a store makes for one request.
     pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;

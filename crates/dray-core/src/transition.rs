@@ -8,7 +8,8 @@
 use std::fmt;
 
 use crate::breaker::BreakerOutcome;
-use crate::ids::{FencingToken, LeaseId, WorkerId};
+use crate::dependency::failure_reason;
+use crate::ids::{FencingToken, JobId, LeaseId, WorkerId};
 use crate::job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, Payload};
 use crate::limits::{Limits, truncate_utf8};
 use crate::time::Timestamp;
@@ -65,6 +66,16 @@ pub enum Event<'a> {
     Reject {
         error: &'a str,
     },
+    /// Every dependency of a blocked job finished as its policy requires
+    /// (`dependency::Verdict::Release`): it becomes available, or scheduled if its run time is
+    /// still ahead.
+    Release,
+    /// A dependency of a blocked job ended dead or cancelled (or is gone) and its policy is
+    /// `cancel` (`dependency::Verdict::Fail`): it ends cancelled, naming the dependency.
+    DependencyFailed {
+        dependency: JobId,
+        state: Option<JobState>,
+    },
 }
 
 /// The kind of an [`Event`], without its data: for tables, logs and rejections.
@@ -80,6 +91,8 @@ pub enum EventKind {
     Redrive,
     PromoteNow,
     Reject,
+    Release,
+    DependencyFailed,
     /// Not an event of [`transition`]: deleting a dead job. Named here so a refusal to discard a
     /// job that is not dead reads right.
     Discard,
@@ -98,6 +111,8 @@ impl Event<'_> {
             Event::Redrive => EventKind::Redrive,
             Event::PromoteNow => EventKind::PromoteNow,
             Event::Reject { .. } => EventKind::Reject,
+            Event::Release => EventKind::Release,
+            Event::DependencyFailed { .. } => EventKind::DependencyFailed,
         }
     }
 }
@@ -115,6 +130,8 @@ impl fmt::Display for EventKind {
             EventKind::Cancel => "cancel",
             EventKind::Redrive => "redrive",
             EventKind::Reject => "reject",
+            EventKind::Release => "release",
+            EventKind::DependencyFailed => "apply a failed dependency to",
             EventKind::Discard => "discard",
         };
         f.write_str(s)
@@ -374,7 +391,7 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
         }
 
         Event::Cancel => match state {
-            JobState::Scheduled | JobState::Available | JobState::Retrying => {
+            JobState::Scheduled | JobState::Available | JobState::Retrying | JobState::Blocked => {
                 let status = JobStatus { state: JobState::Cancelled, finished_at: Some(now), ..current.clone() };
                 let history = entry(HistoryKind::Cancelled, &status);
                 Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
@@ -408,6 +425,40 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
             };
             let history = entry(HistoryKind::Redriven, &status);
             Ok(Transition { status, history: Some(history), effects: vec![Effect::BecameAvailable] })
+        }
+
+        Event::Release => {
+            if state != JobState::Blocked {
+                return Err(not_allowed());
+            }
+            // Its place in line starts now: a job released late does not jump ahead of jobs
+            // that were available before it.
+            let (state, run_at, effect) = if current.run_at > now {
+                (JobState::Scheduled, current.run_at, None)
+            } else {
+                (JobState::Available, now, Some(Effect::BecameAvailable))
+            };
+            let status = JobStatus { state, run_at, ..current.clone() };
+            let history = HistoryEntry {
+                run_at: (state == JobState::Scheduled).then_some(run_at),
+                ..entry(HistoryKind::Released, &status)
+            };
+            Ok(Transition { status, history: Some(history), effects: effect.into_iter().collect() })
+        }
+
+        Event::DependencyFailed { dependency, state: dependency_state } => {
+            if state != JobState::Blocked {
+                return Err(not_allowed());
+            }
+            let reason = failure_reason(dependency, dependency_state);
+            let status = JobStatus {
+                state: JobState::Cancelled,
+                finished_at: Some(now),
+                last_error: Some(reason.as_str().into()),
+                ..current.clone()
+            };
+            let history = HistoryEntry { error: Some(reason.into()), ..entry(HistoryKind::Cancelled, &status) };
+            Ok(Transition { status, history: Some(history), effects: vec![Effect::Finished] })
         }
 
         Event::Reject { error } => {

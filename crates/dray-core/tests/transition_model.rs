@@ -34,12 +34,26 @@ enum LeaseChoice {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Enqueue { offset_ms: i64, attempts_max: u32 },
+    Enqueue {
+        offset_ms: i64,
+        attempts_max: u32,
+        blocked: bool,
+    },
     Promote(usize),
+    /// Every dependency finished: a blocked job may run.
+    Release(usize),
+    /// A dependency failed under the `cancel` policy.
+    DependencyFailed(usize),
     Lease(usize),
     Heartbeat(usize, LeaseChoice),
     Complete(usize, LeaseChoice),
-    Fail { job: usize, lease: LeaseChoice, retryable: bool, retry_after_ms: Option<u64>, rate_limited: bool },
+    Fail {
+        job: usize,
+        lease: LeaseChoice,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+        rate_limited: bool,
+    },
     Expire(usize),
     Cancel(usize),
     Redrive(usize),
@@ -57,8 +71,10 @@ fn lease_choice() -> impl Strategy<Value = LeaseChoice> {
 fn op() -> impl Strategy<Value = Op> {
     let job = 0..JOBS_MAX;
     prop_oneof![
-        1 => (prop_oneof![Just(0i64), Just(-50), 1..3_000i64], 1..=3u32)
-            .prop_map(|(offset_ms, attempts_max)| Op::Enqueue { offset_ms, attempts_max }),
+        1 => (prop_oneof![Just(0i64), Just(-50), 1..3_000i64], 1..=3u32, prop::bool::weighted(0.3))
+            .prop_map(|(offset_ms, attempts_max, blocked)| Op::Enqueue { offset_ms, attempts_max, blocked }),
+        1 => job.clone().prop_map(Op::Release),
+        1 => job.clone().prop_map(Op::DependencyFailed),
         3 => job.clone().prop_map(Op::Promote),
         4 => job.clone().prop_map(Op::Lease),
         2 => (job.clone(), lease_choice()).prop_map(|(j, l)| Op::Heartbeat(j, l)),
@@ -115,8 +131,14 @@ enum Expect {
 }
 
 impl Model {
-    fn new(now: i64, due_at: i64, attempts_max: u32) -> Model {
-        let state = if due_at > now { JobState::Scheduled } else { JobState::Available };
+    fn new(now: i64, due_at: i64, attempts_max: u32, blocked: bool) -> Model {
+        let state = if blocked {
+            JobState::Blocked
+        } else if due_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        };
         Model {
             state,
             due_at,
@@ -181,8 +203,17 @@ impl Model {
                 }
                 _ => Expect::Reject,
             },
+            Op::Release(_) => match self.state {
+                Blocked if self.due_at > now => Expect::Accept(Scheduled),
+                Blocked => Expect::Accept(Available),
+                _ => Expect::Reject,
+            },
+            Op::DependencyFailed(_) => match self.state {
+                Blocked => Expect::Accept(Cancelled),
+                _ => Expect::Reject,
+            },
             Op::Cancel(_) => match self.state {
-                Scheduled | Available | Retrying | Cancelled => Expect::Accept(Cancelled),
+                Scheduled | Available | Retrying | Cancelled | Blocked => Expect::Accept(Cancelled),
                 Running => Expect::Accept(Running),
                 Completed | Dead => Expect::Reject,
             },
@@ -219,6 +250,7 @@ impl Model {
                 self.cancel_requested = false;
                 self.due_at = now;
             }
+            Op::Release(_) if state == JobState::Available => self.due_at = now,
             _ => {}
         }
         if state != JobState::Running {
@@ -254,7 +286,7 @@ impl Harness {
         }
     }
 
-    fn enqueue(&mut self, offset_ms: i64, attempts_max: u32) {
+    fn enqueue(&mut self, offset_ms: i64, attempts_max: u32, blocked: bool) {
         if self.jobs.len() >= JOBS_MAX {
             return;
         }
@@ -265,16 +297,19 @@ impl Harness {
         new.backoff = Some(Backoff { base_ms: BACKOFF_BASE_MS, factor: 2.0, cap_ms: BACKOFF_CAP_MS });
         new.validate(self.now).expect("the harness enqueues valid jobs");
         let id = JobId(self.jobs.len() as u64 + 1);
-        let job = new.into_job(id, self.now, RetryPolicy::default(), LEASE_MS);
-        let model = Model::new(now, now + offset_ms, attempts_max);
+        let mut job = new.into_job(id, self.now, RetryPolicy::default(), LEASE_MS);
+        if blocked {
+            job = job.with_dependencies(Box::new([JobId(u64::MAX)]), true);
+        }
+        let model = Model::new(now, now + offset_ms, attempts_max, blocked);
         assert_eq!(job.state(), model.state, "enqueue with run_at {offset_ms} ms from now");
         self.jobs.push((job, model));
     }
 
     fn step(&mut self, op: &Op, random: u64) -> Result<(), TestCaseError> {
         let index = match *op {
-            Op::Enqueue { offset_ms, attempts_max } => {
-                self.enqueue(offset_ms, attempts_max);
+            Op::Enqueue { offset_ms, attempts_max, blocked } => {
+                self.enqueue(offset_ms, attempts_max, blocked);
                 return Ok(());
             }
             Op::Advance(ms) => {
@@ -283,7 +318,7 @@ impl Harness {
             }
             Op::Promote(j) | Op::Lease(j) | Op::Heartbeat(j, _) | Op::Complete(j, _) => j,
             Op::Fail { job, .. } => job,
-            Op::Expire(j) | Op::Cancel(j) | Op::Redrive(j) => j,
+            Op::Expire(j) | Op::Cancel(j) | Op::Redrive(j) | Op::Release(j) | Op::DependencyFailed(j) => j,
         };
         let index = index % self.jobs.len();
         let now = self.now;
@@ -321,6 +356,10 @@ impl Harness {
             Op::Expire(_) => Event::Expire,
             Op::Cancel(_) => Event::Cancel,
             Op::Redrive(_) => Event::Redrive,
+            Op::Release(_) => Event::Release,
+            Op::DependencyFailed(_) => {
+                Event::DependencyFailed { dependency: JobId(u64::MAX), state: Some(JobState::Dead) }
+            }
             Op::Enqueue { .. } | Op::Advance(_) => unreachable!(),
         };
 
@@ -439,7 +478,7 @@ proptest! {
         ops in prop::collection::vec((op(), any::<u64>()), 1..80),
     ) {
         let mut h = Harness::new();
-        h.enqueue(first.0, first.1);
+        h.enqueue(first.0, first.1, false);
         for (op, random) in &ops {
             h.step(op, *random)?;
         }
@@ -451,7 +490,7 @@ proptest! {
 #[test]
 fn poison_job_dies_after_exactly_attempts_max_deliveries() {
     let mut h = Harness::new();
-    h.enqueue(0, 3);
+    h.enqueue(0, 3, false);
     let ops = [
         Op::Lease(0),
         Op::Advance(LEASE_MS),

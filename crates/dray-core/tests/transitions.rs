@@ -137,6 +137,10 @@ fn cases() -> Vec<(&'static str, Job)> {
     let mut cancelled = available();
     step(&mut cancelled, Event::Cancel, ago(1_000));
 
+    let blocked = |new: NewJob| enqueue(new, ago(10_000)).with_dependencies(Box::new([JobId(9)]), true);
+    let mut blocked_run_at_ahead = new_job();
+    blocked_run_at_ahead.run_at = Some(NOW.add_ms(5_000));
+
     vec![
         ("scheduled.early", enqueue(scheduled_early, ago(10_000))),
         ("scheduled.due_now", enqueue(scheduled_due, ago(10_000))),
@@ -153,6 +157,8 @@ fn cases() -> Vec<(&'static str, Job)> {
         ("completed", completed),
         ("dead", dead),
         ("cancelled", cancelled),
+        ("blocked", blocked(new_job())),
+        ("blocked.run_at_ahead", blocked(blocked_run_at_ahead)),
     ]
 }
 
@@ -193,6 +199,8 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         ("cancel", Event::Cancel),
         ("redrive", Event::Redrive),
         ("reject", Event::Reject { error: "payload at /n: not an integer" }),
+        ("release", Event::Release),
+        ("dependency_failed", Event::DependencyFailed { dependency: JobId(9), state: Some(JobState::Dead) }),
     ]
 }
 
@@ -332,6 +340,8 @@ fn transition_table() {
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
         reject                 => rejected NotAllowed(reject when scheduled)
+        release                => rejected NotAllowed(release when scheduled)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when scheduled)
 
         ## scheduled.due_now: scheduled attempt=0/3 run_at=now
         promote                => available attempt=0 | history=promoted | became_available
@@ -349,6 +359,8 @@ fn transition_table() {
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when scheduled)
         reject                 => rejected NotAllowed(reject when scheduled)
+        release                => rejected NotAllowed(release when scheduled)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when scheduled)
 
         ## available: available attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when available)
@@ -366,6 +378,8 @@ fn transition_table() {
         cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when available)
         reject                 => rejected NotAllowed(reject when available)
+        release                => rejected NotAllowed(release when available)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when available)
 
         ## running: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -383,6 +397,8 @@ fn transition_table() {
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.cancel_requested: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -400,6 +416,8 @@ fn transition_table() {
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.cancel_requested.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -417,6 +435,8 @@ fn transition_table() {
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.last_attempt: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -434,6 +454,8 @@ fn transition_table() {
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.last_attempt.deadline_passed: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -451,6 +473,8 @@ fn transition_table() {
         cancel                 => running attempt=3 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.deadline_now: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now
         promote                => rejected NotAllowed(promote when running)
@@ -468,6 +492,8 @@ fn transition_table() {
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## running.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -485,6 +511,8 @@ fn transition_table() {
         cancel                 => running attempt=1 lease=1111/token=7/deadline=now-1 cancel_requested | history=cancel_requested | cancel_requested
         redrive                => rejected NotAllowed(redrive when running)
         reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
 
         ## retrying.early: retrying attempt=1/3 run_at=now+4000
         promote                => rejected NotDue(run_at=now+4000)
@@ -502,6 +530,8 @@ fn transition_table() {
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
         reject                 => rejected NotAllowed(reject when retrying)
+        release                => rejected NotAllowed(release when retrying)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when retrying)
 
         ## retrying.due: retrying attempt=1/3 run_at=now-5000
         promote                => available attempt=1 | history=promoted | became_available
@@ -519,6 +549,8 @@ fn transition_table() {
         cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
         redrive                => rejected NotAllowed(redrive when retrying)
         reject                 => rejected NotAllowed(reject when retrying)
+        release                => rejected NotAllowed(release when retrying)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when retrying)
 
         ## completed: completed attempt=1/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when completed)
@@ -536,6 +568,8 @@ fn transition_table() {
         cancel                 => rejected AlreadyFinished(completed)
         redrive                => rejected NotAllowed(redrive when completed)
         reject                 => rejected NotAllowed(reject when completed)
+        release                => rejected NotAllowed(release when completed)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when completed)
 
         ## dead: dead attempt=3/3 run_at=now-43000 dead_reason=failed
         promote                => rejected NotAllowed(promote when dead)
@@ -553,6 +587,8 @@ fn transition_table() {
         cancel                 => rejected AlreadyFinished(dead)
         redrive                => available attempt=0 run_at=now finished_at=- | history=redriven | became_available
         reject                 => dead attempt=3 dead_reason=rejected last_error="payload at /n: not an integer" | history=rejected | dead_lettered(rejected)
+        release                => rejected NotAllowed(release when dead)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when dead)
 
         ## cancelled: cancelled attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when cancelled)
@@ -570,6 +606,46 @@ fn transition_table() {
         cancel                 => cancelled attempt=0 | history=- | unchanged
         redrive                => rejected NotAllowed(redrive when cancelled)
         reject                 => rejected NotAllowed(reject when cancelled)
+        release                => rejected NotAllowed(release when cancelled)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when cancelled)
+
+        ## blocked: blocked attempt=0/3 run_at=now-10000
+        promote                => rejected NotAllowed(promote when blocked)
+        lease                  => rejected NotAllowed(lease when blocked)
+        heartbeat              => rejected StaleLease(blocked)
+        heartbeat.wrong_lease  => rejected StaleLease(blocked)
+        complete               => rejected StaleLease(blocked)
+        complete.wrong_lease   => rejected StaleLease(blocked)
+        fail                   => rejected StaleLease(blocked)
+        fail.non_retryable     => rejected StaleLease(blocked)
+        fail.retry_after_2s    => rejected StaleLease(blocked)
+        fail.rate_limited      => rejected StaleLease(blocked)
+        fail.rate_limited_after_2s => rejected StaleLease(blocked)
+        expire                 => rejected NotAllowed(expire when blocked)
+        cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
+        redrive                => rejected NotAllowed(redrive when blocked)
+        reject                 => rejected NotAllowed(reject when blocked)
+        release                => available attempt=0 run_at=now | history=released | became_available
+        dependency_failed      => cancelled attempt=0 finished_at=now last_error="dependency 9 ended dead" | history=cancelled | finished
+
+        ## blocked.run_at_ahead: blocked attempt=0/3 run_at=now+5000
+        promote                => rejected NotAllowed(promote when blocked)
+        lease                  => rejected NotAllowed(lease when blocked)
+        heartbeat              => rejected StaleLease(blocked)
+        heartbeat.wrong_lease  => rejected StaleLease(blocked)
+        complete               => rejected StaleLease(blocked)
+        complete.wrong_lease   => rejected StaleLease(blocked)
+        fail                   => rejected StaleLease(blocked)
+        fail.non_retryable     => rejected StaleLease(blocked)
+        fail.retry_after_2s    => rejected StaleLease(blocked)
+        fail.rate_limited      => rejected StaleLease(blocked)
+        fail.rate_limited_after_2s => rejected StaleLease(blocked)
+        expire                 => rejected NotAllowed(expire when blocked)
+        cancel                 => cancelled attempt=0 finished_at=now | history=cancelled | finished
+        redrive                => rejected NotAllowed(redrive when blocked)
+        reject                 => rejected NotAllowed(reject when blocked)
+        release                => scheduled attempt=0 | history=released/run_at=now+5000 | 
+        dependency_failed      => cancelled attempt=0 finished_at=now last_error="dependency 9 ended dead" | history=cancelled | finished
 
     "###]].assert_eq(&table());
 }

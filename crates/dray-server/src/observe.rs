@@ -497,6 +497,7 @@ mod tests {
             traceparent: None,
             created_at: Timestamp(ready_at),
             ready_at: Timestamp(ready_at),
+            dependencies: Vec::new(),
         }
     }
 

@@ -623,6 +623,7 @@ mod tests {
             traceparent: None,
             created_at: Timestamp(T0),
             ready_at: Timestamp(T0),
+            dependencies: Vec::new(),
         }
     }
 

@@ -12,8 +12,8 @@ use dray_core::lock::{Holder, Lock};
 use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, Breaker, BreakerPolicy, BreakerState, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId,
-    JobState, JobStatus, Lease, LeaseId, LockName, LockOwner, Misfire, NewJob, Overlap, Payload, QueueName,
-    RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
+    JobState, JobStatus, Lease, LeaseId, LockName, LockOwner, Misfire, NewJob, OnDependencyFailure, Overlap, Payload,
+    QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
 };
 use dray_store::{FlowLimits, OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
@@ -266,7 +266,8 @@ pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
     }
     // Added after the first release: a record that ends here has no schedule tick, and one that
     // goes on with a name's length holds just the tick.
-    if job.group_key.is_none() {
+    let dependencies = !job.depends_on.is_empty() || job.on_dependency_failure != OnDependencyFailure::Cancel;
+    if job.group_key.is_none() && !dependencies {
         if let Some(tick) = &job.schedule {
             put_str(buf, tick.name.as_str());
             put_i64(buf, tick.at.0);
@@ -285,6 +286,17 @@ pub(crate) fn encode_job_insert(buf: &mut Vec<u8>, job: &Job) {
         }
     }
     put_opt_str(buf, job.group_key.as_deref());
+    // Added with dependencies: a record that ends after the group key has none.
+    if dependencies {
+        put_u32(buf, job.depends_on.len() as u32);
+        for id in job.depends_on.iter() {
+            put_u64(buf, id.0);
+        }
+        buf.push(match job.on_dependency_failure {
+            OnDependencyFailure::Cancel => 0,
+            OnDependencyFailure::Run => 1,
+        });
+    }
 }
 
 /// Where a job record's optional tail starts with this instead of a schedule name's length, the
@@ -913,6 +925,7 @@ impl<'a> Dec<'a> {
             history.push(self.history(names)?);
         }
         let (mut schedule, mut group_key) = (None, None);
+        let (mut depends_on, mut on_dependency_failure) = (Vec::new(), OnDependencyFailure::Cancel);
         if !self.at_end() {
             if self.buf[self.pos..].starts_with(&EXTENSION_MARK.to_le_bytes()) {
                 self.u32("extension mark")?;
@@ -921,6 +934,21 @@ impl<'a> Dec<'a> {
                         Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) });
                 }
                 group_key = self.opt_str("group_key")?;
+                if !self.at_end() {
+                    let count = self.u32("dependency count")? as usize;
+                    if count > dray_core::Limits::DEPENDS_ON_MAX {
+                        return Err(DecodeError { what: "dependency count", offset: self.pos });
+                    }
+                    for _ in 0..count {
+                        depends_on.push(JobId(self.u64("dependency")?));
+                    }
+                    let at = self.pos;
+                    on_dependency_failure = match self.u8("on_dependency_failure")? {
+                        0 => OnDependencyFailure::Cancel,
+                        1 => OnDependencyFailure::Run,
+                        _ => return Err(DecodeError { what: "on_dependency_failure", offset: at }),
+                    };
+                }
             } else {
                 schedule =
                     Some(ScheduleTick { name: self.schedule_name()?, at: Timestamp(self.i64("schedule tick")?) });
@@ -940,6 +968,8 @@ impl<'a> Dec<'a> {
             tags: tags.into_boxed_slice(),
             traceparent,
             schedule,
+            depends_on: depends_on.into_boxed_slice(),
+            on_dependency_failure,
             status,
             version,
             history,

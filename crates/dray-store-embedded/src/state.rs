@@ -34,7 +34,7 @@ const HISTORY_ENTRY_BYTES: u64 = 96;
 pub(crate) struct QueueState {
     pub config: QueueConfig,
     /// Every job of the queue by state, in id order: for counts and listing.
-    pub ids: [BTreeSet<JobId>; 7],
+    pub ids: [BTreeSet<JobId>; JobState::ALL.len()],
     /// Eligible available jobs in lanes per group key that take turns (`lanes.rs`), each in
     /// lease order: higher priority, then earlier run time, then enqueue order. An available job
     /// with an ordering key is here only while it is its key's head and none of the key's jobs
@@ -86,7 +86,8 @@ impl KeyState {
 /// Whether a job in `state` holds back the later jobs of its key.
 fn blocks(state: JobState, ordering_dead: OrderingDead) -> bool {
     match state {
-        JobState::Scheduled | JobState::Available | JobState::Running | JobState::Retrying => true,
+        // A blocked job keeps its place in its key's line, as a scheduled one does.
+        JobState::Scheduled | JobState::Available | JobState::Running | JobState::Retrying | JobState::Blocked => true,
         JobState::Dead => ordering_dead == OrderingDead::Block,
         JobState::Completed | JobState::Cancelled => false,
     }
@@ -108,7 +109,7 @@ impl QueueState {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let mut counts = [0u64; 7];
+        let mut counts = [0u64; JobState::ALL.len()];
         for (i, set) in self.ids.iter().enumerate() {
             counts[i] = set.len() as u64;
         }
@@ -135,6 +136,9 @@ pub(crate) struct State {
     pub running: BTreeSet<(Timestamp, JobId)>,
     /// (queue, idempotency key) to the newest job that used it.
     pub idempotency: HashMap<(QueueName, Box<str>), JobId>,
+    /// Per job that others depend on, those dependents (`Job::depends_on` read backwards): to
+    /// settle them when it finishes, and to keep it from being pruned while one has not finished.
+    pub dependents: HashMap<JobId, Vec<JobId>>,
     /// API tokens by id (hashed secrets; see `dray_store::TokenStore`).
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Schedules by name (bounded by `Limits::SCHEDULES_MAX`).
@@ -164,6 +168,7 @@ impl State {
             queues: BTreeMap::new(),
             running: BTreeSet::new(),
             idempotency: HashMap::new(),
+            dependents: HashMap::new(),
             tokens: BTreeMap::new(),
             schedules: BTreeMap::new(),
             locks: BTreeMap::new(),
@@ -284,6 +289,9 @@ impl State {
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert((job.queue.clone(), key.clone()), id);
         }
+        for dependency in job.depends_on.iter() {
+            self.dependents.entry(*dependency).or_default().push(id);
+        }
         self.bytes_used += job_bytes(&job);
         self.next_job_id = self.next_job_id.max(id.0 + 1);
         self.jobs.insert(id, job);
@@ -314,8 +322,24 @@ impl State {
                 self.idempotency.remove(&k);
             }
         }
+        for dependency in job.depends_on.iter() {
+            if let Some(list) = self.dependents.get_mut(dependency) {
+                list.retain(|&d| d != id);
+                if list.is_empty() {
+                    self.dependents.remove(dependency);
+                }
+            }
+        }
         self.bytes_used = self.bytes_used.saturating_sub(job_bytes(&job));
         Some(job)
+    }
+
+    /// Whether a job that others depend on must stay: one of its dependents has not finished
+    /// (it will read this job's state and result when it is leased).
+    pub fn needed_by_dependents(&self, id: JobId) -> bool {
+        self.dependents
+            .get(&id)
+            .is_some_and(|ds| ds.iter().any(|d| self.jobs.get(d).is_some_and(|j| !j.state().is_finished())))
     }
 
     /// Applies one logged record during recovery. Records are results, not requests, and carry the
@@ -560,6 +584,8 @@ fn index(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: &J
         JobState::Dead => {
             q.dead.insert((s.finished_at.expect("a dead job has a finish time"), job.id));
         }
+        // Found through its dependencies (`State::dependents`), never by time.
+        JobState::Blocked => {}
     }
 }
 
@@ -583,6 +609,7 @@ fn unindex(q: &mut QueueState, running: &mut BTreeSet<(Timestamp, JobId)>, job: 
             q.finished.remove(&(s.finished_at.expect("a finished job has a finish time"), job.id))
         }
         JobState::Dead => q.dead.remove(&(s.finished_at.expect("a dead job has a finish time"), job.id)),
+        JobState::Blocked => true,
     };
     assert!(removed && removed_too, "job {} was not indexed as {}", job.id, s.state);
 }
@@ -598,6 +625,7 @@ pub(crate) fn job_bytes(job: &Job) -> u64 {
         + job.group_key.as_ref().map_or(0, |k| k.len() as u64)
         + job.tags.iter().map(|t| t.len() as u64 + 16).sum::<u64>()
         + job.traceparent.as_ref().map_or(0, |t| t.len() as u64)
+        + job.depends_on.len() as u64 * 16
         + opt(&s.checkpoint)
         + opt(&s.progress)
         + opt(&s.result)

@@ -10,15 +10,16 @@ use dray_core::json::same_value;
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
+use dray_core::dependency::{Dependency, Verdict};
 use dray_core::{
-    Breaker, BreakerOutcome, Effect, Event, FencingToken, Job, JobId, JobState, Limits, Rejection, Timestamp,
+    Breaker, BreakerOutcome, Effect, Event, FencingToken, Invalid, Job, JobId, JobState, Limits, Rejection, Timestamp,
     transition,
 };
 use dray_store::{
-    Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel,
-    JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain,
-    QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete, SchedulePause,
-    SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
+    Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, DependencyResult, Error, Expired, Inserted, JobAck,
+    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob,
+    Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
+    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
 };
 
 use crate::codec;
@@ -240,17 +241,72 @@ fn log_err(e: crate::wal::WalError) -> Error {
     Error::unavailable("the write-ahead log refused the change", e)
 }
 
-/// Logs a job's new status and applies it.
+/// Logs a job's new status and applies it. A job that finishes settles the jobs that depend on
+/// it in the same operation (so in the same log frame, unless a long cascade splits it).
 pub(crate) fn update(
     state: &mut State,
     changes: &mut Changes,
     job: JobId,
     t: dray_core::Transition,
 ) -> Result<(), Error> {
+    let finishes = t.status.state.is_finished() && !state.jobs[&job].state().is_finished();
+    let at = t.history.as_ref().map(|h| h.at);
+    update_one(state, changes, job, t);
+    if finishes && state.dependents.contains_key(&job) {
+        settle_dependents(state, changes, job, at.expect("a finish is in the history"))?;
+    }
+    Ok(())
+}
+
+fn update_one(state: &mut State, changes: &mut Changes, job: JobId, t: dray_core::Transition) {
     let version = state.jobs[&job].version + u32::from(t.history.is_some());
     changes.push(|buf| codec::encode_job_update(buf, job, version, &t.status, t.history.as_ref()));
     state.job_update(job, t.status, t.history);
+}
+
+/// What a blocked job's dependencies say now (`dependency::verdict` over their states).
+fn dependency_verdict(state: &State, job: &Job) -> Verdict {
+    let states = job.depends_on.iter().map(|d| (*d, state.jobs.get(d).map(Job::state)));
+    dray_core::dependency::verdict(job.on_dependency_failure, states)
+}
+
+/// `finished` just finished: each of its blocked dependents is released, ends cancelled (and
+/// then settles its own dependents, and so on down the graph) or keeps waiting.
+fn settle_dependents(state: &mut State, changes: &mut Changes, finished: JobId, now: Timestamp) -> Result<(), Error> {
+    let mut settled = vec![finished];
+    while let Some(id) = settled.pop() {
+        let Some(dependents) = state.dependents.get(&id).cloned() else { continue };
+        for d in dependents {
+            let Some(job) = state.jobs.get(&d).filter(|j| j.state() == JobState::Blocked) else { continue };
+            let event = match dependency_verdict(state, job) {
+                Verdict::Wait => continue,
+                Verdict::Release => Event::Release,
+                Verdict::Fail { dependency, state } => Event::DependencyFailed { dependency, state },
+            };
+            let t = transition(job, event, now, 0).map_err(|r| rejected(d, r))?;
+            let finishes = t.status.state.is_finished();
+            update_one(state, changes, d, t);
+            if finishes {
+                settled.push(d);
+            }
+        }
+    }
     Ok(())
+}
+
+/// A leased job's dependencies as they are now, in the order it named them.
+fn dependency_results(state: &State, job: &Job) -> Vec<DependencyResult> {
+    job.depends_on
+        .iter()
+        .map(|&id| {
+            let dependency = state.jobs.get(&id);
+            DependencyResult {
+                id,
+                state: dependency.map(Job::state),
+                result: dependency.and_then(|j| j.status.result.clone()),
+            }
+        })
+        .collect()
 }
 
 /// A fresh fencing token, starting a new logged epoch when this one's counter is spent.
@@ -329,6 +385,7 @@ fn dead_ids(
 }
 
 /// Where a new job of a batch stands before anything is written.
+#[derive(Clone, Copy)]
 enum Planned {
     New,
     /// Same idempotency key and payload as an existing job.
@@ -398,10 +455,40 @@ impl Store for EmbeddedStore {
             if bytes_new > 0 && state.bytes_used + bytes_new > budget {
                 return Err(Error::OverCapacity { used_bytes: state.bytes_used, budget_bytes: budget });
             }
+            // Each new job's dependencies as ids: an existing job, or a job of this batch (new or
+            // found by its idempotency key).
+            let mut resolved: Vec<Box<[JobId]>> = Vec::with_capacity(jobs.len());
+            for (i, (job, planned)) in jobs.iter().zip(&plan).enumerate() {
+                if !matches!(planned, Planned::New) || job.depends_on.is_empty() {
+                    resolved.push(Box::default());
+                    continue;
+                }
+                let mut deps = Vec::with_capacity(job.depends_on.len());
+                for (j, dep) in job.depends_on.iter().enumerate() {
+                    deps.push(match *dep {
+                        Dependency::Batch(k) => ids[k],
+                        Dependency::Job(id) if state.jobs.contains_key(&id) => id,
+                        Dependency::Job(id) => {
+                            let field = format!("jobs[{i}].depends_on[{j}]");
+                            return Err(Invalid::new(field, format!("names job {id}, which does not exist")).into());
+                        }
+                    });
+                }
+                resolved.push(deps.into_boxed_slice());
+            }
 
-            let mut out = Vec::with_capacity(jobs.len());
-            for ((new, planned), id) in jobs.into_iter().zip(plan).zip(ids) {
-                match planned {
+            // Dependencies inside the batch are inserted first, so each job's verdict reads
+            // them; the answer keeps the request's order.
+            let order = {
+                let depends_on: Vec<&[Dependency]> = jobs.iter().map(|j| j.depends_on.as_slice()).collect();
+                dray_core::dependency::batch_order(&depends_on)
+            };
+            let mut jobs: Vec<Option<dray_core::NewJob>> = jobs.into_iter().map(Some).collect();
+            let mut out: Vec<Option<Inserted>> = vec![None; jobs.len()];
+            for i in order {
+                let new = jobs[i].take().expect("each position once");
+                let id = ids[i];
+                match plan[i] {
                     Planned::New => {
                         let config = match state.queue_config(&new.queue) {
                             Some(c) => c.clone(),
@@ -412,21 +499,43 @@ impl Store for EmbeddedStore {
                                 c
                             }
                         };
-                        let job = new.into_job(id, now, config.retry, config.lease_ms);
-                        let job_state = job.status.state;
+                        let depends_on = std::mem::take(&mut resolved[i]);
+                        let verdict = if depends_on.is_empty() {
+                            Verdict::Release
+                        } else {
+                            let states = depends_on.iter().map(|d| (*d, state.jobs.get(d).map(Job::state)));
+                            dray_core::dependency::verdict(new.on_dependency_failure, states)
+                        };
+                        let job = new
+                            .into_job(id, now, config.retry, config.lease_ms)
+                            .with_dependencies(depends_on, verdict != Verdict::Release);
+                        let failed = match verdict {
+                            Verdict::Fail { dependency, state } => Some((dependency, state)),
+                            Verdict::Wait | Verdict::Release => None,
+                        };
                         debug_assert!(job_bytes(&job) > 0);
                         changes.push(|buf| codec::encode_job_insert(buf, &job));
                         state.job_insert(job);
-                        out.push(Inserted { id, state: job_state, duplicate: false });
+                        if let Some((dependency, dependency_state)) = failed {
+                            let event = Event::DependencyFailed { dependency, state: dependency_state };
+                            let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
+                            update(state, changes, id, t)?;
+                        }
+                        out[i] = Some(Inserted { id, state: state.jobs[&id].state(), duplicate: false });
                     }
-                    Planned::Existing(id, job_state) => out.push(Inserted { id, state: job_state, duplicate: true }),
-                    Planned::SameAs(j) => {
-                        let first: Inserted = out[j];
-                        out.push(Inserted { duplicate: true, ..first });
+                    Planned::Existing(id, job_state) => {
+                        out[i] = Some(Inserted { id, state: job_state, duplicate: true })
                     }
+                    Planned::SameAs(_) => {}
                 }
             }
-            Ok(out)
+            for i in 0..out.len() {
+                if let Planned::SameAs(j) = plan[i] {
+                    let first = out[j].expect("the first job with the key is placed");
+                    out[i] = Some(Inserted { duplicate: true, ..first });
+                }
+            }
+            Ok(out.into_iter().map(|o| o.expect("every position answered")).collect())
         })
         .await
     }
@@ -499,7 +608,12 @@ impl Store for EmbeddedStore {
                 let ready_at = state.jobs[&id].status.run_at;
                 let t = transition(&state.jobs[&id], event, now, 0).map_err(|r| rejected(id, r))?;
                 update(state, changes, id, t)?;
-                out.push(LeasedJob::of(&state.jobs[&id], state.jobs[&id].payload.clone(), ready_at));
+                let job = &state.jobs[&id];
+                let mut leased = LeasedJob::of(job, job.payload.clone(), ready_at);
+                if !job.depends_on.is_empty() {
+                    leased.dependencies = dependency_results(state, job);
+                }
+                out.push(leased);
             }
             Ok(out)
         })
@@ -750,6 +864,9 @@ impl Store for EmbeddedStore {
                         scan_left -= 1;
                         let job = &state.jobs[&id];
                         if job.idempotency_key.is_some() && job.created_at.add_ms(window) > now {
+                            continue;
+                        }
+                        if state.needed_by_dependents(id) {
                             continue;
                         }
                         doomed.push(id);

@@ -798,7 +798,7 @@ async fn verify(store: &EmbeddedStore, log: &AckLog) -> Result<usize, Vec<String
 /// queue's counts are a count of its jobs by state.
 async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut counted: BTreeMap<QueueName, [u64; 7]> = BTreeMap::new();
+    let mut counted: BTreeMap<QueueName, [u64; dray_core::JobState::ALL.len()]> = BTreeMap::new();
     for job in jobs.values() {
         counted.entry(job.queue.clone()).or_default()[job.status.state.index()] += 1;
     }

@@ -1192,7 +1192,7 @@ async fn probe(store: &EmbeddedStore, acks: &Acks, recovered: &Image) -> Vec<Str
 /// Every job is in exactly one state: each queue's counts are a count of its jobs by state.
 async fn check_counts(store: &EmbeddedStore, jobs: &BTreeMap<JobId, Job>) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut counted: BTreeMap<QueueName, [u64; 7]> = BTreeMap::new();
+    let mut counted: BTreeMap<QueueName, [u64; dray_core::JobState::ALL.len()]> = BTreeMap::new();
     for job in jobs.values() {
         counted.entry(job.queue.clone()).or_default()[job.status.state.index()] += 1;
     }

@@ -49,7 +49,37 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 11, name: "breaker", sql: Sql::Text(V11_BREAKER) },
     Migration { version: 12, name: "queue_backoff", sql: Sql::Text(V12_QUEUE_BACKOFF) },
     Migration { version: 13, name: "complete_fail_functions", sql: Sql::Text(V13_COMPLETE_FAIL) },
+    Migration { version: 14, name: "dependencies", sql: Sql::Text(V14_DEPENDENCIES) },
 ];
+
+/// Job dependencies (`dray_core::dependency`): the state `blocked` and the history kind
+/// `released` join the CHECKs; a dependent's edges are rows of `job_dependencies` in the order it
+/// named them (the ids of a batch's own jobs are known only after its insert, so they cannot be
+/// a column written by the insert), found from the dependency by the second index. Two columns
+/// spare the hot statements any look at that table: `dependencies` (how many a job has: its
+/// lease reads them only then) and `has_dependents` (set when a dependent is inserted, under the
+/// dependency's row lock: a finishing job settles its dependents only then).
+const V14_DEPENDENCIES: &str = "
+ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check;
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check CHECK (state IN (__STATES__));
+ALTER TABLE {s}.job_history DROP CONSTRAINT job_history_state_check;
+ALTER TABLE {s}.job_history ADD CONSTRAINT job_history_state_check CHECK (state IN (__STATES__));
+ALTER TABLE {s}.job_history DROP CONSTRAINT job_history_kind_check;
+ALTER TABLE {s}.job_history ADD CONSTRAINT job_history_kind_check CHECK (kind IN (__KINDS__));
+ALTER TABLE {s}.sql_acks DROP CONSTRAINT sql_acks_state_check;
+ALTER TABLE {s}.sql_acks ADD CONSTRAINT sql_acks_state_check CHECK (state IN (__STATES__));
+ALTER TABLE {s}.jobs
+    ADD COLUMN dependencies integer NOT NULL DEFAULT 0 CHECK (dependencies >= 0),
+    ADD COLUMN on_dependency_failure text CHECK (on_dependency_failure IN ('cancel', 'run')),
+    ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+CREATE TABLE {s}.job_dependencies (
+    dependent bigint NOT NULL,
+    ordinal integer NOT NULL CHECK (ordinal >= 0),
+    dependency bigint NOT NULL,
+    PRIMARY KEY (dependent, ordinal)
+);
+CREATE INDEX job_dependencies_dependency ON {s}.job_dependencies (dependency);
+";
 
 /// Until when a queue leases nothing because a worker reported a downstream rate limit (a
 /// failure with `rate_limited`): set by the ack, raised only (`greatest`), read by every lease.

@@ -8,8 +8,8 @@ use dray_core::cron::{CronRule, IntervalRule, Rule};
 use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Misfire, NewJob, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick,
-    Timestamp, WorkerId,
+    Misfire, NewJob, OnDependencyFailure, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
+    ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
 };
 use dray_store::{Error, FlowLimits, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
@@ -78,7 +78,7 @@ pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, column: &str) -> Result<T, E
     row.try_get(column).map_err(|e| corrupt(format!("column {column}: {e}")))
 }
 
-fn u32_of(v: i32, what: &str) -> Result<u32, Error> {
+pub(crate) fn u32_of(v: i32, what: &str) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| corrupt(format!("{what} {v}")))
 }
 
@@ -155,8 +155,15 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
             ),
         }),
     };
+    let on_dependency_failure = match get::<Option<&str>>(row, "on_dependency_failure")? {
+        None => OnDependencyFailure::Cancel,
+        Some(p) => OnDependencyFailure::parse(p).ok_or_else(|| corrupt(format!("on_dependency_failure {p:?}")))?,
+    };
     Ok(Job {
         schedule,
+        // Read where needed (`job_dependencies`); `dependencies` says how many there are.
+        depends_on: Box::default(),
+        on_dependency_failure,
         id,
         queue: queue_of(get(row, "queue")?)?,
         payload,
@@ -363,7 +370,7 @@ fn rate_of(row: &Row, prefix: &str) -> Result<Option<dray_core::Rate>, Error> {
 
 /// A row of the queue statistics statement.
 pub(crate) fn stats_from_row(row: &Row) -> Result<QueueStats, Error> {
-    let mut counts = [0u64; 7];
+    let mut counts = [0u64; JobState::ALL.len()];
     for state in JobState::ALL {
         let n: i64 = get(row, &format!("n_{}", state.as_str()))?;
         counts[state.index()] = u64_of(n, "count")?;

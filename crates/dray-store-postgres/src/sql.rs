@@ -18,7 +18,7 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j
      j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.group_key, j.tags, j.traceparent, \
      j.state, j.run_at, j.attempt, j.lease_id, j.token, j.worker, j.leased_at, j.lease_deadline, \
      j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version, \
-     j.schedule_name, j.schedule_at";
+     j.schedule_name, j.schedule_at, j.dependencies, j.on_dependency_failure, j.has_dependents";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
      q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead, \
@@ -451,7 +451,9 @@ WHERE j.id = $1::bigint";
 
 const JOB_GET: &str = "
 SELECT {job_columns}, j.payload, h.seqs, h.ats, h.kinds, h.states, h.attempts, h.tokens, h.workers, h.errors,
-       h.run_ats
+       h.run_ats,
+       CASE WHEN j.dependencies > 0 THEN (SELECT array_agg(d.dependency ORDER BY d.ordinal)
+                                          FROM {s}.job_dependencies d WHERE d.dependent = j.id) END AS depends_on
 FROM {s}.jobs j
 CROSS JOIN LATERAL (
     SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(at ORDER BY seq) AS ats,
@@ -485,7 +487,8 @@ CROSS JOIN LATERAL (
 LIMIT $2::bigint";
 
 /// Deletes finished jobs past their queue's retention, at most `$2`; a job whose idempotency key
-/// is still within its window stays (and so does the key). Every job found is past retention, so
+/// is still within its window stays (and so does the key), and so does a job that a dependent
+/// which has not finished will read. Every job found is past retention, so
 /// no order is asked for: the index range is read as far as the limit needs, never sorted.
 /// Also deletes up to `$2` rate buckets that are full (`rate_buckets_tat`): a full bucket and no
 /// row mean the same to a lease, and a lease that races the deletion writes its row back (an
@@ -498,6 +501,7 @@ WITH finished AS (
         WHERE j.queue = q.name AND j.state IN ('completed', 'cancelled')
           AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_ms * interval '1 millisecond'
           AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
+          AND NOT {needed_by_dependents}
         LIMIT $2::bigint
         FOR UPDATE SKIP LOCKED
     ) d
@@ -509,6 +513,7 @@ WITH finished AS (
         WHERE j.queue = q.name AND j.state = 'dead'
           AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_dead_ms * interval '1 millisecond'
           AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
+          AND NOT {needed_by_dependents}
         LIMIT $2::bigint
         FOR UPDATE SKIP LOCKED
     ) d
@@ -519,6 +524,8 @@ WITH finished AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
+), edges AS (
+    DELETE FROM {s}.job_dependencies WHERE dependent IN (SELECT id FROM doomed)
 ), buckets AS (
     DELETE FROM {s}.rate_buckets WHERE ctid = ANY(ARRAY(
         SELECT b.ctid FROM {s}.rate_buckets b
@@ -539,6 +546,8 @@ WITH gone AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM gone)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM gone)
+), edges AS (
+    DELETE FROM {s}.job_dependencies WHERE dependent IN (SELECT id FROM gone)
 )
 SELECT id FROM gone";
 
@@ -577,7 +586,7 @@ WHERE name = $1::text";
 /// entry of `jobs_dead`.
 const QUEUE_STATS: &str = "
 SELECT {queue_columns}, c.n_scheduled, c.n_available, c.n_running, c.n_retrying, c.n_completed, c.n_dead,
-       c.n_cancelled, d.oldest_dead_at, {breaker_columns}
+       c.n_cancelled, c.n_blocked, d.oldest_dead_at, {breaker_columns}
 FROM {s}.queues q
 LEFT JOIN {s}.breakers b ON b.queue = q.name
 CROSS JOIN LATERAL (
@@ -587,7 +596,8 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE j.state = 'retrying') AS n_retrying,
            count(*) FILTER (WHERE j.state = 'completed') AS n_completed,
            count(*) FILTER (WHERE j.state = 'dead') AS n_dead,
-           count(*) FILTER (WHERE j.state = 'cancelled') AS n_cancelled
+           count(*) FILTER (WHERE j.state = 'cancelled') AS n_cancelled,
+           count(*) FILTER (WHERE j.state = 'blocked') AS n_blocked
     FROM {s}.jobs j WHERE j.queue = q.name
 ) c
 CROSS JOIN LATERAL (
@@ -616,6 +626,8 @@ WITH doomed AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
+), edges AS (
+    DELETE FROM {s}.job_dependencies WHERE dependent IN (SELECT id FROM doomed)
 ), jobs AS (
     DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
 ), queue AS (
@@ -699,6 +711,50 @@ UPDATE {s}.schedules s SET next_at = $3::timestamptz, last_at = $4::timestamptz,
 WHERE s.name = $1::text AND s.next_at IS NOT DISTINCT FROM $2::timestamptz AND {leader_guard_7}
 RETURNING s.name";
 
+/// Job dependencies (migration 14). The jobs a new job names, marked as having dependents and
+/// locked in id order (so a concurrent finish of one waits for the insert, then settles the new
+/// dependent), with their states: the insert decides the new job's verdict from them.
+const DEPENDENCIES_MARK: &str = "
+UPDATE {s}.jobs j SET has_dependents = true
+WHERE j.id IN (SELECT l.id FROM {s}.jobs l WHERE l.id = ANY($1::bigint[]) ORDER BY l.id FOR UPDATE)
+RETURNING j.id, j.state";
+
+/// A batch's new edges, and on its new jobs how many dependencies each has, its policy, and
+/// whether a job of the batch depends on it.
+const DEPENDENCIES_INSERT: &str = "
+WITH edges AS (
+    INSERT INTO {s}.job_dependencies (dependent, ordinal, dependency)
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[])
+)
+UPDATE {s}.jobs j SET dependencies = u.n, on_dependency_failure = u.policy,
+    has_dependents = j.has_dependents OR u.marked
+FROM unnest($4::bigint[], $5::int[], $6::text[], $7::bool[]) AS u(id, n, policy, marked)
+WHERE j.id = u.id";
+
+/// The blocked dependents of jobs that just finished, locked in id order.
+const DEPENDENTS_LOCK: &str = "
+SELECT {job_columns} FROM {s}.jobs j
+WHERE j.id IN (SELECT d.dependent FROM {s}.job_dependencies d WHERE d.dependency = ANY($1::bigint[]))
+  AND j.state = 'blocked'
+ORDER BY j.id
+FOR UPDATE";
+
+/// Each dependency of the given jobs in the order they named them, with its state and result
+/// (NULL for one that no longer exists). Read after the dependents' row locks are held: a
+/// dependency finished by a transaction that committed meanwhile is seen.
+const DEPENDENCIES_OF: &str = "
+SELECT d.dependent, d.dependency, j.state, CASE WHEN $2::bool THEN j.result END AS result
+FROM {s}.job_dependencies d LEFT JOIN {s}.jobs j ON j.id = d.dependency
+WHERE d.dependent = ANY($1::bigint[])
+ORDER BY d.dependent, d.ordinal";
+
+/// Whether a finished job `j` must be kept: a job depending on it has not finished and will read
+/// its state and result. `has_dependents` spares every other job the look; a scalar subquery
+/// with `LIMIT` (unlike `EXISTS`) is never planned as a hash of the whole table.
+const NEEDED_BY_DEPENDENTS: &str = "(j.has_dependents AND (
+    SELECT true FROM {s}.job_dependencies d JOIN {s}.jobs x ON x.id = d.dependent
+    WHERE d.dependency = j.id AND x.state NOT IN ('completed', 'dead', 'cancelled') LIMIT 1) IS NOT NULL)";
+
 /// The statements of one store, rendered for its schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -755,6 +811,10 @@ pub(crate) struct Sql {
     pub schedules_due: String,
     pub schedule_tick_lock: String,
     pub schedule_advance: String,
+    pub dependencies_mark: String,
+    pub dependencies_insert: String,
+    pub dependents_lock: String,
+    pub dependencies_of: String,
     pub breaker: crate::store::BreakerSql,
 }
 
@@ -782,6 +842,10 @@ impl Sql {
             buckets_save: r(BUCKETS_SAVE),
             turns_save: r(TURNS_SAVE),
             due_next: r(DUE_NEXT),
+            dependencies_mark: r(DEPENDENCIES_MARK),
+            dependencies_insert: r(DEPENDENCIES_INSERT),
+            dependents_lock: r(DEPENDENTS_LOCK),
+            dependencies_of: r(DEPENDENCIES_OF),
             job_lock: r(JOB_LOCK),
             jobs_lock: r(JOBS_LOCK),
             jobs_read: r(JOBS_READ),
@@ -913,6 +977,7 @@ fn render(sql: &str, schema: &str) -> String {
         .replace("{due_prefix}", DUE_PREFIX)
         .replace("{ordering_eligible}", ORDERING_ELIGIBLE)
         .replace("{flow_queue}", FLOW_QUEUE)
+        .replace("{needed_by_dependents}", NEEDED_BY_DEPENDENTS)
         .replace("{s}", schema)
 }
 
@@ -981,6 +1046,10 @@ mod tests {
             &sql.breaker.put,
             &sql.breaker.delete,
             &sql.breaker.queue_exists,
+            &sql.dependencies_mark,
+            &sql.dependencies_insert,
+            &sql.dependents_lock,
+            &sql.dependencies_of,
         ];
         for text in all {
             assert!(!text.contains('{') || text.contains("'{"), "unfilled placeholder in {text}");

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction};
+use dray_core::dependency::Verdict;
 use dray_core::transition::EventKind;
 use dray_core::{
     Effect, Event, FencingToken, HistoryEntry, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
@@ -47,7 +48,7 @@ use crate::sql::{Columns, FilterParams, Sql};
 
 /// How often a transaction is run again after a conflict before the operation gives up with
 /// `Unavailable`. Conflicts need a concurrent change of the same rows, so a handful is plenty.
-const TX_ATTEMPTS_MAX: u32 = 8;
+pub(crate) const TX_ATTEMPTS_MAX: u32 = 8;
 
 /// The bytes of checkpoints, progress and results one status update statement carries; a larger
 /// batch is split into several statements (PostgreSQL refuses a single value over 1 GiB).
@@ -412,6 +413,84 @@ impl PostgresStore {
         notify: &[&str],
         clock: Option<&Statement>,
     ) -> Result<Option<i64>, Fail> {
+        let end = self.write_rows(tx, jobs, notify, clock).await?;
+        let finished: Vec<&Loaded> = jobs
+            .iter()
+            .filter(|l| l.changed && l.has_dependents && !l.base_state.is_finished() && l.job.state().is_finished())
+            .collect();
+        if let Some(now) = finished.iter().filter_map(|l| l.job.history.last().map(|h| h.at)).max() {
+            let ids = finished.iter().filter_map(|l| id_to_sql(l.job.id)).collect();
+            self.dependents_settle(tx, ids, now).await?;
+        }
+        Ok(end)
+    }
+
+    /// Settles the blocked dependents of jobs that just finished, in the same transaction: each
+    /// is released, ends cancelled (and its own dependents are settled next, down the graph) or
+    /// keeps waiting, as `dray_core::dependency::verdict` decides from its dependencies' states
+    /// read after its row lock is held. Two transactions finishing two dependencies of one job
+    /// queue on its row: the second sees the first's commit, so the last one releases it.
+    async fn dependents_settle(
+        &self,
+        tx: &Transaction<'_>,
+        finished: Vec<i64>,
+        now: dray_core::Timestamp,
+    ) -> Result<(), Fail> {
+        let mut frontier = finished;
+        while !frontier.is_empty() {
+            let (lock_st, of_st) =
+                tokio::try_join!(prep(tx, &self.sql.dependents_lock), prep(tx, &self.sql.dependencies_of))?;
+            let rows = tx.query(&lock_st, &[&frontier]).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut dependents: Vec<Loaded> = rows.iter().map(loaded).collect::<Result<_, _>>()?;
+            let ids: Vec<i64> = dependents.iter().filter_map(|l| id_to_sql(l.job.id)).collect();
+            let mut states: HashMap<JobId, Vec<(JobId, Option<JobState>)>> = HashMap::new();
+            for row in tx.query(&of_st, &[&ids, &false]).await? {
+                let state = match get::<Option<&str>>(&row, "state")? {
+                    None => None,
+                    Some(s) => Some(state_of(s)?),
+                };
+                let dependency = id_from_sql(get(&row, "dependency")?)?;
+                states.entry(id_from_sql(get(&row, "dependent")?)?).or_default().push((dependency, state));
+            }
+            let mut next = Vec::new();
+            let mut available: Vec<String> = Vec::new();
+            for l in &mut dependents {
+                let deps = states.remove(&l.job.id).unwrap_or_default();
+                let event = match dray_core::dependency::verdict(l.job.on_dependency_failure, deps) {
+                    Verdict::Wait => continue,
+                    Verdict::Release => Event::Release,
+                    Verdict::Fail { dependency, state } => Event::DependencyFailed { dependency, state },
+                };
+                let t = transition(&l.job, event, now, 0).map_err(|r| rejected(l.job.id, r))?;
+                l.apply(t);
+                match l.job.state() {
+                    JobState::Available => available.push(l.job.queue.to_string()),
+                    s if s.is_finished() && l.has_dependents => next.extend(id_to_sql(l.job.id)),
+                    _ => {}
+                }
+            }
+            available.sort_unstable();
+            available.dedup();
+            available.extend(due_notifications(&dependents));
+            let notify: Vec<&str> = available.iter().map(String::as_str).collect();
+            self.write_rows(tx, &dependents, &notify, None).await?;
+            frontier = next;
+        }
+        Ok(())
+    }
+
+    /// [`Self::write_then_clock`] without settling dependents: for a caller that decided them
+    /// itself (an insert whose jobs end cancelled by a failed dependency).
+    async fn write_rows(
+        &self,
+        tx: &Transaction<'_>,
+        jobs: &[Loaded],
+        notify: &[&str],
+        clock: Option<&Statement>,
+    ) -> Result<Option<i64>, Fail> {
         let read_clock = async {
             match clock {
                 None => Ok(None),
@@ -598,11 +677,97 @@ impl PostgresStore {
             }
         }
 
+        // Dependencies: the existing jobs named (directly, or as a job of the batch found by its
+        // idempotency key) are marked and locked, and each new job's verdict is decided from
+        // their states and those of the batch's jobs, dependencies first.
+        let batch_target = |k: usize| -> Result<JobId, usize> {
+            match plan[k] {
+                Planned::Existing(id, _) => Ok(id),
+                Planned::SameAs(j) => match plan[j] {
+                    Planned::Existing(id, _) => Ok(id),
+                    _ => Err(j),
+                },
+                Planned::New => Err(k),
+            }
+        };
+        let mut marked: Vec<i64> = Vec::new();
+        for (job, planned) in jobs.iter().zip(&plan) {
+            if matches!(planned, Planned::New) {
+                for dep in &job.depends_on {
+                    let existing = match *dep {
+                        dray_core::Dependency::Job(id) => Some(id),
+                        dray_core::Dependency::Batch(k) => batch_target(k).ok(),
+                    };
+                    marked.extend(existing.and_then(id_to_sql));
+                }
+            }
+        }
+        marked.sort_unstable();
+        marked.dedup();
+        let mut existing_states: HashMap<JobId, JobState> = HashMap::new();
+        if !marked.is_empty() {
+            let st = prep(tx, &self.sql.dependencies_mark).await?;
+            for row in tx.query(&st, &[&marked]).await? {
+                existing_states.insert(id_from_sql(get(&row, "id")?)?, state_of(get(&row, "state")?)?);
+            }
+            for (i, job) in jobs.iter().enumerate().filter(|(i, _)| matches!(plan[*i], Planned::New)) {
+                for (j, dep) in job.depends_on.iter().enumerate() {
+                    if let dray_core::Dependency::Job(id) = *dep
+                        && !existing_states.contains_key(&id)
+                    {
+                        let e = dray_core::Invalid::new(
+                            format!("depends_on[{j}]"),
+                            format!("names job {id}, which does not exist"),
+                        );
+                        return Err(field(e, i).into());
+                    }
+                }
+            }
+        }
+        let order = {
+            let depends_on: Vec<&[dray_core::Dependency]> = jobs.iter().map(|j| j.depends_on.as_slice()).collect();
+            dray_core::dependency::batch_order(&depends_on)
+        };
+        // Per position: the state its job starts in (or has), and for a new job its verdict.
+        let mut start: Vec<Option<JobState>> = vec![None; jobs.len()];
+        let mut verdicts: Vec<Verdict> = vec![Verdict::Release; jobs.len()];
+        for &i in &order {
+            let job = &jobs[i];
+            match plan[i] {
+                Planned::Existing(_, state) => start[i] = Some(state),
+                Planned::SameAs(_) => {}
+                Planned::New => {
+                    let config = &configs[job.queue.as_str()];
+                    if !job.depends_on.is_empty() {
+                        let states = job.depends_on.iter().map(|dep| match *dep {
+                            dray_core::Dependency::Job(id) => (id, existing_states.get(&id).copied()),
+                            dray_core::Dependency::Batch(k) => match batch_target(k) {
+                                Ok(id) => (id, existing_states.get(&id).copied()),
+                                Err(j) => (batch_placeholder(j), start[j]),
+                            },
+                        });
+                        verdicts[i] = dray_core::dependency::verdict(job.on_dependency_failure, states);
+                    }
+                    start[i] = Some(match verdicts[i] {
+                        Verdict::Release => {
+                            NewJob::clone(job).into_job(JobId(0), now, config.retry, config.lease_ms).state()
+                        }
+                        Verdict::Wait => JobState::Blocked,
+                        Verdict::Fail { .. } => JobState::Cancelled,
+                    });
+                }
+            }
+            if let Planned::SameAs(j) = plan[i] {
+                start[i] = start[j];
+            }
+        }
+
         let mut new_jobs: Vec<Job> = Vec::new();
-        for (new, planned) in jobs.iter().zip(&plan) {
+        for (i, (new, planned)) in jobs.iter().zip(&plan).enumerate() {
             if matches!(planned, Planned::New) {
                 let config = &configs[new.queue.as_str()];
-                new_jobs.push(NewJob::clone(new).into_job(JobId(0), now, config.retry, config.lease_ms));
+                let job = NewJob::clone(new).into_job(JobId(0), now, config.retry, config.lease_ms);
+                new_jobs.push(job.with_dependencies(Box::default(), verdicts[i] != Verdict::Release));
             }
         }
         let mut ids: Vec<JobId> = Vec::new();
@@ -631,8 +796,8 @@ impl PostgresStore {
 
         let mut out: Vec<Inserted> = Vec::with_capacity(jobs.len());
         let mut fresh = ids.into_iter().zip(new_jobs.iter().map(|j| j.status.state));
-        for planned in plan {
-            out.push(match planned {
+        for planned in &plan {
+            out.push(match *planned {
                 Planned::New => {
                     let (id, state) = fresh.next().expect("one id per new job");
                     Inserted { id, state, duplicate: false }
@@ -641,7 +806,89 @@ impl PostgresStore {
                 Planned::SameAs(j) => Inserted { duplicate: true, ..out[j] },
             });
         }
+        if jobs.iter().zip(&plan).any(|(j, p)| matches!(p, Planned::New) && !j.depends_on.is_empty()) {
+            self.dependencies_insert(tx, jobs, &plan, &mut out, &verdicts, now).await?;
+        }
         Ok(out)
+    }
+
+    /// Writes a batch's dependency edges and the new jobs' dependency columns, then ends the new
+    /// jobs whose dependency already failed (their dependents in the batch were decided with
+    /// that end already).
+    async fn dependencies_insert(
+        &self,
+        tx: &Transaction<'_>,
+        jobs: &[NewJob],
+        plan: &[Planned],
+        out: &mut [Inserted],
+        verdicts: &[Verdict],
+        now: dray_core::Timestamp,
+    ) -> Result<(), Fail> {
+        let (mut dependent, mut ordinal, mut dependency) = (Vec::new(), Vec::new(), Vec::new());
+        let mut has_dependents: HashSet<JobId> = HashSet::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if !matches!(plan[i], Planned::New) {
+                continue;
+            }
+            for (n, dep) in job.depends_on.iter().enumerate() {
+                let id = match *dep {
+                    dray_core::Dependency::Job(id) => id,
+                    dray_core::Dependency::Batch(k) => out[k].id,
+                };
+                if let dray_core::Dependency::Batch(k) = *dep
+                    && !out[k].duplicate
+                {
+                    has_dependents.insert(id);
+                }
+                dependent.extend(id_to_sql(out[i].id));
+                ordinal.push(i32::try_from(n).unwrap_or(i32::MAX));
+                dependency.extend(id_to_sql(id));
+            }
+        }
+        let (mut ids, mut counts, mut policies, mut marks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, job) in jobs.iter().enumerate() {
+            if !matches!(plan[i], Planned::New) {
+                continue;
+            }
+            let marked = has_dependents.contains(&out[i].id);
+            if job.depends_on.is_empty() && !marked {
+                continue;
+            }
+            ids.extend(id_to_sql(out[i].id));
+            counts.push(i32::try_from(job.depends_on.len()).unwrap_or(i32::MAX));
+            policies.push((!job.depends_on.is_empty()).then_some(job.on_dependency_failure.as_str()));
+            marks.push(marked);
+        }
+        let st = prep(tx, &self.sql.dependencies_insert).await?;
+        tx.execute(&st, &[&dependent, &ordinal, &dependency, &ids, &counts, &policies, &marks]).await?;
+
+        let failed: Vec<JobId> = (0..jobs.len())
+            .filter(|&i| matches!(verdicts[i], Verdict::Fail { .. }) && matches!(plan[i], Planned::New))
+            .map(|i| out[i].id)
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut locked = self.lock_jobs(tx, &failed, true).await?;
+        let mut changed = Vec::with_capacity(failed.len());
+        for i in (0..jobs.len()).filter(|&i| matches!(plan[i], Planned::New)) {
+            let Verdict::Fail { dependency, state } = verdicts[i] else { continue };
+            // A new job of the batch gets its id only now.
+            let dependency = batch_position(dependency, jobs.len()).map_or(dependency, |k| out[k].id);
+            let mut l = locked.remove(&out[i].id).ok_or_else(|| corrupt(format!("job {} vanished", out[i].id)))?;
+            let t = transition(&l.job, Event::DependencyFailed { dependency, state }, now, 0)
+                .map_err(|r| rejected(l.job.id, r))?;
+            l.apply(t);
+            out[i].state = l.job.state();
+            changed.push(l);
+        }
+        for i in 0..out.len() {
+            if let Planned::SameAs(j) = plan[i] {
+                out[i].state = out[j].state;
+            }
+        }
+        self.write_rows(tx, &changed, &[], None).await?;
+        Ok(())
     }
 
     /// The lease, in one transaction. Under `TimeSource::Database` its `now` is the database's
@@ -733,10 +980,10 @@ impl PostgresStore {
             self.breakers_save(tx, &breakers).await?;
             return Ok((Vec::new(), None));
         }
-        let mut loaded = Vec::with_capacity(rows.len());
+        let mut jobs = Vec::with_capacity(rows.len());
         let mut picked: Vec<(usize, FencingToken, Payload)> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            let mut l = loaded(row)?;
             if matches!(l.job.state(), JobState::Scheduled | JobState::Retrying) {
                 let t = transition(&l.job, Event::Promote, now, 0).map_err(|r| rejected(l.job.id, r))?;
                 l.apply(t);
@@ -746,8 +993,9 @@ impl PostgresStore {
                     get::<Option<Vec<u8>>>(row, "payload")?.ok_or_else(|| corrupt("a leased job without payload"))?;
                 picked.push((i, token_from_sql(token)?, Payload::new(payload)));
             }
-            loaded.push(l);
+            jobs.push(l);
         }
+        let mut loaded = jobs;
         self.ordering_recheck(tx, &loaded, &mut picked).await?;
         if !flows.is_empty() {
             let mut leased: HashMap<(&str, &str), u32> = HashMap::new();
@@ -783,6 +1031,14 @@ impl PostgresStore {
             l.apply(t);
             out.push(LeasedJob::of(&l.job, payload, ready_at));
         }
+        let with_dependencies: Vec<i64> = loaded
+            .iter()
+            .filter(|l| l.dependencies > 0 && l.job.state() == JobState::Running)
+            .filter_map(|l| id_to_sql(l.job.id))
+            .collect();
+        if !with_dependencies.is_empty() {
+            self.dependency_results(tx, &with_dependencies, &mut out).await?;
+        }
         // Jobs this lease promoted but did not take: other workers may want them.
         let mut notify: Vec<&str> =
             loaded.iter().filter(|l| l.job.state() == JobState::Available).map(|l| l.job.queue.as_str()).collect();
@@ -797,6 +1053,31 @@ impl PostgresStore {
             job.lease_left_ms = Some(left);
         }
         Ok((out, Some(measured)))
+    }
+
+    /// Fills each leased job's dependencies (states and results) for the jobs `ids` among them.
+    async fn dependency_results(&self, tx: &Transaction<'_>, ids: &[i64], out: &mut [LeasedJob]) -> Result<(), Fail> {
+        let st = prep(tx, &self.sql.dependencies_of).await?;
+        let mut found: HashMap<JobId, Vec<dray_store::DependencyResult>> = HashMap::new();
+        for row in tx.query(&st, &[&ids, &true]).await? {
+            let state = match get::<Option<&str>>(&row, "state")? {
+                None => None,
+                Some(s) => Some(state_of(s)?),
+            };
+            let result = get::<Option<Vec<u8>>>(&row, "result")?.map(Payload::new);
+            let id = id_from_sql(get(&row, "dependency")?)?;
+            found.entry(id_from_sql(get(&row, "dependent")?)?).or_default().push(dray_store::DependencyResult {
+                id,
+                state,
+                result,
+            });
+        }
+        for job in out {
+            if let Some(deps) = found.remove(&job.id) {
+                job.dependencies = deps;
+            }
+        }
+        Ok(())
     }
 
     /// The probe path of a lease: locks the breakers of `blocked` (queues asked for whose breaker
@@ -885,8 +1166,8 @@ impl PostgresStore {
         let rows = tx.query(&st, &[&sql_ids]).await?;
         let mut out = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let job = job_from_row(row, Payload::new(Vec::new()))?;
-            out.insert(job.id, Loaded::new(job));
+            let l = loaded(row)?;
+            out.insert(l.job.id, l);
         }
         Ok(out)
     }
@@ -904,7 +1185,7 @@ impl PostgresStore {
         };
         let (now, row) = tokio::try_join!(self.now(tx, now), row)?;
         let row = row.ok_or(Error::JobNotFound(id))?;
-        Ok((now, Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?)))
+        Ok((now, loaded(&row)?))
     }
 
     /// A heartbeat, timed like [`Self::lease_in`]: under `TimeSource::Database` the lease is
@@ -922,7 +1203,7 @@ impl PostgresStore {
                 let params: [&(dyn ToSql + Sync); 1] = [&sql_id];
                 let (row, t) = tokio::try_join!(tx.query_opt(&st, &params), tx.query_one(clock, &[]))?;
                 let row = row.ok_or(Error::JobNotFound(p.job))?;
-                (ms_floor(clock_us(&t)?), Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?))
+                (ms_floor(clock_us(&t)?), loaded(&row)?)
             }
         };
         let event = Event::Heartbeat {
@@ -1054,7 +1335,7 @@ impl PostgresStore {
             }
             DeadSelection::Filter { filter, limit } => {
                 let rows = self.filtered(tx, Columns::Job, filter, None, *limit, true, lock).await?;
-                rows.iter().map(|row| Ok(Loaded::new(job_from_row(row, Payload::new(Vec::new()))?))).collect()
+                rows.iter().map(|row| Ok(loaded(row)?)).collect()
             }
         }
     }
@@ -1179,7 +1460,7 @@ impl PostgresStore {
         let mut expired = Vec::with_capacity(rows.len());
         let mut outcomes = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            let mut l = loaded(row)?;
             let t = transition(&l.job, Event::Expire, now, self.rng.next()).map_err(|r| rejected(l.job.id, r))?;
             // A lease that runs out is a failed attempt: a crashed worker is a failure.
             let leased_at = l.job.status.lease.as_ref().map_or(now, |l| l.leased_at);
@@ -1216,7 +1497,7 @@ impl PostgresStore {
         let (now, rows) = tokio::try_join!(self.now(tx, p.now), rows)?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut l = Loaded::new(job_from_row(row, Payload::new(Vec::new()))?);
+            let mut l = loaded(row)?;
             let t = transition(&l.job, Event::Promote, now, 0).map_err(|r| rejected(l.job.id, r))?;
             l.apply(t);
             jobs.push(l);
@@ -1286,6 +1567,18 @@ impl PostgresStore {
     }
 }
 
+/// Stands for the new job at position `k` of an insert batch while its id is not known yet
+/// (ids are handed out by the insert): never a real id, which are far smaller.
+fn batch_placeholder(k: usize) -> JobId {
+    JobId(u64::MAX - k as u64)
+}
+
+/// The position a [`batch_placeholder`] stands for.
+fn batch_position(id: JobId, batch_len: usize) -> Option<usize> {
+    let k = u64::MAX - id.0;
+    (k < batch_len as u64).then_some(k as usize)
+}
+
 /// Where a job of an insert batch stands before anything is written.
 #[derive(Clone, Copy, Debug)]
 enum Planned {
@@ -1306,7 +1599,7 @@ fn conflict(index: usize, job: &NewJob, key: &str, existing: JobId) -> Fail {
 fn due_notifications(jobs: &[Loaded]) -> Vec<String> {
     let mut queues: Vec<&str> = jobs
         .iter()
-        .filter(|l| l.changed && l.job.state() == JobState::Retrying)
+        .filter(|l| l.changed && matches!(l.job.state(), JobState::Retrying | JobState::Scheduled))
         .map(|l| l.job.queue.as_str())
         .collect();
     queues.sort_unstable();
@@ -1359,12 +1652,27 @@ struct Loaded {
     /// The lease the SQL guard requires the row to still hold (acks, heartbeats).
     guard: Option<LeaseId>,
     changed: bool,
+    base_state: JobState,
+    /// How many jobs it depends on (`jobs.dependencies`).
+    dependencies: u32,
+    /// Whether jobs depend on it (`jobs.has_dependents`): when it finishes, they are settled.
+    has_dependents: bool,
+}
+
+/// A job row (of [`crate::sql::JOB_COLUMNS`]) read to be changed.
+fn loaded(row: &Row) -> Result<Loaded, Error> {
+    let job = job_from_row(row, Payload::new(Vec::new()))?;
+    let dependencies = crate::row::u32_of(get(row, "dependencies")?, "dependencies")?;
+    Ok(Loaded { dependencies, has_dependents: get(row, "has_dependents")?, ..Loaded::new(job) })
 }
 
 impl Loaded {
     fn new(job: Job) -> Loaded {
         debug_assert!(job.history.is_empty());
         Loaded {
+            base_state: job.status.state,
+            dependencies: 0,
+            has_dependents: false,
             base_version: job.version,
             base_checkpoint: job.status.checkpoint.clone(),
             base_progress: job.status.progress.clone(),
@@ -1866,6 +2174,9 @@ impl Store for PostgresStore {
         let payload: Vec<u8> = get(&row, "payload")?;
         let mut job = job_from_row(&row, Payload::new(payload))?;
         job.history = history_from_row(&row)?;
+        if let Some(deps) = get::<Option<Vec<i64>>>(&row, "depends_on")? {
+            job.depends_on = deps.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;
+        }
         let kept = u32::try_from(job.history.len()).unwrap_or(u32::MAX);
         if kept > job.version || job.history.first().is_none_or(|e| e.kind != dray_core::HistoryKind::Enqueued) {
             return Err(corrupt(format!("job {id} at version {} has {kept} history entries", job.version)));

@@ -38,6 +38,7 @@ use crate::{
 
 mod admin;
 mod breaker;
+mod dependency;
 mod lifecycle;
 mod limits;
 mod lock;
@@ -53,6 +54,7 @@ pub fn outcome(acked: &Acked) -> (JobState, Option<Timestamp>) {
 
 pub use admin::*;
 pub use breaker::*;
+pub use dependency::*;
 pub use lifecycle::*;
 pub use limits::*;
 pub use lock::*;
@@ -80,6 +82,13 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::__conformance_tests! {
             $make;
+            // Dependencies.
+            dependency_blocks_until_every_dependency_completes,
+            dependency_batch_graph_runs_in_order,
+            dependency_failure_cancels_in_cascade_or_runs_by_policy,
+            dependency_cancel_and_expiry_cascade,
+            dependency_refusals_and_finished_dependencies,
+            dependency_run_at_and_retention,
             // Insert.
             insert_one_job,
             insert_batch_ids_in_order,
@@ -557,12 +566,12 @@ pub(crate) fn assert_not_found<T: Debug>(r: Result<T, Error>, job: JobId) {
 /// Checks a queue's counts: the listed states have these counts, every other state is zero.
 #[track_caller]
 pub(crate) fn assert_counts(stats: &QueueStats, expected: &[(JobState, u64)]) {
-    let mut want = [0u64; 7];
+    let mut want = [0u64; JobState::ALL.len()];
     for (state, n) in expected {
         want[state.index()] = *n;
     }
     if stats.counts != want {
-        let show = |c: &[u64; 7]| {
+        let show = |c: &[u64; JobState::ALL.len()]| {
             JobState::ALL
                 .iter()
                 .filter(|s| c[s.index()] != 0)

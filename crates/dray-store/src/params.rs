@@ -28,6 +28,8 @@ impl JobInsert {
                 format!("has {} jobs; the limit is {}", self.jobs.len(), Limits::BATCH_JOBS_MAX),
             ));
         }
+        let depends_on: Vec<&[dray_core::Dependency]> = self.jobs.iter().map(|j| j.depends_on.as_slice()).collect();
+        dray_core::dependency::check_batch(&depends_on)?;
         let mut bytes = 0usize;
         let mut keys: HashMap<(&str, &str), usize> = HashMap::new();
         for (i, job) in self.jobs.iter().enumerate() {
@@ -126,6 +128,18 @@ pub struct LeasedJob {
     /// When this attempt became due (its enqueue, its `run_at`, its retry time or its redrive):
     /// the lease's `now` minus this is the time the job waited for a worker.
     pub ready_at: Timestamp,
+    /// The jobs this one depends on, in the order it named them, as they are at the lease:
+    /// empty for a job without dependencies.
+    pub dependencies: Vec<DependencyResult>,
+}
+
+/// A dependency of a leased job: how it ended and its result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DependencyResult {
+    pub id: JobId,
+    /// `None` when the dependency no longer exists (an operator discarded it).
+    pub state: Option<JobState>,
+    pub result: Option<Payload>,
 }
 
 impl LeasedJob {
@@ -150,6 +164,7 @@ impl LeasedJob {
             traceparent: job.traceparent.clone(),
             created_at: job.created_at,
             ready_at,
+            dependencies: Vec::new(),
         }
     }
 }
@@ -665,7 +680,7 @@ impl QueueConfigure {
 pub struct QueueStats {
     pub config: QueueConfig,
     /// Indexed by `JobState::index()`.
-    pub counts: [u64; 7],
+    pub counts: [u64; JobState::ALL.len()],
     /// When the longest-dead job died.
     pub oldest_dead_at: Option<Timestamp>,
     /// The breaker's state, when the queue has a breaker (`config.breaker`): what it was when last

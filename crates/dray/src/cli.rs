@@ -411,6 +411,13 @@ pub struct EnqueueArgs {
     /// W3C trace context (`00-<trace id>-<parent id>-<flags>`) handed to the worker with the job.
     #[arg(long, value_name = "TRACEPARENT", env = "TRACEPARENT")]
     pub traceparent: Option<String>,
+    /// Run only after this job finished (repeatable); until then the job is `blocked`.
+    #[arg(long = "after", value_name = "JOB_ID")]
+    pub after: Vec<u64>,
+    /// What the job does when a job of `--after` ends dead or cancelled: `cancel` (the default)
+    /// or `run`.
+    #[arg(long, value_name = "POLICY", value_parser = ["cancel", "run"])]
+    pub on_dependency_failure: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -65,7 +65,10 @@ pub fn check_history(job: &Job, retryable_only: bool) -> Result<(), String> {
                     }
             }
             K::CancelRequested => state == S::Running && e.state == S::Running && !cancel_requested,
-            K::Cancelled => matches!(state, S::Scheduled | S::Available | S::Retrying) && e.state == S::Cancelled,
+            K::Cancelled => {
+                matches!(state, S::Scheduled | S::Available | S::Retrying | S::Blocked) && e.state == S::Cancelled
+            }
+            K::Released => state == S::Blocked && matches!(e.state, S::Available | S::Scheduled),
             K::Redriven => state == S::Dead && e.state == S::Available && e.attempt == 0,
             K::Rejected => state == S::Dead && e.state == S::Dead && e.attempt == attempt,
         };

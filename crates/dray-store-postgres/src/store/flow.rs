@@ -30,9 +30,9 @@ use dray_store::{FlowLimits, QueueConfig};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
-use super::{Fail, Loaded, PostgresStore, Transaction, clock_us, ms_floor, prep, rejected};
+use super::{Fail, PostgresStore, Transaction, clock_us, ms_floor, prep, rejected};
 use crate::error::corrupt;
-use crate::row::{get, job_from_row, to_time};
+use crate::row::{get, to_time};
 
 /// Groups a lease of one queue examines at most (those at their limits included) before it gives
 /// up for this call. When it gives up having served nobody, the turn moves past the groups it
@@ -192,7 +192,7 @@ impl PostgresStore {
         // Due jobs become available first, written now so that the statements below see them.
         let mut promoted = Vec::with_capacity(due.len());
         for row in &due {
-            let mut l = Loaded::new(job_from_row(row, dray_core::Payload::new(Vec::new()))?);
+            let mut l = super::loaded(row)?;
             let t = transition(&l.job, Event::Promote, now, 0).map_err(|r| rejected(l.job.id, r))?;
             l.apply(t);
             promoted.push(l);

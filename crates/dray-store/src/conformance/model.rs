@@ -885,7 +885,7 @@ impl<H: Harness> Sim<H> {
         self.note(format!("{r:?}"));
         let m = &mut self.jobs[i];
         match m.state {
-            JobState::Scheduled | JobState::Available | JobState::Retrying => {
+            JobState::Scheduled | JobState::Available | JobState::Retrying | JobState::Blocked => {
                 assert_eq!(r.unwrap(), JobState::Cancelled);
                 m.state = JobState::Cancelled;
                 m.finished_at = Some(now);
@@ -1076,7 +1076,7 @@ impl<H: Harness> Sim<H> {
     /// queues.
     async fn check_all(&mut self) {
         let now = self.c.now;
-        let mut counts = [[0u64; 7]; 2];
+        let mut counts = [[0u64; JobState::ALL.len()]; 2];
         let mut oldest_dead: [Option<Timestamp>; 2] = [None, None];
         for i in 0..self.jobs.len() {
             let job = self.c.get(self.jobs[i].id).await;

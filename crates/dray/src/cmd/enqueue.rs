@@ -95,6 +95,12 @@ fn job(args: &EnqueueArgs, payload: Json) -> EnqueueJob {
         group_key: args.group_key.clone(),
         tags: args.tags.clone(),
         traceparent: args.traceparent.clone(),
+        key: None,
+        depends_on: args.after.iter().map(|&id| dray_api::DependencyRef::Id(id)).collect(),
+        on_dependency_failure: args.on_dependency_failure.as_deref().map(|p| match p {
+            "run" => dray_api::OnDependencyFailure::Run,
+            _ => dray_api::OnDependencyFailure::Cancel,
+        }),
     }
 }
 

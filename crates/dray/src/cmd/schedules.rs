@@ -166,6 +166,9 @@ fn body(args: ScheduleCreateArgs) -> Result<ScheduleBody, Failure> {
         group_key: None,
         tags: args.tags,
         traceparent: None,
+        key: None,
+        depends_on: Vec::new(),
+        on_dependency_failure: None,
     };
     Ok(ScheduleBody {
         name: None,
