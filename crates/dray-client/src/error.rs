@@ -4,7 +4,6 @@
 //! process (`Invalid`), and a wait for a job that ended before the job did (`WaitTimeout`).
 
 use std::fmt;
-
 use std::time::Duration;
 
 use dray_api::{Job, Problem};

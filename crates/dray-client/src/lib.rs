@@ -22,7 +22,8 @@
 //! # async fn f(client: dray_client::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use dray_client::Enqueue;
-//! let job = Enqueue::new("reports", &serde_json::json!({"month": "2026-10"}))?.idempotency_key("report-2026-10");
+//! let job = Enqueue::new("reports", &serde_json::json!({"month": "2026-10"}))?
+//!     .idempotency_key("report-2026-10");
 //! let done = client.enqueue_and_wait(job, Duration::from_secs(300)).await?;
 //! let url: Option<String> = done.result_as()?;
 //! # Ok(()) }
