@@ -1,8 +1,8 @@
 //! Waiting for a job to finish (`GET /v1/jobs/{id}?wait_ms=`): this node's requests waiting on
 //! each job, and the wake-up when the node learns that the job finished.
 //!
-//! One [`Notify`] per job someone waits on, created on demand and removed with its last waiter
-//! (like `waiters.rs` for lease long-polls and `locks.rs`'s `LockWaiters`). The observer wakes a
+//! One `Notify` per job someone waits on, created on demand and removed with its last waiter
+//! (`notify_map.rs`, which lock waits use too), plus one for shutdown. The observer wakes a
 //! job's waiters when it hears of the job finishing on this node: an ack that completes it or
 //! ends it dead or cancelled (HTTP acks, and in PostgreSQL mode the acks applications made in
 //! SQL, drained by `sql_acks.rs`), a lease expiry that dead-letters it, a cancel, a schedule tick
@@ -18,11 +18,9 @@
 //! at a time), so the map is bounded by it too. A request dropped because its client hung up
 //! drops its [`Waiting`], which forgets the job when it was the last waiter.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +28,7 @@ use dray_core::JobId;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+use crate::notify_map::NotifyMap;
 use crate::store::AnyStore;
 
 /// How often a waiter reads its job again in PostgreSQL mode. Several nodes share the database
@@ -55,7 +54,7 @@ pub(crate) fn recheck(store: &AnyStore) -> Duration {
 /// This node's requests waiting for jobs to finish.
 #[derive(Debug, Default)]
 pub(crate) struct JobWaiters {
-    jobs: Mutex<HashMap<JobId, Arc<Notify>>>,
+    jobs: NotifyMap<JobId>,
     /// Waits in progress (one per [`Waiting`]).
     waiting: AtomicUsize,
     closing: AtomicBool,
@@ -64,23 +63,16 @@ pub(crate) struct JobWaiters {
 }
 
 impl JobWaiters {
-    fn map(&self) -> MutexGuard<'_, HashMap<JobId, Arc<Notify>>> {
-        // The map holds no invariant a panic could break half-way: keep using it.
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Registers a wait for `job` for the life of the returned value.
     pub fn wait(&self, job: JobId) -> Waiting<'_> {
-        let notify = self.map().entry(job).or_default().clone();
+        let wait = self.jobs.wait(&job);
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        Waiting { waiters: self, job, notify: Some(notify) }
+        Waiting { waiters: self, wait }
     }
 
     /// `job` finished: its waiters on this node read it again at once.
     pub fn finished(&self, job: JobId) {
-        if let Some(notify) = self.map().get(&job) {
-            notify.notify_waiters();
-        }
+        self.jobs.wake(&job);
     }
 
     /// Requests waiting for a job to finish on this node now. For tests and metrics.
@@ -103,33 +95,21 @@ impl JobWaiters {
 #[derive(Debug)]
 pub(crate) struct Waiting<'w> {
     waiters: &'w JobWaiters,
-    job: JobId,
-    /// Always `Some` until dropped (taken then, under the map's lock).
-    notify: Option<Arc<Notify>>,
+    wait: crate::notify_map::Waiting<'w, JobId>,
 }
 
 impl Waiting<'_> {
     /// Registers for the next wake-up (the job finished, or shutdown). Call before reading the
     /// job; await after: a wake-up between the read and the wait is not lost.
     pub fn arm(&self) -> Armed<'_> {
-        let notify = self.notify.as_deref().expect("a live wait has its Notify");
-        let mut finished = Box::pin(notify.notified());
-        finished.as_mut().enable();
         let mut closed = Box::pin(self.waiters.closed.notified());
         closed.as_mut().enable();
-        Armed { finished, closed }
+        Armed { finished: self.wait.notified(), closed }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut map = self.waiters.map();
-        // Ours goes first, under the map's lock (where every clone is made): two waits ending at
-        // once cannot both see the other's reference and leave the entry behind.
-        drop(self.notify.take());
-        if map.get(&self.job).is_some_and(|n| Arc::strong_count(n) == 1) {
-            map.remove(&self.job);
-        }
         self.waiters.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -180,16 +160,12 @@ mod tests {
         let first = w.wait(JobId(1));
         let second = w.wait(JobId(1));
         let other = w.wait(JobId(2));
-        assert_eq!((w.waiting(), w.map().len()), (3, 2));
+        assert_eq!((w.waiting(), w.jobs.len()), (3, 2));
         drop(first);
-        assert_eq!((w.waiting(), w.map().len()), (2, 2), "job 1 is still waited on");
+        assert_eq!((w.waiting(), w.jobs.len()), (2, 2), "job 1 is still waited on");
         drop(second);
         drop(other);
-        assert_eq!(w.waiting(), 0);
-        assert!(w.map().is_empty());
-        // Finishing a job nobody waits on creates nothing.
-        w.finished(JobId(1));
-        assert!(w.map().is_empty());
+        assert_eq!((w.waiting(), w.jobs.len()), (0, 0));
     }
 
     #[tokio::test]

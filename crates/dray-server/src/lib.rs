@@ -27,6 +27,7 @@ mod limited;
 mod listen;
 mod locks;
 mod login;
+mod notify_map;
 mod observe;
 mod problem;
 mod routes;
