@@ -819,6 +819,19 @@ impl AckBatch {
     }
 }
 
+impl JobGetQuery {
+    /// The longest `wait_ms`: [`dray_core::Limits::JOB_WAIT_MS_MAX`]. A longer wait is a loop
+    /// of requests.
+    pub const WAIT_MS_MAX: u64 = dray_core::Limits::JOB_WAIT_MS_MAX;
+
+    /// How long to wait for the job to finish; 0 (answer at once) when absent.
+    pub fn wait_ms(&self) -> Result<u64, Invalid> {
+        let wait_ms = self.wait_ms.unwrap_or(0);
+        dray_core::limits::check_range("wait_ms", wait_ms, 0, Self::WAIT_MS_MAX, " ms")?;
+        Ok(wait_ms)
+    }
+}
+
 impl JobQuery {
     /// The store's page request. `state` overrides the query's (the dead-letter list forces
     /// `dead`).
@@ -958,6 +971,33 @@ mod tests {
         assert_eq!(acks.to_store(Timestamp(0)).unwrap_err().field, "acks[1].error");
         let lease: LeaseRequest = serde_json::from_str(r#"{"queues":["a","b/c"],"worker":"w"}"#).unwrap();
         assert_eq!(lease.to_store(Timestamp(0)).unwrap_err().field, "queues[1]");
+    }
+
+    #[test]
+    fn a_job_wait_is_bounded_by_the_limit() {
+        let wait = |ms| JobGetQuery { wait_ms: ms }.wait_ms();
+        assert_eq!(wait(None), Ok(0));
+        assert_eq!(wait(Some(60_000)), Ok(60_000));
+        let e = wait(Some(60_001)).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("wait_ms", "is 60001 ms; allowed is 0 ms to 60000 ms"));
+    }
+
+    #[test]
+    fn states_say_their_wire_name_and_whether_they_are_finished() {
+        let all = [
+            State::Scheduled,
+            State::Available,
+            State::Running,
+            State::Retrying,
+            State::Completed,
+            State::Dead,
+            State::Cancelled,
+        ];
+        for state in all {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.is_finished(), dray_core::JobState::from(state).is_finished(), "{state:?}");
+            assert_eq!(state.as_str(), dray_core::JobState::from(state).as_str());
+        }
     }
 }
 

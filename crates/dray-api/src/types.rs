@@ -53,6 +53,28 @@ pub struct DependencyResult {
     pub result: Option<Json>,
 }
 
+impl State {
+    /// The state's name on the wire: `running`, `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Scheduled => "scheduled",
+            State::Available => "available",
+            State::Running => "running",
+            State::Retrying => "retrying",
+            State::Completed => "completed",
+            State::Dead => "dead",
+            State::Cancelled => "cancelled",
+            State::Blocked => "blocked",
+        }
+    }
+
+    /// Completed, dead or cancelled: the job will not run again unless it is redriven. What
+    /// `GET /v1/jobs/{id}?wait_ms=` waits for.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Completed | State::Dead | State::Cancelled)
+    }
+}
+
 /// Why a job is in the dead-letter queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -433,6 +455,24 @@ pub struct Job {
     pub waiting: Option<JobWaiting>,
 }
 
+impl Job {
+    /// The `result` its worker completed it with, decoded as `T`; `None` when there is none (a
+    /// job not completed, or completed without a result). The counterpart of a typed payload:
+    ///
+    /// ```
+    /// # fn f(job: dray_api::Job) -> Result<(), serde_json::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Thumbnail { url: String }
+    /// if let Some(thumbnail) = job.result_as::<Thumbnail>()? {
+    ///     println!("{}", thumbnail.url);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn result_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.result.as_deref().map(|raw| serde_json::from_str(raw.get())).transpose()
+    }
+}
+
 /// What holds an available job back: the first reason the next lease would give.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobWaiting {
@@ -535,6 +575,19 @@ pub struct JobQuery {
     /// 1 to 1000, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/jobs/{id}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobGetQuery {
+    /// Long-poll: wait up to this many milliseconds for the job to finish (`completed`, `dead`
+    /// or `cancelled`), then answer with the job as it is (read `state`); a finished job is
+    /// answered at once. 0 to 60000; absent or 0 answers at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0, maximum = 60000)]
+    pub wait_ms: Option<u64>,
 }
 
 /// The order of a job list.

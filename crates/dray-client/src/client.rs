@@ -11,10 +11,11 @@ use std::time::Duration;
 use dray_api::{
     AckBatch, AckBatchResponse, Acked, Backoff, CancelResponse, CompleteRequest, DeadAction, DeadActionResponse,
     DependencyRef, EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health, HeartbeatRequest,
-    HeartbeatResponse, Job, JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest, LockForceQuery,
-    LockForceReleased, LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased, LockRenewRequest,
-    OnDependencyFailure, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, Schedule,
-    ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList, Triggered,
+    HeartbeatResponse, Job, JobGetQuery, JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest,
+    LockForceQuery, LockForceReleased, LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased,
+    LockRenewRequest, OnDependencyFailure, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse,
+    QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList,
+    Triggered,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;
@@ -32,6 +33,13 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// How much of a non-problem error body goes into the synthesized problem's detail.
 const ERROR_BODY_CHARS_MAX: usize = 512;
+/// The longest single long-poll of [`Client::job_wait`]: the server's bound on `wait_ms`
+/// (60 s). A longer wait is a loop of requests.
+pub const JOB_WAIT_STEP_MAX: Duration = Duration::from_millis(JobGetQuery::WAIT_MS_MAX);
+/// Each request of [`Client::job_wait`] takes at least this long (or its whole step, when
+/// shorter): a server that answers before the wait ends without the job finishing (one shutting
+/// down, or one too old to know `wait_ms`) is asked again after a pause, never in a tight loop.
+const JOB_WAIT_ROUND_MIN: Duration = Duration::from_millis(250);
 
 /// A client of one Dray server. Cheap to clone: clones share one connection pool.
 #[derive(Clone, Debug)]
@@ -191,11 +199,95 @@ impl Client {
         self.send(Method::POST, &["v1", "jobs", "batch"], None, Some(&body), None).await
     }
 
+    /// [`Client::enqueue`], then [`Client::job_wait`] on the job: the job once it is finished
+    /// (completed, dead or cancelled), with its `result`. `timeout` bounds the wait, counted from
+    /// the enqueue's answer; past it the error is [`Error::WaitTimeout`], carrying the job as it
+    /// was then. An idempotency key that matches an earlier job waits on that job.
+    ///
+    /// ```no_run
+    /// # async fn f(client: dray_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use dray_client::Enqueue;
+    /// use dray_client::api::State;
+    /// #[derive(serde::Serialize)]
+    /// struct Resize { image: String, width: u32 }
+    /// #[derive(serde::Deserialize)]
+    /// struct Thumbnail { url: String }
+    ///
+    /// let job = Enqueue::new("thumbnails", &Resize { image: "cat.png".into(), width: 200 })?
+    ///     .idempotency_key("thumbnail-cat-200");
+    /// let done = client.enqueue_and_wait(job, Duration::from_secs(30)).await?;
+    /// match done.state {
+    ///     State::Completed => {
+    ///         let thumbnail: Option<Thumbnail> = done.result_as()?;
+    ///         println!("{:?}", thumbnail.map(|t| t.url));
+    ///     }
+    ///     // Dead (its attempts used up, or failed as not retryable) or cancelled.
+    ///     state => println!("job {} ended {}: {:?}", done.id, state.as_str(), done.last_error),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Cancel safety: dropping the future during the enqueue leaves its outcome unknown (as
+    /// [`Client::enqueue`]); during the wait it abandons only the wait. An error after the
+    /// enqueue was accepted (a lost answer while waiting) does not undo it: with an idempotency
+    /// key, calling again waits on the same job instead of enqueuing another.
+    pub async fn enqueue_and_wait(&self, job: Enqueue, timeout: Duration) -> Result<Job, Error> {
+        let enqueued = self.enqueue(job).await?;
+        self.job_wait(enqueued.id, timeout).await
+    }
+
     // ---- reading and administration ---------------------------------------------------------
 
     /// `GET /v1/jobs/{id}`: a job with its whole history. Cancel safe (reads only).
     pub async fn job(&self, id: u64) -> Result<Job, Error> {
         self.get(&["v1", "jobs", &id.to_string()], None).await
+    }
+
+    /// Waits until job `id` is finished (completed, dead or cancelled) and returns it, with its
+    /// `result` (see [`Job::result_as`]) or its `last_error`. Past `timeout` the error is
+    /// [`Error::WaitTimeout`], which carries the job as it was last read.
+    ///
+    /// It long-polls `GET /v1/jobs/{id}?wait_ms=`, in steps of at most [`JOB_WAIT_STEP_MAX`] (the
+    /// server's bound), so any timeout works; each request's timeout is the client's request
+    /// timeout plus its step. The server answers as soon as it learns the job finished: at once
+    /// for a finish on the node the request is on, within a quarter of a second for one on
+    /// another node (PostgreSQL mode). A timeout of zero reads the job once.
+    ///
+    /// ```no_run
+    /// # async fn f(client: dray_client::Client, id: u64) -> Result<(), dray_client::Error> {
+    /// use std::time::Duration;
+    /// match client.job_wait(id, Duration::from_secs(120)).await {
+    ///     Ok(job) => println!("job {id} is {}", job.state.as_str()),
+    ///     Err(dray_client::Error::WaitTimeout { job, .. }) => {
+    ///         println!("job {id} is still {} after two minutes", job.state.as_str())
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors as [`Client::job`]: 404 for a job that does not exist (or was deleted while
+    /// waited on), and transport errors, which a read can simply retry. Cancel safe (reads only).
+    pub async fn job_wait(&self, id: u64, timeout: Duration) -> Result<Job, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id_text = id.to_string();
+        loop {
+            let started = tokio::time::Instant::now();
+            let step = deadline.saturating_duration_since(started).min(JOB_WAIT_STEP_MAX);
+            let query = JobGetQuery { wait_ms: Some(millis_ceil(step).min(JobGetQuery::WAIT_MS_MAX)) };
+            let request_timeout = self.request_timeout.saturating_add(step);
+            let job: Job = self
+                .send::<(), Job>(Method::GET, &["v1", "jobs", &id_text], Some(&query), None, Some(request_timeout))
+                .await?;
+            if job.state.is_finished() {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::WaitTimeout { job: Box::new(job), waited: timeout });
+            }
+            tokio::time::sleep_until((started + step.min(JOB_WAIT_ROUND_MIN)).min(deadline)).await;
+        }
     }
 
     /// `GET /v1/jobs`: one page of jobs matching the query; pass the page's `next` as `after` for
@@ -542,6 +634,12 @@ trait QueryParams: Sync {
 }
 
 impl QueryParams for JobQuery {
+    fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+impl QueryParams for JobGetQuery {
     fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
         serde_json::to_value(self)
     }

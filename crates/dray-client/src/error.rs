@@ -1,11 +1,12 @@
-//! The SDK's one error type. It keeps apart the three things a caller has to decide between:
-//! the server refused the request (`Api`, nothing changed unless the status is 5xx), the outcome
-//! is unknown (`Transport`: retry with the same idempotency key), and bad input that never left
-//! the process (`Invalid`).
+//! The SDK's one error type. It keeps apart the things a caller has to decide between: the
+//! server refused the request (`Api`, nothing changed unless the status is 5xx), the outcome is
+//! unknown (`Transport`: retry with the same idempotency key), bad input that never left the
+//! process (`Invalid`), and a wait for a job that ended before the job did (`WaitTimeout`).
 
 use std::fmt;
+use std::time::Duration;
 
-use dray_api::Problem;
+use dray_api::{Job, Problem};
 
 /// An error from a [`Client`](crate::Client) call or a [`JobContext`](crate::JobContext) helper.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,19 @@ pub enum Error {
     /// Bad input caught before anything was sent. Nothing was sent and nothing changed.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+
+    /// [`Client::job_wait`](crate::Client::job_wait) or
+    /// [`Client::enqueue_and_wait`](crate::Client::enqueue_and_wait) gave up: the job was not
+    /// finished (completed, dead or cancelled) when `waited` had passed. Nothing failed and
+    /// nothing changed; the job goes on. `job` is the job as last read: its `state` says where it
+    /// is, and its `id` is what to wait on again.
+    #[error("job {} is still {} after waiting {waited:?}", job.id, job.state.as_str())]
+    WaitTimeout {
+        /// The job when the wait ended (boxed to keep `Result<_, Error>` small).
+        job: Box<Job>,
+        /// The timeout the caller gave.
+        waited: Duration,
+    },
 }
 
 impl Error {

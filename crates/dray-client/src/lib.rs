@@ -10,6 +10,29 @@
 //! [`JobContext::fencing_token`] help. A [`Error::Transport`] (or a 5xx) means the outcome is
 //! unknown: retry with the same idempotency key.
 //!
+//! # Waiting for results
+//!
+//! A producer that needs a job's outcome waits for it: [`Client::enqueue_and_wait`] enqueues and
+//! returns the job once it is finished (completed, dead or cancelled), and [`Client::job_wait`]
+//! does the waiting for a job enqueued earlier. Read the outcome from `state`, the typed result
+//! with [`api::Job::result_as`], a failure from `last_error`. Past the timeout the error is
+//! [`Error::WaitTimeout`], which carries the job as it was then; the job itself goes on.
+//!
+//! ```no_run
+//! # async fn f(client: dray_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use dray_client::Enqueue;
+//! let job = Enqueue::new("reports", &serde_json::json!({"month": "2026-10"}))?
+//!     .idempotency_key("report-2026-10");
+//! let done = client.enqueue_and_wait(job, Duration::from_secs(300)).await?;
+//! let url: Option<String> = done.result_as()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Waiting costs the server one request at a time per waiter (a long-poll of up to a minute,
+//! repeated) and no polling load: the node wakes the request when it learns the job finished,
+//! and re-reads the job every 250 ms in PostgreSQL mode for finishes on other nodes.
+//!
 //! # Trace context
 //!
 //! A job can carry its producer's W3C `traceparent` ([`Enqueue::traceparent`]). Each attempt runs
@@ -36,7 +59,7 @@ mod tls;
 mod trace;
 mod worker;
 
-pub use client::{CONNECT_TIMEOUT_DEFAULT, Client, ClientBuilder, Enqueue, REQUEST_TIMEOUT_DEFAULT};
+pub use client::{CONNECT_TIMEOUT_DEFAULT, Client, ClientBuilder, Enqueue, JOB_WAIT_STEP_MAX, REQUEST_TIMEOUT_DEFAULT};
 pub use context::{CancelReason, JobContext};
 pub use error::{Error, TransportError};
 pub use worker::{

@@ -207,3 +207,77 @@ async fn the_builder_token_authenticates_every_request() {
     }
     running.shutdown().await.unwrap();
 }
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Resize {
+    image: String,
+    width: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Thumbnail {
+    url: String,
+}
+
+/// `enqueue_and_wait` returns the finished job: completed with a result the caller decodes, or
+/// dead with its error; an idempotency key that matches waits on the original job.
+#[tokio::test]
+async fn enqueue_and_wait_returns_the_finished_job_with_its_typed_result() {
+    let server = server().await;
+    let c = &server.client;
+    let worker = server
+        .worker()
+        .queue("thumbnails", |ctx: dray_client::JobContext| async move {
+            let resize: Resize = ctx.payload().map_err(dray_client::JobError::fatal)?;
+            if resize.width == 0 {
+                return Err(dray_client::JobError::fatal("width 0"));
+            }
+            Ok(Some(serde_json::json!({"url": format!("https://cdn/{}-{}", resize.image, resize.width)})))
+        })
+        .build()
+        .unwrap();
+    let worker = common::spawn(worker);
+
+    let job = Enqueue::new("thumbnails", &Resize { image: "cat".into(), width: 200 })
+        .unwrap()
+        .idempotency_key("thumb-cat-200");
+    let done = common::within(c.enqueue_and_wait(job.clone(), Duration::from_secs(30))).await.unwrap();
+    assert_eq!(done.state, State::Completed);
+    assert_eq!(done.result_as::<Thumbnail>().unwrap(), Some(Thumbnail { url: "https://cdn/cat-200".into() }));
+    // Again with the same key: the same job, already finished, answered at once.
+    let again = common::within(c.enqueue_and_wait(job, Duration::from_secs(30))).await.unwrap();
+    assert_eq!((again.id, again.state), (done.id, State::Completed));
+
+    let bad = Enqueue::new("thumbnails", &Resize { image: "dog".into(), width: 0 }).unwrap();
+    let dead = common::within(c.enqueue_and_wait(bad, Duration::from_secs(30))).await.unwrap();
+    assert_eq!((dead.state, dead.last_error.as_deref()), (State::Dead, Some("width 0")));
+    assert_eq!(dead.result_as::<Thumbnail>().unwrap(), None);
+    worker.stop().await;
+    server.stop().await;
+}
+
+/// A wait that ends first is `Error::WaitTimeout`, carrying the job as it was then; a zero
+/// timeout reads once; a job that does not exist is 404.
+#[tokio::test]
+async fn job_wait_times_out_with_the_job_as_it_is() {
+    let server = server().await;
+    let c = &server.client;
+    let id = c.enqueue(Enqueue::new("nobody-works-here", &1).unwrap()).await.unwrap().id;
+    for timeout in [Duration::ZERO, Duration::from_millis(30)] {
+        match c.job_wait(id, timeout).await {
+            Err(Error::WaitTimeout { job, waited }) => {
+                assert_eq!((job.id, job.state, waited), (id, State::Available, timeout));
+            }
+            other => panic!("expected a wait timeout after {timeout:?}, got {other:?}"),
+        }
+    }
+    let err = c.job_wait(id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("job {id} is still available after waiting 0ns"));
+    assert!(!err.is_outcome_unknown() && !err.is_retryable());
+
+    c.cancel(id).await.unwrap();
+    let cancelled = c.job_wait(id, Duration::ZERO).await.unwrap();
+    assert_eq!(cancelled.state, State::Cancelled);
+    assert!(c.job_wait(999_999, Duration::from_secs(30)).await.unwrap_err().is_not_found());
+    server.stop().await;
+}

@@ -109,6 +109,10 @@ impl Limits {
     /// A rate's `per_ms`: at most a day.
     pub const RATE_PER_MS_MAX: u64 = DAY_MS;
 
+    /// How long `GET /v1/jobs/{id}?wait_ms=` may wait for the job to finish (long-poll); a longer
+    /// wait is a loop of such requests (the SDK's `Client::job_wait`).
+    pub const JOB_WAIT_MS_MAX: u64 = 60 * SECOND_MS;
+
     /// Bytes of a lock's name (ASCII letters, digits and `_ - . :`).
     pub const LOCK_NAME_BYTES_MAX: usize = 128;
     /// Bytes of a lock owner (any text without control characters).

@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     /// The server's one clock: every `now` passed to the store comes from it.
     pub clock: SystemClock,
     pub waiters: Arc<Waiters>,
+    /// Requests waiting for jobs to finish (`GET /v1/jobs/{id}?wait_ms=`).
+    pub job_waiters: Arc<crate::job_waiters::JobWaiters>,
     /// Which queues have flow limits, for long-polls (`limited.rs`).
     pub limited: crate::limited::LimitedQueues,
     /// Acquires waiting for held locks on this node.

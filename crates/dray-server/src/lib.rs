@@ -22,10 +22,12 @@ mod dashboard;
 mod due;
 mod extract;
 mod guard;
+mod job_waiters;
 mod limited;
 mod listen;
 mod locks;
 mod login;
+mod notify_map;
 mod observe;
 mod problem;
 mod routes;
@@ -56,6 +58,7 @@ pub use dray_store_postgres::{Migrated, PostgresConfig, schema_version_latest};
 pub use routes::openapi;
 
 use crate::app::{App, Shared};
+use crate::job_waiters::JobWaiters;
 use crate::observe::Observer;
 use crate::store::AnyStore;
 use crate::waiters::Waiters;
@@ -125,10 +128,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let observe = Arc::new(Observer::new(clock, config.metrics_queues_max()));
     let workers = Arc::new(Workers::new(clock));
     observe.workers_attach(workers.clone());
+    let job_waiters = Arc::new(JobWaiters::default());
+    observe.job_waiters_attach(job_waiters.clone());
     let app = App::new(Shared {
         store: store.clone(),
         clock,
         waiters: waiters.clone(),
+        job_waiters: job_waiters.clone(),
         limited: Default::default(),
         lock_waiters: Default::default(),
         observe: observe.clone(),
@@ -180,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls: tls.is_some(),
         store,
         waiters,
+        job_waiters,
         server: Some(server),
         stop_serving,
         maintenance,
@@ -395,6 +402,7 @@ pub struct Running {
     tls: bool,
     store: Arc<AnyStore>,
     waiters: Arc<Waiters>,
+    job_waiters: Arc<JobWaiters>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     stop_serving: watch::Sender<bool>,
     maintenance: JoinHandle<()>,
@@ -413,6 +421,12 @@ impl Running {
     /// Lease requests currently long-polling (waiting for a job). For metrics and tests.
     pub fn lease_waiting(&self) -> usize {
         self.waiters.waiting()
+    }
+
+    /// Requests waiting for a job to finish (`GET /v1/jobs/{id}?wait_ms=`) on this node. For
+    /// metrics and tests.
+    pub fn job_waiting(&self) -> usize {
+        self.job_waiters.waiting()
     }
 
     /// Whether this node runs maintenance now: always in embedded mode (one process); in
@@ -471,6 +485,7 @@ impl Running {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + self.grace;
         self.waiters.close();
+        self.job_waiters.close();
         let _ = self.stop_serving.send(true);
         if let Some(mut server) = self.server.take() {
             match tokio::time::timeout_at(deadline, &mut server).await {
@@ -507,6 +522,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         // Dropping the senders stops serving and maintenance; long-polls need telling.
         self.waiters.close();
+        self.job_waiters.close();
     }
 }
 

@@ -13,8 +13,6 @@
 //! notification: polling keeps the database the one place locks live). Waiters are not served
 //! in order: whoever retries first after a release wins.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -28,7 +26,6 @@ use dray_core::lock::Refusal;
 use dray_core::{FencingToken, LockName, LockOwner, ScopeKind};
 use dray_runtime::Clock;
 use dray_store::{Error, LockAcquire, LockForceRelease, LockRelease, LockRenew, LockStore};
-use tokio::sync::Notify;
 
 use crate::app::App;
 use crate::auth::Principal;
@@ -41,53 +38,7 @@ pub(crate) const LOCK_POLL_MS_MAX: u64 = 1_000;
 const LOCK_POLL_MS_MIN: u64 = 25;
 
 /// This node's waiting acquires, by lock name: one `Notify` per name while anyone waits.
-#[derive(Debug, Default)]
-pub(crate) struct LockWaiters {
-    names: Mutex<HashMap<LockName, Arc<Notify>>>,
-}
-
-/// One waiting acquire; forgets its name's entry when it was the last.
-struct Waiting<'a> {
-    waiters: &'a LockWaiters,
-    name: LockName,
-    notify: Arc<Notify>,
-}
-
-impl LockWaiters {
-    fn wait(&self, name: &LockName) -> Waiting<'_> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        let notify = names.entry(name.clone()).or_default().clone();
-        Waiting { waiters: self, name: name.clone(), notify }
-    }
-
-    /// Wakes every acquire waiting for `name` on this node.
-    pub fn wake(&self, name: &LockName) {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(notify) = names.get(name) {
-            notify.notify_waiters();
-        }
-    }
-
-    /// Acquires waiting for `name` on this node.
-    pub fn count(&self, name: &LockName) -> u64 {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        // Every `Waiting` holds one reference; the map holds the last.
-        names.get(name).map_or(0, |n| Arc::strong_count(n) as u64 - 1)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        let mut names = self.waiters.names.lock().unwrap_or_else(|e| e.into_inner());
-        // Our reference goes first, under the map's lock: two waiters leaving at once cannot
-        // both see the other still there and leave the entry behind.
-        let ours = std::mem::replace(&mut self.notify, Arc::new(Notify::new()));
-        drop(ours);
-        if names.get(&self.name).is_some_and(|n| Arc::strong_count(n) == 1) {
-            names.remove(&self.name);
-        }
-    }
-}
+pub(crate) type LockWaiters = crate::notify_map::NotifyMap<LockName>;
 
 /// A lock's name from the path, validated.
 #[derive(Debug)]
@@ -150,9 +101,7 @@ pub(crate) async fn lock_acquire(
     let mut poll_ms = LOCK_POLL_MS_MIN;
     loop {
         // Armed before the attempt, so a release between a refusal and the wait still wakes it.
-        let released = waiting.notify.notified();
-        tokio::pin!(released);
-        released.as_mut().enable();
+        let released = waiting.notified();
         p.now = app.clock.now();
         let held = match app.store.lock_acquire(p.clone()).await {
             Ok(granted) => return Ok(Json(LockGrant::of(&granted))),
@@ -315,27 +264,4 @@ pub(crate) async fn lock_list(
         .map(|s| LockInfo::of(s, app.lock_waiters.count(&s.lock.name)))
         .collect();
     Ok(Json(LockList { locks, next }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Waiters are counted per name while they wait, and a name's entry goes with its last
-    /// waiter, whatever order they leave in (the map stays bounded by the waits in progress).
-    #[test]
-    fn waiters_are_counted_and_forgotten() {
-        let waiters = LockWaiters::default();
-        let a = LockName::new("a").unwrap();
-        let first = waiters.wait(&a);
-        let second = waiters.wait(&a);
-        let other = waiters.wait(&LockName::new("b").unwrap());
-        assert_eq!((waiters.count(&a), waiters.count(&LockName::new("b").unwrap())), (2, 1));
-        drop(first);
-        assert_eq!(waiters.count(&a), 1);
-        drop(other);
-        drop(second);
-        assert_eq!(waiters.count(&a), 0);
-        assert!(waiters.names.lock().unwrap().is_empty());
-    }
 }

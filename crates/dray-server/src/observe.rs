@@ -1,7 +1,9 @@
 //! What the server tells operators about the work going through it: Prometheus metrics (served
 //! at `/metrics`, catalogued in docs/operations.md) and a structured log event for every job
 //! event it handles. Handlers and maintenance call the [`Observer`] after the store answered; it
-//! counts and logs, and never changes what happens to a job.
+//! counts and logs, and never changes what happens to a job. It also passes on what it hears to
+//! the node's registries that depend on it: which leases ended (`workers.rs`) and which jobs
+//! finished (`job_waiters.rs`, whose waiting requests then answer).
 //!
 //! - `names`: every metric's name.
 //! - `recorder`: the process-wide Prometheus recorder (buckets, descriptions, upkeep).
@@ -34,6 +36,7 @@ use dray_store::{Acked, Error, Inserted, LeasedJob, Ticked};
 use metrics::{Counter, Histogram};
 
 use crate::app::App;
+use crate::job_waiters::JobWaiters;
 use crate::workers::Workers;
 pub(crate) use names::STORE_CALL_SECONDS;
 use names::*;
@@ -52,6 +55,8 @@ pub(crate) struct Observer {
     discarded: Counter,
     /// The worker registry, told which leases ended (acks, expiries) so it knows who is busy.
     workers: OnceLock<Arc<Workers>>,
+    /// The requests waiting for jobs to finish, told which jobs did.
+    job_waiters: OnceLock<Arc<JobWaiters>>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -161,6 +166,7 @@ impl Observer {
             redriven,
             discarded,
             workers: OnceLock::new(),
+            job_waiters: OnceLock::new(),
         }
     }
 
@@ -168,6 +174,21 @@ impl Observer {
     /// expiries). Once: a later call is ignored.
     pub(crate) fn workers_attach(&self, workers: Arc<Workers>) {
         let _ = self.workers.set(workers);
+    }
+
+    /// From now on, tells `job_waiters` of every job that finishes through this observer (acks,
+    /// expiries, cancels, schedule ticks). Once: a later call is ignored.
+    pub(crate) fn job_waiters_attach(&self, job_waiters: Arc<JobWaiters>) {
+        let _ = self.job_waiters.set(job_waiters);
+    }
+
+    /// Wakes the requests waiting for `job` when `state` is a finished one.
+    fn job_reached(&self, job: JobId, state: JobState) {
+        if state.is_finished()
+            && let Some(job_waiters) = self.job_waiters.get()
+        {
+            job_waiters.finished(job);
+        }
     }
 
     /// The metrics of `queue`'s label: its own while there is room, else `_other`'s. A queue
@@ -258,6 +279,7 @@ impl Observer {
                 return;
             }
         };
+        self.job_reached(job, acked.state);
         let ran_ms = now.ms_since(acked.leased_at);
         let m = self.queue(acked.queue.as_str());
         let (job_id, queue, attempt, lease_id, state) =
@@ -315,6 +337,7 @@ impl Observer {
             workers.expired(&report.expirations.iter().map(|e| e.id).collect::<Vec<_>>());
         }
         for expired in &report.expirations {
+            self.job_reached(expired.id, expired.state);
             let state = expired.state.as_str();
             if expired.state == JobState::Dead {
                 tracing::warn!(
@@ -375,6 +398,9 @@ impl Observer {
                     metrics::histogram!(SCHEDULE_TICK_LATENESS_SECONDS)
                         .record(t.now.ms_since(f.fire.at) as f64 / 1000.0);
                 }
+                if let Some(cancelled) = f.cancelled {
+                    self.job_reached(cancelled, JobState::Cancelled);
+                }
                 match (f.job, f.cancelled) {
                     (Some(job), cancelled) => tracing::info!(
                         schedule = %t.name,
@@ -393,6 +419,17 @@ impl Observer {
                 }
             }
         }
+    }
+
+    /// `job` was cancelled by a request and is now in `state`: `cancelled`, or still `running`
+    /// with its worker asked to stop (it ends `cancelled` when that attempt fails or expires).
+    pub fn cancelled(&self, job: JobId, state: JobState) {
+        if state == JobState::Cancelled {
+            tracing::info!(job_id = job.0, "job cancelled");
+        } else {
+            tracing::info!(job_id = job.0, state = state.as_str(), "job cancel requested; its worker is asked to stop");
+        }
+        self.job_reached(job, state);
     }
 
     /// Dead jobs redriven.
@@ -584,5 +621,61 @@ mod tests {
         });
         assert_eq!(held(), 2, "job 4's recorded deadline is a minute ahead: a newer lease, kept");
         assert_eq!(workers.list()[0].state(), crate::workers::WorkerState::Busy);
+    }
+
+    /// The observer is where this node learns that jobs finished, so it wakes their waiters:
+    /// acks that complete, dead-letter or cancel a job, expiries that dead-letter it, cancels,
+    /// and schedule ticks that cancel a previous job. A retry, a refused ack and a cancel that
+    /// only asks a running job to stop wake nobody.
+    #[test]
+    fn finished_jobs_wake_their_waiters() {
+        let clock = SystemClock::new();
+        let observer = Observer::new(clock, 10);
+        let waiters = Arc::new(JobWaiters::default());
+        observer.job_waiters_attach(waiters.clone());
+        let o = &observer;
+        let now = clock.now();
+        let woken = |id: u64, event: &dyn Fn()| {
+            let waiting = waiters.wait(JobId(id));
+            let mut armed = std::pin::pin!(waiting.arm());
+            event();
+            let ready = armed.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            ready.is_ready()
+        };
+        let ack = |id: u64, state| move || o.acked(now, JobId(id), LeaseId(id), &acked("q", state, now.0));
+        assert!(woken(1, &ack(1, JobState::Completed)));
+        assert!(woken(2, &ack(2, JobState::Dead)));
+        assert!(woken(3, &ack(3, JobState::Cancelled)));
+        assert!(!woken(4, &ack(4, JobState::Retrying)));
+        assert!(!woken(5, &|| o.acked(now, JobId(5), LeaseId(5), &Err(Error::JobNotFound(JobId(5))))));
+        let expiry = |id: u64, state| {
+            move || {
+                o.maintained(&TickReport {
+                    expired: 1,
+                    expirations: vec![dray_store::Expired { id: JobId(id), queue: q("q"), attempt: 1, state }],
+                    ..TickReport::default()
+                })
+            }
+        };
+        assert!(woken(6, &expiry(6, JobState::Dead)));
+        assert!(!woken(7, &expiry(7, JobState::Retrying)));
+        assert!(woken(8, &|| o.cancelled(JobId(8), JobState::Cancelled)));
+        assert!(!woken(9, &|| o.cancelled(JobId(9), JobState::Running)));
+        let tick = dray_store::Ticked {
+            name: dray_core::ScheduleName::new("nightly").unwrap(),
+            now,
+            fired: vec![dray_store::TickFired {
+                fire: dray_core::schedule::Fire { at: now, ticks: 1 },
+                job: Some(JobId(11)),
+                cancelled: Some(JobId(10)),
+            }],
+            missed: 0,
+            dropped: 0,
+            next_at: None,
+            error: None,
+        };
+        assert!(woken(10, &|| o.schedules_ticked(std::slice::from_ref(&tick))), "the previous tick's job");
+        assert!(!woken(11, &|| o.schedules_ticked(std::slice::from_ref(&tick))), "the new tick's job");
+        assert_eq!(waiters.waiting(), 0);
     }
 }

@@ -2,8 +2,9 @@
 //! `routes!`), so the document served at `/v1/openapi.json` cannot drift from the router.
 //!
 //! Each handler parses (the extractors), converts with `dray-api`, calls the store with `now`
-//! from the server's clock, and converts back. The only thing handlers add is waking long-poll
-//! waiters when a change makes jobs leasable. No job rule lives here.
+//! from the server's clock, and converts back. The only things handlers add are long-polls
+//! (waiting for a job to lease, or for a job to finish) and waking the long-poll waiters when a
+//! change makes jobs leasable. No job rule lives here.
 
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use axum::routing::get;
 use dray_api::{
     AckBatch, AckBatchResponse, AckResult, Acked, BreakerAction, BreakerActionKind, CancelResponse, CompleteRequest,
     DeadAction, DeadActionResponse, EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health,
-    HeartbeatRequest, HeartbeatResponse, Job, JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem, PromoteResponse,
-    Queue, QueueConfigure, QueueDeletedResponse, QueueList, State as JobStateBody,
+    HeartbeatRequest, HeartbeatResponse, Job, JobGetQuery, JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem,
+    PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, State as JobStateBody,
 };
 use dray_core::{JobId, JobState, QueueName, ScopeKind};
 use dray_runtime::Clock;
@@ -247,21 +248,56 @@ async fn job_list(
 }
 
 /// A job with its whole history.
+///
+/// With `wait_ms`, waits (long-poll) for the job to finish: answers when it is completed, dead or
+/// cancelled, or when the wait ends, with the job as it is then (`state` says which). The node
+/// answers at once when it learns the job finished, and reads the job again every 250 ms in
+/// PostgreSQL mode (every second embedded) for finishes it does not hear of (another node's).
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id")),
+    params(("id" = u64, Path, description = "Job id"), JobGetQuery),
     responses(
-        (status = 200, body = Job),
-        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The job; with `wait_ms`, once it finished or when the wait ended (read `state`)", body = Job),
+        (status = 404, description = "No such job (at once, also with `wait_ms`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid id or query; `field` names it (`wait_ms` over 60000) and the limit", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn job_get(
     State(app): State<App>,
     principal: Principal,
     JobIdParam(id): JobIdParam,
+    Query(query): Query<JobGetQuery>,
 ) -> Result<Json<Job>, ApiError> {
-    let job = app.store.job_get(id).await?.ok_or(ApiError::job_not_found(id.0))?;
-    principal.check(ScopeKind::Read, &job.queue)?;
+    let wait = Duration::from_millis(query.wait_ms()?);
+    let read = || async {
+        let job = app.store.job_get(id).await?.ok_or(ApiError::job_not_found(id.0))?;
+        principal.check(ScopeKind::Read, &job.queue)?;
+        Ok::<_, ApiError>(job)
+    };
+    let job = if wait.is_zero() || app.job_waiters.is_closing() {
+        read().await?
+    } else {
+        // Long-poll. Armed before each read, so a finish between the read and the wait still
+        // wakes this request (see `job_waiters`); read again on a timer for what this node does
+        // not hear of. Nothing is held between reads. A missing job is 404 at the first read.
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        let waiting = app.job_waiters.wait(id);
+        let recheck = crate::job_waiters::recheck(&app.store);
+        loop {
+            let armed = waiting.arm();
+            let job = read().await?;
+            if job.state().is_finished() || app.job_waiters.is_closing() {
+                break job;
+            }
+            tokio::select! {
+                () = armed => {}
+                () = tokio::time::sleep(recheck) => {}
+                // The wait is over: the job as it is now.
+                () = &mut deadline => break read().await?,
+            }
+        }
+    };
     let mut view: Job = (&job).into();
     if job.state() == dray_core::JobState::Available {
         view.waiting = app.store.job_waiting(id, app.clock.now()).await?.as_ref().map(Into::into);
@@ -287,6 +323,7 @@ async fn job_cancel(
 ) -> Result<Json<CancelResponse>, ApiError> {
     principal.check_job(&*app.store, ScopeKind::Admin, job).await?;
     let state = app.store.job_cancel(JobCancel { now: app.clock.now(), job }).await?;
+    app.observe.cancelled(job, state);
     Ok(Json(state.into()))
 }
 

@@ -5,7 +5,8 @@
 //! (`PostgresStore::sql_acks_drain`, which hands each row to exactly one node) and reports each
 //! ack to the observer and to the waiters exactly as the ack route does for an HTTP ack: the
 //! `completed`/`failed`/`dead` counters, the run-time histogram, the log event, the worker
-//! registry, and a wake-up of the queue's long-polls when it has flow limits.
+//! registry, the requests waiting for the job to finish (through the observer), and a wake-up
+//! of the queue's long-polls when it has flow limits.
 //!
 //! So SQL acks show in the metrics at most about a second late, summed over the nodes like every
 //! counter, and counted once. While no node runs, the rows wait (the table only holds acks not

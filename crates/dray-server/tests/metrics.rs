@@ -353,56 +353,6 @@ async fn acks_made_in_sql_count_in_the_metrics() {
     server.shutdown().await.unwrap();
 }
 
-/// A database of its own for one test, dropped when the test ends.
-struct TestDb {
-    name: String,
-    admin: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let unique = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id());
-        let name = format!("dray_metrics_{unique:016x}");
-        let (client, connection) = admin_connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin}: {e}. Set DATABASE_URL, or start the local server.")
-        });
-        tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-        TestDb { url: format!("{base}/{name}"), name, admin }
-    }
-}
-
-/// A session on the admin database, opened as the store opens its own (TLS settings included).
-async fn admin_connect(
-    url: &str,
-) -> anyhow::Result<(
-    tokio_postgres::Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, dray_store_postgres::TlsStream<tokio_postgres::Socket>>,
-)> {
-    let connector = dray_store_postgres::PostgresConfig::new(url).connector()?;
-    Ok(connector.connect().await?)
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop runs inside the test's runtime, which must not block: a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = admin_connect(&admin).await {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 // ---- Structured logs --------------------------------------------------------------------------
 
 /// Set in the child process of [`job_events_are_json_log_fields`].

@@ -20,6 +20,9 @@ Exit status (scripts can rely on it):
   5  invalid input (HTTP 400, 413, 422, or a bad line or file read by the CLI itself)
   6  server unavailable (HTTP 503) or unreachable (connection refused, timeout)
   7  not authorized (HTTP 401 or 403): no token (--token, DRAY_TOKEN), a bad one, or a missing scope
+  8  the job waited for (--wait) ended dead
+  9  the job waited for (--wait) ended cancelled
+ 10  the job waited for (--wait) was not finished when the wait ended (it goes on)
 
 Errors go to stderr: the problem's title, detail and field, or with --json one JSON object
 {\"type\", \"title\", \"status\", \"detail\", \"field\", \"job\", \"exit_code\"}.";
@@ -418,6 +421,18 @@ pub struct EnqueueArgs {
     /// or `run`.
     #[arg(long, value_name = "POLICY", value_parser = ["cancel", "run"])]
     pub on_dependency_failure: Option<String>,
+    /// Wait up to this long (e.g. 30s, 2m, 1h30m) for the job to finish, then print it as `jobs
+    /// show` does; exit 0 completed, 8 dead, 9 cancelled, 10 not finished yet.
+    #[arg(long, value_name = "DURATION", value_parser = duration_parse, conflicts_with = "jsonl")]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// A duration such as `30s`, `2m`, `1h30m` or `500ms` (jiff's friendly format; ISO 8601
+/// `PT30S` too). A unit is required: a bare number could mean seconds or milliseconds.
+fn duration_parse(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration =
+        text.trim().parse().map_err(|e| format!("{text:?} is not a duration such as 30s, 2m or 1h30m: {e}"))?;
+    std::time::Duration::try_from(duration).map_err(|_| format!("{text:?} is negative"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,7 +440,13 @@ pub enum JobsCommand {
     /// List jobs, oldest first; `--after` the last id shown for the next page.
     List(JobsListArgs),
     /// One job with its timeline (history).
-    Show { id: u64 },
+    Show {
+        id: u64,
+        /// Wait up to this long (e.g. 30s, 2m, 1h30m) for the job to finish before printing it;
+        /// exit 0 completed, 8 dead, 9 cancelled, 10 not finished yet (printed as it is).
+        #[arg(long, value_name = "DURATION", value_parser = duration_parse)]
+        wait: Option<std::time::Duration>,
+    },
     /// Cancel a job; a running one is asked to stop (its worker sees it on its next heartbeat).
     Cancel { id: u64 },
     /// Run a scheduled or retrying job now instead of at its time (its attempts are kept).
@@ -715,5 +736,19 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wait_durations_need_a_unit_and_are_not_negative() {
+        use std::time::Duration;
+        let cases =
+            [("30s", Duration::from_secs(30)), ("2m", Duration::from_secs(120)), ("1h30m", Duration::from_secs(5400))];
+        for (text, want) in cases {
+            assert_eq!(duration_parse(text), Ok(want), "{text}");
+        }
+        assert_eq!(duration_parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration_parse("0s"), Ok(Duration::ZERO));
+        assert!(duration_parse("30").unwrap_err().contains("such as 30s"));
+        assert!(duration_parse("-5s").unwrap_err().contains("negative"));
     }
 }

@@ -1,8 +1,9 @@
 //! Exit statuses and error reports: the one place that turns an error into what a script sees.
 //!
 //! A command returns `anyhow::Error`; the cause that decides the exit status is found in its
-//! chain: a `dray_client::Error` (an HTTP status or an unreachable server) or a [`Failure`] the
-//! CLI found itself (a bad line in a JSON Lines file). Anything else is status 1.
+//! chain: a `dray_client::Error` (an HTTP status, an unreachable server, a wait that ended
+//! before its job did) or a [`Failure`] the CLI found itself (a bad line in a JSON Lines file, a
+//! job waited for that ended dead or cancelled: [`job_ended`]). Anything else is status 1.
 
 use std::fmt;
 
@@ -21,6 +22,12 @@ pub enum Exit {
     Unavailable = 6,
     /// 401 or 403: no token, a bad one, or one without the scope needed.
     Unauthorized = 7,
+    /// `--wait`: the job ended dead.
+    JobDead = 8,
+    /// `--wait`: the job ended cancelled.
+    JobCancelled = 9,
+    /// `--wait`: the job was not finished when the wait ended.
+    WaitTimeout = 10,
 }
 
 impl Exit {
@@ -43,11 +50,12 @@ pub struct Failure {
     pub title: String,
     pub detail: String,
     pub field: Option<String>,
+    pub job: Option<u64>,
 }
 
 impl Failure {
     pub fn invalid(title: impl Into<String>, detail: impl Into<String>) -> Failure {
-        Failure { exit: Exit::Invalid, title: title.into(), detail: detail.into(), field: None }
+        Failure { exit: Exit::Invalid, title: title.into(), detail: detail.into(), field: None, job: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Failure {
@@ -63,6 +71,24 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// The outcome of a job a command waited for (`--wait`) and found finished: completed is
+/// success; dead (8) and cancelled (9) are failures naming the job and why.
+pub fn job_ended(job: &dray_api::Job) -> Result<(), Failure> {
+    let (exit, title) = match job.state {
+        dray_api::State::Dead => (Exit::JobDead, "Job dead"),
+        dray_api::State::Cancelled => (Exit::JobCancelled, "Job cancelled"),
+        _ => return Ok(()),
+    };
+    let mut detail = format!("job {} ended {}", job.id, job.state.as_str());
+    if let Some(reason) = job.dead_reason {
+        detail.push_str(&format!(" ({})", crate::cmd::jobs::word(&reason)));
+    }
+    if let Some(error) = &job.last_error {
+        detail.push_str(&format!("; last error: {error}"));
+    }
+    Err(Failure { exit, title: title.to_owned(), detail, field: None, job: Some(job.id) })
+}
 
 /// A problem as reported on stderr.
 #[derive(Debug)]
@@ -89,7 +115,7 @@ fn classify(err: &anyhow::Error, server: &str) -> Report {
                 status: None,
                 detail: failure.detail.clone(),
                 field: failure.field.clone(),
-                job: None,
+                job: failure.job,
             };
         }
     }
@@ -158,6 +184,16 @@ fn classify_client(err: &dray_client::Error, server: &str) -> Report {
             detail: err.to_string(),
             field: Some(field.clone()),
             job: None,
+        },
+        dray_client::Error::WaitTimeout { job, .. } => Report {
+            exit: Exit::WaitTimeout,
+            kind: None,
+            title: "Job not finished".to_owned(),
+            status: None,
+            // "job 7 is still running after waiting 30s"
+            detail: format!("{err}; it goes on: wait again with `dray jobs show {} --wait DURATION`", job.id),
+            field: None,
+            job: Some(job.id),
         },
         other => Report {
             exit: Exit::Other,

@@ -605,6 +605,51 @@ fn exit_codes() {
     assert!(run.stderr.contains("is `dray serve` running at"), "{}", run.stderr);
 }
 
+/// `--wait`: `dray enqueue --wait` prints the job once it is finished and `dray jobs show --wait`
+/// waits for one; the exit status says how it ended: 0 completed, 8 dead, 9 cancelled, 10 not
+/// finished when the wait ran out (the job printed as it is, and it goes on).
+#[test]
+fn waiting_for_a_job_exits_by_how_it_ended() {
+    let server = Server::start();
+    let exec = r#"case "$(cat)" in *bad*) echo 'bad input' >&2; exit 65;; esac; echo '{"rows": 3}'"#;
+    let worker = server.work(&["--queue", "waited", "--exec", exec]);
+
+    // The waits are far longer than the jobs take: only a missed wake-up would run them out.
+    let run = server.dray(&["--json", "enqueue", "--queue", "waited", "--payload", r#"{"ok":true}"#, "--wait", "25s"]);
+    run.assert_code(0);
+    let done: Value = serde_json::from_str(&run.stdout).expect("the job as JSON");
+    assert_eq!((&done["state"], &done["result"]), (&json!("completed"), &json!({"rows": 3})));
+    assert_eq!(done["payload"], json!({"ok": true}));
+
+    let run = server.dray(&["--json", "enqueue", "--queue", "waited", "--payload", r#"{"bad":1}"#, "--wait", "25s"]);
+    run.assert_code(8);
+    let dead: Value = serde_json::from_str(&run.stdout).expect("the job as JSON");
+    assert_eq!(dead["state"], "dead");
+    let error: Value = serde_json::from_str(&run.stderr).expect("a JSON error");
+    assert_eq!((&error["exit_code"], &error["job"]), (&json!(8), &dead["id"]));
+    assert!(error["detail"].as_str().unwrap().contains("non_retryable"), "{error}");
+    assert!(terminate(worker).success());
+
+    // Nobody works `idle`: a wait there runs out, and the job is printed as it is.
+    let id = id_of(&server.json(&["enqueue", "--queue", "idle", "--payload", "{}"]));
+    let run = server.dray(&["jobs", "show", &id.to_string(), "--wait", "100ms"]);
+    run.assert_code(10);
+    assert!(run.stdout.contains("available"), "{}", run.stdout);
+    assert!(run.stderr.contains(&format!("job {id} is still available after waiting 100ms")), "{}", run.stderr);
+
+    server.json(&["jobs", "cancel", &id.to_string()]);
+    let run = server.dray(&["jobs", "show", &id.to_string(), "--wait", "25s"]);
+    run.assert_code(9);
+    assert!(run.stderr.contains(&format!("job {id} ended cancelled")), "{}", run.stderr);
+    // Without --wait, showing a cancelled job is no failure.
+    server.dray(&["jobs", "show", &id.to_string()]).assert_code(0);
+
+    // Usage: a duration needs its unit, and one wait is for one job.
+    server.dray(&["jobs", "show", &id.to_string(), "--wait", "30"]).assert_code(2);
+    server.dray_stdin(&["enqueue", "--queue", "idle", "--jsonl", "-", "--wait", "1s"], "{}\n").assert_code(2);
+    server.stop();
+}
+
 /// A loopback URL with no server behind it: a port the OS just handed out and took back.
 fn server_url_unused() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -618,6 +663,7 @@ fn help_documents_exit_codes_and_work_protocol() {
     let run = dray(&["--help"], None);
     run.assert_code(0);
     assert!(run.stdout.contains("6  server unavailable"), "{}", run.stdout);
+    assert!(run.stdout.contains("10  the job waited for (--wait) was not finished"), "{}", run.stdout);
     let run = dray(&["work", "--help"], None);
     run.assert_code(0);
     for needle in ["DRAY_FENCING_TOKEN", "EX_DATAERR", "EX_TEMPFAIL"] {

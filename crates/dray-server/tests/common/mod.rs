@@ -1,5 +1,6 @@
-//! What the server's tests share: a server on a temporary directory, and a tiny HTTP/1.1 client
-//! over a raw socket (one request per connection), which can also hold a request half-sent.
+//! What the server's tests share: a server on a temporary directory, a tiny HTTP/1.1 client over
+//! a raw socket (one request per connection), which can also hold a request half-sent, and a
+//! PostgreSQL database of its own for a test in PostgreSQL mode.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -201,4 +202,57 @@ pub async fn post_with(addr: SocketAddr, path: &str, body: Value, token: &str) -
     let auth = format!("Bearer {token}");
     let reply = request(addr, "POST", path, &[("Authorization", &auth)], body.to_string().as_bytes()).await.expect(201);
     reply.value()["id"].as_u64().unwrap()
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    name: String,
+    admin: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        // Unique across processes (nextest runs each test in its own) and within one.
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), (std::process::id(), n));
+        let name = format!("dray_server_{unique:016x}");
+        let (client, connection) = admin_connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {admin}: {e}. Set DATABASE_URL, or start the local server.")
+        });
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        TestDb { url: format!("{base}/{name}"), name, admin }
+    }
+}
+
+/// A session on the admin database, opened as the store opens its own (TLS settings included).
+pub async fn admin_connect(
+    url: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, dray_store_postgres::TlsStream<tokio_postgres::Socket>>,
+)> {
+    let connector = dray_store_postgres::PostgresConfig::new(url).connector()?;
+    Ok(connector.connect().await?)
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which must not block: a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = admin_connect(&admin).await {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
 }

@@ -1,4 +1,5 @@
-//! `dray enqueue`: one job, or one job per line of a JSON Lines file in atomic batches.
+//! `dray enqueue`: one job (with `--wait`, printed once it is finished), or one job per line of
+//! a JSON Lines file in atomic batches.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -41,6 +42,9 @@ pub async fn run(client: &dray_client::Client, args: EnqueueArgs, json: bool) ->
     }
     let payload = payload_of(args.payload.as_deref(), args.payload_file.as_deref())?;
     let job = job(&args, payload);
+    if let Some(wait) = args.wait {
+        return crate::cmd::jobs::show_waited(client.enqueue_and_wait(job.into(), wait).await, json);
+    }
     let enqueued = client.enqueue(job.into()).await?;
     if json {
         return output::json(&enqueued);

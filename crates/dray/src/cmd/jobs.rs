@@ -1,4 +1,4 @@
-//! `dray jobs`: list, show (with the timeline), cancel.
+//! `dray jobs`: list, show (with the timeline; `--wait` for the job to finish), cancel.
 
 use dray_api::{Job, JobPage, JobQuery, JobSummary};
 
@@ -8,7 +8,8 @@ use crate::output;
 pub async fn run(client: &dray_client::Client, command: JobsCommand, json: bool) -> anyhow::Result<()> {
     match command {
         JobsCommand::List(args) => list(client, args, json).await,
-        JobsCommand::Show { id } => show(client, id, json).await,
+        JobsCommand::Show { id, wait: None } => show(client, id, json).await,
+        JobsCommand::Show { id, wait: Some(wait) } => show_waited(client.job_wait(id, wait).await, json),
         JobsCommand::Cancel { id } => {
             let cancelled = client.cancel(id).await?;
             if json {
@@ -90,6 +91,25 @@ async fn show(client: &dray_client::Client, id: u64, json: bool) -> anyhow::Resu
     }
     print_job(&job);
     Ok(())
+}
+
+/// Prints the job a wait ended with (finished, or as it was when the wait ran out) and returns
+/// what decides the exit status: the job's outcome (`exit::job_ended`) or the wait's timeout.
+pub fn show_waited(waited: Result<Job, dray_client::Error>, json: bool) -> anyhow::Result<()> {
+    let (job, timed_out) = match waited {
+        Ok(job) => (job, None),
+        Err(dray_client::Error::WaitTimeout { job, waited }) => (*job, Some(waited)),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        output::json(&job)?;
+    } else {
+        print_job(&job);
+    }
+    match timed_out {
+        None => Ok(crate::exit::job_ended(&job)?),
+        Some(waited) => Err(dray_client::Error::WaitTimeout { job: Box::new(job), waited }.into()),
+    }
 }
 
 fn print_job(job: &Job) {
