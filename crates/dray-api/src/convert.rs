@@ -520,6 +520,7 @@ impl Queue {
                 completed: q.count(S::Completed),
                 dead: q.count(S::Dead),
                 cancelled: q.count(S::Cancelled),
+                blocked: q.count(S::Blocked),
             },
             oldest_dead_at: q.oldest_dead_at.map(timestamp_string),
             breaker: match (&c.breaker, &q.breaker) {

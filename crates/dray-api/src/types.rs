@@ -815,6 +815,9 @@ pub struct StateCounts {
     pub completed: u64,
     pub dead: u64,
     pub cancelled: u64,
+    /// Waiting for the jobs they depend on.
+    #[serde(default)]
+    pub blocked: u64,
 }
 
 /// A queue's configuration and counts.

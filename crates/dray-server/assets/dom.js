@@ -51,7 +51,9 @@ export function replace(el, ...children) {
 }
 
 const STATES = ['scheduled', 'available', 'running', 'retrying', 'completed', 'dead', 'cancelled'];
-export { STATES };
+/** Every state a job can be in, for filters: STATES (the overview's columns) and `blocked`. */
+const JOB_STATES = [...STATES, 'blocked'];
+export { JOB_STATES, STATES };
 
 export function badge(text, kind) {
   return h('span', { class: `badge ${kind || text}` }, text);

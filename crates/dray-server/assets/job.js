@@ -66,6 +66,9 @@ export async function renderJob(main, params, id) {
       field('idempotency key', job.idempotency_key ?? '—'),
       field('ordering key', job.ordering_key ?? '—'),
       field('group key', job.group_key ?? '—'),
+      ...(job.depends_on?.length ? field('depends on', h('span', { id: 'job-depends-on' },
+        job.depends_on.map((id, i) => [i ? ', ' : '', h('a', { href: `#/jobs/${id}` }, String(id))]),
+        ` (if one fails: ${job.on_dependency_failure})`)) : []),
       field('traceparent', job.traceparent ? h('code', {}, job.traceparent) : '—')));
 
     const l = job.lease;

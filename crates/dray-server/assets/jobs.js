@@ -3,7 +3,7 @@
 
 import { api } from './api.js';
 import { go } from './app.js';
-import { STATES, badge, count, h, notice, replace, time } from './dom.js';
+import { JOB_STATES, badge, count, h, notice, replace, time } from './dom.js';
 
 const PAGE = 50;
 
@@ -56,7 +56,7 @@ export async function renderJobs(main, params) {
     queues.map((q) => h('option', { value: q, selected: q === filter.queue }, q)));
   const stateSelect = h('select', { name: 'state', id: 'filter-state' },
     h('option', { value: '' }, 'any state'),
-    STATES.map((s) => h('option', { value: s, selected: s === filter.state }, s)));
+    JOB_STATES.map((s) => h('option', { value: s, selected: s === filter.state }, s)));
   const tagInput = h('input', { name: 'tag', id: 'filter-tag', value: filter.tag, placeholder: 'tag', maxlength: 64 });
   const form = h('form', {
     class: 'filters',

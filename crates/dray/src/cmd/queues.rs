@@ -293,6 +293,7 @@ fn print_queue(queue: &Queue, json: bool) -> anyhow::Result<()> {
     fields.add_row(["completed", &counts.completed.to_string()]);
     fields.add_row(["dead", &counts.dead.to_string()]);
     fields.add_row(["cancelled", &counts.cancelled.to_string()]);
+    fields.add_row(["blocked", &counts.blocked.to_string()]);
     if let Some(oldest) = &queue.oldest_dead_at {
         fields.add_row(["oldest dead", &output::time(oldest)]);
     }
