@@ -399,6 +399,8 @@ fn rejected(rejection: Rejection) -> ApiError {
         Rejection::NotAllowed { state, event } => {
             conflict("not-allowed", "Not allowed", format!("cannot {event} a job that is {state}"))
         }
+        // Bad input, like any other (`store::Error::rejected` makes it `Error::Invalid` already).
+        Rejection::Invalid(invalid) => invalid.into(),
     }
 }
 
