@@ -505,6 +505,12 @@ mod tests {
                 409,
                 "urn:dray:problem:lease-expired",
             ),
+            // A step past its job's bounds is bad input: 422, naming the field.
+            (
+                Error::rejected(JobId(7), Rejection::Invalid(Invalid::new("name", "the limit is 1000 steps per job"))),
+                422,
+                "urn:dray:problem:invalid-request",
+            ),
             (Error::OverCapacity { used_bytes: 2, budget_bytes: 1 }, 503, "urn:dray:problem:over-capacity"),
             (
                 Error::unavailable("fsync /secret/path", std::io::Error::other("disk on fire")),
