@@ -223,6 +223,17 @@ async fn resume_after_a_worker_crash_and_a_server_kill(mut server: Server) {
     let entries = done.history.iter().filter(|e| e.event == "step_recorded").count();
     assert_eq!(entries, STEPS as usize, "a timeline entry per step");
     assert!(done.history.iter().any(|e| e.event == "expired"), "the dead worker's lease expired");
+    // The operator's view: `dray jobs show` lists the steps and names them on the timeline.
+    let (url, id_text) = (server.url(), id.to_string());
+    let shown = blocking(move || {
+        std::process::Command::new(common::BIN).args(["--server", &url, "jobs", "show", &id_text]).output().unwrap()
+    })
+    .await;
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{shown:?}");
+    for needle in ["steps:", "step-20", "answer 13 from attempt 1", "step_recorded (step-14)"] {
+        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+    }
     // The (restarted) server lives until here.
     drop(server);
 }
