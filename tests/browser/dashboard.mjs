@@ -244,7 +244,7 @@ try {
     await shot(page, 'jobs');
   });
 
-  await step('job page: timeline, lease, fencing token, payload as sent', async () => {
+  await step('job page: timeline, lease, fencing token, steps, payload as sent', async () => {
     await page.goto(`${base}/#/jobs/${fixture.running_job}`);
     await page.waitForSelector('#job-timeline li[data-event="leased"]');
     check(await page.locator('#job-timeline li[data-event="enqueued"]').count() === 1, 'enqueued entry');
@@ -254,6 +254,15 @@ try {
     check((await text(page, '#job-timeline')).includes(`fencing token ${fixture.running_token}`), 'token on the timeline');
     check((await text(page, '#job-progress')).includes('"done": 40'), 'progress shown');
     check((await text(page, '#job-checkpoint')).includes('"page": 7'), 'checkpoint shown');
+    const steps = fixture.running_steps;
+    check(await page.locator('#job-steps tr[data-step]').count() === steps.length, 'every step listed');
+    const fetched = await text(page, `#job-steps tr[data-step="${steps[0]}"]`);
+    check(fetched.includes('"rows":120') && fetched.includes('<b>bold</b>'), 'a step result shown as text');
+    check(await page.locator('#job-steps b').count() === 0, 'no element was made from a step result');
+    const rendered = await text(page, `#job-steps tr[data-step="${steps[1]}"]`);
+    check(rendered.includes('…') && rendered.length < 300, 'a long step result is cut');
+    check(await page.locator('#job-timeline li[data-event="step_recorded"]').count() === steps.length, 'steps on the timeline');
+    check((await text(page, '#job-timeline')).includes(`step ${steps[0]}`), 'a step entry names its step');
     await shot(page, 'job-running');
 
     await page.goto(`${base}/#/jobs/${fixture.emails_jobs[0]}`);

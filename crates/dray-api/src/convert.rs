@@ -260,6 +260,7 @@ impl LeasedJob {
                     result: d.result.as_ref().map(payload_to_json),
                 })
                 .collect(),
+            steps: StepResults(j.steps.iter().map(|s| (s.name.to_string(), payload_to_json(&s.result))).collect()),
         }
     }
 }
@@ -272,6 +273,9 @@ impl From<dray_store::Acked> for Acked {
 
 impl From<&dray_core::HistoryEntry> for HistoryEntry {
     fn from(h: &dray_core::HistoryEntry) -> HistoryEntry {
+        // A step's entry holds the step's name where others hold an error.
+        let step = h.kind == dray_core::HistoryKind::StepRecorded;
+        let text = h.error.as_deref().map(String::from);
         HistoryEntry {
             at: timestamp_string(h.at),
             event: h.kind.as_str().into(),
@@ -279,9 +283,42 @@ impl From<&dray_core::HistoryEntry> for HistoryEntry {
             attempt: h.attempt,
             fencing_token: h.token.map(|t| t.0),
             worker: h.worker.as_ref().map(|w| w.to_string()),
-            error: h.error.as_deref().map(Into::into),
+            error: if step { None } else { text.clone() },
             run_at: h.run_at.map(timestamp_string),
+            step: if step { text } else { None },
         }
+    }
+}
+
+impl From<&dray_core::Step> for JobStep {
+    fn from(s: &dray_core::Step) -> JobStep {
+        JobStep {
+            name: s.name.to_string(),
+            result: payload_to_json(&s.result),
+            recorded_at: timestamp_string(s.at),
+            attempt: s.attempt,
+        }
+    }
+}
+
+impl StepRequest {
+    /// The store's step. The result's bytes are kept as sent: the store checks them
+    /// (`dray_core::step::validate`: JSON that any worker can read back, within its limits) before
+    /// anything else, once.
+    pub fn to_store(&self, now: Timestamp, job: dray_core::JobId) -> Result<dray_store::JobStep, Invalid> {
+        Ok(dray_store::JobStep {
+            now,
+            job,
+            lease: lease_id_parse(&self.lease_id)?,
+            name: self.name.as_str().into(),
+            result: Payload::new(self.result.get().as_bytes()),
+        })
+    }
+}
+
+impl From<&dray_store::StepRecorded> for StepResponse {
+    fn from(s: &dray_store::StepRecorded) -> StepResponse {
+        StepResponse { name: s.step.name.to_string(), result: payload_to_json(&s.step.result), recorded: s.recorded }
     }
 }
 
@@ -327,6 +364,7 @@ impl From<&dray_core::Job> for Job {
             on_dependency_failure: (!j.depends_on.is_empty()).then(|| j.on_dependency_failure.into()),
             history: j.history.iter().map(Into::into).collect(),
             history_dropped: j.history_dropped,
+            steps: j.steps.iter().map(Into::into).collect(),
             waiting: None,
         }
     }
@@ -924,6 +962,77 @@ mod tests {
         let beat: HeartbeatRequest =
             serde_json::from_str(r#"{"lease_id":"00000000deadbeef","checkpoint":"\udc00"}"#).unwrap();
         assert_eq!(beat.to_store(Timestamp(0), dray_core::JobId(1)).unwrap_err().field, "checkpoint");
+    }
+
+    /// A step on the wire: the request keeps its result byte for byte (the store validates it),
+    /// a leased job's steps are an object in recording order (and absent when there are none),
+    /// and a step's history entry shows the name as `step`, not as an error.
+    #[test]
+    fn steps_on_the_wire() {
+        let req: StepRequest =
+            serde_json::from_str(r#"{"lease_id":"00000000deadbeef","name":"fetch","result":{"b": 1, "a": [2]}}"#)
+                .unwrap();
+        let p = req.to_store(Timestamp(5), dray_core::JobId(3)).unwrap();
+        assert_eq!((p.job, p.lease, &*p.name), (dray_core::JobId(3), LeaseId(0xdead_beef), "fetch"));
+        assert_eq!(p.result.as_bytes(), br#"{"b": 1, "a": [2]}"#);
+        let unknown =
+            serde_json::from_str::<StepRequest>(r#"{"lease_id":"00000000deadbeef","name":"x","result":1,"ttl":1}"#);
+        assert!(unknown.unwrap_err().to_string().contains("unknown field `ttl`"));
+        let missing = serde_json::from_str::<StepRequest>(r#"{"lease_id":"00000000deadbeef","name":"x"}"#);
+        assert!(missing.unwrap_err().to_string().contains("missing field `result`"));
+
+        let step = |name: &str, result: &str| dray_core::Step {
+            name: name.into(),
+            result: Payload::new(result.as_bytes().to_vec()),
+            at: Timestamp(0),
+            attempt: 1,
+        };
+        let leased = dray_store::LeasedJob {
+            id: dray_core::JobId(3),
+            queue: QueueName::new("q").unwrap(),
+            payload: Payload::new(&b"{}"[..]),
+            priority: 0,
+            attempt: 2,
+            attempts_max: 3,
+            lease: LeaseId(1),
+            token: dray_core::FencingToken(1),
+            deadline: Timestamp(1_000),
+            lease_left_ms: None,
+            checkpoint: None,
+            steps: dray_core::Steps::from_steps(vec![step("zeta", "1"), step("alpha", r#"{"x":[1, 2]}"#)]),
+            traceparent: None,
+            created_at: Timestamp(0),
+            ready_at: Timestamp(0),
+        };
+        let json = serde_json::to_string(&LeasedJob::from_store(&leased, Timestamp(0))).unwrap();
+        assert!(json.ends_with(r#""steps":{"zeta":1,"alpha":{"x":[1, 2]}}}"#), "{json}");
+        let back: LeasedJob = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.steps.names().collect::<Vec<_>>(), ["zeta", "alpha"]);
+        assert_eq!(back.steps.get("alpha").map(RawValue::get), Some(r#"{"x":[1, 2]}"#));
+        let none = dray_store::LeasedJob { steps: dray_core::Steps::default(), ..leased };
+        let json = serde_json::to_string(&LeasedJob::from_store(&none, Timestamp(0))).unwrap();
+        assert!(!json.contains("steps"), "{json}");
+        assert!(serde_json::from_str::<LeasedJob>(&json).unwrap().steps.is_empty());
+
+        let entry = dray_core::HistoryEntry {
+            at: Timestamp(0),
+            kind: dray_core::HistoryKind::StepRecorded,
+            state: dray_core::JobState::Running,
+            attempt: 1,
+            token: None,
+            worker: None,
+            error: Some("fetch".into()),
+            run_at: None,
+        };
+        let wire = HistoryEntry::from(&entry);
+        assert_eq!(
+            (wire.event.as_str(), wire.step.as_deref(), wire.error.as_deref()),
+            ("step_recorded", Some("fetch"), None)
+        );
+        let failed =
+            dray_core::HistoryEntry { kind: dray_core::HistoryKind::Failed, error: Some("boom".into()), ..entry };
+        let wire = HistoryEntry::from(&failed);
+        assert_eq!((wire.step.as_deref(), wire.error.as_deref()), (None, Some("boom")));
     }
 
     #[test]

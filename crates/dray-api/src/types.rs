@@ -221,6 +221,66 @@ pub struct LeasedJob {
     /// result. Absent for a job without dependencies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<DependencyResult>,
+    /// The steps earlier attempts (or this job's earlier runs, before a redrive) recorded, by
+    /// name: `{"fetch": {...}, "summarize": "..."}`, in recording order. Omitted when the job has
+    /// recorded none. Skip them: `POST /v1/jobs/{id}/steps` would answer each with the same
+    /// result.
+    #[serde(default, skip_serializing_if = "StepResults::is_empty")]
+    #[schema(value_type = Option<HashMap<String, Value>>)]
+    pub steps: StepResults,
+}
+
+/// Step results by name, as a JSON object in recording order (`LeasedJob::steps`). Each result is
+/// kept byte for byte as recorded.
+#[derive(Clone, Debug, Default)]
+pub struct StepResults(pub Vec<(String, Json)>);
+
+impl StepResults {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The result recorded for `name`.
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, r)| &**r)
+    }
+
+    /// The names, in recording order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+impl Serialize for StepResults {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, result)| (name, result)))
+    }
+}
+
+impl<'de> Deserialize<'de> for StepResults {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<StepResults, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StepResults;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of step results by name")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StepResults, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((name, result)) = map.next_entry::<String, Json>()? {
+                    out.push((name, result));
+                }
+                Ok(StepResults(out))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -251,6 +311,31 @@ pub struct HeartbeatResponse {
     pub deadline: String,
     /// Someone cancelled the job: stop and report.
     pub cancel_requested: bool,
+}
+
+/// `POST /v1/jobs/{id}/steps`: the attempt holding `lease_id` finished step `name` with
+/// `result`. The first record of a name wins (see `StepResponse`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    pub lease_id: String,
+    /// 1 to 256 bytes, no control characters; unique within the job.
+    #[schema(min_length = 1, max_length = 256)]
+    pub name: String,
+    /// Any JSON value, at most 256 KiB; a job's steps hold at most 8 MiB together.
+    #[schema(value_type = Value)]
+    pub result: Json,
+}
+
+/// The step as recorded. `recorded` is false when the name was recorded before (by this attempt
+/// or an earlier one): nothing changed, and `result` is the result recorded then, not the one
+/// sent.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepResponse {
+    pub name: String,
+    #[schema(value_type = Value)]
+    pub result: Json,
+    pub recorded: bool,
 }
 
 /// `POST /v1/jobs/{id}/complete`.
@@ -381,7 +466,8 @@ pub struct LeaseView {
 pub struct HistoryEntry {
     pub at: String,
     /// `enqueued`, `promoted`, `leased`, `completed`, `failed`, `expired`, `cancel_requested`,
-    /// `cancelled`, `redriven`, `rejected` (a redrive refused by the queue's payload schema).
+    /// `cancelled`, `redriven`, `rejected` (a redrive refused by the queue's payload schema),
+    /// `step_recorded` (the running attempt recorded the step named in `step`).
     pub event: String,
     /// The state after the event.
     pub state: State,
@@ -394,6 +480,21 @@ pub struct HistoryEntry {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
+    /// For `step_recorded`: the step's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+/// A step a job's attempt recorded (`GET /v1/jobs/{id}`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobStep {
+    pub name: String,
+    #[schema(value_type = Value)]
+    pub result: Json,
+    /// RFC 3339, server clock.
+    pub recorded_at: String,
+    /// The attempt that recorded it.
+    pub attempt: u32,
 }
 
 /// `GET /v1/jobs/{id}`: a job with its whole history.
@@ -450,6 +551,9 @@ pub struct Job {
     pub history: Vec<HistoryEntry>,
     /// Oldest entries dropped to keep the history bounded (the first entry is always kept).
     pub history_dropped: u32,
+    /// The steps its attempts recorded, in recording order; omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<JobStep>,
     /// Why an available job is not running yet, beyond waiting its turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<JobWaiting>,

@@ -14,7 +14,8 @@ use dray_api::{
     HeartbeatResponse, Job, JobGetQuery, JobPage, JobQuery, Json, LeaseRequest, LeaseResponse, LockAcquireRequest,
     LockForceQuery, LockForceReleased, LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased,
     LockRenewRequest, OnDependencyFailure, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse,
-    QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, Token, TokenCreate, TokenCreated, TokenList,
+    QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, StepRequest, StepResponse, Token, TokenCreate,
+    TokenCreated, TokenList,
     Triggered,
 };
 use reqwest::{Method, Url};
@@ -523,6 +524,17 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<HeartbeatResponse, Error> {
         self.send(Method::POST, &["v1", "jobs", &id.to_string(), "heartbeat"], None, Some(request), timeout).await
+    }
+
+    /// `POST /v1/jobs/{id}/steps`: record a step of the attempt holding `request.lease_id`. The
+    /// first record of a name wins: the answer says whether this call recorded it, and always
+    /// carries the result recorded. A 409 means the lease is stale (someone else holds the job
+    /// now) or the job finished. Workers use [`JobContext::step`](crate::JobContext::step).
+    ///
+    /// Cancel safety: dropping the future leaves unknown whether the step was recorded; sending
+    /// it again is safe (the answer then carries the first record).
+    pub async fn step(&self, id: u64, request: &StepRequest) -> Result<StepResponse, Error> {
+        self.send(Method::POST, &["v1", "jobs", &id.to_string(), "steps"], None, Some(request), None).await
     }
 
     /// `POST /v1/jobs/{id}/complete`. An accepted completion is final. A 409 means the lease is

@@ -2,6 +2,10 @@
 //! a checkpoint, and the cancellation signal. It also owns the attempt's heartbeat state, shared
 //! with the worker task that heartbeats for it, so the handler never heartbeats by hand.
 //!
+//! Steps ([`JobContext::step`]) are memoized per job on the server: the lease hands this attempt
+//! every step earlier attempts recorded, and the attempt keeps what it records itself, so a step's
+//! closure runs at most once per job unless its record was lost.
+//!
 //! Lease time is tracked as durations on the local monotonic clock. A heartbeat's `lease_ms`
 //! counts from when the request was *sent* (so the local deadline is never later than the
 //! server's). A lease's `lease_ms` counts from when the job was granted, which during a long-poll
@@ -9,11 +13,13 @@
 //! transit (at most [`LEASE_TRANSIT_MAX`]). The server's timestamps are never compared with the
 //! local clock.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dray_api::{HeartbeatRequest, Json, LeasedJob};
+use dray_api::{HeartbeatRequest, Json, LeasedJob, StepRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -21,7 +27,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Client;
+use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::worker::JobError;
 
 /// Heartbeats are sent at about this fraction of the lease.
 const HEARTBEAT_FRACTION: u32 = 3;
@@ -32,6 +40,9 @@ const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long a lease answer may have travelled after the server granted it, at most: the local
 /// lease deadline counts from its arrival less this (or less the whole request, if shorter).
 pub(crate) const LEASE_TRANSIT_MAX: Duration = Duration::from_secs(1);
+/// Pauses between tries of a step record whose outcome was unknown (a transport error, a 5xx).
+const STEP_RETRY_FIRST: Duration = Duration::from_millis(50);
+const STEP_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bounds of one heartbeat request's timeout (otherwise the time left on the lease).
 const HEARTBEAT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT_MAX: Duration = Duration::from_secs(30);
@@ -192,6 +203,94 @@ impl JobContext {
         self.shared.state().beat_at = None;
     }
 
+    /// Runs the step `name` of this job once: if an earlier attempt (or this one) recorded it,
+    /// returns the recorded result, decoded, without running `run`; otherwise runs `run`, records
+    /// its result on the server (durably, before returning) and returns it. Steps are how a long
+    /// job resumes where it crashed: an agent whose 14th of 20 paid API calls crashed gets the
+    /// results of calls 1 to 13 from the lease and runs only from the 14th on.
+    ///
+    /// - Names are unique within the job (1 to 256 bytes, no control characters); a result is
+    ///   any `T` that serializes to at most 256 KiB of JSON, and a job's steps hold at most 1,000
+    ///   steps and 8 MiB in all. Past a bound the step fails with a *fatal* [`JobError`] (no
+    ///   retry could record it).
+    /// - The first record of a name wins. If the record's answer was lost and the retry finds the
+    ///   name recorded, the recorded result is returned.
+    /// - An error of `run` is returned as is: nothing is recorded, so the next attempt runs the
+    ///   step again.
+    /// - A record whose outcome is unknown (no answer, a 5xx) is sent again with a capped backoff
+    ///   while the lease lasts. A 409 or 404 means the lease is lost: [`JobContext::cancelled`]
+    ///   fires with [`CancelReason::LeaseLost`] and the step fails with the server's refusal, as
+    ///   a heartbeat would. A result recorded under a lost lease is not kept.
+    /// - `run` may run again for the same job when its result was never recorded: the attempt
+    ///   crashed after `run` finished and before the record, or the lease was lost meanwhile.
+    ///   Make the work idempotent (an idempotency key derived from [`JobContext::id`] and the
+    ///   step's name) or fence it with [`JobContext::fencing_token`].
+    ///
+    /// Cancel safety: dropping the future while `run` runs drops `run`'s future; dropping it while
+    /// the record is in flight leaves unknown whether it was recorded (the next call of the same
+    /// step finds out: the server answers with the first record).
+    ///
+    /// ```no_run
+    /// # use dray_client::{HandlerResult, JobContext, JobError};
+    /// # async fn call_model(prompt: &str) -> Result<String, std::io::Error> { Ok(prompt.into()) }
+    /// async fn agent(ctx: JobContext) -> HandlerResult {
+    ///     let goal: String = ctx.payload().map_err(JobError::fatal)?;
+    ///     // Each step runs once per job; a retried attempt gets the recorded results back.
+    ///     let plan: String = ctx.step("plan", || call_model(&goal)).await?;
+    ///     let draft: String = ctx.step("draft", || call_model(&plan)).await?;
+    ///     let review: String = ctx.step("review", || async {
+    ///         call_model(&draft).await.map_err(|e| JobError::retryable(format!("review: {e}")))
+    ///     }).await?;
+    ///     Ok(Some(serde_json::json!({ "draft": draft, "review": review })))
+    /// }
+    /// ```
+    pub async fn step<T, F, Fut, E>(&self, name: &str, run: F) -> Result<T, JobError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<JobError>,
+    {
+        if let Some(done) = self.recorded_step(name)? {
+            return Ok(done);
+        }
+        let value = run().await.map_err(Into::into)?;
+        let json = step_json(self.id(), name, &value)?;
+        let (recorded, by_us) = self.shared.record_step(name, json).await?;
+        if by_us {
+            return Ok(value);
+        }
+        decode_step(self.id(), name, &recorded)
+    }
+
+    /// The result step `name` recorded, decoded: by an earlier attempt (the lease carried it) or
+    /// by this one; `None` when it was never recorded. For code that cannot pass its work as a
+    /// closure to [`JobContext::step`]; pair it with [`JobContext::record_step`]. A recorded
+    /// result that does not decode as `T` is a fatal error (no retry would change it).
+    pub fn recorded_step<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, JobError> {
+        let recorded = self.shared.state().steps.get(name).cloned();
+        recorded.map(|json| decode_step(self.id(), name, &json)).transpose()
+    }
+
+    /// Records step `name` with `result` and returns the result recorded: `result`, or the one
+    /// recorded first if the name was recorded before (the first record wins). What
+    /// [`JobContext::step`] does after running its closure, with the same errors and retries.
+    ///
+    /// Cancel safety: as [`JobContext::step`]'s record.
+    pub async fn record_step<T: Serialize + DeserializeOwned>(&self, name: &str, result: &T) -> Result<T, JobError> {
+        let json = step_json(self.id(), name, result)?;
+        let (recorded, _) = self.shared.record_step(name, json).await?;
+        decode_step(self.id(), name, &recorded)
+    }
+
+    /// The names of the steps recorded for this job so far, earlier attempts' and this one's.
+    pub fn step_names(&self) -> Vec<String> {
+        let state = self.shared.state();
+        let mut names: Vec<String> = state.steps.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancel.borrow().is_some()
     }
@@ -227,6 +326,8 @@ struct AttemptState {
     deadline: Instant,
     /// When to heartbeat next; `None` once the lease is lost.
     beat_at: Option<Instant>,
+    /// The job's recorded steps by name: from the lease, and those this attempt recorded.
+    steps: HashMap<String, Json>,
 }
 
 impl Attempt {
@@ -248,6 +349,7 @@ impl Attempt {
             progress: None,
             deadline: granted_at + lease,
             beat_at: Some(Instant::now() + beat_interval(lease)),
+            steps: job.steps.0.iter().map(|(name, result)| (name.clone(), result.clone())).collect(),
         };
         Arc::new(Attempt {
             client,
@@ -376,10 +478,8 @@ impl Attempt {
                 Ok(())
             }
             Err(e) if e.is_conflict() || e.is_not_found() => {
-                state.beat_at = None;
                 drop(state);
-                tracing::info!(job = self.job.id, error = %e, "lease lost");
-                self.fire(CancelReason::LeaseLost);
+                self.lose_lease(&e);
                 Err(e)
             }
             Err(e) => {
@@ -399,6 +499,64 @@ impl Attempt {
             }
         }
     }
+}
+
+impl Attempt {
+    /// The server refused the lease (409 or 404): no more heartbeats, and the handler learns.
+    fn lose_lease(&self, e: &Error) {
+        self.state().beat_at = None;
+        tracing::info!(job = self.job.id, error = %e, "lease lost");
+        self.fire(CancelReason::LeaseLost);
+    }
+
+    /// Records a step, sending it again while its outcome is unknown and the lease lasts.
+    /// Returns the result recorded and whether this call recorded it; keeps it for the attempt.
+    async fn record_step(&self, name: &str, result: Json) -> Result<(Json, bool), JobError> {
+        let request = StepRequest { lease_id: self.job.lease_id.clone(), name: name.to_owned(), result };
+        let mut backoff = Backoff::new(STEP_RETRY_FIRST, STEP_RETRY_MAX);
+        loop {
+            if self.lease_lost() {
+                return Err(JobError::retryable(format!("job {}: step {name:?}: the lease is lost", self.job.id)));
+            }
+            let e = match self.client.step(self.job.id, &request).await {
+                Ok(answer) => {
+                    self.state().steps.insert(name.to_owned(), answer.result.clone());
+                    return Ok((answer.result, answer.recorded));
+                }
+                Err(e) => e,
+            };
+            if e.is_conflict() || e.is_not_found() {
+                self.lose_lease(&e);
+                return Err(e.into());
+            }
+            if !e.is_retryable() {
+                // Refused for its content (a name or result past its limit): no retry helps.
+                return Err(JobError::fatal(format!("job {}: step {name:?}: {e}", self.job.id)));
+            }
+            let left = self.state().deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(job = self.job.id, step = name, "the lease ran out while a step was being recorded");
+                self.state().beat_at = None;
+                self.fire(CancelReason::LeaseLost);
+                return Err(e.into());
+            }
+            let pause = backoff.next().min(left);
+            tracing::debug!(job = self.job.id, step = name, error = %crate::worker::error_text(&e, self.client.base_url()), "step record failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// A step's result as JSON; a result that does not serialize is a fatal error.
+fn step_json<T: Serialize + ?Sized>(job: u64, name: &str, result: &T) -> Result<Json, JobError> {
+    serde_json::value::to_raw_value(result)
+        .map_err(|e| JobError::fatal(format!("job {job}: step {name:?}: the result is not JSON: {e}")))
+}
+
+/// A recorded step's result as `T`; one that does not decode is a fatal error.
+fn decode_step<T: DeserializeOwned>(job: u64, name: &str, json: &RawValue) -> Result<T, JobError> {
+    serde_json::from_str(json.get())
+        .map_err(|e| JobError::fatal(format!("job {job}: step {name:?}: the recorded result does not decode: {e}")))
 }
 
 /// The progress and checkpoint a heartbeat took out of the attempt's state, until its answer

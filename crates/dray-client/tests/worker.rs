@@ -415,3 +415,118 @@ async fn a_lease_the_server_refuses_stops_the_worker_with_the_error() {
     assert_eq!(err.status(), Some(422), "{err}");
     server.stop().await;
 }
+
+/// `ctx.step`: a retried attempt gets the steps the first one recorded without running them again
+/// (the closure runs once per step across both attempts), runs the rest, and every step is on
+/// the job; a second call of a step in one attempt is memoized too; a step's own error records
+/// nothing; a step past its bounds is a fatal error.
+#[tokio::test]
+async fn steps_run_once_per_job_across_attempts() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let server = server().await;
+    let c = &server.client;
+    let id = c.enqueue(Enqueue::new("agent", &3u32).unwrap().attempts_max(3)).await.unwrap().id;
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let handler = {
+        let runs = runs.clone();
+        move |ctx: JobContext| {
+            let (runs, done_tx) = (runs.clone(), done_tx.clone());
+            async move {
+                let count = |name: &str| *runs.lock().unwrap().entry(name.to_owned()).or_default() += 1;
+                let mut results = Vec::new();
+                for i in 0..5u32 {
+                    let name = format!("call {i}");
+                    let value: u32 = ctx
+                        .step(&name, || async {
+                            count(&name);
+                            // The first attempt crashes at call 3, before recording it.
+                            if ctx.attempt() == 1 && i == 3 {
+                                return Err(JobError::retryable("crashed at call 3").retry_after(Duration::ZERO));
+                            }
+                            Ok(i * 10 + ctx.attempt())
+                        })
+                        .await?;
+                    results.push(value);
+                }
+                // Memoized within the attempt too.
+                let again: u32 =
+                    ctx.step("call 0", || async { Err::<u32, JobError>(JobError::fatal("ran twice")) }).await?;
+                let names = ctx.step_names();
+                done_tx.send((ctx.attempt(), again, names)).unwrap();
+                Ok(Some(json!(results)))
+            }
+        }
+    };
+    let worker = spawn(server.worker().queue("agent", handler).build().unwrap());
+    let (attempt, again, names) = within(done.recv()).await.unwrap();
+    assert_eq!((attempt, again), (2, 1));
+    assert_eq!(names, ["call 0", "call 1", "call 2", "call 3", "call 4"]);
+    let job = wait_state(c, id, State::Completed).await;
+    // Calls 0-2 ran in attempt 1 and were handed to attempt 2; calls 3 and 4 ran in attempt 2.
+    assert_eq!(job.result.unwrap().get(), "[1,11,21,32,42]");
+    let runs = runs.lock().unwrap().clone();
+    let expected: HashMap<String, u32> =
+        [("call 0", 1), ("call 1", 1), ("call 2", 1), ("call 3", 2), ("call 4", 1)].map(|(n, k)| (n.into(), k)).into();
+    assert_eq!(runs, expected, "each recorded step ran once; call 3 failed before its record, so it ran again");
+    let steps: Vec<(&str, u32)> = job.steps.iter().map(|s| (s.name.as_str(), s.attempt)).collect();
+    assert_eq!(steps, [("call 0", 1), ("call 1", 1), ("call 2", 1), ("call 3", 2), ("call 4", 2)]);
+    worker.stop().await;
+
+    // A step the server refuses for its content fails the job for good.
+    let id = c.enqueue(Enqueue::new("too-big", &0u32).unwrap().attempts_max(3)).await.unwrap().id;
+    let handler = |ctx: JobContext| async move {
+        let big: String = ctx.step("big", || async { Ok::<_, JobError>("x".repeat(300 * 1024)) }).await?;
+        Ok(Some(json!(big.len())))
+    };
+    let worker = spawn(server.worker().queue("too-big", handler).build().unwrap());
+    let dead = wait_state(c, id, State::Dead).await;
+    assert_eq!(dead.dead_reason, Some(DeadReason::NonRetryable));
+    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("result") && e.contains("262144")), "{dead:?}");
+    worker.stop().await;
+    server.stop().await;
+}
+
+/// A step under a lease the server no longer honours (here: the job was completed behind the
+/// worker's back) fails like a heartbeat would: the attempt learns its lease is lost.
+#[tokio::test]
+async fn a_step_under_a_lost_lease_fails_and_cancels_the_attempt() {
+    let server = server().await;
+    let c = server.client.clone();
+    let id = c.enqueue(Enqueue::new("lost", &0u32).unwrap()).await.unwrap().id;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let handler = move |ctx: JobContext| {
+        let (c, done_tx) = (c.clone(), done_tx.clone());
+        async move {
+            let request = dray_client::api::CompleteRequest { lease_id: ctx.lease_id().to_owned(), result: None };
+            c.complete(ctx.id(), request).await.unwrap();
+            let ran = Arc::new(AtomicBool::new(false));
+            let step = ctx
+                .step("after", || {
+                    let ran = ran.clone();
+                    async move {
+                        ran.store(true, Ordering::SeqCst);
+                        Ok::<_, JobError>(1u32)
+                    }
+                })
+                .await;
+            done_tx.send((step.map_err(|e| e.to_string()), ctx.cancel_reason(), ran.load(Ordering::SeqCst))).unwrap();
+            Ok(None)
+        }
+    };
+    let worker = spawn(server.worker().queue("lost", handler).build().unwrap());
+    let (step, reason, ran) = within(done.recv()).await.unwrap();
+    assert!(ran, "the closure ran: the record is what the lease guards");
+    let error = step.unwrap_err();
+    assert!(error.contains("409"), "{error}");
+    assert_eq!(reason, Some(CancelReason::LeaseLost));
+    assert_eq!(c_job_steps(&server, id).await, 0, "nothing was recorded under the lost lease");
+    worker.stop().await;
+    server.stop().await;
+}
+
+async fn c_job_steps(server: &common::TestServer, id: u64) -> usize {
+    server.client.job(id).await.unwrap().steps.len()
+}

@@ -8,6 +8,7 @@ use crate::ids::{FencingToken, JobId, LeaseId, QueueName, WorkerId, validate_nam
 use crate::limits::{Invalid, Limits, check_bytes, check_range};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::schedule::ScheduleTick;
+use crate::step::Steps;
 use crate::time::Timestamp;
 
 /// Where a job is in its life. `Completed`, `Dead` and `Cancelled` are final until an operator
@@ -172,10 +173,14 @@ pub enum HistoryKind {
     Rejected,
     /// Every dependency finished as the job's policy requires: a blocked job may run.
     Released,
+    /// The running attempt recorded a step (`Event::Step`); the entry's `error` holds the step's
+    /// name. The state does not change.
+    StepRecorded,
 }
 
 impl HistoryKind {
-    pub const ALL: [HistoryKind; 11] = [
+    /// Every kind, in the order of their storage index (a new kind goes at the end).
+    pub const ALL: [HistoryKind; 12] = [
         HistoryKind::Enqueued,
         HistoryKind::Promoted,
         HistoryKind::Leased,
@@ -187,6 +192,7 @@ impl HistoryKind {
         HistoryKind::Redriven,
         HistoryKind::Rejected,
         HistoryKind::Released,
+        HistoryKind::StepRecorded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -202,6 +208,7 @@ impl HistoryKind {
             HistoryKind::Redriven => "redriven",
             HistoryKind::Rejected => "rejected",
             HistoryKind::Released => "released",
+            HistoryKind::StepRecorded => "step_recorded",
         }
     }
 }
@@ -217,6 +224,8 @@ pub struct HistoryEntry {
     pub attempt: u32,
     pub token: Option<FencingToken>,
     pub worker: Option<WorkerId>,
+    /// The error of a failure, an expiry or a rejection. For a `StepRecorded` entry, the step's
+    /// name instead (the API shows it as `step`): entries keep one shape in every store.
     pub error: Option<Box<str>>,
     /// For a move to `scheduled` or `retrying`: when the job becomes due.
     pub run_at: Option<Timestamp>,
@@ -402,6 +411,7 @@ impl NewJob {
                 dead_reason: None,
                 finished_at: None,
             },
+            steps: Steps::default(),
             version: 1,
             history: vec![entry],
             history_dropped: 0,
@@ -466,6 +476,9 @@ pub struct Job {
     pub depends_on: Box<[JobId]>,
     pub on_dependency_failure: OnDependencyFailure,
     pub status: JobStatus,
+    /// The steps its attempts recorded (`ctx.step`), kept across retries and redrives. Not part of
+    /// the status, which is logged whole on every change: a step is logged once, when recorded.
+    pub steps: Steps,
     /// Counts the changes recorded in history (the enqueue is 1). A store logs it with each change
     /// so that replaying a log over a newer snapshot can skip what the snapshot already holds.
     pub version: u32,

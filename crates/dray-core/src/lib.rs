@@ -19,6 +19,7 @@ pub mod lock;
 pub mod retry;
 pub mod schedule;
 pub mod scope;
+pub mod step;
 pub mod time;
 pub mod transition;
 
@@ -32,5 +33,6 @@ pub use lock::{Lock, LockName, LockOwner};
 pub use retry::{Backoff, RetryPolicy};
 pub use schedule::{Misfire, Overlap, Schedule, ScheduleName, ScheduleSpec, ScheduleTick};
 pub use scope::{QueuePattern, Scope, ScopeKind};
+pub use step::{Step, Steps};
 pub use time::Timestamp;
 pub use transition::{Effect, Event, Rejection, Transition, transition};

@@ -32,6 +32,14 @@ impl Limits {
     /// A queue's JSON Schema for payloads, as JSON text.
     pub const PAYLOAD_SCHEMA_BYTES_MAX: usize = 64 * 1024;
     pub const PROGRESS_BYTES_MAX: usize = 4 * 1024;
+    /// A step's name (`ctx.step`): any text without control characters.
+    pub const STEP_NAME_BYTES_MAX: usize = 256;
+    /// A step's result, as JSON text.
+    pub const STEP_RESULT_BYTES_MAX: usize = 256 * 1024;
+    /// Steps one job records at most.
+    pub const STEPS_PER_JOB_MAX: usize = 1_000;
+    /// The names and results of one job's steps together.
+    pub const STEPS_BYTES_PER_JOB_MAX: usize = 8 * 1024 * 1024;
     /// Longer error messages are truncated (not rejected): refusing a failure report would leave
     /// the job running until its lease expires, which loses more than the tail of a message.
     pub const ERROR_BYTES_MAX: usize = 8 * 1024;

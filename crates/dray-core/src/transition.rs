@@ -11,7 +11,8 @@ use crate::breaker::BreakerOutcome;
 use crate::dependency::failure_reason;
 use crate::ids::{FencingToken, JobId, LeaseId, WorkerId};
 use crate::job::{DeadReason, HistoryEntry, HistoryKind, Job, JobState, JobStatus, Lease, Payload};
-use crate::limits::{Limits, truncate_utf8};
+use crate::limits::{Invalid, Limits, truncate_utf8};
+use crate::step::Step;
 use crate::time::Timestamp;
 
 /// Something that happens to a job. Events are verbs; states are participles.
@@ -76,6 +77,15 @@ pub enum Event<'a> {
         dependency: JobId,
         state: Option<JobState>,
     },
+    /// The attempt holding `lease` recorded a step: `name` finished with `result` (checked with
+    /// `step::validate` before). Fenced like an ack. The first record of a name wins: a name
+    /// already recorded changes nothing, and the answer is the result recorded then
+    /// ([`Effect::StepKnown`]).
+    Step {
+        lease: LeaseId,
+        name: &'a str,
+        result: Payload,
+    },
 }
 
 /// The kind of an [`Event`], without its data: for tables, logs and rejections.
@@ -93,6 +103,7 @@ pub enum EventKind {
     Reject,
     Release,
     DependencyFailed,
+    Step,
     /// Not an event of [`transition`]: deleting a dead job. Named here so a refusal to discard a
     /// job that is not dead reads right.
     Discard,
@@ -113,6 +124,7 @@ impl Event<'_> {
             Event::Reject { .. } => EventKind::Reject,
             Event::Release => EventKind::Release,
             Event::DependencyFailed { .. } => EventKind::DependencyFailed,
+            Event::Step { .. } => EventKind::Step,
         }
     }
 }
@@ -132,6 +144,7 @@ impl fmt::Display for EventKind {
             EventKind::Reject => "reject",
             EventKind::Release => "release",
             EventKind::DependencyFailed => "apply a failed dependency to",
+            EventKind::Step => "record a step of",
             EventKind::Discard => "discard",
         };
         f.write_str(s)
@@ -160,6 +173,10 @@ pub enum Rejection {
     /// The event does not apply in this state at all.
     #[error("cannot {event} a job that is {state}")]
     NotAllowed { state: JobState, event: EventKind },
+    /// The event's data breaks a bound of the job as it is now (a step past the job's steps
+    /// limit); the refusal names the field and the limit, like any bad input.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
 }
 
 /// What a transition caused, beyond the job's own new status: for the caller to act on (wake
@@ -185,6 +202,10 @@ pub enum Effect {
     CancelRequested,
     /// The event changed nothing (a repeated cancel).
     Unchanged,
+    /// A step was recorded: the caller appends it to the job's steps (as [`Job::apply`] does).
+    StepRecorded(Step),
+    /// The step's name was recorded already: nothing changed; this is the step as recorded then.
+    StepKnown(Step),
 }
 
 /// The result of an accepted event: the job's whole new status, the history entry to append
@@ -201,6 +222,16 @@ impl Transition {
     pub fn queue_backoff(&self) -> Option<Timestamp> {
         self.effects.iter().find_map(|e| match e {
             Effect::QueueBackoff { until } => Some(*until),
+            _ => None,
+        })
+    }
+
+    /// The step a `Step` event recorded or found, and whether it recorded it (`false`: the name
+    /// was recorded before, and this is the first record).
+    pub fn step(&self) -> Option<(&Step, bool)> {
+        self.effects.iter().find_map(|e| match e {
+            Effect::StepRecorded(step) => Some((step, true)),
+            Effect::StepKnown(step) => Some((step, false)),
             _ => None,
         })
     }
@@ -475,6 +506,32 @@ pub fn transition(job: &Job, event: Event<'_>, now: Timestamp, random: u64) -> R
             let effects = vec![Effect::DeadLettered { reason: DeadReason::Rejected }];
             Ok(Transition { status, history: Some(history), effects })
         }
+
+        Event::Step { lease, name, result } => {
+            let held = check_lease(job, lease, now)?;
+            // First write wins: a worker retrying a lost reply gets the memoized value.
+            if let Some(step) = job.steps.get(name) {
+                return Ok(Transition {
+                    status: current.clone(),
+                    history: None,
+                    effects: vec![Effect::StepKnown(step.clone())],
+                });
+            }
+            job.steps.room_for(name, &result)?;
+            // The entry carries the step's name where other entries carry an error.
+            let history = HistoryEntry {
+                token: Some(held.token),
+                worker: Some(held.worker.clone()),
+                error: Some(name.into()),
+                ..entry(HistoryKind::StepRecorded, current)
+            };
+            let step = Step { name: name.into(), result, at: now, attempt: current.attempt };
+            Ok(Transition {
+                status: current.clone(),
+                history: Some(history),
+                effects: vec![Effect::StepRecorded(step)],
+            })
+        }
     }
 }
 
@@ -555,10 +612,15 @@ fn failed_attempt(job: &Job, now: Timestamp, outcome: AfterFailure, error: &str,
 }
 
 impl Job {
-    /// Applies an accepted transition: the new status, and the history entry (which counts as a
-    /// new version).
+    /// Applies an accepted transition: the new status, a recorded step, and the history entry
+    /// (which counts as a new version).
     pub fn apply(&mut self, t: Transition) {
         self.status = t.status;
+        for effect in t.effects {
+            if let Effect::StepRecorded(step) = effect {
+                self.steps.push(step);
+            }
+        }
         if let Some(entry) = t.history {
             self.version += 1;
             self.push_history(entry);

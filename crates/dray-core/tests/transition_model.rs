@@ -5,7 +5,9 @@
 //! The model predicts, for each event, whether the core accepts it and the state the job ends in.
 //! After every step the harness also checks invariants that hold whatever the model says: attempts
 //! within budget, exactly one lease while running, fencing tokens strictly increasing, nothing
-//! leased before it is due, a completed job never leased again, and `version` counting history.
+//! leased before it is due, a completed job never leased again, `version` counting history, and
+//! steps (`Event::Step`) memoized: the first result recorded for a name is the one every later
+//! record of it gets back, and every step stays through retries, expiries and redrives.
 
 use dray_core::{
     Backoff, Event, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName,
@@ -57,6 +59,12 @@ enum Op {
     Expire(usize),
     Cancel(usize),
     Redrive(usize),
+    /// Record step `name` (one of a few, so names repeat) with a fresh result.
+    Step {
+        job: usize,
+        lease: LeaseChoice,
+        name: u8,
+    },
     Advance(u64),
 }
 
@@ -96,6 +104,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => job.clone().prop_map(Op::Expire),
         1 => job.clone().prop_map(Op::Cancel),
         1 => job.clone().prop_map(Op::Redrive),
+        3 => (job.clone(), lease_choice(), 0..4u8).prop_map(|(job, lease, name)| Op::Step { job, lease, name }),
         4 => prop_oneof![Just(0u64), 1..400u64, Just(LEASE_MS - 1), Just(LEASE_MS), 400..2_500u64]
             .prop_map(Op::Advance),
     ]
@@ -115,6 +124,8 @@ struct Model {
     /// Every lease id the job was granted, oldest first.
     leases: Vec<u64>,
     ever_completed: bool,
+    /// Steps recorded, in order: the name and the first result recorded for it.
+    steps: Vec<(u8, u64)>,
 }
 
 /// What the model expects of one event.
@@ -148,6 +159,7 @@ impl Model {
             cancel_requested: false,
             leases: Vec::new(),
             ever_completed: false,
+            steps: Vec::new(),
         }
     }
 
@@ -191,12 +203,12 @@ impl Model {
                 Available => Expect::Accept(Running),
                 _ => Expect::Reject,
             },
-            Op::Heartbeat(..) if self.holds(lease, now) => Expect::Accept(Running),
+            Op::Heartbeat(..) | Op::Step { .. } if self.holds(lease, now) => Expect::Accept(Running),
             Op::Complete(..) if self.holds(lease, now) => Expect::Accept(Completed),
             Op::Fail { retryable, retry_after_ms, rate_limited, .. } if self.holds(lease, now) => {
                 self.after_failure(now, retryable, retry_after_ms, rate_limited)
             }
-            Op::Heartbeat(..) | Op::Complete(..) | Op::Fail { .. } => Expect::Reject,
+            Op::Heartbeat(..) | Op::Complete(..) | Op::Fail { .. } | Op::Step { .. } => Expect::Reject,
             Op::Expire(_) => match self.lease {
                 Some((_, deadline)) if self.state == Running && now >= deadline => {
                     self.after_failure(now, true, None, false)
@@ -273,6 +285,8 @@ struct Harness {
     counter: u64,
     worker: WorkerId,
     queue: QueueName,
+    /// Step results are this counter's values: each record sends a result never sent before.
+    results: u64,
 }
 
 impl Harness {
@@ -283,6 +297,7 @@ impl Harness {
             counter: 0,
             worker: WorkerId::new("model-worker").unwrap(),
             queue: QueueName::new("model").unwrap(),
+            results: 0,
         }
     }
 
@@ -319,11 +334,14 @@ impl Harness {
             Op::Promote(j) | Op::Lease(j) | Op::Heartbeat(j, _) | Op::Complete(j, _) => j,
             Op::Fail { job, .. } => job,
             Op::Expire(j) | Op::Cancel(j) | Op::Redrive(j) | Op::Release(j) | Op::DependencyFailed(j) => j,
+            Op::Step { job, .. } => job,
         };
         let index = index % self.jobs.len();
         let now = self.now;
         let choice = match op {
-            Op::Heartbeat(_, c) | Op::Complete(_, c) | Op::Fail { lease: c, .. } => Some(*c),
+            Op::Heartbeat(_, c) | Op::Complete(_, c) | Op::Fail { lease: c, .. } | Op::Step { lease: c, .. } => {
+                Some(*c)
+            }
             _ => None,
         };
         let (job, model) = &mut self.jobs[index];
@@ -340,6 +358,12 @@ impl Harness {
                 n => model.leases[n - 2],
             },
             Some(LeaseChoice::Bogus) => u64::MAX,
+        };
+        self.results += 1;
+        let result = self.results;
+        let step_name = match *op {
+            Op::Step { name, .. } => format!("step-{name}"),
+            _ => String::new(),
         };
         let event = match *op {
             Op::Promote(_) => Event::Promote,
@@ -360,6 +384,11 @@ impl Harness {
             Op::DependencyFailed(_) => {
                 Event::DependencyFailed { dependency: JobId(u64::MAX), state: Some(JobState::Dead) }
             }
+            Op::Step { .. } => Event::Step {
+                lease: LeaseId(lease),
+                name: &step_name,
+                result: Payload::new(result.to_string().into_bytes()),
+            },
             Op::Enqueue { .. } | Op::Advance(_) => unreachable!(),
         };
 
@@ -392,6 +421,26 @@ impl Harness {
                 if let Op::Promote(_) = op {
                     prop_assert!(before.status.run_at <= now, "promoted before run_at\n{}", context());
                 }
+                let mut new_step = None;
+                if let Op::Step { name, .. } = *op {
+                    // First write wins: a new name records this result, a known one answers
+                    // with the result recorded first.
+                    let first = model.steps.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+                    let (step, recorded) =
+                        t.step().ok_or_else(|| TestCaseError::fail("a step event without its step"))?;
+                    prop_assert_eq!(
+                        recorded,
+                        first.is_none(),
+                        "recorded a known name, or not a new one\n{}",
+                        context()
+                    );
+                    let answered = first.unwrap_or(result).to_string();
+                    prop_assert_eq!(step.result.as_bytes(), answered.as_bytes(), "the answer is the first result");
+                    prop_assert_eq!(t.history.is_some(), recorded, "a history entry exactly for a new step");
+                    if recorded {
+                        new_step = Some((name, result));
+                    }
+                }
                 let retry_at = t.status.run_at.as_millis();
                 if let Expect::Retry { from, to } = expect {
                     prop_assert!(
@@ -402,6 +451,7 @@ impl Harness {
                 }
                 job.apply(t);
                 model.accept(op, &expect, lease, now.as_millis(), retry_at);
+                model.steps.extend(new_step);
             }
         }
         let (job, model) = &self.jobs[index];
@@ -461,6 +511,17 @@ fn check_job(job: &Job, model: &Model) -> Result<(), String> {
     }
     if job.history.last().map(|e| e.state) != Some(s.state) {
         return fail("the last history entry does not record the current state");
+    }
+    // Steps are never lost nor changed, whatever happened to the job.
+    let steps: Vec<(String, String)> = job
+        .steps
+        .iter()
+        .map(|s| (s.name.to_string(), String::from_utf8_lossy(s.result.as_bytes()).into_owned()))
+        .collect();
+    let expected: Vec<(String, String)> =
+        model.steps.iter().map(|(n, v)| (format!("step-{n}"), v.to_string())).collect();
+    if steps != expected || job.steps.len() != expected.len() {
+        return fail("steps differ from the model");
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use dray_core::job::validate_traceparent;
 use dray_core::{
-    Backoff, Effect, Event, FencingToken, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload, QueueName, Rejection,
-    RetryPolicy, Timestamp, Transition, WorkerId, transition,
+    Backoff, Effect, Event, FencingToken, HistoryKind, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
+    QueueName, Rejection, RetryPolicy, Timestamp, Transition, WorkerId, transition,
 };
 use expect_test::{Expect, expect};
 
@@ -72,6 +72,10 @@ fn ago(ms: u64) -> Timestamp {
 
 fn lease_event(worker: &WorkerId, id: LeaseId, token: u64) -> Event<'_> {
     Event::Lease { id, token: FencingToken(token), worker, lease_ms: None }
+}
+
+fn step_event<'a>(lease: LeaseId, name: &'a str, result: &str) -> Event<'a> {
+    Event::Step { lease, name, result: Payload::new(result.as_bytes().to_vec()) }
 }
 
 fn fail_event(lease: LeaseId) -> Event<'static> {
@@ -140,6 +144,12 @@ fn cases() -> Vec<(&'static str, Job)> {
     let blocked = |new: NewJob| enqueue(new, ago(10_000)).with_dependencies(Box::new([JobId(9)]), true);
     let mut blocked_run_at_ahead = new_job();
     blocked_run_at_ahead.run_at = Some(NOW.add_ms(5_000));
+    // Recorded step `s1` (the name the table's `step.recorded_name` event sends again), then the
+    // attempt failed: a retrying job keeps its steps.
+    let mut with_step = running_since(10_000);
+    step(&mut with_step, step_event(LEASE_HELD, "s1", "\"first\""), ago(5_000));
+    let mut retrying_with_step = with_step.clone();
+    step(&mut retrying_with_step, fail_event(LEASE_HELD), ago(4_000));
 
     vec![
         ("scheduled.early", enqueue(scheduled_early, ago(10_000))),
@@ -152,8 +162,10 @@ fn cases() -> Vec<(&'static str, Job)> {
         ("running.last_attempt.deadline_passed", last_attempt(LEASE_MS + 1)),
         ("running.deadline_now", running_since(LEASE_MS)),
         ("running.deadline_passed", running_since(LEASE_MS + 1)),
+        ("running.step_recorded", with_step),
         ("retrying.early", retrying_since(1_000)),
         ("retrying.due", retrying_since(10_000)),
+        ("retrying.step_recorded", retrying_with_step),
         ("completed", completed),
         ("dead", dead),
         ("cancelled", cancelled),
@@ -201,6 +213,9 @@ fn events(w: &WorkerId) -> Vec<(&'static str, Event<'_>)> {
         ("reject", Event::Reject { error: "payload at /n: not an integer" }),
         ("release", Event::Release),
         ("dependency_failed", Event::DependencyFailed { dependency: JobId(9), state: Some(JobState::Dead) }),
+        ("step", step_event(LEASE_HELD, "s2", "2")),
+        ("step.wrong_lease", step_event(LEASE_WRONG, "s2", "2")),
+        ("step.recorded_name", step_event(LEASE_HELD, "s1", "\"second\"")),
     ]
 }
 
@@ -254,6 +269,9 @@ fn render(before: &Job, outcome: Result<Transition, Rejection>) -> String {
             if let Some(at) = h.run_at {
                 write!(out, "/run_at={}", t(at)).unwrap();
             }
+            if h.kind == HistoryKind::StepRecorded {
+                write!(out, "/step={}", h.error.as_deref().unwrap_or("-")).unwrap();
+            }
         }
         None => out.push_str(" | history=-"),
     }
@@ -275,6 +293,10 @@ fn render_effect(e: &Effect) -> String {
         Effect::BecameAvailable => "became_available".to_string(),
         Effect::CancelRequested => "cancel_requested".to_string(),
         Effect::Unchanged => "unchanged".to_string(),
+        Effect::StepRecorded(s) => {
+            format!("step_recorded({}={:?}, attempt={}, at={})", s.name, s.result, s.attempt, t(s.at))
+        }
+        Effect::StepKnown(s) => format!("step_known({}={:?}, attempt={}, at={})", s.name, s.result, s.attempt, t(s.at)),
     }
 }
 
@@ -286,6 +308,7 @@ fn render_rejection(r: &Rejection) -> String {
         Rejection::NotDue { run_at } => format!("NotDue(run_at={})", t(*run_at)),
         Rejection::AlreadyFinished { state } => format!("AlreadyFinished({state})"),
         Rejection::NotAllowed { state, event } => format!("NotAllowed({event} when {state})"),
+        Rejection::Invalid(invalid) => format!("Invalid({})", invalid.field),
     }
 }
 
@@ -300,6 +323,9 @@ fn describe(job: &Job) -> String {
     }
     if let Some(reason) = s.dead_reason {
         write!(out, " dead_reason={}", reason.as_str()).unwrap();
+    }
+    for step in job.steps.iter() {
+        write!(out, " step:{}={:?}", step.name, step.result).unwrap();
     }
     out
 }
@@ -342,6 +368,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when scheduled)
         release                => rejected NotAllowed(release when scheduled)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when scheduled)
+        step                   => rejected StaleLease(scheduled)
+        step.wrong_lease       => rejected StaleLease(scheduled)
+        step.recorded_name     => rejected StaleLease(scheduled)
 
         ## scheduled.due_now: scheduled attempt=0/3 run_at=now
         promote                => available attempt=0 | history=promoted | became_available
@@ -361,6 +390,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when scheduled)
         release                => rejected NotAllowed(release when scheduled)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when scheduled)
+        step                   => rejected StaleLease(scheduled)
+        step.wrong_lease       => rejected StaleLease(scheduled)
+        step.recorded_name     => rejected StaleLease(scheduled)
 
         ## available: available attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when available)
@@ -380,6 +412,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when available)
         release                => rejected NotAllowed(release when available)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when available)
+        step                   => rejected StaleLease(available)
+        step.wrong_lease       => rejected StaleLease(available)
+        step.recorded_name     => rejected StaleLease(available)
 
         ## running: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -399,6 +434,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => running attempt=1 lease=1111/token=7/deadline=now+20000 | history=step_recorded/token=7/worker=worker-1/step=s2 | step_recorded(s2="2", attempt=1, at=now)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => running attempt=1 lease=1111/token=7/deadline=now+20000 | history=step_recorded/token=7/worker=worker-1/step=s1 | step_recorded(s1="\"second\"", attempt=1, at=now)
 
         ## running.cancel_requested: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -418,6 +456,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=step_recorded/token=7/worker=worker-1/step=s2 | step_recorded(s2="2", attempt=1, at=now)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=step_recorded/token=7/worker=worker-1/step=s1 | step_recorded(s1="\"second\"", attempt=1, at=now)
 
         ## running.cancel_requested.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1 cancel_requested
         promote                => rejected NotAllowed(promote when running)
@@ -437,6 +478,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => rejected LeaseExpired(deadline=now-1)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => rejected LeaseExpired(deadline=now-1)
 
         ## running.last_attempt: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now+20000
         promote                => rejected NotAllowed(promote when running)
@@ -456,6 +500,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => running attempt=3 lease=1111/token=7/deadline=now+20000 | history=step_recorded/token=7/worker=worker-1/step=s2 | step_recorded(s2="2", attempt=3, at=now)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => running attempt=3 lease=1111/token=7/deadline=now+20000 | history=step_recorded/token=7/worker=worker-1/step=s1 | step_recorded(s1="\"second\"", attempt=3, at=now)
 
         ## running.last_attempt.deadline_passed: running attempt=3/3 run_at=now-43000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -475,6 +522,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => rejected LeaseExpired(deadline=now-1)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => rejected LeaseExpired(deadline=now-1)
 
         ## running.deadline_now: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now
         promote                => rejected NotAllowed(promote when running)
@@ -494,6 +544,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => rejected LeaseExpired(deadline=now)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => rejected LeaseExpired(deadline=now)
 
         ## running.deadline_passed: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now-1
         promote                => rejected NotAllowed(promote when running)
@@ -513,6 +566,31 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when running)
         release                => rejected NotAllowed(release when running)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => rejected LeaseExpired(deadline=now-1)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => rejected LeaseExpired(deadline=now-1)
+
+        ## running.step_recorded: running attempt=1/3 run_at=now-60000 lease=1111/token=7/deadline=now+20000 step:s1="\"first\""
+        promote                => rejected NotAllowed(promote when running)
+        lease                  => rejected NotAllowed(lease when running)
+        heartbeat              => running attempt=1 lease=1111/token=7/deadline=now+30000 progress=Some("50%") checkpoint=Some("c1") | history=- | lease_extended(deadline=now+30000, cancel_requested=false)
+        heartbeat.wrong_lease  => rejected StaleLease(running)
+        complete               => completed attempt=1 finished_at=now result=Some("1") | history=completed/token=7/worker=worker-1 | finished
+        complete.wrong_lease   => rejected StaleLease(running)
+        fail                   => retrying attempt=1 run_at=now+500 last_error="boom" | history=failed/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500)
+        fail.non_retryable     => dead attempt=1 dead_reason=non_retryable finished_at=now last_error="boom" | history=failed/token=7/worker=worker-1 | dead_lettered(non_retryable),finished
+        fail.retry_after_2s    => retrying attempt=1 run_at=now+2000 last_error="boom" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000)
+        fail.rate_limited      => retrying attempt=0 run_at=now+500 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+500 | retry_scheduled(now+500),queue_backoff(now+500)
+        fail.rate_limited_after_2s => retrying attempt=0 run_at=now+2000 last_error="429" | history=failed/token=7/worker=worker-1/run_at=now+2000 | retry_scheduled(now+2000),queue_backoff(now+2000)
+        expire                 => rejected LeaseLive(deadline=now+20000)
+        cancel                 => running attempt=1 lease=1111/token=7/deadline=now+20000 cancel_requested | history=cancel_requested | cancel_requested
+        redrive                => rejected NotAllowed(redrive when running)
+        reject                 => rejected NotAllowed(reject when running)
+        release                => rejected NotAllowed(release when running)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when running)
+        step                   => running attempt=1 lease=1111/token=7/deadline=now+20000 | history=step_recorded/token=7/worker=worker-1/step=s2 | step_recorded(s2="2", attempt=1, at=now)
+        step.wrong_lease       => rejected StaleLease(running)
+        step.recorded_name     => running attempt=1 lease=1111/token=7/deadline=now+20000 | history=- | step_known(s1="\"first\"", attempt=1, at=now-5000)
 
         ## retrying.early: retrying attempt=1/3 run_at=now+4000
         promote                => rejected NotDue(run_at=now+4000)
@@ -532,6 +610,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when retrying)
         release                => rejected NotAllowed(release when retrying)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when retrying)
+        step                   => rejected StaleLease(retrying)
+        step.wrong_lease       => rejected StaleLease(retrying)
+        step.recorded_name     => rejected StaleLease(retrying)
 
         ## retrying.due: retrying attempt=1/3 run_at=now-5000
         promote                => available attempt=1 | history=promoted | became_available
@@ -551,6 +632,31 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when retrying)
         release                => rejected NotAllowed(release when retrying)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when retrying)
+        step                   => rejected StaleLease(retrying)
+        step.wrong_lease       => rejected StaleLease(retrying)
+        step.recorded_name     => rejected StaleLease(retrying)
+
+        ## retrying.step_recorded: retrying attempt=1/3 run_at=now-3500 step:s1="\"first\""
+        promote                => available attempt=1 | history=promoted | became_available
+        lease                  => rejected NotAllowed(lease when retrying)
+        heartbeat              => rejected StaleLease(retrying)
+        heartbeat.wrong_lease  => rejected StaleLease(retrying)
+        complete               => rejected StaleLease(retrying)
+        complete.wrong_lease   => rejected StaleLease(retrying)
+        fail                   => rejected StaleLease(retrying)
+        fail.non_retryable     => rejected StaleLease(retrying)
+        fail.retry_after_2s    => rejected StaleLease(retrying)
+        fail.rate_limited      => rejected StaleLease(retrying)
+        fail.rate_limited_after_2s => rejected StaleLease(retrying)
+        expire                 => rejected NotAllowed(expire when retrying)
+        cancel                 => cancelled attempt=1 finished_at=now | history=cancelled | finished
+        redrive                => rejected NotAllowed(redrive when retrying)
+        reject                 => rejected NotAllowed(reject when retrying)
+        release                => rejected NotAllowed(release when retrying)
+        dependency_failed      => rejected NotAllowed(apply a failed dependency to when retrying)
+        step                   => rejected StaleLease(retrying)
+        step.wrong_lease       => rejected StaleLease(retrying)
+        step.recorded_name     => rejected StaleLease(retrying)
 
         ## completed: completed attempt=1/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when completed)
@@ -570,6 +676,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when completed)
         release                => rejected NotAllowed(release when completed)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when completed)
+        step                   => rejected AlreadyFinished(completed)
+        step.wrong_lease       => rejected AlreadyFinished(completed)
+        step.recorded_name     => rejected AlreadyFinished(completed)
 
         ## dead: dead attempt=3/3 run_at=now-43000 dead_reason=failed
         promote                => rejected NotAllowed(promote when dead)
@@ -589,6 +698,9 @@ fn transition_table() {
         reject                 => dead attempt=3 dead_reason=rejected last_error="payload at /n: not an integer" | history=rejected | dead_lettered(rejected)
         release                => rejected NotAllowed(release when dead)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when dead)
+        step                   => rejected AlreadyFinished(dead)
+        step.wrong_lease       => rejected AlreadyFinished(dead)
+        step.recorded_name     => rejected AlreadyFinished(dead)
 
         ## cancelled: cancelled attempt=0/3 run_at=now-60000
         promote                => rejected NotAllowed(promote when cancelled)
@@ -608,6 +720,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when cancelled)
         release                => rejected NotAllowed(release when cancelled)
         dependency_failed      => rejected NotAllowed(apply a failed dependency to when cancelled)
+        step                   => rejected AlreadyFinished(cancelled)
+        step.wrong_lease       => rejected AlreadyFinished(cancelled)
+        step.recorded_name     => rejected AlreadyFinished(cancelled)
 
         ## blocked: blocked attempt=0/3 run_at=now-10000
         promote                => rejected NotAllowed(promote when blocked)
@@ -627,6 +742,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when blocked)
         release                => available attempt=0 run_at=now | history=released | became_available
         dependency_failed      => cancelled attempt=0 finished_at=now last_error="dependency 9 ended dead" | history=cancelled | finished
+        step                   => rejected StaleLease(blocked)
+        step.wrong_lease       => rejected StaleLease(blocked)
+        step.recorded_name     => rejected StaleLease(blocked)
 
         ## blocked.run_at_ahead: blocked attempt=0/3 run_at=now+5000
         promote                => rejected NotAllowed(promote when blocked)
@@ -646,6 +764,9 @@ fn transition_table() {
         reject                 => rejected NotAllowed(reject when blocked)
         release                => scheduled attempt=0 | history=released/run_at=now+5000 | 
         dependency_failed      => cancelled attempt=0 finished_at=now last_error="dependency 9 ended dead" | history=cancelled | finished
+        step                   => rejected StaleLease(blocked)
+        step.wrong_lease       => rejected StaleLease(blocked)
+        step.recorded_name     => rejected StaleLease(blocked)
 
     "###]].assert_eq(&table());
 }
@@ -976,5 +1097,136 @@ fn traceparent_validation() {
         "": traceparent: is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)
         <312 bytes>: traceparent: is 312 bytes; the limit is 256
     "#]],
+    );
+}
+
+/// The steps of a job, as one line.
+fn steps_line(job: &Job) -> String {
+    let steps: Vec<String> = job.steps.iter().map(|s| format!("{}={:?}@{}", s.name, s.result, s.attempt)).collect();
+    format!("steps=[{}] count={} bytes={}", steps.join(" "), job.steps.len(), job.steps.bytes())
+}
+
+#[test]
+fn steps_are_memoized_across_retries_expiry_and_redrive() {
+    // A job with two attempts: steps recorded by the first are there for the second, then for
+    // the attempt after a redrive; a name recorded again keeps its first result.
+    let w = worker();
+    let mut new = new_job();
+    new.attempts_max = Some(2);
+    let mut job = new.into_job(JobId(1), ago(60_000), policy(), LEASE_MS);
+    let mut lines = Vec::new();
+    let record = |job: &mut Job, lease, name: &str, result: &str, at| {
+        let t = transition(job, step_event(lease, name, result), at, RANDOM).unwrap();
+        let (step, recorded) = t.step().expect("a step event answers with its step");
+        let line = format!(
+            "{name}={result} -> {} {:?} (attempt {}) history={}",
+            if recorded { "recorded" } else { "known" },
+            step.result,
+            step.attempt,
+            t.history.as_ref().map_or("-", |h| h.kind.as_str()),
+        );
+        job.apply(t);
+        line
+    };
+    step(&mut job, lease_event(&w, LeaseId(1), 1), ago(50_000));
+    lines.push(record(&mut job, LeaseId(1), "fetch", "{\"page\":1}", ago(49_000)));
+    lines.push(record(&mut job, LeaseId(1), "summarize", "\"short\"", ago(48_000)));
+    lines.push(record(&mut job, LeaseId(1), "fetch", "{\"page\":99}", ago(47_000)));
+    step(&mut job, fail_event(LeaseId(1)), ago(46_000));
+    step(&mut job, Event::PromoteNow, ago(45_000));
+    step(&mut job, lease_event(&w, LeaseId(2), 2), ago(44_000));
+    lines.push(record(&mut job, LeaseId(2), "summarize", "\"other\"", ago(43_000)));
+    lines.push(record(&mut job, LeaseId(2), "translate", "\"kurz\"", ago(42_000)));
+    // The second attempt's lease runs out: its last attempt, so the job is dead.
+    step(&mut job, Event::Expire, ago(44_000 - LEASE_MS));
+    lines.push(format!("after expiry: {} {}", job.state(), steps_line(&job)));
+    step(&mut job, Event::Redrive, NOW);
+    step(&mut job, lease_event(&w, LeaseId(3), 3), NOW);
+    lines.push(record(&mut job, LeaseId(3), "fetch", "{\"page\":3}", NOW));
+    lines.push(record(&mut job, LeaseId(3), "publish", "true", NOW));
+    lines.push(format!("after redrive: attempt {} {}", job.status.attempt, steps_line(&job)));
+    let entries: Vec<String> = job
+        .history
+        .iter()
+        .filter(|h| h.kind == HistoryKind::StepRecorded)
+        .map(|h| format!("{}@{}/token={}", h.error.as_deref().unwrap(), h.attempt, h.token.unwrap()))
+        .collect();
+    lines.push(format!("history steps: {}", entries.join(" ")));
+    assert_eq!(job.version as usize, job.history.len() + job.history_dropped as usize);
+    check(
+        lines,
+        expect![[r#"
+            fetch={"page":1} -> recorded "{\"page\":1}" (attempt 1) history=step_recorded
+            summarize="short" -> recorded "\"short\"" (attempt 1) history=step_recorded
+            fetch={"page":99} -> known "{\"page\":1}" (attempt 1) history=-
+            summarize="other" -> known "\"short\"" (attempt 1) history=-
+            translate="kurz" -> recorded "\"kurz\"" (attempt 2) history=step_recorded
+            after expiry: dead steps=[fetch="{\"page\":1}"@1 summarize="\"short\""@1 translate="\"kurz\""@2] count=3 bytes=46
+            fetch={"page":3} -> known "{\"page\":1}" (attempt 1) history=-
+            publish=true -> recorded "true" (attempt 1) history=step_recorded
+            after redrive: attempt 1 steps=[fetch="{\"page\":1}"@1 summarize="\"short\""@1 translate="\"kurz\""@2 publish="true"@1] count=4 bytes=57
+            history steps: fetch@1/token=1 summarize@1/token=1 translate@2/token=2 publish@1/token=3
+        "#]],
+    );
+}
+
+#[test]
+fn step_limits_per_job_name_the_field_and_the_limit() {
+    let w = worker();
+    let base = new_job().into_job(JobId(1), ago(60_000), policy(), LEASE_MS);
+    let leased = |mut job: Job| {
+        step(&mut job, lease_event(&w, LEASE_HELD, 7), ago(1_000));
+        job
+    };
+    let attempt =
+        |job: &Job, name: &str, result: &str| match transition(job, step_event(LEASE_HELD, name, result), NOW, 0) {
+            Ok(t) => match t.step() {
+                Some((_, true)) => "recorded".to_string(),
+                Some((s, false)) => format!("known {:?}", s.result),
+                None => "no step".to_string(),
+            },
+            Err(r) => format!("rejected {r}"),
+        };
+    let mut full = base.clone();
+    let steps = (0..Limits::STEPS_PER_JOB_MAX)
+        .map(|i| dray_core::Step {
+            name: format!("s{i}").into(),
+            result: Payload::new(&b"1"[..]),
+            at: ago(2_000),
+            attempt: 1,
+        })
+        .collect();
+    full.steps = dray_core::Steps::from_steps(steps);
+    let full = leased(full);
+    let mut heavy = base.clone();
+    let big = format!("\"{}\"", "x".repeat(Limits::STEP_RESULT_BYTES_MAX - 2));
+    // As many big steps as fit with room to spare for a small one, not for another big one.
+    let steps = (0..Limits::STEPS_BYTES_PER_JOB_MAX / big.len() - 1)
+        .map(|i| dray_core::Step {
+            name: format!("b{i}").into(),
+            result: Payload::new(big.as_bytes().to_vec()),
+            at: ago(2_000),
+            attempt: 1,
+        })
+        .collect();
+    heavy.steps = dray_core::Steps::from_steps(steps);
+    let heavy = leased(heavy);
+    let lines = [
+        format!("full, new name: {}", attempt(&full, "one more", "1")),
+        // First write wins before any bound: a retried record of a kept step is answered.
+        format!("full, recorded name: {}", attempt(&full, "s7", "2")),
+        format!("heavy ({} bytes), small step: {}", heavy.steps.bytes(), attempt(&heavy, "tiny", "1")),
+        format!("heavy, big step: {}", attempt(&heavy, "big", &big)),
+        format!("heavy, recorded name: known={}", attempt(&heavy, "b0", "1").starts_with("known")),
+    ];
+    check(
+        lines,
+        expect![[r#"
+            full, new name: rejected name: is a new step, but the job holds 1000 steps already; the limit is 1000 steps per job
+            full, recorded name: known "1"
+            heavy (8126547 bytes), small step: recorded
+            heavy, big step: rejected result: would bring the job's steps (names and results) to 8388694 bytes; the limit is 8388608 bytes per job
+            heavy, recorded name: known=true
+        "#]],
     );
 }

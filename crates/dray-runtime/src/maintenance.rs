@@ -329,6 +329,9 @@ mod tests {
         async fn job_ack(&self, _: JobAck) -> Result<Vec<Result<dray_store::Acked, Error>>, Error> {
             panic!("maintenance must not call this: it never acks")
         }
+        async fn job_step(&self, _: dray_store::JobStep) -> Result<dray_store::StepRecorded, Error> {
+            panic!("maintenance must not call this: it never records steps")
+        }
         async fn job_cancel(&self, _: JobCancel) -> Result<JobState, Error> {
             panic!("maintenance must not call this: it never cancels")
         }

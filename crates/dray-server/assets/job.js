@@ -1,12 +1,14 @@
 // One job: every history entry on a timeline, each attempt with its worker, fencing token and
-// error, the current lease, and the payload, result, checkpoint and progress as sent. Refreshes
-// itself every two seconds while the job is not finished.
+// error, the current lease, the steps its attempts recorded, and the payload, result, checkpoint
+// and progress as sent. Refreshes itself every two seconds while the job is not finished.
 
 import { api } from './api.js';
 import { ago, badge, confirmDialog, count, duration, h, jsonBlock, notice, replace, time } from './dom.js';
 
 const FINAL = new Set(['completed', 'dead', 'cancelled']);
 const REFRESH_MS = 2000;
+/** A step's result is shown up to this many characters of its JSON text. */
+const STEP_RESULT_CHARS_MAX = 120;
 
 export async function renderJob(main, params, id) {
   let job = await api.job(id);
@@ -88,6 +90,7 @@ export async function renderJob(main, params, id) {
           h('h1', {}, `Job ${job.id}`, badge(job.state))),
         h('div', { class: 'toolbar' }, actions)),
       h('div', { class: 'grid' }, summary, h('div', {}, lease, attemptsPanel(job))),
+      stepsPanel(job),
       timelinePanel(job),
       h('div', { class: 'grid' },
         h('div', { class: 'panel' }, h('h2', {}, 'Payload'), jsonBlock(job.payload, { id: 'job-payload' })),
@@ -127,12 +130,32 @@ function timelinePanel(job) {
         e.worker ? `worker ${e.worker}` : null,
         e.fencing_token !== undefined ? `fencing token ${e.fencing_token}` : null,
         e.run_at ? `due ${new Date(e.run_at).toISOString()}` : null,
+        e.step !== undefined ? `step ${e.step}` : null,
       ].filter(Boolean).join(' · '),
       e.error ? [h('br'), h('span', { class: 'err' }, e.error)] : null,
       i === 0 && job.history_dropped ? [h('br'), h('em', {}, `${count(job.history_dropped)} older entries dropped after this one`)] : null)));
   return h('div', { class: 'panel', id: 'job-timeline' },
     h('h2', {}, `Timeline (${count(job.history.length + job.history_dropped)} events)`),
     h('ol', { class: 'timeline' }, items));
+}
+
+/** The steps the job's attempts recorded, in recording order: later attempts skip them. */
+function stepsPanel(job) {
+  const steps = job.steps || [];
+  const shown = (result) => {
+    const text = JSON.stringify(result);
+    return text.length > STEP_RESULT_CHARS_MAX ? `${text.slice(0, STEP_RESULT_CHARS_MAX)}…` : text;
+  };
+  return h('div', { class: 'panel', id: 'job-steps' }, h('h2', {}, `Steps (${count(steps.length)})`), steps.length
+    ? h('table', {},
+      h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', { class: 'num' }, 'Attempt'), h('th', {}, 'Recorded'),
+        h('th', {}, 'Result'))),
+      h('tbody', {}, steps.map((s) => h('tr', { dataset: { step: s.name } },
+        h('td', { class: 'wrap' }, s.name),
+        h('td', { class: 'num' }, String(s.attempt)),
+        h('td', {}, time(s.recorded_at)),
+        h('td', { class: 'wrap' }, h('code', {}, shown(s.result)))))))
+    : h('p', { class: 'muted' }, 'No steps recorded.'));
 }
 
 /** One row per delivery: who had it, under which fencing token, and how it ended. */

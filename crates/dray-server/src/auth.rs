@@ -95,6 +95,7 @@ pub(crate) const ROUTES: &[(&str, &str, Need)] = {
         ("POST", "/v1/jobs/{id}/promote", Scope(Admin)),
         ("POST", "/v1/lease", Scope(Work)),
         ("POST", "/v1/jobs/{id}/heartbeat", Scope(Work)),
+        ("POST", "/v1/jobs/{id}/steps", Scope(Work)),
         ("POST", "/v1/jobs/{id}/complete", Scope(Work)),
         ("POST", "/v1/jobs/{id}/fail", Scope(Work)),
         ("POST", "/v1/ack", Scope(Work)),

@@ -531,6 +531,7 @@ mod tests {
             deadline: Timestamp(ready_at + 60_000),
             lease_left_ms: None,
             checkpoint: None,
+            steps: Default::default(),
             traceparent: None,
             created_at: Timestamp(ready_at),
             ready_at: Timestamp(ready_at),

@@ -399,6 +399,8 @@ fn rejected(rejection: Rejection) -> ApiError {
         Rejection::NotAllowed { state, event } => {
             conflict("not-allowed", "Not allowed", format!("cannot {event} a job that is {state}"))
         }
+        // Bad input, like any other (`store::Error::rejected` makes it `Error::Invalid` already).
+        Rejection::Invalid(invalid) => invalid.into(),
     }
 }
 
@@ -502,6 +504,12 @@ mod tests {
                 Error::rejected(JobId(7), Rejection::LeaseExpired { deadline: Timestamp(0) }),
                 409,
                 "urn:dray:problem:lease-expired",
+            ),
+            // A step past its job's bounds is bad input: 422, naming the field.
+            (
+                Error::rejected(JobId(7), Rejection::Invalid(Invalid::new("name", "the limit is 1000 steps per job"))),
+                422,
+                "urn:dray:problem:invalid-request",
             ),
             (Error::OverCapacity { used_bytes: 2, budget_bytes: 1 }, 503, "urn:dray:problem:over-capacity"),
             (

@@ -17,7 +17,8 @@ use dray_api::{
     AckBatch, AckBatchResponse, AckResult, Acked, BreakerAction, BreakerActionKind, CancelResponse, CompleteRequest,
     DeadAction, DeadActionResponse, EnqueueBatch, EnqueueJob, Enqueued, EnqueuedBatch, FailRequest, Health,
     HeartbeatRequest, HeartbeatResponse, Job, JobGetQuery, JobPage, JobQuery, LeaseRequest, LeaseResponse, Problem,
-    PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, State as JobStateBody,
+    PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse, QueueList, State as JobStateBody, StepRequest,
+    StepResponse,
 };
 use dray_core::{JobId, JobState, QueueName, ScopeKind};
 use dray_runtime::Clock;
@@ -66,6 +67,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(job_promote))
         .routes(routes!(lease))
         .routes(routes!(heartbeat))
+        .routes(routes!(job_step))
         .routes(routes!(complete))
         .routes(routes!(fail))
         .routes(routes!(ack))
@@ -436,6 +438,34 @@ async fn heartbeat(
     let extended = app.store.lease_extend(p).await?;
     app.workers.extended(job, lease, extended.deadline);
     Ok(Json(HeartbeatResponse::from_store(extended, now)))
+}
+
+/// Record a step of a leased job's attempt: a named, memoized result. The first record of a name
+/// wins: recording it again (a retried request, a later attempt) changes nothing and answers
+/// `recorded: false` with the result recorded first. Every later attempt's lease carries the
+/// job's steps.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/steps", tag = "workers",
+    params(("id" = u64, Path, description = "Job id")),
+    request_body = StepRequest,
+    responses(
+        (status = 200, description = "The step as recorded; `recorded: false` when its name was recorded before", body = StepResponse),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Stale or expired lease (`urn:dray:problem:stale-lease`, `lease-expired`) or a finished job (`already-finished`); nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid step; `field` names it (`name`, `result`) and the detail the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable (outcome unknown: retry, the first record wins) or over capacity", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn job_step(
+    State(app): State<App>,
+    principal: Principal,
+    JobIdParam(job): JobIdParam,
+    Body(body): Body<StepRequest>,
+) -> Result<Json<StepResponse>, ApiError> {
+    let p = body.to_store(app.clock.now(), job)?;
+    principal.check_job(&*app.store, ScopeKind::Work, job).await?;
+    let recorded = app.store.job_step(p).await?;
+    Ok(Json((&recorded).into()))
 }
 
 /// Runs one ack through the batch call and answers with its own result.

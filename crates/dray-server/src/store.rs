@@ -8,8 +8,8 @@
 use dray_core::{Job, JobId, QueueName};
 use dray_store::{
     Acked, DeadDiscard, DeadRedrive, Error, Expired, Inserted, JobAck, JobCancel, JobInsert, JobLease, JobList,
-    JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete,
-    QueueDeleted, QueueStats, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
+    JobPage, JobPromote, JobStep, LeaseExtend, LeaseExtended, LeasedJob, Maintain, QueueConfig, QueueConfigure,
+    QueueDelete, QueueDeleted, QueueStats, StepRecorded, Store, TokenInsert, TokenRecord, TokenRevoke, TokenStore,
 };
 use dray_store::{LockAcquire, LockForceRelease, LockGranted, LockList, LockRelease, LockRenew, LockState, LockStore};
 use dray_store_embedded::EmbeddedStore;
@@ -115,6 +115,10 @@ impl Store for AnyStore {
 
     async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
         delegate!(self.job_ack(p))
+    }
+
+    async fn job_step(&self, p: JobStep) -> Result<StepRecorded, Error> {
+        delegate!(self.job_step(p))
     }
 
     async fn job_cancel(&self, p: JobCancel) -> Result<dray_core::JobState, Error> {

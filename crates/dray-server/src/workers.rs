@@ -620,6 +620,7 @@ mod tests {
             deadline: Timestamp(deadline),
             lease_left_ms: None,
             checkpoint: None,
+            steps: Default::default(),
             traceparent: None,
             created_at: Timestamp(T0),
             ready_at: Timestamp(T0),

@@ -128,6 +128,7 @@ fn sample(method: &str, path: &str, job: u64, token_id: &str) -> (String, Option
         ("POST", "/v1/jobs/batch") => Some(json!({ "jobs": [{ "queue": "q", "payload": 2 }] })),
         ("POST", "/v1/lease") => Some(json!({ "queues": ["q"], "worker": "w", "count": 1 })),
         ("POST", "/v1/jobs/{id}/heartbeat") => Some(lease_body),
+        ("POST", "/v1/jobs/{id}/steps") => Some(json!({ "lease_id": "0000000000000001", "name": "s", "result": 1 })),
         ("POST", "/v1/jobs/{id}/complete") => Some(lease_body),
         ("POST", "/v1/jobs/{id}/fail") => Some(json!({ "lease_id": "0000000000000001", "error": "x" })),
         ("POST", "/v1/ack") => Some(json!({ "acks": [] })),

@@ -13,7 +13,7 @@ use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, Breaker, BreakerPolicy, BreakerState, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId,
     JobState, JobStatus, Lease, LeaseId, LockName, LockOwner, Misfire, NewJob, OnDependencyFailure, Overlap, Payload,
-    QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
+    QueueName, RetryPolicy, Schedule, ScheduleName, ScheduleSpec, ScheduleTick, Step, Timestamp, WorkerId,
 };
 use dray_store::{FlowLimits, OrderingDead, PayloadSchema, QueueConfig, TokenRecord};
 
@@ -80,6 +80,22 @@ pub(crate) enum Record {
         queue: QueueName,
         until: Timestamp,
     },
+    /// A step a job's running attempt recorded (`Effect::StepRecorded`): the step, the history
+    /// entry it adds and the job's version after it (the job's status does not change, so it is
+    /// not logged). Replay skips it when the job is at that version already, like a `JobUpdate`.
+    StepRecorded {
+        id: JobId,
+        version: u32,
+        step: Box<Step>,
+        history: HistoryEntry,
+    },
+    /// In snapshots only, right after the job's `JobInsert` frame: one of its steps, in
+    /// recording order (the job record's layout stays as it is; its version and history already
+    /// count the step).
+    StepCopy {
+        id: JobId,
+        step: Box<Step>,
+    },
     /// Last frame of a snapshot: without it the snapshot is incomplete.
     SnapshotEnd {
         jobs: u64,
@@ -107,6 +123,9 @@ const TAG_LOCK_DELETE: u8 = 21;
 const TAG_BREAKER_UPDATE: u8 = 30;
 // Queue back-offs (downstream rate limits) use tags 40..=49.
 const TAG_QUEUE_BACKOFF: u8 = 40;
+// Steps inside a job use tags 50..=54.
+const TAG_STEP_RECORD: u8 = 50;
+const TAG_STEP_COPY: u8 = 51;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot decode {what} at byte {offset} of a record")]
@@ -321,6 +340,27 @@ pub(crate) fn encode_job_update(
             put_history(buf, entry);
         }
     }
+}
+
+pub(crate) fn encode_step_record(buf: &mut Vec<u8>, id: JobId, version: u32, step: &Step, history: &HistoryEntry) {
+    buf.push(TAG_STEP_RECORD);
+    put_u64(buf, id.0);
+    put_u32(buf, version);
+    put_step(buf, step);
+    put_history(buf, history);
+}
+
+pub(crate) fn encode_step_copy(buf: &mut Vec<u8>, id: JobId, step: &Step) {
+    buf.push(TAG_STEP_COPY);
+    put_u64(buf, id.0);
+    put_step(buf, step);
+}
+
+fn put_step(buf: &mut Vec<u8>, step: &Step) {
+    put_str(buf, &step.name);
+    put_bytes(buf, step.result.as_bytes());
+    put_i64(buf, step.at.0);
+    put_u32(buf, step.attempt);
 }
 
 pub(crate) fn encode_job_delete(buf: &mut Vec<u8>, id: JobId) {
@@ -652,6 +692,13 @@ pub(crate) fn decode(buf: &[u8], names: &mut Names) -> Result<Record, DecodeErro
             Record::JobUpdate { id, version, status, history }
         }
         TAG_JOB_DELETE => Record::JobDelete { id: JobId(d.u64("job id")?) },
+        TAG_STEP_RECORD => Record::StepRecorded {
+            id: JobId(d.u64("job id")?),
+            version: d.u32("version")?,
+            step: Box::new(d.step()?),
+            history: d.history(names)?,
+        },
+        TAG_STEP_COPY => Record::StepCopy { id: JobId(d.u64("job id")?), step: Box::new(d.step()?) },
         TAG_QUEUE_DELETE => Record::QueueDelete { name: d.queue(names)? },
         TAG_SNAPSHOT_HEADER => Record::SnapshotHeader {
             format: d.u32("format")?,
@@ -843,6 +890,27 @@ impl<'a> Dec<'a> {
         Ok(HistoryEntry { at, kind, state, attempt, token, worker, error, run_at })
     }
 
+    /// A step, within the bounds it was written under (the paired assertion of
+    /// `dray_core::step::validate`, without re-reading the JSON).
+    fn step(&mut self) -> Result<Step, DecodeError> {
+        let at = self.pos;
+        let name = self.str("step name")?;
+        if name.is_empty() || name.len() > dray_core::Limits::STEP_NAME_BYTES_MAX {
+            return Err(DecodeError { what: "step name", offset: at });
+        }
+        let at = self.pos;
+        let result = self.bytes("step result")?;
+        if result.is_empty() || result.len() > dray_core::Limits::STEP_RESULT_BYTES_MAX {
+            return Err(DecodeError { what: "step result", offset: at });
+        }
+        Ok(Step {
+            name: name.into(),
+            result: Payload::new(result),
+            at: Timestamp(self.i64("step time")?),
+            attempt: self.u32("step attempt")?,
+        })
+    }
+
     fn lock_name(&mut self) -> Result<LockName, DecodeError> {
         let at = self.pos;
         LockName::new(self.str("lock name")?).map_err(|_| DecodeError { what: "lock name", offset: at })
@@ -971,6 +1039,8 @@ impl<'a> Dec<'a> {
             depends_on: depends_on.into_boxed_slice(),
             on_dependency_failure,
             status,
+            // Never in this record: a snapshot copies them in `StepCopy` frames after it.
+            steps: dray_core::Steps::default(),
             version,
             history,
             history_dropped,
@@ -1183,6 +1253,50 @@ mod tests {
             Record::QueueUpsert(read) => assert_eq!(read, QueueConfig { breaker: None, ..config }),
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    /// Step records round-trip (the log's with its version and history entry, the snapshot's
+    /// copy), and a step past its bounds is refused when read back.
+    #[test]
+    fn step_records_round_trip() {
+        let step = Step {
+            name: "fetch ünïcode".into(),
+            result: Payload::new(&b"{\"a\":1}"[..]),
+            at: Timestamp(7),
+            attempt: 3,
+        };
+        let entry = HistoryEntry {
+            at: Timestamp(7),
+            kind: HistoryKind::StepRecorded,
+            state: JobState::Running,
+            attempt: 3,
+            token: Some(FencingToken(9)),
+            worker: Some(WorkerId::new("w").unwrap()),
+            error: Some("fetch ünïcode".into()),
+            run_at: None,
+        };
+        let mut buf = Vec::new();
+        encode_step_record(&mut buf, JobId(4), 12, &step, &entry);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::StepRecorded { id, version, step: read, history } => {
+                assert_eq!((id, version, *read, history), (JobId(4), 12, step.clone(), entry));
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        let mut buf = Vec::new();
+        encode_step_copy(&mut buf, JobId(4), &step);
+        match decode(&buf, &mut Names::default()).unwrap() {
+            Record::StepCopy { id, step: read } => assert_eq!((id, *read), (JobId(4), step.clone())),
+            other => panic!("decoded {other:?}"),
+        }
+        let long = Step { name: "n".repeat(dray_core::Limits::STEP_NAME_BYTES_MAX + 1).into(), ..step.clone() };
+        let mut buf = Vec::new();
+        encode_step_copy(&mut buf, JobId(4), &long);
+        assert_eq!(decode(&buf, &mut Names::default()).unwrap_err().what, "step name");
+        let empty = Step { result: Payload::new(Vec::new()), ..step };
+        let mut buf = Vec::new();
+        encode_step_copy(&mut buf, JobId(4), &empty);
+        assert_eq!(decode(&buf, &mut Names::default()).unwrap_err().what, "step result");
     }
 
     /// A breaker record round-trips everything but the window.

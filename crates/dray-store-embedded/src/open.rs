@@ -49,6 +49,8 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Jobs copied per hold of the state lock while snapshotting: small enough that writers wait
 /// at most a few milliseconds.
 const SNAPSHOT_CHUNK_JOBS: usize = 2_048;
+/// A chunk also ends once it holds this many bytes (jobs with many steps are large).
+const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// How often the background thread checks whether a snapshot is due.
 const SNAPSHOT_CHECK_MS: u64 = 500;
 
@@ -384,13 +386,22 @@ fn write_snapshot(inner: &Inner) -> Result<(), OpenError> {
             let done = {
                 let g = lock()?;
                 let mut taken = 0;
-                for (id, job) in g.state.jobs.range(JobId(cursor)..).take(SNAPSHOT_CHUNK_JOBS) {
+                let mut left = g.state.jobs.range(JobId(cursor)..);
+                let done = loop {
+                    if taken == SNAPSHOT_CHUNK_JOBS || buf.len() >= SNAPSHOT_CHUNK_BYTES {
+                        break false;
+                    }
+                    let Some((id, job)) = left.next() else { break true };
                     wal::frame_into(&mut buf, |b| codec::encode_job_insert(b, job));
+                    // The job's steps follow its record, in recording order.
+                    for step in job.steps.iter() {
+                        wal::frame_into(&mut buf, |b| codec::encode_step_copy(b, *id, step));
+                    }
                     cursor = id.0 + 1;
                     taken += 1;
-                }
+                };
                 jobs += taken as u64;
-                taken < SNAPSHOT_CHUNK_JOBS
+                done
             };
             if done {
                 wal::frame_into(&mut buf, |b| codec::encode_snapshot_end(b, jobs, queues));
@@ -470,6 +481,7 @@ fn load_snapshot(fs: &dyn Fs, path: &Path, seq: u64, state: &mut State, names: &
                 jobs += 1;
                 state.job_insert(*job);
             }
+            Record::StepCopy { id, step } => state.job_step_copy(id, *step).map_err(|e| e.to_string())?,
             Record::TokenUpsert(token) => {
                 state.tokens.insert(token.id.clone(), *token);
             }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dray_core::lock::Lock;
 use dray_core::{
     Breaker, FencingToken, HistoryEntry, Job, JobId, JobState, JobStatus, LockName, QueueName, Schedule, ScheduleName,
-    Timestamp,
+    Step, Timestamp,
 };
 use dray_store::{JobFilter, JobSummary, OrderingDead, QueueConfig, QueueStats, TokenRecord, WaitFacts};
 
@@ -29,6 +29,8 @@ pub(crate) const TOKEN_COUNTER_MAX: u64 = (1 << EPOCH_SHIFT) - 1;
 /// index entries. Used for the memory budget, so it errs high.
 const JOB_FIXED_BYTES: u64 = 480;
 const HISTORY_ENTRY_BYTES: u64 = 96;
+/// A step's struct and its place in the job's list, beyond its name and result.
+const STEP_FIXED_BYTES: u64 = 64;
 
 #[derive(Debug)]
 pub(crate) struct QueueState {
@@ -312,6 +314,29 @@ impl State {
         index(q, &mut self.running, job);
     }
 
+    /// Appends a step a transition recorded, with its history entry (a new version).
+    pub fn job_step(&mut self, id: JobId, step: Step, history: HistoryEntry) {
+        let job = self.jobs.get_mut(&id).expect("a job recording a step exists");
+        self.bytes_used = self.bytes_used.saturating_sub(job_bytes(job));
+        job.steps.push(step);
+        job.version += 1;
+        job.push_history(history);
+        self.bytes_used += job_bytes(job);
+    }
+
+    /// Appends a step copied into a snapshot (its job's version and history count it already).
+    pub fn job_step_copy(&mut self, id: JobId, step: Step) -> Result<(), ReplayConflict> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(ReplayConflict(format!("a step of job {id}, which the snapshot does not hold before it")));
+        };
+        if job.steps.get(&step.name).is_some() {
+            return Err(ReplayConflict(format!("job {id} holds step {:?} twice", step.name)));
+        }
+        self.bytes_used += step_bytes(&step);
+        job.steps.push(step);
+        Ok(())
+    }
+
     pub fn job_delete(&mut self, id: JobId) -> Option<Job> {
         let job = self.jobs.remove(&id)?;
         let q = self.queues.get_mut(&job.queue).expect("a job's queue exists");
@@ -377,6 +402,26 @@ impl State {
                 if apply {
                     self.job_update(id, *status, history);
                 }
+            }
+            Record::StepRecorded { id, version, step, history } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    // Deleted later in the log, and the snapshot was taken after the delete.
+                    return Ok(());
+                };
+                if version <= job.version {
+                    // The snapshot holds it already.
+                    return Ok(());
+                }
+                if version != job.version + 1 || job.steps.get(&step.name).is_some() {
+                    return Err(ReplayConflict(format!(
+                        "job {id} is at version {} but the log records its step {:?} as version {version}",
+                        job.version, step.name
+                    )));
+                }
+                self.job_step(id, *step, history);
+            }
+            Record::StepCopy { .. } => {
+                return Err(ReplayConflict("a snapshot's copy of a step inside the log".into()));
             }
             Record::JobDelete { id } => {
                 self.job_delete(id);
@@ -632,4 +677,11 @@ pub(crate) fn job_bytes(job: &Job) -> u64 {
         + s.last_error.as_ref().map_or(0, |e| e.len() as u64)
         + job.history.len() as u64 * HISTORY_ENTRY_BYTES
         + job.history.iter().map(|h| h.error.as_ref().map_or(0, |e| e.len() as u64)).sum::<u64>()
+        + job.steps.bytes() as u64
+        + job.steps.len() as u64 * STEP_FIXED_BYTES
+}
+
+/// Estimated bytes one step adds to its job, for the memory budget (as counted in [`job_bytes`]).
+pub(crate) fn step_bytes(step: &Step) -> u64 {
+    step.bytes() as u64 + STEP_FIXED_BYTES
 }

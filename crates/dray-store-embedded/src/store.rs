@@ -17,15 +17,15 @@ use dray_core::{
 };
 use dray_store::{
     Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, DependencyResult, Error, Expired, Inserted, JobAck,
-    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob,
+    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, JobStep, LeaseExtend, LeaseExtended, LeasedJob,
     Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
-    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked,
+    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, StepRecorded, Store, Ticked,
 };
 
 use crate::codec;
 use crate::lanes::Entry;
 use crate::open::Inner;
-use crate::state::{State, job_bytes, summary};
+use crate::state::{State, job_bytes, step_bytes, summary};
 use crate::wal::Wal;
 
 /// The embedded store. Open it with [`EmbeddedStore::open`]; share it behind an `Arc`.
@@ -637,6 +637,32 @@ impl Store for EmbeddedStore {
             });
             update(state, changes, job, t)?;
             Ok(extended.expect("a heartbeat extends the lease"))
+        })
+        .await
+    }
+
+    async fn job_step(&self, p: JobStep) -> Result<StepRecorded, Error> {
+        p.validate()?;
+        let budget = self.inner.config.memory_budget_bytes;
+        self.write(false, move |state, changes| {
+            let current = state.jobs.get(&p.job).ok_or(Error::JobNotFound(p.job))?;
+            let t = transition(current, p.event(), p.now, 0).map_err(|r| rejected(p.job, r))?;
+            debug_assert_eq!(t.status, current.status, "a step changes no status");
+            let queue = current.queue.clone();
+            let (step, recorded) = t.step().map(|(s, r)| (s.clone(), r)).expect("a step event answers with its step");
+            if !recorded {
+                // First write wins: nothing to log. The answer still waits (in `write`) for the
+                // first record to be durable.
+                return Ok(StepRecorded { step, recorded, queue });
+            }
+            if state.bytes_used + step_bytes(&step) > budget {
+                return Err(Error::OverCapacity { used_bytes: state.bytes_used, budget_bytes: budget });
+            }
+            let history = t.history.expect("a recorded step has a history entry");
+            let version = current.version + 1;
+            changes.push(|buf| codec::encode_step_record(buf, p.job, version, &step, &history));
+            state.job_step(p.job, step.clone(), history);
+            Ok(StepRecorded { step, recorded, queue })
         })
         .await
     }

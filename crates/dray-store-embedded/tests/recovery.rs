@@ -1,12 +1,12 @@
 //! Recovery of the embedded store beyond the shared contract: snapshots taken under load, torn
-//! tails, corruption, the directory lock, the memory budget and the refusal to go on after a
-//! failed fsync.
+//! tails, corruption, the directory lock, the memory budget (steps included), steps in snapshots,
+//! and the refusal to go on after a failed fsync.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use dray_core::{Job, JobId, NewJob, Payload, QueueName, Timestamp, WorkerId};
-use dray_store::{Ack, AckOutcome, Error, JobAck, JobFilter, JobInsert, JobLease, JobList, Store};
+use dray_store::{Ack, AckOutcome, Error, JobAck, JobFilter, JobInsert, JobLease, JobList, JobStep, Store};
 use dray_store_embedded::fs::{Fault, SimFs};
 use dray_store_embedded::{EmbeddedConfig, EmbeddedStore, OpenError};
 
@@ -256,6 +256,130 @@ fn a_second_open_of_the_same_directory_is_refused() {
     assert!(err.to_string().contains("in use"), "{err}");
     first.close().unwrap();
     EmbeddedStore::open(config(dir.path())).unwrap();
+}
+
+/// Leases up to `n` jobs and records `steps` steps in each (names go on from `first`, results
+/// are sized `result_bytes`); fails every other job afterwards so its steps go to the next
+/// attempt, and leaves the rest running.
+async fn record_steps(
+    store: &EmbeddedStore,
+    n: usize,
+    steps: usize,
+    first: usize,
+    result_bytes: usize,
+    now: Timestamp,
+) {
+    let leased = store
+        .job_lease(JobLease { now, queues: vec![queue()], count_max: n, worker: worker(), lease_ms: Some(3_600_000) })
+        .await
+        .unwrap();
+    let result = Payload::new(format!("\"{}\"", "r".repeat(result_bytes.saturating_sub(2))).into_bytes());
+    for (i, job) in leased.iter().enumerate() {
+        for k in first..first + steps {
+            let step = JobStep {
+                now,
+                job: job.id,
+                lease: job.lease,
+                name: format!("step {k}").into(),
+                result: result.clone(),
+            };
+            store.job_step(step).await.unwrap();
+        }
+        if i % 2 == 0 {
+            let fail = AckOutcome::Fail {
+                error: "crash".into(),
+                retryable: true,
+                retry_after_ms: Some(0),
+                rate_limited: false,
+            };
+            let ack = JobAck { now, acks: vec![Ack { job: job.id, lease: job.lease, outcome: fail }] };
+            store.job_ack(ack).await.unwrap().pop().unwrap().unwrap();
+        }
+    }
+}
+
+/// Steps go into snapshots after their job and replay from the log over a snapshot, also over
+/// one taken while steps are being recorded (a step the snapshot holds is skipped by version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_survive_snapshots_taken_while_they_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(config(dir.path())).unwrap());
+    insert(&store, 600, T0).await;
+    record_steps(&store, 50, 3, 0, 100, T0).await;
+    store.snapshot().unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..20 {
+                record_steps(&store, 20, 2, 10 + 2 * round, 300, T0.add_ms(round as u64 + 1)).await;
+            }
+        })
+    };
+    for _ in 0..4 {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.snapshot().unwrap()).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    let before = all_jobs(&store).await;
+    let with_steps = before.iter().filter(|j| !j.steps.is_empty()).count();
+    assert!(with_steps >= 100, "{with_steps} jobs hold steps");
+    let bytes = store.bytes_used();
+    Arc::into_inner(store).unwrap().close().unwrap();
+
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(all_jobs(&store).await, before, "after a fuzzy snapshot and the log");
+    assert_eq!(store.bytes_used(), bytes, "the memory counted for steps is the same after recovery");
+    // From a snapshot alone too.
+    store.snapshot().unwrap();
+    store.close().unwrap();
+    let store = EmbeddedStore::open(config(dir.path())).unwrap();
+    assert_eq!(all_jobs(&store).await, before, "after a snapshot alone");
+}
+
+/// Steps count towards the memory budget like payloads: recording one past the budget is
+/// refused as over capacity, changes nothing, and is not in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_count_towards_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.memory_budget_bytes = 256 * 1024;
+    let store = EmbeddedStore::open(c.clone()).unwrap();
+    insert(&store, 1, T0).await;
+    let job = store
+        .job_lease(JobLease { now: T0, queues: vec![queue()], count_max: 1, worker: worker(), lease_ms: None })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let result = Payload::new(format!("\"{}\"", "r".repeat(30 * 1024)).into_bytes());
+    let mut recorded = 0;
+    let err = loop {
+        let before = store.bytes_used();
+        let step = JobStep {
+            now: T0,
+            job: job.id,
+            lease: job.lease,
+            name: format!("s{recorded}").into(),
+            result: result.clone(),
+        };
+        match store.job_step(step).await {
+            Ok(r) => {
+                assert!(r.recorded);
+                assert!(store.bytes_used() >= before + result.len() as u64, "a step's bytes are counted");
+                recorded += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(recorded < 100, "the budget never stopped steps");
+    };
+    assert!(matches!(err, Error::OverCapacity { .. }), "{err:?}");
+    assert!(store.bytes_used() <= 256 * 1024);
+    let kept = store.job_get(job.id).await.unwrap().unwrap();
+    assert_eq!(kept.steps.len(), recorded);
+    store.close().unwrap();
+    let store = EmbeddedStore::open(c).unwrap();
+    assert_eq!(store.job_get(job.id).await.unwrap().unwrap(), kept, "the refused step left nothing in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 12, name: "queue_backoff", sql: Sql::Text(V12_QUEUE_BACKOFF) },
     Migration { version: 13, name: "complete_fail_functions", sql: Sql::Text(V13_COMPLETE_FAIL) },
     Migration { version: 14, name: "dependencies", sql: Sql::Text(V14_DEPENDENCIES) },
+    Migration { version: 15, name: "job_steps", sql: Sql::Text(V15_JOB_STEPS) },
 ];
 
 /// Job dependencies (`dray_core::dependency`): the state `blocked` and the history kind
@@ -80,6 +81,38 @@ CREATE TABLE {s}.job_dependencies (
 );
 CREATE INDEX job_dependencies_dependency ON {s}.job_dependencies (dependency);
 ";
+
+/// Durable steps inside a job (`dray_core::step`, `Store::job_step`): one `job_steps` row per
+/// recorded step, under the job's id and the step's name (the first record of a name wins, so
+/// the key is also the guard), with its place in recording order (`seq`, from 1), its result
+/// (JSON text as sent, like payloads), when and by which attempt it was recorded.
+///
+/// - `jobs.steps_count` and `jobs.steps_bytes` (names and results together) count a job's steps,
+///   written with each step under the job's row lock: the job's bounds are checked from the row
+///   without reading its steps, and a lease reads `job_steps` only for the jobs it picked whose
+///   count is not 0, so leasing jobs that never recorded a step costs nothing more.
+/// - No foreign key, as for `job_history`: every statement that deletes jobs (prune, discard,
+///   queue delete) deletes their steps in the same statement.
+/// - The history kind `step_recorded` joins the CHECK (as migration 6 added `rejected`). The
+///   steps' entries are ordinary history rows (their `seq` is the job's version), so the SQL
+///   `complete()`/`fail()` of migration 13 trim them with the rest, unchanged.
+const V15_JOB_STEPS: &str = r#"
+ALTER TABLE {s}.jobs ADD COLUMN steps_count integer NOT NULL DEFAULT 0 CHECK (steps_count >= 0),
+                     ADD COLUMN steps_bytes bigint NOT NULL DEFAULT 0 CHECK (steps_bytes >= 0);
+
+CREATE TABLE {s}.job_steps (
+    job_id bigint NOT NULL,
+    name text COLLATE "C" NOT NULL CHECK (octet_length(name) >= 1),
+    seq integer NOT NULL CHECK (seq >= 1),
+    result bytea NOT NULL CHECK (octet_length(result) >= 1),
+    recorded_at timestamptz NOT NULL,
+    attempt integer NOT NULL CHECK (attempt >= 1),
+    PRIMARY KEY (job_id, name)
+);
+
+ALTER TABLE {s}.job_history DROP CONSTRAINT job_history_kind_check;
+ALTER TABLE {s}.job_history ADD CONSTRAINT job_history_kind_check CHECK (kind IN (__KINDS__));
+"#;
 
 /// Until when a queue leases nothing because a worker reported a downstream rate limit (a
 /// failure with `rate_limited`): set by the ack, raised only (`greatest`), read by every lease.

@@ -9,7 +9,7 @@ use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
     Misfire, NewJob, OnDependencyFailure, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
-    ScheduleSpec, ScheduleTick, Timestamp, WorkerId,
+    ScheduleSpec, ScheduleTick, Step, Steps, Timestamp, WorkerId, Limits,
 };
 use dray_store::{Error, FlowLimits, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;
@@ -107,7 +107,9 @@ fn payload_of(bytes: Option<Vec<u8>>) -> Option<Payload> {
 }
 
 /// A job row (the columns of [`crate::sql::JOB_COLUMNS`]) as a core `Job`, with the given payload
-/// and no history: a transition needs neither.
+/// and no history: a transition needs neither. Its steps are a view of their count and bytes
+/// (`Steps::view`): a step's transition adds the one step it needs; a lease and `job_get` read
+/// them all.
 pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
     let id = id_from_sql(get(row, "id")?)?;
     let state = state_of(get(row, "state")?)?;
@@ -184,10 +186,63 @@ pub(crate) fn job_from_row(row: &Row, payload: Payload) -> Result<Job, Error> {
         tags: tags.into_iter().map(String::into_boxed_str).collect(),
         traceparent: get::<Option<String>>(row, "traceparent")?.map(String::into_boxed_str),
         status,
+        steps: Steps::view(
+            usize::try_from(get::<i32>(row, "steps_count")?).map_err(|_| corrupt(format!("job {id}: steps_count")))?,
+            usize::try_from(get::<i64>(row, "steps_bytes")?).map_err(|_| corrupt(format!("job {id}: steps_bytes")))?,
+            None,
+        ),
         version: u32_of(get(row, "version")?, "version")?,
         history: Vec::new(),
         history_dropped: 0,
     })
+}
+
+/// A step read back: its name and the columns of `job_steps`, checked against the bounds it was
+/// written under.
+pub(crate) fn step_of(name: String, result: Vec<u8>, at: SystemTime, attempt: i32) -> Result<Step, Error> {
+    if name.is_empty() || name.len() > Limits::STEP_NAME_BYTES_MAX || result.len() > Limits::STEP_RESULT_BYTES_MAX {
+        return Err(corrupt(format!("step {name:?} of {} result bytes is out of its bounds", result.len())));
+    }
+    Ok(Step {
+        name: name.into_boxed_str(),
+        result: Payload::new(result),
+        at: from_time(at),
+        attempt: u32_of(attempt, "step attempt")?,
+    })
+}
+
+/// Every step of a job, from `JOB_GET`'s arrays, checked against the count and bytes of its row.
+pub(crate) fn steps_from_row(row: &Row, job: &Job) -> Result<Steps, Error> {
+    let names: Option<Vec<String>> = get(row, "step_names")?;
+    let names = names.unwrap_or_default();
+    let results: Vec<Vec<u8>> = get::<Option<Vec<Vec<u8>>>>(row, "step_results")?.unwrap_or_default();
+    let ats: Vec<SystemTime> = get::<Option<Vec<SystemTime>>>(row, "step_ats")?.unwrap_or_default();
+    let attempts: Vec<i32> = get::<Option<Vec<i32>>>(row, "step_attempts")?.unwrap_or_default();
+    let n = names.len();
+    if [results.len(), ats.len(), attempts.len()].iter().any(|&len| len != n) {
+        return Err(corrupt("step arrays of different lengths"));
+    }
+    let mut list = Vec::with_capacity(n);
+    for (((name, result), at), attempt) in names.into_iter().zip(results).zip(ats).zip(attempts) {
+        list.push(step_of(name, result, at, attempt)?);
+    }
+    steps_checked(job, list)
+}
+
+/// `list` as the job's steps, if it agrees with the count and bytes of the job's row.
+pub(crate) fn steps_checked(job: &Job, list: Vec<Step>) -> Result<Steps, Error> {
+    let steps = Steps::from_steps(list);
+    if (steps.len(), steps.bytes()) != (job.steps.len(), job.steps.bytes()) {
+        return Err(corrupt(format!(
+            "job {} counts {} steps of {} bytes but holds {} of {}",
+            job.id,
+            job.steps.len(),
+            job.steps.bytes(),
+            steps.len(),
+            steps.bytes()
+        )));
+    }
+    Ok(steps)
 }
 
 fn schedule_name_of(s: &str) -> Result<ScheduleName, Error> {

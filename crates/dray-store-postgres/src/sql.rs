@@ -18,7 +18,8 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, j.queue, j.priority, j.created_at, j
      j.backoff_factor, j.backoff_cap_ms, j.lease_ms, j.idempotency_key, j.ordering_key, j.group_key, j.tags, j.traceparent, \
      j.state, j.run_at, j.attempt, j.lease_id, j.token, j.worker, j.leased_at, j.lease_deadline, \
      j.cancel_requested, j.checkpoint, j.progress, j.result, j.last_error, j.dead_reason, j.finished_at, j.version, \
-     j.schedule_name, j.schedule_at, j.dependencies, j.on_dependency_failure, j.has_dependents";
+     j.schedule_name, j.schedule_at, j.dependencies, j.on_dependency_failure, j.has_dependents,
+     j.steps_count, j.steps_bytes";
 
 pub(crate) const QUEUE_COLUMNS: &str = "q.name, q.attempts_max, q.backoff_base_ms, q.backoff_factor, \
      q.backoff_cap_ms, q.lease_ms, q.retention_ms, q.retention_dead_ms, q.paused, q.payload_schema, q.ordering_dead, \
@@ -451,10 +452,16 @@ WHERE j.id = $1::bigint";
 
 const JOB_GET: &str = "
 SELECT {job_columns}, j.payload, h.seqs, h.ats, h.kinds, h.states, h.attempts, h.tokens, h.workers, h.errors,
-       h.run_ats,
-       CASE WHEN j.dependencies > 0 THEN (SELECT array_agg(d.dependency ORDER BY d.ordinal)
-                                          FROM {s}.job_dependencies d WHERE d.dependent = j.id) END AS depends_on
+       h.run_ats, CASE WHEN j.dependencies > 0 THEN (SELECT array_agg(d.dependency ORDER BY d.ordinal)
+                                          FROM {s}.job_dependencies d WHERE d.dependent = j.id) END AS depends_on,
+       st.step_names, st.step_results, st.step_ats, st.step_attempts
 FROM {s}.jobs j
+CROSS JOIN LATERAL (
+    SELECT array_agg(name ORDER BY seq) AS step_names, array_agg(result ORDER BY seq) AS step_results,
+           array_agg(recorded_at ORDER BY seq) AS step_ats, array_agg(attempt ORDER BY seq) AS step_attempts
+    FROM {s}.job_steps
+    WHERE job_id = j.id AND j.steps_count > 0
+) st
 CROSS JOIN LATERAL (
     SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(at ORDER BY seq) AS ats,
            array_agg(kind ORDER BY seq) AS kinds, array_agg(state ORDER BY seq) AS states,
@@ -465,6 +472,28 @@ CROSS JOIN LATERAL (
     WHERE job_id = j.id AND (seq = 1 OR seq > j.version - {history_newest_kept})
 ) h
 WHERE j.id = $1::bigint";
+
+/// The step `$2` of job `$1`, if recorded. Sent after the job's row lock (`JOB_LOCK`), so it
+/// reads what the last holder of that lock committed.
+const STEP_FIND: &str = "
+SELECT s.result, s.recorded_at, s.attempt FROM {s}.job_steps s WHERE s.job_id = $1::bigint AND s.name = $2::text";
+
+/// Records a step of job `$1` (under its row lock): the step as the `$3`th of the job, and the
+/// job's new step count and bytes (`$7`); the guard on the count repeats what the row said when
+/// the transition decided. The caller checks one row was updated.
+const STEP_INSERT: &str = "
+WITH step AS (
+    INSERT INTO {s}.job_steps (job_id, name, seq, result, recorded_at, attempt)
+    VALUES ($1::bigint, $2::text, $3::int, $4::bytea, $5::timestamptz, $6::int)
+)
+UPDATE {s}.jobs SET steps_count = $3::int, steps_bytes = $7::bigint
+WHERE id = $1::bigint AND steps_count = $3::int - 1";
+
+/// Every step of the jobs `$1` (those a lease picked that hold steps), in recording order.
+const STEPS_READ: &str = "
+SELECT s.job_id, s.name, s.result, s.recorded_at, s.attempt FROM {s}.job_steps s
+WHERE s.job_id = ANY($1::bigint[])
+ORDER BY s.job_id, s.seq";
 
 /// Maintenance statements (this one, promotion and pruning) carry the leader's fence in `$3`
 /// and `$4` (`crate::leader::guard`): a node whose term is over acts on nothing.
@@ -495,9 +524,9 @@ LIMIT $2::bigint";
 /// upsert). The count returned is of jobs only.
 const PRUNE: &str = "
 WITH finished AS (
-    SELECT d.id FROM (SELECT name, retention_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
+    SELECT d.id, d.steps_count FROM (SELECT name, retention_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
     CROSS JOIN LATERAL (
-        SELECT j.id FROM {s}.jobs j
+        SELECT j.id, j.steps_count FROM {s}.jobs j
         WHERE j.queue = q.name AND j.state IN ('completed', 'cancelled')
           AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_ms * interval '1 millisecond'
           AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
@@ -507,9 +536,9 @@ WITH finished AS (
     ) d
     LIMIT $2::bigint
 ), dead AS (
-    SELECT d.id FROM (SELECT name, retention_dead_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
+    SELECT d.id, d.steps_count FROM (SELECT name, retention_dead_ms FROM {s}.queues WHERE {leader_guard} ORDER BY name) q
     CROSS JOIN LATERAL (
-        SELECT j.id FROM {s}.jobs j
+        SELECT j.id, j.steps_count FROM {s}.jobs j
         WHERE j.queue = q.name AND j.state = 'dead'
           AND j.finished_at <= coalesce($1::timestamptz, now()) - q.retention_dead_ms * interval '1 millisecond'
           AND (j.idempotency_expires_at IS NULL OR j.idempotency_expires_at <= coalesce($1::timestamptz, now()))
@@ -519,9 +548,11 @@ WITH finished AS (
     ) d
     LIMIT $2::bigint
 ), doomed AS (
-    SELECT id FROM finished UNION ALL SELECT id FROM dead LIMIT $2::bigint
+    SELECT id, steps_count FROM finished UNION ALL SELECT id, steps_count FROM dead LIMIT $2::bigint
 ), history AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
+), steps AS (
+    DELETE FROM {s}.job_steps WHERE job_id IN (SELECT id FROM doomed WHERE steps_count > 0)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
 ), edges AS (
@@ -538,12 +569,14 @@ WITH finished AS (
 DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM doomed) RETURNING id";
 
 /// Deletes dead jobs (the guard `state = 'dead'` repeats the check made before) with their
-/// history and idempotency keys.
+/// history, steps and idempotency keys.
 const DISCARD: &str = "
 WITH gone AS (
-    DELETE FROM {s}.jobs WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING id
+    DELETE FROM {s}.jobs WHERE id = ANY($1::bigint[]) AND state = 'dead' RETURNING id, steps_count
 ), history AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM gone)
+), steps AS (
+    DELETE FROM {s}.job_steps WHERE job_id IN (SELECT id FROM gone WHERE steps_count > 0)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM gone)
 ), edges AS (
@@ -617,13 +650,15 @@ SELECT q.name, (SELECT count(*) FROM {s}.jobs j WHERE j.queue = q.name AND j.sta
        AS holding
 FROM {s}.queues q WHERE q.name = $1::text FOR UPDATE";
 
-/// Deletes a queue's finished jobs (with their history and keys), then the queue; the guard on
-/// `state` repeats the check made before.
+/// Deletes a queue's finished jobs (with their history, steps and keys), then the queue; the
+/// guard on `state` repeats the check made before.
 const QUEUE_DELETE: &str = "
 WITH doomed AS (
-    SELECT id FROM {s}.jobs WHERE queue = $1::text AND state IN ('completed', 'cancelled')
+    SELECT id, steps_count FROM {s}.jobs WHERE queue = $1::text AND state IN ('completed', 'cancelled')
 ), history AS (
     DELETE FROM {s}.job_history WHERE job_id IN (SELECT id FROM doomed)
+), steps AS (
+    DELETE FROM {s}.job_steps WHERE job_id IN (SELECT id FROM doomed WHERE steps_count > 0)
 ), keys AS (
     DELETE FROM {s}.idempotency WHERE job_id IN (SELECT id FROM doomed)
 ), edges AS (
@@ -786,6 +821,9 @@ pub(crate) struct Sql {
     pub history_trim: String,
     pub notify: String,
     pub job_get: String,
+    pub step_find: String,
+    pub step_insert: String,
+    pub steps_read: String,
     pub job_waiting: String,
     pub expire_select: String,
     pub promote_select: String,
@@ -854,6 +892,9 @@ impl Sql {
             history_trim: r(HISTORY_TRIM),
             notify: r(NOTIFY),
             job_get: r(JOB_GET),
+            step_find: r(STEP_FIND),
+            step_insert: r(STEP_INSERT),
+            steps_read: r(STEPS_READ),
             job_waiting: r(JOB_WAITING),
             expire_select: r(EXPIRE_SELECT),
             promote_select: r(PROMOTE_SELECT),

@@ -30,9 +30,10 @@ use dray_core::{
 };
 use dray_store::{
     Acked, DeadDiscard, DeadRedrive, DeadSelection, Error, Expired, Inserted, JobAck, JobCancel, JobFilter, JobInsert,
-    JobLease, JobList, JobPage, JobPromote, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
+    JobLease, JobList, JobPage, JobPromote, JobStep, LeaseExtend, LeaseExtended, LeasedJob, Maintain, PayloadCheck,
     PayloadSchema, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
-    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, Store, Ticked, payload_checked,
+    SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, StepRecorded, Store, Ticked,
+    payload_checked,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
@@ -1039,6 +1040,7 @@ impl PostgresStore {
         if !with_dependencies.is_empty() {
             self.dependency_results(tx, &with_dependencies, &mut out).await?;
         }
+        self.steps_load(tx, &loaded, &mut out).await?;
         // Jobs this lease promoted but did not take: other workers may want them.
         let mut notify: Vec<&str> =
             loaded.iter().filter(|l| l.job.state() == JobState::Available).map(|l| l.job.queue.as_str()).collect();
@@ -1078,6 +1080,89 @@ impl PostgresStore {
             }
         }
         Ok(())
+    }
+
+    /// Sets the steps of the jobs a lease picked, read in its transaction (their row locks are
+    /// held, so no step can be added meanwhile): one statement for the jobs whose row counts
+    /// steps, none when no job does.
+    async fn steps_load(&self, tx: &Transaction<'_>, loaded: &[Loaded], out: &mut [LeasedJob]) -> Result<(), Fail> {
+        let counted: HashMap<JobId, &Job> =
+            loaded.iter().filter(|l| !l.job.steps.is_empty()).map(|l| (l.job.id, &l.job)).collect();
+        let ids: Vec<i64> =
+            out.iter().filter(|j| counted.contains_key(&j.id)).filter_map(|j| id_to_sql(j.id)).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let st = prep(tx, &self.sql.steps_read).await?;
+        let mut read: HashMap<JobId, Vec<dray_core::Step>> = HashMap::new();
+        for row in tx.query(&st, &[&ids]).await? {
+            let id = crate::row::id_from_sql(get(&row, "job_id")?)?;
+            let step = crate::row::step_of(
+                get(&row, "name")?,
+                get(&row, "result")?,
+                get(&row, "recorded_at")?,
+                get(&row, "attempt")?,
+            )?;
+            read.entry(id).or_default().push(step);
+        }
+        for job in out.iter_mut() {
+            if let Some(row) = counted.get(&job.id) {
+                job.steps = crate::row::steps_checked(row, read.remove(&job.id).unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A step, in one transaction: the job's row lock, then the step of its name read after the
+    /// lock is held (pipelined, one round trip); the transition decides (lease, first write wins,
+    /// the job's bounds from its row's counts); a new step is written with its history entry and
+    /// the row's counts under the lock, a known one writes nothing.
+    async fn step_in(&self, tx: &Transaction<'_>, p: &JobStep) -> Result<StepRecorded, Fail> {
+        let Some(sql_id) = id_to_sql(p.job) else { return Err(Error::JobNotFound(p.job).into()) };
+        let (lock_st, find_st) = tokio::try_join!(prep(tx, &self.sql.job_lock), prep(tx, &self.sql.step_find))?;
+        let name: &str = &p.name;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&sql_id];
+        let find_params: [&(dyn ToSql + Sync); 2] = [&sql_id, &name];
+        // Prepared above, so each sends on its first poll: the find runs once the lock is held.
+        let (now, row, found) =
+            tokio::try_join!(self.now(tx, p.now), async { Ok(tx.query_opt(&lock_st, &lock_params).await?) }, async {
+                Ok::<_, Fail>(tx.query_opt(&find_st, &find_params).await?)
+            },)?;
+        let row = row.ok_or(Error::JobNotFound(p.job))?;
+        let mut l = Loaded::new(job_from_row(&row, Payload::new(Vec::new()))?);
+        let found = match found {
+            None => None,
+            Some(f) => Some(crate::row::step_of(
+                name.to_owned(),
+                get(&f, "result")?,
+                get(&f, "recorded_at")?,
+                get(&f, "attempt")?,
+            )?),
+        };
+        l.job.steps = dray_core::Steps::view(l.job.steps.len(), l.job.steps.bytes(), found);
+        let t = transition(&l.job, p.event(), now, 0).map_err(|r| rejected(p.job, r))?;
+        let queue = l.job.queue.clone();
+        let (step, recorded) =
+            t.step().map(|(s, r)| (s.clone(), r)).ok_or_else(|| corrupt("a step event without its step"))?;
+        if !recorded {
+            return Ok(StepRecorded { step, recorded, queue });
+        }
+        l.guard = Some(p.lease);
+        l.apply(t);
+        let count = i32::try_from(l.job.steps.len()).map_err(|_| corrupt("steps_count"))?;
+        let bytes = i64::try_from(l.job.steps.bytes()).map_err(|_| corrupt("steps_bytes"))?;
+        let attempt = i32::try_from(step.attempt).map_err(|_| corrupt("step attempt"))?;
+        let (result, at) = (step.result.as_bytes(), to_time(step.at));
+        let insert_st = prep(tx, &self.sql.step_insert).await?;
+        let insert_params: [&(dyn ToSql + Sync); 7] = [&sql_id, &name, &count, &result, &at, &attempt, &bytes];
+        let (_, counted) = tokio::try_join!(self.write(tx, std::slice::from_ref(&l), &[]), async {
+            Ok::<_, Fail>(tx.execute(&insert_st, &insert_params).await?)
+        },)?;
+        if counted != 1 {
+            // The row is locked: only a writer outside this store could cause this.
+            return Err(Fail::Retry("a job's steps changed under its row lock"));
+        }
+        Ok(StepRecorded { step, recorded, queue })
     }
 
     /// The probe path of a lease: locks the breakers of `blocked` (queues asked for whose breaker
@@ -2143,6 +2228,11 @@ impl Store for PostgresStore {
         Ok(LeaseExtended { lease_left_ms: extended.lease_left_ms.map(|ms| ms.saturating_sub(spent)), ..extended })
     }
 
+    async fn job_step(&self, p: JobStep) -> Result<StepRecorded, Error> {
+        p.validate()?;
+        in_transaction!(self, "job_step", |tx| self.step_in(&tx, &p))
+    }
+
     async fn job_ack(&self, p: JobAck) -> Result<Vec<Result<Acked, Error>>, Error> {
         p.validate()?;
         in_transaction!(self, "job_ack", |tx| self.ack_in(&tx, &p))
@@ -2173,6 +2263,7 @@ impl Store for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let payload: Vec<u8> = get(&row, "payload")?;
         let mut job = job_from_row(&row, Payload::new(payload))?;
+        job.steps = crate::row::steps_from_row(&row, &job)?;
         job.history = history_from_row(&row)?;
         if let Some(deps) = get::<Option<Vec<i64>>>(&row, "depends_on")? {
             job.depends_on = deps.into_iter().map(id_from_sql).collect::<Result<_, _>>()?;

@@ -45,6 +45,7 @@ mod lock;
 mod model;
 mod ordering;
 mod schedule;
+mod steps;
 mod token;
 
 /// What an ack did to the job (the parts a test usually checks).
@@ -61,6 +62,7 @@ pub use lock::*;
 pub use model::model_random_operations;
 pub use ordering::*;
 pub use schedule::*;
+pub use steps::*;
 pub use token::*;
 
 /// How the suite gets a store. `open` opens the store (fresh on first call); `restart` closes the
@@ -125,6 +127,15 @@ macro_rules! conformance_suite {
             ack_after_deadline_rejected,
             stale_worker_rejected_after_release,
             ack_batch_mixed,
+            // Steps.
+            step_recorded_then_leased_after_failure,
+            step_kept_after_lease_expiry,
+            step_stale_and_expired_leases_refused,
+            step_first_write_wins,
+            step_limits,
+            step_survives_restart,
+            step_kept_on_redrive,
+            step_history_entries,
             // Fail.
             fail_retryable_backoff_window,
             fail_retry_after_exact,

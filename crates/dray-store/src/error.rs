@@ -69,7 +69,12 @@ impl Error {
         Error::Unavailable { context: context.into(), source: Some(source.into()) }
     }
 
+    /// A refused event. A refusal for bad input (`Rejection::Invalid`: the event's data breaks
+    /// a bound of the job) is [`Error::Invalid`], like any other bad input.
     pub fn rejected(job: JobId, rejection: Rejection) -> Error {
-        Error::Rejected { job, rejection }
+        match rejection {
+            Rejection::Invalid(invalid) => Error::Invalid(invalid),
+            rejection => Error::Rejected { job, rejection },
+        }
     }
 }

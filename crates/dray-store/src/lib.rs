@@ -52,6 +52,15 @@ pub trait Store: Send + Sync + 'static {
     /// Extends a live lease, recording progress and a checkpoint.
     fn lease_extend(&self, p: LeaseExtend) -> impl Future<Output = Result<LeaseExtended, Error>> + Send;
 
+    /// Records a step of the running attempt holding `p.lease` (`dray_core::Event::Step`, fenced
+    /// like an ack), durably, with a `step_recorded` history entry. The first record of a name
+    /// wins: recording it again (a worker retrying a lost reply, a later attempt) changes
+    /// nothing and answers with the step as recorded then. Steps are kept across failed attempts,
+    /// lease expiries and redrives, handed to every later attempt ([`LeasedJob::steps`]) and
+    /// shown by `job_get`; they go with the job. Refused with [`Error::Invalid`] (field `name` or
+    /// `result`) past a bound of the step or of the job's steps.
+    fn job_step(&self, p: JobStep) -> impl Future<Output = Result<StepRecorded, Error>> + Send;
+
     /// Completes or fails leased jobs; each outcome counts towards its queue's circuit breaker,
     /// if it has one (see `dray_core::breaker`). The outer `Err` means nothing was applied; each inner result
     /// says whether that ack was accepted (a stale lease is rejected and changes nothing).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use dray_core::{
     Breaker, BreakerPolicy, DeadReason, FencingToken, Invalid, Job, JobId, JobState, LeaseId, Limits, NewJob, Payload,
-    QueueName, Rate, RetryPolicy, Timestamp, WorkerId, limits::check_range,
+    QueueName, Rate, RetryPolicy, Step, Steps, Timestamp, WorkerId, limits::check_range,
 };
 
 /// Insert one job or an atomic batch.
@@ -123,6 +123,8 @@ pub struct LeasedJob {
     pub lease_left_ms: Option<u64>,
     /// The checkpoint an earlier attempt saved, if any.
     pub checkpoint: Option<Payload>,
+    /// Every step the job's attempts recorded, in recording order: the attempt skips them.
+    pub steps: Steps,
     pub traceparent: Option<Box<str>>,
     pub created_at: Timestamp,
     /// When this attempt became due (its enqueue, its `run_at`, its retry time or its redrive):
@@ -144,7 +146,8 @@ pub struct DependencyResult {
 
 impl LeasedJob {
     /// The delivery of `job` right after its lease transition, with `payload` (a store may read
-    /// it separately) and the time this attempt became due, read before the transition.
+    /// it separately) and the time this attempt became due, read before the transition. Its
+    /// steps are `job.steps`: a store holding them elsewhere sets them afterwards.
     ///
     /// Panics if `job` holds no lease: call it only with a job the lease transition just ran on.
     pub fn of(job: &Job, payload: Payload, ready_at: Timestamp) -> LeasedJob {
@@ -161,6 +164,7 @@ impl LeasedJob {
             deadline: lease.deadline,
             lease_left_ms: None,
             checkpoint: job.status.checkpoint.clone(),
+            steps: job.steps.clone(),
             traceparent: job.traceparent.clone(),
             created_at: job.created_at,
             ready_at,
@@ -204,6 +208,40 @@ pub struct LeaseExtended {
     pub lease_left_ms: Option<u64>,
     /// The job was asked to stop: the worker should wind down and report.
     pub cancel_requested: bool,
+}
+
+/// Record a step of a leased job's running attempt (`dray_core::Event::Step`).
+#[derive(Clone, Debug)]
+pub struct JobStep {
+    pub now: Timestamp,
+    pub job: JobId,
+    pub lease: LeaseId,
+    pub name: Box<str>,
+    /// JSON text.
+    pub result: Payload,
+}
+
+impl JobStep {
+    /// The step's own bounds (`dray_core::step::validate`); the job's bounds are the
+    /// transition's. Reads the whole result: call it before taking any lock.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        dray_core::step::validate(&self.name, &self.result)
+    }
+
+    /// The core's event for this step.
+    pub fn event(&self) -> dray_core::Event<'_> {
+        dray_core::Event::Step { lease: self.lease, name: &self.name, result: self.result.clone() }
+    }
+}
+
+/// What recording a step did: the step as recorded, and whether this call recorded it (`false`:
+/// the name was recorded before, by this attempt or an earlier one, and `step` holds that first
+/// record, whatever result this call sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRecorded {
+    pub step: Step,
+    pub recorded: bool,
+    pub queue: QueueName,
 }
 
 /// Complete or fail leased jobs, in one durable write.

@@ -261,8 +261,8 @@ impl Api {
 /// Four queues, two workers and two schedules:
 /// - `emails`: 6 jobs; `test-worker-1` completed 2 of them (with results);
 /// - `billing`: 3 jobs with one attempt each; `test-worker-1` failed them all: dead;
-/// - `reports`: 1 job that `test-worker-2` holds (a long lease, progress and a checkpoint saved),
-///   and keeps long-polling for more ([`Poller`]);
+/// - `reports`: 1 job that `test-worker-2` holds (a long lease, progress, a checkpoint and two
+///   steps saved), and keeps long-polling for more ([`Poller`]);
 /// - `digests`: no jobs; the schedules `nightly` (cron `30 2 * * *` in New York, active) and
 ///   `hourly-sync` (every hour, paused) enqueue there. Not on `reports`: the poller there expects
 ///   nothing new, and the browser runs `nightly` now.
@@ -312,6 +312,12 @@ async fn set_scene(api: &Api) -> Value {
         "checkpoint": {"page": 7},
     });
     api.post(&path, heartbeat).await;
+    // Two steps, one with markup in its result and one too long to show whole.
+    let path = format!("/v1/jobs/{running}/steps");
+    let lease_id = &leased[0]["lease_id"];
+    api.post(&path, json!({"lease_id": lease_id, "name": "fetch", "result": {"rows": 120, "note": "<b>bold</b>"}}))
+        .await;
+    api.post(&path, json!({"lease_id": lease_id, "name": "render", "result": "r".repeat(500)})).await;
 
     api.put("/v1/queues/digests", json!({"attempts_max": 3})).await;
     let nightly = json!({
@@ -340,6 +346,7 @@ async fn set_scene(api: &Api) -> Value {
         "running_job": running,
         "running_token": leased[0]["fencing_token"],
         "running_worker": "test-worker-2",
+        "running_steps": ["fetch", "render"],
         "idle_worker": "test-worker-1",
     })
 }

@@ -71,6 +71,13 @@ pub fn check_history(job: &Job, retryable_only: bool) -> Result<(), String> {
             K::Released => state == S::Blocked && matches!(e.state, S::Available | S::Scheduled),
             K::Redriven => state == S::Dead && e.state == S::Available && e.attempt == 0,
             K::Rejected => state == S::Dead && e.state == S::Dead && e.attempt == attempt,
+            K::StepRecorded => {
+                state == S::Running
+                    && e.state == S::Running
+                    && e.attempt == attempt
+                    && e.token == lease
+                    && e.error.as_deref().is_some_and(|name| job.steps.get(name).is_some())
+            }
         };
         if !follows {
             return Err(format!(

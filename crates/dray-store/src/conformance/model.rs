@@ -13,7 +13,9 @@
 //! checks strict FIFO per key; some carry one of two group keys, and in half the cases the second
 //! queue has a `concurrency_max` and a `group_concurrency_max` of 1, so the lease checks limits and
 //! turns), clock advance, lease expiry, cancel, redrive and discard (by ids
-//! or filter, some dry runs), promotion, pause/resume, restart.
+//! or filter, some dry runs), promotion, pause/resume, restart, and step records (one of three
+//! names, with current, old or made-up leases: memoized, first record wins, kept through
+//! everything).
 //!
 //! Each case uses two fresh queues and at most `STEPS_MAX` operations, then drains (cancels every
 //! live job) so the next case starts with no live job in the store: that keeps the counts returned
@@ -97,6 +99,8 @@ struct MJob {
     dead_reason: Option<DeadReason>,
     finished_at: Option<Timestamp>,
     checkpoint: Option<Payload>,
+    /// Steps recorded, in order: name, result, time, attempt.
+    steps: Vec<(String, Payload, Timestamp, u32)>,
     /// History without `Promoted` entries (when a due job is promoted is the store's choice):
     /// kind, state after, attempt, token.
     history: Vec<(HistoryKind, JobState, u32, Option<FencingToken>)>,
@@ -356,7 +360,7 @@ impl<H: Harness> Sim<H> {
     }
 
     async fn step(&mut self) {
-        let roll = self.rng.below(96);
+        let roll = self.rng.below(100);
         match roll {
             0..18 => self.enqueue().await,
             18..34 => self.lease().await,
@@ -376,7 +380,8 @@ impl<H: Harness> Sim<H> {
             84..88 => self.promote().await,
             88..90 => self.restart().await,
             90..93 => self.pause_toggle().await,
-            _ => self.discard().await,
+            93..96 => self.discard().await,
+            _ => self.record_step().await,
         }
     }
 
@@ -489,6 +494,7 @@ impl<H: Harness> Sim<H> {
             dead_reason: None,
             finished_at: None,
             checkpoint: None,
+            steps: Vec::new(),
             history: vec![(HistoryKind::Enqueued, state, 0, None)],
         });
     }
@@ -602,6 +608,9 @@ impl<H: Harness> Sim<H> {
             assert_eq!((l.attempt, l.attempts_max), (m.attempt + 1, m.attempts_max), "attempt of job {}", m.id);
             assert_eq!(l.deadline, now.add_ms(lease_ms.unwrap_or(m.lease_ms)), "deadline of job {}", m.id);
             assert_eq!(l.checkpoint, m.checkpoint, "checkpoint handed to job {}", m.id);
+            let steps: Vec<(&str, &Payload)> = l.steps.iter().map(|s| (&*s.name, &s.result)).collect();
+            let want: Vec<(&str, &Payload)> = m.steps.iter().map(|(n, r, _, _)| (n.as_str(), r)).collect();
+            assert_eq!(steps, want, "steps handed to job {}", m.id);
             m.state = JobState::Running;
             m.attempt += 1;
             m.lease = Some(MLease { id: l.lease, token: l.token, deadline: l.deadline });
@@ -738,6 +747,49 @@ impl<H: Harness> Sim<H> {
             Err(rejection) => {
                 assert_rejected(r, id, rejection);
                 *self.tally.entry("heartbeats rejected").or_default() += 1;
+            }
+        }
+    }
+
+    /// Records one of three step names with a fresh result, presenting a lease as an ack would.
+    async fn record_step(&mut self) {
+        let candidates = self.jobs_with_leases();
+        if candidates.is_empty() {
+            return self.lease().await;
+        }
+        let i = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let lease = self.choose_lease(i);
+        let name = format!("step-{}", self.rng.below(3));
+        self.serial += 1;
+        let result = payload(&self.serial.to_string());
+        let now = self.c.now;
+        let id = self.jobs[i].id;
+        self.op(format!("step job {id} lease {lease} {name} = {}", self.serial));
+        let r = self
+            .c
+            .store()
+            .job_step(crate::JobStep { now, job: id, lease, name: name.as_str().into(), result: result.clone() })
+            .await;
+        self.note(format!("{r:?}"));
+        let m = &mut self.jobs[i];
+        match m.check_lease(lease, now) {
+            Ok(held) => {
+                let got = r.unwrap_or_else(|e| panic!("step of job {id} with its live lease failed: {e:?}"));
+                let first = m.steps.iter().find(|(n, ..)| *n == name).cloned();
+                let (want, recorded) = match first {
+                    Some((n, r, at, attempt)) => (dray_core::Step { name: n.into(), result: r, at, attempt }, false),
+                    None => {
+                        m.steps.push((name.clone(), result.clone(), now, m.attempt));
+                        m.history.push((HistoryKind::StepRecorded, JobState::Running, m.attempt, Some(held.token)));
+                        (dray_core::Step { name: name.into(), result, at: now, attempt: m.attempt }, true)
+                    }
+                };
+                assert_eq!((got.step, got.recorded), (want, recorded), "the answer to a step of job {id}");
+                *self.tally.entry(if recorded { "steps recorded" } else { "steps known" }).or_default() += 1;
+            }
+            Err(rejection) => {
+                assert_rejected(r, id, rejection);
+                *self.tally.entry("steps rejected").or_default() += 1;
             }
         }
     }
@@ -1150,6 +1202,10 @@ fn check_job(m: &MJob, job: &Job, now: Timestamp) {
     assert_eq!(job.status.dead_reason, m.dead_reason, "dead_reason of job {id}");
     assert_eq!(job.status.finished_at, m.finished_at, "finished_at of job {id}");
     assert_eq!(job.status.checkpoint, m.checkpoint, "checkpoint of job {id}");
+    let steps: Vec<(String, Payload, Timestamp, u32)> =
+        job.steps.iter().map(|s| (s.name.to_string(), s.result.clone(), s.at, s.attempt)).collect();
+    assert_eq!(steps, m.steps, "steps of job {id}");
+    assert_eq!(job.steps.len(), m.steps.len(), "step count of job {id}");
     let history: Vec<_> = job
         .history
         .iter()

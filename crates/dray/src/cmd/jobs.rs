@@ -185,6 +185,21 @@ fn print_job(job: &Job) {
     }
     output::print_table(&mut fields);
 
+    if !job.steps.is_empty() {
+        println!();
+        println!("steps:");
+        let mut steps = output::table(["STEP", "ATTEMPT", "RECORDED", "RESULT"]);
+        for step in &job.steps {
+            steps.add_row(vec![
+                step.name.clone(),
+                step.attempt.to_string(),
+                output::time(&step.recorded_at),
+                output::brief(step.result.get(), 80),
+            ]);
+        }
+        output::print_table(&mut steps);
+    }
+
     println!();
     if job.history_dropped > 0 {
         println!("history ({} older entries dropped after the first):", job.history_dropped);
@@ -196,6 +211,9 @@ fn print_job(job: &Job) {
         let mut event = entry.event.clone();
         if let Some(run_at) = &entry.run_at {
             event = format!("{event} (run at {})", output::time(run_at));
+        }
+        if let Some(step) = &entry.step {
+            event = format!("{event} ({step})");
         }
         history.add_row(vec![
             output::time(&entry.at),
