@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dray_core::scope::{scopes_allow, scopes_allow_all, scopes_allow_some};
-use dray_core::{JobId, QueueName, Scope, ScopeKind, Timestamp};
+use dray_core::{Dependency, JobId, NewJob, QueueName, Scope, ScopeKind, Timestamp};
 use dray_runtime::Clock;
 use dray_store::{Store, TokenRecord, TokenStore};
 use sha2::{Digest, Sha256};
@@ -447,6 +447,40 @@ impl Principal {
             Some(job) => self.check(kind, &job.queue),
             None => Ok(()),
         }
+    }
+
+    /// 403 unless this principal may read the queue of every existing job `jobs` depend on: a
+    /// dependency's result flows into its dependent's lease, so naming a job as a dependency
+    /// reads it. Free when it may read every queue; otherwise one read per distinct job named.
+    /// Jobs of the same insert (`Dependency::Batch`) are the request's own; an unknown id passes
+    /// (the insert refuses it with 422).
+    pub async fn check_dependencies<S: Store>(&self, store: &S, jobs: &[NewJob]) -> Result<(), ApiError> {
+        if self.allows_all(ScopeKind::Read) {
+            return Ok(());
+        }
+        let mut named: Vec<JobId> = jobs
+            .iter()
+            .flat_map(|j| j.depends_on.iter())
+            .filter_map(|d| match d {
+                Dependency::Job(id) => Some(*id),
+                Dependency::Batch(_) => None,
+            })
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        for id in named {
+            if let Some(job) = store.job_get(id).await? {
+                if !self.allows(ScopeKind::Read, job.queue.as_str()) {
+                    return Err(ApiError::forbidden(format!(
+                        "depends_on names job {id}, whose result the token may not read: this needs scope read:{queue} \
+                         or a pattern matching it",
+                        id = id.0,
+                        queue = job.queue,
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// For a list without a queue filter: 403 unless this principal may do `kind` on every

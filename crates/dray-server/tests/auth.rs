@@ -293,6 +293,20 @@ async fn queue_patterns_apply_to_every_queue_a_request_touches() {
     );
     // ... but it implies read, enqueue and work on its queues.
     call(addr, "POST", "/v1/jobs", Some(&admin), Some(json!({"queue": "billing.x", "payload": 1}))).await.expect(201);
+    // Depending on a job reads its result (the dependent's lease carries it): read scope on the
+    // dependency's queue, which enqueue alone does not give; admin implies it on its queues.
+    let after_other = json!({"queue": "billing.x", "payload": 1, "depends_on": [other]});
+    assert_403(
+        &call(addr, "POST", "/v1/jobs", Some(&enq), Some(after_other.clone())).await,
+        &format!("depends_on names job {other}"),
+    );
+    assert_403(&call(addr, "POST", "/v1/jobs", Some(&admin), Some(after_other)).await, "read:other");
+    let in_batch = json!({"jobs": [{"queue": "billing.a", "payload": 1}, {"queue": "billing.b", "payload": 2, "depends_on": [own]}]});
+    assert_403(&call(addr, "POST", "/v1/jobs/batch", Some(&enq), Some(in_batch)).await, "read:billing.invoices");
+    let after_own = json!({"queue": "billing.x", "payload": 1, "depends_on": [own]});
+    call(addr, "POST", "/v1/jobs", Some(&admin), Some(after_own)).await.expect(201);
+    let keyed = json!({"jobs": [{"queue": "billing.a", "payload": 1, "key": "a"}, {"queue": "billing.b", "payload": 2, "depends_on": ["a"]}]});
+    call(addr, "POST", "/v1/jobs/batch", Some(&enq), Some(keyed)).await.expect(201);
     server.shutdown().await.unwrap();
 }
 
