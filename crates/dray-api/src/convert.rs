@@ -999,6 +999,7 @@ mod tests {
             deadline: Timestamp(1_000),
             lease_left_ms: None,
             checkpoint: None,
+            dependencies: Vec::new(),
             steps: dray_core::Steps::from_steps(vec![step("zeta", "1"), step("alpha", r#"{"x":[1, 2]}"#)]),
             traceparent: None,
             created_at: Timestamp(0),

@@ -466,7 +466,8 @@ pub struct LeaseView {
 pub struct HistoryEntry {
     pub at: String,
     /// `enqueued`, `promoted`, `leased`, `completed`, `failed`, `expired`, `cancel_requested`,
-    /// `cancelled`, `redriven`, `rejected` (a redrive refused by the queue's payload schema),
+    /// `cancelled`, `redriven`, `rejected` (a redrive refused by the queue's payload schema), `released`
+    /// (every dependency of a blocked job finished as it requires),
     /// `step_recorded` (the running attempt recorded the step named in `step`).
     pub event: String,
     /// The state after the event.

@@ -15,8 +15,7 @@ use dray_api::{
     LockForceQuery, LockForceReleased, LockGrant, LockInfo, LockList, LockQuery, LockReleaseRequest, LockReleased,
     LockRenewRequest, OnDependencyFailure, Problem, PromoteResponse, Queue, QueueConfigure, QueueDeletedResponse,
     QueueList, Schedule, ScheduleBody, ScheduleList, ScheduleQuery, StepRequest, StepResponse, Token, TokenCreate,
-    TokenCreated, TokenList,
-    Triggered,
+    TokenCreated, TokenList, Triggered,
 };
 use reqwest::{Method, Url};
 use serde::Serialize;

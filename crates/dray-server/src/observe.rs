@@ -540,7 +540,14 @@ mod tests {
     }
 
     fn acked(queue: &str, state: JobState, leased_at: i64) -> Result<Acked, Error> {
-        Ok(Acked { state, retry_at: None, queue: q(queue), attempt: 1, leased_at: Timestamp(leased_at) })
+        Ok(Acked {
+            state,
+            retry_at: None,
+            queue: q(queue),
+            attempt: 1,
+            leased_at: Timestamp(leased_at),
+            released: Vec::new(),
+        })
     }
 
     #[test]

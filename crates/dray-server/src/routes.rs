@@ -182,6 +182,7 @@ async fn job_enqueue(
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let mut job = body.to_core()?;
     principal.check(ScopeKind::Enqueue, &job.queue)?;
+    principal.check_dependencies(&*app.store, std::slice::from_ref(&job)).await?;
     if job.traceparent.is_none() {
         job.traceparent = traceparent.map(Into::into);
     }
@@ -217,6 +218,7 @@ async fn job_enqueue_batch(
 ) -> Result<(StatusCode, Json<EnqueuedBatch>), ApiError> {
     let mut jobs = body.to_core()?;
     principal.check_all(ScopeKind::Enqueue, jobs.iter().map(|j| &j.queue))?;
+    principal.check_dependencies(&*app.store, &jobs).await?;
     if let Some(tp) = &traceparent {
         for job in jobs.iter_mut().filter(|j| j.traceparent.is_none()) {
             job.traceparent = Some(tp.as_str().into());
@@ -480,6 +482,7 @@ async fn ack_one(app: &App, ack: dray_store::Ack) -> Result<Json<Acked>, ApiErro
     if acked.state == JobState::Available {
         app.waiters.wake_all();
     }
+    app.waiters.wake(&acked.released);
     wake_limited(app, [&acked.queue]);
     Ok(Json(acked.into()))
 }
@@ -560,6 +563,7 @@ async fn ack(
     if results.iter().any(|r| matches!(r, Ok(a) if a.state == JobState::Available)) {
         app.waiters.wake_all();
     }
+    app.waiters.wake(results.iter().filter_map(|r| r.as_ref().ok()).flat_map(|a| &a.released));
     wake_limited(&app, results.iter().filter_map(|r| r.as_ref().ok()).map(|a| &a.queue));
     let results = jobs
         .into_iter()

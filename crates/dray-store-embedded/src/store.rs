@@ -17,8 +17,8 @@ use dray_core::{
 };
 use dray_store::{
     Acked, BreakerForce, DeadDiscard, DeadRedrive, DeadSelection, DependencyResult, Error, Expired, Inserted, JobAck,
-    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, JobStep, LeaseExtend, LeaseExtended, LeasedJob,
-    Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
+    JobCancel, JobFilter, JobInsert, JobLease, JobList, JobPage, JobPromote, JobStep, LeaseExtend, LeaseExtended,
+    LeasedJob, Maintain, QueueConfig, QueueConfigure, QueueDelete, QueueDeleted, QueueStats, Redriven, ScheduleDelete,
     SchedulePause, SchedulePut, ScheduleSaved, ScheduleTrigger, SchedulesTick, StepRecorded, Store, Ticked,
 };
 
@@ -59,11 +59,13 @@ pub(crate) struct Changes<'w> {
     buf: Vec<u8>,
     atomic: bool,
     failed: Option<Error>,
+    /// Queues where this operation released blocked jobs to `available` (with repeats).
+    released: Vec<dray_core::QueueName>,
 }
 
 impl<'w> Changes<'w> {
     fn new(wal: &'w Wal, buf: Vec<u8>, atomic: bool) -> Changes<'w> {
-        Changes { wal, buf, atomic, failed: None }
+        Changes { wal, buf, atomic, failed: None, released: Vec::new() }
     }
 
     /// Adds one record. Never fails here: a log failure surfaces from `finish`, and then the
@@ -285,6 +287,9 @@ fn settle_dependents(state: &mut State, changes: &mut Changes, finished: JobId, 
             };
             let t = transition(job, event, now, 0).map_err(|r| rejected(d, r))?;
             let finishes = t.status.state.is_finished();
+            if t.status.state == JobState::Available {
+                changes.released.push(job.queue.clone());
+            }
             update_one(state, changes, d, t);
             if finishes {
                 settled.push(d);
@@ -687,13 +692,16 @@ impl Store for EmbeddedStore {
                         let retry_at = (state_after == JobState::Retrying).then_some(t.status.run_at);
                         let (backoff, verdict) = (t.queue_backoff(), t.breaker_outcome());
                         update(state, changes, ack.job, t)?;
+                        let mut released = std::mem::take(&mut changes.released);
+                        released.sort_unstable();
+                        released.dedup();
                         if let Some(until) = backoff
                             && state.backoff_set(&queue, until)
                         {
                             changes.push(|buf| codec::encode_queue_backoff(buf, &queue, until));
                         }
                         breaker_outcome(state, changes, &queue, now, leased_at, verdict);
-                        out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at }));
+                        out.push(Ok(Acked { state: state_after, retry_at, queue, attempt, leased_at, released }));
                     }
                 }
             }

@@ -8,8 +8,8 @@ use dray_core::cron::{CronRule, IntervalRule, Rule};
 use dray_core::schedule::LastTick;
 use dray_core::{
     Backoff, DeadReason, FencingToken, HistoryEntry, HistoryKind, Job, JobId, JobState, JobStatus, Lease, LeaseId,
-    Misfire, NewJob, OnDependencyFailure, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
-    ScheduleSpec, ScheduleTick, Step, Steps, Timestamp, WorkerId, Limits,
+    Limits, Misfire, NewJob, OnDependencyFailure, Overlap, Payload, QueueName, RetryPolicy, Schedule, ScheduleName,
+    ScheduleSpec, ScheduleTick, Step, Steps, Timestamp, WorkerId,
 };
 use dray_store::{Error, FlowLimits, JobSummary, OrderingDead, PayloadSchema, QueueConfig, QueueStats};
 use tokio_postgres::Row;

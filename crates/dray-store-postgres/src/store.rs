@@ -1358,7 +1358,7 @@ impl PostgresStore {
                     if breakers.contains_key(queue.as_str()) {
                         outcomes.push((queue.clone(), leased_at, verdict));
                     }
-                    out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at }));
+                    out.push(Ok(Acked { state, retry_at, queue, attempt, leased_at, released: Vec::new() }));
                 }
             }
         }

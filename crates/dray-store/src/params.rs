@@ -335,6 +335,10 @@ pub struct Acked {
     pub attempt: u32,
     /// When that attempt's lease was granted: the ack's `now` minus this is its run time.
     pub leased_at: Timestamp,
+    /// The queues in which finishing this job released blocked dependents to `available`, once
+    /// each: the server wakes their waiting workers. The embedded store fills it; PostgreSQL
+    /// notifies those queues itself (in the ack's transaction) and leaves it empty.
+    pub released: Vec<QueueName>,
 }
 
 /// A lease that ran out, and what became of its job.

@@ -10,18 +10,19 @@
 
 mod common;
 mod pg;
+mod restartable;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dray_client::api::{Backoff, State};
 use dray_client::{Client, Enqueue, JobContext, JobError, Worker};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use common::{ServeProcess, WAIT_MAX};
+use common::WAIT_MAX;
+use restartable::Server;
 
 const QUEUE: &str = "agents";
 const STEPS: u32 = 20;
@@ -77,64 +78,6 @@ async fn run_agent(ctx: JobContext, agent: Arc<Agent>) -> Result<Option<Value>, 
     }
     agent.signals.send(Signal::Done(ctx.attempt())).unwrap();
     Ok(Some(json!(answers)))
-}
-
-/// The server under test: the embedded store on a directory, or a PostgreSQL node. Restarts keep
-/// the address, so the worker's client keeps its URL.
-enum Server {
-    Embedded { process: Option<ServeProcess>, data: PathBuf, _dir: tempfile::TempDir },
-    Postgres { node: pg::Node, _db: pg::TestDb },
-}
-
-impl Server {
-    fn embedded() -> Server {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let data = dir.path().join("data");
-        let process = ServeProcess::start(&data);
-        Server::Embedded { process: Some(process), data, _dir: dir }
-    }
-
-    fn postgres() -> Server {
-        let db = pg::TestDb::create();
-        let node = pg::Node::start_with(&db.url, &["--database-leader-ttl-ms", "1000"]);
-        Server::Postgres { node, _db: db }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Server::Embedded { process, .. } => process.as_ref().expect("running").url.clone(),
-            Server::Postgres { node, .. } => node.url.clone(),
-        }
-    }
-
-    /// `kill -9`, then the same server again on the same address.
-    fn kill9_and_restart(&mut self) {
-        match self {
-            Server::Embedded { process, data, .. } => {
-                let old = process.take().expect("running");
-                let addr = old.addr.to_string();
-                old.kill9();
-                *process = Some(respawn(data, &addr));
-            }
-            Server::Postgres { node, .. } => node.kill_and_restart(),
-        }
-    }
-}
-
-/// `dray serve` on `addr` again. The old socket's teardown may still hold the port a moment and
-/// nothing signals its end: retry after a short pause (as `pg::Node` does), bounded.
-fn respawn(data: &Path, addr: &str) -> ServeProcess {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        match ServeProcess::spawn(data, addr, &[]) {
-            Ok(p) => return p,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("retrying: {e}");
-                std::thread::sleep(common::POLL);
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

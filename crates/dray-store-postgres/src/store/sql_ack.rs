@@ -90,6 +90,7 @@ fn acks_of(rows: &[tokio_postgres::Row]) -> Result<Vec<SqlAck>, Error> {
                     queue: QueueName::new(&queue).map_err(|e| corrupt(format!("sql_acks queue {queue:?}: {e}")))?,
                     attempt: u32::try_from(attempt).map_err(|_| corrupt(format!("sql_acks attempt {attempt}")))?,
                     leased_at: from_time(get(row, "leased_at")?),
+                    released: Vec::new(),
                 },
             },
         ));
